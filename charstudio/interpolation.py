@@ -1,0 +1,613 @@
+"""Interpolation and blending: noise, text embeddings, styles, poses, and measured smoothness.
+
+Two pictures are "between" each other when both their starting noise and their conditioning
+are between. Starting noise is a Gaussian sample, so it is blended with spherical linear
+interpolation (slerp): a straight-line mix of two independent Gaussians has a smaller norm
+(about 0.71x at t=0.5), and the sampler turns that low-energy noise into a flat, washed-out
+image. Text embeddings are blended per token, with slerp or lerp.
+
+Frame spacing: equal steps in t rarely give equal visual change. `smoothness` measures the
+change between adjacent frames and scores its evenness as 1 - Gini (as in AID, Attention
+Interpolation for Diffusion); `respace` re-spaces t by bisecting where change is largest.
+
+Everything here takes tensors/arrays/PIL images; `Studio.interpolate` wires it to generation.
+Heavy imports (torch, numpy, PIL, imageio) happen inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Method = Literal["slerp", "lerp"]
+
+# Below this angle (radians) two vectors are treated as parallel: sin(theta) is tiny there and
+# slerp's division loses precision, while lerp is already the same curve to first order.
+_PARALLEL_ANGLE = 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# slerp / lerp
+# --------------------------------------------------------------------------------------------
+def _check_t(t: float, name: str = "t") -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise ConfigError(name, t, "expected a number between 0 and 1")
+    t = float(t)
+    if not 0.0 <= t <= 1.0:
+        raise ConfigError(name, t, "must be between 0 and 1")
+    return t
+
+
+def _check_same_shape(a: Any, b: Any) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise ConfigError("b", tuple(b.shape), f"must have the same shape as a {tuple(a.shape)}")
+
+
+def lerp(a: Any, b: Any, t: float) -> Any:
+    """Linear interpolation (1-t)*a + t*b of two tensors; exactly a at t=0 and b at t=1."""
+    t = _check_t(t)
+    _check_same_shape(a, b)
+    if t == 0.0:
+        return a.clone()
+    if t == 1.0:
+        return b.clone()
+    return a * (1.0 - t) + b * t
+
+
+def slerp(a: Any, b: Any, t: float, dim: int | None = None) -> Any:
+    """Spherical linear interpolation of two tensors.
+
+    With `dim=None` each tensor is one vector (right for Gaussian noise); with `dim=-1` every
+    vector along that axis is interpolated on its own (right for per-token embeddings).
+    The angle is measured on the directions and the magnitudes are interpolated linearly,
+    so two same-norm inputs give same-norm outputs. Nearly parallel vectors fall back to lerp.
+    t=0 and t=1 return exact copies of the endpoints.
+    """
+    import torch
+
+    t = _check_t(t)
+    _check_same_shape(a, b)
+    if t == 0.0:
+        return a.clone()
+    if t == 1.0:
+        return b.clone()
+    # Compute in float64: the angle of two 16k-dim noise tensors is close to pi/2 and float32
+    # dot products lose the digits that decide the norm.
+    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    if dim is None:
+        af, bf = a64.reshape(1, -1), b64.reshape(1, -1)
+    else:
+        af, bf = a64.movedim(dim, -1), b64.movedim(dim, -1)
+        shape = af.shape
+        af, bf = af.reshape(-1, shape[-1]), bf.reshape(-1, shape[-1])
+    na, nb = af.norm(dim=-1, keepdim=True), bf.norm(dim=-1, keepdim=True)
+    ua, ub = af / na.clamp_min(1e-30), bf / nb.clamp_min(1e-30)
+    cos = (ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    parallel = theta.abs() < _PARALLEL_ANGLE
+    safe_sin = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, torch.full_like(theta, 1.0 - t), torch.sin((1.0 - t) * theta) / safe_sin)
+    wb = torch.where(parallel, torch.full_like(theta, t), torch.sin(t * theta) / safe_sin)
+    direction = wa * ua + wb * ub
+    # Lerp's chord between parallel unit vectors is slightly shorter than 1: renormalise.
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    out = direction * ((1.0 - t) * na + t * nb)
+    if dim is None:
+        out = out.reshape(a.shape)
+    else:
+        out = out.reshape(shape).movedim(-1, dim)
+    return out.to(a.dtype)
+
+
+def blend(a: Any, b: Any, t: float, method: Method = "slerp", dim: int | None = None) -> Any:
+    """`slerp` or `lerp` by name."""
+    if method == "slerp":
+        return slerp(a, b, t, dim=dim)
+    if method == "lerp":
+        return lerp(a, b, t)
+    raise ConfigError("method", method, "choose 'slerp' or 'lerp'")
+
+
+# --------------------------------------------------------------------------------------------
+# noise and embeddings
+# --------------------------------------------------------------------------------------------
+def noise_shape(width: int, height: int, latent_channels: int = 4, vae_scale_factor: int = 8) -> tuple[int, ...]:
+    """The shape of the initial latent noise for one image, as diffusers' prepare_latents makes it."""
+    for name, v in (("width", width), ("height", height)):
+        if v % vae_scale_factor:
+            raise ConfigError(name, v, f"must be a multiple of {vae_scale_factor}")
+    return (1, latent_channels, height // vae_scale_factor, width // vae_scale_factor)
+
+
+def seed_noise(seed: int, shape: Sequence[int], dtype: Any = None) -> Any:
+    """The Gaussian noise a CPU generator seeded with `seed` gives for `shape`.
+
+    It matches what a pipeline draws with `generator=torch.Generator("cpu").manual_seed(seed)`,
+    so a frame at t=0 reproduces the image generated from seed A alone.
+    """
+    import torch
+
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.randn(tuple(shape), generator=gen, dtype=dtype or torch.float32)
+
+
+def slerp_noise(seed_a: int, seed_b: int, t: float, *, width: int, height: int,
+                latent_channels: int = 4, vae_scale_factor: int = 8) -> Any:
+    """Initial latent noise between two seeds (slerp keeps it a plausible Gaussian sample)."""
+    shape = noise_shape(width, height, latent_channels, vae_scale_factor)
+    return slerp(seed_noise(seed_a, shape), seed_noise(seed_b, shape), t)
+
+
+def blend_embeddings(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
+    """Blend two CLIP text embeddings: per token for (B, seq, dim), per vector for pooled (B, dim).
+
+    The sequences must have equal length (same number of 77-token chunks); pad the shorter
+    prompt's chunks when encoding.
+    """
+    if tuple(a.shape) != tuple(b.shape):
+        raise ConfigError("b", tuple(b.shape),
+                          f"embedding shape must equal a's {tuple(a.shape)}: encode both prompts "
+                          "with the same number of chunks")
+    return blend(a, b, t, method, dim=-1)
+
+
+def mix_embeddings(embeddings: Sequence[Any], weights: Sequence[float]) -> Any:
+    """N-way weighted mix of same-shape embeddings (a weighted mean, weights normalised to 1).
+
+    Weights must be >= 0 and not all zero. A zero-weight component contributes exactly
+    nothing, so [1, 0] gives the first embedding bit for bit.
+    """
+    w = check_weights(weights, n=len(embeddings))
+    first = embeddings[0]
+    for e in embeddings[1:]:
+        if tuple(e.shape) != tuple(first.shape):
+            raise ConfigError("embeddings", [tuple(x.shape) for x in embeddings],
+                              "all embeddings must have the same shape")
+    out = None
+    for e, wi in zip(embeddings, w):
+        if wi == 0.0:
+            continue
+        term = e * wi if wi != 1.0 else e.clone()
+        out = term if out is None else out + term
+    return out
+
+
+def check_weights(weights: Sequence[float] | Mapping[str, float], n: int | None = None,
+                  field_name: str = "weights") -> list[float]:
+    """Validate blend weights and return them normalised to sum to 1."""
+    values = list(weights.values()) if isinstance(weights, Mapping) else list(weights)
+    if n is not None and len(values) != n:
+        raise ConfigError(field_name, values, f"expected {n} weights, one per component")
+    if not values:
+        raise ConfigError(field_name, values, "give at least one weight")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ConfigError(field_name, values, "weights must be numbers")
+    if any(v < 0 for v in values):
+        raise ConfigError(field_name, weights, "weights must be >= 0 (a negative amount of a style is undefined)")
+    total = float(sum(values))
+    if total <= 0:
+        raise ConfigError(field_name, weights, "at least one weight must be > 0")
+    return [float(v) / total for v in values]
+
+
+def frame_ts(frames: int) -> list[float]:
+    """`frames` evenly spaced t values from 0 to 1 inclusive."""
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
+        raise ConfigError("frames", frames, "need at least 2 frames (the two endpoints)")
+    return [i / (frames - 1) for i in range(frames)]
+
+
+# --------------------------------------------------------------------------------------------
+# pose keypoints
+# --------------------------------------------------------------------------------------------
+def _pose_array(pose: Any, name: str) -> tuple[Any, Any]:
+    """(keypoints (K, 3) float array, the Pose-like object or None) from a Pose, dict or array."""
+    import numpy as np
+
+    if hasattr(pose, "to_dict") and not isinstance(pose, Mapping):
+        try:
+            from .pose import Pose  # noqa: F401  (only to know the module exists)
+        except ImportError:
+            pass
+        body = getattr(pose, "body", None)
+        if body is None:
+            body = getattr(pose, "keypoints", None)
+        if body is None:
+            raise ConfigError(name, type(pose).__name__, "a Pose with body keypoints")
+        arr = np.asarray(body, dtype=np.float64)
+        return arr, pose
+    arr = np.asarray(pose, dtype=np.float64)
+    if arr.ndim == 1 and arr.size % 3 == 0:
+        arr = arr.reshape(-1, 3)  # OpenPose's flat [x, y, c, x, y, c, ...]
+    if arr.ndim != 2 or arr.shape[1] not in (2, 3):
+        raise ConfigError(name, tuple(arr.shape), "keypoints as (K, 2) or (K, 3) [x, y, confidence]")
+    if arr.shape[1] == 2:
+        arr = np.concatenate([arr, np.ones((arr.shape[0], 1))], axis=1)
+    return arr, None
+
+
+def _missing(kp: Any) -> Any:
+    import numpy as np
+
+    return ~np.isfinite(kp[:, 0]) | ~np.isfinite(kp[:, 1]) | (kp[:, 2] <= 0)
+
+
+def interpolate_keypoints(a: Any, b: Any, t: float) -> Any:
+    """Keypoints between two poses, as a (K, 3) array [x, y, confidence].
+
+    Points present in both move in a straight line. A point missing in one pose (confidence 0
+    or NaN) cannot move anywhere sensible, so it stays where it is known and is shown only on
+    its own half of the sequence: it disappears at t=0.5 or appears there. Missing in both
+    stays missing (all zeros).
+    """
+    import numpy as np
+
+    t = _check_t(t)
+    ka, _ = _pose_array(a, "a")
+    kb, _ = _pose_array(b, "b")
+    if ka.shape != kb.shape:
+        raise ConfigError("b", tuple(kb.shape), f"must have as many keypoints as a {tuple(ka.shape)}")
+    out = np.zeros_like(ka)
+    ma, mb = _missing(ka), _missing(kb)
+    both = ~ma & ~mb
+    out[both] = (1.0 - t) * ka[both] + t * kb[both]
+    only_a = ~ma & mb
+    if t < 0.5:
+        out[only_a] = ka[only_a]
+    only_b = ma & ~mb
+    if t >= 0.5:
+        out[only_b] = kb[only_b]
+    return out
+
+
+def pose_sequence(a: Any, b: Any, frames: int) -> list[Any]:
+    """`frames` poses from a to b (inclusive), keypoints interpolated linearly.
+
+    Accepts charstudio.pose.Pose objects (then returns Poses on a's canvas), dicts in
+    pose-editor JSON, or keypoint arrays (then returns arrays).
+    """
+    ts = frame_ts(frames)
+    pa, pb = _as_pose_if_dict(a), _as_pose_if_dict(b)
+    ka, obj_a = _pose_array(pa, "a")
+    kb, obj_b = _pose_array(pb, "b")
+    if obj_a is not None and obj_b is not None:
+        size_a = (getattr(obj_a, "canvas_width", None), getattr(obj_a, "canvas_height", None))
+        size_b = (getattr(obj_b, "canvas_width", None), getattr(obj_b, "canvas_height", None))
+        if size_a != size_b and hasattr(obj_b, "fit") and None not in size_a:
+            obj_b = obj_b.fit(*size_a)  # same canvas so coordinates are comparable
+            kb, _ = _pose_array(obj_b, "b")
+    seq = [interpolate_keypoints(ka, kb, t) for t in ts]
+    if obj_a is None:
+        return seq
+    return [_with_body(obj_a, kp) for kp in seq]
+
+
+def _as_pose_if_dict(p: Any) -> Any:
+    if isinstance(p, Mapping):
+        from .pose import Pose
+
+        return Pose.from_dict(dict(p))
+    return p
+
+
+def _with_body(pose: Any, keypoints: Any) -> Any:
+    """A copy of `pose` with new body keypoints (hands/face dropped: they do not interpolate)."""
+    import copy
+
+    new = copy.deepcopy(pose)
+    attr = "body" if hasattr(new, "body") else "keypoints"
+    old = getattr(new, attr)
+    try:
+        import numpy as np
+
+        value = np.asarray(keypoints, dtype=np.float64)
+        if not isinstance(old, np.ndarray):
+            value = [tuple(float(v) for v in row) for row in value]
+        setattr(new, attr, value)
+    except Exception as exc:  # a frozen dataclass or similar
+        raise ConfigError("pose", type(pose).__name__, f"a Pose whose keypoints can be replaced ({exc})") from exc
+    for extra in ("hands", "left_hand", "right_hand", "face"):
+        if getattr(new, extra, None) is not None:
+            try:
+                setattr(new, extra, None)
+            except Exception:
+                pass
+    return new
+
+
+# --------------------------------------------------------------------------------------------
+# smoothness and re-spacing
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Smoothness:
+    """Change between adjacent frames: mean, max, and evenness = 1 - Gini of the distances."""
+
+    distances: list[float]
+    mean: float
+    max: float
+    evenness: float
+    space: str  # "pixels" or the embedder's name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"distances": self.distances, "mean": self.mean, "max": self.max,
+                "evenness": self.evenness, "space": self.space}
+
+
+def gini(values: Sequence[float]) -> float:
+    """Gini coefficient of non-negative values (0 = all equal; all-zero counts as equal)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return 0.0
+    mean = v.mean()
+    if mean <= 0:
+        return 0.0
+    diff = np.abs(v[:, None] - v[None, :]).sum()
+    return float(diff / (2.0 * v.size ** 2 * mean))
+
+
+def _to_array(img: Any) -> Any:
+    import numpy as np
+
+    if hasattr(img, "convert"):  # PIL
+        return np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0
+    arr = np.asarray(img, dtype=np.float64)
+    return arr / 255.0 if arr.max(initial=0) > 1.0 else arr
+
+
+def pixel_embedder(frames: Sequence[Any]) -> Any:
+    """Frames as flat pixel vectors in [0, 1], scaled so distance is the RMS pixel change."""
+    import numpy as np
+
+    arrs = [_to_array(f) for f in frames]
+    shapes = {a.shape for a in arrs}
+    if len(shapes) != 1:
+        raise ConfigError("frames", sorted(shapes), "all frames must have the same size")
+    flat = np.stack([a.reshape(-1) for a in arrs])
+    return flat / np.sqrt(flat.shape[1])
+
+
+def clip_image_embedder(model: Any, processor: Any = None) -> Callable[[Sequence[Any]], Any]:
+    """An embedder from a CLIP vision model (CLIPVisionModelWithProjection or CLIPModel).
+
+    Distances are then between unit image embeddings, i.e. semantic change rather than pixel
+    change. `processor` is a CLIPImageProcessor; without one, images are resized to the
+    model's input size and normalised with CLIP's published mean/std.
+    """
+
+    def embed(frames: Sequence[Any]) -> Any:
+        import numpy as np
+        import torch
+
+        size = int(model.config.vision_config.image_size if hasattr(model.config, "vision_config")
+                   else model.config.image_size)
+        if processor is not None:
+            pixel_values = processor(images=list(frames), return_tensors="pt").pixel_values
+        else:
+            mean = np.array([0.48145466, 0.4578275, 0.40821073])
+            std = np.array([0.26862954, 0.26130258, 0.27577711])
+            batch = []
+            for f in frames:
+                from PIL import Image
+
+                im = f if hasattr(f, "convert") else Image.fromarray(np.uint8(np.clip(_to_array(f), 0, 1) * 255))
+                arr = np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float64) / 255.0
+                batch.append(((arr - mean) / std).transpose(2, 0, 1))
+            pixel_values = torch.tensor(np.stack(batch), dtype=torch.float32)
+        param = next(model.parameters())
+        with torch.no_grad():
+            if hasattr(model, "get_image_features"):
+                feats = model.get_image_features(pixel_values=pixel_values.to(param.device, param.dtype))
+            else:
+                feats = model(pixel_values=pixel_values.to(param.device, param.dtype)).image_embeds
+        if not torch.is_tensor(feats):  # some versions return an output object
+            feats = getattr(feats, "pooler_output", feats[0])
+        feats = feats.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return feats.cpu().numpy()
+
+    embed.__name__ = "clip"
+    return embed
+
+
+def smoothness(frames: Sequence[Any], embedder: Callable[[Sequence[Any]], Any] | None = None) -> Smoothness:
+    """Mean and max distance between adjacent frames, and evenness (1 - Gini of the distances).
+
+    `embedder` maps a list of frames to an (N, D) array (e.g. `clip_image_embedder(model)`);
+    without one, distances are RMS pixel differences in [0, 1].
+    """
+    import numpy as np
+
+    if len(frames) < 2:
+        raise ConfigError("frames", len(frames), "need at least 2 frames to measure change between them")
+    emb = np.asarray((embedder or pixel_embedder)(list(frames)), dtype=np.float64)
+    d = np.linalg.norm(np.diff(emb, axis=0), axis=1)
+    name = "pixels" if embedder is None else getattr(embedder, "__name__", "embedding")
+    return Smoothness([float(x) for x in d], float(d.mean()), float(d.max()), 1.0 - gini(d), name)
+
+
+@dataclass
+class Respaced:
+    """Result of `respace`: the chosen t values with their frames, and evenness before/after."""
+
+    ts: list[float]
+    frames: list[Any]
+    before: Smoothness
+    after: Smoothness
+    renders: int  # how many frames were rendered in all
+    samples: dict[float, Any] = field(default_factory=dict, repr=False)
+
+
+def respace(render: Callable[[float], Any], frames: int,
+            embedder: Callable[[Sequence[Any]], Any] | None = None,
+            max_renders: int | None = None) -> Respaced:
+    """Choose t values so adjacent frames differ by about the same amount.
+
+    1. Render the uniform spacing and measure it ("before").
+    2. Bisect the interval with the largest measured change, rendering its midpoint, until the
+       render budget is spent (default 3 * frames): this samples the path densely where it
+       moves fast.
+    3. Treat the cumulative measured distance as arc length and pick t at equal arc lengths
+       (piecewise-linear inverse), render those t, and measure again ("after").
+    Rendered frames are cached by t, so the endpoints and any reused t cost nothing more.
+    """
+    import numpy as np
+
+    ts0 = frame_ts(frames)
+    budget = max_renders if max_renders is not None else 3 * frames
+    embed = embedder or pixel_embedder
+    cache: dict[float, Any] = {}
+    vectors: dict[float, Any] = {}
+
+    def get(t: float) -> Any:
+        t = round(float(t), 9)  # float noise must not defeat the cache
+        if t not in cache:
+            cache[t] = render(t)
+            vectors[t] = np.asarray(embed([cache[t]]), dtype=np.float64)[0]
+        return cache[t]
+
+    # 1. uniform spacing
+    before_frames = [get(t) for t in ts0]
+    before = smoothness(before_frames, embedder)
+
+    # 2. bisect where the path moves most
+    def dist(t1: float, t2: float) -> float:
+        return float(np.linalg.norm(vectors[round(t1, 9)] - vectors[round(t2, 9)]))
+
+    while len(cache) < budget:
+        grid = sorted(cache)
+        gaps = [(dist(grid[i], grid[i + 1]), grid[i], grid[i + 1]) for i in range(len(grid) - 1)]
+        gap, lo, hi = max(gaps)
+        if gap <= 0 or hi - lo < 1e-6:
+            break
+        get((lo + hi) / 2)
+
+    # 3. equal arc length
+    grid = sorted(cache)
+    seg = np.array([dist(grid[i], grid[i + 1]) for i in range(len(grid) - 1)])
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    if arc[-1] <= 0:
+        new_ts = ts0
+    else:
+        targets = np.linspace(0.0, arc[-1], frames)
+        new_ts = [float(np.interp(x, arc, grid)) for x in targets]
+        new_ts[0], new_ts[-1] = 0.0, 1.0
+    after_frames = [get(t) for t in new_ts]
+    after = smoothness(after_frames, embedder)
+    log.info("respace: evenness %.3f -> %.3f with %d renders", before.evenness, after.evenness, len(cache))
+    return Respaced([float(t) for t in new_ts], after_frames, before, after, len(cache), dict(cache))
+
+
+# --------------------------------------------------------------------------------------------
+# output: grids, contact sheets, GIF, MP4
+# --------------------------------------------------------------------------------------------
+def _to_pil(frame: Any) -> Any:
+    from PIL import Image
+    import numpy as np
+
+    if hasattr(frame, "convert"):
+        return frame.convert("RGB")
+    arr = _to_array(frame)
+    return Image.fromarray(np.uint8(np.clip(arr, 0, 1) * 255 + 0.5))
+
+
+def frame_grid(frames: Sequence[Any], cols: int | None = None, labels: Sequence[str] | None = None,
+               pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
+    """Frames tiled left to right, top to bottom; optional text label under each one."""
+    from PIL import Image, ImageDraw
+
+    if not frames:
+        raise ConfigError("frames", 0, "need at least 1 frame")
+    images = [_to_pil(f) for f in frames]
+    w, h = images[0].size
+    if any(im.size != (w, h) for im in images):
+        raise ConfigError("frames", sorted({im.size for im in images}), "all frames must have the same size")
+    if labels is not None and len(labels) != len(images):
+        raise ConfigError("labels", len(labels), f"expected one label per frame ({len(images)})")
+    cols = cols or min(len(images), 8)
+    rows = -(-len(images) // cols)
+    label_h = 14 if labels is not None else 0
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), background)
+    draw = ImageDraw.Draw(sheet)
+    for i, im in enumerate(images):
+        x = pad + (i % cols) * (w + pad)
+        y = pad + (i // cols) * (h + label_h + pad)
+        sheet.paste(im, (x, y))
+        if labels is not None:
+            draw.text((x + 2, y + h + 1), str(labels[i]), fill=(0, 0, 0))
+    return sheet
+
+
+def contact_sheet(frames: Sequence[Any], ts: Sequence[float], cols: int | None = None) -> Any:
+    """A frame grid labelled with each frame's t, so uneven spacing is visible at a glance."""
+    if len(ts) != len(frames):
+        raise ConfigError("ts", len(ts), f"expected one t per frame ({len(frames)})")
+    return frame_grid(frames, cols=cols, labels=[f"t={t:.3f}" for t in ts])
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool) -> Path:
+    from .io_utils import atomic_write
+
+    return atomic_write(path, write, overwrite=overwrite)
+
+
+def save_gif(frames: Sequence[Any], path: str | os.PathLike, fps: float = 8.0, loop: int = 0,
+             boomerang: bool = False, overwrite: bool = False) -> Path:
+    """Write an animated GIF (imageio). `boomerang` plays forward then back, for seamless loops."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    if len(frames) < 2:
+        raise ConfigError("frames", len(frames), "an animation needs at least 2 frames")
+    arrs = [np.asarray(_to_pil(f)) for f in frames]
+    if boomerang:
+        arrs = arrs + arrs[-2:0:-1]
+    duration_ms = 1000.0 / fps
+
+    def write(tmp: Path) -> None:
+        iio.imwrite(tmp, np.stack(arrs), extension=".gif", duration=duration_ms, loop=loop)
+
+    return _write_atomic(path, write, overwrite)
+
+
+def save_mp4(frames: Sequence[Any], path: str | os.PathLike, fps: float = 8.0,
+             overwrite: bool = False) -> Path:
+    """Write an H.264 MP4 (imageio + ffmpeg). Odd sizes are padded to even, as yuv420p needs."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    if len(frames) < 2:
+        raise ConfigError("frames", len(frames), "an animation needs at least 2 frames")
+    arrs = [np.asarray(_to_pil(f)) for f in frames]
+    h, w = arrs[0].shape[:2]
+    ph, pw = h % 2, w % 2
+    if ph or pw:
+        arrs = [np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge") for a in arrs]
+
+    def write(tmp: Path) -> None:
+        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", macro_block_size=1, output_params=["-f", "mp4"])
+        try:
+            for a in arrs:
+                writer.append_data(a)
+        finally:
+            writer.close()
+
+    return _write_atomic(path, write, overwrite)
+
+
+def save_image(image: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save a PIL image (grid, contact sheet) atomically; the format follows the suffix."""
+    img = _to_pil(image)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(Path(path).suffix.lower(), "PNG")
+    return _write_atomic(path, lambda tmp: img.save(tmp, format=fmt), overwrite)
