@@ -1,0 +1,78 @@
+"""The `charstudio` command line.
+
+Each subcommand lives in a module of this package with `register(subparsers)`; the module
+adds its parser and sets `func(args) -> int`. Errors meant for users (bad input, missing
+files) print as one line and exit with code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+# Subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "charstudio.cli.generate_commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from charstudio import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="charstudio",
+        description="Character design with Stable Diffusion: cards, styles, poses, LoRAs. "
+                    "Runs offline on the built-in 'tiny' model; use --model sd15 (or a checkpoint) on a GPU for real pictures.")
+    parser.add_argument("--version", action="version", version=f"charstudio {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # diffusers/transformers chatter is noise on a command line unless asked for.
+    for noisy in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = one_line
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("charstudio: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn errors into one line
+        from charstudio.errors import CharstudioError
+
+        if args.debug:
+            raise
+        if isinstance(exc, (CharstudioError, ValueError, FileNotFoundError, PermissionError)):
+            print(f"charstudio: error: {exc}", file=sys.stderr)
+        else:
+            print(f"charstudio: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

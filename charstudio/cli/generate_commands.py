@@ -1,0 +1,141 @@
+"""`charstudio generate`, `models`, `cards`, `styles`, `info`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from charstudio.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model/--device/--dtype/--allow-pickle, shared by every command that loads a model."""
+    p.add_argument("--model", default="tiny",
+                   help="preset (tiny, sd15), hub id, diffusers folder or .safetensors file (default: tiny, offline noise)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickled .ckpt you trust")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
+    p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 25 for SD)")
+    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
+    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
+    p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of {', '.join(SCHEDULERS)}")
+    p.add_argument("--negative", default=None, help="negative prompt (replaces the card's and style's)")
+    p.add_argument("--add", default="", help="extra words appended to the card's prompt, e.g. 'smiling, in a forest'")
+
+
+def precheck(args: argparse.Namespace) -> None:
+    """Validate the numbers that don't depend on the model, so typos fail in a second."""
+    from charstudio.config import check_int, check_size
+    from charstudio.schedulers import scheduler_spec
+
+    for name in ("width", "height"):
+        if getattr(args, name, None) is not None:
+            check_size(name, getattr(args, name))
+    if getattr(args, "steps", None) is not None:
+        check_int("steps", args.steps, 1, 1000)
+    if getattr(args, "scheduler", None):
+        scheduler_spec(args.scheduler)
+    if getattr(args, "style", None) not in (None, "", "none"):
+        from charstudio.character import get_style
+
+        get_style(args.style)
+
+
+def load_studio(args: argparse.Namespace):
+    from charstudio import Studio
+
+    return Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                  controlnet=args.controlnet, allow_pickle=args.allow_pickle)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("generate", help="generate images of a character card or a prompt",
+                       description="Generate images of a character card (by name or .yaml path) or a free prompt.")
+    g.add_argument("subject", metavar="CARD_OR_PROMPT", nargs="?", default=None,
+                   help="a card name (see `charstudio cards`), a card .yaml file, or a prompt")
+    add_sampling_args(g)
+    g.add_argument("-n", "--num-images", type=int, default=1)
+    g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file")
+    g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
+    g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    m = sub.add_parser("models", help="list model presets")
+    m.set_defaults(func=cmd_models)
+    c = sub.add_parser("cards", help="list character cards")
+    c.set_defaults(func=cmd_cards)
+    s = sub.add_parser("styles", help="list style presets")
+    s.set_defaults(func=cmd_styles)
+    i = sub.add_parser("info", help="show the recipe stored in a PNG")
+    i.add_argument("image")
+    i.set_defaults(func=cmd_info)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from charstudio.cli.progress import StepBar
+    from charstudio.io_utils import ensure_dir
+
+    # Fail on bad settings or a bad output folder before spending minutes on a model load.
+    precheck(args)
+    ensure_dir(args.out, field="--out")
+    studio = load_studio(args)
+    with StepBar("generating") as bar:
+        result = studio.generate(args.subject, style=args.style, extra=args.add, seed=args.seed,
+                                 num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
+                                 height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
+                                 num_images=args.num_images, pose=args.pose,
+                                 controlnet_conditioning_scale=args.control_scale, progress=bar)
+    for path in result.save(args.out):
+        print(path)
+    if studio.model_id == "tiny":
+        print("note: the built-in 'tiny' model has random weights, so its images are noise; "
+              "use --model sd15 (or a checkpoint) on a GPU for real pictures", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from charstudio.models.presets import PRESETS
+
+    for p in PRESETS.values():
+        print(f"{p.name:8s} {p.description}")
+        if p.repo:
+            print(f"{'':8s}   base: {p.repo}; ControlNet: {p.controlnet}")
+    print("\nAlso accepted: any SD 1.x hub id (org/name), a diffusers folder, or a .safetensors file.")
+    return 0
+
+
+def cmd_cards(args: argparse.Namespace) -> int:
+    from charstudio.character import list_characters, load_character
+
+    for name in list_characters():
+        card = load_character(name)
+        print(f"{name:10s} {card.description}  [style: {card.style or '-'}, seed: {card.seed}]")
+    return 0
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    from charstudio.character import load_styles
+
+    for name, style in sorted(load_styles().items()):
+        print(f"{name:12s} {style.description}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from charstudio.metadata import format_parameters
+    from charstudio.result import Result
+
+    recipe = Result.from_png(args.image).recipe
+    print(format_parameters(recipe))
+    print(json.dumps(recipe.to_dict(), indent=2))
+    return 0

@@ -1,0 +1,135 @@
+"""CLIP text conditioning: the one place prompts become embeddings.
+
+Prompts longer than CLIP's window (77 tokens: BOS + 75 + EOS) are never cut. As A1111 does,
+the tokens are split into chunks of 75, each chunk is wrapped in BOS/EOS and padded to 77,
+encoded on its own, and the chunk embeddings are concatenated along the sequence axis. The
+UNet's cross-attention takes any sequence length, so a 150-token prompt conditions on all of
+it. A prompt and its negative are padded to the same number of chunks so they can be
+batched for classifier-free guidance.
+
+Per-token weights (A1111's `(word:1.3)`) scale the token embeddings, then the chunk is
+rescaled so its mean matches the unweighted one, which keeps the overall magnitude the UNet
+was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedPrompt:
+    """Embeddings for a prompt (and its negative), ready for `prompt_embeds=`."""
+
+    prompt_embeds: Any  # (1, 77*k, hidden)
+    negative_prompt_embeds: Any  # (1, 77*k, hidden)
+    num_tokens: int  # tokens in the prompt, without BOS/EOS
+    num_chunks: int
+
+
+class PromptEncoder:
+    """Encode text with a CLIP tokenizer + text encoder, in 75-token chunks."""
+
+    def __init__(self, tokenizer: Any, text_encoder: Any):
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.window = int(getattr(tokenizer, "model_max_length", 77) or 77)
+        if self.window > 1000:  # some tokenizers report a huge sentinel; CLIP's window is 77
+            self.window = 77
+        self.chunk_len = self.window - 2
+
+    # -- tokens -------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` without BOS/EOS, never truncated."""
+        if not text:
+            return []
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        return list(ids)
+
+    def token_strings(self, text: str) -> list[str]:
+        """The prompt's tokens as strings (for picking attention maps, counting, ...)."""
+        return self.tokenizer.convert_ids_to_tokens(self.tokenize(text))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    # -- encoding -----------------------------------------------------------------------------
+    def encode_pieces(self, pieces: Sequence[tuple[str, float]], num_chunks: int = 1,
+                      clip_skip: int | None = None) -> tuple[Any, int]:
+        """Encode text pieces with weights, as (embeddings (1, 77*k, hidden), token count).
+
+        The pieces are tokenized separately and joined, so each token keeps its piece's weight.
+        At least `num_chunks` chunks are produced (for padding a negative to its prompt).
+        """
+        ids: list[int] = []
+        weights: list[float] = []
+        for text, weight in pieces:
+            piece_ids = self.tokenize(text)
+            ids.extend(piece_ids)
+            weights.extend([float(weight)] * len(piece_ids))
+        chunks = max(num_chunks, (len(ids) + self.chunk_len - 1) // self.chunk_len, 1)
+        return self._encode_ids(ids, weights, chunks, clip_skip), len(ids)
+
+    def chunks_needed(self, text: str) -> int:
+        return max(1, (self.count_tokens(text) + self.chunk_len - 1) // self.chunk_len)
+
+    def _encode_ids(self, ids: list[int], weights: list[float], num_chunks: int, clip_skip: int | None):
+        import torch
+
+        tok = self.tokenizer
+        bos, eos = tok.bos_token_id, tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        device = self.text_encoder.device
+        out = []
+        for c in range(num_chunks):
+            part = ids[c * self.chunk_len:(c + 1) * self.chunk_len]
+            part_w = weights[c * self.chunk_len:(c + 1) * self.chunk_len]
+            row = [bos] + part + [eos] + [pad] * (self.chunk_len - len(part))
+            row_w = [1.0] + part_w + [1.0] * (self.chunk_len - len(part) + 1)
+            input_ids = torch.tensor([row], device=device)
+            with torch.no_grad():
+                if clip_skip is None:
+                    hidden = self.text_encoder(input_ids)[0]
+                else:
+                    # diffusers' convention: clip_skip=1 uses the penultimate layer, then the final norm.
+                    states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
+                    hidden = self.text_encoder.text_model.final_layer_norm(states[-(clip_skip + 1)])
+            if any(w != 1.0 for w in row_w):
+                w = torch.tensor(row_w, device=device, dtype=hidden.dtype)[None, :, None]
+                original_mean = hidden.float().mean()
+                hidden = hidden * w
+                hidden = hidden * (original_mean / hidden.float().mean()).to(hidden.dtype)
+            out.append(hidden)
+        return torch.cat(out, dim=1)
+
+    def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
+               parse_weights: bool = True) -> EncodedPrompt:
+        """Encode a prompt and its negative to equal-length embeddings.
+
+        With `parse_weights`, A1111 emphasis syntax is honoured when the prompt-syntax module
+        is available; otherwise the text is taken literally.
+        """
+        pos_pieces = _pieces(prompt, parse_weights)
+        neg_pieces = _pieces(negative_prompt, parse_weights)
+        n_pos = max(1, -(-sum(len(self.tokenize(t)) for t, _ in pos_pieces) // self.chunk_len))
+        n_neg = max(1, -(-sum(len(self.tokenize(t)) for t, _ in neg_pieces) // self.chunk_len))
+        chunks = max(n_pos, n_neg)
+        pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
+        neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
+        if chunks > 1:
+            log.debug("prompt of %d tokens encoded in %d chunks of %d", n_tokens, chunks, self.chunk_len)
+        return EncodedPrompt(pos, neg, n_tokens, chunks)
+
+
+def _pieces(text: str, parse_weights: bool) -> list[tuple[str, float]]:
+    if parse_weights:
+        try:
+            from .prompt_syntax import parse_weighted  # weighting syntax lives there
+        except ImportError:
+            return [(text, 1.0)]
+        return parse_weighted(text)
+    return [(text, 1.0)]

@@ -1,0 +1,131 @@
+"""Settings as typed dataclasses, validated on construction.
+
+A `GenerationConfig` is also the *recipe* of an image: it is stored as JSON in every PNG we
+write, and running it again rebuilds the image. Everything here is plain data (no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+from .schedulers import DEFAULT_SCHEDULER, scheduler_spec
+
+RECIPE_VERSION = 1
+MAX_SEED = 2**32 - 1
+
+
+def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(name, value, "expected a whole number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(name, value, f"must be {rng}")
+    return value
+
+
+def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, value, "expected a number")
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ConfigError(name, value, "expected a finite number")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(name, value, f"must be {rng}")
+    return value
+
+
+def check_size(name: str, value: Any) -> int:
+    value = check_int(name, value, 8, 8192)
+    if value % 8:
+        lower, upper = value - value % 8, value - value % 8 + 8
+        raise ConfigError(name, value, f"must be a multiple of 8 (the VAE works on 8x8 blocks), e.g. {lower} or {upper}")
+    return value
+
+
+@dataclass
+class GenerationConfig:
+    """Everything that determines one generated image (or a batch of `num_images`).
+
+    `prompt` and `negative_prompt` are the final texts sent to the text encoder, after a
+    character card and a style were composed; `character` and `style` only record where they
+    came from, so re-running a recipe never depends on a card that may have changed since.
+    Image i of a batch uses seed `seed + i`.
+    """
+
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    num_inference_steps: int = 25
+    guidance_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    scheduler: str = DEFAULT_SCHEDULER
+    num_images: int = 1
+    clip_skip: int | None = None
+    model: str | None = None
+    character: str | None = None
+    style: str | None = None
+    loras: dict[str, float] = field(default_factory=dict)
+    # OpenPose ControlNet: the pose in pose-editor JSON form (see charstudio.pose), fitted to width x height.
+    pose: dict | None = None
+    controlnet_conditioning_scale: float = 1.0
+    control_guidance_start: float = 0.0
+    control_guidance_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ConfigError("prompt", self.prompt, "expected text")
+        if not self.prompt.strip():
+            raise ConfigError("prompt", self.prompt, "give a prompt or a character card (see `charstudio cards`)")
+        if not isinstance(self.negative_prompt, str):
+            raise ConfigError("negative_prompt", self.negative_prompt, "expected text")
+        self.seed = check_int("seed", self.seed, 0, MAX_SEED)
+        self.num_inference_steps = check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
+        self.guidance_scale = check_float("guidance_scale", self.guidance_scale, 0.0, 50.0)
+        self.width = check_size("width", self.width)
+        self.height = check_size("height", self.height)
+        self.scheduler = scheduler_spec(self.scheduler).name
+        self.num_images = check_int("num_images", self.num_images, 1, 64)
+        if self.seed + self.num_images - 1 > MAX_SEED:
+            raise ConfigError("seed", self.seed, f"seed + num_images - 1 must stay <= {MAX_SEED}")
+        if self.clip_skip is not None:
+            self.clip_skip = check_int("clip_skip", self.clip_skip, 1, 12)
+        if not isinstance(self.loras, dict):
+            raise ConfigError("loras", self.loras, "expected a mapping of adapter name to weight")
+        self.loras = {str(k): check_float(f"loras[{k!r}]", v, -10.0, 10.0) for k, v in self.loras.items()}
+        if self.pose is not None and not isinstance(self.pose, dict):
+            raise ConfigError("pose", type(self.pose).__name__, "expected pose-editor JSON (a dict); use Pose.to_dict()")
+        self.controlnet_conditioning_scale = check_float(
+            "controlnet_conditioning_scale", self.controlnet_conditioning_scale, 0.0, 5.0)
+        self.control_guidance_start = check_float("control_guidance_start", self.control_guidance_start, 0.0, 1.0)
+        self.control_guidance_end = check_float("control_guidance_end", self.control_guidance_end, 0.0, 1.0)
+        if self.control_guidance_start >= self.control_guidance_end:
+            raise ConfigError("control_guidance_start", self.control_guidance_start,
+                              f"must be below control_guidance_end ({self.control_guidance_end})")
+
+    def replace(self, **changes: Any) -> "GenerationConfig":
+        """A copy with some fields changed (validated again)."""
+        data = self.to_dict()
+        data.pop("recipe_version", None)
+        data.update(changes)
+        return GenerationConfig(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["recipe_version"] = RECIPE_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GenerationConfig":
+        """Rebuild from `to_dict()` output; unknown keys from newer versions are ignored."""
+        if not isinstance(data, dict):
+            raise ConfigError("recipe", type(data).__name__, "expected a JSON object")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,53 @@
+"""Small file helpers shared by everything that writes user-visible files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import OutputError
+
+
+def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
+    """Create `path` as a directory, or fail clearly if something that is not a directory is there."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{field}={str(p)!r} is a file, not a directory: choose a directory path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{field}={str(p)!r} cannot be created: {exc.strerror or exc}") from exc
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
+    """Write a file through `write(tmp_path)`, then move it into place in one step.
+
+    A crash or Ctrl-C mid-write leaves at most a stray temporary file, never a truncated
+    result under the real name. An existing file is kept unless `overwrite` is true.
+    """
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise OutputError(f"{str(dest)!r} already exists: pass overwrite=True (CLI: --overwrite) or choose another name")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def next_free_path(directory: Path, stem: str, suffix: str) -> Path:
+    """`directory/stem.suffix`, or `stem-1.suffix`, `stem-2.suffix`, ... if taken."""
+    candidate = directory / f"{stem}{suffix}"
+    n = 1
+    while candidate.exists():
+        candidate = directory / f"{stem}-{n}{suffix}"
+        n += 1
+    return candidate

@@ -1,0 +1,142 @@
+"""PNG metadata: the recipe as A1111 `parameters` text, plus the full recipe as JSON.
+
+A1111's PNG Info, civitai and most image hosts read the `parameters` text chunk:
+
+    <prompt>
+    Negative prompt: <negative prompt>
+    Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7.0, Seed: 42, Size: 512x512, Model: sd15
+
+The `charstudio` chunk holds the exact `GenerationConfig` as JSON; reading prefers it, and
+falls back to parsing `parameters`, so images made by A1111 load as recipes too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import GenerationConfig
+from .errors import CharstudioError
+from .schedulers import SCHEDULERS, scheduler_spec
+
+log = logging.getLogger(__name__)
+
+PARAMETERS_KEY = "parameters"
+RECIPE_KEY = "charstudio"
+
+
+def format_parameters(config: GenerationConfig) -> str:
+    """The A1111 `parameters` text for one image's recipe."""
+    lines = [config.prompt]
+    if config.negative_prompt:
+        lines.append(f"Negative prompt: {config.negative_prompt}")
+    fields = [
+        ("Steps", config.num_inference_steps),
+        ("Sampler", SCHEDULERS[config.scheduler].a1111),
+        ("CFG scale", _num(config.guidance_scale)),
+        ("Seed", config.seed),
+        ("Size", f"{config.width}x{config.height}"),
+        ("Model", config.model or "unknown"),
+    ]
+    if config.clip_skip:
+        # A1111 counts the last layer as 1; diffusers' clip_skip=1 is A1111's "Clip skip: 2".
+        fields.append(("Clip skip", config.clip_skip + 1))
+    if config.pose is not None:
+        fields.append(("ControlNet", f"openpose, weight {_num(config.controlnet_conditioning_scale)}, "
+                                     f"guidance {_num(config.control_guidance_start)}-{_num(config.control_guidance_end)}"))
+    text = ", ".join(f"{k}: {_quote(v)}" for k, v in fields)
+    if config.loras:
+        # A1111 writes LoRAs into the prompt as <lora:name:weight>; keep them readable here.
+        text += ", Lora hashes: " + _quote(", ".join(f"{n}: {_num(w)}" for n, w in config.loras.items()))
+    lines.append(text)
+    return "\n".join(lines)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _quote(value: Any) -> str:
+    s = str(value)
+    return json.dumps(s) if ("," in s or ":" in s) and not re.fullmatch(r"\d+x\d+", s) else s
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Parse A1111 `parameters` text into a dict of GenerationConfig fields (best effort)."""
+    lines = text.strip().split("\n")
+    # The last line holding "Steps:" is the settings line; everything before is prompt/negative.
+    idx = max((i for i, line in enumerate(lines) if re.match(r"\s*Steps:\s*\d+", line)), default=None)
+    if idx is None:
+        raise CharstudioError("the image's 'parameters' text has no 'Steps:' line; it is not an A1111-style recipe")
+    head, settings = lines[:idx], lines[idx]
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in head:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].lstrip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    values: dict[str, str] = {}
+    for m in re.finditer(r'\s*([\w \-/+]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', settings):
+        key, val = m.group(1).strip(), m.group(2).strip()
+        if val.startswith('"'):
+            val = json.loads(val)
+        values[key] = val
+    out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+    if "Steps" in values:
+        out["num_inference_steps"] = int(values["Steps"])
+    if "Sampler" in values:
+        sampler = values["Sampler"]
+        if values.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
+            sampler += " Karras"
+        try:
+            out["scheduler"] = scheduler_spec(sampler).name
+        except ValueError:
+            log.warning("sampler %r has no charstudio equivalent; using the default", sampler)
+    if "CFG scale" in values:
+        out["guidance_scale"] = float(values["CFG scale"])
+    if "Seed" in values:
+        out["seed"] = int(values["Seed"])
+    if "Size" in values:
+        w, h = values["Size"].lower().split("x")
+        out["width"], out["height"] = int(w), int(h)
+    if "Model" in values:
+        out["model"] = values["Model"]
+    if "Clip skip" in values and int(values["Clip skip"]) > 1:
+        out["clip_skip"] = int(values["Clip skip"]) - 1
+    return out
+
+
+def png_info(config: GenerationConfig):
+    """The PngInfo holding both text chunks for `config`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(config))
+    info.add_text(RECIPE_KEY, json.dumps(config.to_dict(), ensure_ascii=False))
+    return info
+
+
+def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
+    """Read an image and its recipe (our JSON chunk, else A1111 `parameters`)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise CharstudioError(f"path={str(p)!r}: no such image file")
+    try:
+        image = Image.open(p)
+        image.load()
+    except Exception as exc:  # PIL raises many types for unreadable files
+        raise CharstudioError(f"path={str(p)!r} is not a readable image: {exc}") from exc
+    text = getattr(image, "text", {}) or {}
+    if RECIPE_KEY in text:
+        try:
+            return image, GenerationConfig.from_dict(json.loads(text[RECIPE_KEY]))
+        except json.JSONDecodeError as exc:
+            log.warning("%s: the charstudio recipe chunk is not valid JSON (%s); falling back to 'parameters'", p, exc)
+    if PARAMETERS_KEY in text:
+        return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY]))
+    raise CharstudioError(f"path={str(p)!r} carries no recipe (no 'charstudio' or 'parameters' PNG text chunk)")

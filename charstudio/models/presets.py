@@ -1,0 +1,37 @@
+"""Named models. Anything that is not a preset is a hub id, a diffusers folder or a single file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    description: str
+    repo: str | None  # hub id of the diffusers-format base model; None for built-in models
+    controlnet: str | None  # hub id of the OpenPose ControlNet that matches it
+    default_size: int = 512
+    default_steps: int = 25
+    builtin: bool = False
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            "tiny",
+            "built-in SD-architecture model with random weights; offline, instant, draws noise (for tests and CI)",
+            repo=None, controlnet=None, default_size=128, default_steps=20, builtin=True,
+        ),
+        ModelPreset(
+            "sd15",
+            "Stable Diffusion 1.5 with the OpenPose ControlNet v1.1 (needs a download; best on a GPU)",
+            repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            controlnet="lllyasviel/control_v11p_sd15_openpose",
+        ),
+    )
+}
+
+# ControlNet to pair with any SD 1.x checkpoint that is not a preset (anime fine-tunes included).
+SD15_OPENPOSE_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"

@@ -1,0 +1,135 @@
+"""The `tiny` model: an SD 1.x-shaped pipeline with random weights, built offline in code.
+
+It has every part a real Stable Diffusion 1.x checkpoint has (CLIP text encoder, tokenizer,
+UNet, VAE with an 8x factor, OpenPose ControlNet), so every code path in charstudio runs on
+any machine without downloading weights. Its pictures are noise. Building it takes well under
+a second and is deterministic: the same `seed` gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TINY_SIZE = 128  # default output size in pixels; latents are 16x16
+TEXT_HIDDEN = 32  # CLIP hidden size == UNet cross-attention dim
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins CLIP's byte-level BPE uses for raw bytes, in byte order.
+
+    Printable Latin-1 bytes stand for themselves; the rest are shifted past U+0100 so that
+    no symbol is whitespace or a control character.
+    """
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    symbols, shifted = [], 0
+    for b in range(256):
+        if b in printable:
+            symbols.append(chr(b))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def build_tokenizer():
+    """A byte-level CLIP tokenizer built in memory (no files, no hub).
+
+    The vocabulary is the 256 byte symbols, their end-of-word forms, and the two special
+    tokens. With no merges every character is one token, which is enough for a tiny model
+    and still exercises CLIP's 77-token window.
+    """
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def build_tiny_components(seed: int = 0) -> dict[str, Any]:
+    """Build the tiny model's components, ready to hand to a diffusers pipeline."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+
+    # Each module gets its own seed so that adding a module never changes the others.
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=TEXT_HIDDEN,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=TEXT_HIDDEN,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+
+    unet_blocks = dict(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        **unet_blocks,
+    ).eval()
+
+    torch.manual_seed(seed + 2)
+    # ControlNet's conditioning embedding downsamples by 8 (three stride-2 convs), so the VAE
+    # below must also have an 8x factor (four blocks).
+    controlnet = ControlNetModel(
+        in_channels=4,
+        conditioning_embedding_out_channels=(8, 16, 32, 32),
+        **unet_blocks,
+    ).eval()
+
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_SIZE,
+    ).eval()
+
+    # The same noise schedule as SD 1.x, so schedulers behave as they do on real models.
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "vae": vae,
+        "controlnet": controlnet,
+        "scheduler": scheduler,
+    }

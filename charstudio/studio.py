@@ -1,0 +1,266 @@
+"""`Studio`: one set of SD 1.x components shared by the txt2img, ControlNet and img2img pipelines.
+
+Data flows one way: a character card or prompt comes in, `generate` turns it into a
+`GenerationConfig` (the recipe), `run` turns the recipe into pipeline calls, and a `Result`
+holding the images and their recipes comes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from typing import Any, Callable, Iterable, Literal
+
+from .callbacks import CancelToken, StepCallback, StepProgress, chain
+from .character import Character, compose_prompt, is_character, load_character
+from .conditioning import PromptEncoder
+from .config import MAX_SEED, GenerationConfig
+from .errors import ConfigError, ModelLoadError
+from .models.device import configure_attention, pick_device
+from .models.loading import load_components, load_controlnet, resolve_model
+from .models.presets import PRESETS
+from .result import Result
+from .schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+log = logging.getLogger(__name__)
+
+PipelineKind = Literal["txt2img", "controlnet", "img2img", "controlnet_img2img"]
+_PIPELINE_CLASSES = {
+    "txt2img": "StableDiffusionPipeline",
+    "controlnet": "StableDiffusionControlNetPipeline",
+    "img2img": "StableDiffusionImg2ImgPipeline",
+    "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline",
+}
+
+
+class Studio:
+    """Generate characters with one loaded model.
+
+    >>> studio = Studio.from_pretrained("tiny")
+    >>> result = studio.generate("aiko", style="watercolor", seed=1)
+    >>> result.save("outputs")
+    """
+
+    def __init__(self, components: dict[str, Any], *, model_id: str, device: Any, dtype: Any,
+                 controlnet_source: str | None = None, default_size: int = 512, default_steps: int = 25,
+                 attention: str = "sdpa"):
+        self.components = dict(components)
+        self.components.setdefault("controlnet", None)
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.controlnet_source = controlnet_source
+        self.default_size = default_size
+        self.default_steps = default_steps
+        self.attention = attention
+        self.base_scheduler_config = dict(self.components["scheduler"].config)
+        self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
+        self._pipelines: dict[str, Any] = {}
+        self._lora_weights: dict[str, float] = {}  # adapter name -> weight, as used in recipes
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str = "tiny", *, device: str | None = None, dtype: str | None = None,
+                        controlnet: str | None = None, allow_pickle: bool = False,
+                        attention: str = "auto") -> "Studio":
+        """Load a model by preset name (`tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
+
+        `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
+        Pickled `.ckpt` files load only with `allow_pickle=True`.
+        """
+        source = resolve_model(model, allow_pickle=allow_pickle)
+        dev, dt = pick_device(device, dtype)
+        log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
+        components = load_components(source, dtype=dt)
+        for name in ("text_encoder", "unet", "vae", "controlnet"):
+            if components.get(name) is not None:
+                components[name].to(dev)
+        preset = PRESETS.get(model)
+        studio = cls(components, model_id=source.name, device=dev, dtype=dt,
+                     controlnet_source=controlnet or source.controlnet,
+                     default_size=preset.default_size if preset else 512,
+                     default_steps=preset.default_steps if preset else 25)
+        studio.attention = configure_attention(studio.pipeline("txt2img"), attention)
+        return studio
+
+    @property
+    def controlnet(self) -> Any:
+        """The OpenPose ControlNet, loaded on first use for downloaded models."""
+        if self.components.get("controlnet") is None:
+            if not self.controlnet_source:
+                raise ModelLoadError(f"model {self.model_id!r} has no OpenPose ControlNet configured: "
+                                     "pass controlnet='lllyasviel/control_v11p_sd15_openpose' (or a folder)")
+            net = load_controlnet(self.controlnet_source, dtype=self.dtype).to(self.device)
+            self.components["controlnet"] = net
+            self._pipelines = {k: v for k, v in self._pipelines.items() if "controlnet" not in k}
+        return self.components["controlnet"]
+
+    def pipeline(self, kind: PipelineKind = "txt2img") -> Any:
+        """The diffusers pipeline of `kind`, built once over the shared components."""
+        if kind not in _PIPELINE_CLASSES:
+            raise ConfigError("kind", kind, f"choose one of {', '.join(_PIPELINE_CLASSES)}")
+        if kind not in self._pipelines:
+            import diffusers
+
+            parts = {k: self.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+            if "controlnet" in kind:
+                parts["controlnet"] = self.controlnet
+            pipe = getattr(diffusers, _PIPELINE_CLASSES[kind])(
+                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)  # progress goes through our callbacks
+            self._pipelines[kind] = pipe
+        return self._pipelines[kind]
+
+    @property
+    def active_loras(self) -> dict[str, float]:
+        """LoRA adapters in use, name -> weight (recorded in every recipe)."""
+        return dict(self._lora_weights)
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
+                 extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
+                 guidance_scale: float = 7.0, width: int | None = None, height: int | None = None,
+                 negative_prompt: str | None = None, scheduler: str = DEFAULT_SCHEDULER, num_images: int = 1,
+                 clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
+                 control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
+                 callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
+                 cancel: CancelToken | None = None) -> Result:
+        """Generate `num_images` images of a character card (by name or object) or a prompt.
+
+        The card's seed and style are used unless given. Image i uses seed `seed + i`.
+        `pose` (a pose name, `Pose`, pose JSON dict) switches on the OpenPose ControlNet.
+        `negative_prompt`, when given, replaces the card's and style's negatives.
+        """
+        config = self.make_config(character_or_prompt, style=style, extra=extra, seed=seed,
+                                  num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                  width=width, height=height, negative_prompt=negative_prompt,
+                                  scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
+                                  controlnet_conditioning_scale=controlnet_conditioning_scale,
+                                  control_guidance_start=control_guidance_start,
+                                  control_guidance_end=control_guidance_end)
+        return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel)
+
+    def make_config(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
+                    extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
+                    width: int | None = None, height: int | None = None, negative_prompt: str | None = None,
+                    pose: Any = None, **settings: Any) -> GenerationConfig:
+        """Resolve a card/prompt, style and defaults into a validated recipe (without running it)."""
+        card = None
+        if isinstance(character_or_prompt, Character):
+            card = character_or_prompt
+        elif isinstance(character_or_prompt, str) and is_character(character_or_prompt):
+            card = load_character(character_or_prompt)
+        prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
+        if negative_prompt is not None:
+            negative = negative_prompt
+        if seed is None:
+            seed = card.seed if card is not None and card.seed is not None else random.randint(0, MAX_SEED - 64)
+        width = self.default_size if width is None else width
+        height = self.default_size if height is None else height
+        if pose is not None:
+            pose = self._pose_dict(pose, width, height)
+        return GenerationConfig(
+            prompt=prompt, negative_prompt=negative, seed=seed,
+            num_inference_steps=self.default_steps if num_inference_steps is None else num_inference_steps,
+            width=width, height=height, model=self.model_id,
+            character=card.name if card else None,
+            style=style if style is not None else (card.style if card else None),
+            loras=self.active_loras, pose=pose, **settings)
+
+    @staticmethod
+    def _pose_dict(pose: Any, width: int, height: int) -> dict:
+        from .pose import Pose, load_pose
+
+        p = pose if isinstance(pose, Pose) else load_pose(pose)
+        return p.fit(width, height).to_dict()
+
+    def run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback] = (),
+            progress: Callable[[StepProgress], None] | None = None, cancel: CancelToken | None = None,
+            control_image: Any = None) -> Result:
+        """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU)."""
+        import torch
+
+        # 1. Check the recipe fits this studio.
+        if config.model and config.model != self.model_id:
+            log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
+        missing = set(config.loras) - set(self._lora_weights)
+        if missing:
+            raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
+
+        # 2. Pick the pipeline: the ControlNet one when there is a pose or control image.
+        if control_image is None and config.pose is not None:
+            control_image = self._render_pose(config)
+        if control_image is not None and control_image.size != (config.width, config.height):
+            raise ConfigError("control_image", f"{control_image.size[0]}x{control_image.size[1]}",
+                              f"must match the output size {config.width}x{config.height}; "
+                              "pass a Pose (fitted automatically) or resize the image")
+        pipe = self.pipeline("controlnet" if control_image is not None else "txt2img")
+        extra_args: dict[str, Any] = {}
+        if control_image is not None:
+            extra_args = dict(image=control_image, controlnet_conditioning_scale=config.controlnet_conditioning_scale,
+                              control_guidance_start=config.control_guidance_start,
+                              control_guidance_end=config.control_guidance_end)
+
+        # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
+        encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
+
+        # 4. One pipeline call per image, so each image's recipe (seed + i) reproduces it alone.
+        images, recipes, latents_out = [], [], []
+        for i in range(config.num_images):
+            if cancel is not None:
+                cancel.check()
+            step_cbs = list(callbacks)
+            if cancel is not None:
+                step_cbs.insert(0, lambda p, s, t, kw: cancel.check() or {})
+            if progress is not None:
+                step_cbs.append(_progress_callback(progress, i + 1, config.num_images, config.num_inference_steps))
+            combined, tensor_inputs = chain(step_cbs)
+            pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
+            generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
+            out = pipe(prompt_embeds=encoded.prompt_embeds, negative_prompt_embeds=encoded.negative_prompt_embeds,
+                       num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+                       width=config.width, height=config.height, generator=generator, output_type="latent",
+                       callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
+                       **extra_args)
+            latents = out.images
+            images.extend(self.decode(latents))
+            latents_out.append(latents)
+            recipes.append(config.replace(seed=config.seed + i, num_images=1, model=self.model_id,
+                                          loras=self.active_loras))
+        return Result(images, recipes, {"latents": latents_out})
+
+    def _render_pose(self, config: GenerationConfig) -> Any:
+        from .pose import Pose
+
+        return Pose.from_dict(config.pose).fit(config.width, config.height).render(config.width, config.height)
+
+    def decode(self, latents: Any) -> list[Any]:
+        """Latents -> PIL images with the VAE. NaNs (fp16 overflow) trigger an fp32 retry and a warning."""
+        import torch
+
+        vae = self.components["vae"]
+        with torch.no_grad():
+            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
+                warnings.warn(f"the VAE produced NaNs in {vae.dtype}; upcasting it to float32 for this model",
+                              RuntimeWarning, stacklevel=3)
+                vae.to(torch.float32)
+                pixels = vae.decode(latents.to(torch.float32) / vae.config.scaling_factor, return_dict=False)[0]
+            if not torch.isfinite(pixels).all():
+                warnings.warn("the image contains NaNs and will be black: try fp32 (dtype='fp32'), fewer steps "
+                              "with another scheduler, or a lower guidance_scale", RuntimeWarning, stacklevel=3)
+                pixels = torch.nan_to_num(pixels, nan=-1.0)
+        images = self.pipeline("txt2img").image_processor.postprocess(pixels.float(), output_type="pil")
+        for im in images:
+            if im.getextrema() == ((0, 0), (0, 0), (0, 0)):
+                warnings.warn("generated an all-black image", RuntimeWarning, stacklevel=3)
+        return images
+
+
+def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int) -> StepCallback:
+    def report(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        progress(StepProgress(image=image, images=images, step=step + 1, steps=steps))
+        return {}
+
+    return report
