@@ -26,7 +26,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
         SchedulerSpec("unipc", "UniPCMultistepScheduler", "UniPC"),
         SchedulerSpec("lcm", "LCMScheduler", "LCM"),
-        SchedulerSpec("pndm", "PNDMScheduler", "PLMS"),
+        SchedulerSpec("pndm", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}),
         SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun"),
         SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS"),
     )

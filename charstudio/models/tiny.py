@@ -100,7 +100,16 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         in_channels=4,
         conditioning_embedding_out_channels=(8, 16, 32, 32),
         **unet_blocks,
-    ).eval()
+    )
+    # A new ControlNet starts with zero convolutions so it cannot disturb the UNet before
+    # training. A random stand-in must have an effect, so those layers get small random weights.
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for conv in zero_convs:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+            torch.nn.init.normal_(conv.bias, std=0.05)
+    controlnet.eval()
 
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(

@@ -1,0 +1,173 @@
+"""Generation core: determinism, recipes, parity with plain diffusers, long prompts, hooks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charstudio import CancelToken, GenerationCancelled, Result
+from charstudio.schedulers import SCHEDULERS, make_scheduler
+from conftest import pixels
+
+FAST = dict(num_inference_steps=4)
+
+
+def test_same_seed_same_image_and_different_seed_differs(tiny_studio):
+    a = tiny_studio.generate("a knight in red armour", seed=11, **FAST)
+    b = tiny_studio.generate("a knight in red armour", seed=11, **FAST)
+    c = tiny_studio.generate("a knight in red armour", seed=12, **FAST)
+    assert np.array_equal(pixels(a.image), pixels(b.image))
+    assert not np.array_equal(pixels(a.image), pixels(c.image))
+
+
+def test_matches_plain_diffusers_on_the_same_model(tiny_studio):
+    """Our path (own prompt encoding, own decode) gives the very pixels diffusers gives."""
+    ours = tiny_studio.generate("a girl with red hair", negative_prompt="blurry", seed=5, guidance_scale=6.0,
+                                scheduler="euler", **FAST)
+    pipe = tiny_studio.pipeline("txt2img")
+    pipe.scheduler = make_scheduler("euler", tiny_studio.base_scheduler_config)
+    plain = pipe("a girl with red hair", negative_prompt="blurry", num_inference_steps=4, guidance_scale=6.0,
+                 width=128, height=128, generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(pixels(ours.image), pixels(plain))
+
+
+def test_batch_images_use_consecutive_seeds_and_each_recipe_rebuilds_its_image(tiny_studio, tmp_path):
+    result = tiny_studio.generate("aiko", seed=100, num_images=3, **FAST)
+    assert [r.seed for r in result.recipes] == [100, 101, 102]
+    assert all(r.num_images == 1 and r.character == "aiko" and r.model == "tiny" for r in result.recipes)
+    paths = result.save(tmp_path)
+    assert len(paths) == 3 and all(p.exists() for p in paths)
+    loaded = Result.from_png(paths[2])
+    assert loaded.recipe == result.recipes[2]
+    again = tiny_studio.run(loaded.recipe)
+    assert np.array_equal(pixels(again.image), pixels(result.images[2]))  # bit-identical on CPU
+    assert np.array_equal(pixels(loaded.image), pixels(result.images[2]))  # PNG is lossless
+
+
+def test_saved_png_carries_a1111_parameters(tiny_studio, tmp_path):
+    from PIL import Image
+
+    result = tiny_studio.generate("a wizard", negative_prompt="blurry", seed=9, scheduler="euler-a",
+                                  guidance_scale=5.5, **FAST)
+    path = result.save(tmp_path)[0]
+    text = Image.open(path).text["parameters"]
+    lines = text.split("\n")
+    assert lines[0] == "a wizard"
+    assert lines[1] == "Negative prompt: blurry"
+    assert lines[2] == "Steps: 4, Sampler: Euler a, CFG scale: 5.5, Seed: 9, Size: 128x128, Model: tiny"
+
+
+def test_save_never_overwrites(tiny_studio, tmp_path):
+    result = tiny_studio.generate("a cat", seed=1, **FAST)
+    first = result.save(tmp_path)[0]
+    before = first.read_bytes()
+    second = result.save(tmp_path)[0]
+    assert first != second and first.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+
+
+def test_card_seed_and_style_are_used(tiny_studio):
+    from charstudio import load_character
+
+    card = load_character("aiko")
+    result = tiny_studio.generate("aiko", **FAST)
+    assert result.recipe.seed == card.seed
+    assert result.recipe.style == card.style
+    assert "anime style" in result.recipe.prompt and card.traits["hair"] in result.recipe.prompt
+
+
+def test_long_prompt_is_chunked_not_truncated(tiny_studio):
+    enc = tiny_studio.encoder
+    short = "a girl with red hair"
+    long = short + ", " + ", ".join(f"detail number {i}" for i in range(20))
+    assert enc.count_tokens(long) > 150  # the tiny tokenizer is per character
+    e = enc.encode(long, "blurry")
+    assert e.num_chunks == -(-enc.count_tokens(long) // 75)
+    assert e.prompt_embeds.shape[1] == 77 * e.num_chunks == e.negative_prompt_embeds.shape[1]
+    # Words past token 75 change the conditioning (they would be silently dropped by truncation).
+    e2 = enc.encode(long[:-1] + "X", "blurry")
+    assert not torch.equal(e.prompt_embeds, e2.prompt_embeds)
+    # And the long prompt generates.
+    out = tiny_studio.generate(long, seed=1, **FAST)
+    assert out.image.size == (128, 128)
+
+
+def test_short_prompt_embedding_matches_diffusers_encode_prompt(tiny_studio):
+    pipe = tiny_studio.pipeline("txt2img")
+    ref, _ = pipe.encode_prompt("red scarf", "cpu", 1, False)
+    ours = tiny_studio.encoder.encode("red scarf").prompt_embeds
+    assert torch.equal(ref, ours)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_every_scheduler_runs_and_is_recorded(tiny_studio, name):
+    result = tiny_studio.generate("a robot", seed=3, scheduler=name, num_inference_steps=3)
+    assert result.recipe.scheduler == name
+    assert np.isfinite(pixels(result.image)).all()
+
+
+def test_schedulers_differ(tiny_studio):
+    a = tiny_studio.generate("a robot", seed=3, scheduler="euler", num_inference_steps=6)
+    b = tiny_studio.generate("a robot", seed=3, scheduler="ddim", num_inference_steps=6)
+    assert not np.array_equal(pixels(a.image), pixels(b.image))
+
+
+def test_callback_that_edits_latents_changes_the_result(tiny_studio):
+    seen = []
+
+    def double_at_step_1(pipe, step, t, kw):
+        seen.append(step)
+        return {"latents": kw["latents"] * 2.0} if step == 1 else {}
+
+    plain = tiny_studio.generate("a fox", seed=4, **FAST)
+    edited = tiny_studio.generate("a fox", seed=4, callbacks=[double_at_step_1], **FAST)
+    assert seen == [0, 1, 2, 3]
+    assert not np.array_equal(pixels(plain.image), pixels(edited.image))
+    # A callback that returns nothing leaves the image alone.
+    watched = tiny_studio.generate("a fox", seed=4, callbacks=[lambda p, s, t, kw: {}], **FAST)
+    assert np.array_equal(pixels(plain.image), pixels(watched.image))
+
+
+def test_progress_reports_every_step_of_every_image(tiny_studio):
+    events = []
+    tiny_studio.generate("a fox", seed=4, num_images=2, progress=events.append, num_inference_steps=3)
+    assert [(e.image, e.step) for e in events] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert events[-1].fraction == 1.0
+
+
+def test_cancel_stops_at_the_next_step(tiny_studio):
+    token = CancelToken()
+    steps = []
+
+    def cancel_after_two(pipe, step, t, kw):
+        steps.append(step)
+        if step == 1:
+            token.cancel()
+        return {}
+
+    with pytest.raises(GenerationCancelled):
+        tiny_studio.generate("a fox", seed=4, num_inference_steps=10, callbacks=[cancel_after_two], cancel=token)
+    assert steps == [0, 1]  # the cancel check runs first at step 2 and stops the run
+
+
+def test_pose_switches_on_controlnet_and_changes_the_image(tiny_studio):
+    plain = tiny_studio.generate("a fox", seed=4, **FAST)
+    from PIL import Image, ImageDraw
+
+    control = Image.new("RGB", (128, 128))
+    ImageDraw.Draw(control).line([(64, 10), (64, 120)], fill=(255, 0, 0), width=6)
+    config = tiny_studio.make_config("a fox", seed=4, **FAST)
+    posed = tiny_studio.run(config, control_image=control)
+    assert not np.array_equal(pixels(plain.image), pixels(posed.image))
+
+
+def test_fp16_nan_decode_upcasts_the_vae_with_a_warning(fresh_studio):
+    """A VAE that overflows in fp16 is retried in fp32 (as SD 1.5's VAE needs at high res)."""
+    vae = fresh_studio.components["vae"]
+    vae.to(torch.float16)
+    latents = torch.full((1, 4, 16, 16), 7e4)  # overflows fp16 inside the decoder
+    with pytest.warns(RuntimeWarning, match="upcasting"):
+        images = fresh_studio.decode(latents.half())
+    assert vae.dtype == torch.float32
+    assert images[0].size == (128, 128)
