@@ -184,7 +184,8 @@ def load_character(name_or_path: str | os.PathLike | Character) -> Character:
 def is_character(name: str) -> bool:
     """True when `name` names a card (by name or as a .yaml path), so it is not a free prompt."""
     p = Path(str(name)).expanduser()
-    return str(name) in _card_files() or (p.suffix.lower() in (".yaml", ".yml") and p.is_file())
+    # A .yaml path counts even when missing, so the user hears "no such file", not noise from it as a prompt.
+    return str(name) in _card_files() or (p.suffix.lower() in (".yaml", ".yml") and " " not in str(name))
 
 
 def load_styles() -> dict[str, Style]:

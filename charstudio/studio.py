@@ -63,23 +63,25 @@ class Studio:
     @classmethod
     def from_pretrained(cls, model: str = "tiny", *, device: str | None = None, dtype: str | None = None,
                         controlnet: str | None = None, allow_pickle: bool = False,
-                        attention: str = "auto") -> "Studio":
+                        attention: str = "auto", config: str | None = None) -> "Studio":
         """Load a model by preset name (`tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
 
         `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
         Pickled `.ckpt` files load only with `allow_pickle=True`.
+        `config` (single files only): diffusers folder or hub id of the base model whose configs,
+        tokenizer and scheduler describe the file; needed offline unless SD 1.5's are cached.
         """
         source = resolve_model(model, allow_pickle=allow_pickle)
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
-        components = load_components(source, dtype=dt)
+        components = load_components(source, dtype=dt, config=config)
         for name in ("text_encoder", "unet", "vae", "controlnet"):
             if components.get(name) is not None:
                 components[name].to(dev)
         preset = PRESETS.get(model)
         studio = cls(components, model_id=source.name, device=dev, dtype=dt,
                      controlnet_source=controlnet or source.controlnet,
-                     default_size=preset.default_size if preset else 512,
+                     default_size=native_size(components),
                      default_steps=preset.default_steps if preset else 25)
         studio.attention = configure_attention(studio.pipeline("txt2img"), attention)
         return studio
@@ -256,6 +258,12 @@ class Studio:
             if im.getextrema() == ((0, 0), (0, 0), (0, 0)):
                 warnings.warn("generated an all-black image", RuntimeWarning, stacklevel=3)
         return images
+
+
+def native_size(components: dict[str, Any]) -> int:
+    """The resolution the UNet was trained at: its latent size times the VAE's factor (512 for SD 1.5)."""
+    vae_factor = 2 ** (len(components["vae"].config.block_out_channels) - 1)
+    return int(components["unet"].config.sample_size) * vae_factor
 
 
 def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int) -> StepCallback:

@@ -11,7 +11,6 @@ class ModelPreset:
     description: str
     repo: str | None  # hub id of the diffusers-format base model; None for built-in models
     controlnet: str | None  # hub id of the OpenPose ControlNet that matches it
-    default_size: int = 512
     default_steps: int = 25
     builtin: bool = False
 
@@ -22,7 +21,7 @@ PRESETS: dict[str, ModelPreset] = {
         ModelPreset(
             "tiny",
             "built-in SD-architecture model with random weights; offline, instant, draws noise (for tests and CI)",
-            repo=None, controlnet=None, default_size=128, default_steps=20, builtin=True,
+            repo=None, controlnet=None, default_steps=20, builtin=True,
         ),
         ModelPreset(
             "sd15",

@@ -1,0 +1,157 @@
+"""Each kind of bad input gets a one-line error naming what was wrong and what would work."""
+
+from __future__ import annotations
+
+import pytest
+
+from charstudio import CardError, ConfigError, GenerationConfig, ModelLoadError, OutputError, Studio
+
+
+def one_line(exc: BaseException) -> str:
+    msg = str(exc)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_unknown_preset():
+    with pytest.raises(ModelLoadError) as e:
+        Studio.from_pretrained("sd99")
+    msg = one_line(e.value)
+    assert "'sd99'" in msg and "tiny" in msg and "sd15" in msg
+
+
+def test_missing_path(tmp_path):
+    missing = tmp_path / "nope" / "model.safetensors"
+    with pytest.raises(ModelLoadError) as e:
+        Studio.from_pretrained(str(missing))
+    assert "no such file" in one_line(e.value) and str(missing) in str(e.value)
+
+
+def test_folder_that_is_not_a_diffusers_model(tmp_path):
+    with pytest.raises(ModelLoadError) as e:
+        Studio.from_pretrained(str(tmp_path))
+    assert "model_index.json" in one_line(e.value)
+
+
+def test_hub_id_while_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as e:
+        Studio.from_pretrained("someone/not-cached-model-xyz")
+    msg = one_line(e.value)
+    assert "HF_HUB_OFFLINE" in msg and "someone/not-cached-model-xyz" in msg and "tiny" in msg
+
+
+def test_pickled_checkpoint_needs_opt_in(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not even loaded")
+    with pytest.raises(ModelLoadError) as e:
+        Studio.from_pretrained(str(ckpt))
+    msg = one_line(e.value)
+    assert "allow_pickle" in msg and ".safetensors" in msg
+    assert ckpt.read_bytes() == b"not even loaded"  # nothing touched
+
+
+@pytest.mark.parametrize("field", ["width", "height"])
+def test_size_not_multiple_of_8(tiny_studio, field):
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.generate("a cat", **{field: 130}, num_inference_steps=1)
+    msg = one_line(e.value)
+    assert f"{field}=130" in msg and "multiple of 8" in msg and "128" in msg and "136" in msg
+
+
+@pytest.mark.parametrize("steps", [0, -3])
+def test_steps_below_one(tiny_studio, steps):
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.generate("a cat", num_inference_steps=steps)
+    assert f"num_inference_steps={steps}" in one_line(e.value)
+
+
+@pytest.mark.parametrize("prompt", [None, "", "   "])
+def test_empty_prompt_without_card(tiny_studio, prompt):
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.generate(prompt, num_inference_steps=1)
+    assert "prompt" in one_line(e.value) and "card" in str(e.value)
+
+
+def test_unknown_style(tiny_studio):
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.generate("aiko", style="oil-on-velvet", num_inference_steps=1)
+    msg = one_line(e.value)
+    assert "style='oil-on-velvet'" in msg and "watercolor" in msg
+
+
+def test_unknown_scheduler(tiny_studio):
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.generate("aiko", scheduler="dpm++99", num_inference_steps=1)
+    msg = one_line(e.value)
+    assert "scheduler='dpm++99'" in msg and "euler-a" in msg
+
+
+def test_unknown_card_or_path(tiny_studio, tmp_path):
+    with pytest.raises(CardError) as e:
+        tiny_studio.generate(str(tmp_path / "ghost.yaml"))
+    assert "no such file" in one_line(e.value)
+
+
+def test_malformed_card_yaml_names_file_and_line(tmp_path, tiny_studio):
+    card = tmp_path / "broken.yaml"
+    card.write_text("name: broken\ntraits: [unclosed\n")
+    with pytest.raises(CardError) as e:
+        tiny_studio.generate(str(card))
+    msg = one_line(e.value)
+    assert str(card) in msg and "line" in msg
+
+
+def test_card_with_bad_field_names_file_and_field(tmp_path):
+    from charstudio import load_character
+
+    card = tmp_path / "bad.yaml"
+    card.write_text("name: bad\ndescription: x\nseed: minus one\n")
+    with pytest.raises(CardError) as e:
+        load_character(str(card))
+    msg = one_line(e.value)
+    assert str(card) in msg and "'seed'" in msg and "whole number" in msg
+    card.write_text("name: bad\ndescription: x\nhiar: red\n")
+    with pytest.raises(CardError, match="unknown field 'hiar'"):
+        load_character(str(card))
+
+
+def test_output_directory_that_is_a_file(tiny_studio, tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("precious")
+    result = tiny_studio.generate("a cat", seed=1, num_inference_steps=1)
+    with pytest.raises(OutputError) as e:
+        result.save(blocker)
+    assert "is a file" in one_line(e.value)
+    assert blocker.read_text() == "precious"
+
+
+def test_config_errors_name_field_and_value():
+    with pytest.raises(ConfigError, match=r"guidance_scale=nan"):
+        GenerationConfig(prompt="x", guidance_scale=float("nan"))
+    with pytest.raises(ConfigError, match=r"seed=-1"):
+        GenerationConfig(prompt="x", seed=-1)
+    with pytest.raises(ConfigError, match=r"control_guidance_start=0.9"):
+        GenerationConfig(prompt="x", control_guidance_start=0.9, control_guidance_end=0.5)
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(ConfigError, match="dtype='fp8'"):
+        Studio.from_pretrained("tiny", dtype="fp8")
+    with pytest.raises(ConfigError, match="device='tpu'"):
+        Studio.from_pretrained("tiny", device="tpu")
+
+
+def test_control_image_of_another_size(tiny_studio):
+    from PIL import Image
+
+    config = tiny_studio.make_config("a fox", seed=4, num_inference_steps=1)
+    with pytest.raises(ConfigError) as e:
+        tiny_studio.run(config, control_image=Image.new("RGB", (64, 64)))
+    assert "64x64" in one_line(e.value) and "128x128" in str(e.value)
+
+
+def test_recipe_with_lora_that_is_not_loaded(tiny_studio):
+    config = tiny_studio.make_config("a fox", seed=4, num_inference_steps=1).replace(loras={"ghost": 0.7})
+    with pytest.raises(ConfigError, match="ghost"):
+        tiny_studio.run(config)

@@ -1,0 +1,56 @@
+"""The `charstudio` command: generate, listings, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from charstudio.cli import main
+
+
+def test_generate_writes_pngs_with_recipes(tmp_path, capsys):
+    from charstudio import Result
+
+    rc = main(["generate", "mira", "--steps", "2", "--seed", "3", "-n", "2", "--style", "sketch",
+               "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out.split()
+    assert len(out) == 2
+    recipe = Result.from_png(out[1]).recipe
+    assert (recipe.seed, recipe.style, recipe.character, recipe.num_inference_steps) == (4, "sketch", "mira", 2)
+
+
+def test_models_cards_styles_list(capsys):
+    assert main(["models"]) == 0
+    assert "sd15" in capsys.readouterr().out
+    assert main(["cards"]) == 0
+    assert "aiko" in capsys.readouterr().out
+    assert main(["styles"]) == 0
+    assert "watercolor" in capsys.readouterr().out
+
+
+def test_info_prints_the_recipe(tmp_path, capsys):
+    main(["generate", "a red fox", "--steps", "1", "--seed", "8", "--out", str(tmp_path)])
+    path = capsys.readouterr().out.split()[0]
+    assert main(["info", path]) == 0
+    assert "Seed: 8" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["generate", "aiko", "--width", "100", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("charstudio: error: width=100")
+    assert main(["generate", "aiko", "--model", "nonsense-preset"]) == 2
+    assert "nonsense-preset" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["generate", "aiko", "--steps", "1", "--out", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err and blocker.read_text() == "x"
+
+
+def test_debug_shows_traceback_and_help_works():
+    proc = subprocess.run([sys.executable, "-m", "charstudio", "--debug", "generate", "aiko", "--style", "nope"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "charstudio", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "generate" in proc.stdout
