@@ -16,6 +16,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
     p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickled .ckpt you trust")
+    p.add_argument("--config", default=None,
+                   help="for a single-file checkpoint: diffusers folder or hub id of its base model, whose configs "
+                        "to use (needed offline unless stable-diffusion-v1-5 is cached)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -52,7 +55,8 @@ def load_studio(args: argparse.Namespace):
     from charstudio import Studio
 
     return Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                  controlnet=args.controlnet, allow_pickle=args.allow_pickle)
+                                  controlnet=args.controlnet, allow_pickle=args.allow_pickle,
+                                  config=getattr(args, "config", None))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -83,8 +83,112 @@ def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"{what}={location!r} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
-def load_components(source: ModelSource, *, dtype: Any) -> dict[str, Any]:
-    """Load the SD 1.x components (tokenizer, text_encoder, unet, vae, scheduler) for `source`."""
+# Key prefixes of the three SD 1.x parts in an A1111 / civitai (original LDM) single file.
+SD1_SINGLE_FILE_PARTS = {
+    "UNet": "model.diffusion_model.",
+    "VAE": "first_stage_model.",
+    "CLIP text encoder": "cond_stage_model.transformer.",
+}
+# Where diffusers looks for the component configs of an SD 1.x single file when no config is given.
+SD1_DEFAULT_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def checkpoint_keys(path: str) -> list[str]:
+    """The tensor names in a single-file checkpoint, read without loading its weights.
+
+    `.safetensors`: only the header is read. Pickled files are opened as diffusers opens them,
+    with `weights_only=True` (memory-mapped, so tensors are not read), after the caller opted in.
+    """
+    name = Path(path).name
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                return list(f.keys())
+        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+            raise ModelLoadError(f"model={path!r} is not a readable .safetensors file ({_first_line(exc)}): "
+                                 f"re-download {name} or use another checkpoint") from exc
+    import zipfile
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # UnpicklingError for anything but tensors and plain containers
+        raise ModelLoadError(f"model={path!r} cannot be read with weights_only=True ({_first_line(exc)}): "
+                             f"convert {name} to .safetensors where you trust it, or use a .safetensors file") from exc
+    while isinstance(state, dict) and "state_dict" in state:  # as diffusers unwraps Lightning checkpoints
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"model={path!r} holds a {type(state).__name__}, not a dict of tensors: "
+                             "use an SD 1.x .safetensors checkpoint")
+    return [k for k in state if isinstance(k, str)]
+
+
+def check_sd1_layout(path: str, keys: list[str]) -> None:
+    """Raise a one-line ModelLoadError unless `keys` are an SD 1.x checkpoint in the LDM layout."""
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        raise ModelLoadError(f"model={path!r} is an SDXL checkpoint, and charstudio runs SD 1.x models: "
+                             "use an SD 1.x .safetensors (an SD 1.5 fine-tune), a diffusers folder or a preset")
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        raise ModelLoadError(f"model={path!r} is an SD 2.x checkpoint (OpenCLIP text encoder), and charstudio runs "
+                             "SD 1.x models: use an SD 1.x .safetensors (an SD 1.5 fine-tune), a diffusers folder or a preset")
+    missing = [f"{part} ({prefix}*)" for part, prefix in SD1_SINGLE_FILE_PARTS.items()
+               if not any(k.startswith(prefix) for k in keys)]
+    if not missing:
+        return
+    if not any(k.startswith(SD1_SINGLE_FILE_PARTS["UNet"]) for k in keys) and \
+            any(k.startswith(("lora_unet_", "lora_te")) or ".lora_" in k or "lora_A" in k for k in keys):
+        raise ModelLoadError(f"model={path!r} is a LoRA adapter, not a full model: load a base model "
+                             "and add the adapter to it with studio.load_lora")
+    seen = sorted({k.split(".")[0] for k in keys})
+    found = ", ".join(f"{p}.*" for p in seen[:4]) + (", ..." if len(seen) > 4 else "") if keys else "no tensors"
+    raise ModelLoadError(
+        f"model={path!r} does not have the SD 1.x single-file layout: it lacks {', '.join(missing)} keys "
+        f"(it has {found}): use an A1111/civitai SD 1.x checkpoint, a diffusers folder (save_pretrained) or a preset")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_hub_error(exc: BaseException) -> bool:
+    """Whether a load failed for lack of hub files (offline, not cached, no network)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.split(".")[0] in ("huggingface_hub", "requests", "httpx", "urllib3"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _check_config(config: str) -> str:
+    """A `config=` for a single file: a diffusers folder (returned as a path) or a hub id."""
+    path = Path(config).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(f"config={config!r} is a folder without model_index.json: give the base model's "
+                                 "diffusers-format folder (save_pretrained) or its hub id")
+        return str(path)
+    if path.exists() or config.startswith((".", "/", "~")) or config.count("/") != 1 or not all(config.split("/")):
+        raise ModelLoadError(f"config={config!r} is not a diffusers folder or a hub id like 'org/name': give the base "
+                             f"model's diffusers folder or hub id (e.g. {SD1_DEFAULT_CONFIG!r})")
+    return config
+
+
+def load_components(source: ModelSource, *, dtype: Any, config: str | None = None) -> dict[str, Any]:
+    """Load the SD 1.x components (tokenizer, text_encoder, unet, vae, scheduler) for `source`.
+
+    `config` applies to single-file checkpoints only: a diffusers folder or hub id of the base
+    model whose component configs (and tokenizer and scheduler) describe the file. Without it,
+    diffusers fetches the SD 1.5 configs from the hub, which fails offline unless they are cached.
+    """
+    if config is not None and source.kind != "single_file":
+        raise ModelLoadError(f"config={config!r} only applies to single-file checkpoints (.safetensors): "
+                             f"model={source.name!r} carries its own configs, so leave config unset")
     if source.kind == "builtin":
         from .tiny import build_tiny_components
 
@@ -96,21 +200,42 @@ def load_components(source: ModelSource, *, dtype: Any) -> dict[str, Any]:
                 comps[name].to(dtype=dtype)
         return comps
 
-    from diffusers import StableDiffusionPipeline
+    # 1. A single file must be an SD 1.x checkpoint in the LDM layout; diffusers would otherwise
+    #    guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from `config`.
+    extra: dict[str, Any] = {}
+    if source.kind == "single_file":
+        check_sd1_layout(source.location, checkpoint_keys(source.location))
+        if config is not None:
+            extra["config"] = _check_config(config)
 
-    # 1. Load through the pipeline class so every component gets the right class and config.
+    from diffusers import StableDiffusionPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    # 2. Load through the pipeline class so every component gets the right class and config.
     common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     try:
         if source.kind == "single_file":
-            pipe = StableDiffusionPipeline.from_single_file(source.location, **common)
+            pipe = StableDiffusionPipeline.from_single_file(source.location, **common, **extra)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(source.location, **common)
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         if source.kind == "hub":
             raise _hub_error("model", source.location, exc) from exc
-        raise ModelLoadError(f"model={source.location!r} could not be loaded as an SD 1.x checkpoint: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    # 2. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
+        if source.kind == "single_file" and _is_hub_error(exc):
+            if config is None:
+                why = "HF_HUB_OFFLINE=1 forbids downloading them" if _offline() else _first_line(exc)
+                raise ModelLoadError(
+                    f"model={source.location!r} is a single file without component configs, and diffusers' default "
+                    f"({SD1_DEFAULT_CONFIG}) is not in the local Hugging Face cache ({why}): pass config= (CLI: --config) "
+                    f"pointing to a diffusers folder or hub id of the base model (e.g. {SD1_DEFAULT_CONFIG} once cached)") from exc
+            if not Path(config).expanduser().is_dir():
+                raise ModelLoadError(
+                    f"config={config!r} is not in the local Hugging Face cache"
+                    f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if _offline() else f' ({_first_line(exc)})'}: "
+                    "download it once with network access, or pass a local diffusers folder of the base model") from exc
+        raise ModelLoadError(f"model={source.location!r} could not be loaded as an SD 1.x checkpoint"
+                             f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
+    # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
     return {name: getattr(pipe, name) for name in COMPONENT_NAMES}
 
 
