@@ -1,0 +1,679 @@
+"""Poses as data: OpenPose COCO-18 keypoints, JSON I/O, geometry, rendering, library, detection.
+
+A `Pose` holds one person's body keypoints in pixels of its canvas, in the COCO-18 order the
+OpenPose ControlNet was trained on, plus optional hands (2 x 21 points) and face (70 points).
+Each keypoint is (x, y, confidence); confidence 0 means "missing" (OpenPose writes missing
+points as 0, 0, 0, and so do we).
+
+Every Pose lies inside its canvas: points outside are clipped to the border with a warning,
+because the ControlNet cannot see them anyway and a silently shifted limb is easier to spot
+in the warning than in the picture.
+
+Reading (`Pose.from_dict`, `Pose.from_json`, `load_pose`) accepts:
+  * OpenPose's own output ``{"version", "people": [{"pose_keypoints_2d": [...]}]}`` in the
+    COCO-18 (54 numbers) or BODY_25 (75 numbers) layout. It stores no canvas size: pass
+    ``canvas_width``/``canvas_height`` (the size of the image it was detected on). Without them
+    the canvas is inferred from the keypoints' extent (the largest x and y plus 10%), which
+    keeps every point inside but is not the original image size; that case is logged.
+  * the sd-webui-openpose-editor / ComfyUI pose-editor JSON (``canvas_width``,
+    ``canvas_height``, ``people``), or a list of such frames (choose with ``frame=``).
+  * coordinates in pixels or normalised to 0..1. With ``normalized=None`` (the default) a
+    person whose present coordinates all lie within 0..1 is taken as normalised; pass
+    ``normalized=True/False`` to say so explicitly. Normalised input needs a canvas size.
+
+Writing (`Pose.to_dict`, `Pose.save`) produces the editor format, in pixels.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import difflib
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from charstudio.errors import ConfigError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Keypoint layouts (facts of the OpenPose formats)
+# ---------------------------------------------------------------------------------------------
+COCO18_NAMES: tuple[str, ...] = (
+    "nose", "neck",
+    "right_shoulder", "right_elbow", "right_wrist",
+    "left_shoulder", "left_elbow", "left_wrist",
+    "right_hip", "right_knee", "right_ankle",
+    "left_hip", "left_knee", "left_ankle",
+    "right_eye", "left_eye", "right_ear", "left_ear",
+)
+N_BODY, N_HAND, N_FACE = 18, 21, 70
+
+# BODY_25 has a mid-hip point (8) and six foot points (19-24) that COCO-18 lacks.
+BODY25_TO_COCO18: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+
+# Left/right pairs; mirroring swaps them. Each table is an involution (applying it twice is
+# the identity), which is what makes mirror().mirror() the identity.
+_BODY_SWAP_PAIRS = ((2, 5), (3, 6), (4, 7), (8, 11), (9, 12), (10, 13), (14, 15), (16, 17))
+# The 70 face points are the 68 iBUG landmarks plus the two pupils (68 right, 69 left).
+_FACE_SWAP_PAIRS = (
+    *((i, 16 - i) for i in range(8)),  # jaw line
+    *((17 + i, 26 - i) for i in range(5)),  # eyebrows
+    *((31 + i, 35 - i) for i in range(2)),  # nostrils
+    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),  # eyes
+    (48, 54), (49, 53), (50, 52), (55, 59), (56, 58),  # outer lip
+    (60, 64), (61, 63), (65, 67),  # inner lip
+    (68, 69),  # pupils
+)
+
+
+def _permutation(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    perm = np.arange(n)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+_BODY_MIRROR = _permutation(N_BODY, _BODY_SWAP_PAIRS)
+_FACE_MIRROR = _permutation(N_FACE, _FACE_SWAP_PAIRS)
+
+# Rendering conventions of the OpenPose ControlNet's training images: limbs in this order,
+# each drawn as a filled ellipse of half-width 4 in 60% of its colour, then every joint as a
+# disc of radius 4 in the full colour of its index. Pairs are 0-based COCO-18 indices.
+_LIMBS: tuple[tuple[int, int], ...] = (
+    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
+    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
+)
+_COLORS: tuple[tuple[int, int, int], ...] = (
+    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
+    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
+    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
+)
+_STICK_HALF_WIDTH = 4
+_JOINT_RADIUS = 4
+# Hands: the 20 bones of each finger chain from the wrist, coloured around the hue circle.
+_HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
+    (0 if j == 0 else 1 + 4 * f + j - 1, 1 + 4 * f + j) for f in range(5) for j in range(4)
+)
+_FACE_RADIUS = 3
+# Points are kept within [0, size - _EDGE] so int() in the renderer always lands on a pixel.
+_EDGE = 1e-3
+
+
+PoseLike = Union["Pose", str, Path, dict, list]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Pose
+# ---------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Pose:
+    """One person's OpenPose keypoints in pixels of a ``canvas_width`` x ``canvas_height`` canvas.
+
+    ``body`` is an (18, 3) array of (x, y, confidence) in COCO-18 order; ``hand_left`` and
+    ``hand_right`` are (21, 3) and ``face`` is (70, 3), or None when absent. Confidence 0
+    marks a missing point. Operations return new Poses; a Pose is never changed in place.
+    """
+
+    body: np.ndarray
+    canvas_width: int
+    canvas_height: int
+    hand_left: np.ndarray | None = None
+    hand_right: np.ndarray | None = None
+    face: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("canvas_width", "canvas_height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(name, value, "a positive whole number of pixels")
+            setattr(self, name, int(value))
+        self.body = _as_points(self.body, N_BODY, "pose_keypoints_2d")
+        self.hand_left = None if self.hand_left is None else _as_points(self.hand_left, N_HAND, "hand_left_keypoints_2d")
+        self.hand_right = None if self.hand_right is None else _as_points(self.hand_right, N_HAND, "hand_right_keypoints_2d")
+        self.face = None if self.face is None else _as_points(self.face, N_FACE, "face_keypoints_2d")
+        self._clip_to_canvas()
+
+    # -- small helpers --------------------------------------------------------------------
+    def _parts(self) -> dict[str, np.ndarray | None]:
+        return {"body": self.body, "hand_left": self.hand_left, "hand_right": self.hand_right, "face": self.face}
+
+    def _clip_to_canvas(self) -> None:
+        # Clip to the last pixel centre so that int() in the renderer stays inside the image.
+        max_x, max_y = self.canvas_width - _EDGE, self.canvas_height - _EDGE
+        outside: list[str] = []
+        for part, pts in self._parts().items():
+            if pts is None:
+                continue
+            present = pts[:, 2] > 0
+            bad = present & ((pts[:, 0] < 0) | (pts[:, 0] > max_x) | (pts[:, 1] < 0) | (pts[:, 1] > max_y))
+            if bad.any():
+                names = COCO18_NAMES if part == "body" else None
+                for i in np.flatnonzero(bad):
+                    label = names[i] if names else f"{part}[{i}]"
+                    outside.append(f"{label}=({pts[i, 0]:.1f}, {pts[i, 1]:.1f})")
+                pts[bad, 0] = np.clip(pts[bad, 0], 0.0, max_x)
+                pts[bad, 1] = np.clip(pts[bad, 1], 0.0, max_y)
+        if outside:
+            message = (
+                f"pose has {len(outside)} keypoint(s) outside its {self.canvas_width}x{self.canvas_height} "
+                f"canvas, clipped to the border: {', '.join(outside[:6])}{' ...' if len(outside) > 6 else ''}"
+            )
+            logger.warning(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _map(self, fn) -> dict[str, np.ndarray | None]:
+        """Apply fn(xy) -> xy to every present point of every part; missing points stay 0,0,0."""
+        out: dict[str, np.ndarray | None] = {}
+        for part, pts in self._parts().items():
+            if pts is None:
+                out[part] = None
+                continue
+            new = pts.copy()
+            present = new[:, 2] > 0
+            new[present, :2] = fn(new[present, :2])
+            out[part] = new
+        return out
+
+    @property
+    def present(self) -> np.ndarray:
+        """Boolean mask of the body keypoints that are present."""
+        return self.body[:, 2] > 0
+
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of all present points (body, hands, face)."""
+        pts = np.concatenate([p[p[:, 2] > 0, :2] for p in self._parts().values() if p is not None])
+        if len(pts) == 0:
+            raise ConfigError("pose", "no keypoints", "a pose with at least one present keypoint")
+        return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
+
+    def copy(self) -> Pose:
+        """A deep copy."""
+        return Pose(canvas_width=self.canvas_width, canvas_height=self.canvas_height,
+                    **{k: None if v is None else v.copy() for k, v in self._parts().items()})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pose):
+            return NotImplemented
+        return self.isclose(other, atol=0.0)
+
+    def isclose(self, other: Pose, atol: float = 1e-6) -> bool:
+        """Same canvas, same present points, coordinates within ``atol`` pixels."""
+        if (self.canvas_width, self.canvas_height) != (other.canvas_width, other.canvas_height):
+            return False
+        for a, b in zip(self._parts().values(), other._parts().values()):
+            if (a is None) != (b is None):
+                return False
+            if a is not None and not np.allclose(a, b, atol=atol, rtol=0.0):
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        extras = [k for k in ("hand_left", "hand_right", "face") if getattr(self, k) is not None]
+        return (f"Pose({int(self.present.sum())}/18 body points, canvas {self.canvas_width}x{self.canvas_height}"
+                f"{', ' + ', '.join(extras) if extras else ''})")
+
+    # -- geometry -------------------------------------------------------------------------
+    def translate(self, dx: float, dy: float) -> Pose:
+        """Move every point by (dx, dy) pixels; points pushed off the canvas are clipped (warned)."""
+        shift = np.array([dx, dy], dtype=np.float64)
+        return Pose(canvas_width=self.canvas_width, canvas_height=self.canvas_height, **self._map(lambda xy: xy + shift))
+
+    def scale(self, factor: float, origin: tuple[float, float] | None = None) -> Pose:
+        """Scale the figure by ``factor`` about ``origin`` (default: the centre of its bounding box).
+
+        The canvas keeps its size; use `fit` or `resize` to change the canvas.
+        """
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ConfigError("factor", factor, "a positive finite number, e.g. 0.8 or 1.25")
+        if origin is None:
+            x0, y0, x1, y1 = self.bbox()
+            origin = ((x0 + x1) / 2, (y0 + y1) / 2)
+        o = np.array(origin, dtype=np.float64)
+        return Pose(canvas_width=self.canvas_width, canvas_height=self.canvas_height,
+                    **self._map(lambda xy: (xy - o) * factor + o))
+
+    def resize(self, width: int, height: int) -> Pose:
+        """Stretch the pose with its canvas to ``width`` x ``height`` (aspect ratio not kept)."""
+        _check_size(width, height)
+        s = np.array([width / self.canvas_width, height / self.canvas_height])
+        return Pose(canvas_width=width, canvas_height=height, **self._map(lambda xy: xy * s))
+
+    def mirror(self) -> Pose:
+        """Flip horizontally. Left and right keypoints swap, so the person's right hand stays
+        labelled "right" in the new picture (where it is now on the other side)."""
+        w = self.canvas_width
+
+        def flip(pts: np.ndarray | None, perm: np.ndarray | None) -> np.ndarray | None:
+            if pts is None:
+                return None
+            new = pts.copy()
+            present = new[:, 2] > 0
+            # Reflect within the clipping range [0, w - 1e-3] so that mirroring maps the valid
+            # range onto itself and twice is the identity even for points on the border.
+            new[present, 0] = (w - _EDGE) - new[present, 0]
+            return new if perm is None else new[perm]
+
+        return Pose(
+            body=flip(self.body, _BODY_MIRROR),
+            # The person's left hand becomes their right hand.
+            hand_left=flip(self.hand_right, None),
+            hand_right=flip(self.hand_left, None),
+            face=flip(self.face, _FACE_MIRROR),
+            canvas_width=self.canvas_width,
+            canvas_height=self.canvas_height,
+        )
+
+    def fit(self, width: int, height: int) -> Pose:
+        """Place this pose's canvas into a ``width`` x ``height`` canvas: scaled uniformly to fit
+        (aspect ratio kept), centred, with empty bands (letterbox) on the spare sides."""
+        _check_size(width, height)
+        if (width, height) == (self.canvas_width, self.canvas_height):
+            return self.copy()
+        s = min(width / self.canvas_width, height / self.canvas_height)
+        offset = np.array([(width - self.canvas_width * s) / 2, (height - self.canvas_height * s) / 2])
+        return Pose(canvas_width=width, canvas_height=height, **self._map(lambda xy: xy * s + offset))
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The sd-webui-openpose-editor / ComfyUI JSON for this pose (pixels, one person)."""
+        person: dict[str, Any] = {"pose_keypoints_2d": _flat(self.body)}
+        for key, pts in (("hand_left_keypoints_2d", self.hand_left), ("hand_right_keypoints_2d", self.hand_right),
+                         ("face_keypoints_2d", self.face)):
+            if pts is not None:
+                person[key] = _flat(pts)
+        return {"canvas_width": self.canvas_width, "canvas_height": self.canvas_height, "people": [person]}
+
+    def to_json(self) -> str:
+        """`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the editor JSON to ``path`` atomically; refuses to replace a file unless ``overwrite``."""
+        from charstudio.io_utils import atomic_write
+
+        text = self.to_json()
+        return Path(atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"),
+                                 overwrite=overwrite))
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: dict | list,
+        *,
+        person: int | None = None,
+        frame: int | None = None,
+        canvas_width: int | None = None,
+        canvas_height: int | None = None,
+        normalized: bool | None = None,
+    ) -> Pose:
+        """Read OpenPose output or pose-editor JSON (see the module docstring for the rules).
+
+        ``person`` chooses among several people (required when there are several), ``frame``
+        among several frames (default: the first). ``canvas_width``/``canvas_height`` override or
+        supply the canvas size.
+        """
+        # 1. Frames: the ComfyUI editor saves a list of per-frame dicts.
+        if isinstance(data, list):
+            if not data:
+                raise ConfigError("frames", [], "a list with at least one frame (a dict with 'people')")
+            index = 0 if frame is None else frame
+            if not isinstance(index, int) or not 0 <= index < len(data):
+                raise ConfigError("frame", frame, f"an index from 0 to {len(data) - 1}; this JSON has {len(data)} frames")
+            data = data[index]
+        elif frame not in (None, 0):
+            raise ConfigError("frame", frame, "0 or None; this JSON has a single frame")
+        if not isinstance(data, dict) or "people" not in data:
+            raise ConfigError("pose", _short(data), "a dict with a 'people' list (OpenPose or pose-editor JSON)")
+
+        # 2. The person.
+        people = data["people"]
+        if not isinstance(people, list) or not people:
+            raise ConfigError("people", people, "at least one person; this pose JSON has no people")
+        if person is None:
+            if len(people) > 1:
+                raise ConfigError("person", None,
+                                  f"an index from 0 to {len(people) - 1}: this pose JSON has {len(people)} people, choose one with person=")
+            person = 0
+        if isinstance(person, bool) or not isinstance(person, int) or not 0 <= person < len(people):
+            raise ConfigError("person", person, f"an index from 0 to {len(people) - 1}; this pose JSON has {len(people)} people")
+        entry = people[person]
+        if not isinstance(entry, dict) or "pose_keypoints_2d" not in entry:
+            raise ConfigError(f"people[{person}]", _short(entry), "a dict with 'pose_keypoints_2d'")
+
+        # 3. Keypoint arrays, BODY_25 reduced to COCO-18.
+        body = _read_array(entry["pose_keypoints_2d"], "pose_keypoints_2d", {N_BODY: "COCO-18", 25: "BODY_25"})
+        if len(body) == 25:
+            body = body[list(BODY25_TO_COCO18)]
+        parts: dict[str, np.ndarray | None] = {"body": body}
+        for key, part, n in (("hand_left_keypoints_2d", "hand_left", N_HAND), ("hand_right_keypoints_2d", "hand_right", N_HAND),
+                             ("face_keypoints_2d", "face", N_FACE)):
+            raw = entry.get(key)
+            parts[part] = None if not raw else _read_array(raw, key, {n: f"{n} points"})
+
+        # 4. Canvas size and coordinate units.
+        present = np.concatenate([p[p[:, 2] > 0, :2] for p in parts.values() if p is not None])
+        if normalized is None:
+            normalized = bool(len(present)) and bool(np.all((present >= 0) & (present <= 1.0)))
+        width = canvas_width if canvas_width is not None else data.get("canvas_width")
+        height = canvas_height if canvas_height is not None else data.get("canvas_height")
+        if (width is None) != (height is None):
+            raise ConfigError("canvas_width" if width is None else "canvas_height", None,
+                              "both canvas_width and canvas_height, or neither")
+        if width is None:
+            if normalized:
+                raise ConfigError("canvas_width", None,
+                                  "a canvas size: these coordinates are normalised to 0..1 and the JSON stores no canvas "
+                                  "size; pass canvas_width= and canvas_height= (the image size)")
+            if not len(present):
+                raise ConfigError("people", _short(entry), "at least one present keypoint to infer a canvas size from")
+            width = int(math.ceil(present[:, 0].max() * 1.1)) or 1
+            height = int(math.ceil(present[:, 1].max() * 1.1)) or 1
+            logger.info("pose JSON has no canvas size; inferred %dx%d from the keypoints' extent "
+                        "(pass canvas_width/canvas_height for the original image size)", width, height)
+        for name, value in (("canvas_width", width), ("canvas_height", height)):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, value, "a positive whole number of pixels")
+        width, height = int(width), int(height)
+        if normalized:
+            scale = np.array([width, height], dtype=np.float64)
+            for pts in parts.values():
+                if pts is not None:
+                    pts[pts[:, 2] > 0, :2] *= scale
+        return cls(canvas_width=width, canvas_height=height, **parts)
+
+    @classmethod
+    def from_json(cls, source: str | Path, **kwargs: Any) -> Pose:
+        """Read a pose from a JSON file path or a JSON string; keyword arguments as `from_dict`."""
+        text: str
+        if isinstance(source, Path) or not str(source).lstrip().startswith(("{", "[")):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError("pose", str(source), "an existing pose JSON file, a pose name, or a JSON string")
+            text = path.read_text(encoding="utf-8")
+        else:
+            text = str(source)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError("pose", str(source)[:80], f"valid JSON ({err})") from None
+        return cls.from_dict(data, **kwargs)
+
+    # -- rendering ------------------------------------------------------------------------
+    def render(self, width: int | None = None, height: int | None = None, *, hands: bool = True,
+               face: bool = True):
+        """Draw the OpenPose control image (black background, standard colours and limb order).
+
+        With ``width``/``height`` the pose is first fitted (letterboxed) into that size; giving
+        only one keeps the canvas aspect ratio. Returns a PIL RGB image.
+        """
+        from PIL import Image
+
+        pose = self
+        if width is not None or height is not None:
+            if width is None:
+                width = max(1, round(height * self.canvas_width / self.canvas_height))
+            if height is None:
+                height = max(1, round(width * self.canvas_height / self.canvas_width))
+            pose = self.fit(width, height)
+        canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
+        _draw_body(canvas, pose.body)
+        if hands:
+            for hand in (pose.hand_left, pose.hand_right):
+                if hand is not None:
+                    _draw_hand(canvas, hand)
+        if face and pose.face is not None:
+            _draw_face(canvas, pose.face)
+        return Image.fromarray(canvas, "RGB")
+
+    # -- detection ------------------------------------------------------------------------
+    @classmethod
+    def from_image(
+        cls,
+        image,
+        detector: Any = None,
+        weights: str | Path | None = None,
+        *,
+        person: int | None = None,
+        hands: bool = False,
+        face: bool = False,
+    ) -> Pose:
+        """Detect the pose of a person in ``image`` with controlnet-aux's OpenPose detector.
+
+        ``detector`` is a ready `controlnet_aux.OpenposeDetector` (or anything with its
+        ``detect_poses``). Otherwise one is built from ``weights``: a local folder holding
+        ``body_pose_model.pth`` (and ``hand_pose_model.pth`` / ``facenet.pth`` when ``hands`` /
+        ``face``), or a hub repo id (default ``lllyasviel/Annotators``). With several people the
+        most confident one is returned unless ``person`` picks one (people sorted by score).
+        """
+        from PIL import Image
+
+        if isinstance(image, (str, Path)):
+            image = Image.open(image)
+        if not isinstance(image, Image.Image):
+            raise ConfigError("image", type(image).__name__, "a PIL image or a path to an image file")
+        rgb = np.asarray(image.convert("RGB"))
+        h, w = rgb.shape[:2]
+        if detector is None:
+            detector = load_detector(weights, hands=hands, face=face)
+        results = detector.detect_poses(rgb, include_hand=hands, include_face=face)
+        if not results:
+            raise ConfigError("image", f"{w}x{h} image", "a picture with a visible person: the detector found no person")
+        # Most confident person first, so person=0 is "the main subject".
+        results = sorted(results, key=lambda r: -float(r.body.total_score))
+        index = 0 if person is None else person
+        if not isinstance(index, int) or not 0 <= index < len(results):
+            raise ConfigError("person", person, f"an index from 0 to {len(results) - 1}; {len(results)} people were found")
+        found = results[index]
+
+        def to_pixels(points, n: int) -> np.ndarray | None:
+            if points is None:
+                return None
+            arr = np.zeros((n, 3))
+            for i, kp in enumerate(points[:n]):
+                # controlnet-aux marks undetected hand/face points with negative coordinates.
+                if kp is not None and kp.x >= 0 and kp.y >= 0:
+                    arr[i] = (kp.x * w, kp.y * h, max(float(getattr(kp, "score", 1.0)), 1e-3))
+            return arr
+
+        return cls(body=to_pixels(found.body.keypoints, N_BODY), hand_left=to_pixels(found.left_hand, N_HAND),
+                   hand_right=to_pixels(found.right_hand, N_HAND), face=to_pixels(found.face, N_FACE),
+                   canvas_width=w, canvas_height=h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and conversion helpers
+# ---------------------------------------------------------------------------------------------
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_size(width: Any, height: Any) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(name, value, "a positive whole number of pixels")
+
+
+def _read_array(raw: Any, field: str, layouts: dict[int, str]) -> np.ndarray:
+    """A flat [x, y, c, x, y, c, ...] list to an (n, 3) float array, checking length and NaN."""
+    expected = " or ".join(f"{n * 3} numbers ({name}: {n} points x (x, y, confidence))" for n, name in layouts.items())
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(field, _short(raw), f"a flat list of numbers: {expected}") from None
+    if arr.ndim == 2 and arr.shape[1] == 3:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or len(arr) % 3 or len(arr) // 3 not in layouts:
+        raise ConfigError(field, f"{arr.size} numbers", expected)
+    return _as_points(arr.reshape(-1, 3), len(arr) // 3, field)
+
+
+def _as_points(pts: Any, n: int, field: str) -> np.ndarray:
+    arr = np.array(pts, dtype=np.float64)  # always a copy: Poses never share arrays
+    if arr.shape != (n, 3):
+        raise ConfigError(field, f"array of shape {arr.shape}", f"shape ({n}, 3): {n} points x (x, y, confidence)")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        label = COCO18_NAMES[i] if n == N_BODY else str(i)
+        raise ConfigError(f"{field}[{label}]", tuple(arr[i].tolist()),
+                          "finite numbers; mark a missing point with confidence 0 (x=0, y=0, c=0) instead of NaN")
+    # Missing points are stored as exactly 0, 0, 0 so that equality and JSON are canonical.
+    arr[arr[:, 2] <= 0] = 0.0
+    return arr
+
+
+def _flat(pts: np.ndarray) -> list[float]:
+    return [float(round(v, 3)) for v in pts.reshape(-1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing (OpenCV primitives, the same ones the ControlNet's training images were drawn with)
+# ---------------------------------------------------------------------------------------------
+def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
+    import cv2
+
+    present = body[:, 2] > 0
+    for (a, b), colour in zip(_LIMBS, _COLORS):
+        if not (present[a] and present[b]):
+            continue
+        (xa, ya), (xb, yb) = body[a, :2], body[b, :2]
+        # Whole-pixel truncation of centre, half-length and angle, as in the reference images.
+        centre = (int((xa + xb) / 2), int((ya + yb) / 2))
+        half_length = int(math.hypot(xa - xb, ya - yb) / 2)
+        angle = int(math.degrees(math.atan2(ya - yb, xa - xb)))
+        polygon = cv2.ellipse2Poly(centre, (half_length, _STICK_HALF_WIDTH), angle, 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in colour])
+    for i in np.flatnonzero(present):
+        cv2.circle(canvas, (int(body[i, 0]), int(body[i, 1])), _JOINT_RADIUS, _COLORS[i], thickness=-1)
+
+
+def _draw_hand(canvas: np.ndarray, hand: np.ndarray) -> None:
+    import cv2
+
+    present = hand[:, 2] > 0
+    for k, (a, b) in enumerate(_HAND_EDGES):
+        if present[a] and present[b]:
+            rgb = [round(255 * c) for c in colorsys.hsv_to_rgb(k / len(_HAND_EDGES), 1.0, 1.0)]
+            cv2.line(canvas, (int(hand[a, 0]), int(hand[a, 1])), (int(hand[b, 0]), int(hand[b, 1])), rgb, thickness=2)
+    for i in np.flatnonzero(present):
+        cv2.circle(canvas, (int(hand[i, 0]), int(hand[i, 1])), _JOINT_RADIUS, (0, 0, 255), thickness=-1)
+
+
+def _draw_face(canvas: np.ndarray, face: np.ndarray) -> None:
+    import cv2
+
+    for i in np.flatnonzero(face[:, 2] > 0):
+        cv2.circle(canvas, (int(face[i, 0]), int(face[i, 1])), _FACE_RADIUS, (255, 255, 255), thickness=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The library
+# ---------------------------------------------------------------------------------------------
+def _library_dir():
+    from importlib import resources
+
+    return resources.files("charstudio").joinpath("data", "poses")
+
+
+def _normalise_name(name: str) -> str:
+    return "_".join(name.strip().lower().replace("-", " ").replace("_", " ").split())
+
+
+def list_poses() -> list[str]:
+    """Names of the poses shipped with charstudio, sorted."""
+    return sorted(p.name[: -len(".json")] for p in _library_dir().iterdir() if p.name.endswith(".json"))
+
+
+def load_pose(pose: PoseLike, **kwargs: Any) -> Pose:
+    """A Pose from a Pose, a library name ("standing_front", "standing front"), a JSON file path,
+    a JSON string, or a dict/list in OpenPose or pose-editor format. Keyword arguments go to
+    `Pose.from_dict` (``person=``, ``frame=``, ``canvas_width=``, ...)."""
+    if isinstance(pose, Pose):
+        return pose.copy()
+    if isinstance(pose, (dict, list)):
+        return Pose.from_dict(pose, **kwargs)
+    if isinstance(pose, Path):
+        return Pose.from_json(pose, **kwargs)
+    if not isinstance(pose, str):
+        raise ConfigError("pose", type(pose).__name__, "a Pose, a pose name, a JSON file path, or a pose dict")
+    text = pose.strip()
+    if text.startswith(("{", "[")):
+        return Pose.from_json(text, **kwargs)
+    name = _normalise_name(text)
+    known = list_poses()
+    if name in known:
+        data = json.loads((_library_dir() / f"{name}.json").read_text(encoding="utf-8"))
+        return Pose.from_dict(data, **kwargs)
+    if Path(text).is_file():
+        return Pose.from_json(Path(text), **kwargs)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError("pose", pose, f"a pose name{hint} from: {', '.join(known)}; or a path to a pose JSON file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector loading
+# ---------------------------------------------------------------------------------------------
+DEFAULT_DETECTOR_REPO = "lllyasviel/Annotators"
+
+
+def load_detector(weights: str | Path | None = None, *, hands: bool = False, face: bool = False):
+    """Build controlnet-aux's OpenposeDetector from a local folder or a hub repo id.
+
+    Only the parts asked for are loaded (the body model always). The ``.pth`` files are loaded
+    by controlnet-aux with ``torch.load``, which in torch >= 2.6 defaults to ``weights_only=True``
+    (no arbitrary unpickling).
+    """
+    import os
+
+    try:
+        from controlnet_aux.open_pose import OpenposeDetector
+        from controlnet_aux.open_pose.body import Body
+        from controlnet_aux.open_pose.face import Face
+        from controlnet_aux.open_pose.hand import Hand
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise ModelLoadError(f"pose detection needs controlnet-aux (and torchvision): {err}") from err
+
+    files = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", "face": "facenet.pth"}
+    wanted = ["body"] + (["hand"] if hands else []) + (["face"] if face else [])
+    paths: dict[str, str] = {}
+    if weights is not None and Path(weights).is_dir():
+        folder = Path(weights)
+        for part in wanted:
+            candidates = [folder / files[part], folder / "annotator" / "ckpts" / files[part]]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise ModelLoadError(f"OpenPose {part} weights not found: the folder {folder} has no {files[part]} "
+                                     f"(looked at {', '.join(str(c) for c in candidates)})")
+            paths[part] = str(found)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        repo = str(weights) if weights is not None else DEFAULT_DETECTOR_REPO
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        for part in wanted:
+            try:
+                paths[part] = hf_hub_download(repo, files[part], local_files_only=offline)
+            except Exception as err:  # hub errors come in many classes; all mean "not available"
+                where = "the hub is switched off (HF_HUB_OFFLINE=1) and " if offline else ""
+                raise ModelLoadError(
+                    f"OpenPose {part} weights are not available: no local folder was given "
+                    f"(weights={str(weights) if weights is not None else None!r}) and {where}{repo}/{files[part]} "
+                    f"could not be downloaded or found in the cache ({type(err).__name__}). Download it once, or pass "
+                    f"weights='path/to/folder' holding {files[part]}."
+                ) from None
+    return OpenposeDetector(
+        Body(paths["body"]),
+        Hand(paths["hand"]) if hands else None,
+        Face(paths["face"]) if face else None,
+    )
