@@ -1,0 +1,381 @@
+"""Pieces every app shares: a background runner, a status line, a progress bar with a live
+preview, a gallery that remembers recipes, and small image helpers.
+
+Threads: long work runs on a worker thread so the notebook stays responsive (the Cancel button
+must be clickable while a run is going). ipywidgets sends state changes from any thread, so
+the worker updates widgets directly; it never writes into an `Output` widget, whose capture
+only works on the kernel's main thread.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import ipywidgets as W
+
+from ..callbacks import CancelToken, StepProgress
+from ..errors import GenerationCancelled
+
+log = logging.getLogger(__name__)
+
+THUMB = 128  # gallery thumbnail size in pixels
+
+
+# --------------------------------------------------------------------------------------------
+# images and errors
+# --------------------------------------------------------------------------------------------
+def png_bytes(image: Any, size: int | None = None) -> bytes:
+    """PIL image -> PNG bytes for an `ipywidgets.Image`, optionally scaled to `size` px wide.
+
+    Small pictures (tiny's 128 px, 16 px previews) are scaled with NEAREST so pixels stay
+    visible instead of blurring into mush.
+    """
+    from PIL import Image
+
+    if size is not None and image.width != size:
+        h = max(1, round(size * image.height / image.width))
+        image = image.resize((size, h), Image.NEAREST if image.width < size else Image.LANCZOS)
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def blank_png(size: int = 8) -> bytes:
+    """A small grey placeholder, so Image widgets have valid content before the first run."""
+    from PIL import Image
+
+    return png_bytes(Image.new("RGB", (size, size), (235, 235, 235)))
+
+
+def figure_png(fig: Any) -> bytes:
+    """Render a matplotlib figure to PNG bytes and close it (figures leak otherwise)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def error_text(exc: BaseException) -> str:
+    """One readable line for the status bar: our errors as written, others with their type."""
+    from ..errors import CharstudioError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (CharstudioError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# status line
+# --------------------------------------------------------------------------------------------
+_COLOURS = {"info": "#444", "ok": "#1a7f37", "warn": "#9a6700", "error": "#cf222e"}
+
+
+class StatusLine:
+    """A one-line message under an app. `text` and `level` are kept for tests and callers."""
+
+    def __init__(self) -> None:
+        self.widget = W.HTML(value="")
+        self.text = ""
+        self.level = "info"
+
+    def show(self, text: str, level: str = "info") -> None:
+        self.text, self.level = text, level
+        colour = _COLOURS.get(level, _COLOURS["info"])
+        self.widget.value = f'<span style="color:{colour}">{html.escape(text)}</span>'
+
+    def info(self, text: str) -> None:
+        self.show(text, "info")
+
+    def ok(self, text: str) -> None:
+        self.show(text, "ok")
+
+    def warn(self, text: str) -> None:
+        self.show(text, "warn")
+
+    def error(self, text: str) -> None:
+        self.show(text, "error")
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+# --------------------------------------------------------------------------------------------
+class Runner:
+    """Runs one job at a time on a worker thread, with a cancel token and busy buttons.
+
+    While a job runs, `busy` widgets are disabled and `cancel_button` is enabled. `start`
+    returns False (and runs nothing) when a job is already running, so a double click never
+    starts two runs. Errors end up in the status line as one line; the exception is kept in
+    `last_error` for anyone who wants the traceback.
+    """
+
+    def __init__(self, status: StatusLine, busy: Sequence[W.Widget] = (), cancel_button: W.Button | None = None):
+        self.status = status
+        self.busy = list(busy)
+        self.cancel_button = cancel_button
+        self.token = CancelToken()
+        self.last_error: BaseException | None = None
+        self.jobs_started = 0
+        self._lock = threading.Lock()
+        self._running = False
+        self._done = threading.Event()
+        self._done.set()
+        self._thread: threading.Thread | None = None
+        if cancel_button is not None:
+            cancel_button.disabled = True
+            cancel_button.on_click(lambda _b: self.cancel())
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def start(self, label: str, job: Callable[[CancelToken], Any],
+              on_done: Callable[[Any], None] | None = None) -> bool:
+        """Run `job(token)` in the background; `on_done(value)` runs on the worker afterwards."""
+        with self._lock:
+            if self._running:
+                log.info("ignored %r: %s", label, "a run is already going")
+                return False
+            self._running = True
+            self._done.clear()
+        self.jobs_started += 1
+        self.token = CancelToken()
+        self.last_error = None
+        self._set_busy(True)
+        self.status.info(f"{label}...")
+        self._thread = threading.Thread(target=self._work, args=(label, job, on_done, self.token),
+                                        name=f"charstudio-{label}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _work(self, label: str, job: Callable[[CancelToken], Any], on_done: Callable[[Any], None] | None,
+              token: CancelToken) -> None:
+        try:
+            value = job(token)
+            before = self.status.text
+            if on_done is not None:
+                on_done(value)
+            # on_done may have said something more useful ("saved to ..."); keep that.
+            if self.status.text == before:
+                self.status.ok(f"{label}: done")
+        except GenerationCancelled:
+            self.status.warn(f"{label}: cancelled")
+        except BaseException as exc:  # anything from the core: show it, never kill the kernel
+            self.last_error = exc
+            log.debug("%s failed:\n%s", label, "".join(traceback.format_exception(exc)))
+            self.status.error(f"{label} failed: {error_text(exc)}")
+        finally:
+            self._set_busy(False)
+            with self._lock:
+                self._running = False
+            self._done.set()
+
+    def _set_busy(self, busy: bool) -> None:
+        for w in self.busy:
+            w.disabled = busy
+        if self.cancel_button is not None:
+            self.cancel_button.disabled = not busy
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next step."""
+        if self._running:
+            self.token.cancel()
+            self.status.warn("cancelling at the next step...")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current job (if any) finished; True when nothing is running."""
+        return self._done.wait(timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# progress + live preview
+# --------------------------------------------------------------------------------------------
+class ProgressPanel:
+    """A progress bar with a label and a live preview image, fed from the worker thread."""
+
+    def __init__(self, preview_size: int = 192):
+        self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="260px"))
+        self.label = W.Label(value="")
+        self.preview = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{preview_size}px"))
+        self.preview_size = preview_size
+        self.previews = 0  # how many previews arrived in the current run
+        self.last: StepProgress | None = None
+        self.widget = W.VBox([W.HBox([self.bar, self.label]), self.preview])
+
+    def reset(self) -> None:
+        self.bar.value = 0.0
+        self.label.value = ""
+        self.previews = 0
+        self.last = None
+
+    def report(self, p: StepProgress) -> None:
+        self.last = p
+        self.bar.value = p.fraction
+        self.label.value = (f"image {p.image}/{p.images}, " if p.images > 1 else "") + f"step {p.step}/{p.steps}"
+
+    def fraction(self, done: float, text: str) -> None:
+        self.bar.value = max(0.0, min(1.0, done))
+        self.label.value = text
+
+    def show_preview(self, step_index: int, image: Any) -> None:
+        self.previews += 1
+        self.preview.value = png_bytes(image, self.preview_size)
+
+
+# --------------------------------------------------------------------------------------------
+# gallery
+# --------------------------------------------------------------------------------------------
+@dataclass
+class GalleryItem:
+    """One picture in the session's history, with the recipe (GenerationConfig) that made it."""
+
+    image: Any
+    recipe: Any | None
+    label: str = ""
+    controls: dict[str, Any] = field(default_factory=dict)  # widget values that produced it
+    restore_button: W.Button | None = field(default=None, repr=False)
+    pick: W.Checkbox | None = field(default=None, repr=False)
+
+
+class Gallery:
+    """The session's pictures, newest first. Each has a restore button and a 'pick' box.
+
+    Widgets cannot be clicked on directly (ipywidgets' Image has no click event), so the
+    button under each thumbnail does the restoring; `on_restore(item)` is called with it.
+    """
+
+    def __init__(self, on_restore: Callable[[GalleryItem], None] | None = None, max_items: int = 200):
+        self.items: list[GalleryItem] = []
+        self.on_restore = on_restore
+        self.max_items = max_items
+        self.selected: GalleryItem | None = None
+        self._lock = threading.Lock()
+        self.header = W.HTML(value="<b>Gallery</b> (empty)")
+        self.grid = W.GridBox(children=(), layout=W.Layout(
+            grid_template_columns=f"repeat(auto-fill, {THUMB + 12}px)", max_height="460px", overflow="auto"))
+        self.widget = W.VBox([self.header, self.grid])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, image: Any, recipe: Any | None, label: str = "", controls: dict | None = None) -> GalleryItem:
+        """Add a picture; the oldest ones drop out beyond `max_items`."""
+        item = GalleryItem(image, recipe, label, dict(controls or {}))
+        number = len(self.items) + 1
+        item.restore_button = W.Button(description=f"#{number} restore", tooltip=label or f"image {number}",
+                                       layout=W.Layout(width=f"{THUMB - 40}px"))
+        item.pick = W.Checkbox(value=False, description="", indent=False, layout=W.Layout(width="28px"),
+                               tooltip="pick (for training or interpolation)")
+        item.restore_button.on_click(lambda _b, it=item: self.restore(it))
+        item.cell = W.VBox([W.Image(value=png_bytes(image, THUMB), format="png",  # type: ignore[attr-defined]
+                                    layout=W.Layout(width=f"{THUMB}px")),
+                            W.HTML(value=f'<small>{html.escape(label[:40])}</small>'),
+                            W.HBox([item.restore_button, item.pick])])
+        with self._lock:
+            self.items.append(item)
+            if len(self.items) > self.max_items:
+                self.items.pop(0)
+            self.grid.children = tuple(it.cell for it in reversed(self.items))  # type: ignore[attr-defined]
+            self.header.value = f"<b>Gallery</b> ({len(self.items)} pictures; newest first)"
+        self.selected = item
+        return item
+
+    def restore(self, item: GalleryItem) -> None:
+        self.selected = item
+        if self.on_restore is not None:
+            self.on_restore(item)
+
+    def picks(self) -> list[GalleryItem]:
+        """Items whose 'pick' box is ticked, oldest first."""
+        return [it for it in self.items if it.pick is not None and it.pick.value]
+
+    def recipes(self) -> list[tuple[str, Any]]:
+        """(label, recipe) for every item that has a recipe, for pickers in other apps."""
+        return [(f"#{i + 1} {it.label}"[:50], it.recipe) for i, it in enumerate(self.items) if it.recipe is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# the model
+# --------------------------------------------------------------------------------------------
+_STUDIOS: dict[tuple[str, str | None], Any] = {}
+_STUDIO_LOCK = threading.Lock()
+
+
+def get_studio(model: str, device: str | None = None) -> Any:
+    """A Studio for `model`, loaded once per kernel and shared by every app (models are big)."""
+    from ..studio import Studio
+
+    key = (model.strip(), device)
+    with _STUDIO_LOCK:
+        if key not in _STUDIOS:
+            _STUDIOS[key] = Studio.from_pretrained(key[0], device=device)
+        return _STUDIOS[key]
+
+
+class StudioSource:
+    """The studio an app works with: one passed in, or loaded by model name on first use."""
+
+    def __init__(self, studio: Any = None, model: str = "tiny", device: str | None = None):
+        self._studio = studio
+        self.model = model if studio is None else studio.model_id
+        self.device = device
+
+    def get(self, model: str | None = None) -> Any:
+        """The studio for `model` (default: the current one); loads it when it changed."""
+        model = (model or self.model).strip()
+        if self._studio is None or (model != self.model and model != getattr(self._studio, "model_id", None)):
+            self._studio = get_studio(model, self.device)
+            self.model = model
+        return self._studio
+
+    @property
+    def loaded(self) -> Any:
+        return self._studio
+
+
+class RunHooks:
+    """A Studio seen through the app: every `run` gets the app's cancel token and progress.
+
+    Core functions such as `interpolation.interpolate` call `studio.run` several times but
+    take no cancel token or progress callback themselves; handing them this wrapper lets
+    Cancel stop them at the next step and lets the bar count frames.
+    """
+
+    def __init__(self, studio: Any, token: CancelToken, on_run: Callable[[int], None] | None = None,
+                 progress: Callable[[StepProgress], None] | None = None, callbacks: Sequence[Any] = ()):
+        self._studio = studio
+        self._token = token
+        self._on_run = on_run
+        self._progress = progress
+        self._callbacks = list(callbacks)
+        self.runs = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._studio, name)
+
+    def run(self, config: Any, **kwargs: Any) -> Any:
+        self._token.check()
+        self.runs += 1
+        if self._on_run is not None:
+            self._on_run(self.runs)
+        kwargs.setdefault("cancel", self._token)
+        if self._progress is not None:
+            kwargs.setdefault("progress", self._progress)
+        if self._callbacks:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", ()), *self._callbacks]
+        return self._studio.run(config, **kwargs)
+
+
+def labelled(label: str, widget: W.Widget, width: str = "110px") -> W.HBox:
+    """A widget with a fixed-width label on its left (descriptions truncate in narrow layouts)."""
+    return W.HBox([W.Label(value=label, layout=W.Layout(width=width)), widget])

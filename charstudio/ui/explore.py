@@ -1,0 +1,463 @@
+"""01 Explore: design characters interactively (card or prompt, style, pose, seed, sampler)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any
+
+import ipywidgets as W
+
+from ..callbacks import CancelToken, StepProgress
+from ..config import MAX_SEED, GenerationConfig
+from ..errors import ConfigError
+from .common import (Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
+                     labelled, png_bytes)
+
+log = logging.getLogger(__name__)
+
+SIZES = (64, 96, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
+POSE_THUMB = 72
+
+
+def _default_steps(model: str) -> int:
+    from ..models.presets import PRESETS
+
+    preset = PRESETS.get(model)
+    return preset.default_steps if preset else 25
+
+
+class ExploreApp:
+    """Controls -> `GenerationConfig` -> `studio.run`, with previews, Cancel and a gallery.
+
+    >>> app = ExploreApp(model="tiny"); app        # shows the app in a notebook
+    >>> app.prompt.value = "a knight"; app.generate_button.click(); app.wait()
+    """
+
+    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+                 steps: int | None = None, preview_every: int = 5, output_dir: str = "outputs"):
+        from ..character import list_characters, load_styles
+        from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+        self.source = StudioSource(studio, model, device)
+        model = self.source.model
+        self.last_config: GenerationConfig | None = None  # the config of the latest run (for tests/users)
+        self.last_result: Any = None
+
+        # 1. What to draw.
+        self.model = W.Combobox(value=model, options=["tiny", "sd15"], ensure_option=False,
+                                placeholder="tiny, sd15, hub id, folder or .safetensors")
+        self.card = W.Dropdown(options=[("- none: use the prompt -", "")] + [(c, c) for c in list_characters()],
+                               value="")
+        self.prompt = W.Textarea(value="", placeholder="a prompt; with a card: extra words (e.g. 'smiling')",
+                                 layout=W.Layout(width="330px", height="60px"))
+        self.negative = W.Text(value="", placeholder="blank: the card's and style's negatives",
+                               layout=W.Layout(width="330px"))
+        style_names = sorted(load_styles())
+        self.style = W.Dropdown(options=[("(the card's own)", ""), ("none", "none")] + [(s, s) for s in style_names],
+                                value="")
+        self.style_b = W.Dropdown(options=[("- no mix -", "")] + [(s, s) for s in style_names], value="")
+        self.style_mix = W.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, readout_format=".2f",
+                                       tooltip="weight of the second style")
+
+        # 2. Pose: thumbnails of the library, plus uploads (a pose JSON, or a picture to detect a pose in).
+        self.custom_poses: dict[str, Any] = {}
+        self.pose_order: list[str] = []  # selected poses in the order they were clicked
+        self.pose_buttons: dict[str, W.ToggleButton] = {}
+        self.pose_grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {POSE_THUMB + 36}px)",
+                                                   max_height="250px", overflow="auto", width="560px"))
+        self.pose_upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
+                                        description="pose file/picture")
+        self.pose_upload.observe(self._on_upload, names="value")
+        self.pose_strength = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, readout_format=".2f")
+        self._build_pose_grid()
+
+        # 3. Sampling.
+        self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
+                                     layout=W.Layout(width="130px"))
+        self.lock_seed = W.Checkbox(value=False, description="lock", indent=False, layout=W.Layout(width="60px"))
+        self.dice = W.Button(description="new seed", layout=W.Layout(width="90px"))
+        self.dice.on_click(lambda _b: self._new_seed())
+        self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
+        self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
+        self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
+        size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
+        self.width = W.Dropdown(options=size_options, value=0, layout=W.Layout(width="140px"))
+        self.height = W.Dropdown(options=size_options, value=0, layout=W.Layout(width="140px"))
+        self.num_images = W.IntSlider(value=1, min=1, max=4)
+        self.preview_every = W.IntSlider(value=preview_every, min=1, max=25, tooltip="preview every k steps")
+        self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
+
+        # 4. Buttons, progress, output.
+        self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
+        self.sheet_button = W.Button(description="Sheet", icon="th", tooltip="the card across the selected poses")
+        self.save_button = W.Button(description="Save", icon="save", tooltip="save the selected picture as PNG")
+        self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
+        self.status = StatusLine()
+        self.progress = ProgressPanel()
+        self.image = W.Image(value=blank_png(), format="png", layout=W.Layout(width="320px"))
+        self.recipe_view = W.HTML(value="")
+        self.gallery = Gallery(on_restore=self.restore)
+        self.runner = Runner(self.status, busy=[self.generate_button, self.sheet_button, self.save_button,
+                                                self.model], cancel_button=self.cancel_button)
+        self.generate_button.on_click(lambda _b: self.generate())
+        self.sheet_button.on_click(lambda _b: self.sheet())
+        self.save_button.on_click(lambda _b: self.save())
+
+        controls = W.VBox([
+            labelled("model", self.model), labelled("card", self.card), labelled("prompt", self.prompt),
+            labelled("negative", self.negative), labelled("style", self.style),
+            labelled("mix with", W.HBox([self.style_b, self.style_mix])),
+            labelled("seed", W.HBox([self.seed, self.lock_seed, self.dice])),
+            labelled("steps", self.steps), labelled("guidance", self.guidance),
+            labelled("scheduler", self.scheduler), labelled("size (w x h)", W.HBox([self.width, self.height])),
+            labelled("images", self.num_images), labelled("preview every", self.preview_every),
+            labelled("save to", self.output_dir),
+        ])
+        poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
+                               "Sheet all of them)"),
+                        self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength])])
+        buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
+        output = W.VBox([self.progress.widget, self.image, self.recipe_view])
+        self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget, self.gallery.widget])
+
+    # -- display ---------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the current run to finish (for scripts, tests and notebook cells)."""
+        return self.runner.wait(timeout)
+
+    @property
+    def studio(self) -> Any:
+        """The loaded studio, loading the model named in the controls if needed."""
+        return self.source.get(self.model.value)
+
+    # -- poses -----------------------------------------------------------------------------------
+    def _build_pose_grid(self) -> None:
+        from ..pose import list_poses, load_pose
+
+        cells = []
+        for name in list_poses():
+            try:
+                thumb = load_pose(name).render(POSE_THUMB, POSE_THUMB)
+            except Exception as exc:  # one broken library file must not hide the others
+                log.warning("pose %s cannot be shown: %s", name, exc)
+                continue
+            cells.append(self._pose_cell(name, thumb))
+        self.pose_grid.children = tuple(cells)
+
+    def _pose_cell(self, name: str, thumb: Any) -> W.VBox:
+        button = W.ToggleButton(value=False, description=name.replace("_", " ")[:16], tooltip=name,
+                                layout=W.Layout(width=f"{POSE_THUMB + 30}px"))
+        button.observe(lambda ch, n=name: self._pose_toggled(n, ch["new"]), names="value")
+        self.pose_buttons[name] = button
+        return W.VBox([W.Image(value=png_bytes(thumb), format="png", layout=W.Layout(width=f"{POSE_THUMB}px")),
+                       button])
+
+    def _pose_toggled(self, name: str, on: bool) -> None:
+        if on and name not in self.pose_order:
+            self.pose_order.append(name)
+        elif not on and name in self.pose_order:
+            self.pose_order.remove(name)
+
+    def select_poses(self, names: list[str]) -> None:
+        """Select exactly these poses (library names or uploaded/restored ones), in this order."""
+        unknown = [n for n in names if n not in self.pose_buttons]
+        if unknown:
+            raise ConfigError("pose", unknown[0], f"choose from {', '.join(self.pose_buttons)}")
+        for n, b in self.pose_buttons.items():
+            if n not in names:
+                b.value = False
+        self.pose_order = []
+        for n in names:
+            self.pose_buttons[n].value = False
+            self.pose_buttons[n].value = True
+
+    def add_pose(self, name: str, pose: Any, select: bool = True) -> str:
+        """Add a pose (a `Pose`) to the picker under `name` (made unique) and select it."""
+        base, i = name, 1
+        while name in self.pose_buttons:
+            i += 1
+            name = f"{base}-{i}"
+        self.custom_poses[name] = pose
+        cell = self._pose_cell(name, pose.render(POSE_THUMB, POSE_THUMB))
+        self.pose_grid.children = (cell, *self.pose_grid.children)
+        if select:
+            self.pose_buttons[name].value = True
+        return name
+
+    def _pose(self, name: str) -> Any:
+        from ..pose import load_pose
+
+        return self.custom_poses[name] if name in self.custom_poses else load_pose(name)
+
+    def _on_upload(self, change: dict) -> None:
+        for f in change["new"] or ():
+            self.load_pose_file(f["name"], bytes(f["content"]))
+
+    def load_pose_file(self, filename: str, data: bytes) -> None:
+        """A pose JSON is read at once; a picture goes to the pose detector in the background."""
+        from ..pose import Pose, load_pose
+
+        stem = os.path.splitext(os.path.basename(filename))[0] or "upload"
+        if filename.lower().endswith(".json"):
+            try:
+                pose = load_pose(json.loads(data.decode("utf-8")))
+            except Exception as exc:
+                from .common import error_text
+
+                self.status.error(f"pose file {filename}: {error_text(exc)}")
+                return
+            self.add_pose(stem, pose)
+            self.status.ok(f"added pose {stem!r} from {filename}")
+            return
+
+        def detect(token: CancelToken) -> Any:
+            import io
+
+            from PIL import Image
+
+            return Pose.from_image(Image.open(io.BytesIO(data)))
+
+        self.runner.start(f"detecting the pose in {filename}", detect,
+                          on_done=lambda pose: (self.add_pose(stem, pose),
+                                                self.status.ok(f"added pose {stem!r} detected in {filename}")))
+
+    # -- controls <-> recipe ----------------------------------------------------------------------
+    def controls(self) -> dict[str, Any]:
+        """The current widget values (what `set_controls` restores)."""
+        return {"model": self.model.value, "card": self.card.value, "prompt": self.prompt.value,
+                "negative": self.negative.value, "style": self.style.value, "style_b": self.style_b.value,
+                "style_mix": self.style_mix.value, "poses": list(self.pose_order),
+                "pose_strength": self.pose_strength.value, "seed": self.seed.value, "lock_seed": self.lock_seed.value,
+                "steps": self.steps.value, "guidance": self.guidance.value, "scheduler": self.scheduler.value,
+                "width": self.width.value, "height": self.height.value, "num_images": self.num_images.value}
+
+    def set_controls(self, values: dict[str, Any]) -> None:
+        widgets = {"model": self.model, "card": self.card, "prompt": self.prompt, "negative": self.negative,
+                   "style": self.style, "style_b": self.style_b, "style_mix": self.style_mix,
+                   "pose_strength": self.pose_strength, "seed": self.seed, "lock_seed": self.lock_seed,
+                   "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
+                   "width": self.width, "height": self.height, "num_images": self.num_images}
+        for key, w in widgets.items():
+            if key in values:
+                w.value = values[key]
+        if "poses" in values:
+            self.select_poses([p for p in values["poses"] if p in self.pose_buttons])
+
+    def restore(self, item: GalleryItem) -> None:
+        """Put a gallery picture's recipe back into the controls, seed locked, so Generate remakes it."""
+        if item.controls:
+            self.set_controls({**item.controls, "num_images": 1})
+        elif item.recipe is not None:
+            self.set_recipe(item.recipe)
+        self.lock_seed.value = True
+        self.image.value = png_bytes(item.image, 320)
+        self._show_recipe(item.recipe)
+        self.status.info(f"restored {item.label or 'a picture'}; Generate makes it again")
+
+    def set_recipe(self, recipe: GenerationConfig) -> None:
+        """Controls from a bare recipe (e.g. a PNG from disk): the final prompt text, no card/style."""
+        from ..pose import Pose
+
+        size = set(SIZES)
+        poses: list[str] = []
+        if recipe.pose is not None:
+            pose = Pose.from_dict(recipe.pose)
+            for name in self.pose_buttons:
+                candidate = self._pose(name).fit(recipe.width, recipe.height)
+                if candidate.isclose(pose, atol=1e-3):
+                    poses = [name]
+                    break
+            else:
+                poses = [self.add_pose("restored", pose, select=False)]
+        self.set_controls({
+            "model": recipe.model or self.model.value, "card": "", "prompt": recipe.prompt,
+            "negative": recipe.negative_prompt, "style": "none", "style_b": "", "seed": recipe.seed,
+            "lock_seed": True, "steps": recipe.num_inference_steps, "guidance": recipe.guidance_scale,
+            "scheduler": recipe.scheduler, "width": recipe.width if recipe.width in size else 0,
+            "height": recipe.height if recipe.height in size else 0, "num_images": 1, "poses": poses,
+            "pose_strength": recipe.controlnet_conditioning_scale})
+        if recipe.width not in size or recipe.height not in size:
+            self.status.warn(f"size {recipe.width}x{recipe.height} is not in the size list; using the model's native")
+
+    def _new_seed(self) -> None:
+        self.seed.value = random.randint(0, 99_999_999)
+
+    def _subject(self) -> tuple[str, str]:
+        """(card name or prompt, extra words)."""
+        if self.card.value:
+            return self.card.value, self.prompt.value.strip()
+        return self.prompt.value.strip(), ""
+
+    def make_config(self, studio: Any = None, poses: list[str] | None = None) -> GenerationConfig:
+        """The recipe the controls describe (for the first selected pose, or `poses[0]`)."""
+        studio = studio or self.studio
+        subject, extra = self._subject()
+        names = self.pose_order if poses is None else poses
+        return studio.make_config(
+            subject, style=self.style.value or None, extra=extra, seed=int(self.seed.value),
+            num_inference_steps=int(self.steps.value), guidance_scale=float(self.guidance.value),
+            width=self.width.value or None, height=self.height.value or None,
+            negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
+            num_images=int(self.num_images.value), pose=self._pose(names[0]) if names else None,
+            controlnet_conditioning_scale=float(self.pose_strength.value))
+
+    def _mixing(self) -> bool:
+        return bool(self.style_b.value) and self.style_mix.value > 0
+
+    def _show_recipe(self, recipe: GenerationConfig | None) -> None:
+        if recipe is None:
+            self.recipe_view.value = ""
+            return
+        from html import escape
+
+        extra = f", pose strength {recipe.controlnet_conditioning_scale}" if recipe.pose else ""
+        self.recipe_view.value = (f"<small><b>{escape(recipe.prompt[:200])}</b><br>seed {recipe.seed}, "
+                                  f"{recipe.num_inference_steps} steps, {recipe.scheduler}, cfg {recipe.guidance_scale}, "
+                                  f"{recipe.width}x{recipe.height}{extra}</small>")
+
+    # -- actions ---------------------------------------------------------------------------------
+    def _prepare_seed(self) -> None:
+        if not self.lock_seed.value:
+            self._new_seed()
+
+    def _report(self, p: StepProgress) -> None:
+        self.progress.report(p)
+
+    def generate(self) -> bool:
+        """Start a run from the controls; False when one is already running."""
+        if self.runner.running:
+            return False
+        self._prepare_seed()
+        snapshot = self.controls()
+        mixing = self._mixing()
+        self.progress.reset()
+
+        def job(token: CancelToken) -> Any:
+            from ..trace import LivePreview
+
+            studio = self.studio
+            preview = LivePreview(self.progress.show_preview, every=int(self.preview_every.value))
+            if mixing:
+                return self._mix(studio, token, preview)
+            config = self.make_config(studio)
+            self.last_config = config
+            return studio.run(config, callbacks=[preview], progress=self._report, cancel=token)
+
+        def done(result: Any) -> None:
+            self.last_result = result
+            for image, recipe in zip(result.images, result.recipes):
+                label = f"{recipe.character or recipe.prompt[:24]} s{recipe.seed}"
+                controls = {**snapshot, "seed": recipe.seed, "lock_seed": True, "num_images": 1}
+                self.gallery.add(image, recipe, f"{label} (mix)" if mixing else label, controls)
+            self.image.value = png_bytes(result.images[0] if len(result.images) == 1 else result.grid(), 320)
+            self._show_recipe(result.recipes[0])
+            self.status.ok(f"made {len(result.images)} picture(s); seed {result.recipes[0].seed}")
+
+        return self.runner.start("Generate", job, done)
+
+    def _mix(self, studio: Any, token: CancelToken, preview: Any) -> Any:
+        """Two styles mixed in embedding space (charstudio.interpolation.mix_styles)."""
+        from ..interpolation import mix_styles
+        from ..result import Result
+
+        style_a = self.style.value
+        if style_a in ("", "none"):
+            if not self.card.value:
+                raise ConfigError("style", style_a or "(card's own)", "pick a first style to mix with the second")
+            from ..character import load_character
+
+            style_a = load_character(self.card.value).style
+            if not style_a:
+                raise ConfigError("style", "(card's own)", f"card {self.card.value!r} has no style; pick one")
+        if style_a == self.style_b.value:
+            raise ConfigError("style_b", self.style_b.value, "pick a different style from the first")
+        w = float(self.style_mix.value)
+        subject, extra = self._subject()
+        hooked = RunHooks(studio, token, progress=self._report, callbacks=[preview])
+        settings = dict(seed=int(self.seed.value), num_inference_steps=int(self.steps.value),
+                        guidance_scale=float(self.guidance.value), width=self.width.value or None,
+                        height=self.height.value or None, negative_prompt=self.negative.value.strip() or None,
+                        scheduler=self.scheduler.value, num_images=int(self.num_images.value),
+                        controlnet_conditioning_scale=float(self.pose_strength.value), extra=extra)
+        if self.pose_order:
+            settings["pose"] = self._pose(self.pose_order[0])
+        mix = mix_styles(hooked, subject, {style_a: 1.0 - w, self.style_b.value: w}, **settings)
+        self.last_config = mix.recipe
+        recipes = [mix.recipe.replace(seed=mix.recipe.seed + i) for i in range(len(mix.images))]
+        return Result(mix.images, recipes, {"style_weights": mix.weights})
+
+    def sheet(self) -> bool:
+        """The card (or prompt) across every selected pose with one seed: `Studio.sheet`."""
+        if self.runner.running:
+            return False
+        self._prepare_seed()
+        snapshot = self.controls()
+        self.progress.reset()
+
+        def job(token: CancelToken) -> Any:
+            studio = self.studio
+            if not hasattr(studio, "sheet"):
+                raise ConfigError("sheet", "unavailable", "this charstudio version has no Studio.sheet")
+            if not self.pose_order:
+                raise ConfigError("poses", "none selected", "select one or more poses for the sheet")
+            subject, extra = self._subject()
+            return studio.sheet(**self._sheet_args(studio, subject, extra, token))
+
+        def done(result: Any) -> None:
+            self.last_result = result
+            for image, recipe, pose in zip(result.images, result.recipes, self._sheet_pose_names(result)):
+                controls = {**snapshot, "poses": [pose] if pose else [], "lock_seed": True, "num_images": 1,
+                            "seed": recipe.seed}
+                self.gallery.add(image, recipe, f"sheet {pose or ''} s{recipe.seed}".strip(), controls)
+            self.image.value = png_bytes(result.grid() if len(result.images) > 1 else result.images[0], 480)
+            self._show_recipe(result.recipes[0])
+            self.status.ok(f"sheet of {len(result.images)} poses; seed {result.recipes[0].seed}")
+
+        return self.runner.start("Sheet", job, done)
+
+    def _sheet_args(self, studio: Any, subject: str, extra: str, token: CancelToken) -> dict[str, Any]:
+        """Arguments for Studio.sheet, limited to the parameters it actually takes."""
+        import inspect
+
+        from ..trace import LivePreview
+
+        params = inspect.signature(studio.sheet).parameters
+        wanted: dict[str, Any] = dict(
+            poses=[self._pose(n) for n in self.pose_order], style=self.style.value or None, extra=extra,
+            seed=int(self.seed.value), num_inference_steps=int(self.steps.value),
+            guidance_scale=float(self.guidance.value), width=self.width.value or None,
+            height=self.height.value or None, negative_prompt=self.negative.value.strip() or None,
+            scheduler=self.scheduler.value, controlnet_conditioning_scale=float(self.pose_strength.value),
+            progress=self._report, cancel=token,
+            callbacks=[LivePreview(self.progress.show_preview, every=int(self.preview_every.value))])
+        first = next(iter(params))
+        args = {first: subject}
+        args.update({k: v for k, v in wanted.items() if k in params})
+        return args
+
+    def _sheet_pose_names(self, result: Any) -> list[str | None]:
+        names = list(self.pose_order)
+        return names + [None] * (len(result.images) - len(names))
+
+    def save(self) -> list[Any]:
+        """Save the selected (latest or restored) picture as PNG with its recipe; returns paths."""
+        from ..result import Result
+        from .common import error_text
+
+        item = self.gallery.selected
+        if item is None or item.recipe is None:
+            self.status.warn("nothing to save yet: generate a picture first")
+            return []
+        try:
+            paths = Result([item.image], [item.recipe]).save(self.output_dir.value or "outputs")
+        except Exception as exc:
+            self.status.error(f"Save failed: {error_text(exc)}")
+            return []
+        self.status.ok(f"saved {paths[0]}")
+        return paths

@@ -1,0 +1,207 @@
+"""ExploreApp without a browser: set widget values, click, check what the core got and what shows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from charstudio.ui.explore import ExploreApp  # noqa: E402
+
+STEPS = 3
+
+
+@pytest.fixture
+def app(tiny_studio, monkeypatch, tmp_path):
+    """An app over the shared tiny studio whose `run` records every config it receives."""
+    received = []
+    real_run = tiny_studio.run
+
+    def spy(config, **kwargs):
+        received.append((config, kwargs))
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(tiny_studio, "run", spy)
+    a = ExploreApp(tiny_studio, steps=STEPS, preview_every=1, output_dir=str(tmp_path / "out"))
+    a.received = received
+    a.width.value = a.height.value = 64  # small pictures keep the tests fast
+    yield a
+    a.wait()
+
+
+def run(app, button):
+    button.click()
+    assert app.wait(120), "the run did not finish"
+
+
+def test_generate_turns_controls_into_the_recipe(app):
+    app.card.value = "aiko"
+    app.prompt.value = "smiling"
+    app.style.value = "watercolor"
+    app.negative.value = "blurry"
+    app.seed.value, app.lock_seed.value = 1234, True
+    app.guidance.value = 5.5
+    app.scheduler.value = "euler"
+    app.select_poses(["waving"])
+    app.pose_strength.value = 0.75
+    run(app, app.generate_button)
+
+    assert app.status.level == "ok", app.status.text
+    assert len(app.received) == 1
+    config, kwargs = app.received[0]
+    assert config.character == "aiko" and config.style == "watercolor"
+    assert "smiling" in config.prompt and "watercolor" in config.prompt
+    assert config.negative_prompt == "blurry"
+    assert (config.seed, config.num_inference_steps, config.guidance_scale) == (1234, STEPS, 5.5)
+    assert (config.scheduler, config.width, config.height) == ("euler", 64, 64)
+    assert config.pose is not None and config.controlnet_conditioning_scale == 0.75
+    assert kwargs["cancel"] is not None and kwargs["progress"] is not None
+    # What the app shows: one picture in the gallery, the progress at the last step, previews.
+    assert len(app.gallery) == 1 and app.gallery.items[0].recipe.seed == 1234
+    assert app.progress.last.step == STEPS and app.progress.previews == STEPS
+    assert "seed 1234" in app.status.text
+    assert not app.generate_button.disabled and app.cancel_button.disabled
+
+
+def test_unlocked_seed_is_new_each_time_and_shown(app):
+    app.prompt.value = "a robot"
+    app.lock_seed.value = False
+    seeds = []
+    for _ in range(2):
+        run(app, app.generate_button)
+        seeds.append(app.received[-1][0].seed)
+        assert app.seed.value == seeds[-1]  # the control shows the seed that was used
+    assert seeds[0] != seeds[1]
+    app.lock_seed.value = True
+    run(app, app.generate_button)
+    assert app.received[-1][0].seed == seeds[1]
+
+
+def test_restore_puts_the_recipe_back_and_remakes_the_picture(app):
+    app.prompt.value = "a red fox"
+    app.seed.value, app.lock_seed.value = 7, True
+    app.select_poses(["t_pose"])
+    run(app, app.generate_button)
+    first = app.gallery.items[0]
+
+    app.prompt.value = "a blue whale"
+    app.seed.value = 99
+    app.select_poses([])
+    app.scheduler.value = "ddim"
+    run(app, app.generate_button)
+    assert len(app.gallery) == 2
+
+    first.restore_button.click()
+    assert app.prompt.value == "a red fox" and app.seed.value == 7 and app.lock_seed.value
+    assert app.pose_order == ["t_pose"] and app.scheduler.value == first.recipe.scheduler
+    run(app, app.generate_button)
+    remade = app.gallery.items[-1]
+    assert app.received[-1][0] == first.recipe
+    assert np.array_equal(np.asarray(remade.image), np.asarray(first.image))
+
+
+def test_restore_from_a_bare_recipe(app, tiny_studio):
+    from charstudio.pose import load_pose
+
+    recipe = tiny_studio.make_config("a castle", style="none", seed=5, num_inference_steps=2, width=64, height=64,
+                                     pose=load_pose("sitting"), scheduler="lms", guidance_scale=3.0)
+    item = app.gallery.add(__import__("PIL.Image").Image.new("RGB", (64, 64)), recipe, "from disk")
+    item.restore_button.click()
+    assert (app.card.value, app.prompt.value, app.style.value) == ("", "a castle", "none")
+    assert (app.seed.value, app.steps.value, app.scheduler.value, app.guidance.value) == (5, 2, "lms", 3.0)
+    assert app.pose_order == ["sitting"]
+    assert app.make_config() == recipe.replace(model=tiny_studio.model_id)
+
+
+def test_running_disables_buttons_ignores_a_second_click_and_cancel_stops_at_the_next_step(app, monkeypatch):
+    app.prompt.value = "a dragon"
+    app.steps.value = 8
+    seen = {}
+    real_report = app._report
+
+    def report(p):
+        real_report(p)
+        if p.step == 2:
+            seen["disabled"] = (app.generate_button.disabled, app.sheet_button.disabled, app.save_button.disabled)
+            seen["cancel_enabled"] = not app.cancel_button.disabled
+            seen["second_click"] = app.generate()
+            app.cancel_button.click()
+
+    monkeypatch.setattr(app, "_report", report)
+    run(app, app.generate_button)
+    assert seen == {"disabled": (True, True, True), "cancel_enabled": True, "second_click": False}
+    assert app.runner.jobs_started == 1 and len(app.received) == 1
+    assert app.progress.last.step == 2  # step 3's callback raised before reporting
+    assert "cancelled" in app.status.text and app.status.level == "warn"
+    assert len(app.gallery) == 0
+    assert not app.generate_button.disabled and app.cancel_button.disabled
+    # The app works again after a cancel.
+    monkeypatch.setattr(app, "_report", real_report)
+    run(app, app.generate_button)
+    assert len(app.gallery) == 1
+
+
+def test_errors_show_as_one_readable_line(app):
+    app.card.value = ""
+    app.prompt.value = "   "
+    run(app, app.generate_button)
+    assert app.status.level == "error"
+    assert "prompt" in app.status.text and "\n" not in app.status.text and "Traceback" not in app.status.text
+    assert not app.generate_button.disabled and len(app.gallery) == 0
+
+    app.prompt.value = "ok"
+    app.model.value = "no-such-model-anywhere"
+    run(app, app.generate_button)
+    assert app.status.level == "error" and "no-such-model-anywhere" in app.status.text
+
+
+def test_pose_upload_json_and_bad_file(app, tiny_studio):
+    from charstudio.pose import load_pose
+
+    data = json.dumps(load_pose("jumping").to_dict()).encode()
+    app.load_pose_file("my_jump.json", data)
+    assert app.pose_order == ["my_jump"] and "my_jump" in app.pose_buttons
+    app.prompt.value = "a frog"
+    run(app, app.generate_button)
+    assert app.received[-1][0].pose == load_pose("jumping").fit(64, 64).to_dict()
+
+    app.load_pose_file("broken.json", b"{not json")
+    assert app.status.level == "error" and "broken.json" in app.status.text
+
+
+def test_style_mix_calls_mix_styles_with_the_slider_weights(app, monkeypatch):
+    import charstudio.interpolation as interp
+
+    calls = []
+    real = interp.mix_styles
+
+    def spy(studio, subject, styles, **settings):
+        calls.append((subject, dict(styles), settings))
+        return real(studio, subject, styles, **settings)
+
+    monkeypatch.setattr(interp, "mix_styles", spy)
+    app.prompt.value = "a wizard"
+    app.style.value, app.style_b.value, app.style_mix.value = "watercolor", "sketch", 0.25
+    app.seed.value, app.lock_seed.value = 11, True
+    run(app, app.generate_button)
+    assert app.status.level == "ok", app.status.text
+    assert calls[0][:2] == ("a wizard", {"watercolor": 0.75, "sketch": 0.25})
+    assert calls[0][2]["seed"] == 11
+    assert len(app.gallery) == 1 and "(mix)" in app.gallery.items[0].label
+    # the hooked studio passed the app's cancel token into every run
+    assert all(kw.get("cancel") is not None for _, kw in app.received)
+
+
+def test_save_writes_a_png_with_its_recipe(app, tmp_path):
+    from charstudio.result import Result
+
+    assert app.save() == [] and app.status.level == "warn"
+    app.prompt.value = "a lighthouse"
+    run(app, app.generate_button)
+    paths = app.save()
+    assert len(paths) == 1 and paths[0].parent == tmp_path / "out"
+    assert Result.from_png(paths[0]).recipe == app.gallery.items[0].recipe
+    assert str(paths[0]) in app.status.text
