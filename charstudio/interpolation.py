@@ -209,119 +209,93 @@ def frame_ts(frames: int) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # pose keypoints
 # --------------------------------------------------------------------------------------------
-def _pose_array(pose: Any, name: str) -> tuple[Any, Any]:
-    """(keypoints (K, 3) float array, the Pose-like object or None) from a Pose, dict or array."""
+def _keypoint_array(kp: Any, name: str) -> Any:
+    """A (K, 3) float array [x, y, confidence] from a (K, 2)/(K, 3) array or OpenPose's flat list."""
     import numpy as np
 
-    if hasattr(pose, "to_dict") and not isinstance(pose, Mapping):
-        try:
-            from .pose import Pose  # noqa: F401  (only to know the module exists)
-        except ImportError:
-            pass
-        body = getattr(pose, "body", None)
-        if body is None:
-            body = getattr(pose, "keypoints", None)
-        if body is None:
-            raise ConfigError(name, type(pose).__name__, "a Pose with body keypoints")
-        arr = np.asarray(body, dtype=np.float64)
-        return arr, pose
-    arr = np.asarray(pose, dtype=np.float64)
+    arr = np.asarray(kp, dtype=np.float64)
     if arr.ndim == 1 and arr.size % 3 == 0:
         arr = arr.reshape(-1, 3)  # OpenPose's flat [x, y, c, x, y, c, ...]
     if arr.ndim != 2 or arr.shape[1] not in (2, 3):
         raise ConfigError(name, tuple(arr.shape), "keypoints as (K, 2) or (K, 3) [x, y, confidence]")
     if arr.shape[1] == 2:
         arr = np.concatenate([arr, np.ones((arr.shape[0], 1))], axis=1)
-    return arr, None
+    return arr
 
 
 def _missing(kp: Any) -> Any:
     import numpy as np
 
-    return ~np.isfinite(kp[:, 0]) | ~np.isfinite(kp[:, 1]) | (kp[:, 2] <= 0)
+    return ~np.isfinite(kp[:, 0]) | ~np.isfinite(kp[:, 1]) | ~(kp[:, 2] > 0)
 
 
 def interpolate_keypoints(a: Any, b: Any, t: float) -> Any:
     """Keypoints between two poses, as a (K, 3) array [x, y, confidence].
 
     Points present in both move in a straight line. A point missing in one pose (confidence 0
-    or NaN) cannot move anywhere sensible, so it stays where it is known and is shown only on
-    its own half of the sequence: it disappears at t=0.5 or appears there. Missing in both
+    or NaN) has nowhere sensible to move from, so it stays where it is known and is shown only
+    on its own half of the sequence: it disappears (or appears) at t=0.5. Missing in both
     stays missing (all zeros).
     """
     import numpy as np
 
     t = _check_t(t)
-    ka, _ = _pose_array(a, "a")
-    kb, _ = _pose_array(b, "b")
+    ka, kb = _keypoint_array(a, "a"), _keypoint_array(b, "b")
     if ka.shape != kb.shape:
         raise ConfigError("b", tuple(kb.shape), f"must have as many keypoints as a {tuple(ka.shape)}")
     out = np.zeros_like(ka)
     ma, mb = _missing(ka), _missing(kb)
     both = ~ma & ~mb
     out[both] = (1.0 - t) * ka[both] + t * kb[both]
-    only_a = ~ma & mb
     if t < 0.5:
-        out[only_a] = ka[only_a]
-    only_b = ma & ~mb
-    if t >= 0.5:
-        out[only_b] = kb[only_b]
+        out[~ma & mb] = ka[~ma & mb]
+    else:
+        out[ma & ~mb] = kb[ma & ~mb]
     return out
 
 
-def pose_sequence(a: Any, b: Any, frames: int) -> list[Any]:
-    """`frames` poses from a to b (inclusive), keypoints interpolated linearly.
+_POSE_PARTS = ("body", "hand_left", "hand_right", "face")
 
-    Accepts charstudio.pose.Pose objects (then returns Poses on a's canvas), dicts in
-    pose-editor JSON, or keypoint arrays (then returns arrays).
+
+def interpolate_pose(a: Any, b: Any, t: float) -> Any:
+    """A `charstudio.pose.Pose` between two Poses (body, hands and face), on a's canvas.
+
+    b is fitted to a's canvas first when the canvases differ. A part (a hand, the face) that
+    only one pose has follows the same rule as a single missing point.
+    """
+    from .pose import Pose, load_pose
+
+    t = _check_t(t)
+    pa = a if isinstance(a, Pose) else load_pose(a)
+    pb = b if isinstance(b, Pose) else load_pose(b)
+    if (pb.canvas_width, pb.canvas_height) != (pa.canvas_width, pa.canvas_height):
+        pb = pb.fit(pa.canvas_width, pa.canvas_height)
+    parts: dict[str, Any] = {}
+    for name in _POSE_PARTS:
+        xa, xb = getattr(pa, name), getattr(pb, name)
+        if xa is None and xb is None:
+            parts[name] = None
+        elif xb is None:
+            parts[name] = xa.copy() if t < 0.5 else None
+        elif xa is None:
+            parts[name] = xb.copy() if t >= 0.5 else None
+        else:
+            parts[name] = interpolate_keypoints(xa, xb, t)
+    return Pose(canvas_width=pa.canvas_width, canvas_height=pa.canvas_height, **parts)
+
+
+def pose_sequence(a: Any, b: Any, frames: int) -> list[Any]:
+    """`frames` poses from a to b inclusive, keypoints interpolated linearly.
+
+    Keypoint arrays give arrays; anything else (Pose, pose name, pose-editor dict, JSON path)
+    gives `charstudio.pose.Pose` objects.
     """
     ts = frame_ts(frames)
-    pa, pb = _as_pose_if_dict(a), _as_pose_if_dict(b)
-    ka, obj_a = _pose_array(pa, "a")
-    kb, obj_b = _pose_array(pb, "b")
-    if obj_a is not None and obj_b is not None:
-        size_a = (getattr(obj_a, "canvas_width", None), getattr(obj_a, "canvas_height", None))
-        size_b = (getattr(obj_b, "canvas_width", None), getattr(obj_b, "canvas_height", None))
-        if size_a != size_b and hasattr(obj_b, "fit") and None not in size_a:
-            obj_b = obj_b.fit(*size_a)  # same canvas so coordinates are comparable
-            kb, _ = _pose_array(obj_b, "b")
-    seq = [interpolate_keypoints(ka, kb, t) for t in ts]
-    if obj_a is None:
-        return seq
-    return [_with_body(obj_a, kp) for kp in seq]
+    import numpy as np
 
-
-def _as_pose_if_dict(p: Any) -> Any:
-    if isinstance(p, Mapping):
-        from .pose import Pose
-
-        return Pose.from_dict(dict(p))
-    return p
-
-
-def _with_body(pose: Any, keypoints: Any) -> Any:
-    """A copy of `pose` with new body keypoints (hands/face dropped: they do not interpolate)."""
-    import copy
-
-    new = copy.deepcopy(pose)
-    attr = "body" if hasattr(new, "body") else "keypoints"
-    old = getattr(new, attr)
-    try:
-        import numpy as np
-
-        value = np.asarray(keypoints, dtype=np.float64)
-        if not isinstance(old, np.ndarray):
-            value = [tuple(float(v) for v in row) for row in value]
-        setattr(new, attr, value)
-    except Exception as exc:  # a frozen dataclass or similar
-        raise ConfigError("pose", type(pose).__name__, f"a Pose whose keypoints can be replaced ({exc})") from exc
-    for extra in ("hands", "left_hand", "right_hand", "face"):
-        if getattr(new, extra, None) is not None:
-            try:
-                setattr(new, extra, None)
-            except Exception:
-                pass
-    return new
+    if isinstance(a, (np.ndarray, list, tuple)) and isinstance(b, (np.ndarray, list, tuple)):
+        return [interpolate_keypoints(a, b, t) for t in ts]
+    return [interpolate_pose(a, b, t) for t in ts]
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,8 +416,8 @@ class Respaced:
 
     ts: list[float]
     frames: list[Any]
-    before: Smoothness
-    after: Smoothness
+    before: Smoothness  # the uniform spacing
+    after: Smoothness  # the returned spacing (the uniform one again if re-spacing did not help)
     renders: int  # how many frames were rendered in all
     samples: dict[float, Any] = field(default_factory=dict, repr=False)
 
@@ -505,6 +479,10 @@ def respace(render: Callable[[float], Any], frames: int,
     after_frames = [get(t) for t in new_ts]
     after = smoothness(after_frames, embedder)
     log.info("respace: evenness %.3f -> %.3f with %d renders", before.evenness, after.evenness, len(cache))
+    if after.evenness < before.evenness:
+        # The arc-length estimate can be off on a jumpy path; never hand back a worse spacing.
+        log.info("respace: keeping the uniform spacing, which was more even")
+        return Respaced(list(ts0), before_frames, before, before, len(cache), dict(cache))
     return Respaced([float(t) for t in new_ts], after_frames, before, after, len(cache), dict(cache))
 
 
@@ -595,13 +573,19 @@ def save_mp4(frames: Sequence[Any], path: str | os.PathLike, fps: float = 8.0,
         arrs = [np.pad(a, ((0, ph), (0, pw), (0, 0)), mode="edge") for a in arrs]
 
     def write(tmp: Path) -> None:
-        writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                    pixelformat="yuv420p", macro_block_size=1, output_params=["-f", "mp4"])
+        # ffmpeg picks the container from the file name, so write under .mp4 and move onto tmp.
+        named = tmp.with_name(tmp.name + ".mp4")
         try:
-            for a in arrs:
-                writer.append_data(a)
+            writer = imageio.get_writer(named, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                        pixelformat="yuv420p", macro_block_size=1)
+            try:
+                for a in arrs:
+                    writer.append_data(a)
+            finally:
+                writer.close()
+            os.replace(named, tmp)
         finally:
-            writer.close()
+            named.unlink(missing_ok=True)
 
     return _write_atomic(path, write, overwrite)
 
@@ -611,3 +595,278 @@ def save_image(image: Any, path: str | os.PathLike, overwrite: bool = False) -> 
     img = _to_pil(image)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(Path(path).suffix.lower(), "PNG")
     return _write_atomic(path, lambda tmp: img.save(tmp, format=fmt), overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# with a Studio: design interpolation, style mixes, pose animations, LoRA sweeps
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FrameRecipe:
+    """How one in-between frame was made: the two endpoint recipes and t.
+
+    `run_frame(studio, recipe)` rebuilds the frame. At t=0 and t=1 it is the endpoint's own
+    recipe (up to the prompt being padded to the other's 75-token chunk count).
+    """
+
+    a: Any  # GenerationConfig
+    b: Any  # GenerationConfig
+    t: float
+    method: str = "slerp"  # text embeddings
+    noise_method: str = "slerp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "interpolation", "a": self.a.to_dict(), "b": self.b.to_dict(), "t": self.t,
+                "method": self.method, "noise_method": self.noise_method}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FrameRecipe":
+        from .config import GenerationConfig
+
+        return cls(GenerationConfig.from_dict(dict(data["a"])), GenerationConfig.from_dict(dict(data["b"])),
+                   float(data["t"]), data.get("method", "slerp"), data.get("noise_method", "slerp"))
+
+
+@dataclass
+class Interpolation:
+    """Frames from a to b with their t values, recipes and measured smoothness."""
+
+    frames: list[Any]
+    ts: list[float]
+    recipes: list[Any]  # FrameRecipe per frame
+    smoothness: Smoothness
+    before: Smoothness | None = None  # uniform spacing, when re-spaced with uniform=True
+    renders: int = 0
+
+    def contact_sheet(self, cols: int | None = None) -> Any:
+        return contact_sheet(self.frames, self.ts, cols)
+
+    def save_gif(self, path: str | os.PathLike, fps: float = 8.0, boomerang: bool = True,
+                 overwrite: bool = False) -> Path:
+        return save_gif(self.frames, path, fps=fps, boomerang=boomerang, overwrite=overwrite)
+
+    def save_mp4(self, path: str | os.PathLike, fps: float = 8.0, overwrite: bool = False) -> Path:
+        return save_mp4(self.frames, path, fps=fps, overwrite=overwrite)
+
+
+def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> Any:
+    """A GenerationConfig from a recipe, a Result, a FrameRecipe-free card/prompt."""
+    from .config import GenerationConfig
+
+    if isinstance(x, GenerationConfig):
+        return x.replace(num_images=1)
+    if hasattr(x, "recipes") and getattr(x, "recipes", None):
+        return x.recipes[0]
+    if x is None or isinstance(x, (int, float)):
+        raise ConfigError(name, x, "a character card, a prompt, a recipe (GenerationConfig) or a Result")
+    return studio.make_config(x, **{**dict(settings), "num_images": 1})
+
+
+def _check_pair(studio: Any, a: Any, b: Any) -> None:
+    models = {m for m in (a.model, b.model) if m}
+    if len(models) > 1 or (models and studio.model_id not in models):
+        raise ConfigError("b.model", b.model, f"both ends must come from the loaded model {studio.model_id!r} "
+                          f"(a: {a.model!r}); interpolating across models has no shared latent space")
+    if (a.width, a.height) != (b.width, b.height):
+        raise ConfigError("b.size", f"{b.width}x{b.height}",
+                          f"must equal a's {a.width}x{a.height}: noise of different shapes cannot be blended")
+    if a.pose is not None or b.pose is not None:
+        if a.pose != b.pose:
+            raise ConfigError("b.pose", "differs", "use pose_animation() to move between poses")
+    for f in ("num_inference_steps", "scheduler", "clip_skip"):
+        if getattr(a, f) != getattr(b, f):
+            log.warning("interpolation uses a's %s=%r (b has %r)", f, getattr(a, f), getattr(b, f))
+
+
+def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
+    """Prompt and negative embeddings of a and b, all padded to one chunk count."""
+    from .prompt_syntax import parse_weighted
+
+    enc = studio.encoder
+    texts = [a.prompt, a.negative_prompt, b.prompt, b.negative_prompt]
+    pieces = [parse_weighted(x or "") for x in texts]
+    chunks = max(max(1, -(-sum(enc.count_tokens(t) for t, _ in p) // enc.chunk_len)) for p in pieces)
+    return tuple(enc.encode_pieces(p, chunks, a.clip_skip)[0] for p in pieces)  # type: ignore[return-value]
+
+
+def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
+    unet, vae = studio.components["unet"], studio.components["vae"]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return noise_shape(cfg.width, cfg.height, int(unet.config.in_channels), factor)
+
+
+def _is_ancestral(name: str) -> bool:
+    return "-a" in name or "ancestral" in name.lower() or name.lower() == "euler a"
+
+
+class _FrameRenderer:
+    """Renders frames between two recipes; noise and embeddings are computed once."""
+
+    def __init__(self, studio: Any, a: Any, b: Any, method: str, noise_method: str):
+        self.studio, self.a, self.b = studio, a, b
+        self.method, self.noise_method = method, noise_method
+        self.pos_a, self.neg_a, self.pos_b, self.neg_b = _encode_pair(studio, a, b)
+        shape = _latent_shape(studio, a)
+        dtype = self.pos_a.dtype
+        self.noise_a = seed_noise(a.seed, shape, dtype)
+        self.noise_b = seed_noise(b.seed, shape, dtype)
+        if _is_ancestral(a.scheduler):
+            log.warning("scheduler %r adds fresh noise every step: in-between frames use one end's seed for "
+                        "it and will not change smoothly; a deterministic scheduler (ddim, dpm++2m) works better",
+                        a.scheduler)
+
+    def recipe(self, t: float) -> FrameRecipe:
+        return FrameRecipe(self.a, self.b, float(t), self.method, self.noise_method)
+
+    def __call__(self, t: float) -> Any:
+        t = _check_t(t)
+        noise = blend(self.noise_a, self.noise_b, t, self.noise_method)
+        pos = blend_embeddings(self.pos_a, self.pos_b, t, self.method)  # type: ignore[arg-type]
+        neg = blend_embeddings(self.neg_a, self.neg_b, t, self.method)  # type: ignore[arg-type]
+        end = self.a if t < 0.5 else self.b
+        cfg = self.a.replace(
+            guidance_scale=(1 - t) * self.a.guidance_scale + t * self.b.guidance_scale,
+            seed=end.seed,  # only ancestral samplers draw from the generator after the start
+        )
+        result = self.studio.run(cfg, latents=noise, embeddings=(pos, neg))
+        return result.images[0]
+
+
+def interpolate(studio: Any, a: Any, b: Any, frames: int = 8, method: Method = "slerp",
+                uniform: bool = False, *, noise_method: Method = "slerp",
+                embedder: Callable[[Sequence[Any]], Any] | None = None, max_renders: int | None = None,
+                **settings: Any) -> Interpolation:
+    """Frames morphing design a into design b: starting noise and text embeddings together.
+
+    `a` and `b` are character cards (names or objects), prompts, recipes or Results;
+    `settings` (steps, size, scheduler, guidance_scale, ...) apply to cards and prompts.
+    `uniform=True` re-spaces t so adjacent frames change by similar amounts (costs about
+    3 x `frames` renders) and reports evenness before and after.
+    """
+    # 1. Resolve and check the two ends.
+    frame_ts(frames)
+    if method not in ("slerp", "lerp") or noise_method not in ("slerp", "lerp"):
+        raise ConfigError("method", method if method not in ("slerp", "lerp") else noise_method,
+                          "choose 'slerp' or 'lerp'")
+    ra, rb = _as_recipe(studio, a, "a", settings), _as_recipe(studio, b, "b", settings)
+    _check_pair(studio, ra, rb)
+    render = _FrameRenderer(studio, ra, rb, method, noise_method)
+    # 2. Render: uniform t, or adaptively re-spaced.
+    if uniform:
+        res = respace(render, frames, embedder, max_renders)
+        return Interpolation(res.frames, res.ts, [render.recipe(t) for t in res.ts], res.after,
+                             res.before, res.renders)
+    ts = frame_ts(frames)
+    images = [render(t) for t in ts]
+    return Interpolation(images, ts, [render.recipe(t) for t in ts], smoothness(images, embedder), None, len(ts))
+
+
+def run_frame(studio: Any, recipe: FrameRecipe | Mapping[str, Any]) -> Any:
+    """Rebuild one interpolation frame from its recipe."""
+    r = recipe if isinstance(recipe, FrameRecipe) else FrameRecipe.from_dict(recipe)
+    _check_pair(studio, r.a, r.b)
+    return _FrameRenderer(studio, r.a, r.b, r.method, r.noise_method)(r.t)
+
+
+@dataclass
+class StyleMix:
+    """Images of one design under a weighted mix of styles, with what made them."""
+
+    images: list[Any]
+    recipe: Any  # the GenerationConfig of the heaviest style (seed, size, steps, ...)
+    weights: dict[str, float]  # normalised
+
+
+def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float], **settings: Any) -> StyleMix:
+    """Generate a design under an N-way weighted mix of style presets, mixed in embedding space.
+
+    Each style's full prompt (and negative) is encoded, and the embeddings are averaged with
+    the normalised weights. Weights must be >= 0 and not all zero; a weight-0 style has no
+    effect at all, so {"anime": 1, "watercolor": 0} equals the anime style alone.
+    """
+    from .prompt_syntax import parse_weighted
+
+    if not isinstance(styles, Mapping) or not styles:
+        raise ConfigError("styles", styles, "a mapping of style name to weight, e.g. {'anime': 0.7, 'ink': 0.3}")
+    weights = check_weights(styles, field_name="styles")
+    names = list(styles)
+    configs = [studio.make_config(character_or_prompt, style=s, **{**settings, "num_images": 1}) for s in names]
+    enc = studio.encoder
+    texts = [x for c in configs for x in (c.prompt, c.negative_prompt)]
+    pieces = [parse_weighted(x or "") for x in texts]
+    chunks = max(max(1, -(-sum(enc.count_tokens(t) for t, _ in p) // enc.chunk_len)) for p in pieces)
+    embeds = [enc.encode_pieces(p, chunks, configs[0].clip_skip)[0] for p in pieces]
+    pos = mix_embeddings(embeds[0::2], weights)
+    neg = mix_embeddings(embeds[1::2], weights)
+    main = configs[max(range(len(names)), key=lambda i: weights[i])]
+    images = [studio.run(main.replace(seed=main.seed + i), embeddings=(pos, neg)).images[0]
+              for i in range(int(settings.get("num_images", 1) or 1))]
+    return StyleMix(images, main, dict(zip(names, weights)))
+
+
+def pose_animation(studio: Any, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,
+                   *, seed: int | None = None, reference: Any = None, **settings: Any) -> Any:
+    """One character moving from pose A to pose B: same seed (noise) and prompt for every frame.
+
+    Returns a Result: one image per interpolated pose, each with a normal recipe that
+    rebuilds it. `reference` (an image) turns on reference attention when the consistency
+    module provides it, which holds the character's look more tightly than shared noise.
+    """
+    from .config import MAX_SEED
+
+    poses = pose_sequence(pose_a, pose_b, frames)
+    base = studio.make_config(character_or_prompt, seed=seed, **{**settings, "num_images": 1})
+    if base.seed is None or base.seed > MAX_SEED:
+        raise ConfigError("seed", base.seed, "a fixed seed")
+    callbacks: list[Any] = []
+    if reference is not None:
+        try:
+            from . import consistency
+        except ImportError:
+            consistency = None  # type: ignore[assignment]
+        hook = getattr(consistency, "reference_attention", None) if consistency else None
+        if hook is None:
+            log.warning("reference attention is not available (charstudio.consistency has no "
+                        "reference_attention); using shared noise only")
+    images, recipes = [], []
+    for p in poses:
+        cfg = studio.make_config(character_or_prompt, seed=base.seed, pose=p, **{**settings, "num_images": 1})
+        if reference is not None and hook is not None:
+            with hook(studio, reference):
+                res = studio.run(cfg, callbacks=callbacks)
+        else:
+            res = studio.run(cfg, callbacks=callbacks)
+        images.extend(res.images)
+        recipes.extend(res.recipes)
+    from .result import Result
+
+    return Result(images, recipes, {"poses": poses, "ts": frame_ts(frames)})
+
+
+def lora_sweep(studio: Any, character_or_prompt: Any, adapter: str, weights: Sequence[float],
+               **settings: Any) -> Any:
+    """The same design at several weights of one loaded LoRA adapter (same seed throughout).
+
+    Returns a Result whose recipes record each weight. The adapter weights in use before the
+    sweep are restored afterwards.
+    """
+    set_loras = getattr(studio, "set_loras", None)
+    if set_loras is None:
+        raise ConfigError("studio", type(studio).__name__, "a Studio with set_loras (LoRA support)")
+    if not weights:
+        raise ConfigError("weights", weights, "give at least one LoRA weight")
+    before = dict(studio.active_loras)
+    if adapter not in before:
+        raise ConfigError("adapter", adapter, f"load it first; loaded adapters: {sorted(before)}")
+    images, recipes = [], []
+    base = studio.make_config(character_or_prompt, **{**settings, "num_images": 1})
+    try:
+        for w in weights:
+            set_loras({**before, adapter: float(w)})
+            res = studio.run(base.replace(loras=studio.active_loras))
+            images.extend(res.images)
+            recipes.extend(res.recipes)
+    finally:
+        set_loras(before)
+    from .result import Result
+
+    return Result(images, recipes, {"adapter": adapter, "weights": [float(w) for w in weights]})

@@ -179,8 +179,13 @@ class Studio:
 
     def run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback] = (),
             progress: Callable[[StepProgress], None] | None = None, cancel: CancelToken | None = None,
-            control_image: Any = None) -> Result:
-        """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU)."""
+            control_image: Any = None, latents: Any = None, embeddings: tuple[Any, Any] | None = None) -> Result:
+        """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU).
+
+        `latents` (initial noise, unscaled) and `embeddings` ((prompt, negative) embeddings)
+        override the seed's noise and the prompt encoding; interpolation and style mixes use
+        them, and their own recipes record how to rebuild them.
+        """
         import torch
 
         # 1. Check the recipe fits this studio.
@@ -206,13 +211,20 @@ class Studio:
 
         # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
         encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
+        prompt_embeds, negative_embeds = (encoded.prompt_embeds, encoded.negative_prompt_embeds) \
+            if embeddings is None else embeddings
+        # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
+        from .prompt_syntax import schedule_callback
+
+        edit_cb = None if embeddings is not None else schedule_callback(
+            self.encoder, config.prompt, config.num_inference_steps, encoded.num_chunks, config.clip_skip)
 
         # 4. One pipeline call per image, so each image's recipe (seed + i) reproduces it alone.
         images, recipes, latents_out = [], [], []
         for i in range(config.num_images):
             if cancel is not None:
                 cancel.check()
-            step_cbs = list(callbacks)
+            step_cbs = list(callbacks) + ([edit_cb] if edit_cb is not None else [])
             if cancel is not None:
                 step_cbs.insert(0, lambda p, s, t, kw: cancel.check() or {})
             if progress is not None:
@@ -220,7 +232,7 @@ class Studio:
             combined, tensor_inputs = chain(step_cbs)
             pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
             generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
-            out = pipe(prompt_embeds=encoded.prompt_embeds, negative_prompt_embeds=encoded.negative_prompt_embeds,
+            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, latents=latents,
                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                        width=config.width, height=config.height, generator=generator, output_type="latent",
                        callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
@@ -258,6 +270,39 @@ class Studio:
             if im.getextrema() == ((0, 0), (0, 0), (0, 0)):
                 warnings.warn("generated an all-black image", RuntimeWarning, stacklevel=3)
         return images
+
+    # -- interpolation, style mixes, tracing (charstudio.interpolation / charstudio.trace) ---------
+    def interpolate(self, a: Any, b: Any, frames: int = 8, method: str = "slerp", uniform: bool = False,
+                    **settings: Any) -> Any:
+        """Frames from design a to design b (cards, prompts, recipes); see interpolation.interpolate."""
+        from .interpolation import interpolate
+
+        return interpolate(self, a, b, frames=frames, method=method, uniform=uniform, **settings)
+
+    def mix_styles(self, character_or_prompt: Any, styles: dict[str, float], **settings: Any) -> Any:
+        """A design under an N-way weighted mix of style presets; see interpolation.mix_styles."""
+        from .interpolation import mix_styles
+
+        return mix_styles(self, character_or_prompt, styles, **settings)
+
+    def pose_animation(self, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,
+                       **settings: Any) -> Result:
+        """One character moving from pose A to pose B (same seed); see interpolation.pose_animation."""
+        from .interpolation import pose_animation
+
+        return pose_animation(self, character_or_prompt, pose_a, pose_b, frames, **settings)
+
+    def lora_sweep(self, character_or_prompt: Any, adapter: str, weights: list[float], **settings: Any) -> Result:
+        """The same design at several weights of one loaded LoRA; see interpolation.lora_sweep."""
+        from .interpolation import lora_sweep
+
+        return lora_sweep(self, character_or_prompt, adapter, weights, **settings)
+
+    def trace(self, character_or_prompt: Any = None, *, attention: bool = True, **settings: Any) -> Any:
+        """Generate one image while recording every step: returns (Trace, Result); see trace.trace_run."""
+        from .trace import trace_run
+
+        return trace_run(self, character_or_prompt, attention=attention, **settings)
 
 
 def native_size(components: dict[str, Any]) -> int:

@@ -277,6 +277,9 @@ class Tracer:
         unet = pipe.unet
         originals = dict(unet.attn_processors) if self.attention else None
         self._set_tokens(pipe)
+        # Studio.run installs a fresh scheduler just before calling the pipeline, so the
+        # scheduler to observe is looked up on every UNet call (which precedes its step()).
+        hook = unet.register_forward_pre_hook(lambda module, args: self._wrap_scheduler(self._pipe.scheduler))
         try:
             self._wrap_scheduler(pipe.scheduler)
             if originals is not None:
@@ -286,6 +289,7 @@ class Tracer:
                 })
             yield self
         finally:
+            hook.remove()
             if originals is not None:
                 unet.set_attn_processor(originals)
             for sched, _ in self._wrapped:
@@ -355,8 +359,8 @@ class Tracer:
     # -- the step callback --------------------------------------------------------------------
     def __call__(self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
         if not any(s is pipe.scheduler for s, _ in self._wrapped):
-            # The run swapped in another scheduler after attach(): observe it from now on.
-            log.warning("tracer: scheduler changed after attach(); x0 of step %d not recorded", step_index)
+            # Only when attach() got another pipeline than the one running.
+            log.warning("tracer: this pipeline's scheduler is not observed; x0 of step %d not recorded", step_index)
             self._wrap_scheduler(pipe.scheduler)
             self._pending.clear()
         info = self._pending.pop(0) if self._pending else {}
@@ -678,3 +682,22 @@ def save_denoising_gif(trace: Trace, path: str | os.PathLike, decoder: Any, whic
     if len(frames) < 2:
         raise ConfigError("trace", len(frames), "a denoising GIF needs at least 2 recorded steps")
     return save_gif(frames + [frames[-1]] * 3, path, fps=fps, overwrite=overwrite)
+
+
+def trace_run(studio: Any, character_or_prompt: Any = None, *, config: Any = None, attention: bool = True,
+              callbacks: Sequence[Callable] = (), **settings: Any) -> tuple[Trace, Any]:
+    """Generate one image with a Studio while recording every step; returns (trace, Result).
+
+    Give a card/prompt plus settings (as for `studio.generate`), or a ready `config` recipe.
+    Tracing never changes the image: the same recipe without tracing gives the same pixels.
+    """
+    cfg = config if config is not None else studio.make_config(character_or_prompt, **settings)
+    if cfg.num_images != 1:
+        cfg = cfg.replace(num_images=1)  # one record per step needs one image per run
+    pipe = studio.pipeline("controlnet" if cfg.pose is not None else "txt2img")
+    tracer = Tracer(prompt=cfg.prompt, attention=attention)
+    with tracer.attach(pipe):
+        result = studio.run(cfg, callbacks=[tracer, *callbacks])
+    tracer.trace.image = result.images[0]
+    result.extras["trace"] = tracer.trace
+    return tracer.trace, result
