@@ -16,6 +16,7 @@ import warnings
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [
     "charstudio.cli.generate_commands",
+    "charstudio.cli.pose_commands",
 ]
 
 
@@ -40,6 +41,15 @@ def _setup_logging(verbose: bool) -> None:
     # diffusers/transformers chatter is noise on a command line unless asked for.
     for noisy in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        # diffusers and transformers keep their own handlers; silence them through their own switches.
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.set_verbosity_error()
+        tlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)
@@ -62,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("charstudio: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn errors into one line
         from charstudio.errors import CharstudioError
 
