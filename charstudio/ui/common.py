@@ -9,13 +9,14 @@ only works on the kernel's main thread.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import logging
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import ipywidgets as W
 
@@ -54,14 +55,13 @@ def blank_png(size: int = 8) -> bytes:
 
 
 def figure_png(fig: Any) -> bytes:
-    """Render a matplotlib figure to PNG bytes and close it (figures leak otherwise)."""
-    import matplotlib.pyplot as plt
+    """Render a matplotlib `Figure` to PNG bytes.
 
+    The apps build `matplotlib.figure.Figure` objects directly, not through pyplot: that works
+    on a worker thread and leaves the notebook's plotting backend alone.
+    """
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -259,6 +259,7 @@ class Gallery:
         self.on_restore = on_restore
         self.max_items = max_items
         self.selected: GalleryItem | None = None
+        self.listeners: list[Callable[[], None]] = []  # told after every add (pickers in other apps)
         self._lock = threading.Lock()
         self.header = W.HTML(value="<b>Gallery</b> (empty)")
         self.grid = W.GridBox(children=(), layout=W.Layout(
@@ -288,6 +289,8 @@ class Gallery:
             self.grid.children = tuple(it.cell for it in reversed(self.items))  # type: ignore[attr-defined]
             self.header.value = f"<b>Gallery</b> ({len(self.items)} pictures; newest first)"
         self.selected = item
+        for listener in list(self.listeners):
+            listener()
         return item
 
     def restore(self, item: GalleryItem) -> None:
@@ -320,6 +323,25 @@ def get_studio(model: str, device: str | None = None) -> Any:
         if key not in _STUDIOS:
             _STUDIOS[key] = Studio.from_pretrained(key[0], device=device)
         return _STUDIOS[key]
+
+
+_RUN_LOCKS: dict[int, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def exclusive(studio: Any, token: CancelToken) -> Iterator[None]:
+    """One run at a time per studio, across apps: the apps share its pipelines and schedulers.
+
+    A second app waits here (and can still be cancelled while it waits).
+    """
+    with _STUDIO_LOCK:
+        lock = _RUN_LOCKS.setdefault(id(studio), threading.Lock())
+    while not lock.acquire(timeout=0.2):
+        token.check()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class StudioSource:
@@ -376,6 +398,92 @@ class RunHooks:
         return self._studio.run(config, **kwargs)
 
 
+class DesignPicker:
+    """Pick a design: a character card, a typed prompt, or a recipe from a gallery.
+
+    `value()` is what the core's functions accept: a card name, a prompt, or a GenerationConfig.
+    """
+
+    def __init__(self, gallery: Gallery | None = None, prompt: str = "", card: str | None = None):
+        from ..character import list_characters
+
+        self.gallery = gallery
+        self._cards = list_characters()
+        self.source = W.Dropdown(layout=W.Layout(width="260px"))
+        self.prompt = W.Text(value=prompt, placeholder="prompt (or extra words for a card)",
+                             layout=W.Layout(width="260px"))
+        self.refresh()
+        if card is not None and card in self._cards:
+            self.source.value = f"card:{card}"
+        if gallery is not None:
+            gallery.listeners.append(self.refresh)
+        self.widget = W.VBox([self.source, self.prompt])
+
+    def refresh(self) -> None:
+        """Rebuild the options (new gallery pictures appear), keeping the current choice."""
+        options: list[tuple[str, str]] = [("prompt (typed below)", "prompt")]
+        options += [(f"card: {c}", f"card:{c}") for c in self._cards]
+        if self.gallery is not None:
+            options += [(f"gallery {label}", f"recipe:{i}") for i, (label, _) in enumerate(self.gallery.recipes())]
+        current = self.source.value
+        self.source.options = options
+        self.source.value = current if current in {v for _, v in options} else "prompt"
+
+    def value(self) -> Any:
+        """A card name, a prompt, or a recipe (GenerationConfig)."""
+        from ..errors import ConfigError
+
+        choice = self.source.value or "prompt"
+        if choice.startswith("card:"):
+            return choice[5:]
+        if choice.startswith("recipe:"):
+            return self.gallery.recipes()[int(choice[7:])][1]  # type: ignore[union-attr]
+        text = self.prompt.value.strip()
+        if not text:
+            raise ConfigError("prompt", self.prompt.value, "type a prompt or pick a card")
+        return text
+
+    def extra(self) -> str:
+        """Extra words typed for a card (empty for prompts and recipes)."""
+        return self.prompt.value.strip() if (self.source.value or "").startswith("card:") else ""
+
+
 def labelled(label: str, widget: W.Widget, width: str = "110px") -> W.HBox:
     """A widget with a fixed-width label on its left (descriptions truncate in narrow layouts)."""
     return W.HBox([W.Label(value=label, layout=W.Layout(width=width)), widget])
+
+
+def step_hook(token: CancelToken, report: Callable[[StepProgress], None], steps: int,
+              image: int = 1, images: int = 1) -> Callable[[Any, int, Any, dict], dict]:
+    """A step callback that stops at the next step after Cancel and reports progress.
+
+    For core functions that take step callbacks but no cancel token or progress function.
+    """
+
+    def hook(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        token.check()
+        report(StepProgress(image=image, images=images, step=step + 1, steps=steps))
+        return {}
+
+    return hook
+
+
+class TempFiles:
+    """A private folder for plots that core functions write to disk before the app shows them."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="charstudio-ui-")
+        self._n = 0
+
+    def path(self, suffix: str = ".png") -> str:
+        import os
+
+        self._n += 1
+        return os.path.join(self.dir, f"{self._n:05d}{suffix}")
+
+    @staticmethod
+    def read(path: Any) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()

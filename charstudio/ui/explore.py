@@ -14,7 +14,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from .common import (Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
-                     labelled, png_bytes)
+                     exclusive, labelled, png_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +343,12 @@ class ExploreApp:
 
             studio = self.studio
             preview = LivePreview(self.progress.show_preview, every=int(self.preview_every.value))
-            if mixing:
-                return self._mix(studio, token, preview)
-            config = self.make_config(studio)
-            self.last_config = config
-            return studio.run(config, callbacks=[preview], progress=self._report, cancel=token)
+            with exclusive(studio, token):
+                if mixing:
+                    return self._mix(studio, token, preview)
+                config = self.make_config(studio)
+                self.last_config = config
+                return studio.run(config, callbacks=[preview], progress=self._report, cancel=token)
 
         def done(result: Any) -> None:
             self.last_result = result
@@ -407,7 +408,8 @@ class ExploreApp:
             if not self.pose_order:
                 raise ConfigError("poses", "none selected", "select one or more poses for the sheet")
             subject, extra = self._subject()
-            return studio.sheet(**self._sheet_args(studio, subject, extra, token))
+            with exclusive(studio, token):
+                return studio.sheet(**self._sheet_args(studio, subject, extra, token))
 
         def done(result: Any) -> None:
             self.last_result = result
