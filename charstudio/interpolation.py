@@ -804,42 +804,25 @@ def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float
 
 
 def pose_animation(studio: Any, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,
-                   *, seed: int | None = None, reference: Any = None, **settings: Any) -> Any:
-    """One character moving from pose A to pose B: same seed (noise) and prompt for every frame.
+                   *, seed: int | None = None, reference_strength: float = 0.0, **settings: Any) -> Any:
+    """One character moving from pose A to pose B, held fixed by the same noise for every frame.
 
-    Returns a Result: one image per interpolated pose, each with a normal recipe that
-    rebuilds it. `reference` (an image) turns on reference attention when the consistency
-    module provides it, which holds the character's look more tightly than shared noise.
+    The keypoints are interpolated (`pose_sequence`) and rendered through the OpenPose
+    ControlNet with one seed. `reference_strength` > 0 also shares the first frame's
+    self-attention with the others (reference attention, charstudio.consistency), which holds
+    clothes and colours more tightly. Returns a Result (a consistency SheetResult) whose
+    recipes rebuild each frame; `extras["ts"]` holds each frame's t.
     """
-    from .config import MAX_SEED
+    from .consistency import make_sheet
 
+    ts = frame_ts(frames)
     poses = pose_sequence(pose_a, pose_b, frames)
-    base = studio.make_config(character_or_prompt, seed=seed, **{**settings, "num_images": 1})
-    if base.seed is None or base.seed > MAX_SEED:
-        raise ConfigError("seed", base.seed, "a fixed seed")
-    callbacks: list[Any] = []
-    if reference is not None:
-        try:
-            from . import consistency
-        except ImportError:
-            consistency = None  # type: ignore[assignment]
-        hook = getattr(consistency, "reference_attention", None) if consistency else None
-        if hook is None:
-            log.warning("reference attention is not available (charstudio.consistency has no "
-                        "reference_attention); using shared noise only")
-    images, recipes = [], []
-    for p in poses:
-        cfg = studio.make_config(character_or_prompt, seed=base.seed, pose=p, **{**settings, "num_images": 1})
-        if reference is not None and hook is not None:
-            with hook(studio, reference):
-                res = studio.run(cfg, callbacks=callbacks)
-        else:
-            res = studio.run(cfg, callbacks=callbacks)
-        images.extend(res.images)
-        recipes.extend(res.recipes)
-    from .result import Result
-
-    return Result(images, recipes, {"poses": poses, "ts": frame_ts(frames)})
+    result = make_sheet(studio, character_or_prompt, poses, seed=seed, same_noise=True,
+                        reference_strength=reference_strength, compute_score=False,
+                        labels=[f"t={t:.2f}" for t in ts], **settings)
+    result.extras["ts"] = ts
+    result.extras["poses"] = poses
+    return result
 
 
 def lora_sweep(studio: Any, character_or_prompt: Any, adapter: str, weights: Sequence[float],
