@@ -263,3 +263,30 @@ def test_schedule_callback_replaces_only_the_positive_half():
     out = cb(None, 0, 999, {"prompt_embeds": current})["prompt_embeds"]
     assert torch.equal(out[0], current[0]) and torch.equal(out[1], new[0])
     assert cb(None, 1, 500, {"prompt_embeds": current}) == {}  # no change between steps 1 and 2
+
+
+def test_pose_animation_reference_attention_keeps_the_first_frame(tiny_studio):
+    plain = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, **FAST)
+    ref = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, reference_strength=1.0,
+                                     **FAST)
+    assert np.array_equal(pixels(ref.images[0]), pixels(plain.images[0]))  # the anchor frame itself
+    assert not np.array_equal(pixels(ref.images[1]), pixels(plain.images[1]))
+    assert ref.extras["ts"] == [0.0, 1.0]
+
+
+def test_smoothness_with_a_clip_vision_embedder():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, projection_dim=8)).eval()
+    embed = ip.clip_image_embedder(model)
+    rng = np.random.default_rng(0)
+    frames = [rng.random((40, 40, 3)) for _ in range(4)]
+    vecs = embed(frames)
+    assert vecs.shape == (4, 8) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    s = ip.smoothness(frames, embedder=embed)
+    assert s.space == "clip" and len(s.distances) == 3 and all(d > 0 for d in s.distances)
+    same = ip.smoothness([frames[0]] * 3, embedder=embed)
+    assert same.max == pytest.approx(0, abs=1e-6) and same.evenness == 1.0
