@@ -1,0 +1,252 @@
+"""LoRA files: our format and kohya/A1111, loading, mixing, fusing, and refusing what does not fit.
+
+One small LoRA (UNet + text encoder, rank 4, alpha 2 so alpha != rank is exercised) is trained
+once per module on the tiny model and reused by every test here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from charstudio import lora  # noqa: E402
+from charstudio.errors import ConfigError  # noqa: E402
+
+PROMPT = "a picture of sks person"
+
+
+def _make_images(folder, n=4, size=96):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = np.full((size, size, 3), 40, dtype=np.uint8)
+        arr[20:60, 20 + 5 * i:60 + 5 * i] = (200, 60 * i, 50)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A trained LoRA folder: lora/aiko/{pytorch_lora_weights,aiko}.safetensors."""
+    from charstudio.training import LoraTrainingConfig, train_lora
+
+    root = tmp_path_factory.mktemp("lora_mod")
+    data = _make_images(root / "data")
+    cfg = LoraTrainingConfig(data_dir=str(data), name="aiko", output_dir=str(root / "lora"), max_train_steps=12,
+                             rank=4, alpha=2.0, learning_rate=2e-2, batch_size=2, train_text_encoder=True,
+                             validation_steps=0, num_validation_images=0, checkpointing_steps=100)
+    records = list(train_lora(cfg))
+    assert records[-1].done
+    return root / "lora" / "aiko"
+
+
+def _pipe(seed: int = 0):
+    from diffusers import StableDiffusionPipeline
+
+    from charstudio.models.tiny import build_tiny_components
+
+    c = build_tiny_components(seed)
+    pipe = StableDiffusionPipeline(**{k: c[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _render(pipe) -> np.ndarray:
+    """Final latents of a short fixed-seed run: as sensitive as pixels, without the VAE's cost."""
+    import torch
+
+    g = torch.Generator().manual_seed(7)
+    out = pipe(PROMPT, num_inference_steps=3, generator=g, output_type="latent", height=64, width=64).images
+    return out[0].numpy()
+
+
+def test_training_changes_output_and_unload_load_reproduces(trained):
+    pipe = _pipe()
+    base = _render(pipe)
+    name = lora.load_lora(pipe, trained)
+    assert name == "aiko"
+    with_lora = _render(pipe)
+    assert np.abs(with_lora - base).max() > 1e-3, "the trained LoRA should change the picture"
+
+    lora.unload_loras(pipe)
+    assert not getattr(pipe.unet, "peft_config", None)
+    np.testing.assert_array_equal(_render(pipe), base)
+
+    lora.load_lora(pipe, trained / "pytorch_lora_weights.safetensors", adapter_name="again")
+    np.testing.assert_allclose(_render(pipe), with_lora, atol=1e-6)
+
+
+def test_kohya_file_through_diffusers_loader_matches_our_format(trained):
+    ours = _pipe()
+    lora.load_lora(ours, trained / "pytorch_lora_weights.safetensors")
+    expected = _render(ours)
+
+    theirs = _pipe()
+    theirs.load_lora_weights(str(trained / "aiko.safetensors"), adapter_name="k")  # diffusers' own loader
+    np.testing.assert_allclose(_render(theirs), expected, atol=1e-5)
+
+    via_us = _pipe()
+    lora.load_lora(via_us, trained / "aiko.safetensors")
+    np.testing.assert_allclose(_render(via_us), expected, atol=1e-5)
+
+
+def test_kohya_file_layout(trained):
+    tensors, meta = lora.read_lora_file(trained / "aiko.safetensors")
+    assert lora.detect_format(tensors) == "kohya"
+    downs = [k for k in tensors if k.endswith(".lora_down.weight")]
+    assert any(k.startswith("lora_unet_") for k in downs)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in downs)
+    for k in downs:
+        base = k[: -len(".lora_down.weight")]
+        assert base + ".lora_up.weight" in tensors
+        assert float(tensors[base + ".alpha"]) == 2.0
+        assert tensors[k].shape[0] == 4
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    info = lora.inspect_lora(trained / "aiko.safetensors")
+    assert (info.format, info.rank, info.alpha, info.components) == ("kohya", 4, 2.0, ("unet", "text_encoder"))
+
+
+def test_weight_zero_reproduces_base(trained):
+    pipe = _pipe()
+    base = _render(pipe)
+    lora.load_lora(pipe, trained, weight=0.0)
+    np.testing.assert_array_equal(_render(pipe), base)
+    lora.set_loras(pipe, {"aiko": 1.0})
+    assert np.abs(_render(pipe) - base).max() > 1e-3
+    lora.set_loras(pipe, {"aiko": 0.0})
+    np.testing.assert_array_equal(_render(pipe), base)
+
+
+def test_mixing_two_adapters_adds_their_weighted_updates(trained):
+    single = _pipe()
+    lora.load_lora(single, trained)
+    full = _render(single)
+
+    mixed = _pipe()
+    lora.load_lora(mixed, trained / "pytorch_lora_weights.safetensors", adapter_name="a")
+    lora.load_lora(mixed, trained / "aiko.safetensors", adapter_name="b")
+    lora.set_loras(mixed, {"a": 0.5, "b": 0.5})
+    assert lora.active_loras(mixed) == {"a": 0.5, "b": 0.5}
+    # The same adapter twice at half weight is the adapter once at full weight.
+    np.testing.assert_allclose(_render(mixed), full, atol=1e-4)
+    lora.set_loras(mixed, {"a": 1.0})
+    np.testing.assert_allclose(_render(mixed), full, atol=1e-4)
+    lora.unload_loras(mixed, ["a"])
+    assert lora.active_loras(mixed) == {}
+    with pytest.raises(ConfigError, match="no adapter of that name"):
+        lora.set_loras(mixed, {"a": 1.0})
+
+
+def test_fuse_then_unfuse(trained):
+    pipe = _pipe()
+    base = _render(pipe)
+    lora.load_lora(pipe, trained, weight=0.7)
+    unfused = _render(pipe)
+    assert lora.fuse_loras(pipe) == ["aiko"]
+    assert lora.fused_loras(pipe) == ["aiko"]
+    np.testing.assert_allclose(_render(pipe), unfused, rtol=1e-4, atol=1e-4)
+    lora.unfuse_loras(pipe)
+    assert lora.fused_loras(pipe) == []
+    np.testing.assert_allclose(_render(pipe), unfused, rtol=1e-4, atol=1e-4)
+    # Subtracting a fused update is exact only up to float rounding, hence the tolerances.
+    lora.fuse_loras(pipe)
+    lora.unload_loras(pipe)  # unfuses first, so the base weights come back
+    np.testing.assert_allclose(_render(pipe), base, rtol=1e-4, atol=1e-4)
+
+
+def test_convert_round_trip(trained, tmp_path):
+    k2d = lora.convert_lora(trained / "aiko.safetensors", tmp_path / "from_kohya.safetensors", to="diffusers")
+    d2k = lora.convert_lora(trained / "pytorch_lora_weights.safetensors", tmp_path / "again.safetensors", to="kohya")
+    original, _ = lora.read_lora_file(trained / "aiko.safetensors")
+    rewritten, _ = lora.read_lora_file(d2k)
+    assert set(original) == set(rewritten)
+    for key in original:
+        np.testing.assert_array_equal(original[key].numpy(), rewritten[key].numpy())
+
+    ref = _pipe()
+    lora.load_lora(ref, trained)
+    conv = _pipe()
+    lora.load_lora(conv, k2d)
+    np.testing.assert_allclose(_render(conv), _render(ref), atol=1e-5)
+    assert lora.inspect_lora(k2d).alpha == 2.0
+
+
+def test_unknown_keys_are_refused_before_loading(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "mystery.safetensors"
+    save_file({"model.layer.weight": torch.zeros(2, 2)}, str(bad))
+    pipe = _pipe()
+    with pytest.raises(ConfigError, match="fit no known LoRA format"):
+        lora.load_lora(pipe, bad)
+    assert not getattr(pipe.unet, "peft_config", None)
+
+    loha = tmp_path / "loha.safetensors"
+    save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, str(loha))
+    with pytest.raises(ConfigError, match="LoHa"):
+        lora.load_lora(pipe, loha)
+
+
+def test_sdxl_lora_is_named_and_nothing_is_half_loaded(trained, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, _ = lora.read_lora_file(trained / "aiko.safetensors")
+    sdxl = {}
+    for key, value in tensors.items():
+        if "attn2_to_k.lora_down" in key or "attn2_to_v.lora_down" in key:
+            value = torch.zeros(value.shape[0], 2048)  # SDXL's cross-attention width
+        sdxl[key] = value
+    sdxl["lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"] = torch.zeros(4, 1280)
+    sdxl["lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight"] = torch.zeros(1280, 4)
+    sdxl["lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"] = torch.tensor(4.0)
+    path = tmp_path / "xl_style.safetensors"
+    save_file(sdxl, str(path))
+
+    pipe = _pipe()
+    base = _render(pipe)
+    with pytest.raises(ConfigError, match="SDXL") as err:
+        lora.load_lora(pipe, path)
+    assert "Nothing was loaded" in str(err.value)
+    assert not getattr(pipe.unet, "peft_config", None)
+    assert not getattr(pipe.text_encoder, "peft_config", None)
+    np.testing.assert_array_equal(_render(pipe), base)
+
+
+def test_wrong_width_names_the_architecture(trained, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, _ = lora.read_lora_file(trained / "aiko.safetensors")
+    sd15 = {k: (torch.zeros(v.shape[0], 768) if "attn2_to_k.lora_down" in k else v) for k, v in tensors.items()}
+    path = tmp_path / "sd15_style.safetensors"
+    save_file(sd15, str(path))
+    pipe = _pipe()
+    with pytest.raises(ConfigError, match=r"SD 1\.x \(cross-attention width 768\).*width 32"):
+        lora.load_lora(pipe, path)
+    assert not getattr(pipe.unet, "peft_config", None)
+
+
+def test_paths_names_and_pickles(trained, tmp_path):
+    lora_dir = trained.parent
+    assert lora.resolve_lora_path("aiko", lora_dir) == trained / "pytorch_lora_weights.safetensors"
+    assert lora.list_loras(lora_dir) == ["aiko"]
+    with pytest.raises(ConfigError, match="no LoRA of that name.*known: aiko"):
+        lora.resolve_lora_path("nobody", lora_dir)
+    pickled = tmp_path / "old.ckpt"
+    pickled.write_bytes(b"not even read")
+    with pytest.raises(ConfigError, match="pickled"):
+        lora.resolve_lora_path(pickled)
+    pipe = _pipe()
+    lora.load_lora(pipe, "aiko", lora_dir=lora_dir)
+    with pytest.raises(ConfigError, match="already loaded"):
+        lora.load_lora(pipe, "aiko", lora_dir=lora_dir)
+    with pytest.raises(ConfigError, match="weight"):
+        lora.load_lora(pipe, "aiko", lora_dir=lora_dir, adapter_name="x", weight=float("nan"))
