@@ -205,3 +205,30 @@ def test_save_writes_a_png_with_its_recipe(app, tmp_path):
     assert len(paths) == 1 and paths[0].parent == tmp_path / "out"
     assert Result.from_png(paths[0]).recipe == app.gallery.items[0].recipe
     assert str(paths[0]) in app.status.text
+
+
+def test_sheet_draws_the_card_in_every_selected_pose(app, tiny_studio, monkeypatch):
+    calls = []
+    real = tiny_studio.sheet
+
+    def spy(subject, poses, **kwargs):
+        calls.append((subject, poses, kwargs))
+        return real(subject, poses, **kwargs)
+
+    monkeypatch.setattr(tiny_studio, "sheet", spy)
+    app.sheet_button.click()
+    assert app.wait(60) and app.status.level == "error" and "pose" in app.status.text  # none selected
+
+    app.card.value = "kiro"
+    app.seed.value, app.lock_seed.value = 21, True
+    app.select_poses(["running", "sitting"])
+    app.consistency.value = 0.5
+    run(app, app.sheet_button)
+    assert app.status.level == "ok", app.status.text
+    subject, poses, kwargs = calls[-1]
+    assert subject == "kiro" and len(poses) == 2
+    assert kwargs["seed"] == 21 and kwargs["reference_strength"] == 0.5 and kwargs["cancel"] is not None
+    assert len(app.gallery) == 2
+    assert [it.controls["poses"] for it in app.gallery.items] == [["running"], ["sitting"]]
+    assert all(it.recipe.character == "kiro" and it.recipe.pose is not None for it in app.gallery.items)
+    assert app.progress.last.images == 2 and app.progress.last.image == 2

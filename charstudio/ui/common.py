@@ -390,11 +390,13 @@ class RunHooks:
         self.runs += 1
         if self._on_run is not None:
             self._on_run(self.runs)
-        kwargs.setdefault("cancel", self._token)
-        if self._progress is not None:
-            kwargs.setdefault("progress", self._progress)
+        # Core code may pass cancel=None / progress=None explicitly; those mean "not given".
+        if kwargs.get("cancel") is None:
+            kwargs["cancel"] = self._token
+        if self._progress is not None and kwargs.get("progress") is None:
+            kwargs["progress"] = self._progress
         if self._callbacks:
-            kwargs["callbacks"] = [*kwargs.get("callbacks", ()), *self._callbacks]
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or ()), *self._callbacks]
         return self._studio.run(config, **kwargs)
 
 

@@ -72,6 +72,8 @@ class ExploreApp:
                                         description="pose file/picture")
         self.pose_upload.observe(self._on_upload, names="value")
         self.pose_strength = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, readout_format=".2f")
+        self.consistency = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, readout_format=".2f",
+                                         tooltip="Sheet: reference attention to the first pose (0 = off)")
         self._build_pose_grid()
 
         # 3. Sampling.
@@ -118,7 +120,8 @@ class ExploreApp:
         ])
         poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
                                "Sheet all of them)"),
-                        self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength])])
+                        self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength]),
+                        W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view])
         self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget, self.gallery.widget])
@@ -233,14 +236,14 @@ class ExploreApp:
         return {"model": self.model.value, "card": self.card.value, "prompt": self.prompt.value,
                 "negative": self.negative.value, "style": self.style.value, "style_b": self.style_b.value,
                 "style_mix": self.style_mix.value, "poses": list(self.pose_order),
-                "pose_strength": self.pose_strength.value, "seed": self.seed.value, "lock_seed": self.lock_seed.value,
+                "pose_strength": self.pose_strength.value, "consistency": self.consistency.value, "seed": self.seed.value, "lock_seed": self.lock_seed.value,
                 "steps": self.steps.value, "guidance": self.guidance.value, "scheduler": self.scheduler.value,
                 "width": self.width.value, "height": self.height.value, "num_images": self.num_images.value}
 
     def set_controls(self, values: dict[str, Any]) -> None:
         widgets = {"model": self.model, "card": self.card, "prompt": self.prompt, "negative": self.negative,
                    "style": self.style, "style_b": self.style_b, "style_mix": self.style_mix,
-                   "pose_strength": self.pose_strength, "seed": self.seed, "lock_seed": self.lock_seed,
+                   "pose_strength": self.pose_strength, "consistency": self.consistency, "seed": self.seed, "lock_seed": self.lock_seed,
                    "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
                    "width": self.width, "height": self.height, "num_images": self.num_images}
         for key, w in widgets.items():
@@ -399,53 +402,52 @@ class ExploreApp:
             return False
         self._prepare_seed()
         snapshot = self.controls()
+        names = list(self.pose_order)
         self.progress.reset()
 
         def job(token: CancelToken) -> Any:
             studio = self.studio
-            if not hasattr(studio, "sheet"):
-                raise ConfigError("sheet", "unavailable", "this charstudio version has no Studio.sheet")
-            if not self.pose_order:
+            if not names:
                 raise ConfigError("poses", "none selected", "select one or more poses for the sheet")
             subject, extra = self._subject()
             with exclusive(studio, token):
-                return studio.sheet(**self._sheet_args(studio, subject, extra, token))
+                return studio.sheet(subject, [self._pose(n) for n in names], **self.sheet_args(token, names, extra))
 
         def done(result: Any) -> None:
             self.last_result = result
-            for image, recipe, pose in zip(result.images, result.recipes, self._sheet_pose_names(result)):
-                controls = {**snapshot, "poses": [pose] if pose else [], "lock_seed": True, "num_images": 1,
-                            "seed": recipe.seed}
-                self.gallery.add(image, recipe, f"sheet {pose or ''} s{recipe.seed}".strip(), controls)
-            self.image.value = png_bytes(result.grid() if len(result.images) > 1 else result.images[0], 480)
+            for image, recipe, pose in zip(result.images, result.recipes, names):
+                controls = {**snapshot, "poses": [pose], "lock_seed": True, "num_images": 1, "seed": recipe.seed}
+                self.gallery.add(image, recipe, f"sheet {pose} s{recipe.seed}", controls)
+            grid = getattr(result, "grid_image", None) or result.grid()
+            self.image.value = png_bytes(grid, 480)
             self._show_recipe(result.recipes[0])
-            self.status.ok(f"sheet of {len(result.images)} poses; seed {result.recipes[0].seed}")
+            score = getattr(result, "score", None)
+            self.status.ok(f"sheet of {len(result.images)} poses; seed {result.recipes[0].seed}"
+                           + (f"; consistency {score:.3f}" if score is not None else ""))
 
         return self.runner.start("Sheet", job, done)
 
-    def _sheet_args(self, studio: Any, subject: str, extra: str, token: CancelToken) -> dict[str, Any]:
-        """Arguments for Studio.sheet, limited to the parameters it actually takes."""
-        import inspect
-
+    def sheet_args(self, token: CancelToken, names: list[str], extra: str) -> dict[str, Any]:
+        """Keyword arguments for `Studio.sheet` from the controls."""
         from ..trace import LivePreview
 
-        params = inspect.signature(studio.sheet).parameters
-        wanted: dict[str, Any] = dict(
-            poses=[self._pose(n) for n in self.pose_order], style=self.style.value or None, extra=extra,
-            seed=int(self.seed.value), num_inference_steps=int(self.steps.value),
-            guidance_scale=float(self.guidance.value), width=self.width.value or None,
-            height=self.height.value or None, negative_prompt=self.negative.value.strip() or None,
-            scheduler=self.scheduler.value, controlnet_conditioning_scale=float(self.pose_strength.value),
-            progress=self._report, cancel=token,
-            callbacks=[LivePreview(self.progress.show_preview, every=int(self.preview_every.value))])
-        first = next(iter(params))
-        args = {first: subject}
-        args.update({k: v for k, v in wanted.items() if k in params})
-        return args
+        pose_index = [0]
 
-    def _sheet_pose_names(self, result: Any) -> list[str | None]:
-        names = list(self.pose_order)
-        return names + [None] * (len(result.images) - len(names))
+        def report(p: StepProgress) -> None:
+            # Every pose is its own run (image 1 of 1); count poses so the bar covers the sheet.
+            if p.step == 1:
+                pose_index[0] += 1
+            self._report(StepProgress(image=min(pose_index[0], len(names)), images=len(names), step=p.step,
+                                      steps=p.steps))
+
+        return dict(
+            seed=int(self.seed.value), labels=[n.replace("_", " ") for n in names],
+            reference_strength=float(self.consistency.value), style=self.style.value or None, extra=extra,
+            num_inference_steps=int(self.steps.value), guidance_scale=float(self.guidance.value),
+            width=self.width.value or None, height=self.height.value or None,
+            negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
+            controlnet_conditioning_scale=float(self.pose_strength.value), progress=report, cancel=token,
+            callbacks=[LivePreview(self.progress.show_preview, every=int(self.preview_every.value))])
 
     def save(self) -> list[Any]:
         """Save the selected (latest or restored) picture as PNG with its recipe; returns paths."""

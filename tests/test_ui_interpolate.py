@@ -1,0 +1,114 @@
+"""InterpolateApp without a browser: A->B frames, style-mix sliders, pose animation, cancel."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from charstudio.ui.common import Gallery, blank_png  # noqa: E402
+from charstudio.ui.interpolate import InterpolateApp  # noqa: E402
+
+
+@pytest.fixture
+def app(tiny_studio, monkeypatch):
+    received = []
+    real_run = tiny_studio.run
+
+    def spy(config, **kwargs):
+        received.append((config, kwargs))
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(tiny_studio, "run", spy)
+    gallery = Gallery()
+    a = InterpolateApp(tiny_studio, gallery=gallery, steps=2, frames=3)
+    a.received = received
+    a.size.value = 64
+    yield a
+    a.wait()
+
+
+def run(app, button):
+    button.click()
+    assert app.wait(180), "the run did not finish"
+
+
+def test_interpolate_two_cards_shows_frames_gif_and_smoothness(app):
+    app.design_a.source.value = "card:aiko"
+    app.design_b.source.value = "card:bram"
+    app.seed_a.value, app.seed_b.value = 1, 2
+    app.frames.value = 4
+    app.method.value = "lerp"
+    run(app, app.interpolate_button)
+    assert app.status.level == "ok", app.status.text
+    name, args = app.calls[-1]
+    assert name == "interpolate" and (args["frames"], args["method"], args["uniform"]) == (4, "lerp", False)
+    assert (args["a"].character, args["a"].seed, args["b"].character, args["b"].seed) == ("aiko", 1, "bram", 2)
+    assert len(app.received) == 4 and all(kw["cancel"] is not None for _, kw in app.received)
+    view = app.morph_view
+    assert len(view.frames) == 4 and view.slider.max == 3
+    first = view.image.value
+    view.slider.value = 3
+    assert view.image.value != first and "t = 1.000" in view.caption.value
+    assert view.gif.format == "gif" and view.gif.value[:3] == b"GIF"
+    assert "evenness" in app.smoothness.value and app.smoothness_plot.value != blank_png()
+
+
+def test_a_gallery_recipe_can_be_an_end(app, tiny_studio):
+    from PIL import Image
+
+    recipe = tiny_studio.make_config("a cat", seed=5, num_inference_steps=2, width=64, height=64, scheduler="ddim")
+    app.design_a.gallery.add(Image.new("RGB", (64, 64)), recipe, "cat")
+    options = [v for _, v in app.design_a.source.options]
+    assert "recipe:0" in options  # the picker learnt about the new picture
+    app.design_a.source.value = "recipe:0"
+    app.design_b.source.value = "prompt"
+    app.design_b.prompt.value = "a dog"
+    app.frames.value = 2
+    run(app, app.interpolate_button)
+    assert app.status.level == "ok", app.status.text
+    assert app.calls[-1][1]["a"] == recipe and app.calls[-1][1]["b"].prompt == "a dog"
+
+
+def test_style_mix_uses_the_slider_weights(app):
+    for s in app.style_weights.values():
+        s.value = 0.0
+    assert app.mix_button.click() is None and app.wait(60)
+    assert app.status.level == "error" and "slider" in app.status.text
+    app.style_weights["watercolor"].value = 0.3
+    app.style_weights["sketch"].value = 0.1
+    app.mix_design.source.value = "card:pip"
+    app.mix_seed.value = 9
+    run(app, app.mix_button)
+    assert app.status.level == "ok", app.status.text
+    assert app.calls[-1][1]["styles"] == {"watercolor": 0.3, "sketch": 0.1}
+    assert app.mix.weights == pytest.approx({"watercolor": 0.75, "sketch": 0.25})
+    assert app.mix.recipe.seed == 9 and app.mix_image.value != blank_png()
+
+
+def test_pose_animation_and_cancel(app, monkeypatch):
+    app.anim_design.source.value = "card:mira"
+    app.pose_a.value, app.pose_b.value = "standing_front", "jumping"
+    app.anim_frames.value = 3
+    app.anim_seed.value = 4
+    run(app, app.animate_button)
+    assert app.status.level == "ok", app.status.text
+    res = app.animation
+    assert len(res.images) == 3 and {r.seed for r in res.recipes} == {4}
+    assert res.recipes[0].pose != res.recipes[-1].pose
+    assert app.anim_view.gif.value[:3] == b"GIF"
+
+    # Cancel in the middle of the second frame: no third render starts.
+    real_fraction = app.progress.fraction
+
+    def fraction(done, text):
+        real_fraction(done, text)
+        if text.startswith("render 2/"):
+            app.cancel_button.click()
+
+    monkeypatch.setattr(app.progress, "fraction", fraction)
+    before = len(app.received)
+    run(app, app.animate_button)
+    assert "cancelled" in app.status.text
+    assert len(app.received) - before == 2
+    assert app.animation is res and not app.animate_button.disabled
