@@ -213,6 +213,7 @@ class Studio:
         encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
         prompt_embeds, negative_embeds = (encoded.prompt_embeds, encoded.negative_prompt_embeds) \
             if embeddings is None else embeddings
+        initial_latents = latents  # the loop below reuses the name `latents` for each image's output
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
 
@@ -232,7 +233,7 @@ class Studio:
             combined, tensor_inputs = chain(step_cbs)
             pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
             generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
-            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, latents=latents,
+            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, latents=initial_latents,
                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                        width=config.width, height=config.height, generator=generator, output_type="latent",
                        callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
