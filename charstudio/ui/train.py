@@ -1,0 +1,352 @@
+"""02 Train LoRA: a dataset with editable captions, training with a live loss plot and
+validation images, Stop/Resume, and a before/after comparison at several LoRA weights."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+
+from ..callbacks import CancelToken
+from ..errors import ConfigError
+from .common import (Gallery, ProgressPanel, Runner, StatusLine, StudioSource, blank_png, error_text, exclusive,
+                     figure_png, labelled, png_bytes)
+
+log = logging.getLogger(__name__)
+
+THUMB = 112
+SWEEP_WEIGHTS = (0.0, 0.5, 1.0)
+
+
+class DatasetView:
+    """The training images with one editable caption each (kohya style: NAME.txt beside NAME.png)."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.images: list[Path] = []
+        self.captions: dict[Path, W.Textarea] = {}
+        self.grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {THUMB + 120}px)",
+                                              max_height="360px", overflow="auto"))
+        self.info = W.HTML(value="no dataset loaded")
+        self.widget = W.VBox([self.info, self.grid])
+
+    def load(self, folder: str | os.PathLike, placeholder: str) -> int:
+        """Show every image in `folder` with its caption; returns the number of images."""
+        from PIL import Image
+
+        from ..training import list_dataset
+
+        images, caption_files = list_dataset(folder)
+        self.folder, self.images, self.captions = Path(folder), images, {}
+        cells = []
+        for path in images:
+            text = ""
+            if path.stem in caption_files:
+                text = caption_files[path.stem].read_text(encoding="utf-8", errors="replace").strip()
+            box = W.Textarea(value=text, placeholder=f"(none: '{placeholder}')",
+                             layout=W.Layout(width=f"{THUMB + 110}px", height="48px"))
+            self.captions[path] = box
+            try:
+                with Image.open(path) as im:
+                    thumb = png_bytes(im.convert("RGB"), THUMB)
+            except Exception:  # a broken file is reported by the trainer; show a blank here
+                thumb = blank_png()
+            cells.append(W.VBox([W.Image(value=thumb, format="png", layout=W.Layout(width=f"{THUMB}px")),
+                                 W.HTML(value=f"<small>{html.escape(path.name)}</small>"), box]))
+        self.grid.children = tuple(cells)
+        self.info.value = f"{len(images)} images in <code>{html.escape(str(folder))}</code>"
+        return len(images)
+
+    def save_captions(self) -> int:
+        """Write edited captions to NAME.txt (an emptied caption removes its file); returns files changed."""
+        from ..io_utils import atomic_write
+
+        changed = 0
+        for path, box in self.captions.items():
+            txt = path.with_suffix(".txt")
+            text = " ".join(box.value.split())
+            old = txt.read_text(encoding="utf-8", errors="replace").strip() if txt.exists() else ""
+            if text == old:
+                continue
+            if text:
+                atomic_write(txt, lambda tmp, t=text: tmp.write_text(t + "\n", encoding="utf-8"), overwrite=True)
+            else:
+                txt.unlink(missing_ok=True)
+            changed += 1
+        return changed
+
+
+class TrainApp:
+    """Widgets -> `LoraTrainingConfig` -> `training.train_lora`, step by step on a worker thread.
+
+    Pass `gallery=explore_app.gallery` to train on the pictures ticked there.
+    """
+
+    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+                 gallery: Gallery | None = None, data_dir: str = "", steps: int = 200,
+                 output_dir: str = "lora"):
+        self.source = StudioSource(studio, model, device)
+        self.gallery = gallery
+        self.history: list[tuple[int, float]] = []  # (step, loss) of the current run
+        self.records: list[Any] = []  # every TrainingStep of the current run
+        self.files: dict[str, Path] = {}  # final outputs of the last finished run
+        self.comparison: Any = None  # Result of the before/after sweep
+        self.stopped_at: int | None = None
+        self.last_config: Any = None
+
+        # 1. Data.
+        self.data_dir = W.Text(value=data_dir, placeholder="folder of 5-50 images of one character",
+                               layout=W.Layout(width="360px"))
+        self.load_button = W.Button(description="Load", icon="folder-open")
+        self.picks_button = W.Button(description="Use gallery picks", icon="images",
+                                     tooltip="copy the pictures ticked in the Explore gallery into a dataset folder",
+                                     disabled=gallery is None)
+        self.save_captions_button = W.Button(description="Save captions", icon="save")
+        self.dataset = DatasetView()
+
+        # 2. Options (the common ones; everything else keeps LoraTrainingConfig's defaults).
+        self.model = W.Combobox(value=self.source.model, options=["tiny", "sd15"], ensure_option=False)
+        self.name = W.Text(value="my-character", layout=W.Layout(width="200px"))
+        self.trigger = W.Text(value="sks", layout=W.Layout(width="120px"))
+        self.class_word = W.Text(value="person", layout=W.Layout(width="120px"))
+        self.steps = W.BoundedIntText(value=steps, min=1, max=100_000, layout=W.Layout(width="120px"))
+        self.rank = W.Dropdown(options=[4, 8, 16, 32, 64], value=16, layout=W.Layout(width="120px"))
+        self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-2, step=0.1, readout_format=".1e")
+        self.validation_steps = W.BoundedIntText(value=max(1, steps // 4), min=0, max=100_000,
+                                                 layout=W.Layout(width="120px"))
+        self.checkpointing_steps = W.BoundedIntText(value=max(1, steps // 4), min=1, max=100_000,
+                                                    layout=W.Layout(width="120px"))
+        self.validation_inference_steps = W.BoundedIntText(value=20, min=1, max=200, layout=W.Layout(width="120px"))
+        self.resolution = W.Dropdown(options=[("model's native", 0), ("256", 256), ("384", 384), ("512", 512),
+                                              ("768", 768)], value=0, layout=W.Layout(width="140px"))
+        self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False)
+        self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False)
+        self.seed = W.BoundedIntText(value=0, min=0, max=2**31, layout=W.Layout(width="120px"))
+        self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
+        self.overwrite = W.Checkbox(value=False, description="replace an existing LoRA of this name", indent=False)
+
+        # 3. Run controls and live output.
+        self.start_button = W.Button(description="Start", button_style="primary", icon="play")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop")
+        self.resume_button = W.Button(description="Resume", icon="step-forward",
+                                      tooltip="continue from the newest checkpoint")
+        self.status = StatusLine()
+        self.progress = ProgressPanel(preview_size=8)
+        self.progress.preview.layout.display = "none"  # training has no step previews
+        self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="420px"))
+        self.validation = W.HBox(layout=W.Layout(overflow="auto", width="100%"))
+        self.comparison_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width="480px"))
+        self.comparison_info = W.HTML(value="")
+
+        self.runner = Runner(self.status, busy=[self.start_button, self.resume_button, self.load_button,
+                                                self.picks_button, self.save_captions_button, self.model],
+                             cancel_button=self.stop_button)
+        if gallery is None:
+            self.picks_button.disabled = True
+        self.load_button.on_click(lambda _b: self.load_dataset())
+        self.picks_button.on_click(lambda _b: self.use_gallery_picks())
+        self.save_captions_button.on_click(lambda _b: self.save_captions())
+        self.start_button.on_click(lambda _b: self.start())
+        self.resume_button.on_click(lambda _b: self.start(resume=True))
+
+        data = W.VBox([W.HTML("<b>1. Dataset</b>"), W.HBox([self.data_dir, self.load_button, self.picks_button]),
+                       self.dataset.widget, self.save_captions_button])
+        options = W.VBox([W.HTML("<b>2. Training options</b>"), labelled("model", self.model),
+                          labelled("LoRA name", self.name), labelled("trigger word", self.trigger),
+                          labelled("class word", self.class_word), labelled("steps", self.steps),
+                          labelled("rank", self.rank), labelled("learning rate", self.learning_rate),
+                          labelled("resolution", self.resolution),
+                          labelled("validate every", self.validation_steps),
+                          labelled("sample steps", self.validation_inference_steps),
+                          labelled("checkpoint every", self.checkpointing_steps), labelled("seed", self.seed),
+                          labelled("save under", self.output_dir), self.train_text_encoder, self.flip,
+                          self.overwrite])
+        run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
+                      W.HBox([self.progress.bar, self.progress.label]), self.status.widget, self.loss_plot,
+                      W.HTML("validation samples"), self.validation,
+                      W.HTML("<b>4. Before / after</b> (the same seed at several LoRA weights)"),
+                      self.comparison_image, self.comparison_info])
+        self.widget = W.VBox([data, W.HBox([options, run])])
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.runner.wait(timeout)
+
+    @property
+    def studio(self) -> Any:
+        return self.source.get(self.model.value)
+
+    # -- dataset ---------------------------------------------------------------------------------
+    def _instance_prompt(self) -> str:
+        return f"a picture of {self.trigger.value.strip() or 'sks'} {self.class_word.value.strip() or 'person'}"
+
+    def load_dataset(self) -> int:
+        """Show the folder's images and captions; returns how many (0 on error, shown in the status)."""
+        try:
+            n = self.dataset.load(self.data_dir.value.strip(), self._instance_prompt())
+        except Exception as exc:
+            self.status.error(f"Load failed: {error_text(exc)}")
+            return 0
+        self.status.ok(f"{n} images; edit captions and press Save captions, or Start")
+        return n
+
+    def save_captions(self) -> int:
+        try:
+            n = self.dataset.save_captions()
+        except Exception as exc:
+            self.status.error(f"Saving captions failed: {error_text(exc)}")
+            return 0
+        self.status.ok(f"saved {n} caption file(s)")
+        return n
+
+    def use_gallery_picks(self, folder: str | None = None) -> int:
+        """Write the gallery's ticked pictures (with their recipes) into a dataset folder and load it."""
+        from ..io_utils import ensure_dir
+        from ..result import Result
+
+        picks = self.gallery.picks() if self.gallery is not None else []
+        if not picks:
+            self.status.warn("tick the 'pick' box under some gallery pictures first")
+            return 0
+        target = folder or os.path.join("datasets", self.name.value.strip() or "picks")
+        try:
+            out = ensure_dir(target, "data_dir")
+            for item in picks:
+                Result([item.image], [item.recipe]).save(out)
+        except Exception as exc:
+            self.status.error(f"Copying picks failed: {error_text(exc)}")
+            return 0
+        self.data_dir.value = str(out)
+        return self.load_dataset()
+
+    # -- training ---------------------------------------------------------------------------------
+    def make_config(self, resume: bool = False) -> Any:
+        """The `LoraTrainingConfig` the controls describe."""
+        from ..training import LoraTrainingConfig
+
+        if not self.data_dir.value.strip():
+            raise ConfigError("data_dir", "", "choose a folder of images (or use the gallery's picks)")
+        steps = int(self.steps.value)
+        return LoraTrainingConfig(
+            data_dir=self.data_dir.value.strip(), name=self.name.value.strip(), model=self.model.value.strip(),
+            output_dir=self.output_dir.value.strip() or "lora", trigger_word=self.trigger.value.strip(),
+            class_word=self.class_word.value.strip() or "person", resolution=self.resolution.value or None,
+            max_train_steps=steps, rank=int(self.rank.value), alpha=float(self.rank.value),
+            learning_rate=float(self.learning_rate.value), train_text_encoder=bool(self.train_text_encoder.value),
+            flip=bool(self.flip.value), seed=int(self.seed.value),
+            validation_steps=int(self.validation_steps.value),
+            validation_inference_steps=int(self.validation_inference_steps.value),
+            checkpointing_steps=min(int(self.checkpointing_steps.value), steps),
+            resume=resume, overwrite=bool(self.overwrite.value) and not resume)
+
+    def start(self, resume: bool = False) -> bool:
+        """Train (or resume) on the worker thread; Stop ends it after the current step."""
+        if self.runner.running:
+            return False
+        self.progress.reset()
+        if not resume:
+            self.validation.children = ()
+        self.comparison = None
+        self.stopped_at = None
+
+        def job(token: CancelToken) -> Any:
+            from ..training import train_lora
+
+            if self.dataset.captions and self.dataset.folder == Path(self.data_dir.value.strip()):
+                self.dataset.save_captions()  # train on what the user sees
+            config = self.make_config(resume)
+            self.last_config = config
+            studio = self.studio
+            self.history, self.records = [], []
+            with exclusive(studio, token):
+                steps = train_lora(config, components=studio.components)
+                try:
+                    for record in steps:
+                        self._on_step(record)
+                        if token.cancelled and not record.done:
+                            self.stopped_at = record.step
+                            break
+                finally:
+                    steps.close()  # on Stop: train_lora keeps its last checkpoint for Resume
+                if self.stopped_at is not None:
+                    return None
+                final = self.records[-1] if self.records else None
+                self.files = dict(final.files) if final is not None else {}
+                return self._before_after(studio, config, token)
+
+        def done(comparison: Any) -> None:
+            if self.stopped_at is not None:
+                from ..training import list_checkpoints
+
+                ckpts = list_checkpoints(self.make_config(True).lora_dir)
+                last = ckpts[-1].name if ckpts else "none yet"
+                self.status.warn(f"stopped at step {self.stopped_at}; last checkpoint: {last}. Resume continues from it")
+                return
+            where = self.files.get("diffusers") or next(iter(self.files.values()), None)
+            self.status.ok(f"trained {len(self.history)} steps; LoRA saved in {Path(where).parent if where else '?'}")
+
+        return self.runner.start("Training", job, done)
+
+    def _on_step(self, record: Any) -> None:
+        self.records.append(record)
+        self.history.append((record.step, record.loss))
+        self.progress.fraction(record.step / record.total_steps,
+                               f"step {record.step}/{record.total_steps}, loss {record.loss:.4f}")
+        # Redraw the plot about 40 times per run, so plotting never costs more than training.
+        every = max(1, record.total_steps // 40)
+        if record.step % every == 0 or record.done or record.images:
+            self.loss_plot.value = self._loss_figure()
+        if record.images:
+            cells = [W.VBox([W.Image(value=png_bytes(im, 128), format="png", layout=W.Layout(width="128px")),
+                             W.HTML(value=f"<small>step {record.step}</small>")]) for im in record.images]
+            self.validation.children = (*self.validation.children, *cells)
+
+    def _loss_figure(self) -> bytes:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5, 2.4))
+        ax = fig.subplots()
+        steps = [s for s, _ in self.history]
+        losses = [v for _, v in self.history]
+        ax.plot(steps, losses, color="tab:blue", lw=0.8, alpha=0.5, label="loss")
+        if len(losses) >= 5:  # a running mean shows the trend under the per-step noise
+            k = max(2, len(losses) // 10)
+            smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+                      for i in range(len(losses))]
+            ax.plot(steps, smooth, color="tab:red", lw=1.5, label=f"mean of {k}")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        return figure_png(fig)
+
+    def _before_after(self, studio: Any, config: Any, token: CancelToken) -> Any:
+        """The validation prompt at LoRA weights 0 (before), 0.5 and 1 (after), one seed."""
+        if not hasattr(studio, "load_lora") or not hasattr(studio, "set_loras"):
+            self.comparison_info.value = ("<small>before/after needs Studio.load_lora and Studio.set_loras, which "
+                                          "this charstudio version does not have</small>")
+            return None
+        path = self.files.get("diffusers") or self.files.get("kohya")
+        if path is None:
+            raise ConfigError("lora", None, "training finished without writing the LoRA file")
+        loaded = dict(studio.active_loras)
+        if config.name in loaded:  # a re-train of the same name replaces the old adapter
+            studio.unload_lora(config.name) if hasattr(studio, "unload_lora") else None
+        adapter = studio.load_lora(str(path), weight=1.0, adapter_name=config.name)
+        adapter = adapter if isinstance(adapter, str) else config.name
+        size = config.resolution or None
+        sweep = studio.lora_sweep(config.resolved_validation_prompt, adapter, list(SWEEP_WEIGHTS), seed=config.seed,
+                                  width=size, height=size, num_inference_steps=config.validation_inference_steps)
+        self.comparison = sweep
+        labels = [f"weight {w:g}" + (" (before)" if w == 0 else "") for w in SWEEP_WEIGHTS]
+        self.comparison_image.value = png_bytes(sweep.grid(cols=len(labels), labels=labels), 480)
+        self.comparison_info.value = (f"<small>'{html.escape(config.resolved_validation_prompt)}', seed {config.seed}. "
+                                      f"The LoRA stays loaded as <code>{html.escape(adapter)}</code> at weight "
+                                      f"{studio.active_loras.get(adapter, 1.0):g}.</small>")
+        return sweep

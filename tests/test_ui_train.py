@@ -1,0 +1,130 @@
+"""TrainApp without a browser: dataset + captions, Start, live loss/validation, Stop, Resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ipywidgets")
+
+from charstudio.ui.common import Gallery, blank_png  # noqa: E402
+from charstudio.ui.train import TrainApp  # noqa: E402
+
+
+def make_dataset(folder, n=3, size=128):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = np.random.RandomState(i).randint(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def app(fresh_studio, tmp_path, monkeypatch):
+    import charstudio.training as training
+
+    configs = []
+    real = training.train_lora
+
+    def spy(config, **kwargs):
+        configs.append(config)
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(training, "train_lora", spy)
+    a = TrainApp(fresh_studio, data_dir=str(make_dataset(tmp_path / "data")), steps=4,
+                 output_dir=str(tmp_path / "lora"), gallery=Gallery())
+    a.configs = configs
+    a.validation_steps.value = 0  # validate at the end only
+    a.checkpointing_steps.value = 1
+    a.validation_inference_steps.value = 2
+    a.rank.value = 4
+    yield a
+    a.wait()
+
+
+def run(app, button):
+    button.click()
+    assert app.wait(300), "the run did not finish"
+
+
+def test_dataset_shows_images_and_saves_edited_captions(app, tmp_path):
+    (tmp_path / "data" / "img1.txt").write_text("sks person, red coat\n")
+    assert app.load_dataset() == 3
+    boxes = list(app.dataset.captions.values())
+    assert [b.value for b in boxes] == ["", "sks person, red coat", ""]
+    assert len(app.dataset.grid.children) == 3
+    boxes[0].value = "sks person   smiling"
+    boxes[1].value = ""
+    app.save_captions_button.click()
+    assert (tmp_path / "data" / "img0.txt").read_text().strip() == "sks person smiling"
+    assert not (tmp_path / "data" / "img1.txt").exists()  # emptied caption: the instance prompt applies
+    assert "2 caption" in app.status.text
+
+    app.data_dir.value = str(tmp_path / "nowhere")
+    assert app.load_dataset() == 0
+    assert app.status.level == "error" and "nowhere" in app.status.text and "\n" not in app.status.text
+
+
+def test_train_shows_progress_loss_and_validation_then_saves_under_lora(app, tmp_path):
+    app.name.value = "hero"
+    app.trigger.value = "zxq"
+    app.learning_rate.value = 1e-3
+    run(app, app.start_button)
+    assert app.status.level == "ok", app.status.text
+    cfg = app.configs[-1]
+    assert (cfg.name, cfg.trigger_word, cfg.max_train_steps, cfg.rank) == ("hero", "zxq", 4, 4)
+    assert cfg.learning_rate == pytest.approx(1e-3) and cfg.output_dir == str(tmp_path / "lora")
+    assert [s for s, _ in app.history] == [1, 2, 3, 4]
+    assert app.progress.bar.value == 1.0 and "step 4/4" in app.progress.label.value
+    assert app.loss_plot.value != blank_png()
+    assert len(app.validation.children) == cfg.num_validation_images
+    assert (tmp_path / "lora" / "hero" / "pytorch_lora_weights.safetensors").is_file()
+    assert "hero" in app.status.text
+    if hasattr(app.studio, "load_lora"):
+        weights = [r.loras.get("hero") for r in app.comparison.recipes]
+        assert weights == [0.0, 0.5, 1.0] and app.comparison_image.value != blank_png()
+    else:
+        assert app.comparison is None and "load_lora" in app.comparison_info.value
+
+    # Starting again under the same name without "replace" is refused with a readable line.
+    run(app, app.start_button)
+    assert app.status.level == "error" and "overwrite" in app.status.text
+
+
+def test_stop_keeps_a_checkpoint_and_resume_continues(app, tmp_path, monkeypatch):
+    app.name.value = "stopper"
+    app.checkpointing_steps.value = 2
+    real = app._on_step
+
+    def on_step(record):
+        real(record)
+        if record.step == 2:
+            app.stop_button.click()
+
+    monkeypatch.setattr(app, "_on_step", on_step)
+    run(app, app.start_button)
+    assert app.stopped_at == 2 and app.status.level == "warn", app.status.text
+    assert "checkpoint-000002" in app.status.text and "Resume" in app.status.text
+    assert not (tmp_path / "lora" / "stopper" / "pytorch_lora_weights.safetensors").exists()
+    assert not app.start_button.disabled and app.stop_button.disabled
+
+    monkeypatch.setattr(app, "_on_step", real)
+    run(app, app.resume_button)
+    assert app.status.level == "ok", app.status.text
+    assert app.configs[-1].resume is True
+    assert [s for s, _ in app.history] == [3, 4]  # picked up after the checkpoint
+    assert (tmp_path / "lora" / "stopper" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_gallery_picks_become_a_dataset(app, tmp_path, tiny_studio):
+    from PIL import Image
+
+    assert app.use_gallery_picks(str(tmp_path / "picks")) == 0 and app.status.level == "warn"
+    recipe = tiny_studio.make_config("a knight", seed=1, num_inference_steps=2)
+    for i in range(3):
+        item = app.gallery.add(Image.new("RGB", (128, 128), (i * 40, 0, 0)), recipe.replace(seed=i), f"k{i}")
+        item.pick.value = i != 1
+    assert app.use_gallery_picks(str(tmp_path / "picks")) == 2
+    assert app.data_dir.value == str(tmp_path / "picks") and len(app.dataset.images) == 2
