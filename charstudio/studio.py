@@ -131,9 +131,13 @@ class Studio:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
 
         The card's seed and style are used unless given. Image i uses seed `seed + i`.
-        `pose` (a pose name, `Pose`, pose JSON dict) switches on the OpenPose ControlNet.
+        `pose` (a pose name, `Pose`, pose JSON dict, or a ready control image of the output size)
+        switches on the OpenPose ControlNet.
         `negative_prompt`, when given, replaces the card's and style's negatives.
         """
+        control_image = None
+        if hasattr(pose, "getbands"):  # a ready control image (PIL): used as is, not recorded in the recipe
+            control_image, pose = pose, None
         config = self.make_config(character_or_prompt, style=style, extra=extra, seed=seed,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   width=width, height=height, negative_prompt=negative_prompt,
@@ -141,7 +145,7 @@ class Studio:
                                   controlnet_conditioning_scale=controlnet_conditioning_scale,
                                   control_guidance_start=control_guidance_start,
                                   control_guidance_end=control_guidance_end)
-        return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel)
+        return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image)
 
     def make_config(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
                     extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
@@ -304,6 +308,15 @@ class Studio:
         from .trace import trace_run
 
         return trace_run(self, character_or_prompt, attention=attention, **settings)
+
+    # -- character sheets (charstudio.consistency) ---------------------------------------------
+    def sheet(self, character_or_prompt: Any, poses: list[Any], *, seed: int | None = None,
+              reference_strength: float = 0.0, same_noise: bool = True, **settings: Any) -> Any:
+        """One character in N poses with a labelled grid and a consistency score; see consistency.make_sheet."""
+        from .consistency import make_sheet
+
+        return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
+                          same_noise=same_noise, **settings)
 
 
 def native_size(components: dict[str, Any]) -> int:

@@ -1,0 +1,141 @@
+"""`charstudio poses`, `charstudio pose render`, `charstudio sheet`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from charstudio.cli.generate_commands import add_model_args, add_sampling_args
+
+    p = sub.add_parser("poses", help="list the pose library")
+    p.set_defaults(func=cmd_poses)
+
+    pose = sub.add_parser("pose", help="work with poses (render)")
+    pose_sub = pose.add_subparsers(dest="pose_command", metavar="ACTION")
+    r = pose_sub.add_parser("render", help="draw a pose as an OpenPose control image",
+                            description="Draw a library pose or a pose JSON file as the OpenPose control image.")
+    r.add_argument("pose", metavar="NAME", help="pose name (see `charstudio poses`) or pose JSON file")
+    r.add_argument("--out", required=True, help="PNG file to write")
+    r.add_argument("--width", type=int, default=None, help="fit the pose into this width (default: its canvas)")
+    r.add_argument("--height", type=int, default=None, help="fit the pose into this height (default: its canvas)")
+    r.add_argument("--mirror", action="store_true", help="flip left and right")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    r.set_defaults(func=cmd_pose_render)
+    pose.set_defaults(func=lambda args: (pose.print_help(), 0)[1])
+
+    s = sub.add_parser("sheet", help="one character in several poses, with a labelled grid",
+                       description="Draw a character card in several poses and save the images, a labelled grid "
+                                   "and sheet.json (settings and consistency score). Under `accelerate launch` the "
+                                   "poses are split across processes.")
+    s.add_argument("card", metavar="CARD_OR_PROMPT", help="a card name (see `charstudio cards`), a card .yaml, or a prompt")
+    s.add_argument("--poses", required=True, help="comma-separated pose names or JSON files, e.g. standing_front,walking")
+    add_sampling_args(s)
+    s.add_argument("--reference-strength", type=float, default=0.0,
+                   help="reference attention to the first pose (or --reference-image), 0..1 (default 0: off)")
+    s.add_argument("--reference-image", default=None, help="image whose look the poses share (needs --reference-strength)")
+    s.add_argument("--different-noise", action="store_true", help="seed + i per pose instead of the same noise")
+    s.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
+    s.add_argument("--ip-adapter", default=None, help="IP-Adapter weights (hub id or folder, e.g. h94/IP-Adapter)")
+    s.add_argument("--ip-adapter-image", default=None, help="reference image for the IP-Adapter")
+    s.add_argument("--ip-adapter-scale", type=float, default=0.6)
+    s.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    s.add_argument("--embedder", default=None,
+                   help="CLIP vision model (hub id or folder) for the consistency score "
+                        "(default: openai/clip-vit-large-patch14 when available)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    add_model_args(s)
+    s.set_defaults(func=cmd_sheet)
+
+
+def cmd_poses(args: argparse.Namespace) -> int:
+    from charstudio.pose import list_poses, load_pose
+
+    for name in list_poses():
+        pose = load_pose(name)
+        print(f"{name:24s} {int(pose.present.sum()):2d}/18 points  canvas {pose.canvas_width}x{pose.canvas_height}")
+    return 0
+
+
+def cmd_pose_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from charstudio.io_utils import atomic_write
+    from charstudio.pose import load_pose
+
+    pose = load_pose(args.pose)
+    if args.mirror:
+        pose = pose.mirror()
+    image = pose.render(args.width, args.height)
+    path = atomic_write(Path(args.out), lambda tmp: image.save(tmp, format="PNG"), overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def cmd_sheet(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from charstudio.cli.generate_commands import load_studio, precheck
+    from charstudio.cli.progress import StepBar
+    from charstudio.errors import ConfigError, OutputError
+    from charstudio.io_utils import ensure_dir
+
+    # 1. Check everything cheap before loading a model.
+    precheck(args)
+    poses = [p.strip() for p in args.poses.split(",") if p.strip()]
+    if not poses:
+        raise ConfigError("--poses", args.poses, "comma-separated pose names, e.g. standing_front,walking")
+    from charstudio.pose import load_pose
+
+    for p in poses:
+        load_pose(p)  # fail on a typo now, not after the model load
+    out = ensure_dir(args.out, field="--out")
+    if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
+        raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
+    images = {}
+    for flag in ("reference_image", "ip_adapter_image"):
+        if getattr(args, flag):
+            from PIL import Image
+
+            path = Path(getattr(args, flag))
+            if not path.is_file():
+                raise ConfigError("--" + flag.replace("_", "-"), str(path), "an existing image file")
+            images[flag] = Image.open(path).convert("RGB")
+
+    # 2. Under accelerate each process drives its own device.
+    from charstudio.consistency import distributed_state
+
+    state = distributed_state()
+    if args.device is None and state is not None:
+        args.device = str(state.device)
+    studio = load_studio(args)
+    embedder = args.embedder
+    with StepBar("sheet", disable=not _is_main_process() or None) as bar:
+        result = studio.sheet(
+            args.card, poses, seed=args.seed, reference_strength=args.reference_strength,
+            same_noise=not args.different_noise, reference_image=images.get("reference_image"),
+            use_lora=not args.no_lora, ip_adapter_weights=args.ip_adapter,
+            ip_adapter_image=images.get("ip_adapter_image"), ip_adapter_scale=args.ip_adapter_scale,
+            embedder=embedder, compute_score=True if embedder else None, style=args.style, extra=args.add,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
+            negative_prompt=args.negative, scheduler=args.scheduler,
+            controlnet_conditioning_scale=args.control_scale, progress=bar)
+
+    # 3. Only the main process writes (every process holds the gathered sheet).
+    if not _is_main_process():
+        return 0
+    for path in result.save(out, overwrite=args.overwrite):
+        print(path)
+    if result.score is not None:
+        print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")
+    if studio.model_id == "tiny":
+        print("note: the built-in 'tiny' model has random weights, so its images are noise; "
+              "use --model sd15 (or a checkpoint) on a GPU for real pictures", file=sys.stderr)
+    return 0

@@ -1,0 +1,167 @@
+"""Consistency mechanisms: reference attention, the CLIP score, IP-Adapter errors, photo -> character."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from charstudio.consistency import reference_attention, score
+from charstudio.errors import ConfigError, ModelLoadError
+from charstudio.pose import load_pose
+
+FAST = dict(num_inference_steps=2, width=64, height=64)
+POSES = ["standing_front", "walking", "jumping"]
+
+
+def px(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder():
+    """A randomly initialised CLIP vision tower with projection, built in code."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4, projection_dim=16)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def test_reference_strength_zero_equals_the_plain_run(tiny_studio):
+    unet = tiny_studio.components["unet"]
+    before = dict(unet.attn_processors)
+    plain_anchor = tiny_studio.generate("a knight", seed=1, pose="standing_front", **FAST)
+    plain = tiny_studio.generate("a knight", seed=2, pose="walking", **FAST)
+    with reference_attention(unet, 0.0) as bank:
+        bank.record()
+        anchor = tiny_studio.generate("a knight", seed=1, pose="standing_front", **FAST)
+        assert bank.recorded_steps == 2
+        bank.read()
+        shared = tiny_studio.generate("a knight", seed=2, pose="walking", **FAST)
+    assert (px(anchor.image) == px(plain_anchor.image)).all()
+    assert (px(shared.image) == px(plain.image)).all()
+    assert unet.attn_processors == before  # processors restored
+
+
+def test_reference_attention_changes_only_the_non_anchor_images(tiny_studio):
+    # Different noise per pose: with the same noise the tiny model's anchor and target states
+    # are almost equal, so attending to the anchor would change little.
+    off = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=0.0, **FAST)
+    on = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=1.0, **FAST)
+    assert (px(off.images[0]) == px(on.images[0])).all()  # the anchor is drawn as before
+    for a, b in zip(off.images[1:], on.images[1:]):
+        diff = np.abs(px(a) - px(b))
+        assert diff.max() >= 2 and diff.mean() > 0.05
+    assert on.settings["reference_strength"] == 1.0
+
+
+def test_reference_processor_mixes_own_and_anchor_attention():
+    """Unit check of the processor: at strength s the output is lerp(own, shared, s)."""
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    x, ref = torch.randn(2, 10, 16), torch.randn(2, 10, 16) * 3
+    with torch.no_grad():
+        plain = attn(x)
+        outs = {}
+        for s in (0.0, 0.5, 1.0):
+            attn.set_processor(attn.processor)
+            holder = torch.nn.Module()
+            holder.attn1 = attn
+
+            class FakeUNet:  # reference_attention needs only attn_processors / set_attn_processor
+                @property
+                def attn_processors(self):
+                    return {"block.attn1.processor": attn.processor}
+
+                def set_attn_processor(self, procs):
+                    attn.set_processor(procs["block.attn1.processor"])
+
+            with reference_attention(FakeUNet(), s) as bank:
+                bank.states = {"block.attn1.processor": [ref]}
+                bank.read()
+                outs[s] = attn(x)
+    assert torch.equal(outs[0.0], plain)
+    assert not torch.allclose(outs[1.0], plain, atol=1e-3)
+    assert torch.allclose(outs[0.5], (outs[0.0] + outs[1.0]) / 2, atol=1e-5)  # linear in s
+
+
+def test_reference_image_as_anchor(tiny_studio):
+    from PIL import Image
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    off = tiny_studio.sheet("a knight", POSES[:2], seed=4, **FAST)
+    on = tiny_studio.sheet("a knight", POSES[:2], seed=4, reference_strength=1.0, reference_image=photo, **FAST)
+    for a, b in zip(off.images, on.images):  # every pose, including the first, now follows the photo
+        assert (px(a) != px(b)).any()
+    with pytest.raises(ConfigError, match="reference_strength=0"):
+        tiny_studio.sheet("a knight", POSES[:2], reference_image=photo, **FAST)
+
+
+def test_score_is_mean_pairwise_cosine(tiny_embedder, tiny_studio):
+    # The arithmetic, with a callable embedder of known vectors: cosines 0, 1/sqrt2, 1/sqrt2.
+    vectors = {0: [1.0, 0.0], 1: [0.0, 1.0], 2: [1.0, 1.0]}
+    from PIL import Image
+
+    images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(3)]
+    assert score(images, lambda ims: [vectors[im.getpixel((0, 0))[0]] for im in ims]) == pytest.approx(
+        (0 + 2 / math.sqrt(2)) / 3, abs=1e-6)
+    # With a CLIP vision model: identical images score 1, different ones less.
+    sheet = tiny_studio.sheet("a knight", POSES[:2], seed=1, embedder=tiny_embedder, **FAST)
+    assert sheet.score == pytest.approx(score(sheet.images, tiny_embedder))
+    a = sheet.images[0]
+    b = Image.fromarray(255 - px(a).astype(np.uint8))
+    assert score([a, a, a], tiny_embedder) == pytest.approx(1.0, abs=1e-5)
+    assert score([a, b], tiny_embedder) < 0.999
+    with pytest.raises(ConfigError, match="at least two images"):
+        score([a], tiny_embedder)
+
+
+def test_missing_weights_give_clear_errors(tiny_studio, monkeypatch, tmp_path):
+    from PIL import Image
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(ModelLoadError, match="clip-vit-large-patch14.*not in the cache"):
+        score([image, image])
+    with pytest.raises(ModelLoadError, match="IP-Adapter weights are not available"):
+        tiny_studio.sheet("a knight", POSES[:1], ip_adapter_weights=str(tmp_path), ip_adapter_image=image, **FAST)
+    assert "image_encoder" not in (tiny_studio.pipeline("txt2img").components.get("image_encoder") or "")
+    # Nothing was left installed on the shared UNet.
+    assert all(type(p).__name__ != "ReferenceAttnProcessor" for p in tiny_studio.components["unet"].attn_processors.values())
+
+
+def test_photo_to_character_with_its_pose(tiny_studio):
+    from charstudio.consistency import from_photo
+    from charstudio.pose import Pose
+
+    class Detector:  # stands in for OpenposeDetector: finds the "waving" pose in any photo
+        def detect_poses(self, image, include_hand=False, include_face=False):
+            from controlnet_aux.open_pose import PoseResult
+            from controlnet_aux.open_pose.body import BodyResult, Keypoint
+
+            pose = load_pose("waving").fit(image.shape[1], image.shape[0])
+            kps = [Keypoint(x / pose.canvas_width, y / pose.canvas_height) if c > 0 else None
+                   for x, y, c in pose.body]
+            return [PoseResult(BodyResult(kps, 10.0, 18), None, None, None)]
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    photo, other = (Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+    res = from_photo(tiny_studio, "aiko", photo, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
+    assert res.image.size == (64, 64) and res.extras["kind"] == "controlnet_img2img"
+    assert Pose.from_dict(res.recipe.pose).isclose(load_pose("waving").fit(64, 64), atol=1e-2)
+    # The photo is the starting point (the tiny VAE cannot reconstruct it, so compare two photos).
+    res_other = from_photo(tiny_studio, "aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
+    assert (px(res.image) != px(res_other.image)).any()
+    plain = from_photo(tiny_studio, "aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4)
+    assert plain.extras["kind"] == "img2img" and plain.recipe.pose is None
+    with pytest.raises(ConfigError, match="strength=0"):
+        from_photo(tiny_studio, "aiko", photo, strength=0, pose=None)

@@ -1,0 +1,150 @@
+"""Posed generation and character sheets on the tiny model; the CLI; accelerate with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charstudio.errors import ConfigError, OutputError
+from charstudio.pose import load_pose
+from charstudio.result import Result
+
+FAST = dict(num_inference_steps=2, width=64, height=64)
+POSES = ["standing_front", "walking", "jumping"]
+
+
+def px(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_a_different_pose_gives_a_different_image(tiny_studio):
+    walk = tiny_studio.generate("a knight", seed=5, pose="walking", **FAST)
+    walk_again = tiny_studio.generate("a knight", seed=5, pose="walking", **FAST)
+    jump = tiny_studio.generate("a knight", seed=5, pose="jumping", **FAST)
+    lw, lw2, lj = (r.extras["latents"][0] for r in (walk, walk_again, jump))
+    assert (lw == lw2).all()  # same pose, same seed: the same picture
+    # The tiny ControlNet's pose path is weak (random weights), so compare the latents, where a
+    # pose that was ignored would give exactly zero difference.
+    assert (lw - lj).abs().max() > 1e-5
+    assert walk.recipe.pose != jump.recipe.pose
+    # The recipe rebuilds the posed image on its own.
+    assert (px(tiny_studio.run(walk.recipe).image) == px(walk.image)).all()
+
+
+def test_conditioning_scale_zero_equals_no_controlnet(tiny_studio):
+    plain = tiny_studio.generate("a knight", seed=6, **FAST)
+    zero = tiny_studio.generate("a knight", seed=6, pose="jumping", controlnet_conditioning_scale=0.0, **FAST)
+    one = tiny_studio.generate("a knight", seed=6, pose="jumping", controlnet_conditioning_scale=1.0, **FAST)
+    assert (px(plain.image) == px(zero.image)).all()
+    assert (px(plain.image) != px(one.image)).any()
+
+
+def test_control_image_is_used_as_is_and_must_match_the_output_size(tiny_studio):
+    pose = load_pose("waving")
+    control = pose.render(64, 64)
+    by_pose = tiny_studio.generate("a knight", seed=7, pose=pose, **FAST)
+    by_image = tiny_studio.generate("a knight", seed=7, pose=control, **FAST)
+    assert (px(by_pose.image) == px(by_image.image)).all()  # the Pose is fitted and rendered the same way
+    with pytest.raises(ConfigError, match=r"control_image='96x64' .*output size 64x64"):
+        tiny_studio.generate("a knight", seed=7, pose=pose.render(96, 64), **FAST)
+
+
+def test_sheet_has_n_labelled_cells_and_reproducible_images(tiny_studio):
+    sheet = tiny_studio.sheet("aiko", POSES, seed=11, **FAST)
+    assert sheet.labels == POSES and len(sheet.images) == len(sheet.recipes) == 3
+    assert [r.seed for r in sheet.recipes] == [11, 11, 11]  # same initial noise
+    assert all(r.character == "aiko" and r.pose is not None for r in sheet.recipes)
+    # An image is exactly what its recipe makes alone.
+    assert (px(tiny_studio.run(sheet.recipes[2]).image) == px(sheet.images[2])).all()
+
+    grid = sheet.grid_image
+    pad, label_h, (w, h) = 4, 14, sheet.images[0].size
+    assert grid.size == (3 * (w + pad) + pad, h + label_h + 2 * pad)
+    g = px(grid)
+    for i, image in enumerate(sheet.images):
+        x = pad + i * (w + pad)
+        assert (g[pad:pad + h, x:x + w] == px(image)).all()  # the cell holds image i
+        strip = g[pad + h:pad + h + label_h, x:x + w]
+        assert (strip < 128).any()  # and a label is written under it
+
+    different = tiny_studio.sheet("aiko", POSES[:2], seed=11, same_noise=False, **FAST)
+    assert [r.seed for r in different.recipes] == [11, 12]
+
+
+def test_sheet_save_writes_images_with_recipes_and_never_overwrites(tiny_studio, tmp_path):
+    sheet = tiny_studio.sheet("a knight", POSES[:2], seed=3, **FAST)
+    paths = sheet.save(tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == ["00-standing-front.png", "01-walking.png", "grid.png", "sheet.json"]
+    again = Result.from_png(tmp_path / "01-walking.png")
+    assert again.recipe == sheet.recipes[1]
+    data = json.loads((tmp_path / "sheet.json").read_text())
+    assert data["labels"] == POSES[:2] and data["settings"]["seed"] == 3
+    with pytest.raises(OutputError, match="already exists"):
+        sheet.save(tmp_path)
+
+
+def test_sheet_bad_input(tiny_studio):
+    with pytest.raises(ConfigError, match="poses=\\[\\]"):
+        tiny_studio.sheet("a knight", [], **FAST)
+    with pytest.raises(ConfigError, match="pose='sitting down' .*sitting"):
+        tiny_studio.sheet("a knight", ["sitting down"], **FAST)
+    with pytest.raises(ConfigError, match="reference_strength=1.5"):
+        tiny_studio.sheet("a knight", POSES, reference_strength=1.5, **FAST)
+
+
+def test_cli_poses_and_pose_render(tmp_path, capsys):
+    from charstudio.cli import main
+
+    assert main(["poses"]) == 0
+    listed = capsys.readouterr().out
+    assert "standing_front" in listed and len(listed.strip().splitlines()) >= 16
+    out = tmp_path / "walk.png"
+    assert main(["pose", "render", "walking", "--out", str(out), "--width", "128"]) == 0
+    from PIL import Image
+
+    assert (px(Image.open(out)) == px(load_pose("walking").render(128))).all()
+    assert main(["pose", "render", "walking", "--out", str(out)]) == 2  # refuses to overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["pose", "render", "no_such_pose", "--out", str(tmp_path / "x.png")]) == 2
+    assert "standing_front" in capsys.readouterr().err
+
+
+def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
+    """`accelerate launch` with 2 CPU processes splits the sheet and gathers it; the images equal
+    an in-process run. Each launched process uses one thread, and so does the reference run,
+    because CPU kernels sum in a thread-count dependent order."""
+    import torch
+
+    script = tmp_path / "cli.py"
+    script.write_text("import sys\nfrom charstudio.cli import main\nsys.exit(main())\n")
+    out = tmp_path / "sheet"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # --multi_gpu picks accelerate's torchrun launcher; on a machine without CUDA the processes
+    # run on the CPU over gloo (`--cpu` alone starts a single process without MPI).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           "sheet", "aiko", "--poses", ",".join(POSES), "--seed", "3", "--reference-strength", "0.5",
+           "--steps", "2", "--width", "64", "--height", "64", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "sheet.json").read_text())["settings"]["processes"] == 2
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = tiny_studio.sheet("aiko", POSES, seed=3, reference_strength=0.5, guidance_scale=7.0, **FAST)
+    finally:
+        torch.set_num_threads(threads)
+    from PIL import Image
+
+    for i, (name, image) in enumerate(zip(POSES, single.images)):
+        saved = Image.open(out / f"{i:02d}-{name.replace('_', '-')}.png")
+        assert (px(saved) == px(image)).all(), name
