@@ -67,26 +67,24 @@ def test_reference_processor_mixes_own_and_anchor_attention():
     torch.manual_seed(0)
     attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
     x, ref = torch.randn(2, 10, 16), torch.randn(2, 10, 16) * 3
+
+    class OneLayerUNet:  # reference_attention needs only attn_processors / set_attn_processor
+        @property
+        def attn_processors(self):
+            return {"block.attn1.processor": attn.processor}
+
+        def set_attn_processor(self, procs):
+            attn.set_processor(procs["block.attn1.processor"])
+
     with torch.no_grad():
         plain = attn(x)
         outs = {}
         for s in (0.0, 0.5, 1.0):
-            attn.set_processor(attn.processor)
-            holder = torch.nn.Module()
-            holder.attn1 = attn
-
-            class FakeUNet:  # reference_attention needs only attn_processors / set_attn_processor
-                @property
-                def attn_processors(self):
-                    return {"block.attn1.processor": attn.processor}
-
-                def set_attn_processor(self, procs):
-                    attn.set_processor(procs["block.attn1.processor"])
-
-            with reference_attention(FakeUNet(), s) as bank:
+            with reference_attention(OneLayerUNet(), s) as bank:
                 bank.states = {"block.attn1.processor": [ref]}
                 bank.read()
                 outs[s] = attn(x)
+        assert attn(x).equal(plain)  # the original processor is back
     assert torch.equal(outs[0.0], plain)
     assert not torch.allclose(outs[1.0], plain, atol=1e-3)
     assert torch.allclose(outs[0.5], (outs[0.0] + outs[1.0]) / 2, atol=1e-5)  # linear in s
