@@ -227,6 +227,23 @@ def test_rendering_matches_controlnet_aux():
             assert same.mean() >= 0.999, (name, size)
             assert same[drawn].mean() >= 0.99, (name, size)
 
+    # Hands and face too (controlnet-aux marks missing hand/face points with negative coordinates).
+    from controlnet_aux.open_pose.util import draw_facepose, draw_handpose
+
+    pose = _full_pose()
+    w, h = pose.canvas_width, pose.canvas_height
+
+    def keypoints(pts):
+        return [Keypoint(x / w, y / h) if c > 0 else Keypoint(-1, -1) for x, y, c in pts]
+
+    ref = draw_bodypose(np.zeros((h, w, 3), np.uint8), [Keypoint(x / w, y / h) if c > 0 else None for x, y, c in pose.body])
+    ref = draw_facepose(draw_handpose(draw_handpose(ref, keypoints(pose.hand_left)), keypoints(pose.hand_right)),
+                        keypoints(pose.face))
+    ours = np.asarray(pose.render())
+    same = (ref == ours).all(axis=-1)
+    drawn = (ref > 0).any(axis=-1) | (ours > 0).any(axis=-1)
+    assert same.mean() >= 0.999 and same[drawn].mean() >= 0.99
+
 
 def test_render_draws_hands_and_face_only_when_asked():
     pose = _full_pose()
