@@ -1,0 +1,266 @@
+"""Write the notebooks under notebooks/ from the cell texts below, without outputs.
+
+The notebooks are generated so they stay reviewable as plain Python and reproducible:
+
+    python tools/make_notebooks.py          # (re)write notebooks/*.ipynb
+    python tools/make_notebooks.py --check  # exit 1 if a stored notebook differs (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+# The first code cell of every notebook: pick the model. Kept identical across notebooks.
+SETUP = '''\
+# Pick the model. "tiny" is built in: it runs offline on any CPU in seconds, but its weights are
+# random, so every picture is noise. On a machine with a GPU use a real SD 1.5 model, e.g.
+#   MODEL = "sd15"                                  # downloads SD 1.5 + the OpenPose ControlNet once
+#   MODEL = "/models/anything-v5.safetensors"       # an A1111/civitai single-file checkpoint
+MODEL = "tiny"
+
+import os
+from pathlib import Path
+
+FAST = os.environ.get("CHARSTUDIO_FAST") == "1"  # CI runs every notebook with few steps
+if MODEL == "tiny":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in model needs no downloads
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()  # the repository
+'''
+
+
+def explore() -> list:
+    return [
+        new_markdown_cell("""\
+# 01 · Explore characters
+
+Design a character interactively. Pick a **character card** (YAML under `prompts/characters/`) or type a
+prompt, a **style** (or mix two styles with the slider), a **pose** from the library (or upload a pose
+JSON / a picture to detect a pose in), then the seed, steps, guidance, scheduler and size.
+
+* **Generate** makes pictures, with a progress bar and live previews; **Cancel** stops at the next step.
+* **Sheet** draws the card in every selected pose with one seed (a character sheet).
+* **Save** writes the selected picture as PNG, with its full recipe in the metadata.
+* The **gallery** keeps the session's pictures. *restore* under a picture puts its recipe back into the
+  controls (seed locked), so Generate remakes it exactly. Tick *pick* to send pictures to training (02).
+
+The first code cell picks the model; everything else works the same on every model."""),
+        new_code_cell(SETUP),
+        new_code_cell('''\
+from charstudio.ui import ExploreApp
+
+app = ExploreApp(model=MODEL, steps=4 if FAST else None, output_dir=str(ROOT / "outputs"))
+app'''),
+        new_markdown_cell("""\
+## The same, from code
+
+Every button can be scripted: set the controls' values, click, and wait. This is also how the tests
+drive the app."""),
+        new_code_cell('''\
+app.card.value = "aiko"
+app.style.value = "watercolor"
+app.select_poses(["waving"])
+app.seed.value, app.lock_seed.value = 42, True
+app.generate_button.click()
+app.wait()
+print(app.status.text)
+app.gallery.items[-1].image'''),
+        new_markdown_cell("""\
+A **character sheet** straight from the core API: one card, several poses, the same starting noise.
+`reference_strength` adds reference attention to the first pose, which holds clothes and colours."""),
+        new_code_cell('''\
+studio = app.studio
+sheet = studio.sheet("aiko", ["standing_front", "waving", "sitting"], seed=42,
+                     num_inference_steps=4 if FAST else 25)
+sheet.grid_image'''),
+    ]
+
+
+def train() -> list:
+    return [
+        new_markdown_cell("""\
+# 02 · Train a LoRA on a character
+
+Teach the model one character from 5-50 pictures of it.
+
+1. **Dataset**: type a folder and press *Load* (or *Use gallery picks* to take the pictures ticked in
+   the Explore gallery). Each picture shows its caption; edit them and press *Save captions*
+   (`NAME.txt` beside `NAME.png`, the kohya convention). Pictures without a caption use
+   "a picture of *trigger* *class*".
+2. **Options**: the LoRA's name, trigger word, steps, rank, learning rate, validation and checkpoints.
+3. **Start** trains with a live loss plot and validation samples. **Stop** ends after the current step
+   and keeps the newest checkpoint; **Resume** continues from it.
+4. At the end the LoRA is saved under `lora/NAME/` (diffusers and kohya/A1111 formats) and a
+   **before/after** row shows the same seed at LoRA weights 0, 0.5 and 1."""),
+        new_code_cell(SETUP),
+        new_markdown_cell("""\
+A small demo dataset, made with the model itself, so the notebook runs anywhere. Point the app at your
+own folder instead for real training."""),
+        new_code_cell('''\
+from charstudio.ui.common import get_studio
+
+studio = get_studio(MODEL)  # shared with the app below: the model is loaded once
+DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / "demo-aiko"
+if not DATA.is_dir() or not any(DATA.glob("*.png")):
+    demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25)
+    demo.save(DATA)
+sorted(p.name for p in DATA.glob("*.png"))'''),
+        new_code_cell('''\
+from charstudio.ui import TrainApp
+
+LORA_DIR = os.environ.get("CHARSTUDIO_LORA_DIR", str(ROOT / "lora"))
+app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 400, output_dir=LORA_DIR)
+app.name.value = "demo-aiko"
+app.trigger.value, app.class_word.value = "aikochan", "girl"
+if FAST:
+    app.validation_steps.value, app.validation_inference_steps.value = 2, 2
+app.load_dataset()
+app'''),
+        new_markdown_cell("""\
+## The same, from code
+
+Start training and wait for it (*replace* is ticked so the demo can be run again)."""),
+        new_code_cell('''\
+app.overwrite.value = True
+app.start_button.click()
+app.wait()
+print(app.status.text)
+print("loss:", [round(loss, 4) for _, loss in app.history][-5:])
+print({kind: str(path) for kind, path in app.files.items()})'''),
+    ]
+
+
+def interpolate() -> list:
+    return [
+        new_markdown_cell("""\
+# 03 · Interpolate designs, mix styles, animate poses
+
+* **Design A → B**: two designs (cards, prompts, or pictures from the Explore gallery when the app is
+  given `gallery=`), a frame count and a method. Both the starting noise (always slerp, so the noise keeps
+  its energy) and the text embeddings are blended. *Even spacing* re-spaces the frames so neighbours
+  differ by similar amounts. A scrubber, a GIF, and the **smoothness** figures (mean and largest change
+  between frames, and evenness = 1 − Gini) show the result.
+* **Style mix**: one slider per style preset; the styles are mixed in embedding space.
+* **Pose to pose**: one character, one seed, keypoints interpolated from pose A to pose B."""),
+        new_code_cell(SETUP),
+        new_code_cell('''\
+from charstudio.ui import InterpolateApp
+
+app = InterpolateApp(model=MODEL, steps=2 if FAST else None, frames=3 if FAST else 8)
+app'''),
+        new_markdown_cell("## The same, from code"),
+        new_code_cell('''\
+app.design_a.source.value, app.design_b.source.value = "card:aiko", "card:bram"
+app.seed_a.value, app.seed_b.value = 1, 2
+app.interpolate_button.click()
+app.wait()
+print(app.status.text)
+s = app.interpolation.smoothness
+print(f"mean change {s.mean:.4f}, largest {s.max:.4f}, evenness {s.evenness:.3f} (in {s.space})")
+app.interpolation.contact_sheet()'''),
+        new_code_cell('''\
+app.pose_a.value, app.pose_b.value = "standing_front", "jumping"
+app.animate_button.click()
+app.wait()
+print(app.status.text)
+app.animation.grid()'''),
+        new_markdown_cell("A style mix straight from the core API:"),
+        new_code_cell('''\
+mix = app.studio.mix_styles("pip", {"watercolor": 0.6, "pixel-art": 0.4}, seed=3,
+                            num_inference_steps=2 if FAST else 25)
+print(mix.weights)
+mix.images[0]'''),
+    ]
+
+
+def process() -> list:
+    return [
+        new_markdown_cell("""\
+# 04 · Inside the diffusion process
+
+*Trace* generates one picture while recording every step.
+
+* **Steps**: a slider over the steps shows *x_t* (what the sampler holds: noise turning into a picture)
+  beside the **predicted x0** (the model's guess of the finished picture at that step).
+* **Noise schedule**: alpha-bar and log SNR over the training timesteps, with the sampled steps marked.
+* **Attention**: pick a prompt token to see where it looked (cross-attention, averaged over layers and steps).
+* **Compare**: the same prompt and seed with two schedulers or step counts, side by side.
+
+With the built-in `tiny` model the pictures are noise, but every number and plot is real."""),
+        new_code_cell(SETUP),
+        new_code_cell('''\
+from charstudio.ui import ProcessApp
+
+app = ProcessApp(model=MODEL, steps=6 if FAST else None)
+app'''),
+        new_markdown_cell("## The same, from code"),
+        new_code_cell('''\
+app.seed.value = 5
+app.trace_button.click()
+app.wait()
+print(app.status.text)
+app.step.value = 1  # the slider: x_t and predicted x0 of step 2
+print(app.step_info.value)'''),
+        new_code_cell('''\
+app.scheduler_a.value, app.scheduler_b.value = "ddim", "euler-a"
+app.compare_button.click()
+app.wait()
+print(app.status.text)'''),
+        new_markdown_cell("The recorded trace itself, plotted by the core (`charstudio.trace`):"),
+        new_code_cell('''\
+import tempfile
+from IPython.display import Image
+from charstudio.trace import plot_filmstrip
+
+trace = app.trace
+print(len(trace.records), "steps;", "tokens:", [t.replace("</w>", "") for t in trace.tokens][:12])
+path = plot_filmstrip(trace, Path(tempfile.mkdtemp()) / "filmstrip.png", decoder=app.studio.components["vae"])
+Image(filename=str(path))'''),
+    ]
+
+
+BUILDERS = {
+    "01_explore_characters.ipynb": explore,
+    "02_train_lora.ipynb": train,
+    "03_interpolate.ipynb": interpolate,
+    "04_diffusion_process.ipynb": process,
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=BUILDERS[name]())
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{Path(name).stem[:2]}-{i:02d}"  # stable ids keep diffs quiet
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare with the stored notebooks")
+    args = parser.parse_args(argv)
+    stale = []
+    for name in BUILDERS:
+        text = nbformat.writes(build(name)) + "\n"
+        path = NOTEBOOKS / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            NOTEBOOKS.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print("out of date (run python tools/make_notebooks.py):", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
