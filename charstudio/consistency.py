@@ -426,6 +426,7 @@ def make_sheet(
     ip_adapter_weights: str | None = None,
     ip_adapter_image: Any = None,
     ip_adapter_scale: float = 0.6,
+    ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors",
     embedder: Any = None,
     compute_score: bool | None = None,
     labels: Sequence[str] | None = None,
@@ -478,7 +479,7 @@ def make_sheet(
 
     # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
     with _maybe(ip_adapter_weights is not None, lambda: ip_adapter(studio, ip_adapter_weights, ip_adapter_image,
-                                                                   ip_adapter_scale)):
+                                                                   ip_adapter_scale, weight_name=ip_adapter_weight_name)):
         if reference_strength > 0:
             with reference_attention(studio.components["unet"], reference_strength, reference_offload) as bank:
                 if reference_image is not None:

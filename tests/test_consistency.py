@@ -164,3 +164,48 @@ def test_photo_to_character_with_its_pose(tiny_studio):
     assert plain.extras["kind"] == "img2img" and plain.recipe.pose is None
     with pytest.raises(ConfigError, match="strength=0"):
         from_photo(tiny_studio, "aiko", photo, strength=0, pose=None)
+
+
+def _tiny_ip_adapter(unet, folder):
+    """A random IP-Adapter for the tiny UNet in h94/IP-Adapter's layout: models/image_encoder/
+    (a CLIP vision tower) and a weight file with image_proj.* and ip_adapter.<k>.to_{k,v}_ip.*,
+    where k = 1, 3, 5, ... counts the cross-attention layers in processor order."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, projection_dim=16))
+    encoder.save_pretrained(folder / "models" / "image_encoder")
+    cross, tokens = unet.config.cross_attention_dim, 4
+    state = {"image_proj.proj.weight": torch.randn(tokens * cross, 16) * 0.2,
+             "image_proj.proj.bias": torch.zeros(tokens * cross),
+             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            inner = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape[0]
+            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
+            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
+            key += 2
+    save_file(state, str(folder / "models" / "ip-adapter_tiny.safetensors"))
+
+
+def test_ip_adapter_conditions_on_the_reference_image(fresh_studio, tmp_path):
+    from PIL import Image
+
+    from charstudio.consistency import ip_adapter
+
+    _tiny_ip_adapter(fresh_studio.components["unet"], tmp_path)
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    plain = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
+    with ip_adapter(fresh_studio, str(tmp_path), red, 1.0, weight_name="ip-adapter_tiny.safetensors"):
+        with_red = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
+    sheet = fresh_studio.sheet("a knight", ["walking"], seed=1, ip_adapter_weights=str(tmp_path), ip_adapter_image=blue,
+                               ip_adapter_scale=1.0, ip_adapter_weight_name="ip-adapter_tiny.safetensors", **FAST)
+    assert np.abs(px(with_red) - px(sheet.images[0])).mean() > 1  # the reference image steers the picture
+    assert sheet.settings["ip_adapter"] == str(tmp_path)
+    after = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
+    assert (px(after) == px(plain)).all()  # unloaded on exit

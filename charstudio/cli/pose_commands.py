@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ip-adapter", default=None, help="IP-Adapter weights (hub id or folder, e.g. h94/IP-Adapter)")
     s.add_argument("--ip-adapter-image", default=None, help="reference image for the IP-Adapter")
     s.add_argument("--ip-adapter-scale", type=float, default=0.6)
+    s.add_argument("--ip-adapter-weight-name", default="ip-adapter_sd15.safetensors",
+                   help="weight file under models/ (default: ip-adapter_sd15.safetensors)")
     s.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     s.add_argument("--embedder", default=None,
                    help="CLIP vision model (hub id or folder) for the consistency score "
@@ -123,6 +125,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             same_noise=not args.different_noise, reference_image=images.get("reference_image"),
             use_lora=not args.no_lora, ip_adapter_weights=args.ip_adapter,
             ip_adapter_image=images.get("ip_adapter_image"), ip_adapter_scale=args.ip_adapter_scale,
+            ip_adapter_weight_name=args.ip_adapter_weight_name,
             embedder=embedder, compute_score=True if embedder else None, style=args.style, extra=args.add,
             num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
