@@ -695,7 +695,9 @@ def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
 
 
 def _is_ancestral(name: str) -> bool:
-    return "-a" in name or "ancestral" in name.lower() or name.lower() == "euler a"
+    from .schedulers import scheduler_spec
+
+    return "Ancestral" in scheduler_spec(name).class_name
 
 
 class _FrameRenderer:

@@ -566,7 +566,7 @@ def plot_filmstrip(trace: Trace, path: str | os.PathLike, decoder: Any = "approx
                 shown = shown * math.sqrt(r.alpha_bar)  # unit scale, so high-noise steps are visible
             ax.imshow(decode_latents(shown, decoder)[0])
             if row == 0:
-                ax.set_title(f"step {r.step}\nt={r.timestep:.0f}", fontsize=8)
+                ax.set_title(f"step {r.step} (t={r.timestep:.0f})", fontsize=8)
         axes[0][0].text(-0.1, 0.5, "x_t", transform=axes[0][0].transAxes, ha="right", va="center")
         axes[1][0].text(-0.1, 0.5, "pred x0", transform=axes[1][0].transAxes, ha="right", va="center")
     fig.suptitle(f"{trace.scheduler or ''}: noisy latents and predicted clean image", fontsize=9)
