@@ -125,6 +125,10 @@ class ExploreApp:
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view])
         self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget, self.gallery.widget])
+        # Stable CSS hooks for browser tests and for users' own styling.
+        for w, name in ((self.widget, "explore"), (self.gallery.grid, "gallery"), (self.image, "image"),
+                        (self.status.widget, "status"), (self.recipe_view, "recipe"), (self.prompt, "prompt")):
+            w.add_class(f"charstudio-{name}")
 
     # -- display ---------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
