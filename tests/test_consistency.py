@@ -11,7 +11,7 @@ from charstudio.consistency import reference_attention, score
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.pose import load_pose
 
-FAST = dict(num_inference_steps=2, width=64, height=64)
+FAST = dict(num_inference_steps=2, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping"]
 
 
@@ -153,10 +153,10 @@ def test_photo_to_character_with_its_pose(tiny_studio):
     from PIL import Image
 
     rng = np.random.default_rng(1)
-    photo, other = (Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(2))
+    photo, other = (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2))
     res = from_photo(tiny_studio, "aiko", photo, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
-    assert res.image.size == (64, 64) and res.extras["kind"] == "controlnet_img2img"
-    assert Pose.from_dict(res.recipe.pose).isclose(load_pose("waving").fit(64, 64), atol=1e-2)
+    assert res.image.size == (32, 32) and res.extras["kind"] == "controlnet_img2img"
+    assert Pose.from_dict(res.recipe.pose).isclose(load_pose("waving").fit(32, 32), atol=1e-2)
     # The photo is the starting point (the tiny VAE cannot reconstruct it, so compare two photos).
     res_other = from_photo(tiny_studio, "aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
     assert (px(res.image) != px(res_other.image)).any()

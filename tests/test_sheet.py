@@ -15,7 +15,7 @@ from charstudio.errors import ConfigError, OutputError
 from charstudio.pose import load_pose
 from charstudio.result import Result
 
-FAST = dict(num_inference_steps=2, width=64, height=64)
+FAST = dict(num_inference_steps=2, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping"]
 
 
@@ -47,12 +47,12 @@ def test_conditioning_scale_zero_equals_no_controlnet(tiny_studio):
 
 def test_control_image_is_used_as_is_and_must_match_the_output_size(tiny_studio):
     pose = load_pose("waving")
-    control = pose.render(64, 64)
+    control = pose.render(32, 32)
     by_pose = tiny_studio.generate("a knight", seed=7, pose=pose, **FAST)
     by_image = tiny_studio.generate("a knight", seed=7, pose=control, **FAST)
     assert (px(by_pose.image) == px(by_image.image)).all()  # the Pose is fitted and rendered the same way
-    with pytest.raises(ConfigError, match=r"control_image='96x64' .*output size 64x64"):
-        tiny_studio.generate("a knight", seed=7, pose=pose.render(96, 64), **FAST)
+    with pytest.raises(ConfigError, match=r"control_image='48x32' .*output size 32x32"):
+        tiny_studio.generate("a knight", seed=7, pose=pose.render(48, 32), **FAST)
 
 
 def test_sheet_has_n_labelled_cells_and_reproducible_images(tiny_studio):
@@ -132,7 +132,7 @@ def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
            "sheet", "aiko", "--poses", ",".join(POSES), "--seed", "3", "--reference-strength", "0.5",
-           "--steps", "2", "--width", "64", "--height", "64", "--out", str(out), "--device", "cpu"]
+           "--steps", "2", "--width", "32", "--height", "32", "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "sheet.json").read_text())["settings"]["processes"] == 2
