@@ -67,34 +67,10 @@ def test_dataset_shows_images_and_saves_edited_captions(app, tmp_path):
     assert app.status.level == "error" and "nowhere" in app.status.text and "\n" not in app.status.text
 
 
-def test_train_shows_progress_loss_and_validation_then_saves_under_lora(app, tmp_path):
+def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_path, monkeypatch):
     app.name.value = "hero"
     app.trigger.value = "zxq"
     app.learning_rate.value = 1e-3
-    run(app, app.start_button)
-    assert app.status.level == "ok", app.status.text
-    cfg = app.configs[-1]
-    assert (cfg.name, cfg.trigger_word, cfg.max_train_steps, cfg.rank) == ("hero", "zxq", 4, 4)
-    assert cfg.learning_rate == pytest.approx(1e-3) and cfg.output_dir == str(tmp_path / "lora")
-    assert [s for s, _ in app.history] == [1, 2, 3, 4]
-    assert app.progress.bar.value == 1.0 and "step 4/4" in app.progress.label.value
-    assert app.loss_plot.value != blank_png()
-    assert len(app.validation.children) == cfg.num_validation_images
-    assert (tmp_path / "lora" / "hero" / "pytorch_lora_weights.safetensors").is_file()
-    assert "hero" in app.status.text
-    if hasattr(app.studio, "load_lora"):
-        weights = [r.loras.get("hero") for r in app.comparison.recipes]
-        assert weights == [0.0, 0.5, 1.0] and app.comparison_image.value != blank_png()
-    else:
-        assert app.comparison is None and "load_lora" in app.comparison_info.value
-
-    # Starting again under the same name without "replace" is refused with a readable line.
-    run(app, app.start_button)
-    assert app.status.level == "error" and "overwrite" in app.status.text
-
-
-def test_stop_keeps_a_checkpoint_and_resume_continues(app, tmp_path, monkeypatch):
-    app.name.value = "stopper"
     app.checkpointing_steps.value = 2
     real = app._on_step
 
@@ -103,19 +79,41 @@ def test_stop_keeps_a_checkpoint_and_resume_continues(app, tmp_path, monkeypatch
         if record.step == 2:
             app.stop_button.click()
 
+    # 1. Start, and Stop after step 2: the checkpoint of step 2 stays, no LoRA yet.
     monkeypatch.setattr(app, "_on_step", on_step)
     run(app, app.start_button)
+    cfg = app.configs[-1]
+    assert (cfg.name, cfg.trigger_word, cfg.max_train_steps, cfg.rank, cfg.resume) == ("hero", "zxq", 4, 4, False)
+    assert cfg.learning_rate == pytest.approx(1e-3) and cfg.output_dir == str(tmp_path / "lora")
     assert app.stopped_at == 2 and app.status.level == "warn", app.status.text
     assert "checkpoint-000002" in app.status.text and "Resume" in app.status.text
-    assert not (tmp_path / "lora" / "stopper" / "pytorch_lora_weights.safetensors").exists()
+    assert [s for s, _ in app.history] == [1, 2] and "step 2/4" in app.progress.label.value
+    assert not (tmp_path / "lora" / "hero" / "pytorch_lora_weights.safetensors").exists()
     assert not app.start_button.disabled and app.stop_button.disabled
 
+    # 2. Resume: it picks up after the checkpoint and finishes.
     monkeypatch.setattr(app, "_on_step", real)
     run(app, app.resume_button)
     assert app.status.level == "ok", app.status.text
     assert app.configs[-1].resume is True
-    assert [s for s, _ in app.history] == [3, 4]  # picked up after the checkpoint
-    assert (tmp_path / "lora" / "stopper" / "pytorch_lora_weights.safetensors").is_file()
+    assert [s for s, _ in app.history] == [3, 4]
+    assert app.progress.bar.value == 1.0 and "step 4/4" in app.progress.label.value
+    assert app.loss_plot.value != blank_png()
+    assert len(app.validation.children) == cfg.num_validation_images
+    assert (tmp_path / "lora" / "hero" / "pytorch_lora_weights.safetensors").is_file()
+    assert "hero" in app.status.text
+
+    # 3. Before/after: the validation prompt at LoRA weights 0, 0.5 and 1, one seed.
+    if hasattr(app.studio, "load_lora"):
+        weights = [r.loras.get("hero") for r in app.comparison.recipes]
+        assert weights == [0.0, 0.5, 1.0] and app.comparison_image.value != blank_png()
+        assert len({r.seed for r in app.comparison.recipes}) == 1
+    else:
+        assert app.comparison is None and "load_lora" in app.comparison_info.value
+
+    # 4. Starting again under the same name without "replace" is refused with a readable line.
+    run(app, app.start_button)
+    assert app.status.level == "error" and "overwrite" in app.status.text and "\n" not in app.status.text
 
 
 def test_gallery_picks_become_a_dataset(app, tmp_path, tiny_studio):

@@ -3,6 +3,7 @@ validation images, Stop/Resume, and a before/after comparison at several LoRA we
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import os
@@ -335,9 +336,10 @@ class TrainApp:
         path = self.files.get("diffusers") or self.files.get("kohya")
         if path is None:
             raise ConfigError("lora", None, "training finished without writing the LoRA file")
-        loaded = dict(studio.active_loras)
-        if config.name in loaded:  # a re-train of the same name replaces the old adapter
-            studio.unload_lora(config.name) if hasattr(studio, "unload_lora") else None
+        if hasattr(studio, "unload_lora"):
+            # A re-train under the same name must replace the adapter loaded from the old weights.
+            with contextlib.suppress(ConfigError):
+                studio.unload_lora(config.name)
         adapter = studio.load_lora(str(path), weight=1.0, adapter_name=config.name)
         adapter = adapter if isinstance(adapter, str) else config.name
         size = config.resolution or None
