@@ -399,17 +399,27 @@ def _gather(items: list, state: Any) -> list:
     return gather_object(items)
 
 
-def _apply_card_lora(studio: Any, card: Any) -> bool:
-    """(b): load the card's LoRA through the Studio's API. Returns whether it is in use."""
+def _card_lora(studio: Any, card: Any, use_lora: bool) -> tuple[Any, bool]:
+    """(b): the card to use and whether its LoRA is in use.
+
+    A Studio that applies cards' LoRAs itself (in make_config) gets the card as is; one with only
+    ``load_lora`` gets the LoRA loaded here. ``use_lora=False`` hands over a copy without the LoRA.
+    """
+    import dataclasses
+
     if card is None or not getattr(card, "lora", None):
-        return False
+        return card, False
+    if not use_lora:
+        return dataclasses.replace(card, lora=None), False
+    if hasattr(studio, "_apply_card_lora"):
+        return card, True
     loader = getattr(studio, "load_lora", None)
     if loader is None:
         logger.warning("card %s names LoRA %r but this Studio cannot load LoRAs; the sheet runs without it",
                        card.name, card.lora)
-        return False
+        return card, False
     loader(card.lora, weight=card.lora_weight)
-    return True
+    return card, True
 
 
 def make_sheet(
@@ -451,6 +461,8 @@ def make_sheet(
     if len(labels) != len(poses):
         raise ConfigError("labels", len(labels), f"one label per pose ({len(poses)})")
     reference_strength = _check_strength(reference_strength)
+    if settings.get("num_images", 1) != 1:
+        raise ConfigError("num_images", settings["num_images"], "1: a sheet draws one image per pose")
     if reference_image is not None and reference_strength == 0:
         raise ConfigError("reference_strength", 0, "a strength above 0 to use reference_image, e.g. 0.5")
     if (ip_adapter_weights is None) != (ip_adapter_image is None):
@@ -458,7 +470,7 @@ def make_sheet(
                           "both ip_adapter_weights and ip_adapter_image, or neither")
     card = character if isinstance(character, Character) else (
         load_character(character) if isinstance(character, str) and is_character(character) else None)
-    lora_used = _apply_card_lora(studio, card) if use_lora else False
+    card, lora_used = _card_lora(studio, card, use_lora)
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
     first = studio.make_config(card or character, seed=seed, pose=poses[0], **settings)

@@ -209,3 +209,25 @@ def test_ip_adapter_conditions_on_the_reference_image(fresh_studio, tmp_path):
     assert sheet.settings["ip_adapter"] == str(tmp_path)
     after = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
     assert (px(after) == px(plain)).all()  # unloaded on exit
+
+
+def test_card_lora_is_used_unless_switched_off(fresh_studio, tmp_path):
+    """(b): a card that names a LoRA draws its sheet with it; use_lora=False draws without."""
+    import torch
+    from peft import LoraConfig
+
+    from charstudio.character import Character
+    from charstudio.lora import save_lora
+    from charstudio.models.tiny import build_tiny_components
+
+    unet = build_tiny_components(0)["unet"]
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))  # random, non-zero update
+    folder = save_lora(unet, None, tmp_path / "hero", "hero")["diffusers"].parent
+    card = Character(name="hero", description="a knight", lora=str(folder))
+    on = fresh_studio.sheet(card, ["walking"], seed=1, **FAST)
+    off = fresh_studio.sheet(card, ["walking"], seed=1, use_lora=False, **FAST)
+    assert on.recipes[0].loras == {"hero": 1.0} and on.settings["lora"] == str(folder)
+    assert off.recipes[0].loras == {} and off.settings["lora"] is None
+    assert np.abs(px(on.images[0]) - px(off.images[0])).mean() > 1
