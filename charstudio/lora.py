@@ -508,6 +508,17 @@ def _safe_adapter_name(text: str) -> str:
     return cleaned or "lora"
 
 
+def default_adapter_name(path: str | os.PathLike) -> str:
+    """The adapter name a file loads under: its LoRA folder's name for ours, else the file stem."""
+    p = Path(path)
+    if p.name == LORA_WEIGHTS_NAME:
+        # lora/NAME/pytorch_lora_weights.safetensors, or a checkpoint inside lora/NAME/checkpoints/
+        stem = p.parent.parent.parent.name if p.parent.parent.name == "checkpoints" else p.parent.name
+    else:
+        stem = p.stem
+    return _safe_adapter_name(stem)
+
+
 def _remove_adapter(pipe: Any, adapter_name: str) -> None:
     from diffusers.utils.peft_utils import delete_adapter_layers
 
@@ -544,8 +555,7 @@ def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0
     # 2. Check modules and shapes before the model is touched.
     check_lora_fits(weights, unet, text_encoder, source=str(path))
     if adapter_name is None:
-        stem = path.parent.name if path.name == LORA_WEIGHTS_NAME else path.stem
-        adapter_name = _safe_adapter_name(stem)
+        adapter_name = default_adapter_name(path)
     if adapter_name in _adapter_names(pipe):
         raise ConfigError("adapter_name", adapter_name, "an adapter of that name is already loaded; "
                           "unload it first or pass another adapter_name")
@@ -600,56 +610,41 @@ def set_loras(pipe: Any, weights: Mapping[str, float]) -> None:
     for name, w in weights.items():
         if name not in known:
             raise ConfigError("loras", name, f"no adapter of that name is loaded (loaded: {known or 'none'})")
-        if not isinstance(w, (int, float)) or not math.isfinite(w):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ConfigError(f"loras[{name!r}]", w, "use a finite number (1.0 = full strength, 0 = off)")
     names = list(weights)
-    if not names:
-        if known:
-            pipe_like_disable(pipe)
-        _ADAPTER_WEIGHTS[pipe.unet] = {}
-        return
-    pipe_like_enable(pipe)
-    _set_adapters(pipe, names, [float(weights[n]) for n in names])
-    _ADAPTER_WEIGHTS[pipe.unet] = {n: float(weights[n]) for n in names}
+    values = [float(weights[n]) for n in names]
+    if dict(zip(names, values)) != active_loras(pipe) and fused_loras(pipe):
+        raise ConfigError("loras", dict(weights), "the active adapters are fused into the model; "
+                          "call unfuse_loras() before changing them")
+    _set_adapters(pipe, names, values)
+    _ADAPTER_WEIGHTS[pipe.unet] = dict(zip(names, values))
 
 
 def _set_adapters(pipe: Any, names: list[str], values: list[float]) -> None:
-    from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+    """Activate ``names`` at ``values`` in each component; a component none of them touches is switched off."""
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
 
     unet = pipe.unet
-    unet_names = [n for n in names if n in getattr(unet, "peft_config", {})]
-    if unet_names:
-        unet.set_adapters(unet_names, [values[names.index(n)] for n in unet_names])
-    te = getattr(pipe, "text_encoder", None)
-    te_names = [n for n in names if n in (getattr(te, "peft_config", None) or {})]
-    if te is not None and te_names:
-        set_adapters_for_text_encoder(te_names, te, [values[names.index(n)] for n in te_names])
-    elif te is not None and getattr(te, "peft_config", None):
-        # None of the chosen adapters touches the text encoder: switch its LoRA layers off.
-        from diffusers.loaders.lora_base import disable_lora_for_text_encoder
-
-        disable_lora_for_text_encoder(te)
-    if te is not None and te_names:
-        from diffusers.loaders.lora_base import enable_lora_for_text_encoder
-
-        enable_lora_for_text_encoder(te)
-
-
-def pipe_like_disable(pipe: Any) -> None:
-    """Switch every LoRA layer off without unloading it."""
-    from diffusers.loaders.lora_base import disable_lora_for_text_encoder
-
-    if getattr(pipe.unet, "peft_config", None):
-        pipe.unet.disable_lora()
+    if getattr(unet, "peft_config", None):
+        unet_names = [n for n in names if n in unet.peft_config]
+        if unet_names:
+            unet.enable_lora()
+            unet.set_adapters(unet_names, [values[names.index(n)] for n in unet_names])
+        else:
+            unet.disable_lora()
     te = getattr(pipe, "text_encoder", None)
     if te is not None and getattr(te, "peft_config", None):
-        disable_lora_for_text_encoder(te)
-
-
-def pipe_like_enable(pipe: Any) -> None:
-    """Switch LoRA layers back on (the active set is chosen by ``set_loras``)."""
-    if getattr(pipe.unet, "peft_config", None):
-        pipe.unet.enable_lora()
+        te_names = [n for n in names if n in te.peft_config]
+        if te_names:
+            enable_lora_for_text_encoder(te)
+            set_adapters_for_text_encoder(te_names, te, [values[names.index(n)] for n in te_names])
+        else:
+            disable_lora_for_text_encoder(te)
 
 
 def unload_loras(pipe: Any, names: Iterable[str] | None = None) -> None:

@@ -621,7 +621,6 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     """
     import torch
     from accelerate import Accelerator
-    from diffusers import DDPMScheduler
 
     # 1. Accelerator first: only the main process touches the output folder.
     mixed = config.mixed_precision
@@ -630,17 +629,32 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     if mixed != "no" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision", config.mixed_precision, "fp16/bf16 training needs a CUDA GPU; use 'no'")
     accelerator = Accelerator(mixed_precision=mixed)
-    device, is_main = accelerator.device, accelerator.is_main_process
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
 
     # 2. Cheap checks before anything heavy: output folder state, dataset folder.
-    out, resume_from = _prepare_output(config, is_main)
+    out, resume_from = _prepare_output(config, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     list_dataset(config.data_dir)
 
     # 3. Base model, frozen. Adapters are added below; only they train.
     own_components = components is None
     comps = _load_base(config, weight_dtype) if own_components else components
+    try:
+        yield from _train(config, comps, accelerator, out, resume_from, weight_dtype, mixed)
+    finally:
+        if not own_components:
+            # The caller's model goes back to how it came: no training adapter, frozen, eval mode.
+            _detach_training_adapter(comps["unet"], comps["text_encoder"], config.gradient_checkpointing)
+        accelerator.free_memory()
+
+
+def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, out: Path,
+           resume_from: Path | None, weight_dtype: Any, mixed: str) -> Iterator[TrainingStep]:
+    """The body of ``train_lora`` once the model is loaded (split out so cleanup always runs)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    device, is_main = accelerator.device, accelerator.is_main_process
     tokenizer, text_encoder, unet, vae = comps["tokenizer"], comps["text_encoder"], comps["unet"], comps["vae"]
     for m in (text_encoder, unet, vae):
         m.requires_grad_(False)
@@ -759,7 +773,21 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
         _write_json(out / "training_config.json",
                     {"config": config.to_dict(), "resolved": resolved, "dataset": dataset_info})
 
-    # 10. The loop.
+    # 10. A run resumed from its final checkpoint (stopped while writing the outputs) just writes them.
+    if start_step >= config.max_train_steps:
+        if start_step > config.max_train_steps:
+            log.warning("the checkpoint is at step %d, past max_train_steps=%d; saving it as the result",
+                        start_step, config.max_train_steps)
+        files = {}
+        if is_main:
+            files = _save_final(out, config, accelerator.unwrap_model(unet_t),
+                                accelerator.unwrap_model(text_encoder_t), history, resolution)
+        last = history[-1] if history else (start_step, float("nan"), 0.0, elapsed_before)
+        yield TrainingStep(step=start_step, total_steps=config.max_train_steps, loss=last[1], lr=last[2],
+                           elapsed=elapsed_before, epoch=0, done=True, files=files, is_main_process=is_main)
+        return
+
+    # 11. The loop.
     num_proc, proc = accelerator.num_processes, accelerator.process_index
     plan = _BatchPlan(bucket_of, config.batch_size * num_proc, config.seed)
     accum = config.gradient_accumulation_steps
@@ -805,7 +833,7 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
         text_encoder_t.train()
     try:
         for step in range(start_step + 1, config.max_train_steps + 1):
-            # 10a. One optimizer step = `accum` micro-batches, each drawn from its own generator.
+            # 11a. One optimizer step = `accum` micro-batches, each drawn from its own generator.
             step_loss, epoch = 0.0, 0
             for micro in range(accum):
                 counter = (step - 1) * accum + micro
@@ -841,7 +869,7 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
             elapsed = elapsed_before + time.perf_counter() - start_time
             history.append((step, step_loss, lr, elapsed))
 
-            # 10b. Validation, checkpoint, and the final files.
+            # 11b. Validation, checkpoint, and the final files.
             final = step == config.max_train_steps
             images: list[Any] = []
             if config.num_validation_images and ((config.validation_steps and step % config.validation_steps == 0)
@@ -868,11 +896,6 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     except (KeyboardInterrupt, GeneratorExit):
         log.warning("training stopped at step %d; last checkpoint: %s", step, last_checkpoint or "none")
         raise
-    finally:
-        if not own_components:
-            # The caller's model goes back to how it came: no training adapter, frozen, eval mode.
-            _detach_training_adapter(unet, text_encoder, config.gradient_checkpointing)
-        accelerator.free_memory()
 
 
 def _move(model: Any, device: Any, dtype: Any) -> None:

@@ -250,3 +250,34 @@ def test_paths_names_and_pickles(trained, tmp_path):
         lora.load_lora(pipe, "aiko", lora_dir=lora_dir)
     with pytest.raises(ConfigError, match="weight"):
         lora.load_lora(pipe, "aiko", lora_dir=lora_dir, adapter_name="x", weight=float("nan"))
+
+
+def test_studio_lora_methods_and_recipes(trained, fresh_studio):
+    from charstudio.character import Character
+
+    studio = fresh_studio
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    base = np.asarray(studio.generate(PROMPT, **settings).images[0])
+
+    name = studio.load_lora(str(trained), weight=0.8)
+    assert name == "aiko" and studio.active_loras == {"aiko": 0.8}
+    res = studio.generate(PROMPT, **settings)
+    assert res.recipes[0].loras == {"aiko": 0.8}
+    with_lora = np.asarray(res.images[0])
+    assert np.abs(with_lora.astype(int) - base.astype(int)).max() > 0
+    # The recipe rebuilds the image while the adapter is loaded.
+    np.testing.assert_array_equal(np.asarray(studio.run(res.recipes[0]).images[0]), with_lora)
+    assert studio.load_lora(str(trained), weight=0.8) == "aiko"  # same file again: no second copy
+
+    studio.set_loras({"aiko": 0.0})
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), base)
+    studio.unload_loras()
+    assert studio.active_loras == {}
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), base)
+
+    # A card that names its LoRA uses it (and its trigger word); a plain prompt afterwards does not.
+    card = Character(name="aiko", trigger="sks", description="person", lora=str(trained), lora_weight=0.8)
+    card_res = studio.generate(card, **settings)
+    assert card_res.recipes[0].loras == {"aiko": 0.8}
+    assert card_res.recipes[0].prompt.startswith("sks")
+    assert studio.generate(PROMPT, **settings).recipes[0].loras == {}

@@ -1,0 +1,342 @@
+"""LoRA training on the tiny model: it learns, resumes exactly, writes its layout, refuses bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from charstudio.errors import ConfigError, OutputError  # noqa: E402
+from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_images(folder: Path, n: int = 4, size: tuple[int, int] = (96, 96)) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    for i in range(n):
+        arr = np.full((h, w, 3), 40, dtype=np.uint8)
+        arr[h // 5:h // 5 + 40, 20 + 5 * i:60 + 5 * i] = (200, 60 * i, 50)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = _make_images(tmp_path / "data")
+    (folder / "img0.txt").write_text("sks person in a red coat\n")
+    return folder
+
+
+def _config(tmp_path: Path, data: Path, **overrides) -> LoraTrainingConfig:
+    settings = dict(data_dir=str(data), name="aiko", output_dir=str(tmp_path / "lora"), max_train_steps=6, rank=4,
+                    alpha=4.0, learning_rate=1e-2, batch_size=2, validation_steps=0, num_validation_images=0,
+                    checkpointing_steps=100)
+    settings.update(overrides)
+    return LoraTrainingConfig(**settings)
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _fixed_noise_loss(data: Path, lora_dir: Path | None) -> float:
+    """Denoising loss of the tiny UNet on the training images with fixed noise and timesteps."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from charstudio import lora
+    from charstudio.models.tiny import build_tiny_components
+    from charstudio.training import _load_pixels
+
+    c = build_tiny_components()
+    pipe = StableDiffusionPipeline(**{k: c[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if lora_dir is not None:
+        lora.load_lora(pipe, lora_dir)
+    pixels = torch.stack([_load_pixels(p, (128, 128)) for p in sorted(data.glob("*.png"))])
+    with torch.no_grad():
+        latents = (c["vae"].encode(pixels).latent_dist.mean * c["vae"].config.scaling_factor).repeat(6, 1, 1, 1)
+        g = torch.Generator().manual_seed(123)
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.linspace(0, 999, latents.shape[0]).long()
+        noisy = DDPMScheduler.from_config(c["scheduler"].config).add_noise(latents, noise, t)
+        ids = c["tokenizer"](["a picture of sks person"] * len(t), padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        pred = c["unet"](noisy, t, c["text_encoder"](ids)[0]).sample
+    return torch.nn.functional.mse_loss(pred, noise).item()
+
+
+def test_a_few_dozen_steps_overfit_the_dataset(tmp_path, data):
+    records = list(train_lora(_config(tmp_path, data, max_train_steps=36)))
+    assert [r.step for r in records] == list(range(1, 37))
+    assert records[-1].done and not any(r.done for r in records[:-1])
+    losses = [r.loss for r in records]
+    assert np.mean(losses[-8:]) < 0.85 * np.mean(losses[:8])
+    before = _fixed_noise_loss(data, None)
+    after = _fixed_noise_loss(data, tmp_path / "lora" / "aiko")
+    assert after < 0.8 * before, (before, after)
+
+
+def test_output_layout_and_records(tmp_path, data):
+    cfg = _config(tmp_path, data, max_train_steps=4, validation_steps=2, num_validation_images=1,
+                  validation_inference_steps=2, checkpointing_steps=2, checkpoints_total_limit=1)
+    records = list(train_lora(cfg))
+    out = tmp_path / "lora" / "aiko"
+    assert {p.name for p in out.iterdir()} == {"pytorch_lora_weights.safetensors", "aiko.safetensors",
+                                               "training_config.json", "loss.csv", "validation", "checkpoints"}
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step000002_0.png", "step000004_0.png"]
+    assert [len(r.images) for r in records] == [0, 1, 0, 1]
+    assert [r.checkpoint.name if r.checkpoint else None for r in records] == \
+        [None, "checkpoint-000002", None, "checkpoint-000004"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000004"]  # the limit pruned the older one
+    assert set(records[-1].files) >= {"diffusers", "kohya", "loss_csv", "config"}
+    assert all(r.elapsed > 0 for r in records) and records[-1].elapsed >= records[0].elapsed
+
+    with open(out / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([r.loss for r in records], rel=1e-5)
+    info = json.loads((out / "training_config.json").read_text())
+    assert info["config"]["rank"] == 4 and info["resolved"]["resolution"] == 128  # tiny's native size
+    assert info["resolved"]["optimizer"] in ("adamw", "adamw8bit")
+    assert info["dataset"]["captions_from_files"] == 1
+    assert LoraTrainingConfig.from_dict(info["config"]) == cfg
+
+
+def test_stop_and_resume_gives_the_same_weights(tmp_path, data):
+    straight = _config(tmp_path, data, name="straight", max_train_steps=7, checkpointing_steps=3)
+    list(train_lora(straight))
+
+    # Interrupt at step 5, after the checkpoint at step 3, as Ctrl-C would.
+    broken = _config(tmp_path, data, name="broken", max_train_steps=7, checkpointing_steps=3)
+    gen = train_lora(broken)
+    for record in gen:
+        if record.step == 5:
+            with pytest.raises(KeyboardInterrupt):
+                gen.throw(KeyboardInterrupt)
+            break
+    out = tmp_path / "lora" / "broken"
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000003"]
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+    # The surviving checkpoint is a loadable LoRA in its own right.
+    from charstudio import lora
+    info = lora.inspect_lora(list_checkpoints(out)[-1])
+    assert (info.format, info.rank) == ("diffusers", 4)
+    # A half-written checkpoint (a crash mid-save) must be ignored by resume.
+    (out / "checkpoints" / ".tmp-checkpoint-000006-1").mkdir()
+
+    resumed = list(train_lora(_config(tmp_path, data, name="broken", max_train_steps=7, checkpointing_steps=3,
+                                      resume=True)))
+    assert [r.step for r in resumed] == [4, 5, 6, 7]
+    a = _weights(tmp_path / "lora" / "straight" / "pytorch_lora_weights.safetensors")
+    b = _weights(out / "pytorch_lora_weights.safetensors")
+    assert set(a) == set(b) and len(a) > 0
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with open(tmp_path / "lora" / "straight" / "loss.csv") as fa, open(out / "loss.csv") as fb:
+        assert [r[:3] for r in csv.reader(fa)] == [r[:3] for r in csv.reader(fb)]
+
+
+def test_resume_from_the_final_checkpoint_rewrites_lost_outputs(tmp_path, data):
+    list(train_lora(_config(tmp_path, data, max_train_steps=2)))
+    out = tmp_path / "lora" / "aiko"
+    before = _weights(out / "pytorch_lora_weights.safetensors")
+    for name in ("pytorch_lora_weights.safetensors", "aiko.safetensors"):  # as if it died while saving
+        (out / name).unlink()
+    records = list(train_lora(_config(tmp_path, data, max_train_steps=2, resume=True)))
+    assert [(r.step, r.done) for r in records] == [(2, True)]
+    after = _weights(out / "pytorch_lora_weights.safetensors")
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    assert (out / "aiko.safetensors").is_file()
+
+
+def test_resume_refuses_other_rank_or_base_model(tmp_path, data):
+    from charstudio.models.tiny import build_tiny_components
+
+    gen = train_lora(_config(tmp_path, data, max_train_steps=4, checkpointing_steps=2))
+    for record in gen:
+        if record.step == 2:
+            gen.close()
+            break
+    with pytest.raises(ConfigError, match=r"resume=.*different rank.*rank=4.*8"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, rank=8, resume=True)))
+    other_model = build_tiny_components(seed=5)  # same architecture, other weights
+    with pytest.raises(ConfigError, match="different base model"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True), components=other_model))
+    assert not getattr(other_model["unet"], "peft_config", None), "the caller's model must be left clean"
+
+
+def test_existing_lora_is_not_overwritten(tmp_path, data):
+    list(train_lora(_config(tmp_path, data, max_train_steps=2)))
+    path = tmp_path / "lora" / "aiko" / "pytorch_lora_weights.safetensors"
+    first = _weights(path)
+    with pytest.raises(OutputError, match="overwrite"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=2, seed=1)))
+    with pytest.raises(OutputError, match="finished LoRA"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True)))
+    np.testing.assert_array_equal(_weights(path)[next(iter(first))], first[next(iter(first))])
+    list(train_lora(_config(tmp_path, data, max_train_steps=2, seed=1, overwrite=True)))
+    second = _weights(path)
+    assert any(not np.array_equal(first[k], second[k]) for k in first)
+
+
+def test_options_together(tmp_path):
+    """Buckets, flips, min-SNR, checkpointing, no latent cache, prior preservation, text encoder, accumulation."""
+    data = _make_images(tmp_path / "wide", n=3, size=(160, 80))
+    _make_images(tmp_path / "wide_sq", n=1)
+    (tmp_path / "wide_sq" / "img0.png").rename(data / "square.png")
+    cfg = _config(tmp_path, data, max_train_steps=2, crop="buckets", flip=True, snr_gamma=5.0,
+                  gradient_checkpointing=True, cache_latents=False, with_prior_preservation=True,
+                  num_class_images=2, validation_inference_steps=2, train_text_encoder=True,
+                  gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2, batch_size=1)
+    records = list(train_lora(cfg))
+    out = tmp_path / "lora" / "aiko"
+    assert all(np.isfinite(r.loss) for r in records)
+    assert records[0].lr < records[1].lr  # warmup
+    assert len(list((out / "class_images").glob("*.png"))) == 2
+    info = json.loads((out / "training_config.json").read_text())
+    buckets = {tuple(b) for b in info["resolved"]["buckets"]}
+    assert any(w > h for w, h in buckets) and (128, 128) in buckets
+    kohya = _weights(out / "aiko.safetensors")
+    assert any(k.startswith("lora_te_") for k in kohya) and any(k.startswith("lora_unet_") for k in kohya)
+
+
+def test_cached_and_uncached_latents_train_alike(tmp_path, data):
+    list(train_lora(_config(tmp_path, data, name="cached", max_train_steps=3, flip=True)))
+    list(train_lora(_config(tmp_path, data, name="fresh", max_train_steps=3, flip=True, cache_latents=False)))
+    a = _weights(tmp_path / "lora" / "cached" / "pytorch_lora_weights.safetensors")
+    b = _weights(tmp_path / "lora" / "fresh" / "pytorch_lora_weights.safetensors")
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5, err_msg=key)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_and_empty_folders(tmp_path):
+    with pytest.raises(ConfigError, match="data_dir=.*no such folder"):
+        list(train_lora(_config(tmp_path, tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="data_dir=.*holds no images"):
+        list(train_lora(_config(tmp_path, tmp_path / "empty")))
+
+
+def test_caption_without_image(tmp_path, data):
+    (data / "ghost.txt").write_text("sks person")
+    with pytest.raises(ConfigError, match="caption file ghost.txt has no image"):
+        list(train_lora(_config(tmp_path, data)))
+
+
+def test_bad_images_are_skipped_with_a_count(tmp_path, data, caplog):
+    from PIL import Image
+
+    (data / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.new("RGB", (32, 32)).save(data / "tiny.png")
+    good = data / "img1.png"
+    (data / "truncated.png").write_bytes(good.read_bytes()[:200])
+    with caplog.at_level(logging.WARNING, logger="charstudio.training"):
+        records = list(train_lora(_config(tmp_path, data, max_train_steps=1)))
+    assert records[-1].done
+    assert "skipped 3 of 7 images" in caplog.text
+    assert "tiny.png: too small (32x32" in caplog.text
+    info = json.loads((tmp_path / "lora" / "aiko" / "training_config.json").read_text())
+    assert sorted(name for name, _ in info["dataset"]["skipped"]) == ["corrupt.png", "tiny.png", "truncated.png"]
+
+
+def test_no_usable_image_left(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"garbage")
+    Image.new("RGB", (20, 20)).save(folder / "b.png")
+    with pytest.raises(ConfigError, match=r"none of its 2 images is usable.*a\.png: unreadable.*b\.png: too small"):
+        list(train_lora(_config(tmp_path, folder)))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("rank", 0, "rank=0 is not valid"),
+    ("rank", -4, "rank=-4 is not valid"),
+    ("crop", "random", "crop='random' is not valid: use one of 'center', 'buckets'"),
+    ("name", "../escape", "name="),
+    ("resolution", 100, "multiple of 8"),
+    ("learning_rate", 0.0, "learning_rate=0.0"),
+    ("snr_gamma", -1.0, "snr_gamma"),
+    ("mixed_precision", "fp8", "mixed_precision"),
+])
+def test_config_validation(tmp_path, data, field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        _config(tmp_path, data, **{field: value})
+
+
+def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
+    script = tmp_path / "run_train.py"
+    script.write_text(
+        "import sys\n"
+        "from charstudio.training import LoraTrainingConfig, train_lora\n"
+        f"cfg = LoraTrainingConfig(data_dir={str(data)!r}, name='multi', output_dir={str(tmp_path / 'lora')!r},\n"
+        "    max_train_steps=2, rank=4, alpha=4.0, batch_size=1, validation_steps=0, num_validation_images=1,\n"
+        "    validation_inference_steps=2, checkpointing_steps=1)\n"
+        "for r in train_lora(cfg):\n"
+        "    pass\n")
+    # accelerate 1.x starts several CPU processes for `--cpu` only through mpirun; without it,
+    # `--num_processes 2 --cpu` silently runs one. torchrun (`--multi_gpu`) with ACCELERATE_USE_CPU=1
+    # gives real two-process CPU training over gloo, which the num_processes check below confirms.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    multi = tmp_path / "lora" / "multi"
+
+    list(train_lora(_config(tmp_path, data, name="single", max_train_steps=2, batch_size=1,
+                            num_validation_images=1, validation_inference_steps=2, checkpointing_steps=1)))
+    single = tmp_path / "lora" / "single"
+
+    def layout(root: Path, name: str) -> set[str]:
+        return {str(p.relative_to(root)).replace(name, "NAME") for p in root.rglob("*")}
+
+    assert layout(multi, "multi") == layout(single, "single")
+    info = json.loads((multi / "training_config.json").read_text())
+    assert info["resolved"]["num_processes"] == 2
+    a, b = _weights(multi / "pytorch_lora_weights.safetensors"), _weights(single / "pytorch_lora_weights.safetensors")
+    assert set(a) == set(b)
+
+
+def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):
+    from charstudio.cli import main
+
+    out_dir = tmp_path / "lora"
+    argv = ["train-lora", str(data), "--name", "cli", "--steps", "2", "--rank", "4", "--lr", "1e-3",
+            "--output-dir", str(out_dir), "--validation-images", "0", "--checkpoint-steps", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "LoRA 'cli'" in printed and "cli.safetensors" in printed
+    assert (out_dir / "cli" / "pytorch_lora_weights.safetensors").is_file()
+    assert main(argv) == 2  # an existing LoRA is not overwritten
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train-lora", str(data), "--name", "cli2", "--rank", "0", "--output-dir", str(out_dir)]) == 2
+    assert "rank=0 is not valid" in capsys.readouterr().err
+
+    assert main(["lora-info", "cli", "--lora-dir", str(out_dir)]) == 0
+    info = capsys.readouterr().out
+    assert "format      diffusers" in info and "rank        4" in info
+    converted = tmp_path / "k.safetensors"
+    assert main(["lora-convert", "cli", str(converted), "--to", "kohya", "--lora-dir", str(out_dir)]) == 0
+    assert set(_weights(converted)) == set(_weights(out_dir / "cli" / "cli.safetensors"))
