@@ -157,6 +157,7 @@ class Studio:
             card = character_or_prompt
         elif isinstance(character_or_prompt, str) and is_character(character_or_prompt):
             card = load_character(character_or_prompt)
+        self._apply_card_lora(card)  # the card's LoRA (and its trigger word, in the prompt) for this card only
         prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
         if negative_prompt is not None:
             negative = negative_prompt
@@ -317,6 +318,88 @@ class Studio:
 
         return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
                           same_noise=same_noise, **settings)
+
+    # -- LoRA adapters (charstudio.lora) -------------------------------------------------------
+    # All pipelines share one UNet and text encoder, so adapters loaded through the txt2img
+    # pipeline apply to every kind. `_lora_weights` mirrors what is active for the recipes.
+    def load_lora(self, path_or_name: Any, weight: float = 1.0, adapter_name: str | None = None, *,
+                  lora_dir: Any = None) -> str:
+        """Load a LoRA and use it at `weight`; returns the adapter name.
+
+        `path_or_name`: a trained LoRA's name (lora/NAME/), a folder, or a .safetensors file in
+        our format, kohya/A1111 format or from civitai. Loading the same file under the same name
+        again only sets its weight.
+        """
+        from . import lora
+
+        path = lora.resolve_lora_path(path_or_name, lora_dir or lora.DEFAULT_LORA_DIR).resolve()
+        name = adapter_name or lora.default_adapter_name(path)
+        sources = self.__dict__.setdefault("_lora_sources", {})
+        self.__dict__.setdefault("_card_adapters", set()).discard(name)
+        if sources.get(name) == path:
+            self.set_loras({**self._lora_weights, name: weight})
+            return name
+        name = lora.load_lora(self.pipeline("txt2img"), path, weight=weight, adapter_name=name)
+        sources[name] = path
+        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+        return name
+
+    def set_loras(self, weights: dict[str, float]) -> None:
+        """Use exactly these loaded adapters at these weights, e.g. {"aiko": 0.8, "watercolor": 0.5}."""
+        from . import lora
+
+        lora.set_loras(self.pipeline("txt2img"), weights)
+        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+        self.__dict__.setdefault("_card_adapters", set()).difference_update(weights)
+
+    def unload_loras(self, names: Iterable[str] | None = None) -> None:
+        """Remove adapters (all by default); the base model's layers come back."""
+        from . import lora
+
+        names = None if names is None else list(names)
+        lora.unload_loras(self.pipeline("txt2img"), names)
+        sources = self.__dict__.setdefault("_lora_sources", {})
+        for n in list(sources) if names is None else names:
+            sources.pop(n, None)
+        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+
+    def unload_lora(self, name: str) -> None:
+        """Remove one adapter."""
+        self.unload_loras([name])
+
+    def fuse_loras(self) -> list[str]:
+        """Merge the active adapters at their weights into the base weights (faster sampling).
+
+        Weights cannot change while fused; `unfuse_loras` or `unload_loras` undo it.
+        """
+        from . import lora
+
+        return lora.fuse_loras(self.pipeline("txt2img"))
+
+    def unfuse_loras(self) -> None:
+        """Take fused adapters back out of the base weights."""
+        from . import lora
+
+        lora.unfuse_loras(self.pipeline("txt2img"))
+
+    def _apply_card_lora(self, card: Any) -> None:
+        """Use a card's LoRA for that card: adapters switched on by other cards are switched off.
+
+        Adapters the user loaded or set directly are left alone.
+        """
+        from . import lora
+
+        auto = self.__dict__.setdefault("_card_adapters", set())
+        weights = {k: v for k, v in self._lora_weights.items() if k not in auto}
+        if card is not None and getattr(card, "lora", None):
+            user_active = set(weights)
+            name = self.load_lora(card.lora, weight=card.lora_weight)
+            weights[name] = float(card.lora_weight)
+            if name not in user_active:
+                auto.add(name)
+        if weights != self._lora_weights:
+            lora.set_loras(self.pipeline("txt2img"), weights)
+            self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
 
 
 def native_size(components: dict[str, Any]) -> int:

@@ -17,6 +17,7 @@ import warnings
 COMMAND_MODULES = [
     "charstudio.cli.generate_commands",
     "charstudio.cli.pose_commands",
+    "charstudio.cli.train_commands",
 ]
 
 
