@@ -200,6 +200,10 @@ def record_reference_image(studio: Any, image: Any, config: Any, bank: Reference
     bank.record()
     with torch.no_grad():
         for t in scheduler.timesteps:
+            if hasattr(scheduler, "_step_index"):
+                # step() is never called here, so let each timestep be looked up afresh (Euler-type
+                # schedulers scale the model input by the sigma at their current step index).
+                scheduler._step_index = None
             noisy = scheduler.add_noise(latents, noise, t.reshape(1))
             model_in = torch.cat([noisy] * 2) if cfg else noisy
             model_in = scheduler.scale_model_input(model_in, t)
