@@ -55,7 +55,7 @@ _SD15_LATENT_RGB = (
 # --------------------------------------------------------------------------------------------
 @dataclass
 class StepRecord:
-    """What one sampling step did. Tensors are CPU float32 copies, shape (B, C, h, w)."""
+    """What one sampling step did. Tensors are CPU float32 copies (moved once the run ends), (B, C, h, w)."""
 
     step: int
     timestep: float
@@ -296,6 +296,7 @@ class Tracer:
                 with contextlib.suppress(AttributeError):
                     del sched.step  # the instance attribute shadowed the class method
             self._wrapped.clear()
+            self._to_cpu()
             self._finish_attention()
             ac = getattr(pipe.scheduler, "alphas_cumprod", None)
             if ac is not None:
@@ -349,11 +350,13 @@ class Tracer:
         sigma, alpha_bar = _step_noise_level(scheduler, timestep, index)
         if x0 is None:
             x0 = predicted_x0(scheduler, model_output.float(), sample.float(), sigma, alpha_bar)
+        # Tensors stay on the device until the run ends: a .cpu() or float() here would stall
+        # the GPU queue once per step.
         self._pending.append({
             "sigma": sigma,
             "alpha_bar": alpha_bar,
-            "pred_x0": None if x0 is None else x0.detach().float().cpu().clone(),
-            "noise_pred_norm": float(model_output.detach().float().norm()),
+            "pred_x0": None if x0 is None else x0.detach().clone(),
+            "noise_pred_norm": model_output.detach().float().norm(),
         })
 
     # -- the step callback --------------------------------------------------------------------
@@ -375,11 +378,21 @@ class Tracer:
             timestep=t,
             sigma=sigma,
             alpha_bar=alpha_bar,
-            latents=latents.detach().float().cpu().clone() if (latents is not None and self.keep_latents) else None,
+            latents=latents.detach().clone() if (latents is not None and self.keep_latents) else None,
             pred_x0=info.get("pred_x0"),
             noise_pred_norm=info.get("noise_pred_norm"),
         ))
         return {}
+
+    def _to_cpu(self) -> None:
+        """Move what the run recorded on the device to CPU float32, once, after the run."""
+        for r in self.trace.records:
+            if r.latents is not None:
+                r.latents = r.latents.float().cpu()
+            if r.pred_x0 is not None:
+                r.pred_x0 = r.pred_x0.float().cpu()
+            if r.noise_pred_norm is not None and not isinstance(r.noise_pred_norm, float):
+                r.noise_pred_norm = float(r.noise_pred_norm)
 
     # -- attention ------------------------------------------------------------------------------
     def _record_attention(self, attn: Any, hidden_states: Any, context: Any) -> None:
@@ -401,7 +414,7 @@ class Tracer:
             q = q.view(bq, n, heads, d).transpose(1, 2).float()
             k = k.view(bq, -1, heads, d).transpose(1, 2).float()
             probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # (B, heads, n, seq)
-            probs = probs.mean(dim=(0, 1)).cpu()  # (n, seq)
+            probs = probs.mean(dim=(0, 1))  # (n, seq); stays on the device: no sync per layer
         if n in self._att_sum and self._att_sum[n].shape == probs.shape:
             self._att_sum[n] += probs
             self._att_count[n] += 1
@@ -410,7 +423,6 @@ class Tracer:
             self._att_count[n] = 1
 
     def _finish_attention(self) -> None:
-        import torch
         import torch.nn.functional as F
 
         if not self._att_sum or not self.trace.records or self.trace.records[-1].latents is None:
@@ -425,7 +437,7 @@ class Tracer:
             if hh * ww != n:
                 log.warning("attention at %d positions does not fit the %dx%d latent grid; skipped", n, h, w)
                 continue
-            grid = acc.T.reshape(1, -1, hh, ww)  # (1, seq, hh, ww), summed over calls
+            grid = acc.float().cpu().T.reshape(1, -1, hh, ww)  # (1, seq, hh, ww), summed over calls
             up = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False) if (hh, ww) != (h, w) else grid
             total = up[0] if total is None else total + up[0]
             calls += self._att_count[n]
