@@ -40,6 +40,7 @@ def app(fresh_studio, tmp_path, monkeypatch):
     a.checkpointing_steps.value = 1
     a.validation_inference_steps.value = 2
     a.rank.value = 4
+    a.resolution.value = 64  # small pictures keep the test fast
     yield a
     a.wait()
 

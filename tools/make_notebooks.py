@@ -31,6 +31,7 @@ from pathlib import Path
 FAST = os.environ.get("CHARSTUDIO_FAST") == "1"  # CI runs every notebook with few steps
 if MODEL == "tiny":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in model needs no downloads
+SIZE = 64 if FAST else None  # CI: small pictures; None = the model's native size
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()  # the repository
 '''
 
@@ -55,7 +56,7 @@ The first code cell picks the model; everything else works the same on every mod
         new_code_cell('''\
 from charstudio.ui import ExploreApp
 
-app = ExploreApp(model=MODEL, steps=4 if FAST else None, output_dir=str(ROOT / "outputs"))
+app = ExploreApp(model=MODEL, steps=4 if FAST else None, size=SIZE, output_dir=str(ROOT / "outputs"))
 app'''),
         new_markdown_cell("""\
 ## The same, from code
@@ -77,7 +78,7 @@ A **character sheet** straight from the core API: one card, several poses, the s
         new_code_cell('''\
 studio = app.studio
 sheet = studio.sheet("aiko", ["standing_front", "waving", "sitting"], seed=42,
-                     num_inference_steps=4 if FAST else 25)
+                     num_inference_steps=4 if FAST else 25, width=SIZE, height=SIZE)
 sheet.grid_image'''),
     ]
 
@@ -108,7 +109,8 @@ from charstudio.ui.common import get_studio
 studio = get_studio(MODEL)  # shared with the app below: the model is loaded once
 DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / "demo-aiko"
 if not DATA.is_dir() or not any(DATA.glob("*.png")):
-    demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25)
+    demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25,
+                           width=SIZE, height=SIZE)
     demo.save(DATA)
 sorted(p.name for p in DATA.glob("*.png"))'''),
         new_code_cell('''\
@@ -120,6 +122,7 @@ app.name.value = "demo-aiko"
 app.trigger.value, app.class_word.value = "aikochan", "girl"
 if FAST:
     app.validation_steps.value, app.validation_inference_steps.value = 2, 2
+    app.resolution.value = SIZE
 app.load_dataset()
 app'''),
         new_markdown_cell("""\
@@ -152,7 +155,7 @@ def interpolate() -> list:
         new_code_cell('''\
 from charstudio.ui import InterpolateApp
 
-app = InterpolateApp(model=MODEL, steps=2 if FAST else None, frames=3 if FAST else 8)
+app = InterpolateApp(model=MODEL, steps=2 if FAST else None, size=SIZE, frames=3 if FAST else 8)
 app'''),
         new_markdown_cell("## The same, from code"),
         new_code_cell('''\
@@ -173,7 +176,7 @@ app.animation.grid()'''),
         new_markdown_cell("A style mix straight from the core API:"),
         new_code_cell('''\
 mix = app.studio.mix_styles("pip", {"watercolor": 0.6, "pixel-art": 0.4}, seed=3,
-                            num_inference_steps=2 if FAST else 25)
+                            num_inference_steps=2 if FAST else 25, width=SIZE, height=SIZE)
 print(mix.weights)
 mix.images[0]'''),
     ]
@@ -197,7 +200,7 @@ With the built-in `tiny` model the pictures are noise, but every number and plot
         new_code_cell('''\
 from charstudio.ui import ProcessApp
 
-app = ProcessApp(model=MODEL, steps=6 if FAST else None)
+app = ProcessApp(model=MODEL, steps=6 if FAST else None, size=SIZE)
 app'''),
         new_markdown_cell("## The same, from code"),
         new_code_cell('''\

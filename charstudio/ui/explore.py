@@ -37,7 +37,8 @@ class ExploreApp:
     """
 
     def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
-                 steps: int | None = None, preview_every: int = 5, output_dir: str = "outputs"):
+                 steps: int | None = None, size: int | None = None, preview_every: int = 5,
+                 output_dir: str = "outputs"):
         from ..character import list_characters, load_styles
         from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -86,8 +87,8 @@ class ExploreApp:
         self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
-        self.width = W.Dropdown(options=size_options, value=0, layout=W.Layout(width="140px"))
-        self.height = W.Dropdown(options=size_options, value=0, layout=W.Layout(width="140px"))
+        self.width = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
+        self.height = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
         self.num_images = W.IntSlider(value=1, min=1, max=4)
         self.preview_every = W.IntSlider(value=preview_every, min=1, max=25, tooltip="preview every k steps")
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))

@@ -68,7 +68,8 @@ class InterpolateApp:
     """
 
     def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
-                 gallery: Gallery | None = None, steps: int | None = None, frames: int = 6):
+                 gallery: Gallery | None = None, steps: int | None = None, size: int | None = None,
+                 frames: int = 6):
         from ..character import load_styles
         from ..pose import list_poses
         from ..schedulers import SCHEDULERS
@@ -86,7 +87,7 @@ class InterpolateApp:
         self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
         self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value="ddim")
-        self.size = W.Dropdown(options=[("model's native", 0)] + [(str(s), s) for s in SIZES], value=0,
+        self.size = W.Dropdown(options=[("model's native", 0)] + [(str(s), s) for s in SIZES], value=size or 0,
                                layout=W.Layout(width="140px"))
 
         # 2. Design A -> B.

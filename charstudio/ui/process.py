@@ -28,7 +28,8 @@ class ProcessApp:
     """
 
     def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
-                 steps: int | None = None, prompt: str = "a knight in silver armour, portrait"):
+                 steps: int | None = None, size: int | None = None,
+                 prompt: str = "a knight in silver armour, portrait"):
         from ..character import load_styles
         from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -51,7 +52,7 @@ class ProcessApp:
         self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
-        self.size = W.Dropdown(options=size_options, value=0, layout=W.Layout(width="140px"))
+        self.size = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
         self.decoder = W.Dropdown(options=[("VAE (exact)", "vae"), ("approx (free, blurry)", "approx")],
                                   value="vae")
         self.decoder.observe(lambda _c: self._show_step(), names="value")

@@ -122,8 +122,9 @@ class TrainApp:
         self.checkpointing_steps = W.BoundedIntText(value=max(1, steps // 4), min=1, max=100_000,
                                                     layout=W.Layout(width="120px"))
         self.validation_inference_steps = W.BoundedIntText(value=20, min=1, max=200, layout=W.Layout(width="120px"))
-        self.resolution = W.Dropdown(options=[("model's native", 0), ("256", 256), ("384", 384), ("512", 512),
-                                              ("768", 768)], value=0, layout=W.Layout(width="140px"))
+        self.resolution = W.Dropdown(options=[("model's native", 0)] + [(str(r), r) for r in (64, 128, 256, 384, 512,
+                                                                                           640, 768, 1024)],
+                                     value=0, layout=W.Layout(width="140px"))
         self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False)
         self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False)
         self.seed = W.BoundedIntText(value=0, min=0, max=2**31, layout=W.Layout(width="120px"))
