@@ -647,6 +647,51 @@ class Interpolation:
     def save_mp4(self, path: str | os.PathLike, fps: float = 8.0, overwrite: bool = False) -> Path:
         return save_mp4(self.frames, path, fps=fps, overwrite=overwrite)
 
+    def save(self, directory: str | os.PathLike, prefix: str = "frame", overwrite: bool = False) -> list[Path]:
+        """Frames as PNGs, each carrying its FrameRecipe as JSON (`load_frame_recipe` reads it),
+        plus `<prefix>s.json` with every t, recipe and the smoothness figures."""
+        import json
+
+        from PIL.PngImagePlugin import PngInfo
+
+        from .io_utils import atomic_write, ensure_dir
+
+        out = ensure_dir(directory, "directory")
+        paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
+        index = out / f"{prefix}s.json"
+        taken = [str(p) for p in [*paths, index] if p.exists()]
+        if taken and not overwrite:
+            from .errors import OutputError
+
+            raise OutputError(f"{taken[0]!r} already exists: pass overwrite=True or choose another directory")
+        for path, frame, recipe in zip(paths, self.frames, self.recipes):
+            info = PngInfo()
+            info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
+            img = _to_pil(frame)
+            atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info),
+                         overwrite=overwrite)
+        summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
+                   "smoothness": self.smoothness.to_dict(),
+                   "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}
+        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+        return paths
+
+
+FRAME_RECIPE_KEY = "charstudio_interpolation"
+
+
+def load_frame_recipe(path: str | os.PathLike) -> FrameRecipe:
+    """The FrameRecipe stored in a frame PNG written by `Interpolation.save`."""
+    import json
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = im.text.get(FRAME_RECIPE_KEY) if hasattr(im, "text") else None
+    if text is None:
+        raise ConfigError("path", str(path), "a frame PNG written by Interpolation.save (it has no frame recipe)")
+    return FrameRecipe.from_dict(json.loads(text))
+
 
 def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> Any:
     """A GenerationConfig from a recipe, a Result, a FrameRecipe-free card/prompt."""

@@ -100,7 +100,7 @@ def test_style_mix_with_weight_zero_equals_the_single_style(tiny_studio):
 
 
 # -- design interpolation with the Studio ---------------------------------------------------------
-def test_studio_interpolation_endpoints_and_recipes(tiny_studio):
+def test_studio_interpolation_endpoints_and_recipes(tiny_studio, tmp_path):
     a = tiny_studio.generate("a red cat", seed=1, **FAST)
     b = tiny_studio.generate("a blue dog", seed=2, **FAST)
     result = tiny_studio.interpolate(a, b, frames=3)
@@ -108,8 +108,13 @@ def test_studio_interpolation_endpoints_and_recipes(tiny_studio):
     assert np.array_equal(pixels(result.frames[0]), pixels(a.image))
     assert np.array_equal(pixels(result.frames[-1]), pixels(b.image))
     assert not np.array_equal(pixels(result.frames[1]), pixels(a.image))
-    # A frame's recipe survives JSON and rebuilds the frame.
-    recipe = ip.FrameRecipe.from_dict(result.recipes[1].to_dict())
+    # A frame's recipe survives the PNG round trip and rebuilds the frame.
+    paths = result.save(tmp_path)
+    assert len(paths) == 3 and (tmp_path / "frames.json").exists()
+    with pytest.raises(OutputError):
+        result.save(tmp_path)
+    recipe = ip.load_frame_recipe(paths[1])
+    assert recipe.t == 0.5 and recipe.a == result.recipes[1].a
     assert np.array_equal(pixels(ip.run_frame(tiny_studio, recipe)), pixels(result.frames[1]))
     s = result.smoothness
     assert len(s.distances) == 2 and s.max >= s.mean > 0 and 0 < s.evenness <= 1
