@@ -34,9 +34,14 @@ def test_slerp_and_lerp_reproduce_endpoints_exactly():
         assert torch.equal(fn(a, b, 1.0), b)
         assert not torch.equal(fn(a, b, 0.5), a)
     e1, e2 = torch.randn(1, 77, 32), torch.randn(1, 77, 32)
+    p1, p2 = torch.randn(1, 32), torch.randn(1, 32)  # pooled
     for method in ("slerp", "lerp"):
-        assert torch.equal(ip.blend_embeddings(e1, e2, 0, method), e1)
-        assert torch.equal(ip.blend_embeddings(e1, e2, 1, method), e2)
+        for x, y in ((e1, e2), (p1, p2)):
+            assert torch.equal(ip.blend_embeddings(x, y, 0, method), x)
+            assert torch.equal(ip.blend_embeddings(x, y, 1, method), y)
+            assert ip.blend_embeddings(x, y, 0.5, method).shape == x.shape
+    with pytest.raises(ConfigError, match="chunks"):
+        ip.blend_embeddings(e1, torch.randn(1, 154, 32), 0.5)
 
 
 def test_slerp_keeps_the_norm_of_gaussian_noise_and_lerp_does_not():
