@@ -232,3 +232,68 @@ def test_sheet_draws_the_card_in_every_selected_pose(app, tiny_studio, monkeypat
     assert [it.controls["poses"] for it in app.gallery.items] == [["running"], ["sitting"]]
     assert all(it.recipe.character == "kiro" and it.recipe.pose is not None for it in app.gallery.items)
     assert app.progress.last.images == 2 and app.progress.last.image == 2
+
+
+def _fake_lora(folder, name="testlora"):
+    """A small random LoRA for the tiny UNet, saved as training would save it."""
+    import torch
+    from peft import LoraConfig
+
+    from charstudio.lora import save_lora
+    from charstudio.models.tiny import build_tiny_components
+
+    unet = build_tiny_components()["unet"]
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_B" in n:  # B starts at zero; a random B makes the LoRA change the picture
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    save_lora(unet, None, folder / name, name)
+    return name
+
+
+def test_lora_picker_switches_the_lora_and_recipes_record_it(fresh_studio, tmp_path):
+    lora_dir = tmp_path / "lora"
+    app = ExploreApp(fresh_studio, steps=2, size=64, lora_dir=str(lora_dir))
+    assert [v for _, v in app.lora.options] == [""]
+    name = _fake_lora(lora_dir)
+    app.lora_refresh.click()
+    assert [v for _, v in app.lora.options] == ["", name]
+
+    app.prompt.value = "a knight"
+    app.seed.value, app.lock_seed.value = 3, True
+    run(app, app.generate_button)
+    base = app.gallery.items[-1]
+    assert base.recipe.loras == {}
+    app.lora.value, app.lora_weight.value = name, 0.8
+    run(app, app.generate_button)
+    with_lora = app.gallery.items[-1]
+    assert app.status.level == "ok", app.status.text
+    assert with_lora.recipe.loras == {name: 0.8}
+    assert not np.array_equal(np.asarray(with_lora.image), np.asarray(base.image))
+    # Back to none: the LoRA goes off and the first picture comes back exactly.
+    app.lora.value = ""
+    run(app, app.generate_button)
+    assert app.gallery.items[-1].recipe.loras == {}
+    assert np.array_equal(np.asarray(app.gallery.items[-1].image), np.asarray(base.image))
+    # Restoring the LoRA picture puts the LoRA back into the controls.
+    with_lora.restore_button.click()
+    assert (app.lora.value, app.lora_weight.value) == (name, 0.8)
+
+
+def test_open_png_restores_its_recipe(app, tmp_path):
+    app.prompt.value = "a tower"
+    app.seed.value, app.lock_seed.value = 77, True
+    app.scheduler.value = "unipc"
+    run(app, app.generate_button)
+    path = app.save()[0]
+    app.prompt.value, app.seed.value, app.scheduler.value = "something else", 1, "ddim"
+    item = app.open_png(path.name, path.read_bytes())
+    assert item is not None and len(app.gallery) == 2 and item.recipe == app.gallery.items[0].recipe
+    assert (app.prompt.value, app.seed.value, app.scheduler.value) == ("a tower", 77, "unipc")
+    # Restored as the final prompt with style "none": the same recipe apart from that label.
+    assert app.make_config().replace(style=item.recipe.style) == item.recipe
+
+    assert app.open_png("junk.png", b"not a png") is None
+    assert app.status.level == "error" and "junk.png" in app.status.text

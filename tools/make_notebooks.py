@@ -56,7 +56,8 @@ The first code cell picks the model; everything else works the same on every mod
         new_code_cell('''\
 from charstudio.ui import ExploreApp
 
-app = ExploreApp(model=MODEL, steps=4 if FAST else None, size=SIZE, output_dir=str(ROOT / "outputs"))
+app = ExploreApp(model=MODEL, steps=4 if FAST else None, size=SIZE, output_dir=str(ROOT / "outputs"),
+                 lora_dir=os.environ.get("CHARSTUDIO_LORA_DIR", str(ROOT / "lora")))
 app'''),
         new_markdown_cell("""\
 ## The same, from code

@@ -38,7 +38,7 @@ class ExploreApp:
 
     def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
                  steps: int | None = None, size: int | None = None, preview_every: int = 5,
-                 output_dir: str = "outputs"):
+                 output_dir: str = "outputs", lora_dir: str = "lora"):
         from ..character import list_characters, load_styles
         from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -93,6 +93,20 @@ class ExploreApp:
         self.preview_every = W.IntSlider(value=preview_every, min=1, max=25, tooltip="preview every k steps")
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
 
+        # 4. A trained LoRA (lora/NAME/), and saved PNGs whose recipes come back into the controls.
+        self.lora_dir = lora_dir
+        self.lora = W.Dropdown(options=[("none", "")], value="", layout=W.Layout(width="180px"))
+        self.lora_weight = W.FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, readout_format=".2f",
+                                         layout=W.Layout(width="220px"))
+        self.lora_refresh = W.Button(description="", icon="refresh", tooltip="look for new LoRAs",
+                                     layout=W.Layout(width="36px"))
+        self.lora_refresh.on_click(lambda _b: self.refresh_loras())
+        self.refresh_loras()
+        self._app_lora: str | None = None  # the adapter this app switched on
+        self.png_upload = W.FileUpload(accept=".png", multiple=True, description="open PNG")
+        self.png_upload.observe(lambda ch: [self.open_png(f["name"], bytes(f["content"])) for f in ch["new"] or ()],
+                                names="value")
+
         # 4. Buttons, progress, output.
         self.generate_button = W.Button(description="Generate", button_style="primary", icon="play")
         self.sheet_button = W.Button(description="Sheet", icon="th", tooltip="the card across the selected poses")
@@ -104,7 +118,7 @@ class ExploreApp:
         self.recipe_view = W.HTML(value="")
         self.gallery = Gallery(on_restore=self.restore)
         self.runner = Runner(self.status, busy=[self.generate_button, self.sheet_button, self.save_button,
-                                                self.model], cancel_button=self.cancel_button)
+                                                self.model, self.lora], cancel_button=self.cancel_button)
         self.generate_button.on_click(lambda _b: self.generate())
         self.sheet_button.on_click(lambda _b: self.sheet())
         self.save_button.on_click(lambda _b: self.save())
@@ -117,7 +131,8 @@ class ExploreApp:
             labelled("steps", self.steps), labelled("guidance", self.guidance),
             labelled("scheduler", self.scheduler), labelled("size (w x h)", W.HBox([self.width, self.height])),
             labelled("images", self.num_images), labelled("preview every", self.preview_every),
-            labelled("save to", self.output_dir),
+            labelled("LoRA", W.HBox([self.lora, self.lora_refresh, self.lora_weight])),
+            labelled("save to", W.HBox([self.output_dir, self.png_upload])),
         ])
         poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
                                "Sheet all of them)"),
@@ -243,19 +258,27 @@ class ExploreApp:
                 "style_mix": self.style_mix.value, "poses": list(self.pose_order),
                 "pose_strength": self.pose_strength.value, "consistency": self.consistency.value, "seed": self.seed.value, "lock_seed": self.lock_seed.value,
                 "steps": self.steps.value, "guidance": self.guidance.value, "scheduler": self.scheduler.value,
-                "width": self.width.value, "height": self.height.value, "num_images": self.num_images.value}
+                "width": self.width.value, "height": self.height.value, "num_images": self.num_images.value,
+                "lora": self.lora.value, "lora_weight": self.lora_weight.value}
 
     def set_controls(self, values: dict[str, Any]) -> None:
         widgets = {"model": self.model, "card": self.card, "prompt": self.prompt, "negative": self.negative,
                    "style": self.style, "style_b": self.style_b, "style_mix": self.style_mix,
                    "pose_strength": self.pose_strength, "consistency": self.consistency, "seed": self.seed, "lock_seed": self.lock_seed,
                    "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
-                   "width": self.width, "height": self.height, "num_images": self.num_images}
+                   "width": self.width, "height": self.height, "num_images": self.num_images,
+                   "lora_weight": self.lora_weight}
         for key, w in widgets.items():
             if key in values:
                 w.value = values[key]
         if "poses" in values:
             self.select_poses([p for p in values["poses"] if p in self.pose_buttons])
+        if "lora" in values:
+            self.refresh_loras()
+            known = {v for _, v in self.lora.options}
+            self.lora.value = values["lora"] if values["lora"] in known else ""
+            if values["lora"] not in known:
+                self.status.warn(f"LoRA {values['lora']!r} is not under {self.lora_dir}; generating without it")
 
     def restore(self, item: GalleryItem) -> None:
         """Put a gallery picture's recipe back into the controls, seed locked, so Generate remakes it."""
@@ -289,7 +312,9 @@ class ExploreApp:
             "lock_seed": True, "steps": recipe.num_inference_steps, "guidance": recipe.guidance_scale,
             "scheduler": recipe.scheduler, "width": recipe.width if recipe.width in size else 0,
             "height": recipe.height if recipe.height in size else 0, "num_images": 1, "poses": poses,
-            "pose_strength": recipe.controlnet_conditioning_scale})
+            "pose_strength": recipe.controlnet_conditioning_scale,
+            **({"lora": next(iter(recipe.loras)), "lora_weight": next(iter(recipe.loras.values()))}
+               if recipe.loras else {"lora": ""})})
         if recipe.width not in size or recipe.height not in size:
             self.status.warn(f"size {recipe.width}x{recipe.height} is not in the size list; using the model's native")
 
@@ -352,6 +377,7 @@ class ExploreApp:
             studio = self.studio
             preview = LivePreview(self.progress.show_preview, every=int(self.preview_every.value))
             with exclusive(studio, token):
+                self._apply_lora(studio)
                 if mixing:
                     return self._mix(studio, token, preview)
                 config = self.make_config(studio)
@@ -416,6 +442,7 @@ class ExploreApp:
                 raise ConfigError("poses", "none selected", "select one or more poses for the sheet")
             subject, extra = self._subject()
             with exclusive(studio, token):
+                self._apply_lora(studio)
                 return studio.sheet(subject, [self._pose(n) for n in names], **self.sheet_args(token, names, extra))
 
         def done(result: Any) -> None:
@@ -453,6 +480,44 @@ class ExploreApp:
             negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
             controlnet_conditioning_scale=float(self.pose_strength.value), progress=report, cancel=token,
             callbacks=[LivePreview(self.progress.show_preview, every=int(self.preview_every.value))])
+
+    # -- LoRA and PNG files --------------------------------------------------------------------------
+    def refresh_loras(self) -> None:
+        """List the trained LoRAs under `lora_dir` (e.g. one the Train app just saved)."""
+        from ..lora import list_loras
+
+        current = self.lora.value
+        names = list_loras(self.lora_dir)
+        self.lora.options = [("none", "")] + [(n, n) for n in names]
+        self.lora.value = current if current in names else ""
+
+    def _apply_lora(self, studio: Any) -> None:
+        """Switch the chosen LoRA on at its weight (or ours off); recipes then record it."""
+        name, weight = self.lora.value, float(self.lora_weight.value)
+        if self._app_lora and self._app_lora != name and self._app_lora in studio.active_loras:
+            # Another (or no) LoRA was picked: the one this app switched on goes off; others stay.
+            studio.set_loras({k: v for k, v in studio.active_loras.items() if k != self._app_lora})
+        self._app_lora = studio.load_lora(name, weight=weight, lora_dir=self.lora_dir) if name else None
+
+    def open_png(self, filename: str, data: bytes) -> GalleryItem | None:
+        """Read a saved PNG's recipe (ours or A1111's), add it to the gallery and restore it."""
+        import tempfile
+
+        from ..result import Result
+        from .common import error_text
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(filename) or "image.png")
+            with open(path, "wb") as f:
+                f.write(data)
+            try:
+                result = Result.from_png(path)
+            except Exception as exc:
+                self.status.error(f"{filename}: {error_text(exc)}")
+                return None
+        item = self.gallery.add(result.image, result.recipe, os.path.basename(filename))
+        self.restore(item)
+        return item
 
     def save(self) -> list[Any]:
         """Save the selected (latest or restored) picture as PNG with its recipe; returns paths."""
