@@ -114,6 +114,10 @@ def test_cli_poses_and_pose_render(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["pose", "render", "no_such_pose", "--out", str(tmp_path / "x.png")]) == 2
     assert "standing_front" in capsys.readouterr().err
+    # A typo in --poses fails before any model is loaded, and nothing is written.
+    assert main(["sheet", "aiko", "--poses", "walking,sittin", "--out", str(tmp_path / "sheet")]) == 2
+    assert "did you mean sitting" in capsys.readouterr().err
+    assert not (tmp_path / "sheet").exists()
 
 
 def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
