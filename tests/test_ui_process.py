@@ -40,9 +40,9 @@ def test_trace_then_step_through_x_t_and_x0(app):
     cfg = app.calls[-1]["config"]
     assert (cfg.prompt, cfg.seed, cfg.scheduler, cfg.num_inference_steps, cfg.width) == ("a red knight", 3, "euler", 4, 64)
     assert app.calls[-1]["attention"] is True
-    assert len(app.trace.records) == 4 and app.step.max == 3 and not app.step.disabled
+    assert len(app.trace.records) == 4 and app.step.max == 4 and not app.step.disabled
     last = (app.xt_image.value, app.x0_image.value)
-    app.step.value = 0
+    app.step.value = 1
     assert "step 1 of 4" in app.step_info.value
     assert (app.xt_image.value, app.x0_image.value) != last  # the slider shows another step
     assert app.xt_image.value != app.x0_image.value

@@ -209,7 +209,7 @@ app.seed.value = 5
 app.trace_button.click()
 app.wait()
 print(app.status.text)
-app.step.value = 1  # the slider: x_t and predicted x0 of step 2
+app.step.value = 2  # the slider: x_t and predicted x0 of step 2
 print(app.step_info.value)'''),
         new_code_cell('''\
 app.scheduler_a.value, app.scheduler_b.value = "ddim", "euler-a"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
@@ -72,6 +73,7 @@ class ExploreApp:
         self.pose_upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
                                         description="pose file/picture")
         self.pose_upload.observe(self._on_upload, names="value")
+        self.pose_label = W.HTML(value="selected: none (no ControlNet)")
         self.pose_strength = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, readout_format=".2f")
         self.consistency = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, readout_format=".2f",
                                          tooltip="Sheet: reference attention to the first pose (0 = off)")
@@ -136,7 +138,7 @@ class ExploreApp:
         ])
         poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
                                "Sheet all of them)"),
-                        self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength]),
+                        self.pose_label, self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength]),
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view])
@@ -186,6 +188,8 @@ class ExploreApp:
             self.pose_order.append(name)
         elif not on and name in self.pose_order:
             self.pose_order.remove(name)
+        chosen = ", ".join(n.replace("_", " ") for n in self.pose_order)
+        self.pose_label.value = f"selected: {html.escape(chosen)}" if chosen else "selected: none (no ControlNet)"
 
     def select_poses(self, names: list[str]) -> None:
         """Select exactly these poses (library names or uploaded/restored ones), in this order."""
@@ -347,8 +351,7 @@ class ExploreApp:
         if recipe is None:
             self.recipe_view.value = ""
             return
-        from html import escape
-
+        escape = html.escape
         extra = f", pose strength {recipe.controlnet_conditioning_scale}" if recipe.pose else ""
         self.recipe_view.value = (f"<small><b>{escape(recipe.prompt[:200])}</b><br>seed {recipe.seed}, "
                                   f"{recipe.num_inference_steps} steps, {recipe.scheduler}, cfg {recipe.guidance_scale}, "
@@ -375,7 +378,9 @@ class ExploreApp:
             from ..trace import LivePreview
 
             studio = self.studio
-            preview = LivePreview(self.progress.show_preview, every=int(self.preview_every.value))
+            # At least one preview per picture, even when k exceeds the number of steps.
+            every = max(1, min(int(self.preview_every.value), int(self.steps.value)))
+            preview = LivePreview(self.progress.show_preview, every=every)
             with exclusive(studio, token):
                 self._apply_lora(studio)
                 if mixing:
@@ -479,7 +484,8 @@ class ExploreApp:
             width=self.width.value or None, height=self.height.value or None,
             negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
             controlnet_conditioning_scale=float(self.pose_strength.value), progress=report, cancel=token,
-            callbacks=[LivePreview(self.progress.show_preview, every=int(self.preview_every.value))])
+            callbacks=[LivePreview(self.progress.show_preview,
+                                   every=max(1, min(int(self.preview_every.value), int(self.steps.value))))])
 
     # -- LoRA and PNG files --------------------------------------------------------------------------
     def refresh_loras(self) -> None:

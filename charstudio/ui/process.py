@@ -60,9 +60,10 @@ class ProcessApp:
         self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
         self.status = StatusLine()
         self.progress = ProgressPanel(preview_size=128)
+        self.progress.preview.layout.display = "none"  # the Steps tab shows every step afterwards
 
         # 2. Step by step.
-        self.step = W.IntSlider(value=0, min=0, max=0, description="step", disabled=True,
+        self.step = W.IntSlider(value=1, min=1, max=1, description="step", disabled=True,
                                 continuous_update=True, layout=W.Layout(width="520px"))
         self.step.observe(lambda _c: self._show_step(), names="value")
         self.xt_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
@@ -162,8 +163,8 @@ class ProcessApp:
             self.trace, self.result = value
             self._decoded.clear()
             n = len(self.trace.records)
-            self.step.max = max(0, n - 1)
-            self.step.value = max(0, n - 1)
+            self.step.max = max(1, n)  # the slider counts steps from 1, as the labels do
+            self.step.value = max(1, n)
             self.step.disabled = n == 0
             self._show_step()
             self._show_schedule()
@@ -203,7 +204,7 @@ class ProcessApp:
     def _show_step(self) -> None:
         if self.trace is None or not self.trace.records:
             return
-        i = int(self.step.value)
+        i = min(int(self.step.value), len(self.trace.records)) - 1
         rec = self.trace.records[i]
         for which, widget in (("latents", self.xt_image), ("pred_x0", self.x0_image)):
             image = self._decode(i, which)
