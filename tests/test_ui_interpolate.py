@@ -46,9 +46,9 @@ def test_interpolate_two_cards_shows_frames_gif_and_smoothness(app):
     assert (args["a"].character, args["a"].seed, args["b"].character, args["b"].seed) == ("aiko", 1, "bram", 2)
     assert len(app.received) == 4 and all(kw["cancel"] is not None for _, kw in app.received)
     view = app.morph_view
-    assert len(view.frames) == 4 and view.slider.max == 3
+    assert len(view.frames) == 4 and view.slider.max == 4
     first = view.image.value
-    view.slider.value = 3
+    view.slider.value = 4
     assert view.image.value != first and "t = 1.000" in view.caption.value
     assert view.gif.format == "gif" and view.gif.value[:3] == b"GIF"
     assert "evenness" in app.smoothness.value and app.smoothness_plot.value != blank_png()

@@ -28,7 +28,7 @@ class FramesView:
         self.files = files
         self.frames: list[Any] = []
         self.captions: list[str] = []
-        self.slider = W.IntSlider(value=0, min=0, max=0, description="frame", disabled=True,
+        self.slider = W.IntSlider(value=1, min=1, max=1, description="frame", disabled=True,
                                   layout=W.Layout(width="420px"))
         self.slider.observe(lambda _c: self._show(), names="value")
         self.image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
@@ -43,8 +43,8 @@ class FramesView:
         from ..interpolation import save_gif
 
         self.frames, self.captions = list(frames), list(captions)
-        self.slider.max = max(0, len(frames) - 1)
-        self.slider.value = 0
+        self.slider.max = max(1, len(frames))  # frames count from 1, like the GIF's
+        self.slider.value = 1
         self.slider.disabled = len(frames) < 2
         self._show()
         if len(frames) >= 2:
@@ -56,7 +56,7 @@ class FramesView:
     def _show(self) -> None:
         if not self.frames:
             return
-        i = int(self.slider.value)
+        i = min(int(self.slider.value), len(self.frames)) - 1
         self.image.value = png_bytes(self.frames[i], VIEW)
         self.caption.value = html.escape(self.captions[i]) if i < len(self.captions) else ""
 
@@ -244,6 +244,7 @@ class InterpolateApp:
             ax.plot(range(1, len(result.before.distances) + 1), result.before.distances, "o-", color="tab:orange",
                     label="equal t")
             ax.legend(fontsize=7)
+        ax.set_xticks(range(1, len(s.distances) + 1))
         ax.set_xlabel("between frame i and i+1", fontsize=8)
         ax.set_ylabel(f"change ({s.space})", fontsize=8)
         ax.tick_params(labelsize=7)
