@@ -47,10 +47,16 @@ def test_reference_strength_zero_equals_the_plain_run(tiny_studio):
     assert unet.attn_processors == before  # processors restored
 
 
-def test_reference_attention_changes_only_the_non_anchor_images(tiny_studio):
+@pytest.fixture(scope="module")
+def plain_sheet(tiny_studio):
+    """Two poses, different noise per pose, no reference attention: the baseline to compare with."""
+    return tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=0.0, **FAST)
+
+
+def test_reference_attention_changes_only_the_non_anchor_images(tiny_studio, plain_sheet):
     # Different noise per pose: with the same noise the tiny model's anchor and target states
     # are almost equal, so attending to the anchor would change little.
-    off = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=0.0, **FAST)
+    off = plain_sheet
     on = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=1.0, **FAST)
     assert (px(off.images[0]) == px(on.images[0])).all()  # the anchor is drawn as before
     for a, b in zip(off.images[1:], on.images[1:]):
@@ -90,13 +96,13 @@ def test_reference_processor_mixes_own_and_anchor_attention():
     assert torch.allclose(outs[0.5], (outs[0.0] + outs[1.0]) / 2, atol=1e-5)  # linear in s
 
 
-def test_reference_image_as_anchor(tiny_studio):
+def test_reference_image_as_anchor(tiny_studio, plain_sheet):
     from PIL import Image
 
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
-    off = tiny_studio.sheet("a knight", POSES[:2], seed=4, **FAST)
-    on = tiny_studio.sheet("a knight", POSES[:2], seed=4, reference_strength=1.0, reference_image=photo, **FAST)
-    for a, b in zip(off.images, on.images):  # every pose, including the first, now follows the photo
+    on = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=1.0,
+                           reference_image=photo, **FAST)
+    for a, b in zip(plain_sheet.images, on.images):  # every pose, including the first, now follows the photo
         assert (px(a) != px(b)).any()
     with pytest.raises(ConfigError, match="reference_strength=0"):
         tiny_studio.sheet("a knight", POSES[:2], reference_image=photo, **FAST)
