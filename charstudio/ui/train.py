@@ -141,7 +141,7 @@ class TrainApp:
         self.progress.preview.layout.display = "none"  # training has no step previews
         self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="420px"))
         self.validation = W.HBox(layout=W.Layout(overflow="auto", width="100%"))
-        self.comparison_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width="480px"))
+        self.comparison_images = W.HBox()  # one picture per LoRA weight, labelled under it
         self.comparison_info = W.HTML(value="")
 
         self.runner = Runner(self.status, busy=[self.start_button, self.resume_button, self.load_button,
@@ -171,7 +171,7 @@ class TrainApp:
                       W.HBox([self.progress.bar, self.progress.label]), self.status.widget, self.loss_plot,
                       W.HTML("validation samples"), self.validation,
                       W.HTML("<b>4. Before / after</b> (the same seed at several LoRA weights)"),
-                      self.comparison_image, self.comparison_info])
+                      self.comparison_images, self.comparison_info])
         self.widget = W.VBox([data, W.HBox([options, run])])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -348,7 +348,9 @@ class TrainApp:
                                   width=size, height=size, num_inference_steps=config.validation_inference_steps)
         self.comparison = sweep
         labels = [f"weight {w:g}" + (" (before)" if w == 0 else "") for w in SWEEP_WEIGHTS]
-        self.comparison_image.value = png_bytes(sweep.grid(cols=len(labels), labels=labels), 480)
+        self.comparison_images.children = tuple(
+            W.VBox([W.Image(value=png_bytes(im, 160), format="png", layout=W.Layout(width="160px")),
+                    W.HTML(value=f"<small>{label}</small>")]) for im, label in zip(sweep.images, labels))
         self.comparison_info.value = (f"<small>'{html.escape(config.resolved_validation_prompt)}', seed {config.seed}. "
                                       f"The LoRA stays loaded as <code>{html.escape(adapter)}</code> at weight "
                                       f"{studio.active_loras.get(adapter, 1.0):g}.</small>")
