@@ -1,0 +1,5 @@
+import sys
+
+from charstudio.cli import main
+
+sys.exit(main())
