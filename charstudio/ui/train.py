@@ -144,11 +144,10 @@ class TrainApp:
         self.comparison_images = W.HBox()  # one picture per LoRA weight, labelled under it
         self.comparison_info = W.HTML(value="")
 
-        self.runner = Runner(self.status, busy=[self.start_button, self.resume_button, self.load_button,
-                                                self.picks_button, self.save_captions_button, self.model],
+        # Without a gallery the picks button stays off, so it is not among the buttons a run re-enables.
+        busy = [self.start_button, self.resume_button, self.load_button, self.save_captions_button, self.model]
+        self.runner = Runner(self.status, busy=busy + ([self.picks_button] if gallery is not None else []),
                              cancel_button=self.stop_button)
-        if gallery is None:
-            self.picks_button.disabled = True
         self.load_button.on_click(lambda _b: self.load_dataset())
         self.picks_button.on_click(lambda _b: self.use_gallery_picks())
         self.save_captions_button.on_click(lambda _b: self.save_captions())
