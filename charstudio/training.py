@@ -43,7 +43,7 @@ from .io_utils import atomic_write
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-ADAPTER_NAME = "default"
+ADAPTER_NAME = "charstudio_train"  # unlikely to clash with adapters a Studio has loaded
 CHECKPOINT_DIR = "checkpoints"
 VALIDATION_DIR = "validation"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -624,6 +624,13 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
 
     # 1. Accelerator first: only the main process touches the output folder.
     mixed = config.mixed_precision
+    if components is not None:
+        # A caller's model (a Studio's) keeps its dtype: training follows it instead of casting it.
+        have = next(components["unet"].parameters()).dtype
+        derived = {torch.float32: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(have, "no")
+        if mixed not in (None, derived):
+            raise ConfigError("mixed_precision", mixed, f"the given model is in {have}; use {derived!r} or None")
+        mixed = derived
     if mixed is None:
         mixed = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if torch.cuda.is_available() else "no"
     if mixed != "no" and not torch.cuda.is_available():
@@ -639,17 +646,35 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     # 3. Base model, frozen. Adapters are added below; only they train.
     own_components = components is None
     comps = _load_base(config, weight_dtype) if own_components else components
+    from . import lora as lora_mod
+
+    holder = _ModelPair(comps["unet"], comps["text_encoder"])
+    previous_mix = lora_mod.active_loras(holder)  # a Studio's own adapters, switched back on afterwards
+    has_adapters = bool(getattr(comps["unet"], "peft_config", None)
+                        or getattr(comps["text_encoder"], "peft_config", None))
+    if has_adapters:
+        # Class images, cached text embeddings and the fingerprint must come from the base model.
+        lora_mod.set_loras(holder, {})
     try:
-        yield from _train(config, comps, accelerator, out, resume_from, weight_dtype, mixed)
+        yield from _train(config, comps, accelerator, out, resume_from, weight_dtype, mixed, own_components)
     finally:
         if not own_components:
             # The caller's model goes back to how it came: no training adapter, frozen, eval mode.
             _detach_training_adapter(comps["unet"], comps["text_encoder"], config.gradient_checkpointing)
+            if has_adapters:
+                lora_mod.set_loras(holder, previous_mix)
         accelerator.free_memory()
 
 
+class _ModelPair:
+    """The two LoRA-carrying parts of a pipeline, for charstudio.lora functions that take a pipe."""
+
+    def __init__(self, unet: Any, text_encoder: Any):
+        self.unet, self.text_encoder = unet, text_encoder
+
+
 def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, out: Path,
-           resume_from: Path | None, weight_dtype: Any, mixed: str) -> Iterator[TrainingStep]:
+           resume_from: Path | None, weight_dtype: Any, mixed: str, own_components: bool) -> Iterator[TrainingStep]:
     """The body of ``train_lora`` once the model is loaded (split out so cleanup always runs)."""
     import torch
     from diffusers import DDPMScheduler
@@ -660,7 +685,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
         m.requires_grad_(False)
     _move(unet, device, weight_dtype)
     _move(text_encoder, device, weight_dtype)
-    _move(vae, device, torch.float32)  # encoding is cheap next to the UNet; fp32 avoids fp16 VAE overflow
+    # Encoding is cheap next to the UNet, and fp32 avoids fp16 VAE overflow; a caller's VAE keeps its dtype.
+    _move(vae, device, torch.float32 if own_components else next(vae.parameters()).dtype)
     noise_scheduler = DDPMScheduler.from_config(comps["scheduler"].config)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
     resolution = config.resolution or int(unet.config.sample_size) * vae_factor
@@ -701,6 +727,13 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
                                             init_lora_weights="gaussian",
                                             target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
                                  adapter_name=ADAPTER_NAME)
+    # add_adapter activates only the new adapter, but layers switched off earlier (a Studio's
+    # adapters, above) stay off until enabled.
+    unet.enable_lora()
+    if config.train_text_encoder:
+        from diffusers.loaders.lora_base import enable_lora_for_text_encoder
+
+        enable_lora_for_text_encoder(text_encoder)
     trainable = [unet] + ([text_encoder] if config.train_text_encoder else [])
     for m in trainable:
         for p in m.parameters():
@@ -725,8 +758,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
 
     def encode_latent_dist(batch: Any) -> tuple[Any, Any]:
         with torch.no_grad():
-            dist = vae.encode(batch.to(device, torch.float32)).latent_dist
-        return dist.mean, dist.std
+            dist = vae.encode(batch.to(device, vae.dtype)).latent_dist
+        return dist.mean.float(), dist.std.float()
 
     latent_cache: dict[tuple[str, int, bool], tuple[Any, Any]] = {}
     if config.cache_latents:

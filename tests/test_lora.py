@@ -39,6 +39,7 @@ def trained(tmp_path_factory):
     data = _make_images(root / "data")
     cfg = LoraTrainingConfig(data_dir=str(data), name="aiko", output_dir=str(root / "lora"), max_train_steps=12,
                              rank=4, alpha=2.0, learning_rate=2e-2, batch_size=2, train_text_encoder=True,
+                             resolution=64,
                              validation_steps=0, num_validation_images=0, checkpointing_steps=100)
     records = list(train_lora(cfg))
     assert records[-1].done
@@ -281,3 +282,31 @@ def test_studio_lora_methods_and_recipes(trained, fresh_studio):
     assert card_res.recipes[0].loras == {"aiko": 0.8}
     assert card_res.recipes[0].prompt.startswith("sks")
     assert studio.generate(PROMPT, **settings).recipes[0].loras == {}
+
+
+def test_training_on_a_studio_leaves_its_loras_alone(trained, fresh_studio, tmp_path):
+    from safetensors.numpy import load_file
+
+    from charstudio.models.tiny import build_tiny_components
+    from charstudio.training import LoraTrainingConfig, train_lora
+
+    studio = fresh_studio
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    studio.load_lora(str(trained), weight=1.0)
+    before = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    data = _make_images(tmp_path / "data")
+
+    def config(name):
+        return LoraTrainingConfig(data_dir=str(data), name=name, output_dir=str(tmp_path / "lora"), max_train_steps=2,
+                                  rank=4, alpha=4.0, learning_rate=1e-2, validation_steps=0, num_validation_images=0,
+                                  resolution=64)
+
+    list(train_lora(config("on_studio"), components=studio.components))
+    assert studio.active_loras == {"aiko": 1.0}
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), before)
+    # The Studio's adapter (UNet and text encoder) was off while training: same result as a clean model.
+    list(train_lora(config("clean"), components=build_tiny_components()))
+    a = load_file(str(tmp_path / "lora" / "on_studio" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "lora" / "clean" / "pytorch_lora_weights.safetensors"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
