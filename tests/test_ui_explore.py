@@ -11,7 +11,7 @@ pytest.importorskip("ipywidgets")
 
 from charstudio.ui.explore import ExploreApp  # noqa: E402
 
-STEPS = 3
+STEPS = 2
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_restore_from_a_bare_recipe(app, tiny_studio):
 
 def test_running_disables_buttons_ignores_a_second_click_and_cancel_stops_at_the_next_step(app, monkeypatch):
     app.prompt.value = "a dragon"
-    app.steps.value = 8
+    app.steps.value = 5
     seen = {}
     real_report = app._report
 
