@@ -11,7 +11,7 @@ from charstudio.ui.interpolate import InterpolateApp  # noqa: E402
 
 
 @pytest.fixture
-def app(tiny_studio, monkeypatch):
+def app(tiny_studio, monkeypatch, tmp_path):
     received = []
     real_run = tiny_studio.run
 
@@ -21,7 +21,7 @@ def app(tiny_studio, monkeypatch):
 
     monkeypatch.setattr(tiny_studio, "run", spy)
     gallery = Gallery()
-    a = InterpolateApp(tiny_studio, gallery=gallery, steps=2, frames=3)
+    a = InterpolateApp(tiny_studio, gallery=gallery, steps=2, frames=3, output_dir=str(tmp_path / "out"))
     a.received = received
     a.size.value = 64
     yield a
@@ -54,7 +54,7 @@ def test_interpolate_two_cards_shows_frames_gif_and_smoothness(app):
     assert "evenness" in app.smoothness.value and app.smoothness_plot.value != blank_png()
 
 
-def test_a_gallery_recipe_can_be_an_end(app, tiny_studio):
+def test_a_gallery_recipe_can_be_an_end(app, tiny_studio, tmp_path):
     from PIL import Image
 
     recipe = tiny_studio.make_config("a cat", seed=5, num_inference_steps=2, width=64, height=64, scheduler="ddim")
@@ -68,6 +68,13 @@ def test_a_gallery_recipe_can_be_an_end(app, tiny_studio):
     run(app, app.interpolate_button)
     assert app.status.level == "ok", app.status.text
     assert app.calls[-1][1]["a"] == recipe and app.calls[-1][1]["b"].prompt == "a dog"
+    # Save: frames with their recipes, the index and the GIF, in a new folder each time.
+    paths = app.save()
+    folder = tmp_path / "out" / "interpolation-001"
+    assert sorted(p.name for p in folder.iterdir()) == ["animation.gif", "frame_000.png", "frame_001.png",
+                                                        "frames.json"]
+    assert all(p.parent == folder and p.is_file() for p in paths) and str(folder) in app.status.text
+    assert app.save()[0].parent.name == "interpolation-002"
 
 
 def test_style_mix_uses_the_slider_weights(app):

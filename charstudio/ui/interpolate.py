@@ -69,7 +69,7 @@ class InterpolateApp:
 
     def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
                  gallery: Gallery | None = None, steps: int | None = None, size: int | None = None,
-                 frames: int = 6):
+                 frames: int = 6, output_dir: str = "outputs"):
         from ..character import load_styles
         from ..pose import list_poses
         from ..schedulers import SCHEDULERS
@@ -102,6 +102,10 @@ class InterpolateApp:
         self.uniform = W.Checkbox(value=False, description="even spacing (about 3x the renders)", indent=False)
         self.interpolate_button = W.Button(description="Interpolate", button_style="primary", icon="play")
         self.morph_view = FramesView(self.files, "A -> B")
+        self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
+        self.save_button = W.Button(description="Save frames + GIF", icon="save",
+                                    tooltip="PNG frames carrying their recipes, an index JSON and the GIF")
+        self.save_button.on_click(lambda _b: self.save())
         self.smoothness = W.HTML(value="")
         self.smoothness_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="380px"))
 
@@ -149,6 +153,7 @@ class InterpolateApp:
                             labelled("seed", self.seed_b, "40px")])]),
             labelled("frames", self.frames), labelled("method", self.method), self.uniform,
             self.interpolate_button, self.morph_view.widget,
+            W.HBox([self.save_button, W.Label("to"), self.output_dir]),
             W.HBox([self.smoothness, self.smoothness_plot])])
         mix = W.VBox([labelled("design", self.mix_design.widget), labelled("seed", self.mix_seed),
                       W.HTML("weights (normalised to sum to 1; 0 = not used)"), *self.style_weights.values(),
@@ -224,6 +229,29 @@ class InterpolateApp:
                            f"evenness {result.smoothness.evenness:.3f}")
 
         return self._start("Interpolate", job, done)
+
+    def save(self) -> list[Any]:
+        """Write the latest A -> B frames (with recipes), their index and the GIF to a new folder."""
+        from pathlib import Path
+
+        from .common import error_text
+
+        if self.interpolation is None:
+            self.status.warn("nothing to save yet: press Interpolate first")
+            return []
+        base = Path(self.output_dir.value.strip() or "outputs")
+        n = 1
+        while (base / f"interpolation-{n:03d}").exists():
+            n += 1
+        folder = base / f"interpolation-{n:03d}"
+        try:
+            paths = list(self.interpolation.save(folder))
+            paths.append(self.interpolation.save_gif(folder / "animation.gif"))
+        except Exception as exc:
+            self.status.error(f"Save failed: {error_text(exc)}")
+            return []
+        self.status.ok(f"saved {len(paths) - 1} frames, their index and the GIF in {folder}")
+        return paths
 
     def _show_smoothness(self, result: Any) -> None:
         from matplotlib.figure import Figure
