@@ -786,8 +786,9 @@ def interpolate(studio: Any, a: Any, b: Any, frames: int = 8, method: Method = "
 
     `a` and `b` are character cards (names or objects), prompts, recipes or Results;
     `settings` (steps, size, scheduler, guidance_scale, ...) apply to cards and prompts.
-    `uniform=True` re-spaces t so adjacent frames change by similar amounts (costs about
-    3 x `frames` renders) and reports evenness before and after.
+    `uniform=True` re-spaces t so adjacent frames change by similar amounts and reports
+    evenness before and after; it costs `max_renders` (default 3 x `frames`) renders to map
+    the path plus up to `frames` - 2 for the re-spaced frames.
     """
     # 1. Resolve and check the two ends.
     frame_ts(frames)
