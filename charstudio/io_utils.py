@@ -36,11 +36,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def next_free_path(directory: Path, stem: str, suffix: str) -> Path:
