@@ -365,6 +365,31 @@ class StudioSource:
         return self._studio
 
 
+class AppBase:
+    """What every app shares: notebook display, waiting for its run, and its model.
+
+    Subclasses set `self.widget` (the root widget), `self.runner` (a Runner), `self.source`
+    (a StudioSource) and `self.model` (the model-name control).
+    """
+
+    widget: W.Widget
+    runner: "Runner"
+    source: "StudioSource"
+    model: W.Widget
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the current run to finish (for scripts, tests and notebook cells)."""
+        return self.runner.wait(timeout)
+
+    @property
+    def studio(self) -> Any:
+        """The loaded studio, loading the model named in the controls if needed."""
+        return self.source.get(self.model.value)
+
+
 class RunHooks:
     """A Studio seen through the app: every `run` gets the app's cancel token and progress.
 

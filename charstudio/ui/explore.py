@@ -14,7 +14,7 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
+from .common import (AppBase, Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
                      exclusive, labelled, png_bytes)
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def _default_steps(model: str) -> int:
     return preset.default_steps if preset else 25
 
 
-class ExploreApp:
+class ExploreApp(AppBase):
     """Controls -> `GenerationConfig` -> `studio.run`, with previews, Cancel and a gallery.
 
     >>> app = ExploreApp(model="tiny"); app        # shows the app in a notebook
@@ -149,17 +149,6 @@ class ExploreApp:
             w.add_class(f"charstudio-{name}")
 
     # -- display ---------------------------------------------------------------------------------
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the current run to finish (for scripts, tests and notebook cells)."""
-        return self.runner.wait(timeout)
-
-    @property
-    def studio(self) -> Any:
-        """The loaded studio, loading the model named in the controls if needed."""
-        return self.source.get(self.model.value)
 
     # -- poses -----------------------------------------------------------------------------------
     def _build_pose_grid(self) -> None:

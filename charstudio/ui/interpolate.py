@@ -12,7 +12,7 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
+from .common import (AppBase, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
                      blank_png, exclusive, figure_png, labelled, png_bytes)
 from .explore import SIZES, _default_steps
 
@@ -61,7 +61,7 @@ class FramesView:
         self.caption.value = html.escape(self.captions[i]) if i < len(self.captions) else ""
 
 
-class InterpolateApp:
+class InterpolateApp(AppBase):
     """Design A -> design B (`interpolation.interpolate`), style mixes and pose-to-pose animation.
 
     Pass `gallery=explore_app.gallery` to interpolate between pictures made in the Explore app.
@@ -166,15 +166,6 @@ class InterpolateApp:
             self.tabs.set_title(i, title)
         self.widget = W.VBox([common, self.tabs])
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.runner.wait(timeout)
-
-    @property
-    def studio(self) -> Any:
-        return self.source.get(self.model.value)
 
     def settings(self) -> dict[str, Any]:
         """Sampling settings shared by the three tabs, as `make_config` keywords."""

@@ -11,7 +11,7 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
-from .common import (DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
+from .common import (AppBase, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
                      labelled, png_bytes, step_hook)
 from .explore import SIZES, _default_steps
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 VIEW = 256  # displayed size of the step images
 
 
-class ProcessApp:
+class ProcessApp(AppBase):
     """Trace one generation (`Studio.trace`) and explore it; compare two sampler settings.
 
     >>> app = ProcessApp(model="tiny"); app
@@ -117,15 +117,6 @@ class ProcessApp:
             self.tabs.set_title(i, title)
         self.widget = W.HBox([settings, self.tabs])
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.runner.wait(timeout)
-
-    @property
-    def studio(self) -> Any:
-        return self.source.get(self.model.value)
 
     def make_config(self, studio: Any = None, **changes: Any) -> Any:
         """The recipe the controls describe (`changes` override fields, e.g. scheduler)."""

@@ -14,7 +14,7 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken
 from ..errors import ConfigError
-from .common import (Gallery, ProgressPanel, Runner, StatusLine, StudioSource, blank_png, error_text, exclusive,
+from .common import (AppBase, Gallery, ProgressPanel, Runner, StatusLine, StudioSource, blank_png, error_text, exclusive,
                      figure_png, labelled, png_bytes)
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class DatasetView:
         return changed
 
 
-class TrainApp:
+class TrainApp(AppBase):
     """Widgets -> `LoraTrainingConfig` -> `training.train_lora`, step by step on a worker thread.
 
     Pass `gallery=explore_app.gallery` to train on the pictures ticked there.
@@ -173,15 +173,6 @@ class TrainApp:
                       self.comparison_images, self.comparison_info])
         self.widget = W.VBox([data, W.HBox([options, run])])
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.runner.wait(timeout)
-
-    @property
-    def studio(self) -> Any:
-        return self.source.get(self.model.value)
 
     # -- dataset ---------------------------------------------------------------------------------
     def _instance_prompt(self) -> str:
