@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import warnings
-from typing import Any, Callable, Iterable, Literal
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .callbacks import CancelToken, StepCallback, StepProgress, chain
 from .character import Character, compose_prompt, is_character, load_character
@@ -58,6 +59,8 @@ class Studio:
         self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
         self._pipelines: dict[str, Any] = {}
         self._lora_weights: dict[str, float] = {}  # adapter name -> weight, as used in recipes
+        self._lora_sources: dict[str, Any] = {}  # adapter name -> the file it came from
+        self._card_adapters: set[str] = set()  # adapters switched on by a card, not by the user
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -191,14 +194,41 @@ class Studio:
         override the seed's noise and the prompt encoding; interpolation and style mixes use
         them, and their own recipes record how to rebuild them.
         """
-        import torch
-
         # 1. Check the recipe fits this studio.
         if config.model and config.model != self.model_id:
             log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
-        missing = set(config.loras) - set(self._lora_weights)
+        missing = set(config.loras) - set(self._lora_sources) - set(self._lora_weights)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
+        with self._recipe_loras(config.loras):
+            return self._run(config, callbacks=callbacks, progress=progress, cancel=cancel,
+                             control_image=control_image, latents=latents, embeddings=embeddings)
+
+    @contextmanager
+    def _recipe_loras(self, weights: dict[str, float]) -> Iterator[None]:
+        """Use exactly the recipe's adapters and weights for one run, then put the studio's back.
+
+        A recipe rebuilds its image only with the LoRA weights it was made with, whatever the
+        studio has set since.
+        """
+        if weights == self._lora_weights:
+            yield
+            return
+        from . import lora
+
+        before = dict(self._lora_weights)
+        log.info("using the recipe's LoRA weights %s for this run (studio has %s)", weights, before)
+        lora.set_loras(self.pipeline("txt2img"), weights)
+        self._lora_weights = dict(weights)
+        try:
+            yield
+        finally:
+            lora.set_loras(self.pipeline("txt2img"), before)
+            self._lora_weights = before
+
+    def _run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback], progress: Any, cancel: Any,
+             control_image: Any, latents: Any, embeddings: Any) -> Result:
+        import torch
 
         # 2. Pick the pipeline: the ControlNet one when there is a pose or control image.
         if control_image is None and config.pose is not None:
@@ -215,9 +245,11 @@ class Studio:
                               control_guidance_end=config.control_guidance_end)
 
         # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
-        encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
-        prompt_embeds, negative_embeds = (encoded.prompt_embeds, encoded.negative_prompt_embeds) \
-            if embeddings is None else embeddings
+        if embeddings is None:
+            encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
+            prompt_embeds, negative_embeds = encoded.prompt_embeds, encoded.negative_prompt_embeds
+        else:
+            prompt_embeds, negative_embeds = embeddings
         initial_latents = latents  # the loop below reuses the name `latents` for each image's output
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
@@ -334,8 +366,8 @@ class Studio:
 
         path = lora.resolve_lora_path(path_or_name, lora_dir or lora.DEFAULT_LORA_DIR).resolve()
         name = adapter_name or lora.default_adapter_name(path)
-        sources = self.__dict__.setdefault("_lora_sources", {})
-        self.__dict__.setdefault("_card_adapters", set()).discard(name)
+        sources = self._lora_sources
+        self._card_adapters.discard(name)
         if sources.get(name) == path:
             self.set_loras({**self._lora_weights, name: weight})
             return name
@@ -350,7 +382,7 @@ class Studio:
 
         lora.set_loras(self.pipeline("txt2img"), weights)
         self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
-        self.__dict__.setdefault("_card_adapters", set()).difference_update(weights)
+        self._card_adapters.difference_update(weights)
 
     def unload_loras(self, names: Iterable[str] | None = None) -> None:
         """Remove adapters (all by default); the base model's layers come back."""
@@ -358,7 +390,7 @@ class Studio:
 
         names = None if names is None else list(names)
         lora.unload_loras(self.pipeline("txt2img"), names)
-        sources = self.__dict__.setdefault("_lora_sources", {})
+        sources = self._lora_sources
         for n in list(sources) if names is None else names:
             sources.pop(n, None)
         self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
@@ -389,7 +421,7 @@ class Studio:
         """
         from . import lora
 
-        auto = self.__dict__.setdefault("_card_adapters", set())
+        auto = self._card_adapters
         weights = {k: v for k, v in self._lora_weights.items() if k not in auto}
         if card is not None and getattr(card, "lora", None):
             user_active = set(weights)

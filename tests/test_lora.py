@@ -272,6 +272,15 @@ def test_studio_lora_methods_and_recipes(trained, fresh_studio):
 
     studio.set_loras({"aiko": 0.0})
     np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), base)
+    # A recipe brings its own LoRA weights: made at 0.8, it rebuilds at 0.8 whatever is set now,
+    # and the studio's own weights come back afterwards.
+    studio.set_loras({"aiko": 0.3})
+    np.testing.assert_array_equal(np.asarray(studio.run(res.recipes[0]).images[0]), with_lora)
+    assert studio.active_loras == {"aiko": 0.3}
+    base_recipe = studio.make_config(PROMPT, **settings).replace(loras={})
+    np.testing.assert_array_equal(np.asarray(studio.run(base_recipe).images[0]), base)
+    assert studio.active_loras == {"aiko": 0.3}
+    studio.set_loras({"aiko": 0.0})
     studio.unload_loras()
     assert studio.active_loras == {}
     np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), base)
