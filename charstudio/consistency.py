@@ -264,10 +264,14 @@ def ip_adapter(studio: Any, weights: str, image: Any, scale: float = 0.6, *, sub
 # ---------------------------------------------------------------------------------------------
 # Measuring consistency
 # ---------------------------------------------------------------------------------------------
-def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: Any = None) -> Any:
-    """A CLIPVisionModelWithProjection from a local folder or the local hub cache (never downloads
-    when ``HF_HUB_OFFLINE=1``); a clear `ModelLoadError` when it is not there."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: Any = None, download: bool = True) -> Any:
+    """A CLIPVisionModelWithProjection from a local folder or the local hub cache; a clear
+    `ModelLoadError` when it is not there.
+
+    It downloads only with `download=True` and without ``HF_HUB_OFFLINE=1``: work that merely
+    *reports* a score (a sheet) must not stall on a 1.7 GB download or on network retries.
+    """
+    offline = not download or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     problem = f"CLIP image embedder {name_or_path!r} is not available locally or from the hub"
     advice = "download it once, or pass embedder= a loaded CLIPVisionModelWithProjection or a local folder"
     if offline and not Path(name_or_path).is_dir():
@@ -303,7 +307,7 @@ def embed_images(images: Sequence[Any], embedder: Any) -> Any:
     return torch.nn.functional.normalize(emb, dim=-1)
 
 
-def score(images: Sequence[Any], embedder: Any = None) -> float:
+def score(images: Sequence[Any], embedder: Any = None, download: bool = True) -> float:
     """Mean pairwise cosine similarity of the images' CLIP embeddings (1.0 = identical embeddings).
 
     ``embedder``: a CLIPVisionModelWithProjection (or any callable images -> (N, D) array), a
@@ -313,7 +317,7 @@ def score(images: Sequence[Any], embedder: Any = None) -> float:
     if len(images) < 2:
         raise ConfigError("images", f"{len(images)} image(s)", "at least two images to compare")
     if embedder is None or isinstance(embedder, (str, Path)):
-        embedder = load_embedder(str(embedder or DEFAULT_EMBEDDER))
+        embedder = load_embedder(str(embedder or DEFAULT_EMBEDDER), download=download)
     emb = embed_images(images, embedder)
     sim = emb @ emb.T
     n = len(images)
@@ -532,7 +536,8 @@ def make_sheet(
                          control_images=[studio._render_pose(c) for c in configs])
     if compute_score is not False and len(images) > 1:
         try:
-            result.score = score(images, embedder)
+            # Only an embedder that is asked for may be downloaded; the automatic score uses one on disk.
+            result.score = score(images, embedder, download=bool(compute_score) or embedder is not None)
         except ModelLoadError:
             if compute_score:
                 raise

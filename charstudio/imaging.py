@@ -28,5 +28,5 @@ def image_grid(images: Sequence[Any], cols: int | None = None, labels: Sequence[
         x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
         grid.paste(im.convert("RGB"), (x, y))
         if labels:
-            draw.text((x + 2, y + h + 1), str(labels[i])[: max(4, w // 6)], fill=(0, 0, 0), font=font)
+            draw.text((x + 2, y + h + 1), str(labels[i]), fill=(0, 0, 0), font=font)
     return grid

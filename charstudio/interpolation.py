@@ -502,28 +502,16 @@ def _to_pil(frame: Any) -> Any:
 def frame_grid(frames: Sequence[Any], cols: int | None = None, labels: Sequence[str] | None = None,
                pad: int = 2, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
     """Frames tiled left to right, top to bottom; optional text label under each one."""
-    from PIL import Image, ImageDraw
+    from .imaging import image_grid
 
     if not frames:
         raise ConfigError("frames", 0, "need at least 1 frame")
     images = [_to_pil(f) for f in frames]
-    w, h = images[0].size
-    if any(im.size != (w, h) for im in images):
+    if len({im.size for im in images}) > 1:
         raise ConfigError("frames", sorted({im.size for im in images}), "all frames must have the same size")
     if labels is not None and len(labels) != len(images):
         raise ConfigError("labels", len(labels), f"expected one label per frame ({len(images)})")
-    cols = cols or min(len(images), 8)
-    rows = -(-len(images) // cols)
-    label_h = 14 if labels is not None else 0
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), background)
-    draw = ImageDraw.Draw(sheet)
-    for i, im in enumerate(images):
-        x = pad + (i % cols) * (w + pad)
-        y = pad + (i // cols) * (h + label_h + pad)
-        sheet.paste(im, (x, y))
-        if labels is not None:
-            draw.text((x + 2, y + h + 1), str(labels[i]), fill=(0, 0, 0))
-    return sheet
+    return image_grid(images, cols=cols or min(len(images), 8), labels=labels, pad=pad, background=background)
 
 
 def contact_sheet(frames: Sequence[Any], ts: Sequence[float], cols: int | None = None) -> Any:

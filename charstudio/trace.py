@@ -316,7 +316,7 @@ class Tracer:
         # Pieces are tokenized one by one, as conditioning.PromptEncoder does.
         for text, _ in parse_weighted(self.trace.prompt):
             if text:
-                ids.extend(tok(text, add_special_tokens=False).input_ids)
+                ids.extend(tok(text, add_special_tokens=False, verbose=False).input_ids)  # long prompts are chunked, not cut
         self.trace.token_ids = ids
         self.trace.tokens = list(tok.convert_ids_to_tokens(ids))
 

@@ -237,3 +237,30 @@ def test_card_lora_is_used_unless_switched_off(fresh_studio, tmp_path):
     assert on.recipes[0].loras == {"hero": 1.0} and on.settings["lora"] == str(folder)
     assert off.recipes[0].loras == {} and off.settings["lora"] is None
     assert np.abs(px(on.images[0]) - px(off.images[0])).mean() > 1
+
+
+def test_sheet_score_never_downloads_an_embedder_it_was_not_asked_for(tiny_studio, monkeypatch):
+    """Without HF_HUB_OFFLINE and without network, a sheet must not stall on download retries."""
+    import socket
+
+    from charstudio.consistency import load_embedder
+    from charstudio.errors import ModelLoadError
+
+    attempts = []
+
+    def no_network(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    # huggingface_hub reads HF_HUB_OFFLINE once at import, so the flag itself is switched off too.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: no_network(None, host))  # DNS comes first
+    with pytest.raises(ModelLoadError, match="not available locally"):
+        load_embedder("someone/clip-not-cached-anywhere", download=False)
+    sheet = tiny_studio.sheet("a knight", ["standing_front", "waving"], seed=1, num_inference_steps=1,
+                              width=32, height=32)
+    assert sheet.score is None and len(sheet.images) == 2
+    assert attempts == []
