@@ -865,27 +865,21 @@ def lora_sweep(studio: Any, character_or_prompt: Any, adapter: str, weights: Seq
                **settings: Any) -> Any:
     """The same design at several weights of one loaded LoRA adapter (same seed throughout).
 
-    Returns a Result whose recipes record each weight. The adapter weights in use before the
-    sweep are restored afterwards.
+    Returns a Result whose recipes record each weight. Each frame is a recipe with its own
+    LoRA weights, which `Studio.run` applies for that run only, so the studio's weights are
+    untouched afterwards.
     """
-    set_loras = getattr(studio, "set_loras", None)
-    if set_loras is None:
-        raise ConfigError("studio", type(studio).__name__, "a Studio with set_loras (LoRA support)")
     if not weights:
         raise ConfigError("weights", weights, "give at least one LoRA weight")
     before = dict(studio.active_loras)
     if adapter not in before:
         raise ConfigError("adapter", adapter, f"load it first; loaded adapters: {sorted(before)}")
-    images, recipes = [], []
     base = studio.make_config(character_or_prompt, **{**settings, "num_images": 1})
-    try:
-        for w in weights:
-            set_loras({**before, adapter: float(w)})
-            res = studio.run(base.replace(loras=studio.active_loras))
-            images.extend(res.images)
-            recipes.extend(res.recipes)
-    finally:
-        set_loras(before)
+    images, recipes = [], []
+    for w in weights:
+        res = studio.run(base.replace(loras={**before, adapter: float(w)}))
+        images.extend(res.images)
+        recipes.extend(res.recipes)
     from .result import Result
 
     return Result(images, recipes, {"adapter": adapter, "weights": [float(w) for w in weights]})

@@ -14,14 +14,7 @@ from charstudio.prompt_syntax import PromptScheduleCallback, parse_weighted, pro
 from conftest import pixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model is too small to gain from threads; on a busy 2-core machine two threads
-    per process made each run ~6x slower (measured: 1.5 s vs 0.22 s for 3 steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(num_inference_steps=2, scheduler="ddim")
 

@@ -319,3 +319,17 @@ def test_training_on_a_studio_leaves_its_loras_alone(trained, fresh_studio, tmp_
     b = load_file(str(tmp_path / "lora" / "clean" / "pytorch_lora_weights.safetensors"))
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_lora_sweep_renders_each_weight_and_leaves_the_studio_as_it_was(trained, fresh_studio):
+    studio = fresh_studio
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    base = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    studio.load_lora(str(trained), weight=0.5)
+    at_half = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    sweep = studio.lora_sweep(PROMPT, "aiko", [0.0, 0.5, 1.0], **settings)
+    assert [r.loras for r in sweep.recipes] == [{"aiko": 0.0}, {"aiko": 0.5}, {"aiko": 1.0}]
+    np.testing.assert_array_equal(np.asarray(sweep.images[0]), base)
+    np.testing.assert_array_equal(np.asarray(sweep.images[1]), at_half)
+    assert np.abs(np.asarray(sweep.images[2]).astype(int) - at_half.astype(int)).max() > 0
+    assert studio.active_loras == {"aiko": 0.5}

@@ -317,7 +317,6 @@ def test_from_image_with_a_random_body_model_runs_the_real_detector():
     from controlnet_aux.open_pose import OpenposeDetector
     from controlnet_aux.open_pose.body import Body
     from controlnet_aux.open_pose.model import bodypose_model
-    from PIL import Image
 
     torch.manual_seed(0)
     body = Body.__new__(Body)  # Body() would load weights from a file; we have none

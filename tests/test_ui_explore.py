@@ -15,16 +15,9 @@ STEPS = 2
 
 
 @pytest.fixture
-def app(tiny_studio, monkeypatch, tmp_path):
+def app(tiny_studio, run_spy, tmp_path):
     """An app over the shared tiny studio whose `run` records every config it receives."""
-    received = []
-    real_run = tiny_studio.run
-
-    def spy(config, **kwargs):
-        received.append((config, kwargs))
-        return real_run(config, **kwargs)
-
-    monkeypatch.setattr(tiny_studio, "run", spy)
+    received = run_spy
     a = ExploreApp(tiny_studio, steps=STEPS, preview_every=1, output_dir=str(tmp_path / "out"))
     a.received = received
     a.width.value = a.height.value = 64  # small pictures keep the tests fast

@@ -11,15 +11,8 @@ from charstudio.ui.interpolate import InterpolateApp  # noqa: E402
 
 
 @pytest.fixture
-def app(tiny_studio, monkeypatch, tmp_path):
-    received = []
-    real_run = tiny_studio.run
-
-    def spy(config, **kwargs):
-        received.append((config, kwargs))
-        return real_run(config, **kwargs)
-
-    monkeypatch.setattr(tiny_studio, "run", spy)
+def app(tiny_studio, run_spy, tmp_path):
+    received = run_spy
     gallery = Gallery()
     a = InterpolateApp(tiny_studio, gallery=gallery, steps=2, frames=3, output_dir=str(tmp_path / "out"))
     a.received = received

@@ -14,7 +14,7 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (AppBase, Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
+from .common import (AppBase, error_text, Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
                      exclusive, labelled, png_bytes)
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,6 @@ class ExploreApp(AppBase):
             try:
                 pose = load_pose(json.loads(data.decode("utf-8")))
             except Exception as exc:
-                from .common import error_text
-
                 self.status.error(f"pose file {filename}: {error_text(exc)}")
                 return
             self.add_pose(stem, pose)
@@ -499,8 +497,6 @@ class ExploreApp(AppBase):
         import tempfile
 
         from ..result import Result
-        from .common import error_text
-
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, os.path.basename(filename) or "image.png")
             with open(path, "wb") as f:
@@ -517,8 +513,6 @@ class ExploreApp(AppBase):
     def save(self) -> list[Any]:
         """Save the selected (latest or restored) picture as PNG with its recipe; returns paths."""
         from ..result import Result
-        from .common import error_text
-
         item = self.gallery.selected
         if item is None or item.recipe is None:
             self.status.warn("nothing to save yet: generate a picture first")

@@ -12,7 +12,7 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (AppBase, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
+from .common import (AppBase, error_text, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
                      blank_png, exclusive, figure_png, labelled, png_bytes)
 from .explore import SIZES, _default_steps
 
@@ -224,8 +224,6 @@ class InterpolateApp(AppBase):
     def save(self) -> list[Any]:
         """Write the latest A -> B frames (with recipes), their index and the GIF to a new folder."""
         from pathlib import Path
-
-        from .common import error_text
 
         if self.interpolation is None:
             self.status.warn("nothing to save yet: press Interpolate first")

@@ -11,7 +11,7 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
-from .common import (AppBase, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
+from .common import (AppBase, error_text, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
                      labelled, png_bytes, step_hook)
 from .explore import SIZES, _default_steps
 
@@ -212,8 +212,6 @@ class ProcessApp(AppBase):
             path = plot_noise_schedule(self.trace, self.files.path(), overwrite=True)
             self.schedule_image.value = self.files.read(path)
         except Exception as exc:  # e.g. a scheduler without alphas_cumprod: say so, keep the rest
-            from .common import error_text
-
             self.status.warn(f"no schedule plot: {error_text(exc)}")
 
     def _show_token(self) -> None:
