@@ -97,7 +97,7 @@ class PromptEncoder:
                 else:
                     # diffusers' convention: clip_skip=1 uses the penultimate layer, then the final norm.
                     states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
-                    hidden = self.text_encoder.text_model.final_layer_norm(states[-(clip_skip + 1)])
+                    hidden = self._final_norm(states[-(clip_skip + 1)])
             if any(w != 1.0 for w in row_w):
                 w = torch.tensor(row_w, device=device, dtype=hidden.dtype)[None, :, None]
                 original_mean = hidden.float().mean()
@@ -105,6 +105,13 @@ class PromptEncoder:
                 hidden = hidden * (original_mean / hidden.float().mean()).to(hidden.dtype)
             out.append(hidden)
         return torch.cat(out, dim=1)
+
+    def _final_norm(self, hidden: Any) -> Any:
+        # transformers 5 puts final_layer_norm on CLIPTextModel itself; 4.x had it under .text_model
+        # (diffusers 0.42's own clip_skip still looks there and fails on transformers 5).
+        te = self.text_encoder
+        norm = getattr(te, "final_layer_norm", None) or te.text_model.final_layer_norm
+        return norm(hidden)
 
     def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
                parse_weights: bool = True) -> EncodedPrompt:

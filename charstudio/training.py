@@ -369,6 +369,9 @@ def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size:
         reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped[:3])
         raise ConfigError("data_dir", str(data_dir), f"none of its {len(images)} images is usable ({reasons}); "
                           f"add readable images at least {min_size} px on the shorter side")
+    if len(examples) < 5:
+        log.warning("only %d usable image(s) in %s: a character LoRA usually needs 5-50 varied images "
+                    "(poses, angles, backgrounds) to generalise instead of copying them", len(examples), data_dir)
     return DatasetReport(examples, skipped)
 
 

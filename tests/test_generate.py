@@ -171,3 +171,28 @@ def test_fp16_nan_decode_upcasts_the_vae_with_a_warning(fresh_studio):
         images = fresh_studio.decode(latents.half())
     assert vae.dtype == torch.float32
     assert images[0].size == (128, 128)
+
+
+def test_clip_skip_uses_the_penultimate_layer_and_a1111_clip_skip_replays(tiny_studio, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    enc = tiny_studio.encoder
+    te = tiny_studio.components["text_encoder"]
+    ids = torch.tensor([[enc.tokenizer.bos_token_id, *enc.tokenize("red scarf"), enc.tokenizer.eos_token_id]
+                        + [enc.tokenizer.pad_token_id] * (77 - 2 - len(enc.tokenize("red scarf")))])
+    with torch.no_grad():
+        states = te(ids, output_hidden_states=True).hidden_states
+        expected = te.final_layer_norm(states[-2])
+    skipped = enc.encode("red scarf", clip_skip=1).prompt_embeds
+    assert torch.equal(skipped, expected)
+    assert not torch.equal(skipped, enc.encode("red scarf").prompt_embeds)
+    # A1111 writes "Clip skip: 2" for diffusers' clip_skip=1; such an image replays.
+    info = PngInfo()
+    info.add_text("parameters", "red scarf\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, "
+                                "Model: tiny, Clip skip: 2")
+    Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
+    recipe = Result.from_png(tmp_path / "a1111.png").recipe
+    assert recipe.clip_skip == 1
+    out = tiny_studio.run(recipe)
+    assert out.recipe.clip_skip == 1 and out.image.size == (64, 64)

@@ -343,3 +343,20 @@ def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):
     converted = tmp_path / "k.safetensors"
     assert main(["lora-convert", "cli", str(converted), "--to", "kohya", "--lora-dir", str(out_dir)]) == 0
     assert set(_weights(converted)) == set(_weights(out_dir / "cli" / "cli.safetensors"))
+
+
+def test_fewer_than_five_images_trains_with_a_warning(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from charstudio.training import scan_dataset
+
+    data = tmp_path / "few"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(data / f"img{i}.png")
+    with caplog.at_level(logging.WARNING, logger="charstudio.training"):
+        report = scan_dataset(data, instance_prompt="a picture of sks person", min_size=32)
+    assert len(report.examples) == 2
+    assert any("only 2 usable" in r.getMessage() and "5-50" in r.getMessage() for r in caplog.records)

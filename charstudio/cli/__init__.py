@@ -43,14 +43,14 @@ def _setup_logging(verbose: bool) -> None:
     for noisy in ("diffusers", "transformers", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
     if not verbose:
-        # diffusers and transformers keep their own handlers; silence them through their own switches.
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
+        # diffusers and transformers keep their own handlers; their environment switches quiet
+        # them without importing them here (listing commands stay fast).
+        import os
 
-        dlog.set_verbosity_error()
-        tlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
     def one_line(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr)

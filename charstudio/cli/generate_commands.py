@@ -119,10 +119,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_cards(args: argparse.Namespace) -> int:
     from charstudio.character import list_characters, load_character
 
+    broken = 0
     for name in list_characters():
-        card = load_character(name)
+        try:
+            card = load_character(name)
+        except ValueError as exc:  # one bad card must not hide the others
+            print(f"{name:10s} (cannot be used: {exc})", file=sys.stderr)
+            broken += 1
+            continue
         print(f"{name:10s} {card.description}  [style: {card.style or '-'}, seed: {card.seed}]")
-    return 0
+    return 2 if broken else 0
 
 
 def cmd_styles(args: argparse.Namespace) -> int:

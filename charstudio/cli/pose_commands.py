@@ -65,9 +65,14 @@ def cmd_poses(args: argparse.Namespace) -> int:
 def cmd_pose_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.io_utils import atomic_write
+    from charstudio.errors import ConfigError
+    from charstudio.io_utils import atomic_write, ensure_dir
     from charstudio.pose import load_pose
 
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ConfigError("--out", args.out, "the control image is a PNG: give a path ending in .png")
+    ensure_dir(out.parent if str(out.parent) else ".", field="--out's folder")
     pose = load_pose(args.pose)
     if args.mirror:
         pose = pose.mirror()
