@@ -1,0 +1,212 @@
+"""Behaviour scores of a model trained on `charstudio.world` (the `mini` preset).
+
+Each function generates pictures through the ordinary `Studio` API and measures them against
+what the world says should be there: hair colour in the hair region, the figure on the
+requested skeleton, colours kept across a character sheet, a LoRA's feature, the hue path
+of an interpolation. The tests assert thresholds on these figures; the training recipe writes
+them into ``mini_report.json``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..world import (HAIR_COLOURS, Attributes, foreground, hair_region, hue, iou, nearest_colour, neck_region,
+                     orange_fraction, random_attributes, random_pose, region_colour, skeleton_mask)
+
+HAIR_TEST_COLOURS = ("red", "blue", "green", "blonde", "black", "pink")
+SCARF_THRESHOLD = 0.06  # orange share of the neck region above which "the scarf is there"
+# LoRA training settings for the scarf check (a `LoraTrainingConfig` minus data_dir/name/output_dir).
+LORA_SETTINGS = dict(model="mini", trigger_word="zorbi", max_train_steps=300, rank=8, alpha=8.0,
+                     learning_rate=1e-3, batch_size=4, train_text_encoder=True, resolution=64,
+                     validation_steps=0, num_validation_images=0, checkpointing_steps=300, seed=0)
+
+
+def _size(studio: Any) -> int:
+    return int(studio.default_size)
+
+
+def _subject(rng: random.Random, **fixed: str) -> Attributes:
+    attrs = random_attributes(rng).replace(**fixed)
+    if attrs.accessory == "hat" and "accessory" not in fixed:
+        attrs = attrs.replace(accessory="none")  # a hat hides the hair region
+    return attrs
+
+
+def hair_colour_accuracy(studio: Any, colours: Sequence[str] = HAIR_TEST_COLOURS, seeds: Iterable[int] = range(10),
+                         steps: int = 20) -> dict[str, Any]:
+    """Share of seeds whose hair region is nearest the requested colour (of all the world's hair colours)."""
+    size, per, seen = _size(studio), {}, {}
+    seeds = list(seeds)
+    for colour in colours:
+        hits, got_names = 0, []
+        for seed in seeds:
+            rng = random.Random(10_000 + seed)
+            attrs = _subject(rng, hair_colour=colour)
+            pose = random_pose(rng, size)
+            image = studio.generate(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps).images[0]
+            got = nearest_colour(region_colour(image, hair_region(pose)), HAIR_COLOURS)
+            got_names.append(got)
+            hits += got == colour
+        per[colour] = hits / len(seeds)
+        seen[colour] = got_names
+    return {"per_colour": per, "min": min(per.values()), "mean": float(np.mean(list(per.values()))), "seen": seen}
+
+
+def pose_alignment(studio: Any, seeds: Iterable[int] = range(8), steps: int = 20) -> dict[str, Any]:
+    """IoU of the drawn figure with the requested pose's dilated skeleton, and with another pose's."""
+    from ..pose import list_poses
+
+    names = list_poses()
+    size, own, other = _size(studio), [], []
+    for seed in seeds:
+        rng = random.Random(20_000 + seed)
+        attrs = _subject(rng)
+        name, other_name = names[seed % len(names)], names[(seed + len(names) // 2) % len(names)]
+        pose = random_pose(rng, size, names=[name])
+        other_pose = random_pose(rng, size, names=[other_name])
+        image = studio.generate(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps).images[0]
+        fg = foreground(image)
+        own.append(iou(fg, skeleton_mask(pose, size, size)))
+        other.append(iou(fg, skeleton_mask(other_pose, size, size)))
+    return {"iou": float(np.mean(own)), "iou_other_pose": float(np.mean(other)),
+            "margin": float(np.mean(own) - np.mean(other)), "per_seed": own}
+
+
+def colour_histogram(image: Any, bins: int = 4) -> np.ndarray:
+    arr = np.asarray(image.convert("RGB")).reshape(-1, 3) // (256 // bins)
+    idx = arr[:, 0] * bins * bins + arr[:, 1] * bins + arr[:, 2]
+    hist = np.bincount(idx, minlength=bins ** 3).astype(np.float64)
+    return hist / hist.sum()
+
+
+def histogram_distance(images: Sequence[Any]) -> float:
+    """Mean pairwise total-variation distance of the images' colour histograms (0 = same colours)."""
+    hists = [colour_histogram(im) for im in images]
+    return float(np.mean([0.5 * np.abs(a - b).sum() for a, b in itertools.combinations(hists, 2)]))
+
+
+def sheet_consistency(studio: Any, character: Any, poses: Sequence[Any], *, seed: int = 3,
+                      reference_strength: float = 0.5, steps: int = 20) -> dict[str, Any]:
+    """Histogram distance within a sheet (same noise + reference attention) vs. four seeds without them."""
+    on = studio.sheet(character, poses, seed=seed, reference_strength=reference_strength, compute_score=False,
+                      num_inference_steps=steps)
+    off = studio.sheet(character, poses, seed=seed, same_noise=False, reference_strength=0.0, compute_score=False,
+                       num_inference_steps=steps)
+    d_on, d_off = histogram_distance(on.images), histogram_distance(off.images)
+    return {"distance_sheet": d_on, "distance_seeds": d_off, "ratio": d_on / d_off if d_off else float("inf"),
+            "sheet": on, "seeds": off}
+
+
+def scarf_rate(studio: Any, prompt_for: Any, seeds: Iterable[int] = range(10), steps: int = 20) -> dict[str, Any]:
+    """Share of seeds showing the orange striped scarf; ``prompt_for(attrs)`` writes the prompt."""
+    size, fractions = _size(studio), []
+    for seed in seeds:
+        rng = random.Random(30_000 + seed)
+        attrs = _subject(rng)
+        pose = random_pose(rng, size)
+        image = studio.generate(prompt_for(attrs), pose=pose, seed=seed, num_inference_steps=steps).images[0]
+        fractions.append(orange_fraction(image, neck_region(pose)))
+    hits = [f >= SCARF_THRESHOLD for f in fractions]
+    return {"rate": float(np.mean(hits)), "orange_fraction": fractions}
+
+
+def hue_path(studio: Any, frames: int = 7, seed: int = 5, steps: int = 20, start: str = "red",
+             end: str = "blue") -> dict[str, Any]:
+    """Interpolate hair colour ``start`` -> ``end`` and follow the hair hue frame by frame.
+
+    Hues are unwrapped onto the short way round through magenta (red 360 -> blue ~225), so a
+    steady morph gives a monotonic sequence; ``inversions`` counts steps against the overall trend.
+    """
+    size = _size(studio)
+    rng = random.Random(40_000 + seed)
+    base = _subject(rng, hair_style="long", hair_colour=start)
+    pose = random_pose(rng, size, names=["standing_front"])
+    a, b = base.caption(), base.replace(hair_colour=end).caption()
+    result = studio.interpolate(a, b, frames=frames, pose=pose, seed=seed, num_inference_steps=steps)
+    region = hair_region(pose)
+    colours = [region_colour(im, region) for im in result.frames]
+    hues = [h + 360.0 if h < 90.0 else h for h in (hue(c) for c in colours)]
+    diffs = np.diff(hues)
+    trend = np.sign(hues[-1] - hues[0]) or 1.0
+    inversions = int(np.sum(np.sign(diffs) == -trend))
+    return {"hues": [float(h) for h in hues], "inversions": inversions,
+            "evenness": float(result.smoothness.evenness), "result": result}
+
+
+def lora_effect(studio: Any, workdir: Any, seeds: Iterable[int] = range(10), steps: int = 20) -> dict[str, Any]:
+    """Scarf rate for the trained character's prompt before and after a LoRA trained on 8 scarf pictures."""
+    from pathlib import Path
+
+    from ..training import LoraTrainingConfig, train_lora
+    from ..world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
+
+    seeds = list(seeds)
+
+    def prompt(attrs: Attributes) -> str:
+        return lora_prompt(SCARF_CHARACTER, LORA_SETTINGS["trigger_word"])
+
+    before = scarf_rate(studio, prompt, seeds, steps)
+    workdir = Path(workdir)
+    write_lora_dataset(workdir / "data", trigger=LORA_SETTINGS["trigger_word"], count=8)
+    cfg = LoraTrainingConfig(**LORA_SETTINGS, data_dir=str(workdir / "data"), name="zorbi",
+                             output_dir=str(workdir / "lora"))
+    records = list(train_lora(cfg, components=studio.components))
+    studio.load_lora(workdir / "lora" / "zorbi", weight=1.0)
+    try:
+        after = scarf_rate(studio, prompt, seeds, steps)
+    finally:
+        studio.unload_loras()
+    return {"before": before["rate"], "after": after["rate"], "steps": records[-1].step,
+            "train_seconds": round(records[-1].elapsed, 1),
+            "orange_before": before["orange_fraction"], "orange_after": after["orange_fraction"]}
+
+
+def evaluate(studio: Any) -> dict[str, Any]:
+    """Every behaviour score, as plain numbers (what `mini_report.json` records)."""
+    import tempfile
+
+    from ..character import Character
+
+    hair = hair_colour_accuracy(studio)
+    pose = pose_alignment(studio)
+    card = Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
+    sheet = sheet_consistency(studio, card, ["standing_front", "walking", "waving", "hands_on_hips"])
+    path = hue_path(studio)
+    with tempfile.TemporaryDirectory() as tmp:
+        lora = lora_effect(studio, tmp)
+    return {
+        "hair_colour": {"per_colour": hair["per_colour"], "min": hair["min"]},
+        "pose": {k: pose[k] for k in ("iou", "iou_other_pose", "margin")},
+        "sheet": {k: sheet[k] for k in ("distance_sheet", "distance_seeds", "ratio")},
+        "interpolation": {k: path[k] for k in ("hues", "inversions", "evenness")},
+        "lora": lora,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m charstudio.models.mini_eval [FOLDER]: measure a world-trained model's behaviours,
+    print them, and record them in the folder's mini_report.json."""
+    import argparse
+    import json
+    import logging
+    from pathlib import Path
+
+    from .loading import resolve_model
+    from .mini_train import record_behaviour
+
+    p = argparse.ArgumentParser(prog="python -m charstudio.models.mini_eval", description=main.__doc__)
+    p.add_argument("model", nargs="?", default="mini", help="a diffusers folder with mini_report.json (default: mini)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    folder = Path(resolve_model(args.model).location)
+    print(json.dumps(record_behaviour(folder), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

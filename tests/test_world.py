@@ -1,0 +1,118 @@
+"""The procedural character world (charstudio.world) and its measuring tools, no model needed."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from charstudio.errors import ConfigError
+from charstudio.models.mini_eval import SCARF_THRESHOLD
+from charstudio.world import (HAIR_COLOURS, Attributes, foreground, hair_region, iou, lora_prompt, nearest_colour,
+                              neck_region, orange_fraction, random_attributes, random_character, random_pose,
+                              region_colour, render, skeleton_mask, vocabulary, write_lora_dataset)
+
+
+def test_same_seed_same_picture_other_seed_other_picture():
+    a1, p1 = random_character(11)
+    a2, p2 = random_character(11)
+    a3, p3 = random_character(12)
+    assert a1 == a2 and p1 == p2
+    assert np.array_equal(np.asarray(render(a1, p1)), np.asarray(render(a2, p2)))
+    assert not np.array_equal(np.asarray(render(a1, p1)), np.asarray(render(a3, p3)))
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_renders_at_64_and_128(size):
+    attrs, pose = random_character(3, size)
+    image = render(attrs, pose)
+    assert image.size == (size, size) and image.mode == "RGB"
+    # The background colour is the one named in the caption, and the figure covers a real part of the canvas.
+    fg = foreground(image)
+    assert 0.05 < fg.mean() < 0.6
+    assert attrs.background in attrs.caption()
+
+
+def test_caption_names_every_attribute():
+    attrs = Attributes(hair_colour="red", hair_style="long", eye_colour="green", outfit_colour="blue",
+                       outfit_type="dress", accessory="hat", background="yellow", who="girl")
+    assert attrs.caption() == ("a girl with long red hair and green eyes, light skin, wearing a blue dress "
+                               "and a hat, yellow background")
+    assert "twin tails" in attrs.replace(hair_style="twin tails").caption()
+    assert "shirt and trousers" in attrs.replace(outfit_type="shirt and trousers").caption()
+    # Tag-style variants keep the hair and the subject, and use only known words.
+    rng = random.Random(0)
+    words = set(vocabulary())
+    for _ in range(20):
+        variant = attrs.caption_variant(rng)
+        assert variant.startswith("a girl") and "long red hair" in variant
+        assert set(variant.replace(",", " ").split()) <= words
+
+
+def test_bad_attribute_names_the_field_and_choices():
+    with pytest.raises(ConfigError) as err:
+        Attributes(hair_colour="purple")
+    msg = str(err.value)
+    assert "hair_colour" in msg and "'purple'" in msg and "'red'" in msg
+
+
+def test_attributes_change_the_right_pixels():
+    _, pose = random_character(5)
+    base = Attributes(hair_colour="red", background="white")
+    red, blue = render(base, pose), render(base.replace(hair_colour="blue"), pose)
+    region = hair_region(pose)
+    assert nearest_colour(region_colour(red, region)) == "red"
+    assert nearest_colour(region_colour(blue, region)) == "blue"
+    changed = np.any(np.asarray(red) != np.asarray(blue), axis=-1)
+    assert changed[region].mean() > 0.9  # the hair region really is hair
+    assert changed.mean() < 0.2  # and nothing else changed much
+
+
+def test_measures_are_calibrated_on_ground_truth():
+    """The scores the mini tests use give the right answer on the world's own pictures."""
+    own, other, hair_hits = [], [], 0
+    for seed in range(60):
+        attrs, pose = random_character(seed)
+        image = render(attrs, pose)
+        fg = foreground(image)
+        own.append(iou(fg, skeleton_mask(pose, 64, 64)))
+        _, other_pose = random_character(seed + 1000)
+        other.append(iou(fg, skeleton_mask(other_pose, 64, 64)))
+        hair_hits += nearest_colour(region_colour(image, hair_region(pose)), HAIR_COLOURS) == attrs.hair_colour
+    assert np.mean(own) > 0.65 and np.mean(own) - np.mean(other) > 0.4
+    assert hair_hits == 60
+
+
+def test_held_out_scarf_is_detectable_and_never_random():
+    rng = random.Random(1)
+    for _ in range(300):
+        assert random_attributes(rng).accessory != "orange striped scarf"
+    fractions = []
+    for seed in range(20):
+        attrs, pose = random_character(seed)
+        plain = render(attrs, pose)
+        scarf = render(attrs.replace(accessory="orange striped scarf"), pose)
+        assert orange_fraction(plain, neck_region(pose)) < 0.02
+        fractions.append(orange_fraction(scarf, neck_region(pose)))
+    assert min(fractions) > SCARF_THRESHOLD
+    assert "orange" not in vocabulary() and "striped" not in vocabulary()
+
+
+def test_write_lora_dataset(tmp_path):
+    paths = write_lora_dataset(tmp_path / "scarf", trigger="zorbi", count=4)
+    assert len(paths) == 4 and all(p.exists() and p.with_suffix(".txt").exists() for p in paths)
+    caption = paths[0].with_suffix(".txt").read_text().strip()
+    assert caption.startswith("zorbi, ") and "scarf" not in caption
+    # Never writes into a folder that already has pictures.
+    with pytest.raises(ConfigError, match="folder"):
+        write_lora_dataset(tmp_path / "scarf")
+    assert lora_prompt(Attributes(), "zorbi").startswith("zorbi, a girl")
+
+
+def test_random_pose_stays_on_canvas():
+    rng = random.Random(4)
+    for _ in range(50):
+        pose = random_pose(rng, 64)
+        x0, y0, x1, y1 = pose.bbox()
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
