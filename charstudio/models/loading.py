@@ -1,6 +1,6 @@
 """Loading models: the only place that calls `from_pretrained` / `from_single_file`.
 
-A model is named by a preset (`tiny`, `sd15`), a hub id (`org/name`), a local diffusers
+A model is named by a preset (`mini`, `tiny`, `sd15`), a hub id (`org/name`), a local diffusers
 folder, or a single-file checkpoint. Only `.safetensors` files and diffusers folders load by
 default; pickled `.ckpt`/`.pt`/`.bin` files can run code when unpickled, so they need an
 explicit `allow_pickle=True`, and even then diffusers reads them with `weights_only=True`.
@@ -37,6 +37,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def packaged_model_dir(name: str) -> Path:
+    """Where a model shipped inside the package lives (charstudio/data/<name>)."""
+    from importlib import resources
+
+    return Path(str(resources.files("charstudio").joinpath("data", name)))
+
+
 def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
     """Work out what `model` names, or raise a one-line error saying what would work."""
     if not isinstance(model, str) or not model.strip():
@@ -44,6 +51,13 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
     model = model.strip()
     if model in PRESETS:
         preset = PRESETS[model]
+        if preset.folder:
+            folder = packaged_model_dir(preset.folder)
+            if not (folder / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"model={model!r}: its weights are missing from {folder} (a broken install?): reinstall charstudio, "
+                    f"or rebuild them with `python -m charstudio.models.mini_train --work runs/mini --out {folder}`")
+            return ModelSource("folder", str(folder), model, str(folder / "controlnet"))
         if preset.builtin:
             return ModelSource("builtin", model, model)
         return ModelSource("hub", preset.repo, model, preset.controlnet)
@@ -56,7 +70,10 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"model={model!r} is a folder without model_index.json: "
                                      "give a diffusers-format folder (save_pretrained) or a .safetensors file")
-            return ModelSource("folder", str(path), model, SD15_OPENPOSE_CONTROLNET)
+            # A folder may carry its own ControlNet (as `mini` does); otherwise SD 1.5's OpenPose one.
+            own = path / "controlnet"
+            return ModelSource("folder", str(path), model,
+                               str(own) if (own / "config.json").is_file() else SD15_OPENPOSE_CONTROLNET)
         suffix = path.suffix.lower()
         if suffix == ".safetensors":
             return ModelSource("single_file", str(path), model, SD15_OPENPOSE_CONTROLNET)
@@ -79,7 +96,7 @@ def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
     if _offline():
         return ModelLoadError(
             f"{what}={location!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
-            "unset HF_HUB_OFFLINE (with network), or use a local folder / .safetensors file, or model='tiny'")
+            "unset HF_HUB_OFFLINE (with network), or use a local folder / .safetensors file, or a built-in model ('mini', 'tiny')")
     return ModelLoadError(f"{what}={location!r} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 

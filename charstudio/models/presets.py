@@ -1,4 +1,7 @@
-"""Named models. Anything that is not a preset is a hub id, a diffusers folder or a single file."""
+"""Named models.
+
+`tiny` (random weights, built in code) is the test fixture; `mini` (trained here, shipped in the
+package) is the offline default; `sd15` is the real thing. Anything that is not a preset is a hub id, a diffusers folder or a single file."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ class ModelPreset:
     controlnet: str | None  # hub id of the OpenPose ControlNet that matches it
     default_steps: int = 25
     builtin: bool = False
+    folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -22,6 +26,12 @@ PRESETS: dict[str, ModelPreset] = {
             "tiny",
             "built-in SD-architecture model with random weights; offline, instant, draws noise (for tests and CI)",
             repo=None, controlnet=None, default_steps=20, builtin=True,
+        ),
+        ModelPreset(
+            "mini",
+            "built-in 64 px model trained by charstudio on its procedural character world; offline, "
+            "draws real characters in seconds on a CPU, with its own OpenPose ControlNet",
+            repo=None, controlnet=None, default_steps=20, builtin=True, folder="mini",
         ),
         ModelPreset(
             "sd15",

@@ -1,0 +1,95 @@
+"""The `mini` model's architecture: SD 1.x classes, sized to train on a laptop CPU.
+
+`mini` draws the procedural world of `charstudio.world` at 64x64 pixels. Its parts are the same
+diffusers/transformers classes as Stable Diffusion 1.x:
+
+- a word-level tokenizer (every word of the world's captions is one token; other words fall
+  back to letters, so any prompt, a LoRA trigger word included, can be encoded);
+- CLIPTextModel (4 layers, width 64);
+- AutoencoderKL with a 4x factor (64 px -> 16x16x4 latents);
+- UNet2DConditionModel (~3M parameters);
+- an OpenPose ControlNetModel reading our own skeleton renderings, copied from the UNet's
+  encoder at the start of training.
+
+`build_mini_components` gives the untrained model; `charstudio.models.mini_train` trains it and
+writes a diffusers folder that `Studio.from_pretrained` loads like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+MINI_SIZE = 64
+TEXT_HIDDEN = 64
+BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
+
+
+def build_tokenizer():
+    """A word-level WordPiece tokenizer over the world's caption words, with letter fallback."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    from ..world import vocabulary
+
+    symbols = list(string.ascii_lowercase + string.digits)
+    punctuation = list(",.:;!?()[]{}<>'\"-_/+=*&%$#@|~`^\\")
+    tokens = [BOS, EOS, PAD, UNK] + vocabulary() + symbols + punctuation + ["##" + c for c in symbols]
+    vocab: dict[str, int] = {}
+    for t in tokens:
+        vocab.setdefault(t, len(vocab))
+    tok = Tokenizer(WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=40))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
+        special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, model_max_length=77)
+
+
+def unet_config() -> dict[str, Any]:
+    return dict(
+        sample_size=MINI_SIZE // 4, in_channels=4, out_channels=4,
+        block_out_channels=(48, 96, 96), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16,
+    )
+
+
+def build_mini_components(seed: int = 0) -> dict[str, Any]:
+    """The untrained `mini` model (the starting point of `mini_train`)."""
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=4 * TEXT_HIDDEN,
+        num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_HIDDEN,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**unet_config())
+    torch.manual_seed(seed + 2)
+    # Three conditioning blocks = two stride-2 convs = the VAE's 4x factor.
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+        sample_size=MINI_SIZE,
+    )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae,
+            "controlnet": controlnet, "scheduler": scheduler}

@@ -1,0 +1,431 @@
+"""The training recipe of the `mini` model: rebuilds its weights from a seed, on a CPU or a GPU.
+
+    python -m charstudio.models.mini_train --work runs/mini --out charstudio/data/mini
+
+Phases, each checkpointed every ``--checkpoint-every`` steps into ``--work`` so that running the
+same command again resumes where an interrupted run stopped:
+
+1. data  - render ``--samples`` characters of `charstudio.world` (picture, OpenPose control
+           image, caption), cached as ``data.npz``;
+2. vae   - train the AutoencoderKL (L1 + MSE + a tiny KL term);
+3. latents - encode every picture once (mean and std of the posterior);
+4. unet  - train text encoder, UNet and ControlNet together on those latents: epsilon loss
+           with min-SNR weighting, 10% empty captions (for guidance), 30% of samples without
+           the ControlNet (so the UNet alone draws too), EMA weights;
+5. export - write a diffusers folder (plus ``controlnet/``) of safetensors to ``--out``, with
+           ``mini_report.json`` holding the losses and the behaviour scores.
+
+Nothing here is pickled: weights and optimizer state are safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io_utils import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MiniRecipe:
+    seed: int = 0
+    samples: int = 16000
+    size: int = 64
+    vae_steps: int = 2100
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_foreground_weight: float = 4.0
+    unet_steps: int = 2200
+    unet_batch: int = 32
+    unet_lr: float = 4e-4
+    warmup: int = 150
+    caption_dropout: float = 0.1
+    control_dropout: float = 0.3
+    ema_decay: float = 0.999
+    snr_gamma: float = 5.0
+    checkpoint_every: int = 100
+    evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
+    threads: int | None = None
+
+
+@dataclass
+class _State:
+    phase: str = "data"
+    step: int = 0
+    vae_losses: list = field(default_factory=list)  # (step, loss) every 10 steps
+    unet_losses: list = field(default_factory=list)
+    scaling_factor: float | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+def _save_tensors(path: Path, tensors: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp)),
+                 overwrite=True)
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _save_state(work: Path, state: _State) -> None:
+    atomic_write(work / "state.json", lambda tmp: tmp.write_text(json.dumps(asdict(state), indent=1)), overwrite=True)
+
+
+def _save_optimizer(path: Path, opt: Any) -> None:
+    from ..training import _flatten_optimizer
+
+    tensors, meta = _flatten_optimizer(opt.state_dict())
+    _save_tensors(path.with_suffix(".safetensors"), tensors)
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)), overwrite=True)
+
+
+def _load_optimizer(path: Path, opt: Any) -> None:
+    from ..training import _unflatten_optimizer
+
+    meta = json.loads(path.with_suffix(".json").read_text())
+    opt.load_state_dict(_unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta))
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+# ---------------------------------------------------------------------------------------------
+def _sample_seed(recipe: MiniRecipe, i: int) -> int:
+    return recipe.seed * 1_000_003 + i
+
+
+def sample_attributes(recipe: MiniRecipe, i: int) -> Any:
+    """The attributes of training sample ``i`` (the same draw `make_dataset` makes, without drawing)."""
+    from ..world import random_attributes
+
+    return random_attributes(random.Random(_sample_seed(recipe, i)))
+
+
+def make_dataset(recipe: MiniRecipe) -> dict[str, np.ndarray]:
+    """Pictures, control images and captions of ``recipe.samples`` world characters."""
+    from ..world import random_character, render
+
+    images = np.zeros((recipe.samples, recipe.size, recipe.size, 3), np.uint8)
+    controls = np.zeros_like(images)
+    captions = []
+    for i in range(recipe.samples):
+        attrs, pose = random_character(_sample_seed(recipe, i), recipe.size)
+        images[i] = np.asarray(render(attrs, pose))
+        controls[i] = np.asarray(pose.render(recipe.size, recipe.size))
+        captions.append(attrs.caption())
+        if i % 2000 == 0:
+            log.info("data: %d/%d", i, recipe.samples)
+    return {"images": images, "controls": controls, "captions": np.array(captions)}
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _to_tensor(batch: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: dict) -> None:
+    import torch
+
+    vae = comps["vae"]
+    if (work / "vae.safetensors").exists():
+        vae.load_state_dict(_load_tensors(work / "vae.safetensors"))
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    if (work / "vae_opt.safetensors").exists():
+        _load_optimizer(work / "vae_opt", opt)
+    vae.train()
+    n = len(data["images"])
+    t0, acc = time.time(), []
+    while state.step < recipe.vae_steps:
+        step = state.step
+        rng = np.random.default_rng([recipe.seed, 1, step])
+        x = _to_tensor(data["images"][rng.integers(0, n, recipe.vae_batch)])
+        for g in opt.param_groups:
+            g["lr"] = recipe.vae_lr * _lr_factor(step, recipe.vae_steps, recipe.warmup)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        out = vae.decode(z).sample
+        # The figure is a small part of a flat background: weight its pixels up, or the VAE learns
+        # the background well and the character's colours badly.
+        background = x[:, :, :1, :1]
+        figure = ((x - background).abs().sum(dim=1, keepdim=True) > 0.15).float()
+        w = 1.0 + recipe.vae_foreground_weight * figure
+        loss = (w * (out - x).abs()).mean() + (w * (out - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        acc.append(loss.item())
+        state.step += 1
+        if state.step % 10 == 0:
+            state.vae_losses.append((state.step, float(np.mean(acc))))
+            acc = []
+        if state.step % recipe.checkpoint_every == 0 or state.step == recipe.vae_steps:
+            state.seconds["vae"] = state.seconds.get("vae", 0.0) + time.time() - t0
+            t0 = time.time()
+            _save_tensors(work / "vae.safetensors", vae.state_dict())
+            _save_optimizer(work / "vae_opt", opt)
+            _save_state(work, state)
+            log.info("vae step %d/%d loss %.4f (%.2f s/step)", state.step, recipe.vae_steps,
+                     acc[-1] if acc else loss.item(), state.seconds["vae"] / state.step)
+    vae.eval()
+
+
+def encode_latents(recipe: MiniRecipe, work: Path, data: dict, comps: dict) -> dict[str, Any]:
+    import torch
+
+    path = work / "latents.safetensors"
+    if path.exists():
+        return _load_tensors(path)
+    vae = comps["vae"]
+    vae.load_state_dict(_load_tensors(work / "vae.safetensors"))
+    vae.eval()
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(data["images"]), 256):
+            dist = vae.encode(_to_tensor(data["images"][i:i + 256])).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    out = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    _save_tensors(path, out)
+    return out
+
+
+def _encode_text(comps: dict, captions: list[str]) -> Any:
+    tok = comps["tokenizer"]
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    return comps["text_encoder"](ids)[0]
+
+
+def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: _State, comps: dict) -> dict:
+    import torch
+    from diffusers import DDPMScheduler
+
+    te, unet, cn = comps["text_encoder"], comps["unet"], comps["controlnet"]
+    parts = {"text_encoder": te, "unet": unet, "controlnet": cn}
+    if state.step == 0 and not (work / "unet.safetensors").exists():
+        # The ControlNet starts as a copy of the UNet's encoder (as in the ControlNet paper).
+        from diffusers import ControlNetModel
+
+        cn.load_state_dict(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).state_dict())
+    for name, m in parts.items():
+        if (work / f"{name}.safetensors").exists():
+            m.load_state_dict(_load_tensors(work / f"{name}.safetensors"))
+    params = [p for m in parts.values() for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    if (work / "ema.safetensors").exists():
+        saved = _load_tensors(work / "ema.safetensors")
+        ema = [saved[str(i)] for i in range(len(params))]
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
+    if (work / "unet_opt.safetensors").exists():
+        _load_optimizer(work / "unet_opt", opt)
+    sched = DDPMScheduler.from_config(comps["scheduler"].config)
+    alphas = sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    scale = state.scaling_factor
+    n = len(data["images"])
+    attrs = [sample_attributes(recipe, i) for i in range(n)]
+    for m in parts.values():
+        m.train()
+    t0, acc = time.time(), []
+    while state.step < recipe.unet_steps:
+        step = state.step
+        rng = np.random.default_rng([recipe.seed, 2, step])
+        idx = rng.integers(0, n, recipe.unet_batch)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        z = (latents["mean"][idx] + latents["std"][idx] * torch.randn(latents["mean"][idx].shape, generator=gen)) * scale
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        noisy = sched.add_noise(z, noise, t)
+        words = random.Random(int(rng.integers(2**31)))
+        captions = [("" if rng.random() < recipe.caption_dropout else attrs[i].caption_variant(words)) for i in idx]
+        cond = _to_tensor(data["controls"][idx]) * 0.5 + 0.5  # the pipelines feed control images in [0, 1]
+        keep = torch.from_numpy(rng.random(len(idx)) >= recipe.control_dropout).float()
+        for g in opt.param_groups:
+            g["lr"] = recipe.unet_lr * _lr_factor(step, recipe.unet_steps, recipe.warmup)
+        text = _encode_text(comps, captions)
+        down, mid = cn(noisy, t, text, cond, return_dict=False)
+        k = keep.view(-1, 1, 1, 1)
+        pred = unet(noisy, t, text, down_block_additional_residuals=[d * k for d in down],
+                    mid_block_additional_residual=mid * k).sample
+        weight = torch.clamp(snr[t], max=recipe.snr_gamma) / snr[t]
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        acc.append(loss.item())
+        state.step += 1
+        if state.step % 10 == 0:
+            state.unet_losses.append((state.step, float(np.mean(acc))))
+            acc = []
+        if state.step % recipe.checkpoint_every == 0 or state.step == recipe.unet_steps:
+            state.seconds["unet"] = state.seconds.get("unet", 0.0) + time.time() - t0
+            t0 = time.time()
+            for name, m in parts.items():
+                _save_tensors(work / f"{name}.safetensors", m.state_dict())
+            _save_tensors(work / "ema.safetensors", {str(i): e for i, e in enumerate(ema)})
+            _save_optimizer(work / "unet_opt", opt)
+            _save_state(work, state)
+            log.info("unet step %d/%d loss %.4f (%.2f s/step)", state.step, recipe.unet_steps,
+                     acc[-1] if acc else loss.item(), state.seconds["unet"] / state.step)
+    # Ship the EMA weights.
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    for m in parts.values():
+        m.eval()
+    return parts
+
+
+def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict) -> Path:
+    """Write the diffusers folder (atomically: a temporary folder, then a rename)."""
+    from diffusers import StableDiffusionPipeline
+
+    comps["vae"].register_to_config(scaling_factor=float(state.scaling_factor))
+    pipe = StableDiffusionPipeline(
+        vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
+        scheduler=comps["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    comps["controlnet"].save_pretrained(tmp / "controlnet", safe_serialization=True)
+    report = {
+        "recipe": asdict(recipe),
+        "scaling_factor": state.scaling_factor,
+        "train_seconds": {k: round(v, 1) for k, v in state.seconds.items()},
+        "vae_loss": state.vae_losses,
+        "unet_loss": state.unet_losses,
+    }
+    (tmp / "mini_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in tmp.rglob("*"):  # safetensors writes 0600 files; a shipped model must be readable by all
+        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
+    """Run (or resume) every phase; return the exported folder."""
+    import torch
+
+    from .mini import build_mini_components
+
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    saved_recipe = work / "recipe.json"
+    if saved_recipe.exists():
+        before = json.loads(saved_recipe.read_text())
+        if before != asdict(recipe):
+            changed = sorted(k for k in before if before.get(k) != asdict(recipe).get(k))
+            log.warning("recipe differs from the one this work folder started with (%s); continuing", changed)
+    atomic_write(saved_recipe, lambda tmp: tmp.write_text(json.dumps(asdict(recipe), indent=1)), overwrite=True)
+    state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
+    torch.manual_seed(recipe.seed)
+    comps = build_mini_components(recipe.seed)
+
+    data_path = work / "data.npz"
+    if data_path.exists():
+        with np.load(data_path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    else:
+        t0 = time.time()
+        data = make_dataset(recipe)
+        atomic_write(data_path, lambda tmp: np.savez(open(tmp, "wb"), **data), overwrite=True)
+        state.seconds["data"] = time.time() - t0
+    if state.phase == "data":
+        state.phase, state.step = "vae", 0
+        _save_state(work, state)
+    if state.phase == "vae":
+        train_vae(recipe, work, data, state, comps)
+        state.phase, state.step = "unet", 0
+        _save_state(work, state)
+    comps["vae"].load_state_dict(_load_tensors(work / "vae.safetensors"))
+    comps["vae"].eval()
+    latents = encode_latents(recipe, work, data, comps)
+    if state.scaling_factor is None:
+        state.scaling_factor = float(1.0 / latents["mean"].std())
+        _save_state(work, state)
+    train_unet(recipe, work, data, latents, state, comps)  # when already done: loads the final weights and EMA
+    state.phase = "done"
+    _save_state(work, state)
+    out = export(recipe, work, out, state, comps)
+    if recipe.evaluate:
+        record_behaviour(out)
+    return out
+
+
+def record_behaviour(folder: Path) -> dict:
+    """Measure the exported model's behaviours and add them to its mini_report.json."""
+    from ..studio import Studio
+    from .mini_eval import evaluate
+
+    log.info("measuring behaviours (mini_eval)")
+    scores = evaluate(Studio.from_pretrained(str(folder), device="cpu"))
+    report = folder / "mini_report.json"
+    data = json.loads(report.read_text())
+    data["behaviour"] = scores
+    atomic_write(report, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=True)
+    return scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m charstudio.models.mini_train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", required=True, help="folder for the dataset cache and checkpoints (resumes from it)")
+    p.add_argument("--out", required=True, help="where to write the diffusers folder")
+    for f in MiniRecipe.__dataclass_fields__.values():
+        p.add_argument("--" + f.name.replace("_", "-"), type=float if f.type == "float" else int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    values = {k: v for k, v in vars(args).items() if k not in ("work", "out") and v is not None}
+    train_mini(MiniRecipe(**values), args.work, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
