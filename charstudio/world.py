@@ -394,21 +394,27 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Measuring pictures (for the behaviour tests and the training report)
 # ---------------------------------------------------------------------------------------------
-def hair_region(pose: Any, size: int | None = None) -> np.ndarray:
-    """Boolean mask of where hair always is for this pose: the top cap of the head."""
+def _mask(pose: Any, width: int, height: int, draw: Any) -> np.ndarray:
+    """A boolean mask drawn by ``draw(ImageDraw, _Figure)`` on the pose fitted to width x height."""
     from PIL import Image, ImageDraw
 
-    if size is not None:
-        pose = pose.fit(size, size)
-    s = SUPERSAMPLE
-    f = _Figure(pose, s)
-    img = Image.new("L", (pose.canvas_width * s, pose.canvas_height * s), 0)
-    d = ImageDraw.Draw(img)
-    # Inside the cap, above the eyes and below the hat line.
-    pts = f.arc(0.98, -66, 66) + [f.local(0.8, 0.3), f.local(-0.8, 0.3)]
-    d.polygon(pts, fill=255)
-    small = img.resize((pose.canvas_width, pose.canvas_height), Image.BOX)
-    return np.asarray(small) > 127
+    pose = pose.fit(width, height)
+    img = Image.new("L", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
+    draw(ImageDraw.Draw(img), _Figure(pose, SUPERSAMPLE))
+    return np.asarray(img.resize((width, height), Image.BOX)) > 127
+
+
+def _canvas(pose: Any, size: int | None) -> tuple[int, int]:
+    return (size, size) if size is not None else (int(pose.canvas_width), int(pose.canvas_height))
+
+
+def hair_region(pose: Any, size: int | None = None) -> np.ndarray:
+    """Boolean mask of where hair always is for this pose: the top cap of the head, above the
+    eyes and below a hat's brim."""
+    def draw(d: Any, f: _Figure) -> None:
+        d.polygon(f.arc(0.98, -66, 66) + [f.local(0.8, 0.3), f.local(-0.8, 0.3)], fill=255)
+
+    return _mask(pose, *_canvas(pose, size), draw)
 
 
 def region_colour(image: Any, mask: np.ndarray) -> np.ndarray:
@@ -439,24 +445,17 @@ def skeleton_mask(pose: Any, width: int, height: int, thickness: float = 0.3) ->
 
     ``thickness`` is the limb width as a fraction of the torso length; the head is a disc.
     """
-    from PIL import Image, ImageDraw
-
-    pose = pose.fit(width, height)
-    s = SUPERSAMPLE
-    f = _Figure(pose, s)
-    img = Image.new("L", (width * s, height * s), 0)
-    d = ImageDraw.Draw(img)
-    w = thickness * f.torso
     from .pose import _LIMBS
 
-    for a, b in _LIMBS[:12]:  # body limbs, not the face lines
-        if f.ok[a] and f.ok[b]:
-            _limb(d, [f.p[a], f.p[b]], w, 255)
-    if f.has(2, 5, 8, 11):
-        d.polygon([tuple(q) for q in (f.p[2], f.p[5], f.p[11], f.p[8])], fill=255)
-    _disc(d, f.head, f.head_r * 1.1, 255)
-    small = img.resize((width, height), Image.BOX)
-    return np.asarray(small) > 127
+    def draw(d: Any, f: _Figure) -> None:
+        for a, b in _LIMBS[:12]:  # body limbs, not the face lines
+            if f.ok[a] and f.ok[b]:
+                _limb(d, [f.p[a], f.p[b]], thickness * f.torso, 255)
+        if f.has(2, 5, 8, 11):
+            d.polygon([tuple(q) for q in (f.p[2], f.p[5], f.p[11], f.p[8])], fill=255)
+        _disc(d, f.head, f.head_r * 1.1, 255)
+
+    return _mask(pose, width, height, draw)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -473,11 +472,11 @@ def hue(rgb: Any) -> float:
 
 
 def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
-    """Fraction of pixels (inside ``mask``) that are saturated orange, hue 18-45 degrees."""
+    """Fraction of pixels (inside ``mask``) that are saturated orange, hue 20-40 degrees (yellows are ~47)."""
     arr = np.asarray(image.convert("HSV"), dtype=np.float64)
     h = arr[..., 0] * 360.0 / 255.0
     sat, val = arr[..., 1] / 255.0, arr[..., 2] / 255.0
-    orange = (h >= 18) & (h <= 45) & (sat > 0.6) & (val > 0.6)
+    orange = (h >= 20) & (h <= 40) & (sat > 0.6) & (val > 0.6)
     if mask is not None:
         return float(orange[mask].mean()) if mask.any() else 0.0
     return float(orange.mean())
@@ -485,17 +484,11 @@ def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
 
 def neck_region(pose: Any, size: int | None = None) -> np.ndarray:
     """Boolean mask around the neck and collar, where a scarf is drawn."""
-    from PIL import Image, ImageDraw
+    def draw(d: Any, f: _Figure) -> None:
+        if f.ok[1]:
+            _disc(d, f.p[1], 0.5 * f.torso, 255)
 
-    if size is not None:
-        pose = pose.fit(size, size)
-    s = SUPERSAMPLE
-    f = _Figure(pose, s)
-    img = Image.new("L", (pose.canvas_width * s, pose.canvas_height * s), 0)
-    d = ImageDraw.Draw(img)
-    if f.ok[1]:
-        _disc(d, f.p[1], 0.5 * f.torso, 255)
-    return np.asarray(img.resize((pose.canvas_width, pose.canvas_height), Image.BOX)) > 127
+    return _mask(pose, *_canvas(pose, size), draw)
 
 
 # ---------------------------------------------------------------------------------------------

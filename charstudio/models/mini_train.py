@@ -137,6 +137,31 @@ def make_dataset(recipe: MiniRecipe) -> dict[str, np.ndarray]:
     return {"images": images, "controls": controls, "captions": np.array(captions)}
 
 
+class _Bookkeeper:
+    """Per-step bookkeeping of a phase: the mean loss every 10 steps, and every
+    ``checkpoint_every`` steps (and at the end) a checkpoint, the state and a log line."""
+
+    def __init__(self, recipe: MiniRecipe, work: Path, state: _State, phase: str, total: int, losses: list):
+        self.recipe, self.work, self.state, self.phase, self.total, self.losses = recipe, work, state, phase, total, losses
+        self.acc: list[float] = []
+        self.t0 = time.time()
+
+    def step(self, loss: float, save: Any) -> None:
+        state = self.state
+        self.acc.append(loss)
+        state.step += 1
+        if state.step % 10 == 0:
+            self.losses.append((state.step, float(np.mean(self.acc))))
+            self.acc = []
+        if state.step % self.recipe.checkpoint_every == 0 or state.step == self.total:
+            state.seconds[self.phase] = state.seconds.get(self.phase, 0.0) + time.time() - self.t0
+            self.t0 = time.time()
+            save()
+            _save_state(self.work, state)
+            log.info("%s step %d/%d loss %.4f (%.2f s/step)", self.phase, state.step, self.total, loss,
+                     state.seconds[self.phase] / state.step)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -161,7 +186,7 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: 
         _load_optimizer(work / "vae_opt", opt)
     vae.train()
     n = len(data["images"])
-    t0, acc = time.time(), []
+    book = _Bookkeeper(recipe, work, state, "vae", recipe.vae_steps, state.vae_losses)
     while state.step < recipe.vae_steps:
         step = state.step
         rng = np.random.default_rng([recipe.seed, 1, step])
@@ -182,19 +207,8 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        acc.append(loss.item())
-        state.step += 1
-        if state.step % 10 == 0:
-            state.vae_losses.append((state.step, float(np.mean(acc))))
-            acc = []
-        if state.step % recipe.checkpoint_every == 0 or state.step == recipe.vae_steps:
-            state.seconds["vae"] = state.seconds.get("vae", 0.0) + time.time() - t0
-            t0 = time.time()
-            _save_tensors(work / "vae.safetensors", vae.state_dict())
-            _save_optimizer(work / "vae_opt", opt)
-            _save_state(work, state)
-            log.info("vae step %d/%d loss %.4f (%.2f s/step)", state.step, recipe.vae_steps,
-                     acc[-1] if acc else loss.item(), state.seconds["vae"] / state.step)
+        book.step(loss.item(), lambda: (_save_tensors(work / "vae.safetensors", vae.state_dict()),
+                                        _save_optimizer(work / "vae_opt", opt)))
     vae.eval()
 
 
@@ -255,7 +269,14 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
     attrs = [sample_attributes(recipe, i) for i in range(n)]
     for m in parts.values():
         m.train()
-    t0, acc = time.time(), []
+    book = _Bookkeeper(recipe, work, state, "unet", recipe.unet_steps, state.unet_losses)
+
+    def save() -> None:
+        for name, m in parts.items():
+            _save_tensors(work / f"{name}.safetensors", m.state_dict())
+        _save_tensors(work / "ema.safetensors", {str(i): e for i, e in enumerate(ema)})
+        _save_optimizer(work / "unet_opt", opt)
+
     while state.step < recipe.unet_steps:
         step = state.step
         rng = np.random.default_rng([recipe.seed, 2, step])
@@ -286,21 +307,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         with torch.no_grad():
             for e, p in zip(ema, params):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-        acc.append(loss.item())
-        state.step += 1
-        if state.step % 10 == 0:
-            state.unet_losses.append((state.step, float(np.mean(acc))))
-            acc = []
-        if state.step % recipe.checkpoint_every == 0 or state.step == recipe.unet_steps:
-            state.seconds["unet"] = state.seconds.get("unet", 0.0) + time.time() - t0
-            t0 = time.time()
-            for name, m in parts.items():
-                _save_tensors(work / f"{name}.safetensors", m.state_dict())
-            _save_tensors(work / "ema.safetensors", {str(i): e for i, e in enumerate(ema)})
-            _save_optimizer(work / "unet_opt", opt)
-            _save_state(work, state)
-            log.info("unet step %d/%d loss %.4f (%.2f s/step)", state.step, recipe.unet_steps,
-                     acc[-1] if acc else loss.item(), state.seconds["unet"] / state.step)
+        book.step(loss.item(), save)
     # Ship the EMA weights.
     with torch.no_grad():
         for e, p in zip(ema, params):
