@@ -48,9 +48,11 @@ class MiniRecipe:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_foreground_weight: float = 4.0
-    unet_steps: int = 2200
+    unet_steps: int = 2400
     unet_batch: int = 32
     unet_lr: float = 4e-4
+    text_lr_scale: float = 3.0  # the text encoder starts from nothing: it gets a larger learning rate
+    token_embedding_std: float = 0.5  # CLIP's 0.02 leaves words nearly indistinguishable for too long
     warmup: int = 150
     caption_dropout: float = 0.1
     control_dropout: float = 0.3
@@ -100,10 +102,17 @@ def _save_optimizer(path: Path, opt: Any) -> None:
 
 
 def _load_optimizer(path: Path, opt: Any) -> None:
+    """Restore the per-parameter state (moments, step counts); the groups' settings stay as built,
+    so a recipe may regroup parameters as long as their order is unchanged."""
     from ..training import _unflatten_optimizer
 
     meta = json.loads(path.with_suffix(".json").read_text())
-    opt.load_state_dict(_unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta))
+    saved = _unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta)
+    current = opt.state_dict()
+    if len(saved["state"]) > sum(len(g["params"]) for g in current["param_groups"]):
+        raise ValueError(f"{path}: optimizer state for more parameters than the model has")
+    current["state"] = saved["state"]
+    opt.load_state_dict(current)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +241,21 @@ def encode_latents(recipe: MiniRecipe, work: Path, data: dict, comps: dict) -> d
     return out
 
 
+def _spread_token_embeddings(text_encoder: Any, std: float) -> float:
+    """Give the token embeddings at least ``std`` spread, rescaling them so what was learned stays;
+    returns the factor applied (1.0 when they were spread enough)."""
+    import torch
+
+    weight = text_encoder.get_input_embeddings().weight
+    now = float(weight.detach().std())
+    if now >= 0.9 * std:
+        return 1.0
+    log.info("token embeddings: std %.3f -> %.3f", now, std)
+    with torch.no_grad():
+        weight.mul_(std / now)
+    return std / now
+
+
 def _encode_text(comps: dict, captions: list[str]) -> Any:
     tok = comps["tokenizer"]
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -253,12 +277,20 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
     for name, m in parts.items():
         if (work / f"{name}.safetensors").exists():
             m.load_state_dict(_load_tensors(work / f"{name}.safetensors"))
+    factor = _spread_token_embeddings(te, recipe.token_embedding_std)
     params = [p for m in parts.values() for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
     if (work / "ema.safetensors").exists():
         saved = _load_tensors(work / "ema.safetensors")
         ema = [saved[str(i)] for i in range(len(params))]
-    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=1e-2)
+        embedding = te.get_input_embeddings().weight
+        for i, p in enumerate(params):
+            if p is embedding:
+                ema[i] = ema[i] * factor
+    text_params = list(te.parameters())
+    other = [p for m in (unet, cn) for p in m.parameters()]
+    opt = torch.optim.AdamW([{"params": text_params, "lr_scale": recipe.text_lr_scale},
+                             {"params": other, "lr_scale": 1.0}], lr=recipe.unet_lr, weight_decay=1e-2)
     if (work / "unet_opt.safetensors").exists():
         _load_optimizer(work / "unet_opt", opt)
     sched = DDPMScheduler.from_config(comps["scheduler"].config)
@@ -291,7 +323,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         cond = _to_tensor(data["controls"][idx]) * 0.5 + 0.5  # the pipelines feed control images in [0, 1]
         keep = torch.from_numpy(rng.random(len(idx)) >= recipe.control_dropout).float()
         for g in opt.param_groups:
-            g["lr"] = recipe.unet_lr * _lr_factor(step, recipe.unet_steps, recipe.warmup)
+            g["lr"] = recipe.unet_lr * g["lr_scale"] * _lr_factor(step, recipe.unet_steps, recipe.warmup)
         text = _encode_text(comps, captions)
         down, mid = cn(noisy, t, text, cond, return_dict=False)
         k = keep.view(-1, 1, 1, 1)
