@@ -48,7 +48,7 @@ class MiniRecipe:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_foreground_weight: float = 4.0
-    unet_steps: int = 2400
+    unet_steps: int = 2800
     unet_batch: int = 32
     unet_lr: float = 4e-4
     text_lr_scale: float = 3.0  # the text encoder starts from nothing: it gets a larger learning rate
