@@ -118,7 +118,7 @@ class LoraTrainingConfig:
 
     data_dir: str
     name: str
-    model: str = "tiny"
+    model: str = "mini"
     output_dir: str = "lora"
     trigger_word: str = "sks"
     class_word: str = "person"
@@ -174,7 +174,7 @@ class LoraTrainingConfig:
         if not self.data_dir.strip():
             raise ConfigError("data_dir", self.data_dir, "give the folder that holds the training images")
         if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigError("model", self.model, "give a preset ('tiny', 'sd15'), a hub id, a folder or a file")
+            raise ConfigError("model", self.model, "give a preset ('mini', 'tiny', 'sd15'), a hub id, a folder or a file")
         if not self.trigger_word or any(c.isspace() for c in self.trigger_word):
             raise ConfigError("trigger_word", self.trigger_word, "use one word without spaces, e.g. 'sks'")
         _check_choice("crop", self.crop, ("center", "buckets"))
@@ -950,9 +950,13 @@ def _detach_training_adapter(unet: Any, text_encoder: Any, checkpointing: bool) 
         unet.delete_adapters([ADAPTER_NAME])
     if ADAPTER_NAME in (getattr(text_encoder, "peft_config", None) or {}):
         delete_adapter_layers(text_encoder, ADAPTER_NAME)
-        text_encoder.peft_config.pop(ADAPTER_NAME, None)
-        if not text_encoder.peft_config:
-            del text_encoder.peft_config
+        # diffusers may already have dropped the entry (and the whole dict when it was the last).
+        config = getattr(text_encoder, "peft_config", None)
+        if config is not None:
+            config.pop(ADAPTER_NAME, None)
+            if not config:
+                del text_encoder.peft_config
+        if getattr(text_encoder, "peft_config", None) is None:
             text_encoder._hf_peft_config_loaded = None
     if checkpointing:
         unet.disable_gradient_checkpointing()

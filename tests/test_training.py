@@ -42,7 +42,7 @@ def data(tmp_path: Path) -> Path:
 
 def _config(tmp_path: Path, data: Path, **overrides) -> LoraTrainingConfig:
     # 64 px (a quarter of tiny's native pixels) keeps the suite fast; one test checks the native default.
-    settings = dict(data_dir=str(data), name="aiko", output_dir=str(tmp_path / "lora"), max_train_steps=6, rank=4,
+    settings = dict(model="tiny", data_dir=str(data), name="aiko", output_dir=str(tmp_path / "lora"), max_train_steps=6, rank=4,
                     alpha=4.0, learning_rate=1e-2, batch_size=2, validation_steps=0, num_validation_images=0,
                     checkpointing_steps=100, resolution=64)
     settings.update(overrides)
@@ -224,8 +224,10 @@ def test_cached_and_uncached_latents_train_alike(tmp_path, data):
     list(train_lora(_config(tmp_path, data, name="fresh", max_train_steps=3, flip=True, cache_latents=False)))
     a = _weights(tmp_path / "lora" / "cached" / "pytorch_lora_weights.safetensors")
     b = _weights(tmp_path / "lora" / "fresh" / "pytorch_lora_weights.safetensors")
+    # Batched vs one-at-a-time VAE encodes differ in the last float bits, and three steps at lr 1e-2
+    # amplify that to ~1e-3 relative in a few elements (seen with OMP_NUM_THREADS=1).
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(a[key], b[key], rtol=5e-3, atol=1e-4, err_msg=key)
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
     script.write_text(
         "import sys\n"
         "from charstudio.training import LoraTrainingConfig, train_lora\n"
-        f"cfg = LoraTrainingConfig(data_dir={str(data)!r}, name='multi', output_dir={str(tmp_path / 'lora')!r},\n"
+        f"cfg = LoraTrainingConfig(model='tiny', data_dir={str(data)!r}, name='multi', output_dir={str(tmp_path / 'lora')!r},\n"
         "    max_train_steps=2, rank=4, alpha=4.0, batch_size=1, validation_steps=0, num_validation_images=1,\n"
         "    resolution=64,\n"
         "    validation_inference_steps=2, checkpointing_steps=1)\n"
@@ -326,7 +328,7 @@ def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):
     from charstudio.cli import main
 
     out_dir = tmp_path / "lora"
-    argv = ["train-lora", str(data), "--name", "cli", "--steps", "2", "--rank", "4", "--lr", "1e-3",
+    argv = ["train-lora", str(data), "--model", "tiny", "--name", "cli", "--steps", "2", "--rank", "4", "--lr", "1e-3",
             "--output-dir", str(out_dir), "--validation-images", "0", "--checkpoint-steps", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
