@@ -3,7 +3,7 @@
 The public API is loaded lazily, so `import charstudio` stays fast and does not import torch.
 
     from charstudio import Studio
-    studio = Studio.from_pretrained("tiny")          # or "sd15", a hub id, a folder, a .safetensors file
+    studio = Studio.from_pretrained("mini")          # or "tiny", "sd15", a hub id, a folder, a .safetensors file
     result = studio.generate("aiko", style="watercolor", seed=42)
     result.save("outputs")
 """

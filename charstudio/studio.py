@@ -64,10 +64,10 @@ class Studio:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, model: str = "tiny", *, device: str | None = None, dtype: str | None = None,
+    def from_pretrained(cls, model: str = "mini", *, device: str | None = None, dtype: str | None = None,
                         controlnet: str | None = None, allow_pickle: bool = False,
                         attention: str = "auto", config: str | None = None) -> "Studio":
-        """Load a model by preset name (`tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
+        """Load a model by preset name (`mini`, `tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
 
         `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
         Pickled `.ckpt` files load only with `allow_pickle=True`.

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lora_mod")
     data = _make_images(root / "data")
-    cfg = LoraTrainingConfig(data_dir=str(data), name="aiko", output_dir=str(root / "lora"), max_train_steps=12,
+    cfg = LoraTrainingConfig(model="tiny", data_dir=str(data), name="aiko", output_dir=str(root / "lora"), max_train_steps=12,
                              rank=4, alpha=2.0, learning_rate=2e-2, batch_size=2, train_text_encoder=True,
                              resolution=64,
                              validation_steps=0, num_validation_images=0, checkpointing_steps=100)
@@ -306,7 +306,7 @@ def test_training_on_a_studio_leaves_its_loras_alone(trained, fresh_studio, tmp_
     data = _make_images(tmp_path / "data")
 
     def config(name):
-        return LoraTrainingConfig(data_dir=str(data), name=name, output_dir=str(tmp_path / "lora"), max_train_steps=2,
+        return LoraTrainingConfig(model="tiny", data_dir=str(data), name=name, output_dir=str(tmp_path / "lora"), max_train_steps=2,
                                   rank=4, alpha=4.0, learning_rate=1e-2, validation_steps=0, num_validation_images=0,
                                   resolution=64)
 

@@ -1,4 +1,4 @@
-"""Every notebook runs top to bottom on the built-in tiny model (few steps), as CI does."""
+"""Every notebook runs top to bottom on the built-in mini model (few steps), as CI does."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_the_four_notebooks_exist_and_are_stored_without_outputs():
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert nb.cells[0].cell_type == "markdown" and 'MODEL = "tiny"' in code[0].source
+        assert nb.cells[0].cell_type == "markdown" and 'MODEL = "mini"' in code[0].source
         assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} has outputs"
     # and they are what tools/make_notebooks.py writes
     check = subprocess.run([sys.executable, str(ROOT / "tools" / "make_notebooks.py"), "--check"],

@@ -135,7 +135,7 @@ def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
     # run on the CPU over gloo (`--cpu` alone starts a single process without MPI).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           "sheet", "aiko", "--poses", ",".join(POSES), "--seed", "3", "--reference-strength", "0.5",
+           "sheet", "aiko", "--model", "tiny", "--poses", ",".join(POSES), "--seed", "3", "--reference-strength", "0.5",
            "--steps", "2", "--width", "32", "--height", "32", "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -19,18 +19,20 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 # The first code cell of every notebook: pick the model. Kept identical across notebooks.
 SETUP = '''\
-# Pick the model. "tiny" is built in: it runs offline on any CPU in seconds, but its weights are
-# random, so every picture is noise. On a machine with a GPU use a real SD 1.5 model, e.g.
+# Pick the model. "mini" is built in: a 64 px model that charstudio trained on its own world of
+# flat-colour characters (charstudio/world.py). It runs offline on any CPU in seconds and knows that
+# world's words: hair colours and styles, eye colours, outfits, hats, glasses, scarves, backgrounds.
+# ("tiny" is the test fixture: random weights, pictures of noise.) On a GPU use a real SD 1.5 model:
 #   MODEL = "sd15"                                  # downloads SD 1.5 + the OpenPose ControlNet once
 #   MODEL = "/models/anything-v5.safetensors"       # an A1111/civitai single-file checkpoint
-MODEL = "tiny"
+MODEL = "mini"
 
 import os
 from pathlib import Path
 
 FAST = os.environ.get("CHARSTUDIO_FAST") == "1"  # CI runs every notebook with few steps
-if MODEL == "tiny":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in model needs no downloads
+if MODEL in ("mini", "tiny"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in models need no downloads
 SIZE = 64 if FAST else None  # CI: small pictures; None = the model's native size
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()  # the repository
 '''
@@ -65,8 +67,7 @@ app'''),
 Every button can be scripted: set the controls' values, click, and wait. This is also how the tests
 drive the app."""),
         new_code_cell('''\
-app.card.value = "aiko"
-app.style.value = "watercolor"
+app.card.value = "rin"  # a card written in mini's words; "aiko" and a style suit SD 1.5 models
 app.select_poses(["waving"])
 app.seed.value, app.lock_seed.value = 42, True
 app.generate_button.click()
@@ -78,7 +79,7 @@ A **character sheet** straight from the core API: one card, several poses, the s
 `reference_strength` adds reference attention to the first pose, which holds clothes and colours."""),
         new_code_cell('''\
 studio = app.studio
-sheet = studio.sheet("aiko", ["standing_front", "waving", "sitting"], seed=42,
+sheet = studio.sheet("rin", ["standing_front", "waving", "sitting"], seed=42,
                      num_inference_steps=4 if FAST else 25, width=SIZE, height=SIZE)
 sheet.grid_image'''),
     ]
@@ -102,25 +103,31 @@ Teach the model one character from 5-50 pictures of it.
    **before/after** row shows the same seed at LoRA weights 0, 0.5 and 1."""),
         new_code_cell(SETUP),
         new_markdown_cell("""\
-A small demo dataset, made with the model itself, so the notebook runs anywhere. Point the app at your
-own folder instead for real training."""),
+A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's world renderer draws one
+character in 8 poses wearing an **orange striped scarf**, something `mini` never saw in training; the
+captions describe everything else, so the trigger word `zorbi` has to learn the scarf. With other
+models the model draws the demo pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio
+from charstudio.world import write_lora_dataset
 
 studio = get_studio(MODEL)  # shared with the app below: the model is loaded once
-DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / "demo-aiko"
+DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / f"demo-{Path(MODEL).stem}"
 if not DATA.is_dir() or not any(DATA.glob("*.png")):
-    demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25,
-                           width=SIZE, height=SIZE)
-    demo.save(DATA)
+    if MODEL == "mini":
+        write_lora_dataset(DATA, trigger="zorbi", count=8)
+    else:
+        demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25,
+                               width=SIZE, height=SIZE)
+        demo.save(DATA)
 sorted(p.name for p in DATA.glob("*.png"))'''),
         new_code_cell('''\
 from charstudio.ui import TrainApp
 
 LORA_DIR = os.environ.get("CHARSTUDIO_LORA_DIR", str(ROOT / "lora"))
-app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 400, output_dir=LORA_DIR)
-app.name.value = "demo-aiko"
-app.trigger.value, app.class_word.value = "aikochan", "girl"
+app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 300, output_dir=LORA_DIR)
+app.name.value = "demo-zorbi"
+app.trigger.value, app.class_word.value = "zorbi", "person"
 if FAST:
     app.validation_steps.value, app.validation_inference_steps.value = 2, 2
     app.resolution.value = SIZE
@@ -160,7 +167,7 @@ app = InterpolateApp(model=MODEL, steps=2 if FAST else None, size=SIZE, frames=3
 app'''),
         new_markdown_cell("## The same, from code"),
         new_code_cell('''\
-app.design_a.source.value, app.design_b.source.value = "card:aiko", "card:bram"
+app.design_a.source.value, app.design_b.source.value = "card:rin", "card:kai"
 app.seed_a.value, app.seed_b.value = 1, 2
 app.interpolate_button.click()
 app.wait()
@@ -196,7 +203,7 @@ def process() -> list:
 * **Attention**: pick a prompt token to see where it looked (cross-attention, averaged over layers and steps).
 * **Compare**: the same prompt and seed with two schedulers or step counts, side by side.
 
-With the built-in `tiny` model the pictures are noise, but every number and plot is real."""),
+With the built-in `mini` model you can watch a character form out of noise in 20 steps on a CPU."""),
         new_code_cell(SETUP),
         new_code_cell('''\
 from charstudio.ui import ProcessApp

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charstudio",
         description="Character design with Stable Diffusion: cards, styles, poses, LoRAs. "
-                    "Runs offline on the built-in 'tiny' model; use --model sd15 (or a checkpoint) on a GPU for real pictures.")
+                    "Runs offline on the built-in 'mini' model; use --model sd15 (or a checkpoint) on a GPU for real pictures.")
     parser.add_argument("--version", action="version", version=f"charstudio {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")

@@ -10,8 +10,9 @@ from charstudio.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model/--device/--dtype/--allow-pickle, shared by every command that loads a model."""
-    p.add_argument("--model", default="tiny",
-                   help="preset (tiny, sd15), hub id, diffusers folder or .safetensors file (default: tiny, offline noise)")
+    p.add_argument("--model", default="mini",
+                   help="preset (mini, tiny, sd15), hub id, diffusers folder or .safetensors file "
+                        "(default: mini, the built-in 64 px model; tiny draws noise)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
     p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
@@ -99,10 +100,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  controlnet_conditioning_scale=args.control_scale, progress=bar)
     for path in result.save(args.out):
         print(path)
+    print_model_note(studio, result.recipes)
+    return 0
+
+
+def print_model_note(studio, recipes) -> None:
+    """Tell the user when the built-in model cannot have drawn what they asked for."""
     if studio.model_id == "tiny":
         print("note: the built-in 'tiny' model has random weights, so its images are noise; "
-              "use --model sd15 (or a checkpoint) on a GPU for real pictures", file=sys.stderr)
-    return 0
+              "use --model mini (the default) offline, or --model sd15 (or a checkpoint) on a GPU", file=sys.stderr)
+    elif studio.model_id == "mini":
+        import re
+
+        from charstudio.world import vocabulary
+
+        known = set(vocabulary())
+        words = {w for r in recipes[:1] for w in re.findall(r"[a-z]+", f"{r.prompt} {r.negative_prompt}".lower())}
+        unknown = sorted(words - known)
+        if unknown:
+            print(f"note: the built-in 'mini' model has never seen the words {', '.join(unknown[:12])}"
+                  f"{' ...' if len(unknown) > 12 else ''}; it knows hair, eye and outfit colours, hair styles, "
+                  "outfits (dress, shirt and trousers, armour, robe), hats, glasses, scarves and backgrounds "
+                  "(try `charstudio generate rin`)", file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

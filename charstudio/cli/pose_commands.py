@@ -89,7 +89,7 @@ def _is_main_process() -> bool:
 def cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.cli.generate_commands import load_studio, precheck
+    from charstudio.cli.generate_commands import load_studio, precheck, print_model_note
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError, OutputError
     from charstudio.io_utils import ensure_dir
@@ -143,7 +143,5 @@ def cmd_sheet(args: argparse.Namespace) -> int:
         print(path)
     if result.score is not None:
         print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")
-    if studio.model_id == "tiny":
-        print("note: the built-in 'tiny' model has random weights, so its images are noise; "
-              "use --model sd15 (or a checkpoint) on a GPU for real pictures", file=sys.stderr)
+    print_model_note(studio, result.recipes)
     return 0

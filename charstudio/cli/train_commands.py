@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "processes run it under `accelerate launch`.")
     t.add_argument("data_dir", metavar="DATA_DIR", help="folder of training images (+ optional .txt captions)")
     t.add_argument("--name", required=True, help="LoRA name; output goes to OUTPUT_DIR/NAME/")
-    t.add_argument("--model", default="tiny", help="base model: preset (tiny, sd15), hub id, folder or .safetensors")
+    t.add_argument("--model", default="mini", help="base model: preset (mini, tiny, sd15), hub id, folder or .safetensors")
     t.add_argument("--output-dir", default="lora", help="where LoRA folders go (default: lora/)")
     t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     t.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")

@@ -134,7 +134,8 @@ def hue_path(studio: Any, frames: int = 7, seed: int = 5, steps: int = 20, start
     diffs = np.diff(hues)
     trend = np.sign(hues[-1] - hues[0]) or 1.0
     inversions = int(np.sum(np.sign(diffs) == -trend))
-    return {"hues": [float(h) for h in hues], "inversions": inversions,
+    ends = [nearest_colour(colours[0], HAIR_COLOURS), nearest_colour(colours[-1], HAIR_COLOURS)]
+    return {"hues": [float(h) for h in hues], "inversions": inversions, "ends": ends,
             "evenness": float(result.smoothness.evenness), "result": result}
 
 
@@ -183,7 +184,7 @@ def evaluate(studio: Any) -> dict[str, Any]:
         "hair_colour": {"per_colour": hair["per_colour"], "min": hair["min"]},
         "pose": {k: pose[k] for k in ("iou", "iou_other_pose", "margin")},
         "sheet": {k: sheet[k] for k in ("distance_sheet", "distance_seeds", "ratio")},
-        "interpolation": {k: path[k] for k in ("hues", "inversions", "evenness")},
+        "interpolation": {k: path[k] for k in ("hues", "ends", "inversions", "evenness")},
         "lora": lora,
     }
 

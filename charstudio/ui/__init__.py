@@ -1,7 +1,7 @@
 """ipywidgets front ends, one app per notebook. The core never imports this package.
 
     from charstudio.ui import ExploreApp
-    app = ExploreApp(model="tiny"); app
+    app = ExploreApp(model="mini"); app
 """
 
 from __future__ import annotations

@@ -347,7 +347,7 @@ def exclusive(studio: Any, token: CancelToken) -> Iterator[None]:
 class StudioSource:
     """The studio an app works with: one passed in, or loaded by model name on first use."""
 
-    def __init__(self, studio: Any = None, model: str = "tiny", device: str | None = None):
+    def __init__(self, studio: Any = None, model: str = "mini", device: str | None = None):
         self._studio = studio
         self.model = model if studio is None else studio.model_id
         self.device = device

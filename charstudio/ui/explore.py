@@ -33,11 +33,11 @@ def _default_steps(model: str) -> int:
 class ExploreApp(AppBase):
     """Controls -> `GenerationConfig` -> `studio.run`, with previews, Cancel and a gallery.
 
-    >>> app = ExploreApp(model="tiny"); app        # shows the app in a notebook
+    >>> app = ExploreApp(model="mini"); app        # shows the app in a notebook
     >>> app.prompt.value = "a knight"; app.generate_button.click(); app.wait()
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, size: int | None = None, preview_every: int = 5,
                  output_dir: str = "outputs", lora_dir: str = "lora"):
         from ..character import list_characters, load_styles
@@ -49,7 +49,7 @@ class ExploreApp(AppBase):
         self.last_result: Any = None
 
         # 1. What to draw.
-        self.model = W.Combobox(value=model, options=["tiny", "sd15"], ensure_option=False,
+        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False,
                                 placeholder="tiny, sd15, hub id, folder or .safetensors")
         self.card = W.Dropdown(options=[("- none: use the prompt -", "")] + [(c, c) for c in list_characters()],
                                value="")

@@ -67,7 +67,7 @@ class InterpolateApp(AppBase):
     Pass `gallery=explore_app.gallery` to interpolate between pictures made in the Explore app.
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
                  gallery: Gallery | None = None, steps: int | None = None, size: int | None = None,
                  frames: int = 6, output_dir: str = "outputs"):
         from ..character import load_styles
@@ -83,7 +83,7 @@ class InterpolateApp(AppBase):
         self.calls: list[tuple[str, dict]] = []  # (core function, its arguments), newest last
 
         # 1. Shared sampling settings. DDIM by default: it is deterministic, so frames change smoothly.
-        self.model = W.Combobox(value=model, options=["tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
         self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
         self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value="ddim")

@@ -23,11 +23,11 @@ VIEW = 256  # displayed size of the step images
 class ProcessApp(AppBase):
     """Trace one generation (`Studio.trace`) and explore it; compare two sampler settings.
 
-    >>> app = ProcessApp(model="tiny"); app
+    >>> app = ProcessApp(model="mini"); app
     >>> app.trace_button.click(); app.wait(); app.step.value = 3
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, size: int | None = None,
                  prompt: str = "a knight in silver armour, portrait"):
         from ..character import load_styles
@@ -42,7 +42,7 @@ class ProcessApp(AppBase):
         self._decoded: dict[tuple[int, str], Any] = {}
 
         # 1. The run to trace.
-        self.model = W.Combobox(value=model, options=["tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
         self.design = DesignPicker(prompt=prompt)
         self.style = W.Dropdown(options=[("(the card's own)", ""), ("none", "none")]
                                 + [(s, s) for s in sorted(load_styles())], value="")

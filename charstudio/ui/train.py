@@ -87,7 +87,7 @@ class TrainApp(AppBase):
     Pass `gallery=explore_app.gallery` to train on the pictures ticked there.
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "tiny", device: str | None = None,
+    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
                  gallery: Gallery | None = None, data_dir: str = "", steps: int = 200,
                  output_dir: str = "lora"):
         self.source = StudioSource(studio, model, device)
@@ -110,7 +110,7 @@ class TrainApp(AppBase):
         self.dataset = DatasetView()
 
         # 2. Options (the common ones; everything else keeps LoraTrainingConfig's defaults).
-        self.model = W.Combobox(value=self.source.model, options=["tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=self.source.model, options=["mini", "tiny", "sd15"], ensure_option=False)
         self.name = W.Text(value="my-character", layout=W.Layout(width="200px"))
         self.trigger = W.Text(value="sks", layout=W.Layout(width="120px"))
         self.class_word = W.Text(value="person", layout=W.Layout(width="120px"))
