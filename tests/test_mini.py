@@ -64,12 +64,7 @@ def test_pose_sets_the_figure(mini):
 
 
 def test_sheet_keeps_outfit_and_hair_colours(mini):
-    from charstudio.character import Character
-
-    # An under-specified card: skin, eyes, accessory and background are left to the noise.
-    card = Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
-    poses = ["standing_front", "walking", "waving", "hands_on_hips"]
-    score = mini_eval.sheet_consistency(mini, card, poses, seed=3)
+    score = mini_eval.sheet_consistency(mini, mini_eval.loose_card(), mini_eval.SHEET_POSES, seed=3)
     assert score["distance_sheet"] <= 0.5 * score["distance_seeds"], score
 
 

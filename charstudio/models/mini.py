@@ -9,7 +9,7 @@ diffusers/transformers classes as Stable Diffusion 1.x:
 - AutoencoderKL with a 4x factor (64 px -> 16x16x4 latents);
 - UNet2DConditionModel (~3M parameters);
 - an OpenPose ControlNetModel reading our own skeleton renderings, copied from the UNet's
-  encoder at the start of training.
+  encoder when built (`ControlNetModel.from_unet`), as in the ControlNet paper.
 
 `build_mini_components` gives the untrained model; `charstudio.models.mini_train` trains it and
 writes a diffusers folder that `Studio.from_pretrained` loads like any checkpoint.

@@ -90,6 +90,16 @@ def histogram_distance(images: Sequence[Any]) -> float:
     return float(np.mean([0.5 * np.abs(a - b).sum() for a, b in itertools.combinations(hists, 2)]))
 
 
+SHEET_POSES = ("standing_front", "walking", "waving", "hands_on_hips")
+
+
+def loose_card() -> Any:
+    """An under-specified card: skin, eyes, accessory and background are left to the noise."""
+    from ..character import Character
+
+    return Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
+
+
 def sheet_consistency(studio: Any, character: Any, poses: Sequence[Any], *, seed: int = 3,
                       reference_strength: float = 0.5, steps: int = 20) -> dict[str, Any]:
     """Histogram distance within a sheet (same noise + reference attention) vs. four seeds without them."""
@@ -171,12 +181,9 @@ def evaluate(studio: Any) -> dict[str, Any]:
     """Every behaviour score, as plain numbers (what `mini_report.json` records)."""
     import tempfile
 
-    from ..character import Character
-
     hair = hair_colour_accuracy(studio)
     pose = pose_alignment(studio)
-    card = Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
-    sheet = sheet_consistency(studio, card, ["standing_front", "walking", "waving", "hands_on_hips"])
+    sheet = sheet_consistency(studio, loose_card(), SHEET_POSES)
     path = hue_path(studio)
     with tempfile.TemporaryDirectory() as tmp:
         lora = lora_effect(studio, tmp)

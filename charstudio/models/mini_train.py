@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..io_utils import atomic_write
+from ..training import _write_json
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _load_tensors(path: Path) -> dict[str, Any]:
 
 
 def _save_state(work: Path, state: _State) -> None:
-    atomic_write(work / "state.json", lambda tmp: tmp.write_text(json.dumps(asdict(state), indent=1)), overwrite=True)
+    _write_json(work / "state.json", asdict(state))
 
 
 def _save_optimizer(path: Path, opt: Any) -> None:
@@ -98,7 +99,7 @@ def _save_optimizer(path: Path, opt: Any) -> None:
 
     tensors, meta = _flatten_optimizer(opt.state_dict())
     _save_tensors(path.with_suffix(".safetensors"), tensors)
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)), overwrite=True)
+    _write_json(path.with_suffix(".json"), meta)
 
 
 def _load_optimizer(path: Path, opt: Any) -> None:
@@ -269,11 +270,6 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
 
     te, unet, cn = comps["text_encoder"], comps["unet"], comps["controlnet"]
     parts = {"text_encoder": te, "unet": unet, "controlnet": cn}
-    if state.step == 0 and not (work / "unet.safetensors").exists():
-        # The ControlNet starts as a copy of the UNet's encoder (as in the ControlNet paper).
-        from diffusers import ControlNetModel
-
-        cn.load_state_dict(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64)).state_dict())
     for name, m in parts.items():
         if (work / f"{name}.safetensors").exists():
             m.load_state_dict(_load_tensors(work / f"{name}.safetensors"))
@@ -403,7 +399,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
         if before != asdict(recipe):
             changed = sorted(k for k in before if before.get(k) != asdict(recipe).get(k))
             log.warning("recipe differs from the one this work folder started with (%s); continuing", changed)
-    atomic_write(saved_recipe, lambda tmp: tmp.write_text(json.dumps(asdict(recipe), indent=1)), overwrite=True)
+    _write_json(saved_recipe, asdict(recipe))
     state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
@@ -415,7 +411,11 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     else:
         t0 = time.time()
         data = make_dataset(recipe)
-        atomic_write(data_path, lambda tmp: np.savez(open(tmp, "wb"), **data), overwrite=True)
+        def write_npz(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
+                np.savez(f, **data)
+
+        atomic_write(data_path, write_npz, overwrite=True)
         state.seconds["data"] = time.time() - t0
     if state.phase == "data":
         state.phase, state.step = "vae", 0
@@ -449,7 +449,7 @@ def record_behaviour(folder: Path) -> dict:
     report = folder / "mini_report.json"
     data = json.loads(report.read_text())
     data["behaviour"] = scores
-    atomic_write(report, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"), overwrite=True)
+    _write_json(report, data)
     return scores
 
 
