@@ -62,3 +62,21 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     a, b = _unet_weights(straight), _unet_weights(resumed)
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_mini_controlnet_pools_the_prompt_as_its_unet_does(tmp_path):
+    import torch
+    from diffusers import ControlNetModel
+
+    from charstudio.models.mini import build_mini_components
+
+    comps = build_mini_components()
+    unet, controlnet = comps["unet"], comps["controlnet"]
+    assert comps["scheduler"].config.prediction_type == "v_prediction"
+    assert unet.config.addition_embed_type == "text" == controlnet.config.addition_embed_type
+    prompt = torch.randn(2, 40, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        want = unet.add_embedding(prompt)
+        assert torch.allclose(controlnet.add_embedding(prompt), want)
+        controlnet.save_pretrained(tmp_path / "cn")  # ...and so does the copy read back from disk
+        assert torch.allclose(ControlNetModel.from_pretrained(tmp_path / "cn").add_embedding(prompt), want)

@@ -26,6 +26,7 @@ BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
 # The text window. The world's captions are at most 30 tokens; CLIP's 77 would make padding
 # two thirds of every cross-attention, which slowed learning to read the words right down.
 WINDOW = 40
+POOL_HEADS = 4  # heads of the UNet's text pooling (diffusers' default, 64, would leave 1 channel per head)
 
 
 def build_tokenizer():
@@ -61,7 +62,21 @@ def unet_config() -> dict[str, Any]:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_HIDDEN, attention_head_dim=8, norm_num_groups=16,
+        # A pooled copy of the caption (attention pooling over its tokens) is added to the time
+        # embedding, so every ResNet block hears the prompt, not only the cross-attention layers.
+        # Colours are global facts of a picture; this path learns them far sooner.
+        addition_embed_type="text", addition_embed_type_num_heads=POOL_HEADS,
     )
+
+
+def _match_pool_heads(controlnet: Any) -> None:
+    """`ControlNetModel.from_unet` copies the text pooling's weights but not its head count; give
+    it the UNet's, in the module and in the saved config, so the copy computes what the UNet does."""
+    pool = getattr(getattr(controlnet, "add_embedding", None), "pool", None)
+    if pool is None:
+        return
+    pool.num_heads, pool.dim_per_head = POOL_HEADS, TEXT_HIDDEN // POOL_HEADS
+    controlnet.register_to_config(addition_embed_type_num_heads=POOL_HEADS)
 
 
 def build_mini_components(seed: int = 0) -> dict[str, Any]:
@@ -83,6 +98,7 @@ def build_mini_components(seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed + 2)
     # Three conditioning blocks = two stride-2 convs = the VAE's 4x factor.
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64))
+    _match_pool_heads(controlnet)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3,
@@ -90,9 +106,11 @@ def build_mini_components(seed: int = 0) -> dict[str, Any]:
         block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
         sample_size=MINI_SIZE,
     )
+    # v-prediction (as SD 2.x): at high noise the network states the picture itself, where with
+    # epsilon it would state the noise and leave the colours a tiny, poorly trained remainder.
     scheduler = DDIMScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
     )
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae,
             "controlnet": controlnet, "scheduler": scheduler}

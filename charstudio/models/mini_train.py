@@ -49,7 +49,7 @@ class MiniRecipe:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_foreground_weight: float = 4.0
-    unet_steps: int = 2800
+    unet_steps: int = 4000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     text_lr_scale: float = 3.0  # the text encoder starts from nothing: it gets a larger learning rate
@@ -264,6 +264,16 @@ def _encode_text(comps: dict, captions: list[str]) -> Any:
     return comps["text_encoder"](ids)[0]
 
 
+def _loss_weight(snr: Any, gamma: float) -> Any:
+    """Per-sample weight of the v-prediction loss: the picture's (x0) error counts min(SNR, gamma) + 1.
+
+    Min-SNR alone (x0 weight min(SNR, gamma)) makes the noisiest steps, where the prompt decides
+    the colours, count ~0.01; the +1 floor lets them count as much as any picture error, and the
+    cap keeps the nearly clean steps from drowning the rest. For v, x0 error = v error / (SNR + 1).
+    """
+    return (snr.clamp(max=gamma) + 1) / (snr + 1)
+
+
 def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: _State, comps: dict) -> dict:
     import torch
     from diffusers import DDPMScheduler
@@ -292,6 +302,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
     sched = DDPMScheduler.from_config(comps["scheduler"].config)
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
+    target = sched.get_velocity  # mini is a v-prediction model (see `mini.build_mini_components`)
     scale = state.scaling_factor
     n = len(data["images"])
     attrs = [sample_attributes(recipe, i) for i in range(n)]
@@ -325,8 +336,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         k = keep.view(-1, 1, 1, 1)
         pred = unet(noisy, t, text, down_block_additional_residuals=[d * k for d in down],
                     mid_block_additional_residual=mid * k).sample
-        weight = torch.clamp(snr[t], max=recipe.snr_gamma) / snr[t]
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = (_loss_weight(snr[t], recipe.snr_gamma) * ((pred - target(z, noise, t)) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -443,9 +453,12 @@ def record_behaviour(folder: Path) -> dict:
     """Measure the exported model's behaviours and add them to its mini_report.json."""
     from ..studio import Studio
     from .mini_eval import evaluate
+    from .presets import PRESETS
 
     log.info("measuring behaviours (mini_eval)")
-    scores = evaluate(Studio.from_pretrained(str(folder), device="cpu"))
+    studio = Studio.from_pretrained(str(folder), device="cpu")
+    studio.default_guidance = PRESETS["mini"].default_guidance  # as users of the `mini` preset get it
+    scores = evaluate(studio)
     report = folder / "mini_report.json"
     data = json.loads(report.read_text())
     data["behaviour"] = scores
