@@ -47,7 +47,7 @@ def main() -> None:
     def plain() -> None:
         pipe.scheduler = make_scheduler(args.scheduler, studio.base_scheduler_config)
         pipe(prompt, negative_prompt=negative, num_inference_steps=args.steps, width=size, height=size,
-             guidance_scale=7.0, generator=torch.Generator("cpu").manual_seed(1))
+             guidance_scale=studio.default_guidance, generator=torch.Generator("cpu").manual_seed(1))
 
     for fn in (ours, plain):  # warm-up: kernels, allocator, caches
         fn()

@@ -47,7 +47,7 @@ def main() -> None:
     def plain() -> None:
         for control in controls:
             pipe(prompt, negative_prompt=negative or None, image=control, num_inference_steps=args.steps,
-                 guidance_scale=7.0, width=size, height=size,
+                 guidance_scale=studio.default_guidance, width=size, height=size,
                  generator=torch.Generator("cpu").manual_seed(card.seed or 0))
 
     ours(), plain()  # warm-up

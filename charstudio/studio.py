@@ -45,7 +45,7 @@ class Studio:
 
     def __init__(self, components: dict[str, Any], *, model_id: str, device: Any, dtype: Any,
                  controlnet_source: str | None = None, default_size: int = 512, default_steps: int = 25,
-                 attention: str = "sdpa"):
+                 default_guidance: float = 7.0, attention: str = "sdpa"):
         self.components = dict(components)
         self.components.setdefault("controlnet", None)
         self.model_id = model_id
@@ -54,6 +54,7 @@ class Studio:
         self.controlnet_source = controlnet_source
         self.default_size = default_size
         self.default_steps = default_steps
+        self.default_guidance = default_guidance
         self.attention = attention
         self.base_scheduler_config = dict(self.components["scheduler"].config)
         self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
@@ -85,7 +86,8 @@ class Studio:
         studio = cls(components, model_id=source.name, device=dev, dtype=dt,
                      controlnet_source=controlnet or source.controlnet,
                      default_size=native_size(components),
-                     default_steps=preset.default_steps if preset else 25)
+                     default_steps=preset.default_steps if preset else 25,
+                     default_guidance=preset.default_guidance if preset else 7.0)
         studio.attention = configure_attention(studio.pipeline("txt2img"), attention)
         return studio
 
@@ -125,7 +127,7 @@ class Studio:
     # -- generation ----------------------------------------------------------------------------
     def generate(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
                  extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
-                 guidance_scale: float = 7.0, width: int | None = None, height: int | None = None,
+                 guidance_scale: float | None = None, width: int | None = None, height: int | None = None,
                  negative_prompt: str | None = None, scheduler: str = DEFAULT_SCHEDULER, num_images: int = 1,
                  clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
@@ -134,6 +136,7 @@ class Studio:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
 
         The card's seed and style are used unless given. Image i uses seed `seed + i`.
+        Steps and guidance default to the model's (`default_steps`, `default_guidance`).
         `pose` (a pose name, `Pose`, pose JSON dict, or a ready control image of the output size)
         switches on the OpenPose ControlNet.
         `negative_prompt`, when given, replaces the card's and style's negatives.
@@ -170,6 +173,8 @@ class Studio:
         height = self.default_size if height is None else height
         if pose is not None:
             pose = self._pose_dict(pose, width, height)
+        if settings.get("guidance_scale") is None:
+            settings["guidance_scale"] = self.default_guidance
         return GenerationConfig(
             prompt=prompt, negative_prompt=negative, seed=seed,
             num_inference_steps=self.default_steps if num_inference_steps is None else num_inference_steps,

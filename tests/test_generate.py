@@ -196,3 +196,18 @@ def test_clip_skip_uses_the_penultimate_layer_and_a1111_clip_skip_replays(tiny_s
     assert recipe.clip_skip == 1
     out = tiny_studio.run(recipe)
     assert out.recipe.clip_skip == 1 and out.image.size == (64, 64)
+
+
+def test_guidance_defaults_to_the_models_and_a_given_one_wins(fresh_studio):
+    from charstudio.models.presets import PRESETS
+
+    assert fresh_studio.default_guidance == PRESETS["tiny"].default_guidance == 7.0
+    assert PRESETS["mini"].default_guidance < 7.0  # mini's own, measured (see README)
+    fresh_studio.default_guidance = 2.5
+    plain = fresh_studio.generate("a girl with red hair", seed=3, **FAST)
+    assert plain.recipe.guidance_scale == 2.5
+    given = fresh_studio.generate("a girl with red hair", seed=3, guidance_scale=9.0, **FAST)
+    assert given.recipe.guidance_scale == 9.0
+    assert not np.array_equal(pixels(plain.image), pixels(given.image))  # and the scale reaches the model
+    sheet = fresh_studio.sheet("a girl with red hair", ["standing_front", "waving"], seed=3, compute_score=False, **FAST)
+    assert all(r.guidance_scale == 2.5 for r in sheet.recipes)

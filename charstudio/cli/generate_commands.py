@@ -26,7 +26,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
     p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 25 for SD)")
-    p.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's; 7 for SD, 3 for mini)")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
     p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of {', '.join(SCHEDULERS)}")

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+MINI_GUIDANCE = 3.0
+
+
 @dataclass(frozen=True)
 class ModelPreset:
     name: str
@@ -15,6 +18,7 @@ class ModelPreset:
     repo: str | None  # hub id of the diffusers-format base model; None for built-in models
     controlnet: str | None  # hub id of the OpenPose ControlNet that matches it
     default_steps: int = 25
+    default_guidance: float = 7.0  # classifier-free guidance scale when the caller gives none
     builtin: bool = False
     folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
 
@@ -32,6 +36,8 @@ PRESETS: dict[str, ModelPreset] = {
             "built-in 64 px model trained by charstudio on its procedural character world; offline, "
             "draws real characters in seconds on a CPU, with its own OpenPose ControlNet",
             repo=None, controlnet=None, default_steps=20, builtin=True, folder="mini",
+            # A 3M-parameter UNet: SD's 7 over-saturates it into one-colour silhouettes.
+            default_guidance=MINI_GUIDANCE,
         ),
         ModelPreset(
             "sd15",

@@ -23,11 +23,20 @@ SIZES = (64, 96, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896
 POSE_THUMB = 72
 
 
-def _default_steps(model: str) -> int:
+def _preset_defaults(model: str) -> tuple[int, float]:
+    """(steps, guidance) a model's preset suggests; SD's 25 and 7 for anything else."""
     from ..models.presets import PRESETS
 
     preset = PRESETS.get(model)
-    return preset.default_steps if preset else 25
+    return (preset.default_steps, preset.default_guidance) if preset else (25, 7.0)
+
+
+def _default_steps(model: str) -> int:
+    return _preset_defaults(model)[0]
+
+
+def _default_guidance(model: str) -> float:
+    return _preset_defaults(model)[1]
 
 
 class ExploreApp(AppBase):
@@ -86,7 +95,7 @@ class ExploreApp(AppBase):
         self.dice = W.Button(description="new seed", layout=W.Layout(width="90px"))
         self.dice.on_click(lambda _b: self._new_seed())
         self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
-        self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
+        self.guidance = W.FloatSlider(value=_default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
         self.width = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))

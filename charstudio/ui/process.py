@@ -13,7 +13,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from .common import (AppBase, error_text, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
                      labelled, png_bytes, step_hook)
-from .explore import SIZES, _default_steps
+from .explore import SIZES, _default_guidance, _default_steps
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ProcessApp(AppBase):
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
                                      layout=W.Layout(width="130px"))
         self.steps = W.IntSlider(value=steps or _default_steps(model), min=2, max=100)
-        self.guidance = W.FloatSlider(value=7.0, min=0.0, max=20.0, step=0.5)
+        self.guidance = W.FloatSlider(value=_default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
         self.size = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
