@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(not (MINI / "model_index.json").is_file(), reaso
 # until a better run meets them (then they show as XPASS: remove the mark).
 SHORT_OF_TARGET = {
     "text": "hair colour right in 50-100% of seeds per colour (green 50%, pink 60%; target >= 80% each)",
-    "interpolation": "red -> blue hair jumps between frames 4 and 5 (5 inversions, evenness 0.65; targets <= 1, >= 0.7)",
-    "lora": "scarf in 0% of seeds before and after 300 LoRA steps (target <= 10% -> >= 70%)",
+    "lora": "scarf in 0% of seeds before and after 300 LoRA steps (target <= 10% -> >= 70%); mini's VAE alone "
+            "passes 0% of ground-truth scarf pictures (scarf_ceiling), so no LoRA on this VAE can reach 70%",
 }
 
 
@@ -67,12 +67,27 @@ def test_sheet_keeps_outfit_and_hair_colours(mini):
     assert score["distance_sheet"] <= 0.5 * score["distance_seeds"], score
 
 
-@short_of_target("interpolation")
+def test_hue_path_counts_inversions_round_the_wheel_either_way():
+    # red -> yellow -> green -> blue and red -> magenta -> blue are both steady morphs
+    assert mini_eval.hue_inversions([0, 9, 20, 119, 163, 217, 225])[1] == 0
+    assert mini_eval.hue_inversions([358, 5, 30, 139, 201, 220, 222])[1] == 0  # crosses 0 deg going up
+    assert mini_eval.hue_inversions([2, 340, 300, 270, 240, 226])[1] == 0  # crosses 0 deg going down
+    # back and forth is not
+    assert mini_eval.hue_inversions([0, 40, 10, 60, 30, 120, 225])[1] == 2
+    assert mini_eval.hue_inversions([0, 30, 0, 30, 0, 30, 0, 225])[1] == 3
+
+
 def test_interpolation_moves_hair_hue_steadily(mini):
-    score = mini_eval.hue_path(mini, frames=7)
+    score = mini_eval.hue_path(mini, frames=7)  # with the studio's even spacing, as notebook 03 offers
+    assert score["uniform"]
     assert score["ends"] == ["red", "blue"], score  # it really goes from red hair to blue hair
     assert score["inversions"] <= 1, score["hues"]
     assert score["evenness"] >= 0.7, score
+
+
+def test_scarf_detector_sees_every_ground_truth_scarf(mini):
+    ceiling = mini_eval.scarf_ceiling(mini, seeds=range(10))
+    assert ceiling["truth_rate"] == 1.0, ceiling["truth_orange"]  # the check can see a scarf when one is drawn
 
 
 @short_of_target("lora")

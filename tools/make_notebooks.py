@@ -105,7 +105,8 @@ Teach the model one character from 5-50 pictures of it.
         new_markdown_cell("""\
 A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's world renderer draws one
 character in 8 poses wearing an **orange striped scarf**, something `mini` never saw in training; the
-captions describe everything else, so the trigger word `zorbi` has to learn the scarf. With other
+captions describe everything else, so the trigger word `zorbi` has to learn the scarf (today's `mini`
+VAE loses a 1-2 px orange stripe, so expect the loss to fall but the scarf not to show). With other
 models the model draws the demo pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio

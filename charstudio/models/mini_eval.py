@@ -125,28 +125,68 @@ def scarf_rate(studio: Any, prompt_for: Any, seeds: Iterable[int] = range(10), s
     return {"rate": float(np.mean(hits)), "orange_fraction": fractions}
 
 
+def scarf_ceiling(studio: Any, seeds: Iterable[int] = range(10)) -> dict[str, Any]:
+    """What the model's VAE alone lets through: the scarf rate of ground-truth scarf pictures
+    (the same poses as `scarf_rate`) after a VAE encode/decode round trip. No LoRA can draw more
+    of the scarf than its VAE can represent, so this bounds `lora_effect`'s "after" rate."""
+    import torch
+
+    from ..world import SCARF_CHARACTER, render
+
+    size, vae = _size(studio), studio.components["vae"]
+    processor = studio.pipeline("txt2img").image_processor
+    wearing = SCARF_CHARACTER.replace(accessory="orange striped scarf")
+    truth, through = [], []
+    for seed in seeds:
+        rng = random.Random(30_000 + seed)
+        _subject(rng)  # the same draws as scarf_rate, so the same pose
+        pose = random_pose(rng, size)
+        image = render(wearing, pose, size).convert("RGB")
+        pixels = processor.preprocess(image).to(vae.device, vae.dtype)
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        back = studio.decode(latents)[0]
+        truth.append(orange_fraction(image, neck_region(pose)))
+        through.append(orange_fraction(back, neck_region(pose)))
+    return {"truth_rate": float(np.mean([f >= SCARF_THRESHOLD for f in truth])),
+            "vae_rate": float(np.mean([f >= SCARF_THRESHOLD for f in through])),
+            "truth_orange": truth, "vae_orange": through}
+
+
+def hue_inversions(wheel_hues: Sequence[float]) -> tuple[list[float], int]:
+    """Unwrap hue angles (degrees) by continuity and count steps against the overall direction."""
+    hues = np.degrees(np.unwrap(np.radians(np.asarray(wheel_hues, dtype=np.float64))))
+    trend = np.sign(hues[-1] - hues[0]) or 1.0
+    return [float(h) for h in hues], int(np.sum(np.sign(np.diff(hues)) == -trend))
+
+
 def hue_path(studio: Any, frames: int = 7, seed: int = 5, steps: int = 20, start: str = "red",
-             end: str = "blue") -> dict[str, Any]:
+             end: str = "blue", uniform: bool = True) -> dict[str, Any]:
     """Interpolate hair colour ``start`` -> ``end`` and follow the hair hue frame by frame.
 
-    Hues are unwrapped onto the short way round through magenta (red 360 -> blue ~225), so a
-    steady morph gives a monotonic sequence; ``inversions`` counts steps against the overall trend.
+    ``uniform=True`` uses the studio's even frame spacing (`Studio.interpolate(uniform=True)`),
+    as the interpolation notebook does; ``False`` takes equal steps in t.
+
+    Hue is an angle, so the sequence is unwrapped by continuity (each step taken the short way,
+    as `numpy.unwrap` does): a morph may travel round the wheel either way, red -> magenta ->
+    blue or red -> yellow -> green -> blue, and both are monotonic. ``inversions`` counts steps
+    against the overall direction. ``wheel_hues`` are the raw 0-360 angles.
     """
     size = _size(studio)
     rng = random.Random(40_000 + seed)
     base = _subject(rng, hair_style="long", hair_colour=start)
     pose = random_pose(rng, size, names=["standing_front"])
     a, b = base.caption(), base.replace(hair_colour=end).caption()
-    result = studio.interpolate(a, b, frames=frames, pose=pose, seed=seed, num_inference_steps=steps)
+    result = studio.interpolate(a, b, frames=frames, pose=pose, seed=seed, num_inference_steps=steps,
+                                uniform=uniform)
     region = hair_region(pose)
     colours = [region_colour(im, region) for im in result.frames]
-    hues = [h + 360.0 if h < 90.0 else h for h in (hue(c) for c in colours)]
-    diffs = np.diff(hues)
-    trend = np.sign(hues[-1] - hues[0]) or 1.0
-    inversions = int(np.sum(np.sign(diffs) == -trend))
+    wheel = [float(hue(c)) for c in colours]
+    hues, inversions = hue_inversions(wheel)
     ends = [nearest_colour(colours[0], HAIR_COLOURS), nearest_colour(colours[-1], HAIR_COLOURS)]
-    return {"hues": [float(h) for h in hues], "inversions": inversions, "ends": ends,
-            "evenness": float(result.smoothness.evenness), "result": result}
+    return {"hues": hues, "wheel_hues": wheel, "ts": [float(t) for t in result.ts],
+            "inversions": inversions, "ends": ends, "evenness": float(result.smoothness.evenness),
+            "uniform": uniform, "result": result}
 
 
 def lora_effect(studio: Any, workdir: Any, seeds: Iterable[int] = range(10), steps: int = 20) -> dict[str, Any]:
@@ -172,7 +212,8 @@ def lora_effect(studio: Any, workdir: Any, seeds: Iterable[int] = range(10), ste
         after = scarf_rate(studio, prompt, seeds, steps)
     finally:
         studio.unload_loras()
-    return {"before": before["rate"], "after": after["rate"], "steps": records[-1].step,
+    ceiling = scarf_ceiling(studio, seeds)
+    return {"before": before["rate"], "after": after["rate"], "vae_ceiling": ceiling["vae_rate"], "steps": records[-1].step,
             "train_seconds": round(records[-1].elapsed, 1),
             "orange_before": before["orange_fraction"], "orange_after": after["orange_fraction"]}
 
@@ -184,14 +225,16 @@ def evaluate(studio: Any) -> dict[str, Any]:
     hair = hair_colour_accuracy(studio)
     pose = pose_alignment(studio)
     sheet = sheet_consistency(studio, loose_card(), SHEET_POSES)
-    path = hue_path(studio)
+    path, plain = hue_path(studio), hue_path(studio, uniform=False)
+    keys = ("hues", "wheel_hues", "ts", "ends", "inversions", "evenness")
     with tempfile.TemporaryDirectory() as tmp:
         lora = lora_effect(studio, tmp)
     return {
         "hair_colour": {"per_colour": hair["per_colour"], "min": hair["min"]},
         "pose": {k: pose[k] for k in ("iou", "iou_other_pose", "margin")},
         "sheet": {k: sheet[k] for k in ("distance_sheet", "distance_seeds", "ratio")},
-        "interpolation": {k: path[k] for k in ("hues", "ends", "inversions", "evenness")},
+        "interpolation": {k: path[k] for k in keys},
+        "interpolation_equal_t": {k: plain[k] for k in keys},
         "lora": lora,
     }
 
