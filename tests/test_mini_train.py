@@ -80,3 +80,28 @@ def test_mini_controlnet_pools_the_prompt_as_its_unet_does(tmp_path):
         assert torch.allclose(controlnet.add_embedding(prompt), want)
         controlnet.save_pretrained(tmp_path / "cn")  # ...and so does the copy read back from disk
         assert torch.allclose(ControlNetModel.from_pretrained(tmp_path / "cn").add_embedding(prompt), want)
+
+
+def test_vae_strokes_overdraw_a_share_of_pictures_in_colours_the_world_never_uses():
+    import numpy as np
+
+    from charstudio.world import random_character, render
+
+    from PIL import Image
+
+    images = np.stack([np.asarray(render(*random_character(i, 64))) for i in range(64)])
+    out = mini_train.add_strokes(images, np.random.default_rng(0), 0.5)
+    again = mini_train.add_strokes(images, np.random.default_rng(0), 0.5)
+    assert np.array_equal(out, again)  # the recipe's seed decides the strokes, so runs repeat
+    assert out.dtype == images.dtype and out.shape == images.shape
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(out, images)])
+    assert 0.3 <= changed.mean() <= 0.7  # about half the batch
+    assert all(np.array_equal(a, b) for a, b in zip(out[~changed], images[~changed]))  # the rest untouched
+    # the strokes come in every hue, orange included (the held-out scarf's colour, which the
+    # world never uses as a colour of its own)
+    hsv = np.stack([np.asarray(Image.fromarray(im).convert("HSV")) for im in out]).astype(float)
+    new = (out != images).any(axis=-1) & (hsv[..., 1] > 0.6 * 255) & (hsv[..., 2] > 0.6 * 255)
+    hues = hsv[..., 0][new] * 360 / 255
+    assert len(np.unique(np.floor(hues / 30))) >= 10
+    assert ((hues >= 20) & (hues <= 40)).sum() >= 10
+    assert np.array_equal(mini_train.add_strokes(images, np.random.default_rng(1), 0.0), images)
