@@ -183,12 +183,8 @@ def record_reference_image(studio: Any, image: Any, config: Any, bank: Reference
 
     from .schedulers import make_scheduler
 
-    pipe = studio.pipeline("txt2img")
-    vae, unet = studio.components["vae"], studio.components["unet"]
-    image = image.convert("RGB").resize((config.width, config.height))
-    pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    unet = studio.components["unet"]
+    latents = studio.encode(image.convert("RGB").resize((config.width, config.height)))
     scheduler = make_scheduler(config.scheduler, studio.base_scheduler_config)
     scheduler.set_timesteps(config.num_inference_steps, device=unet.device)
     generator = torch.Generator("cpu").manual_seed(config.seed)

@@ -292,6 +292,15 @@ class Studio:
 
         return Pose.from_dict(config.pose).fit(config.width, config.height).render(config.width, config.height)
 
+    def encode(self, images: Any) -> Any:
+        """PIL image(s) -> latents scaled as the UNet sees them (the VAE's mean); `decode` inverts it."""
+        import torch
+
+        vae = self.components["vae"]
+        pixels = self.pipeline("txt2img").image_processor.preprocess(images).to(vae.device, vae.dtype)
+        with torch.no_grad():
+            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+
     def decode(self, latents: Any) -> list[Any]:
         """Latents -> PIL images with the VAE. NaNs (fp16 overflow) trigger an fp32 retry and a warning."""
         import torch
