@@ -105,3 +105,13 @@ def test_vae_strokes_overdraw_a_share_of_pictures_in_colours_the_world_never_use
     assert len(np.unique(np.floor(hues / 30))) >= 10
     assert ((hues >= 20) & (hues <= 40)).sum() >= 10
     assert np.array_equal(mini_train.add_strokes(images, np.random.default_rng(1), 0.0), images)
+
+
+def test_recipe_at_128_px_exports_a_128_px_model(tmp_path):
+    from charstudio import Studio
+
+    out = train_mini(MiniRecipe(**{**SMALL, "size": 128}), tmp_path / "work", tmp_path / "model")
+    studio = Studio.from_pretrained(str(out), device="cpu")
+    assert studio.default_size == 128
+    image = studio.generate("a boy with short blue hair", pose="waving", seed=1, num_inference_steps=2).images[0]
+    assert image.size == (128, 128)
