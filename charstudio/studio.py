@@ -450,8 +450,12 @@ class Studio:
 
 def native_size(components: dict[str, Any]) -> int:
     """The resolution the UNet was trained at: its latent size times the VAE's factor (512 for SD 1.5)."""
-    vae_factor = 2 ** (len(components["vae"].config.block_out_channels) - 1)
-    return int(components["unet"].config.sample_size) * vae_factor
+    return int(components["unet"].config.sample_size) * vae_factor(components["vae"])
+
+
+def vae_factor(vae: Any) -> int:
+    """How many pixels one latent spans per side (8 for SD 1.5's VAE, 4 for mini's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int) -> StepCallback:

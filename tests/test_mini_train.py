@@ -84,10 +84,9 @@ def test_mini_controlnet_pools_the_prompt_as_its_unet_does(tmp_path):
 
 def test_vae_strokes_overdraw_a_share_of_pictures_in_colours_the_world_never_uses():
     import numpy as np
+    from PIL import Image
 
     from charstudio.world import random_character, render
-
-    from PIL import Image
 
     images = np.stack([np.asarray(render(*random_character(i, 64))) for i in range(64)])
     out = mini_train.add_strokes(images, np.random.default_rng(0), 0.5)

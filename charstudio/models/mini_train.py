@@ -393,10 +393,11 @@ def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict
     """Write the diffusers folder (atomically: a temporary folder, then a rename)."""
     from diffusers import StableDiffusionPipeline
 
+    from ..studio import vae_factor
+
     comps["vae"].register_to_config(scaling_factor=float(state.scaling_factor), sample_size=recipe.size)
     # The configs carry the training size, so the studio's default size is the one trained at.
-    vae_factor = 2 ** (len(comps["vae"].config.block_out_channels) - 1)
-    comps["unet"].register_to_config(sample_size=recipe.size // vae_factor)
+    comps["unet"].register_to_config(sample_size=recipe.size // vae_factor(comps["vae"]))
     pipe = StableDiffusionPipeline(
         vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
         scheduler=comps["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
