@@ -114,3 +114,50 @@ def test_recipe_at_128_px_exports_a_128_px_model(tmp_path):
     assert studio.default_size == 128
     image = studio.generate("a boy with short blue hair", pose="waving", seed=1, num_inference_steps=2).images[0]
     assert image.size == (128, 128)
+
+
+def test_fine_tuning_stage_starts_from_an_exported_model_and_keeps_its_lineage(tmp_path):
+    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+    stage = dict(SMALL, seed=1, init_from=str(first))
+
+    # Zero UNet steps: the exported weights are exactly the starting ones, and the VAE is kept.
+    same = train_mini(MiniRecipe(**{**stage, "unet_steps": 0}), tmp_path / "b", tmp_path / "same")
+    for part in ("unet", "vae", "controlnet"):
+        a = load_file(str(first / part / "diffusion_pytorch_model.safetensors"))
+        b = load_file(str(same / part / "diffusion_pytorch_model.safetensors"))
+        assert all(bool((a[k] == b[k]).all()) for k in a), part
+
+    # Two steps (with the figure-weighted loss): the UNet moves on from there, the VAE does not train.
+    tuned = train_mini(MiniRecipe(**{**stage, "unet_foreground_weight": 4.0}), tmp_path / "c", tmp_path / "tuned")
+    a, b = _unet_weights(first), _unet_weights(tuned)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-4
+    vae_a = load_file(str(first / "vae" / "diffusion_pytorch_model.safetensors"))
+    vae_b = load_file(str(tuned / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert all(bool((vae_a[k] == vae_b[k]).all()) for k in vae_a)
+    report = json.loads((tuned / "mini_report.json").read_text())
+    first_report = json.loads((first / "mini_report.json").read_text())
+    assert report["init"]["from"] == str(first) and report["init"]["recipe"] == first_report["recipe"]
+    assert report["vae_loss"] == [] and report["scaling_factor"] == first_report["scaling_factor"]
+
+
+def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(tmp_path):
+    from charstudio.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="init_from=.*lacks vae/diffusion_pytorch_model.safetensors"):
+        train_mini(MiniRecipe(**SMALL, init_from=str(tmp_path / "nothing")), tmp_path / "w", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+    with pytest.raises(ConfigError, match="size=128 .*trained at \\(64\\)"):
+        train_mini(MiniRecipe(**{**SMALL, "size": 128}, init_from=str(first)), tmp_path / "w2", tmp_path / "out")
+
+
+def test_unet_loss_weight_follows_the_figure_and_keeps_the_scale():
+    import numpy as np
+
+    images = np.full((2, 64, 64, 3), 200, np.uint8)
+    images[0, 40:64, 0:16] = (30, 40, 200)  # a figure in the bottom-left of picture 0; picture 1 is empty
+    w = mini_train._latent_weight(images, 16, 4.0).numpy()[:, 0]
+    assert w.shape == (2, 16, 16)
+    assert np.allclose(w.mean(axis=(1, 2)), 1.0)
+    assert w[0, 12, 1] > 3 * w[0, 2, 12]  # figure cells outweigh background cells
+    assert np.allclose(w[1], 1.0)  # nothing to favour: uniform

@@ -63,6 +63,13 @@ class MiniRecipe:
     control_dropout: float = 0.3
     ema_decay: float = 0.999
     snr_gamma: float = 5.0
+    # Extra weight of the latent cells the figure covers in the UNet loss (as the VAE's
+    # foreground weight): the flat background is most of every picture and easy to denoise.
+    # 0 reproduces the shipped first stage.
+    unet_foreground_weight: float = 0.0
+    # A folder this recipe exported: start from its VAE, text encoder, UNet and ControlNet and run
+    # only the UNet phase (a fine-tuning stage; the VAE phase is skipped). "" trains from scratch.
+    init_from: str = ""
     checkpoint_every: int = 100
     evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
     threads: int | None = None
@@ -216,6 +223,22 @@ def add_strokes(images: np.ndarray, rng: np.random.Generator, share: float) -> n
     return out
 
 
+def _figure_mask(x: Any) -> Any:
+    """1 where a picture (N, 3, H, W in [-1, 1]) differs from its top-left (background) colour."""
+    background = x[:, :, :1, :1]
+    return ((x - background).abs().sum(dim=1, keepdim=True) > 0.15).float()
+
+
+def _latent_weight(images: np.ndarray, latent_size: int, foreground_weight: float) -> Any:
+    """Per-latent-cell loss weight: 1 + ``foreground_weight`` x the share of the cell's pixels
+    that belong to the figure, normalised to mean 1 per picture (so the loss keeps its scale)."""
+    import torch.nn.functional as F
+
+    mask = _figure_mask(_to_tensor(images))
+    w = 1.0 + foreground_weight * F.adaptive_avg_pool2d(mask, latent_size)
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
+
+
 def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: dict) -> None:
     import torch
 
@@ -243,9 +266,7 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: 
         out = vae.decode(z).sample
         # The figure is a small part of a flat background: weight its pixels up, or the VAE learns
         # the background well and the character's colours badly.
-        background = x[:, :, :1, :1]
-        figure = ((x - background).abs().sum(dim=1, keepdim=True) > 0.15).float()
-        w = 1.0 + recipe.vae_foreground_weight * figure
+        w = 1.0 + recipe.vae_foreground_weight * _figure_mask(x)
         loss = (w * (out - x).abs()).mean() + (w * (out - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -370,7 +391,10 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         k = keep.view(-1, 1, 1, 1)
         pred = unet(noisy, t, text, down_block_additional_residuals=[d * k for d in down],
                     mid_block_additional_residual=mid * k).sample
-        loss = (_loss_weight(snr[t], recipe.snr_gamma) * ((pred - target(z, noise, t)) ** 2).mean(dim=(1, 2, 3))).mean()
+        err = (pred - target(z, noise, t)) ** 2
+        if recipe.unet_foreground_weight > 0:
+            err = err * _latent_weight(data["images"][idx], err.shape[-1], recipe.unet_foreground_weight)
+        loss = (_loss_weight(snr[t], recipe.snr_gamma) * err.mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -414,6 +438,8 @@ def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict
         "vae_loss": state.vae_losses,
         "unet_loss": state.unet_losses,
     }
+    if (work / "init_report.json").exists():  # a fine-tuning stage: keep the lineage
+        report["init"] = json.loads((work / "init_report.json").read_text())
     (tmp / "mini_report.json").write_text(json.dumps(report, indent=1) + "\n")
     mask = os.umask(0)
     os.umask(mask)
@@ -429,6 +455,47 @@ def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict
     else:
         tmp.rename(out)
     return out
+
+
+_INIT_FILES = {"vae": "vae/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
+               "unet": "unet/diffusion_pytorch_model.safetensors",
+               "controlnet": "controlnet/diffusion_pytorch_model.safetensors"}
+
+
+def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> None:
+    """Seed a fresh work folder with the weights of ``recipe.init_from`` as if the VAE phase had
+    just finished: the UNet phase then fine-tunes them (and resumes like any run)."""
+    from safetensors.torch import load_file
+
+    from ..errors import ConfigError
+
+    folder = Path(recipe.init_from).expanduser()
+    missing = [rel for rel in [*_INIT_FILES.values(), "vae/config.json", "tokenizer/tokenizer.json"]
+               if not (folder / rel).is_file()]
+    if missing:
+        raise ConfigError("init_from", str(folder), f"a folder this recipe exported (it lacks {', '.join(missing)})")
+    vocab = json.loads((folder / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    if vocab != comps["tokenizer"].get_vocab():
+        raise ConfigError("init_from", str(folder), "a model with this version's tokenizer (its vocabulary differs)")
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    if vae_config.get("sample_size") != recipe.size:
+        raise ConfigError("size", recipe.size, f"the size {recipe.init_from} was trained at "
+                          f"({vae_config.get('sample_size')})")
+    for name, rel in _INIT_FILES.items():
+        weights = load_file(str(folder / rel))
+        try:
+            comps[name].load_state_dict(weights)
+        except RuntimeError as e:
+            raise ConfigError("init_from", str(folder), f"a model of this recipe's architecture ({name}: "
+                              f"{str(e).splitlines()[0]})") from None
+        _save_tensors(work / f"{name}.safetensors", weights)
+    report = folder / "mini_report.json"
+    lineage = json.loads(report.read_text()) if report.is_file() else {}
+    lineage = {k: lineage[k] for k in ("recipe", "train_seconds", "behaviour", "init") if k in lineage}
+    _write_json(work / "init_report.json", {"from": str(folder), **lineage})
+    state.phase, state.step, state.scaling_factor = "unet", 0, float(vae_config["scaling_factor"])
+    _save_state(work, state)
+    log.info("starting from %s: VAE phase skipped, fine-tuning the UNet phase", folder)
 
 
 def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
@@ -451,6 +518,9 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
+
+    if recipe.init_from and not (work / "state.json").exists():
+        _start_from(recipe, work, state, comps)
 
     data_path = work / "data.npz"
     if data_path.exists():
@@ -509,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="folder for the dataset cache and checkpoints (resumes from it)")
     p.add_argument("--out", required=True, help="where to write the diffusers folder")
     for f in MiniRecipe.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=float if f.type == "float" else int, default=None)
+        kind = {"float": float, "str": str}.get(f.type, int)
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     values = {k: v for k, v in vars(args).items() if k not in ("work", "out") and v is not None}
