@@ -17,11 +17,10 @@ from charstudio.models.loading import packaged_model_dir, resolve_model
 MINI = packaged_model_dir("mini")
 pytestmark = pytest.mark.skipif(not (MINI / "model_index.json").is_file(), reason="mini weights not built")
 
-# Targets the shipped weights (second training run, 110 CPU-minutes) do not meet yet. The
-# assertions below are the targets, unchanged; these marks carry the measured figures
-# until a better run meets them (then they show as XPASS: remove the mark).
+# Targets the shipped weights (a 110 CPU-minute run and a 76 CPU-minute fine-tuning stage) do
+# not meet yet. The assertions below are the targets, unchanged; these marks carry the
+# measured figures until a better run meets them (then they show as XPASS: remove the mark).
 SHORT_OF_TARGET = {
-    "text": "hair colour right in 50-100% of seeds per colour (green 50%, pink 60%; target >= 80% each)",
     "lora": "scarf in 0% of seeds before and after 300 LoRA steps (target <= 10% -> >= 70%); mini's VAE alone "
             "passes 0% of ground-truth scarf pictures (scarf_ceiling), so no LoRA on this VAE can reach 70%",
 }
@@ -47,10 +46,10 @@ def test_mini_is_a_small_diffusers_folder_loaded_like_any_checkpoint(mini):
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     assert mini.default_size == 64 and mini.controlnet_source == str(MINI / "controlnet")
     report = json.loads((MINI / "mini_report.json").read_text())
-    assert report["vae_loss"] and report["unet_loss"] and "behaviour" in report
+    # a fine-tuning stage skips the VAE phase: the VAE's loss curve is in the lineage it keeps
+    assert (report["vae_loss"] or report["init"]["vae_loss"]) and report["unet_loss"] and "behaviour" in report
 
 
-@short_of_target("text")
 def test_text_sets_hair_colour(mini):
     score = mini_eval.hair_colour_accuracy(mini, seeds=range(10))
     assert all(rate >= 0.8 for rate in score["per_colour"].values()), score["seen"]

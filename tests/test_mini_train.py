@@ -137,6 +137,8 @@ def test_fine_tuning_stage_starts_from_an_exported_model_and_keeps_its_lineage(t
     report = json.loads((tuned / "mini_report.json").read_text())
     first_report = json.loads((first / "mini_report.json").read_text())
     assert report["init"]["from"] == str(first) and report["init"]["recipe"] == first_report["recipe"]
+    for key in ("vae_loss", "unet_loss", "train_seconds", "scaling_factor"):  # the first stage's record
+        assert report["init"][key] == first_report[key], key
     assert report["vae_loss"] == [] and report["scaling_factor"] == first_report["scaling_factor"]
 
 

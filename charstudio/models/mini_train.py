@@ -491,7 +491,8 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
         _save_tensors(work / f"{name}.safetensors", weights)
     report = folder / "mini_report.json"
     lineage = json.loads(report.read_text()) if report.is_file() else {}
-    lineage = {k: lineage[k] for k in ("recipe", "train_seconds", "behaviour", "init") if k in lineage}
+    lineage = {k: lineage[k] for k in ("recipe", "scaling_factor", "train_seconds", "vae_loss", "unet_loss",
+                                       "behaviour", "init") if k in lineage}
     _write_json(work / "init_report.json", {"from": str(folder), **lineage})
     state.phase, state.step, state.scaling_factor = "unet", 0, float(vae_config["scaling_factor"])
     _save_state(work, state)
