@@ -48,8 +48,10 @@ def main() -> None:
 
     from diffusers import AutoencoderTiny
 
+    from charstudio.models.loading import dtype_kwarg
+
     if args.taesd:
-        taesd = AutoencoderTiny.from_pretrained(args.taesd, torch_dtype=studio.dtype).to(studio.device)
+        taesd = AutoencoderTiny.from_pretrained(args.taesd, **dtype_kwarg(studio.dtype)).to(studio.device)
     else:
         torch.manual_seed(0)  # shape-compatible stand-in; its speed is what matters here
         taesd = AutoencoderTiny(latent_channels=studio.components["unet"].config.in_channels)

@@ -211,3 +211,17 @@ def test_guidance_defaults_to_the_models_and_a_given_one_wins(fresh_studio):
     assert not np.array_equal(pixels(plain.image), pixels(given.image))  # and the scale reaches the model
     sheet = fresh_studio.sheet("a girl with red hair", ["standing_front", "waving"], seed=3, compute_score=False, **FAST)
     assert all(r.guidance_scale == 2.5 for r in sheet.recipes)
+
+
+def test_a_requested_dtype_reaches_the_weights_without_a_deprecation_warning():
+    """The dtype goes to diffusers under the name the installed release expects (no torch_dtype warning)."""
+    import warnings
+
+    from charstudio import Studio
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        studio = Studio.from_pretrained("mini", device="cpu", dtype="bf16")  # a diffusers folder
+    for name in ("unet", "vae", "text_encoder"):
+        assert next(studio.components[name].parameters()).dtype == torch.bfloat16, name
+    assert not [w for w in seen if "torch_dtype" in str(w.message)]

@@ -196,6 +196,17 @@ def _check_config(config: str) -> str:
     return config
 
 
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """The ``from_pretrained`` keyword for a torch dtype in the installed diffusers.
+
+    diffusers renamed ``torch_dtype`` to ``dtype`` (huggingface/diffusers#14205, 2026) and warns on
+    the old name. The releases before it ignore an unknown ``dtype`` with a warning and load
+    float32, so the new name is used only where diffusers has the helper that resolves it."""
+    import diffusers.utils
+
+    return {"dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
 def load_components(source: ModelSource, *, dtype: Any, config: str | None = None) -> dict[str, Any]:
     """Load the SD 1.x components (tokenizer, text_encoder, unet, vae, scheduler) for `source`.
 
@@ -229,7 +240,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     # 2. Load through the pipeline class so every component gets the right class and config.
-    common = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    common = dict(**dtype_kwarg(dtype), safety_checker=None, requires_safety_checker=False)
     try:
         if source.kind == "single_file":
             pipe = StableDiffusionPipeline.from_single_file(source.location, **common, **extra)
@@ -261,7 +272,7 @@ def load_controlnet(location: str, *, dtype: Any):
     from diffusers import ControlNetModel
 
     try:
-        return ControlNetModel.from_pretrained(location, torch_dtype=dtype)
+        return ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype))
     except (OSError, EnvironmentError, ValueError) as exc:
         if Path(location).expanduser().exists():
             raise ModelLoadError(f"controlnet={location!r} could not be loaded: {exc}") from exc
