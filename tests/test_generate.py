@@ -222,6 +222,7 @@ def test_a_requested_dtype_reaches_the_weights_without_a_deprecation_warning():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         studio = Studio.from_pretrained("mini", device="cpu", dtype="bf16")  # a diffusers folder
-    for name in ("unet", "vae", "text_encoder"):
+        studio.controlnet  # noqa: B018 - loaded on first use, through its own from_pretrained call
+    for name in ("unet", "vae", "text_encoder", "controlnet"):
         assert next(studio.components[name].parameters()).dtype == torch.bfloat16, name
     assert not [w for w in seen if "torch_dtype" in str(w.message)]
