@@ -101,7 +101,7 @@ def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path):
     assert before["rate"] <= 0.1, before
 
     data = tmp_path / "zorbi"
-    write_lora_dataset(data, trigger="zorbi", count=8)
+    write_lora_dataset(data, trigger="zorbi", count=8, size=mini.default_size)
     cfg = LoraTrainingConfig(**mini_eval.LORA_SETTINGS, data_dir=str(data), name="zorbi",
                              output_dir=str(tmp_path / "lora"))
     assert cfg.max_train_steps <= 300

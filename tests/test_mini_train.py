@@ -149,8 +149,27 @@ def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(tmp_path):
         train_mini(MiniRecipe(**SMALL, init_from=str(tmp_path / "nothing")), tmp_path / "w", tmp_path / "out")
     assert not (tmp_path / "out").exists()
     first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
-    with pytest.raises(ConfigError, match="size=128 .*trained at \\(64\\)"):
-        train_mini(MiniRecipe(**{**SMALL, "size": 128}, init_from=str(first)), tmp_path / "w2", tmp_path / "out")
+    for size in (96, 32):  # a stage may only draw the world larger, by a whole factor
+        with pytest.raises(ConfigError, match=f"size={size} .*trained at \\(64\\) or a multiple"):
+            train_mini(MiniRecipe(**{**SMALL, "size": size}, init_from=str(first)), tmp_path / f"w{size}",
+                       tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuning_stage_at_twice_the_size_keeps_the_vae_and_exports_the_new_size(tmp_path):
+    from charstudio import Studio
+
+    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+    big = train_mini(MiniRecipe(**{**SMALL, "size": 128}, init_from=str(first)), tmp_path / "b", tmp_path / "big")
+    vae_a = load_file(str(first / "vae" / "diffusion_pytorch_model.safetensors"))
+    vae_b = load_file(str(big / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert all(bool((vae_a[k] == vae_b[k]).all()) for k in vae_a)  # the 64 px VAE carries over as it is
+    a, b = _unet_weights(first), _unet_weights(big)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-4  # the UNet learned the larger latents
+    studio = Studio.from_pretrained(str(big), device="cpu")
+    assert studio.default_size == 128
+    image = studio.generate("a girl with long red hair", pose="standing_front", seed=1, num_inference_steps=2).images[0]
+    assert image.size == (128, 128)
 
 
 def test_unet_loss_weight_follows_the_figure_and_keeps_the_scale():

@@ -105,9 +105,11 @@ Teach the model one character from 5-50 pictures of it.
         new_markdown_cell("""\
 A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's world renderer draws one
 character in 8 poses wearing an **orange striped scarf**, something `mini` never saw in training; the
-captions describe everything else, so the trigger word `zorbi` has to learn the scarf (today's `mini`
-VAE loses a 1-2 px orange stripe, so expect the loss to fall but the scarf not to show). With other
-models the model draws the demo pictures itself. Point the app at your own folder for real training."""),
+captions describe everything else, so the trigger word `zorbi` has to learn the scarf. For `mini` the
+app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`: 300 steps, rank 8,
+batch 4, text encoder trained too). Today's `mini` VAE loses a 1-2 px orange stripe, so expect the loss
+to fall but the scarf not to show (the README says why). With other models the model draws the demo
+pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio
 from charstudio.world import write_lora_dataset
@@ -116,7 +118,7 @@ studio = get_studio(MODEL)  # shared with the app below: the model is loaded onc
 DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / f"demo-{Path(MODEL).stem}"
 if not DATA.is_dir() or not any(DATA.glob("*.png")):
     if MODEL == "mini":
-        write_lora_dataset(DATA, trigger="zorbi", count=8)
+        write_lora_dataset(DATA, trigger="zorbi", count=8, size=studio.default_size)
     else:
         demo = studio.generate("aiko", seed=1, num_images=4, num_inference_steps=4 if FAST else 25,
                                width=SIZE, height=SIZE)
@@ -129,6 +131,11 @@ LORA_DIR = os.environ.get("CHARSTUDIO_LORA_DIR", str(ROOT / "lora"))
 app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 300, output_dir=LORA_DIR)
 app.name.value = "demo-zorbi"
 app.trigger.value, app.class_word.value = "zorbi", "person"
+if MODEL == "mini":  # the settings of mini's LoRA check (tests/test_mini.py)
+    from charstudio.models.mini_eval import LORA_SETTINGS as S
+
+    app.rank.value, app.learning_rate.value, app.batch_size.value = S["rank"], S["learning_rate"], S["batch_size"]
+    app.snr_gamma.value, app.train_text_encoder.value = S.get("snr_gamma") or 0.0, S["train_text_encoder"]
 if FAST:
     app.validation_steps.value, app.validation_inference_steps.value = 2, 2
     app.resolution.value = SIZE

@@ -22,7 +22,7 @@ HAIR_TEST_COLOURS = ("red", "blue", "green", "blonde", "black", "pink")
 SCARF_THRESHOLD = 0.06  # orange share of the neck region above which "the scarf is there"
 # LoRA training settings for the scarf check (a `LoraTrainingConfig` minus data_dir/name/output_dir).
 LORA_SETTINGS = dict(model="mini", trigger_word="zorbi", max_train_steps=300, rank=8, alpha=8.0,
-                     learning_rate=1e-3, batch_size=4, train_text_encoder=True, resolution=64,
+                     learning_rate=1e-3, batch_size=4, train_text_encoder=True, resolution=None,
                      validation_steps=0, num_validation_images=0, checkpointing_steps=300, seed=0)
 
 
@@ -199,7 +199,7 @@ def lora_effect(studio: Any, workdir: Any, seeds: Iterable[int] = range(10), ste
 
     before = scarf_rate(studio, prompt, seeds, steps)
     workdir = Path(workdir)
-    write_lora_dataset(workdir / "data", trigger=LORA_SETTINGS["trigger_word"], count=8)
+    write_lora_dataset(workdir / "data", trigger=LORA_SETTINGS["trigger_word"], count=8, size=_size(studio))
     cfg = LoraTrainingConfig(**LORA_SETTINGS, data_dir=str(workdir / "data"), name="zorbi",
                              output_dir=str(workdir / "lora"))
     records = list(train_lora(cfg, components=studio.components))
