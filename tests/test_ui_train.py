@@ -87,7 +87,7 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
     cfg = app.configs[-1]
     assert (cfg.name, cfg.trigger_word, cfg.max_train_steps, cfg.rank, cfg.resume) == ("hero", "zxq", 4, 4, False)
     assert cfg.learning_rate == pytest.approx(1e-3) and cfg.output_dir == str(tmp_path / "lora")
-    assert (cfg.batch_size, cfg.snr_gamma) == (2, 5.0)  # 0 in the min-SNR box would mean None (off)
+    assert (cfg.batch_size, cfg.snr_gamma) == (2, 5.0)
     assert app.stopped_at == 2 and app.status.level == "warn", app.status.text
     assert "checkpoint-000002" in app.status.text and "Resume" in app.status.text
     assert [s for s, _ in app.history] == [1, 2] and "step 2/4" in app.progress.label.value
@@ -117,6 +117,8 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
     # 4. Starting again under the same name without "replace" is refused with a readable line.
     run(app, app.start_button)
     assert app.status.level == "error" and "overwrite" in app.status.text and "\n" not in app.status.text
+    app.snr_gamma.value = 0.0  # 0 in the min-SNR box means off
+    assert app.make_config().snr_gamma is None
 
 
 def test_gallery_picks_become_a_dataset(app, tmp_path, tiny_studio):

@@ -69,8 +69,8 @@ class MiniRecipe:
     unet_foreground_weight: float = 4.0
     # A folder this recipe exported: start from its VAE, text encoder, UNet and ControlNet and run
     # only the UNet phase (a fine-tuning stage; the VAE phase is skipped). "" trains from scratch.
-    # ``size`` may be a multiple of the folder's: the VAE is kept and the UNet learns the larger
-    # latents (how the shipped 128 px mini was made from a 64 px run).
+    # ``size`` may be a whole multiple of the folder's: the VAE is kept and the UNet learns the
+    # larger latents (e.g. a 128 px stage from a 64 px run).
     init_from: str = ""
     checkpoint_every: int = 100
     evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
@@ -481,7 +481,7 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
         raise ConfigError("init_from", str(folder), "a model with this version's tokenizer (its vocabulary differs)")
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     trained = int(vae_config.get("sample_size") or 0)
-    if not trained or recipe.size < trained or recipe.size % trained:
+    if not trained or recipe.size % trained:  # (a smaller size is never a multiple)
         raise ConfigError("size", recipe.size, f"the size {recipe.init_from} was trained at ({trained}) or a "
                           f"multiple of it")
     if recipe.size != trained:
