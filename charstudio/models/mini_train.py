@@ -72,6 +72,12 @@ class MiniRecipe:
     # ``size`` may be a whole multiple of the folder's: the VAE is kept and the UNet learns the
     # larger latents (e.g. a 128 px stage from a 64 px run).
     init_from: str = ""
+    # Divide the noise schedule's signal-to-noise ratio by this at every timestep (exported as the
+    # scheduler's trained_betas). Latents k times larger carry each feature in k^2 cells, so the
+    # same noise hides it k^2 times less well: without a shift, a 128 px stage learns to read the
+    # picture's overall colour from the starting noise and every seed draws the same background.
+    # A stage at k times the size of its start should use k^2; 1 keeps SD's schedule.
+    snr_shift: float = 1.0
     checkpoint_every: int = 100
     evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
     threads: int | None = None
@@ -506,6 +512,30 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
     log.info("starting from %s: VAE phase skipped, fine-tuning the UNet phase", folder)
 
 
+def shifted_betas(alphas_cumprod: Any, shift: float) -> list[float]:
+    """Betas whose cumulative alphas have ``1/shift`` times the SNR of ``alphas_cumprod`` at every step."""
+    import torch
+
+    if not shift > 0:
+        from ..errors import ConfigError
+
+        raise ConfigError("snr_shift", shift, "a positive number (1 keeps the schedule; 4 for twice the size)")
+    ab = alphas_cumprod.double()
+    shifted = ab / (ab + shift * (1 - ab))
+    previous = torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+    return (1 - shifted / previous).tolist()
+
+
+def _apply_snr_shift(recipe: MiniRecipe, comps: dict) -> None:
+    if recipe.snr_shift == 1.0:
+        return
+    sched = comps["scheduler"]
+    betas = shifted_betas(sched.alphas_cumprod, recipe.snr_shift)
+    comps["scheduler"] = type(sched).from_config(sched.config, trained_betas=betas)
+    log.info("noise schedule: SNR divided by %g (terminal SNR %.2e)", recipe.snr_shift,
+             float(comps["scheduler"].alphas_cumprod[-1] / (1 - comps["scheduler"].alphas_cumprod[-1])))
+
+
 def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     """Run (or resume) every phase; return the exported folder."""
     import torch
@@ -526,6 +556,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
+    _apply_snr_shift(recipe, comps)
 
     if recipe.init_from and not (work / "state.json").exists():
         _start_from(recipe, work, state, comps)
