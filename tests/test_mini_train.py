@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from charstudio.models import mini_train
@@ -158,9 +159,11 @@ def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(tmp_path):
 
 def test_fine_tuning_stage_at_twice_the_size_keeps_the_vae_and_exports_the_new_size(tmp_path):
     from charstudio import Studio
+    from charstudio.schedulers import make_scheduler
 
     first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
-    big = train_mini(MiniRecipe(**{**SMALL, "size": 128}, init_from=str(first)), tmp_path / "b", tmp_path / "big")
+    big = train_mini(MiniRecipe(**{**SMALL, "size": 128, "snr_shift": 4.0}, init_from=str(first)), tmp_path / "b",
+                     tmp_path / "big")
     vae_a = load_file(str(first / "vae" / "diffusion_pytorch_model.safetensors"))
     vae_b = load_file(str(big / "vae" / "diffusion_pytorch_model.safetensors"))
     assert all(bool((vae_a[k] == vae_b[k]).all()) for k in vae_a)  # the 64 px VAE carries over as it is
@@ -168,8 +171,30 @@ def test_fine_tuning_stage_at_twice_the_size_keeps_the_vae_and_exports_the_new_s
     assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-4  # the UNet learned the larger latents
     studio = Studio.from_pretrained(str(big), device="cpu")
     assert studio.default_size == 128
+    # The shifted schedule travels in the folder, so every sampler the studio offers uses it.
+    snr = lambda ab: ab / (1 - ab)  # noqa: E731
+    ab_a = Studio.from_pretrained(str(first), device="cpu").components["scheduler"].alphas_cumprod
+    ab_b = studio.components["scheduler"].alphas_cumprod
+    assert torch.allclose(snr(ab_a) / snr(ab_b), torch.full_like(ab_a, 4.0), rtol=1e-3)
+    for name in ("euler", "dpm++2m", "unipc"):
+        assert torch.allclose(make_scheduler(name, studio.base_scheduler_config).alphas_cumprod, ab_b), name
     image = studio.generate("a girl with long red hair", pose="standing_front", seed=1, num_inference_steps=2).images[0]
     assert image.size == (128, 128)
+
+
+def test_snr_shift_divides_the_signal_to_noise_ratio_at_every_step():
+    from diffusers import DDIMScheduler
+
+    from charstudio.errors import ConfigError
+
+    base = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    for shift in (1.0, 4.0, 0.5):
+        shifted = DDIMScheduler.from_config(base.config, trained_betas=mini_train.shifted_betas(base.alphas_cumprod,
+                                                                                                 shift))
+        ratio = (base.alphas_cumprod / (1 - base.alphas_cumprod)) / (shifted.alphas_cumprod / (1 - shifted.alphas_cumprod))
+        assert torch.allclose(ratio, torch.full_like(ratio, shift), rtol=1e-3), shift
+    with pytest.raises(ConfigError, match="snr_shift=0"):
+        mini_train.shifted_betas(base.alphas_cumprod, 0)
 
 
 def test_unet_loss_weight_follows_the_figure_and_keeps_the_scale():
