@@ -72,11 +72,12 @@ class MiniRecipe:
     # ``size`` may be a whole multiple of the folder's: the VAE is kept and the UNet learns the
     # larger latents (e.g. a 128 px stage from a 64 px run).
     init_from: str = ""
-    # Divide the noise schedule's signal-to-noise ratio by this at every timestep (exported as the
+    # Divide the signal-to-noise ratio of SD's schedule by this at every timestep (exported as the
     # scheduler's trained_betas). Latents k times larger carry each feature in k^2 cells, so the
     # same noise hides it k^2 times less well: without a shift, a 128 px stage learns to read the
-    # picture's overall colour from the starting noise and every seed draws the same background.
-    # A stage at k times the size of its start should use k^2; 1 keeps SD's schedule.
+    # picture's overall colours from its input even at the noisiest steps, finds none in pure
+    # noise, and every seed draws the same colours. A stage at k times the size of a run on SD's
+    # schedule should use k^2; 1 keeps SD's schedule.
     snr_shift: float = 1.0
     checkpoint_every: int = 100
     evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
