@@ -43,6 +43,7 @@ from .io_utils import atomic_write
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside NAME.png holds its pose (pose_conditioning)
 ADAPTER_NAME = "charstudio_train"  # unlikely to clash with adapters a Studio has loaded
 CHECKPOINT_DIR = "checkpoints"
 VALIDATION_DIR = "validation"
@@ -95,6 +96,13 @@ class LoraTrainingConfig:
         adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW settings.
         max_grad_norm: Gradient clipping norm (0 disables clipping).
         snr_gamma: Min-SNR-gamma loss weighting (5.0 is the usual value); None disables it.
+        pose_conditioning: Run the model's OpenPose ControlNet (frozen) in every training step,
+            fed each image's pose from ``NAME.pose.json`` beside it (the JSON `Pose.save`
+            writes; `Pose.from_image` detects one). The adapter then learns the character's
+            look instead of where the limbs go, which suits a LoRA used with poses. Class
+            images (prior preservation) and validation images are drawn without poses.
+        controlnet: The ControlNet for ``pose_conditioning`` (hub id or folder); None uses the
+            model's own (mini's bundled one; SD 1.5's OpenPose ControlNet for other models).
         gradient_checkpointing: Trade compute for memory in the UNet (and text encoder).
         cache_latents: Encode every image with the VAE once instead of at each step.
         mixed_precision: "no", "fp16" or "bf16"; None picks bf16/fp16 on CUDA and "no" on CPU.
@@ -145,6 +153,8 @@ class LoraTrainingConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     snr_gamma: float | None = None
+    pose_conditioning: bool = False
+    controlnet: str | None = None
     gradient_checkpointing: bool = False
     cache_latents: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
@@ -210,6 +220,8 @@ class LoraTrainingConfig:
         _check_float("max_grad_norm", self.max_grad_norm, nonnegative=True)
         if self.snr_gamma is not None:
             _check_float("snr_gamma", self.snr_gamma, positive=True)
+        if self.controlnet is not None and not self.pose_conditioning:
+            raise ConfigError("controlnet", self.controlnet, "set pose_conditioning=True to use it, or leave it unset")
         _check_int("seed", self.seed, 0)
         _check_int("num_class_images", self.num_class_images, 1)
         _check_float("prior_loss_weight", self.prior_loss_weight, nonnegative=True)
@@ -334,6 +346,21 @@ def list_dataset(data_dir: str | os.PathLike) -> tuple[list[Path], dict[str, Pat
     return images, captions
 
 
+def pose_file(image: Path) -> Path:
+    """Where the pose of training image ``NAME.png`` lives: ``NAME.pose.json`` beside it."""
+    return image.with_name(image.stem + POSE_SUFFIX)
+
+
+def check_pose_files(images: list[Path]) -> None:
+    """Raise when ``pose_conditioning`` cannot run: an image without its ``NAME.pose.json``."""
+    missing = [p.name for p in images if not pose_file(p).is_file()]
+    if missing:
+        raise ConfigError("pose_conditioning", True,
+                          f"a pose file beside every image; {len(missing)} of {len(images)} have none "
+                          f"(e.g. {pose_file(Path(missing[0])).name} for {missing[0]}): save each with "
+                          "Pose.save, detect one with Pose.from_image(image).save(...), or turn pose_conditioning off")
+
+
 def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size: int) -> DatasetReport:
     """Read every image once; skip unreadable, corrupt and too-small ones with a warning.
 
@@ -396,22 +423,50 @@ def _nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> 
     return min(range(len(buckets)), key=lambda i: (abs(math.log(buckets[i][0] / buckets[i][1]) - ratio), i))
 
 
-def _load_pixels(path: Path, size: tuple[int, int]):
-    """The image resized to cover ``size`` and centre-cropped to it, as a CHW tensor in [-1, 1]."""
-    import numpy as np
-    import torch
+def _cover_crop(im: Any, size: tuple[int, int]) -> Any:
+    """A PIL image resized to cover ``size`` and centre-cropped to it."""
     from PIL import Image
 
     bw, bh = size
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        scale = max(bw / im.width, bh / im.height)
-        new = (max(bw, round(im.width * scale)), max(bh, round(im.height * scale)))
-        im = im.resize(new, Image.Resampling.BICUBIC)
-        left, top = (new[0] - bw) // 2, (new[1] - bh) // 2
-        im = im.crop((left, top, left + bw, top + bh))
-        arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    scale = max(bw / im.width, bh / im.height)
+    new = (max(bw, round(im.width * scale)), max(bh, round(im.height * scale)))
+    im = im.resize(new, Image.Resampling.BICUBIC)
+    left, top = (new[0] - bw) // 2, (new[1] - bh) // 2
+    return im.crop((left, top, left + bw, top + bh))
+
+
+def _to_chw(im: Any, low: float) -> Any:
+    """A PIL RGB image as a float CHW tensor in [low, 1]."""
+    import numpy as np
+    import torch
+
+    arr = np.asarray(im, dtype=np.float32) / 255.0 * (1.0 - low) + low
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _load_pixels(path: Path, size: tuple[int, int]):
+    """The image resized to cover ``size`` and centre-cropped to it, as a CHW tensor in [-1, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return _to_chw(_cover_crop(im.convert("RGB"), size), -1.0)
+
+
+def _load_controls(path: Path, size: tuple[int, int], flip: bool) -> dict[bool, Any]:
+    """The OpenPose control images (CHW in [0, 1], as the pipelines feed them) of training image
+    ``path`` cropped exactly as its pixels are, unflipped and, with ``flip``, mirrored."""
+    from PIL import Image
+
+    from .pose import Pose
+
+    with Image.open(path) as im:
+        width, height = im.size
+    pose = Pose.from_json(pose_file(path))
+    if (pose.canvas_width, pose.canvas_height) != (width, height):
+        pose = pose.resize(width, height)  # a pose saved for the same picture at another size
+    # The mirrored pose (left and right swapped), not a mirrored drawing: OpenPose colours differ by side.
+    return {mirrored: _to_chw(_cover_crop((pose.mirror() if mirrored else pose).render(), size), 0.0)
+            for mirrored in ((False, True) if flip else (False,))}
 
 
 def _mix(*parts: int) -> int:
@@ -607,6 +662,23 @@ def _lr_lambda(kind: str, warmup: int, total: int):
     return f
 
 
+def _pose_controlnet(config: LoraTrainingConfig, comps: dict[str, Any], weight_dtype: Any) -> Any:
+    """The frozen OpenPose ControlNet for ``pose_conditioning``: ``config.controlnet``, else the
+    one loaded with the model (a Studio's, or tiny's), else the model's own."""
+    from .models.loading import load_controlnet, resolve_model
+
+    net = comps.get("controlnet") if config.controlnet is None else None
+    if net is None:
+        location = config.controlnet or resolve_model(config.model).controlnet
+        if location is None:
+            raise ConfigError("controlnet", None, f"a ControlNet for model={config.model!r}: pass controlnet= "
+                              "(a hub id or folder of an OpenPose ControlNet)")
+        net = load_controlnet(location, dtype=weight_dtype)
+    net.requires_grad_(False)
+    net.eval()
+    return net
+
+
 def _load_base(config: LoraTrainingConfig, weight_dtype: Any) -> dict[str, Any]:
     from .models.loading import load_components, resolve_model
 
@@ -644,7 +716,9 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     # 2. Cheap checks before anything heavy: output folder state, dataset folder.
     out, resume_from = _prepare_output(config, accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    list_dataset(config.data_dir)
+    images, _ = list_dataset(config.data_dir)
+    if config.pose_conditioning:
+        check_pose_files(images)
 
     # 3. Base model, frozen. Adapters are added below; only they train.
     own_components = components is None
@@ -698,7 +772,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
         raise ConfigError("resolution", resolution, f"use a multiple of {divisor} for this model")
     fingerprint = _model_fingerprint(unet, text_encoder)
     identity = {"model": config.model, "model_fingerprint": fingerprint, "rank": config.rank,
-                "alpha": float(config.alpha), "train_text_encoder": config.train_text_encoder}
+                "alpha": float(config.alpha), "train_text_encoder": config.train_text_encoder,
+                "pose_conditioning": config.pose_conditioning}
 
     # 4. The dataset: decode images once, pick buckets, keep pixels in memory (5-50 images).
     report = scan_dataset(config.data_dir, instance_prompt=config.resolved_instance_prompt,
@@ -707,6 +782,11 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     bucket_of = [_nearest_bucket(e.width, e.height, buckets) for e in report.examples]
     pixels = [_load_pixels(e.path, buckets[b]) for e, b in zip(report.examples, bucket_of)]
     captions = [e.caption for e in report.examples]
+    controlnet, controls = None, []
+    if config.pose_conditioning:
+        controlnet = _pose_controlnet(config, comps, weight_dtype)
+        _move(controlnet, device, weight_dtype)
+        controls = [_load_controls(e.path, buckets[b], config.flip) for e, b in zip(report.examples, bucket_of)]
 
     # 5. Prior preservation: class images from the frozen base model (generated once, kept).
     class_pixels: list[Any] = []
@@ -842,7 +922,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
         eps = torch.randn(mean.shape, generator=g).to(device)
         return (mean + std * eps) * scaling
 
-    def denoise_loss(latents: Any, texts: list[str], g: Any) -> Any:
+    def denoise_loss(latents: Any, texts: list[str], g: Any, cond: Any = None) -> Any:
         noise = torch.randn(latents.shape, generator=g).to(device)
         t = torch.randint(0, num_timesteps, (latents.shape[0],), generator=g).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -851,7 +931,13 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
             hidden = encode_text(texts, grad=True)
         else:
             hidden = torch.stack([text_cache[x] for x in texts])
-        pred = unet_t(noisy.to(weight_dtype), t, hidden.to(weight_dtype)).sample
+        residuals = {}
+        if cond is not None:
+            # Frozen, but not under no_grad: the text encoder's adapter learns through it too.
+            down, mid = controlnet(noisy.to(weight_dtype), t, hidden.to(weight_dtype), cond.to(device, weight_dtype),
+                                   return_dict=False)
+            residuals = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        pred = unet_t(noisy.to(weight_dtype), t, hidden.to(weight_dtype), **residuals).sample
         per_sample = torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if config.snr_gamma is not None:
             from diffusers.training_utils import compute_snr
@@ -883,7 +969,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
                         for m in [unet_t] + ([text_encoder_t] if config.train_text_encoder else []):
                             stack.enter_context(accelerator.no_sync(m))
                     latents = latents_for("instance", pixels, idx, flips, g)
-                    loss = denoise_loss(latents, [captions[i] for i in idx], g)
+                    cond = torch.stack([controls[i][f] for i, f in zip(idx, flips)]) if controls else None
+                    loss = denoise_loss(latents, [captions[i] for i in idx], g, cond)
                     if class_pixels:
                         cidx = torch.randint(0, len(class_pixels), (len(idx),), generator=g).tolist()
                         clat = latents_for("class", class_pixels, cidx, [False] * len(cidx), g)
@@ -1080,8 +1167,8 @@ def _load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acc
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     # 1. Refuse checkpoints of another base model or adapter shape: they cannot continue this run.
     saved = state.get("identity", {})
-    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder"):
-        if saved.get(key) != identity[key]:
+    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning"):
+        if saved.get(key, False if key == "pose_conditioning" else None) != identity[key]:
             what = {"model_fingerprint": "base model"}.get(key, key)
             raise ConfigError("resume", str(path),
                               f"the checkpoint was made with a different {what} "

@@ -507,13 +507,15 @@ def lora_prompt(attrs: Attributes, trigger: str) -> str:
 def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attributes = SCARF_CHARACTER,
                        count: int = 8, size: int = 64, seed: int = 0) -> list[Any]:
     """Write ``count`` pictures of ``attrs`` wearing the held-out orange striped scarf, in varied
-    poses, each with a ``.txt`` caption of `lora_prompt` (which leaves the scarf to the trigger word).
+    poses, each with a ``.txt`` caption of `lora_prompt` (which leaves the scarf to the trigger word)
+    and its pose as ``.pose.json`` (for ``pose_conditioning``).
 
     Returns the image paths. Refuses a folder that already holds pictures.
     """
     from pathlib import Path
 
     from .io_utils import atomic_write, ensure_dir
+    from .training import pose_file
 
     folder = ensure_dir(Path(folder))
     if any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".txt") for p in folder.iterdir()):
@@ -527,5 +529,6 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
         path = folder / f"{trigger}_{i:02d}.png"
         atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
         atomic_write(path.with_suffix(".txt"), lambda tmp: tmp.write_text(lora_prompt(attrs, trigger) + "\n"))
+        pose.save(pose_file(path))  # for LoraTrainingConfig(pose_conditioning=True)
         paths.append(path)
     return paths

@@ -230,6 +230,92 @@ def test_cached_and_uncached_latents_train_alike(tmp_path, data):
         np.testing.assert_allclose(a[key], b[key], rtol=5e-3, atol=1e-4, err_msg=key)
 
 
+# ---- pose conditioning ---------------------------------------------------------------------
+
+def _save_poses(data: Path, names: list[str]) -> None:
+    """Give every image in ``data`` (sorted) a library pose, fitted to its size, as NAME.pose.json."""
+    from PIL import Image
+
+    from charstudio.pose import load_pose
+    from charstudio.training import pose_file
+
+    for image, name in zip(sorted(data.glob("*.png")), names):
+        with Image.open(image) as im:
+            size = im.size
+        load_pose(name).fit(*size).save(pose_file(image), overwrite=True)
+
+
+def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(tmp_path, data):
+    from charstudio.pose import list_poses
+
+    poses = list_poses()[:4]
+    _save_poses(data, poses)
+    list(train_lora(_config(tmp_path, data, name="plain", max_train_steps=3)))
+    list(train_lora(_config(tmp_path, data, name="posed", max_train_steps=3, pose_conditioning=True)))
+    _save_poses(data, poses[::-1])  # the same poses on other pictures
+    list(train_lora(_config(tmp_path, data, name="swapped", max_train_steps=3, pose_conditioning=True)))
+    plain, posed, swapped = (_weights(tmp_path / "lora" / n / "pytorch_lora_weights.safetensors")
+                             for n in ("plain", "posed", "swapped"))
+    assert plain.keys() == posed.keys()  # the same adapter layout: a ControlNet adds no weights to the LoRA
+    for other in (plain, swapped):
+        assert any(not np.allclose(posed[k], other[k], atol=1e-6) for k in posed)
+    info = json.loads((tmp_path / "lora" / "posed" / "training_config.json").read_text())
+    assert info["config"]["pose_conditioning"] is True
+
+
+def test_pose_control_images_are_cropped_and_mirrored_like_their_pictures(tmp_path):
+    """A wide picture is centre-cropped to the training square; its control image must be cut the
+    same way, and a flipped picture gets the mirrored pose (left and right swapped), not a
+    mirrored drawing, because OpenPose colours differ by side."""
+    import torch
+    from PIL import Image
+
+    from charstudio.pose import load_pose
+    from charstudio.training import _load_controls, _load_pixels, pose_file
+
+    image = tmp_path / "wide.png"
+    pose = load_pose("standing_front").fit(160, 80)
+    # The picture is the pose's own drawing, so pixels and control must match after the same crop.
+    pose.render().save(image)
+    pose.save(pose_file(image))
+    pixels = (_load_pixels(image, (64, 64)) + 1) / 2
+    controls = _load_controls(image, (64, 64), flip=True)
+    assert controls[False].shape == (3, 64, 64)
+    torch.testing.assert_close(controls[False], pixels, atol=1e-6, rtol=0)
+    pose.mirror().render().save(tmp_path / "mirrored.png")
+    mirrored = (_load_pixels(tmp_path / "mirrored.png", (64, 64)) + 1) / 2
+    torch.testing.assert_close(controls[True], mirrored, atol=1e-6, rtol=0)
+    assert not torch.allclose(controls[True], torch.flip(controls[False], dims=[2]))
+    # A pose saved for the same picture at half the size is scaled to it first.
+    load_pose("standing_front").fit(80, 40).save(pose_file(image), overwrite=True)
+    half = _load_controls(image, (64, 64), flip=False)[False]
+    assert (half - controls[False]).abs().mean() < 0.01
+
+
+def test_pose_conditioning_needs_a_pose_beside_every_image(tmp_path, data):
+    from charstudio.pose import list_poses
+
+    _save_poses(data, list_poses()[:3])  # four images, three poses
+    with pytest.raises(ConfigError, match=r"pose_conditioning=True.*1 of 4 have none.*img3\.pose\.json for img3\.png"):
+        list(train_lora(_config(tmp_path, data, pose_conditioning=True)))
+    assert not (tmp_path / "lora").exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="controlnet=.*pose_conditioning=True"):
+        _config(tmp_path, data, controlnet="lllyasviel/control_v11p_sd15_openpose")
+
+
+def test_resume_refuses_a_checkpoint_trained_without_poses(tmp_path, data):
+    from charstudio.pose import list_poses
+
+    _save_poses(data, list_poses()[:4])
+    gen = train_lora(_config(tmp_path, data, max_train_steps=4, checkpointing_steps=2))
+    for record in gen:
+        if record.step == 2:
+            gen.close()
+            break
+    with pytest.raises(ConfigError, match=r"different pose_conditioning.*False.*True"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, pose_conditioning=True)))
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 
@@ -338,6 +424,9 @@ def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["train-lora", str(data), "--name", "cli2", "--rank", "0", "--output-dir", str(out_dir)]) == 2
     assert "rank=0 is not valid" in capsys.readouterr().err
+    assert main(["train-lora", str(data), "--model", "tiny", "--name", "cli3", "--pose-conditioning",
+                 "--output-dir", str(out_dir)]) == 2
+    assert "pose_conditioning=True" in capsys.readouterr().err and not (out_dir / "cli3").exists()
 
     assert main(["lora-info", "cli", "--lora-dir", str(out_dir)]) == 0
     info = capsys.readouterr().out

@@ -62,6 +62,21 @@ def test_dataset_shows_images_and_saves_edited_captions(app, tmp_path):
     assert (tmp_path / "data" / "img0.txt").read_text().strip() == "sks person smiling"
     assert not (tmp_path / "data" / "img1.txt").exists()  # emptied caption: the instance prompt applies
     assert "2 caption" in app.status.text
+    app.load_dataset()
+    assert not app.pose_conditioning.value and "no pose files" in app.status.text
+
+    # Load ticks pose conditioning when every image has its pose, and the config carries it.
+    from charstudio.pose import load_pose
+    from charstudio.training import pose_file
+
+    for image in app.dataset.images:
+        load_pose("standing_front").fit(128, 128).save(pose_file(image))
+    assert app.load_dataset() == 3
+    assert app.pose_conditioning.value and "pose conditioning on" in app.status.text
+    assert app.make_config().pose_conditioning
+    pose_file(app.dataset.images[0]).unlink()
+    app.load_dataset()
+    assert not app.pose_conditioning.value and "2 with a pose file" in app.status.text
 
     app.data_dir.value = str(tmp_path / "nowhere")
     assert app.load_dataset() == 0

@@ -130,6 +130,9 @@ class TrainApp(AppBase):
                                      value=0, layout=W.Layout(width="140px"))
         self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False)
         self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False)
+        # Ticked by Load when every image has a NAME.pose.json beside it.
+        self.pose_conditioning = W.Checkbox(value=False, description="train with each image's pose (NAME.pose.json)",
+                                            indent=False)
         self.seed = W.BoundedIntText(value=0, min=0, max=2**31, layout=W.Layout(width="120px"))
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
         self.overwrite = W.Checkbox(value=False, description="replace an existing LoRA of this name", indent=False)
@@ -169,7 +172,7 @@ class TrainApp(AppBase):
                           labelled("sample steps", self.validation_inference_steps),
                           labelled("checkpoint every", self.checkpointing_steps), labelled("seed", self.seed),
                           labelled("save under", self.output_dir), self.train_text_encoder, self.flip,
-                          self.overwrite])
+                          self.pose_conditioning, self.overwrite])
         run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
                       W.HBox([self.progress.bar, self.progress.label]), self.status.widget, self.loss_plot,
                       W.HTML("validation samples"), self.validation,
@@ -189,7 +192,13 @@ class TrainApp(AppBase):
         except Exception as exc:
             self.status.error(f"Load failed: {error_text(exc)}")
             return 0
-        self.status.ok(f"{n} images; edit captions and press Save captions, or Start")
+        from ..training import pose_file
+
+        posed = sum(pose_file(p).is_file() for p in self.dataset.images)
+        self.pose_conditioning.value = n > 0 and posed == n
+        poses = "every one with its pose (pose conditioning on)" if self.pose_conditioning.value else \
+            f"{posed} with a pose file" if posed else "no pose files"
+        self.status.ok(f"{n} images, {poses}; edit captions and press Save captions, or Start")
         return n
 
     def save_captions(self) -> int:
@@ -236,7 +245,7 @@ class TrainApp(AppBase):
             max_train_steps=steps, rank=int(self.rank.value), alpha=float(self.rank.value),
             learning_rate=float(self.learning_rate.value), train_text_encoder=bool(self.train_text_encoder.value),
             batch_size=int(self.batch_size.value), snr_gamma=float(self.snr_gamma.value) or None,
-            flip=bool(self.flip.value), seed=int(self.seed.value),
+            flip=bool(self.flip.value), pose_conditioning=bool(self.pose_conditioning.value), seed=int(self.seed.value),
             validation_steps=int(self.validation_steps.value),
             validation_inference_steps=int(self.validation_inference_steps.value),
             checkpointing_steps=min(int(self.checkpointing_steps.value), steps),
