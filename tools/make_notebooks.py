@@ -105,9 +105,10 @@ Teach the model one character from 5-50 pictures of it.
         new_markdown_cell("""\
 A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's world renderer draws one
 character in 8 poses wearing an **orange striped scarf**, something `mini` never saw in training; the
-captions describe everything else, so the trigger word `zorbi` has to learn the scarf. For `mini` the
-app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`: 300 steps, rank 8,
-batch 4, text encoder trained too). Today's `mini` VAE loses a 1-2 px orange stripe, so expect the loss
+captions describe everything else, so the trigger word `zorbi` has to learn the scarf. Each picture's
+pose is saved beside it (`NAME.pose.json`), so Load ticks *pose conditioning* (the README says what it
+does). For `mini` the app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`:
+300 steps, rank 8, batch 4, text encoder trained too). Today's `mini` VAE loses a 1-2 px orange stripe, so expect the loss
 to fall but the scarf not to show (the README says why). With other models the model draws the demo
 pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
@@ -136,6 +137,7 @@ if MODEL == "mini":  # the settings of mini's LoRA check (tests/test_mini.py)
 
     app.rank.value, app.learning_rate.value, app.batch_size.value = S["rank"], S["learning_rate"], S["batch_size"]
     app.snr_gamma.value, app.train_text_encoder.value = S.get("snr_gamma") or 0.0, S["train_text_encoder"]
+    app.lr_scheduler.value = S.get("lr_scheduler", "constant")  # pose conditioning: ticked by Load (the demo has poses)
 if FAST:
     app.validation_steps.value, app.validation_inference_steps.value = 2, 2
     app.resolution.value = SIZE

@@ -117,6 +117,8 @@ class TrainApp(AppBase):
         self.steps = W.BoundedIntText(value=steps, min=1, max=100_000, layout=W.Layout(width="120px"))
         self.rank = W.Dropdown(options=[4, 8, 16, 32, 64], value=16, layout=W.Layout(width="120px"))
         self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-2, step=0.1, readout_format=".1e")
+        self.lr_scheduler = W.Dropdown(options=["constant", "cosine", "linear", "constant_with_warmup"],
+                                       value="constant", layout=W.Layout(width="180px"))
         self.batch_size = W.BoundedIntText(value=1, min=1, max=256, layout=W.Layout(width="120px"))
         # Min-SNR-gamma loss weighting: 0 = off; 5 is the usual value.
         self.snr_gamma = W.BoundedFloatText(value=0.0, min=0.0, max=100.0, step=1.0, layout=W.Layout(width="120px"))
@@ -166,6 +168,7 @@ class TrainApp(AppBase):
                           labelled("LoRA name", self.name), labelled("trigger word", self.trigger),
                           labelled("class word", self.class_word), labelled("steps", self.steps),
                           labelled("rank", self.rank), labelled("learning rate", self.learning_rate),
+                          labelled("lr schedule", self.lr_scheduler),
                           labelled("batch size", self.batch_size), labelled("min-SNR gamma (0: off)", self.snr_gamma),
                           labelled("resolution", self.resolution),
                           labelled("validate every", self.validation_steps),
@@ -243,7 +246,8 @@ class TrainApp(AppBase):
             output_dir=self.output_dir.value.strip() or "lora", trigger_word=self.trigger.value.strip(),
             class_word=self.class_word.value.strip() or "person", resolution=self.resolution.value or None,
             max_train_steps=steps, rank=int(self.rank.value), alpha=float(self.rank.value),
-            learning_rate=float(self.learning_rate.value), train_text_encoder=bool(self.train_text_encoder.value),
+            learning_rate=float(self.learning_rate.value), lr_scheduler=self.lr_scheduler.value,
+            train_text_encoder=bool(self.train_text_encoder.value),
             batch_size=int(self.batch_size.value), snr_gamma=float(self.snr_gamma.value) or None,
             flip=bool(self.flip.value), pose_conditioning=bool(self.pose_conditioning.value), seed=int(self.seed.value),
             validation_steps=int(self.validation_steps.value),
