@@ -43,6 +43,11 @@ from .io_utils import atomic_write
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The UNet modules each `lora_layers` choice adapts (peft target_modules).
+UNET_LORA_LAYERS = {
+    "attention": ["to_k", "to_q", "to_v", "to_out.0"],
+    "transformer": ["to_k", "to_q", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
+}
 POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside NAME.png holds its pose (pose_conditioning)
 ADAPTER_NAME = "charstudio_train"  # unlikely to clash with adapters a Studio has loaded
 CHECKPOINT_DIR = "checkpoints"
@@ -85,6 +90,9 @@ class LoraTrainingConfig:
         batch_size: Images per step per process.
         gradient_accumulation_steps: Micro-batches summed into one optimizer step.
         rank: LoRA rank (size of the low-rank update).
+        lora_layers: Which UNet layers get adapters: "attention" (the attention projections
+            to_q/to_k/to_v/to_out, the usual choice) or "transformer" (also the transformer
+            blocks' feed-forward layers and their proj_in/proj_out): more to learn a new object with.
         alpha: LoRA alpha; the update is scaled by alpha/rank.
         lora_dropout: Dropout on the LoRA path.
         train_text_encoder: Also train LoRA on the text encoder's attention projections.
@@ -139,6 +147,7 @@ class LoraTrainingConfig:
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     rank: int = 16
+    lora_layers: Literal["attention", "transformer"] = "attention"
     alpha: float = 16.0
     lora_dropout: float = 0.0
     train_text_encoder: bool = False
@@ -188,6 +197,7 @@ class LoraTrainingConfig:
         if not self.trigger_word or any(c.isspace() for c in self.trigger_word):
             raise ConfigError("trigger_word", self.trigger_word, "use one word without spaces, e.g. 'sks'")
         _check_choice("crop", self.crop, ("center", "buckets"))
+        _check_choice("lora_layers", self.lora_layers, tuple(UNET_LORA_LAYERS))
         _check_choice("lr_scheduler", self.lr_scheduler, ("constant", "constant_with_warmup", "linear", "cosine"))
         _check_choice("optimizer", self.optimizer, ("auto", "adamw", "adamw8bit"))
         _check_choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
@@ -773,7 +783,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     fingerprint = _model_fingerprint(unet, text_encoder)
     identity = {"model": config.model, "model_fingerprint": fingerprint, "rank": config.rank,
                 "alpha": float(config.alpha), "train_text_encoder": config.train_text_encoder,
-                "pose_conditioning": config.pose_conditioning}
+                "pose_conditioning": config.pose_conditioning, "lora_layers": config.lora_layers}
 
     # 4. The dataset: decode images once, pick buckets, keep pixels in memory (5-50 images).
     report = scan_dataset(config.data_dir, instance_prompt=config.resolved_instance_prompt,
@@ -803,7 +813,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
 
     torch.manual_seed(config.seed)
     unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                                init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"]),
+                                init_lora_weights="gaussian", target_modules=UNET_LORA_LAYERS[config.lora_layers]),
                      adapter_name=ADAPTER_NAME)
     if config.train_text_encoder:
         text_encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
@@ -1167,8 +1177,10 @@ def _load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acc
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     # 1. Refuse checkpoints of another base model or adapter shape: they cannot continue this run.
     saved = state.get("identity", {})
-    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning"):
-        if saved.get(key, False if key == "pose_conditioning" else None) != identity[key]:
+    # Checkpoints written before an identity field existed were made with its old behaviour.
+    before = {"pose_conditioning": False, "lora_layers": "attention"}
+    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning", "lora_layers"):
+        if saved.get(key, before.get(key)) != identity[key]:
             what = {"model_fingerprint": "base model"}.get(key, key)
             raise ConfigError("resume", str(path),
                               f"the checkpoint was made with a different {what} "

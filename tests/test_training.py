@@ -230,6 +230,37 @@ def test_cached_and_uncached_latents_train_alike(tmp_path, data):
         np.testing.assert_allclose(a[key], b[key], rtol=5e-3, atol=1e-4, err_msg=key)
 
 
+def test_transformer_lora_layers_adapt_feed_forward_too_and_load_back(tmp_path, data):
+    """lora_layers="transformer" also adapts the feed-forward and proj_in/out layers; both files
+    (diffusers and kohya) carry them, and loading either gives the same pictures."""
+    from charstudio import Studio
+
+    list(train_lora(_config(tmp_path, data, name="attn", max_train_steps=2)))
+    list(train_lora(_config(tmp_path, data, name="whole", max_train_steps=2, lora_layers="transformer")))
+    attn = _weights(tmp_path / "lora" / "attn" / "pytorch_lora_weights.safetensors")
+    whole = _weights(tmp_path / "lora" / "whole" / "pytorch_lora_weights.safetensors")
+    assert not any(".ff." in k or "proj_in" in k for k in attn)
+    assert any(".ff.net.0.proj." in k for k in whole) and any(".proj_out." in k for k in whole)
+    assert set(attn) < set(whole)
+    kohya = _weights(tmp_path / "lora" / "whole" / "whole.safetensors")
+    assert any("_ff_net_2.lora_down" in k for k in kohya) and any("_proj_in.lora_up" in k for k in kohya)
+
+    studio = Studio.from_pretrained("tiny", device="cpu")
+    kwargs = dict(seed=3, num_inference_steps=2, width=64, height=64)
+
+    def draw():
+        return np.asarray(studio.generate("a picture of sks person", **kwargs).images[0], dtype=np.float64)
+
+    plain = draw()
+    pictures = []
+    for path in (tmp_path / "lora" / "whole", tmp_path / "lora" / "whole" / "whole.safetensors"):
+        studio.load_lora(path, weight=1.0)
+        pictures.append(draw())
+        studio.unload_loras()
+    assert np.abs(pictures[0] - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
+    assert np.abs(pictures[0] - pictures[1]).max() <= 1  # and both files hold the same adapter
+
+
 # ---- pose conditioning ---------------------------------------------------------------------
 
 def _save_poses(data: Path, names: list[str]) -> None:
@@ -314,6 +345,8 @@ def test_resume_refuses_a_checkpoint_trained_without_poses(tmp_path, data):
             break
     with pytest.raises(ConfigError, match=r"different pose_conditioning.*False.*True"):
         list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, pose_conditioning=True)))
+    with pytest.raises(ConfigError, match=r"different lora_layers.*'attention'.*'transformer'"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, lora_layers="transformer")))
 
 
 # ---- bad input -----------------------------------------------------------------------------
@@ -364,6 +397,7 @@ def test_no_usable_image_left(tmp_path):
     ("rank", 0, "rank=0 is not valid"),
     ("rank", -4, "rank=-4 is not valid"),
     ("crop", "random", "crop='random' is not valid: use one of 'center', 'buckets'"),
+    ("lora_layers", "all", "lora_layers='all' is not valid: use one of 'attention', 'transformer'"),
     ("name", "../escape", "name="),
     ("resolution", 100, "multiple of 8"),
     ("learning_rate", 0.0, "learning_rate=0.0"),

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--output-dir", default="lora", help="where LoRA folders go (default: lora/)")
     t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     t.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    t.add_argument("--lora-layers", choices=["attention", "transformer"], default="attention",
+                   help="UNet layers to adapt: attention projections (default), or the whole transformer "
+                        "blocks (also feed-forward and proj_in/out)")
     t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: same as rank)")
     t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     t.add_argument("--batch-size", type=int, default=1, help="images per step per process (default 1)")
@@ -72,7 +75,7 @@ def _config(args: argparse.Namespace):
 
     return LoraTrainingConfig(
         data_dir=args.data_dir, name=args.name, model=args.model, output_dir=args.output_dir,
-        max_train_steps=args.steps, rank=args.rank,
+        max_train_steps=args.steps, rank=args.rank, lora_layers=args.lora_layers,
         alpha=float(args.alpha if args.alpha is not None else args.rank), learning_rate=args.lr,
         batch_size=args.batch_size, resolution=args.resolution, trigger_word=args.trigger,
         class_word=args.class_word, instance_prompt=args.instance_prompt, seed=args.seed, crop=args.crop,
