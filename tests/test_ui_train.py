@@ -88,6 +88,7 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
     app.trigger.value = "zxq"
     app.learning_rate.value = 1e-3
     app.batch_size.value, app.snr_gamma.value, app.lr_scheduler.value = 2, 5.0, "cosine"
+    app.lora_layers.value = "transformer"
     app.checkpointing_steps.value = 2
     real = app._on_step
 
@@ -102,7 +103,7 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
     cfg = app.configs[-1]
     assert (cfg.name, cfg.trigger_word, cfg.max_train_steps, cfg.rank, cfg.resume) == ("hero", "zxq", 4, 4, False)
     assert cfg.learning_rate == pytest.approx(1e-3) and cfg.output_dir == str(tmp_path / "lora")
-    assert (cfg.batch_size, cfg.snr_gamma, cfg.lr_scheduler) == (2, 5.0, "cosine")
+    assert (cfg.batch_size, cfg.snr_gamma, cfg.lr_scheduler, cfg.lora_layers) == (2, 5.0, "cosine", "transformer")
     assert app.stopped_at == 2 and app.status.level == "warn", app.status.text
     assert "checkpoint-000002" in app.status.text and "Resume" in app.status.text
     assert [s for s, _ in app.history] == [1, 2] and "step 2/4" in app.progress.label.value

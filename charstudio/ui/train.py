@@ -116,6 +116,8 @@ class TrainApp(AppBase):
         self.class_word = W.Text(value="person", layout=W.Layout(width="120px"))
         self.steps = W.BoundedIntText(value=steps, min=1, max=100_000, layout=W.Layout(width="120px"))
         self.rank = W.Dropdown(options=[4, 8, 16, 32, 64], value=16, layout=W.Layout(width="120px"))
+        self.lora_layers = W.Dropdown(options=[("attention", "attention"), ("whole transformer blocks", "transformer")],
+                                      value="attention", layout=W.Layout(width="200px"))
         self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-2, step=0.1, readout_format=".1e")
         self.lr_scheduler = W.Dropdown(options=["constant", "cosine", "linear", "constant_with_warmup"],
                                        value="constant", layout=W.Layout(width="180px"))
@@ -167,7 +169,8 @@ class TrainApp(AppBase):
         options = W.VBox([W.HTML("<b>2. Training options</b>"), labelled("model", self.model),
                           labelled("LoRA name", self.name), labelled("trigger word", self.trigger),
                           labelled("class word", self.class_word), labelled("steps", self.steps),
-                          labelled("rank", self.rank), labelled("learning rate", self.learning_rate),
+                          labelled("rank", self.rank), labelled("LoRA layers", self.lora_layers),
+                          labelled("learning rate", self.learning_rate),
                           labelled("lr schedule", self.lr_scheduler),
                           labelled("batch size", self.batch_size), labelled("min-SNR gamma (0: off)", self.snr_gamma),
                           labelled("resolution", self.resolution),
@@ -246,6 +249,7 @@ class TrainApp(AppBase):
             output_dir=self.output_dir.value.strip() or "lora", trigger_word=self.trigger.value.strip(),
             class_word=self.class_word.value.strip() or "person", resolution=self.resolution.value or None,
             max_train_steps=steps, rank=int(self.rank.value), alpha=float(self.rank.value),
+            lora_layers=self.lora_layers.value,
             learning_rate=float(self.learning_rate.value), lr_scheduler=self.lr_scheduler.value,
             train_text_encoder=bool(self.train_text_encoder.value),
             batch_size=int(self.batch_size.value), snr_gamma=float(self.snr_gamma.value) or None,
