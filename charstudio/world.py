@@ -515,11 +515,11 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
     from pathlib import Path
 
     from .io_utils import atomic_write, ensure_dir
-    from .training import pose_file
+    from .training import POSE_SUFFIX, pose_file
 
     folder = ensure_dir(Path(folder))
-    if any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".txt") for p in folder.iterdir()):
-        raise ConfigError("folder", str(folder), "an empty or new folder (it already holds pictures or captions)")
+    if any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".txt") or p.name.endswith(POSE_SUFFIX) for p in folder.iterdir()):
+        raise ConfigError("folder", str(folder), "an empty or new folder (it already holds pictures, captions or poses)")
     rng = random.Random(seed)
     wearing = attrs.replace(accessory="orange striped scarf")
     paths = []
