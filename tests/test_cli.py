@@ -54,3 +54,22 @@ def test_debug_shows_traceback_and_help_works():
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "charstudio", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "generate" in proc.stdout
+
+
+def test_cli_tears_down_the_process_group_it_ran_under(tmp_path, monkeypatch, capsys):
+    """Under `accelerate launch` the CLI destroys the torch.distributed group before exiting, on
+    success and on error; a gloo group left to the interpreter's exit can abort a rank."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for argv, code in ((["models"], 0), (["generate", "aiko", "--steps", "0", "--out", str(tmp_path)], 2)):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / ('store' + str(code))}", rank=0, world_size=1)
+        monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each rank
+        try:
+            assert main(argv) == code
+            assert not dist.is_initialized()
+        finally:
+            monkeypatch.setenv("WORLD_SIZE", "1")
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    capsys.readouterr()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _setup_logging(args.verbose)
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = code == 0
+        return code
     except KeyboardInterrupt:
         print("charstudio: interrupted", file=sys.stderr)
         return 130
@@ -86,6 +90,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"charstudio: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group(wait=ok)
+
+
+def _close_process_group(wait: bool) -> None:
+    """Under ``accelerate launch``: wait for the other processes (after a success), then tear the
+    process group down. A gloo group left for the interpreter's exit can abort the process
+    ("terminate called without an active exception") while another rank is still writing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    try:
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            return
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - tearing down must not hide the command's own result
+        logging.getLogger("charstudio.cli").warning("could not close the process group cleanly: %s", exc)
 
 
 if __name__ == "__main__":
