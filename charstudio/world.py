@@ -42,7 +42,7 @@ OUTFIT_COLOURS: dict[str, RGB] = {
 OUTFIT_TYPES = ("dress", "shirt and trousers", "armour", "robe")
 ACCESSORIES = ("none", "hat", "glasses", "scarf")
 # Drawn only on request (LoRA fine-tuning data); the base model never sees it.
-HELD_OUT_ACCESSORIES = ("orange striped scarf",)
+HELD_OUT_ACCESSORIES = ("orange striped scarf", "red cape")
 SKIN_TONES: dict[str, RGB] = {"light": (250, 222, 198), "tan": (222, 178, 138), "dark": (140, 95, 65)}
 BACKGROUNDS: dict[str, RGB] = {
     "white": (246, 246, 246), "grey": (175, 175, 180), "light blue": (198, 222, 246),
@@ -57,6 +57,7 @@ HAT: RGB = (95, 62, 40)
 GLASSES: RGB = (20, 20, 20)
 SCARF: RGB = (30, 140, 140)
 ORANGE: RGB = (255, 135, 0)
+CAPE: RGB = (200, 30, 40)
 STRIPE_WHITE: RGB = (250, 250, 250)
 
 SUPERSAMPLE = 4  # drawn at 4x, then box-filtered down: smooth edges, still flat colours
@@ -97,7 +98,7 @@ class Attributes:
         outfit = {"dress": f"a {o} dress", "shirt and trousers": f"a {o} shirt and trousers",
                   "armour": f"{o} armour", "robe": f"a {o} robe"}[self.outfit_type]
         accessory = {"none": "", "hat": "a hat", "glasses": "glasses", "scarf": "a scarf",
-                     "orange striped scarf": "an orange striped scarf"}[self.accessory]
+                     "orange striped scarf": "an orange striped scarf", "red cape": "a red cape"}[self.accessory]
         return {"who": f"a {self.who}", "hair": hair, "eyes": f"{self.eye_colour} eyes", "skin": f"{self.skin} skin",
                 "outfit": outfit, "accessory": accessory, "background": f"{self.background} background"}
 
@@ -225,6 +226,23 @@ class _Figure:
     def has(self, *idx: int) -> bool:
         return all(self.ok[i] for i in idx)
 
+    def cape(self) -> list[tuple[float, float]] | None:
+        """A cape's outline: from the shoulders down the body's axis to about knee height, flaring
+        out to either side (None without both shoulders)."""
+        if not self.has(2, 5):
+            return None
+        top = (self.p[2] + self.p[5]) / 2
+        hips = [self.p[i] for i in (8, 11) if self.ok[i]]
+        axis = (np.mean(hips, axis=0) - top) if hips else -self.up * self.torso
+        length = float(np.linalg.norm(axis))
+        axis = axis / length if length > 1e-6 else -self.up
+        across = np.array([-axis[1], axis[0]])
+        half = max(abs(float(np.dot(self.p[5] - self.p[2], across))) / 2, 0.3 * self.torso)
+        bottom = top + axis * 1.75 * self.torso
+        wide = half + 0.55 * self.torso
+        pts = [top - across * half, top + across * half, bottom + across * wide, bottom - across * wide]
+        return [(float(q[0]), float(q[1])) for q in pts]
+
     def local(self, side: float, up: float) -> tuple[float, float]:
         """A point in the head's frame, in head radii."""
         q = self.head + self.head_r * (side * self.right + up * self.up)
@@ -271,7 +289,11 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     outfit = OUTFIT_COLOURS[attrs.outfit_colour]
     kind = attrs.outfit_type
 
-    # 1. Hair that hangs behind the body.
+    # 1. A cape, then hair, that hang behind the body.
+    if attrs.accessory == "red cape":
+        cape = f.cape()
+        if cape:
+            d.polygon(cape, fill=CAPE)
     if attrs.hair_style == "long":
         d.polygon([f.local(-1.12, 0.2), f.local(1.12, 0.2), f.local(1.25, -2.3), f.local(-1.25, -2.3)], fill=hair)
     elif attrs.hair_style == "twin tails":
@@ -482,6 +504,28 @@ def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
     return float(orange.mean())
 
 
+def red_fraction(image: Any, mask: np.ndarray | None = None) -> float:
+    """Fraction of pixels (inside ``mask``) that are saturated red: hue within 15 degrees of 0
+    (pink, hue ~330 and pale, stays out)."""
+    arr = np.asarray(image.convert("HSV"), dtype=np.float64)
+    h = arr[..., 0] * 360.0 / 255.0
+    sat, val = arr[..., 1] / 255.0, arr[..., 2] / 255.0
+    red = ((h <= 15) | (h >= 345)) & (sat > 0.6) & (val > 0.45)
+    if mask is not None:
+        return float(red[mask].mean()) if mask.any() else 0.0
+    return float(red.mean())
+
+
+def cape_region(pose: Any, size: int | None = None) -> np.ndarray:
+    """Boolean mask of where a cape hangs for this pose (its whole outline, body included)."""
+    def draw(d: Any, f: _Figure) -> None:
+        cape = f.cape()
+        if cape:
+            d.polygon(cape, fill=255)
+
+    return _mask(pose, *_canvas(pose, size), draw)
+
+
 def neck_region(pose: Any, size: int | None = None) -> np.ndarray:
     """Boolean mask around the neck and collar, where a scarf is drawn."""
     def draw(d: Any, f: _Figure) -> None:
@@ -505,10 +549,11 @@ def lora_prompt(attrs: Attributes, trigger: str) -> str:
 
 
 def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attributes = SCARF_CHARACTER,
-                       count: int = 8, size: int = 64, seed: int = 0) -> list[Any]:
-    """Write ``count`` pictures of ``attrs`` wearing the held-out orange striped scarf, in varied
-    poses, each with a ``.txt`` caption of `lora_prompt` (which leaves the scarf to the trigger word)
-    and its pose as ``.pose.json`` (for ``pose_conditioning``).
+                       count: int = 8, size: int = 64, seed: int = 0, accessory: str = "red cape") -> list[Any]:
+    """Write ``count`` pictures of ``attrs`` wearing a held-out ``accessory`` (one of
+    `HELD_OUT_ACCESSORIES`, which base training never draws), in varied poses, each with a ``.txt``
+    caption of `lora_prompt` (which leaves the accessory to the trigger word) and its pose as
+    ``.pose.json`` (for ``pose_conditioning``).
 
     Returns the image paths. Refuses a folder that already holds pictures.
     """
@@ -517,11 +562,13 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
     from .io_utils import atomic_write, ensure_dir
     from .training import POSE_SUFFIX, pose_file
 
+    if accessory not in HELD_OUT_ACCESSORIES:
+        raise ConfigError("accessory", accessory, f"one of {', '.join(map(repr, HELD_OUT_ACCESSORIES))} (held out of base training)")
     folder = ensure_dir(Path(folder))
     if any(p.suffix.lower() in (".png", ".jpg", ".jpeg", ".txt") or p.name.endswith(POSE_SUFFIX) for p in folder.iterdir()):
         raise ConfigError("folder", str(folder), "an empty or new folder (it already holds pictures, captions or poses)")
     rng = random.Random(seed)
-    wearing = attrs.replace(accessory="orange striped scarf")
+    wearing = attrs.replace(accessory=accessory)
     paths = []
     for i in range(count):
         pose = random_pose(rng, size)

@@ -21,13 +21,10 @@ pytestmark = pytest.mark.skipif(not (MINI / "model_index.json").is_file(), reaso
 # assertions below are the issue's targets, unchanged; these marks carry the measured figures
 # until a better run meets them (then they show as XPASS: remove the mark).
 SHORT_OF_TARGET = {
-    "lora": "scarf in 0% of seeds before and after 300 LoRA steps (target <= 10% -> >= 70%); mini's VAE alone "
-            "passes 30% of ground-truth scarf pictures (scarf_ceiling), so no LoRA on this VAE can reach 70%",
+    "orange striped scarf": "scarf in 0% of seeds before and 10% after 300 LoRA steps (target <= 10% -> >= 70%); "
+                            "mini's VAE alone passes 30% of ground-truth scarf pictures (feature_ceiling): "
+                            "1-2 px of a colour the world never uses, so no LoRA on this VAE can reach 70%",
 }
-
-
-def short_of_target(name):
-    return pytest.mark.xfail(name in SHORT_OF_TARGET, reason=SHORT_OF_TARGET.get(name, ""), strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,24 +81,40 @@ def test_interpolation_moves_hair_hue_steadily(mini):
     assert score["evenness"] >= 0.7, score
 
 
-def test_scarf_detector_sees_every_ground_truth_scarf(mini):
-    ceiling = mini_eval.scarf_ceiling(mini, seeds=range(10))
-    assert ceiling["truth_rate"] == 1.0, ceiling["truth_orange"]  # the check can see a scarf when one is drawn
+@pytest.mark.parametrize("feature", list(mini_eval.FEATURES))
+def test_feature_check_sees_every_ground_truth_picture_and_not_the_plain_character(feature):
+    from charstudio.world import SCARF_CHARACTER, render
+
+    check = mini_eval.FEATURES[feature]
+    for seed in range(10):
+        pose = mini_eval._feature_subject(seed, 64)[1]
+        assert check.shown(render(SCARF_CHARACTER.replace(accessory=feature), pose, 64), pose)[0], seed
+        assert not check.shown(render(SCARF_CHARACTER, pose, 64), pose)[0], seed
 
 
-@short_of_target("lora")
-def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path):
+def test_the_vae_carries_the_lora_checks_feature(mini):
+    ceiling = mini_eval.feature_ceiling(mini, mini_eval.LORA_FEATURE, seeds=range(10))
+    assert ceiling["vae_rate"] == 1.0, ceiling["vae_fraction"]  # a LoRA can show it in every seed
+
+
+@pytest.mark.parametrize("feature", [mini_eval.LORA_FEATURE, "orange striped scarf"])
+def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path, feature, request):
+    """8 pictures of the character wearing an accessory base training never drew, captioned with
+    everything but the accessory: after <= 300 steps the trigger word alone brings it out."""
     from charstudio.training import LoraTrainingConfig, train_lora
     from charstudio.world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
+
+    if feature in SHORT_OF_TARGET:
+        request.applymarker(pytest.mark.xfail(reason=SHORT_OF_TARGET[feature], strict=False))
 
     def prompt(attrs):  # the trained character, in a random pose per seed
         return lora_prompt(SCARF_CHARACTER, "zorbi")
 
-    before = mini_eval.scarf_rate(mini, prompt, seeds=range(10))
+    before = mini_eval.feature_rate(mini, prompt, feature, seeds=range(10))
     assert before["rate"] <= 0.1, before
 
     data = tmp_path / "zorbi"
-    write_lora_dataset(data, trigger="zorbi", count=8, size=mini.default_size)
+    write_lora_dataset(data, trigger="zorbi", count=8, size=mini.default_size, accessory=feature)
     cfg = LoraTrainingConfig(**mini_eval.LORA_SETTINGS, data_dir=str(data), name="zorbi",
                              output_dir=str(tmp_path / "lora"))
     assert cfg.max_train_steps <= 300
@@ -110,7 +123,7 @@ def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path):
 
     mini.load_lora(tmp_path / "lora" / "zorbi", weight=1.0)
     try:
-        after = mini_eval.scarf_rate(mini, prompt, seeds=range(10))
+        after = mini_eval.feature_rate(mini, prompt, feature, seeds=range(10))
     finally:
         mini.unload_loras()
     assert after["rate"] >= 0.7, after
