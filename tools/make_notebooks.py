@@ -104,13 +104,13 @@ Teach the model one character from 5-50 pictures of it.
         new_code_cell(SETUP),
         new_markdown_cell("""\
 A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's world renderer draws one
-character in 8 poses wearing an **orange striped scarf**, something `mini` never saw in training; the
-captions describe everything else, so the trigger word `zorbi` has to learn the scarf. Each picture's
-pose is saved beside it (`NAME.pose.json`), so Load ticks *pose conditioning* (the README says what it
-does). For `mini` the app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`:
-300 steps, rank 8, batch 4, text encoder trained too). Today's `mini` VAE loses a 1-2 px orange stripe, so expect the loss
-to fall but the scarf not to show (the README says why). With other models the model draws the demo
-pictures itself. Point the app at your own folder for real training."""),
+character in 8 poses wearing a **red cape**, something `mini` never saw in training; the captions
+describe everything else, so the trigger word `zorbi` has to learn the cape. Each picture's pose is
+saved beside it (`NAME.pose.json`), so Load ticks *pose conditioning* (the README says what it does).
+For `mini` the app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`,
+300 steps, about 1.5 minutes on a 2-core CPU): afterwards "zorbi" alone brings the cape out in most
+seeds, at 64 px and with some colour bleeding (the README has the figures). With other models the
+model draws the demo pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio
 from charstudio.world import write_lora_dataset

@@ -3,7 +3,8 @@
     python tools/mini_showcase.py [--out docs/images/mini_showcase.png]
 
 Row 1: the `rin` card as a 4-pose sheet. Row 2: six hair colours asked for in text.
-Row 3: hair colour interpolated from red to blue over 7 frames.
+Row 3: hair colour interpolated from red to blue over 7 frames. Row 4: the LoRA check's
+prompt before (left) and after (right) a LoRA trained on 8 pictures of a red cape.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,8 +23,9 @@ def main() -> int:
 
     from charstudio import Studio
     from charstudio.io_utils import atomic_write
-    from charstudio.models.mini_eval import HAIR_TEST_COLOURS
-    from charstudio.world import Attributes, random_pose
+    from charstudio.models.mini_eval import HAIR_TEST_COLOURS, LORA_SETTINGS, _feature_subject
+    from charstudio.training import LoraTrainingConfig, train_lora
+    from charstudio.world import SCARF_CHARACTER, Attributes, lora_prompt, random_pose, write_lora_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "images" / "mini_showcase.png"))
@@ -37,8 +40,27 @@ def main() -> int:
                for c in HAIR_TEST_COLOURS]
     morph = studio.interpolate(base.replace(hair_colour="red").caption(), base.replace(hair_colour="blue").caption(),
                                frames=7, pose=pose, seed=1).frames
+    # The LoRA check (tests/test_mini.py): the same prompt and poses before and after training.
+    prompt = lora_prompt(SCARF_CHARACTER, LORA_SETTINGS["trigger_word"])
+    seeds = [0, 1, 2]
+
+    def draw_seeds() -> list:
+        return [studio.generate(prompt, pose=_feature_subject(s, 64)[1], seed=s, num_inference_steps=20).images[0]
+                for s in seeds]
+
+    before = draw_seeds()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_lora_dataset(Path(tmp) / "data", trigger=LORA_SETTINGS["trigger_word"], count=8)
+        cfg = LoraTrainingConfig(**LORA_SETTINGS, data_dir=str(Path(tmp) / "data"), name="zorbi",
+                                 output_dir=str(Path(tmp) / "lora"))
+        list(train_lora(cfg, components=studio.components))
+        studio.load_lora(Path(tmp) / "lora" / "zorbi", weight=1.0)
+        after = draw_seeds()
+        studio.unload_loras()
+    blank = Image.new("RGB", (64, 64), "white")
     rows = [("sheet: rin in 4 poses", sheet.images), ("text: " + ", ".join(HAIR_TEST_COLOURS) + " hair", colours),
-            ("interpolation: red -> blue hair", morph)]
+            ("interpolation: red -> blue hair", morph),
+            ("LoRA 'zorbi' (a red cape, 8 pictures, 300 steps): before | after", before + [blank] + after)]
 
     tile, label = 64 * args.scale, 14
     width = 7 * tile
