@@ -41,7 +41,7 @@ OUTFIT_COLOURS: dict[str, RGB] = {
 }
 OUTFIT_TYPES = ("dress", "shirt and trousers", "armour", "robe")
 ACCESSORIES = ("none", "hat", "glasses", "scarf")
-# Drawn only on request (LoRA fine-tuning data); the base model never sees it.
+# Drawn only on request (LoRA fine-tuning data); the base model never sees them.
 HELD_OUT_ACCESSORIES = ("orange striped scarf", "red cape")
 SKIN_TONES: dict[str, RGB] = {"light": (250, 222, 198), "tan": (222, 178, 138), "dark": (140, 95, 65)}
 BACKGROUNDS: dict[str, RGB] = {
@@ -493,27 +493,29 @@ def hue(rgb: Any) -> float:
     return colorsys.rgb_to_hsv(r, g, b)[0] * 360.0
 
 
-def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
-    """Fraction of pixels (inside ``mask``) that are saturated orange, hue 20-40 degrees (yellows are ~47)."""
+def saturated_hue_fraction(image: Any, hues: tuple[float, float], mask: np.ndarray | None = None,
+                           min_saturation: float = 0.6, min_value: float = 0.6) -> float:
+    """Fraction of pixels (inside ``mask``) whose hue lies in ``hues`` (degrees, lo to hi; lo > hi
+    wraps round 0) and that are saturated and bright enough to be that colour, not a pale tint."""
     arr = np.asarray(image.convert("HSV"), dtype=np.float64)
     h = arr[..., 0] * 360.0 / 255.0
-    sat, val = arr[..., 1] / 255.0, arr[..., 2] / 255.0
-    orange = (h >= 20) & (h <= 40) & (sat > 0.6) & (val > 0.6)
+    lo, hi = hues
+    in_range = (h >= lo) & (h <= hi) if lo <= hi else (h >= lo) | (h <= hi)
+    hit = in_range & (arr[..., 1] / 255.0 > min_saturation) & (arr[..., 2] / 255.0 > min_value)
     if mask is not None:
-        return float(orange[mask].mean()) if mask.any() else 0.0
-    return float(orange.mean())
+        return float(hit[mask].mean()) if mask.any() else 0.0
+    return float(hit.mean())
+
+
+def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
+    """Fraction of pixels (inside ``mask``) that are saturated orange, hue 20-40 degrees (yellows are ~47)."""
+    return saturated_hue_fraction(image, (20, 40), mask)
 
 
 def red_fraction(image: Any, mask: np.ndarray | None = None) -> float:
     """Fraction of pixels (inside ``mask``) that are saturated red: hue within 15 degrees of 0
     (pink, hue ~330 and pale, stays out)."""
-    arr = np.asarray(image.convert("HSV"), dtype=np.float64)
-    h = arr[..., 0] * 360.0 / 255.0
-    sat, val = arr[..., 1] / 255.0, arr[..., 2] / 255.0
-    red = ((h <= 15) | (h >= 345)) & (sat > 0.6) & (val > 0.45)
-    if mask is not None:
-        return float(red[mask].mean()) if mask.any() else 0.0
-    return float(red.mean())
+    return saturated_hue_fraction(image, (345, 15), mask, min_value=0.45)
 
 
 def cape_region(pose: Any, size: int | None = None) -> np.ndarray:
