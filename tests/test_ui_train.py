@@ -137,6 +137,24 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
     assert app.make_config().snr_gamma is None
 
 
+def test_apply_settings_sets_the_controls_or_names_what_they_cannot_hold(app):
+    from charstudio.errors import ConfigError
+    from charstudio.models.mini_eval import LORA_SETTINGS
+
+    app.apply_settings(LORA_SETTINGS)  # what notebook 02 does for mini's LoRA check
+    cfg = app.make_config()
+    for field in set(app.SETTING_CONTROLS) | {"alpha"}:
+        if field in LORA_SETTINGS:
+            assert getattr(cfg, field) == LORA_SETTINGS[field], field
+    with pytest.raises(ConfigError, match="learning_rate=0.5.*between 1e-06 and 0.1"):
+        app.apply_settings({"learning_rate": 0.5})  # a slider would clamp it silently
+    with pytest.raises(ConfigError, match="rank=12.*one of"):
+        app.apply_settings({"rank": 12})
+    with pytest.raises(ConfigError, match="alpha=4"):
+        app.apply_settings({"rank": 8, "alpha": 4})
+    assert app.make_config().learning_rate == LORA_SETTINGS["learning_rate"]  # refused values changed nothing
+
+
 def test_gallery_picks_become_a_dataset(app, tmp_path, tiny_studio):
     from PIL import Image
 

@@ -133,12 +133,11 @@ app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 300, output_dir=
 app.name.value = "demo-zorbi"
 app.trigger.value, app.class_word.value = "zorbi", "person"
 if MODEL == "mini":  # the settings of mini's LoRA check (tests/test_mini.py)
-    from charstudio.models.mini_eval import LORA_SETTINGS as S
+    from charstudio.models.mini_eval import LORA_SETTINGS
 
-    app.rank.value, app.learning_rate.value, app.batch_size.value = S["rank"], S["learning_rate"], S["batch_size"]
-    app.snr_gamma.value, app.train_text_encoder.value = S.get("snr_gamma") or 0.0, S["train_text_encoder"]
-    app.lr_scheduler.value = S.get("lr_scheduler", "constant")  # pose conditioning: ticked by Load (the demo has poses)
+    app.apply_settings(LORA_SETTINGS)  # pose conditioning: ticked by Load too (the demo has poses)
 if FAST:
+    app.steps.value = 4
     app.validation_steps.value, app.validation_inference_steps.value = 2, 2
     app.resolution.value = SIZE
 app.load_dataset()

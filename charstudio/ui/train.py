@@ -118,7 +118,7 @@ class TrainApp(AppBase):
         self.rank = W.Dropdown(options=[4, 8, 16, 32, 64], value=16, layout=W.Layout(width="120px"))
         self.lora_layers = W.Dropdown(options=[("attention", "attention"), ("whole transformer blocks", "transformer")],
                                       value="attention", layout=W.Layout(width="200px"))
-        self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-2, step=0.1, readout_format=".1e")
+        self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-1, step=0.1, readout_format=".1e")
         self.lr_scheduler = W.Dropdown(options=["constant", "cosine", "linear", "constant_with_warmup"],
                                        value="constant", layout=W.Layout(width="180px"))
         self.batch_size = W.BoundedIntText(value=1, min=1, max=256, layout=W.Layout(width="120px"))
@@ -237,6 +237,52 @@ class TrainApp(AppBase):
         return self.load_dataset()
 
     # -- training ---------------------------------------------------------------------------------
+    # LoraTrainingConfig fields the controls hold, by control; `apply_settings` sets them.
+    SETTING_CONTROLS = {"max_train_steps": "steps", "trigger_word": "trigger", "rank": "rank",
+                        "lora_layers": "lora_layers", "learning_rate": "learning_rate", "lr_scheduler": "lr_scheduler",
+                        "batch_size": "batch_size", "snr_gamma": "snr_gamma", "train_text_encoder": "train_text_encoder",
+                        "pose_conditioning": "pose_conditioning", "flip": "flip", "seed": "seed",
+                        "class_word": "class_word", "model": "model"}
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Set the controls from `LoraTrainingConfig` keyword arguments (e.g. a recipe's settings).
+
+        Fields the controls do not hold keep the config's defaults; ``alpha`` must equal ``rank`` (the
+        app trains with alpha = rank). A value a control cannot hold (outside a slider's range, not a
+        dropdown option) raises ConfigError naming the field, instead of being clamped silently.
+        """
+        if "alpha" in settings and float(settings["alpha"]) != float(settings.get("rank", self.rank.value)):
+            raise ConfigError("alpha", settings["alpha"], f"equal to rank ({settings.get('rank', self.rank.value)}): "
+                              "the Train app trains with alpha = rank")
+        before = {c: getattr(self, c).value for c in set(self.SETTING_CONTROLS.values())}
+        try:
+            self._set_controls(settings)
+        except ConfigError:
+            for control, value in before.items():  # all or nothing: a refused setting changes no control
+                getattr(self, control).value = value
+            raise
+
+    def _set_controls(self, settings: dict[str, Any]) -> None:
+        for field, value in settings.items():
+            control = self.SETTING_CONTROLS.get(field)
+            if control is None:
+                continue
+            widget = getattr(self, control)
+            want = 0.0 if field == "snr_gamma" and value is None else value
+            options = [o[1] if isinstance(o, tuple) else o for o in getattr(widget, "options", ())]
+            if options and not isinstance(widget, W.Combobox) and want not in options:
+                raise ConfigError(field, value, f"one of {options}")
+            try:
+                widget.value = want
+            except Exception as exc:  # noqa: BLE001 - traitlets' own error types vary by widget
+                raise ConfigError(field, value, f"a value the {control} control can hold ({exc})") from exc
+            got = widget.value
+            if got != want and not (isinstance(want, float) and abs(got - want) <= 1e-9 * max(1.0, abs(want))):
+                lo, hi = getattr(widget, "min", None), getattr(widget, "max", None)
+                hint = f"between {widget.base ** lo:g} and {widget.base ** hi:g}" if hasattr(widget, "base") else \
+                    f"between {lo} and {hi}"
+                raise ConfigError(field, value, f"a value {hint} (the control would hold {got!r})")
+
     def make_config(self, resume: bool = False) -> Any:
         """The `LoraTrainingConfig` the controls describe."""
         from ..training import LoraTrainingConfig
