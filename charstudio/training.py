@@ -76,7 +76,12 @@ class LoraTrainingConfig:
     Attributes:
         data_dir: Folder of training images (and optional ``.txt`` captions).
         name: The LoRA's name; output goes to ``output_dir/name/``.
-        model: Base model: a preset (``tiny``, ``sd15``), hub id, diffusers folder or .safetensors.
+        model: Base model: a preset (``mini``, ``tiny``, ``sd15``), hub id, diffusers folder, or a
+            single-file checkpoint (A1111/civitai ``.safetensors``; ``.ckpt`` with ``allow_pickle``).
+        model_config: For a single-file ``model`` only: a diffusers folder or hub id of its base
+            model, whose component configs describe the file (needed offline unless SD 1.5's
+            configs are cached); the same as ``Studio.from_pretrained(config=)``.
+        allow_pickle: Allow a pickled ``.ckpt`` base model you trust (read with weights only).
         output_dir: Where LoRA folders are created.
         trigger_word: Rare token that names the character in prompts.
         class_word: What the character is ("girl", "robot"); used in the default prompts.
@@ -135,6 +140,8 @@ class LoraTrainingConfig:
     data_dir: str
     name: str
     model: str = "mini"
+    model_config: str | None = None
+    allow_pickle: bool = False
     output_dir: str = "lora"
     trigger_word: str = "sks"
     class_word: str = "person"
@@ -194,6 +201,9 @@ class LoraTrainingConfig:
             raise ConfigError("data_dir", self.data_dir, "give the folder that holds the training images")
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigError("model", self.model, "give a preset ('mini', 'tiny', 'sd15'), a hub id, a folder or a file")
+        if self.model_config is not None and (not isinstance(self.model_config, str) or not self.model_config.strip()):
+            raise ConfigError("model_config", self.model_config, "give the diffusers folder or hub id of the "
+                              "single-file checkpoint's base model, or leave it unset")
         if not self.trigger_word or any(c.isspace() for c in self.trigger_word):
             raise ConfigError("trigger_word", self.trigger_word, "use one word without spaces, e.g. 'sks'")
         _check_choice("crop", self.crop, ("center", "buckets"))
@@ -679,7 +689,7 @@ def _pose_controlnet(config: LoraTrainingConfig, comps: dict[str, Any], weight_d
 
     net = comps.get("controlnet") if config.controlnet is None else None
     if net is None:
-        location = config.controlnet or resolve_model(config.model).controlnet
+        location = config.controlnet or resolve_model(config.model, allow_pickle=config.allow_pickle).controlnet
         if location is None:
             raise ConfigError("controlnet", None, f"a ControlNet for model={config.model!r}: pass controlnet= "
                               "(a hub id or folder of an OpenPose ControlNet)")
@@ -692,8 +702,8 @@ def _pose_controlnet(config: LoraTrainingConfig, comps: dict[str, Any], weight_d
 def _load_base(config: LoraTrainingConfig, weight_dtype: Any) -> dict[str, Any]:
     from .models.loading import load_components, resolve_model
 
-    source = resolve_model(config.model)
-    return load_components(source, dtype=weight_dtype)
+    source = resolve_model(config.model, allow_pickle=config.allow_pickle)
+    return load_components(source, dtype=weight_dtype, config=config.model_config)
 
 
 def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None = None) -> Iterator[TrainingStep]:
@@ -783,7 +793,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     fingerprint = _model_fingerprint(unet, text_encoder)
     identity = {"model": config.model, "model_fingerprint": fingerprint, "rank": config.rank,
                 "alpha": float(config.alpha), "train_text_encoder": config.train_text_encoder,
-                "pose_conditioning": config.pose_conditioning, "lora_layers": config.lora_layers}
+                "pose_conditioning": config.pose_conditioning, "lora_layers": config.lora_layers,
+                "trigger_word": config.trigger_word, "instance_prompt": config.resolved_instance_prompt}
 
     # 4. The dataset: decode images once, pick buckets, keep pixels in memory (5-50 images).
     report = scan_dataset(config.data_dir, instance_prompt=config.resolved_instance_prompt,
@@ -1177,9 +1188,13 @@ def _load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acc
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     # 1. Refuse checkpoints of another base model or adapter shape: they cannot continue this run.
     saved = state.get("identity", {})
-    # Checkpoints written before an identity field existed were made with its old behaviour.
+    # Checkpoints written before an identity field existed were made with its old behaviour; the
+    # prompts were not recorded then, so those checkpoints are not checked on them.
     before = {"pose_conditioning": False, "lora_layers": "attention"}
-    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning", "lora_layers"):
+    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning", "lora_layers",
+                "trigger_word", "instance_prompt"):
+        if key not in saved and key not in before:
+            continue
         if saved.get(key, before.get(key)) != identity[key]:
             what = {"model_fingerprint": "base model"}.get(key, key)
             raise ConfigError("resume", str(path),

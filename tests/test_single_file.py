@@ -201,3 +201,43 @@ def test_cli_config_flag(files, tmp_path, capsys):
     assert "--config" in capsys.readouterr().err
     assert main(common + ["--config", files["config"], "--out", str(tmp_path / "out")]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_train_lora_on_a_single_file_checkpoint(files, tmp_path, capsys):
+    """`train-lora --model FILE --config BASE` trains on the file's own weights, offline; the LoRA
+    then changes that checkpoint's pictures. A pickled .ckpt needs --allow-pickle here too."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from charstudio.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        arr = np.full((64, 64, 3), 40, dtype=np.uint8)
+        arr[10:50, 8 + 6 * i:40 + 6 * i] = (220, 50 * i, 60)
+        Image.fromarray(arr).save(data / f"img{i}.png")
+    common = ["train-lora", str(data), "--name", "aiko", "--output-dir", str(tmp_path / "lora"), "--steps", "3",
+              "--rank", "4", "--lr", "5e-2", "--lr-scheduler", "cosine", "--warmup-steps", "1", "--resolution", "64",
+              "--batch-size", "2", "--validation-images", "0", "--config", files["config"]]
+    assert main(common + ["--model", files["checkpoint"]]) == 0
+    record = json.loads((tmp_path / "lora" / "aiko" / "training_config.json").read_text())["config"]
+    assert (record["model"], record["model_config"]) == (files["checkpoint"], files["config"])
+    assert (record["lr_scheduler"], record["lr_warmup_steps"]) == ("cosine", 1)
+
+    studio = Studio.from_pretrained(files["checkpoint"], config=files["config"], device="cpu", dtype="fp32")
+    plain = _pixels(studio.generate(PROMPT, **SETTINGS))
+    studio.load_lora(tmp_path / "lora" / "aiko")
+    assert np.abs(_pixels(studio.generate(PROMPT, **SETTINGS)).astype(int) - plain).max() > 0
+
+    ckpt = files["root"] / "train_me.ckpt"
+    torch.save({"state_dict": export_ldm_state_dict(files["tiny"])}, ckpt)
+    capsys.readouterr()
+    pickled = common[:3] + ["pickled"] + common[4:] + ["--model", str(ckpt)]
+    assert main(pickled) == 2
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert not (tmp_path / "lora" / "pickled").exists()
+    assert main(pickled + ["--allow-pickle"]) == 0
+    assert (tmp_path / "lora" / "pickled" / "pytorch_lora_weights.safetensors").is_file()

@@ -185,10 +185,22 @@ def test_resume_refuses_other_adapter_settings_or_base_model(tmp_path, data):
         list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, pose_conditioning=True)))
     with pytest.raises(ConfigError, match=r"different lora_layers.*'attention'.*'transformer'"):
         list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, lora_layers="transformer")))
+    # What the LoRA learns to answer: another trigger word, or another caption for uncaptioned images.
+    with pytest.raises(ConfigError, match=r"different trigger_word.*'sks'.*'zorbi'"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, trigger_word="zorbi")))
+    with pytest.raises(ConfigError, match=r"different instance_prompt.*'a picture of sks person'.*'a picture of sks girl'"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, class_word="girl")))
     other_model = build_tiny_components(seed=5)  # same architecture, other weights
     with pytest.raises(ConfigError, match="different base model"):
         list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True), components=other_model))
     assert not getattr(other_model["unet"], "peft_config", None), "the caller's model must be left clean"
+    # A checkpoint from before the prompts were recorded continues (it is not checked on them).
+    state_file = list_checkpoints(tmp_path / "lora" / "aiko")[-1] / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("trigger_word", "instance_prompt"):
+        del state["identity"][key]
+    state_file.write_text(json.dumps(state))
+    assert list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, trigger_word="zorbi")))[-1].step == 4
 
 
 def test_existing_lora_is_not_overwritten(tmp_path, data):

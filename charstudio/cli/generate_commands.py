@@ -16,6 +16,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
     p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
+    add_checkpoint_file_args(p)
+
+
+def add_checkpoint_file_args(p: argparse.ArgumentParser) -> None:
+    """--allow-pickle/--config: what a single-file (A1111/civitai) checkpoint may need to load."""
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickled .ckpt you trust")
     p.add_argument("--config", default=None,
                    help="for a single-file checkpoint: diffusers folder or hub id of its base model, whose configs "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from charstudio.cli.generate_commands import add_checkpoint_file_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
@@ -17,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("data_dir", metavar="DATA_DIR", help="folder of training images (+ optional .txt captions)")
     t.add_argument("--name", required=True, help="LoRA name; output goes to OUTPUT_DIR/NAME/")
     t.add_argument("--model", default="mini", help="base model: preset (mini, tiny, sd15), hub id, folder or .safetensors")
+    add_checkpoint_file_args(t)
     t.add_argument("--output-dir", default="lora", help="where LoRA folders go (default: lora/)")
     t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
     t.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
@@ -25,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "blocks (also feed-forward and proj_in/out)")
     t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: same as rank)")
     t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    t.add_argument("--lr-scheduler", choices=["constant", "constant_with_warmup", "linear", "cosine"],
+                   default="constant", help="learning-rate schedule after warmup (default constant)")
+    t.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warmup (default 0)")
+    t.add_argument("--text-encoder-lr", type=float, default=None,
+                   help="learning rate of the text encoder's adapter (default: --lr)")
     t.add_argument("--batch-size", type=int, default=1, help="images per step per process (default 1)")
     t.add_argument("--resolution", type=int, default=None, help="training size (default: the model's, 512 for SD)")
     t.add_argument("--trigger", default="sks", help="trigger word that names the character (default sks)")
@@ -74,9 +82,11 @@ def _config(args: argparse.Namespace):
     from charstudio.training import LoraTrainingConfig
 
     return LoraTrainingConfig(
-        data_dir=args.data_dir, name=args.name, model=args.model, output_dir=args.output_dir,
+        data_dir=args.data_dir, name=args.name, model=args.model, model_config=args.config,
+        allow_pickle=args.allow_pickle, output_dir=args.output_dir,
         max_train_steps=args.steps, rank=args.rank, lora_layers=args.lora_layers,
         alpha=float(args.alpha if args.alpha is not None else args.rank), learning_rate=args.lr,
+        lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.warmup_steps, text_encoder_lr=args.text_encoder_lr,
         batch_size=args.batch_size, resolution=args.resolution, trigger_word=args.trigger,
         class_word=args.class_word, instance_prompt=args.instance_prompt, seed=args.seed, crop=args.crop,
         flip=args.flip, train_text_encoder=args.train_text_encoder,
