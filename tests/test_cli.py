@@ -73,3 +73,39 @@ def test_cli_tears_down_the_process_group_it_ran_under(tmp_path, monkeypatch, ca
             if dist.is_initialized():
                 dist.destroy_process_group()
     capsys.readouterr()
+
+
+def test_a_trained_lora_is_used_by_generate_and_sheet(tmp_path, capsys):
+    """train-lora, then `generate/sheet --lora NAME:WEIGHT`: the recipe records the adapter and the
+    pictures change; a LoRA that is not there fails before the model loads and writes nothing."""
+    import numpy as np
+    from PIL import Image
+
+    from charstudio import Result
+    from charstudio.world import write_lora_dataset
+
+    write_lora_dataset(tmp_path / "data", trigger="zorbi", count=4)
+    lora_dir = tmp_path / "lora"
+    assert main(["train-lora", str(tmp_path / "data"), "--name", "zorbi", "--trigger", "zorbi", "--steps", "3",
+                 "--rank", "4", "--lr", "5e-2", "--batch-size", "4", "--validation-images", "0",
+                 "--output-dir", str(lora_dir)]) == 0
+    capsys.readouterr()
+    common = ["generate", "zorbi, a boy with short black hair", "--steps", "4", "--seed", "2"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    plain = capsys.readouterr().out.split()[0]
+    assert main(common + ["--lora", "zorbi:0.8", "--lora-dir", str(lora_dir), "--out", str(tmp_path / "with")]) == 0
+    out = capsys.readouterr()
+    with_lora = out.out.split()[0]
+    assert Result.from_png(with_lora).recipe.loras == {"zorbi": 0.8}
+    assert Result.from_png(plain).recipe.loras == {}
+    assert np.abs(np.asarray(Image.open(with_lora), dtype=int) - np.asarray(Image.open(plain), dtype=int)).max() > 0
+    assert "unless a loaded LoRA taught them" in out.err  # mini never saw "zorbi"; the LoRA did
+
+    assert main(["sheet", "rin", "--poses", "standing_front,waving", "--steps", "2", "--lora",
+                 str(lora_dir / "zorbi"), "--out", str(tmp_path / "sheet")]) == 0
+    first = capsys.readouterr().out.split()[0]
+    assert Result.from_png(first).recipe.loras == {"zorbi": 1.0}
+
+    assert main(common + ["--lora", "nothere:0.5", "--lora-dir", str(lora_dir), "--out", str(tmp_path / "bad")]) == 2
+    assert "nothere" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

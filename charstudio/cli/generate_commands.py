@@ -27,6 +27,40 @@ def add_checkpoint_file_args(p: argparse.ArgumentParser) -> None:
                         "to use (needed offline unless stable-diffusion-v1-5 is cached)")
 
 
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
+                   help="load a LoRA: a name under --lora-dir, a folder or a .safetensors file, at weight 1 unless "
+                        "given (zorbi:0.8); repeat the flag for several")
+    p.add_argument("--lora-dir", default="lora", help="where named LoRAs live (default: lora/)")
+
+
+def parse_loras(specs: list[str]) -> list[tuple[str, float]]:
+    """`--lora` values as (source, weight); a trailing ':NUMBER' is the weight."""
+    import math
+
+    from charstudio.errors import ConfigError
+
+    parsed = []
+    for spec in specs:
+        source, weight = spec, 1.0
+        head, sep, tail = spec.rpartition(":")
+        if sep and head.strip():
+            try:
+                weight, source = float(tail), head
+            except ValueError:
+                pass  # a ':' that is part of the path
+        if not source.strip() or not math.isfinite(weight):
+            raise ConfigError("--lora", spec, "NAME[:WEIGHT]: a LoRA name, folder or .safetensors file, "
+                                              "optionally with a weight, e.g. zorbi or zorbi:0.8")
+        parsed.append((source, weight))
+    return parsed
+
+
+def load_loras(studio, args: argparse.Namespace) -> None:
+    for source, weight in parse_loras(args.lora):
+        studio.load_lora(source, weight=weight, lora_dir=args.lora_dir)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
     p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
@@ -52,6 +86,11 @@ def precheck(args: argparse.Namespace) -> None:
         check_int("steps", args.steps, 1, 1000)
     if getattr(args, "scheduler", None):
         scheduler_spec(args.scheduler)
+    if getattr(args, "lora", None):
+        from charstudio.lora import resolve_lora_path
+
+        for source, _ in parse_loras(args.lora):
+            resolve_lora_path(source, args.lora_dir)  # a typo fails now, not after the model load
     if getattr(args, "style", None) not in (None, "", "none"):
         from charstudio.character import get_style
 
@@ -76,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file")
     g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
     g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    add_lora_args(g)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -98,6 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     precheck(args)
     ensure_dir(args.out, field="--out")
     studio = load_studio(args)
+    load_loras(studio, args)
     with StepBar("generating") as bar:
         result = studio.generate(args.subject, style=args.style, extra=args.add, seed=args.seed,
                                  num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
@@ -124,8 +165,9 @@ def print_model_note(studio, recipes) -> None:
         words = {w for r in recipes[:1] for w in re.findall(r"[a-z]+", f"{r.prompt} {r.negative_prompt}".lower())}
         unknown = sorted(words - known)
         if unknown:
+            taught = " (unless a loaded LoRA taught them)" if studio.active_loras else ""
             print(f"note: the built-in 'mini' model has never seen the words {', '.join(unknown[:12])}"
-                  f"{' ...' if len(unknown) > 12 else ''}; it knows hair, eye and outfit colours, hair styles, "
+                  f"{' ...' if len(unknown) > 12 else ''}{taught}; it knows hair, eye and outfit colours, hair styles, "
                   "outfits (dress, shirt and trousers, armour, robe), hats, glasses, scarves and backgrounds "
                   "(try `charstudio generate rin`)", file=sys.stderr)
 

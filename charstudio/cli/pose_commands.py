@@ -8,7 +8,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from charstudio.cli.generate_commands import add_model_args, add_sampling_args
+    from charstudio.cli.generate_commands import add_lora_args, add_model_args, add_sampling_args
 
     p = sub.add_parser("poses", help="list the pose library")
     p.set_defaults(func=cmd_poses)
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--reference-image", default=None, help="image whose look the poses share (needs --reference-strength)")
     s.add_argument("--different-noise", action="store_true", help="seed + i per pose instead of the same noise")
     s.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
+    add_lora_args(s)
     s.add_argument("--ip-adapter", default=None, help="IP-Adapter weights (hub id or folder, e.g. h94/IP-Adapter)")
     s.add_argument("--ip-adapter-image", default=None, help="reference image for the IP-Adapter")
     s.add_argument("--ip-adapter-scale", type=float, default=0.6)
@@ -89,7 +90,7 @@ def _is_main_process() -> bool:
 def cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.cli.generate_commands import load_studio, precheck, print_model_note
+    from charstudio.cli.generate_commands import load_loras, load_studio, precheck, print_model_note
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError, OutputError
     from charstudio.io_utils import ensure_dir
@@ -123,6 +124,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     if args.device is None and state is not None:
         args.device = str(state.device)
     studio = load_studio(args)
+    load_loras(studio, args)
     embedder = args.embedder
     with StepBar("sheet", disable=not _is_main_process() or None) as bar:
         result = studio.sheet(
