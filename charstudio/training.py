@@ -127,7 +127,10 @@ class LoraTrainingConfig:
             missing ones are generated.
         num_class_images: How many class images to use.
         prior_loss_weight: Weight of the class-image loss.
-        validation_prompt: Prompt for validation images (default: the instance prompt).
+        validation_prompt: Prompt for validation images (and the Train app's before/after).
+            Default: the first image's ``.txt`` caption when captions exist (the words the data
+            is written in, so it suits a model such as ``mini`` that knows only its own),
+            else the instance prompt.
         validation_steps: Render validation images every N steps (0 = only at the end).
         num_validation_images: Images per validation.
         validation_inference_steps: Sampling steps for validation and class images.
@@ -261,9 +264,12 @@ class LoraTrainingConfig:
     def resolved_class_prompt(self) -> str:
         return self.class_prompt or f"a picture of a {self.class_word}"
 
-    @property
-    def resolved_validation_prompt(self) -> str:
-        return self.validation_prompt or self.resolved_instance_prompt
+    def resolved_validation_prompt(self, report: DatasetReport | None = None) -> str:
+        """`validation_prompt`, else the first caption file of ``report``'s images, else the instance prompt."""
+        if self.validation_prompt:
+            return self.validation_prompt
+        captioned = [e.caption for e in (report.examples if report else []) if e.caption_from_file]
+        return captioned[0] if captioned else self.resolved_instance_prompt
 
     @property
     def lora_dir(self) -> Path:
@@ -331,6 +337,7 @@ class TrainingExample:
     caption: str
     width: int
     height: int
+    caption_from_file: bool = False
 
 
 @dataclass
@@ -403,11 +410,10 @@ def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size:
         if min(width, height) < min_size:
             skipped.append((path, f"too small ({width}x{height}; the shorter side must be >= {min_size})"))
             continue
-        caption = instance_prompt
+        text = ""
         if path.stem in captions:
-            text = captions[path.stem].read_text(encoding="utf-8", errors="replace").strip()
-            caption = " ".join(text.split()) or instance_prompt
-        examples.append(TrainingExample(path, caption, width, height))
+            text = " ".join(captions[path.stem].read_text(encoding="utf-8", errors="replace").split())
+        examples.append(TrainingExample(path, text or instance_prompt, width, height, bool(text)))
     for path, why in skipped:
         log.warning("skipping %s: %s", path.name, why)
     if skipped:
@@ -803,6 +809,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     bucket_of = [_nearest_bucket(e.width, e.height, buckets) for e in report.examples]
     pixels = [_load_pixels(e.path, buckets[b]) for e, b in zip(report.examples, bucket_of)]
     captions = [e.caption for e in report.examples]
+    validation_prompt = config.resolved_validation_prompt(report)
     controlnet, controls = None, []
     if config.pose_conditioning:
         controlnet = _pose_controlnet(config, comps, weight_dtype)
@@ -899,12 +906,11 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
         resolved = {"resolution": resolution, "mixed_precision": mixed, "optimizer": optimizer_name,
                     "num_processes": accelerator.num_processes, "buckets": sorted({buckets[b] for b in bucket_of}),
                     "instance_prompt": config.resolved_instance_prompt,
-                    "validation_prompt": config.resolved_validation_prompt,
+                    "validation_prompt": validation_prompt,
                     "class_prompt": config.resolved_class_prompt if class_pixels else None,
                     "num_class_images": len(class_pixels), "model_fingerprint": fingerprint}
         dataset_info = {"images": [str(e.path.name) for e in report.examples],
-                        "captions_from_files": sum(1 for e in report.examples
-                                                   if e.caption != config.resolved_instance_prompt),
+                        "captions_from_files": sum(1 for e in report.examples if e.caption_from_file),
                         "skipped": [[p.name, why] for p, why in report.skipped]}
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "training_config.json",
@@ -1020,8 +1026,8 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
                                                  or final):
                 if is_main:
                     images = _validate(comps, accelerator.unwrap_model(unet_t),
-                                       accelerator.unwrap_model(text_encoder_t), config, resolution, step, out,
-                                       accelerator)
+                                       accelerator.unwrap_model(text_encoder_t), config, validation_prompt,
+                                       resolution, step, out, accelerator)
                 unet_t.train()
             checkpoint = None
             if step % config.checkpointing_steps == 0 or final:
@@ -1104,8 +1110,8 @@ def _make_class_images(comps: dict[str, Any], config: LoraTrainingConfig, class_
         atomic_write(class_dir / f"class_{i:04d}.png", lambda tmp: image.save(tmp, format="PNG"))
 
 
-def _validate(comps: dict[str, Any], unet: Any, text_encoder: Any, config: LoraTrainingConfig, resolution: int,
-              step: int, out: Path, accelerator: Any) -> list[Any]:
+def _validate(comps: dict[str, Any], unet: Any, text_encoder: Any, config: LoraTrainingConfig, prompt: str,
+              resolution: int, step: int, out: Path, accelerator: Any) -> list[Any]:
     """Fixed-seed samples with the current adapter, saved under ``validation/``."""
     import torch
 
@@ -1117,7 +1123,7 @@ def _validate(comps: dict[str, Any], unet: Any, text_encoder: Any, config: LoraT
     for i in range(config.num_validation_images):
         g = torch.Generator(device="cpu").manual_seed(config.seed + i)
         with torch.no_grad(), accelerator.autocast():
-            image = pipe(config.resolved_validation_prompt, height=resolution, width=resolution, generator=g,
+            image = pipe(prompt, height=resolution, width=resolution, generator=g,
                          num_inference_steps=config.validation_inference_steps).images[0]
         atomic_write(folder / f"step{step:06d}_{i}.png", lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
         images.append(image)

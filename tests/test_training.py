@@ -118,6 +118,14 @@ def test_output_layout_and_records(tmp_path, data):
     assert info["resolved"]["optimizer"] in ("adamw", "adamw8bit")
     assert info["dataset"]["captions_from_files"] == 1
     assert LoraTrainingConfig.from_dict(info["config"]) == cfg
+    # Validation speaks the data's words: the first caption file, unless a prompt is given.
+    assert info["resolved"]["validation_prompt"] == "sks person in a red coat"
+    from charstudio.training import scan_dataset
+
+    report = scan_dataset(data, instance_prompt=cfg.resolved_instance_prompt, min_size=32)
+    assert [e.caption_from_file for e in report.examples] == [True, False, False, False]
+    assert _config(tmp_path, data, validation_prompt="sks, smiling").resolved_validation_prompt(report) == "sks, smiling"
+    assert cfg.resolved_validation_prompt() == "a picture of sks person"  # no captions known
 
 
 def test_stop_and_resume_gives_the_same_weights(tmp_path, data):

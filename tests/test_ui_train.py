@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,7 @@ def test_dataset_shows_images_and_saves_edited_captions(app, tmp_path):
 
 
 def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_path, monkeypatch):
+    (tmp_path / "data" / "img1.txt").write_text("zxq, a hero in a green cloak\n")
     app.name.value = "hero"
     app.trigger.value = "zxq"
     app.learning_rate.value = 1e-3
@@ -127,6 +130,10 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
         weights = [r.loras.get("hero") for r in app.comparison.recipes]
         assert weights == [0.0, 0.5, 1.0] and len(app.comparison_images.children) == 3
         assert len({r.seed for r in app.comparison.recipes}) == 1
+        # ... in the data's own words: the caption file, which validation used too.
+        assert {r.prompt for r in app.comparison.recipes} == {"zxq, a hero in a green cloak"}
+        recorded = json.loads((tmp_path / "lora" / "hero" / "training_config.json").read_text())
+        assert recorded["resolved"]["validation_prompt"] == "zxq, a hero in a green cloak"
     else:
         assert app.comparison is None and "load_lora" in app.comparison_info.value
 

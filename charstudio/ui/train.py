@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import logging
 import os
 from pathlib import Path
@@ -386,6 +387,15 @@ class TrainApp(AppBase):
         ax.tick_params(labelsize=7)
         return figure_png(fig)
 
+    def _validation_prompt(self, config: Any) -> str:
+        """The prompt the run validated with, as its training_config.json records it."""
+        path = self.files.get("config")
+        if path is not None and Path(path).is_file():
+            recorded = json.loads(Path(path).read_text(encoding="utf-8")).get("resolved", {}).get("validation_prompt")
+            if recorded:
+                return str(recorded)
+        return config.resolved_validation_prompt()
+
     def _before_after(self, studio: Any, config: Any, token: CancelToken) -> Any:
         """The validation prompt at LoRA weights 0 (before), 0.5 and 1 (after), one seed."""
         if not hasattr(studio, "load_lora") or not hasattr(studio, "set_loras"):
@@ -402,14 +412,15 @@ class TrainApp(AppBase):
         adapter = studio.load_lora(str(path), weight=1.0, adapter_name=config.name)
         adapter = adapter if isinstance(adapter, str) else config.name
         size = config.resolution or None
-        sweep = studio.lora_sweep(config.resolved_validation_prompt, adapter, list(SWEEP_WEIGHTS), seed=config.seed,
+        prompt = self._validation_prompt(config)
+        sweep = studio.lora_sweep(prompt, adapter, list(SWEEP_WEIGHTS), seed=config.seed,
                                   width=size, height=size, num_inference_steps=config.validation_inference_steps)
         self.comparison = sweep
         labels = [f"weight {w:g}" + (" (before)" if w == 0 else "") for w in SWEEP_WEIGHTS]
         self.comparison_images.children = tuple(
             W.VBox([W.Image(value=png_bytes(im, 160), format="png", layout=W.Layout(width="160px")),
                     W.HTML(value=f"<small>{label}</small>")]) for im, label in zip(sweep.images, labels))
-        self.comparison_info.value = (f"<small>'{html.escape(config.resolved_validation_prompt)}', seed {config.seed}. "
+        self.comparison_info.value = (f"<small>'{html.escape(prompt)}', seed {config.seed}. "
                                       f"The LoRA stays loaded as <code>{html.escape(adapter)}</code> at weight "
                                       f"{studio.active_loras.get(adapter, 1.0):g}.</small>")
         return sweep
