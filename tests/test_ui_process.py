@@ -87,3 +87,26 @@ def test_cancel_stops_a_trace_and_errors_read_as_one_line(app, monkeypatch):
     app.design.prompt.value = ""
     run(app, app.trace_button)
     assert app.status.level == "error" and "prompt" in app.status.text and "\n" not in app.status.text
+
+
+def test_apps_start_in_words_the_model_knows():
+    """On mini the apps' starting prompt and cards use only mini's vocabulary (the SD 1.5 ones,
+    a knight in silver armour, aiko and bram, are mostly words mini never saw)."""
+    import re
+
+    from charstudio.character import load_character
+    from charstudio.models.presets import preset_examples
+    from charstudio.ui.interpolate import InterpolateApp
+    from charstudio.world import vocabulary
+
+    known = set(vocabulary())
+    process, interpolate = ProcessApp(model="mini"), InterpolateApp(model="mini")  # nothing loads until used
+    assert process.design.prompt.value == preset_examples("mini")[1]
+    assert (interpolate.design_a.value(), interpolate.design_b.value()) == ("rin", "kai")
+    texts = [process.design.prompt.value] + [load_character(c).subject for c in ("rin", "kai")]
+    for text in texts:
+        assert set(re.findall(r"[a-z]+", text.lower())) <= known, text
+    # Other models keep the SD 1.5 examples.
+    assert preset_examples("sd15") == preset_examples("/models/anime.safetensors") == (("aiko", "bram"),
+                                                                                      "a knight in silver armour, portrait")
+    assert not set(re.findall(r"[a-z]+", preset_examples("sd15")[1])) <= known

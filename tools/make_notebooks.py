@@ -108,8 +108,9 @@ character in 8 poses wearing a **red cape**, something `mini` never saw in train
 describe everything else, so the trigger word `zorbi` has to learn the cape. Each picture's pose is
 saved beside it (`NAME.pose.json`), so Load ticks *pose conditioning* (the README says what it does).
 For `mini` the app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`,
-300 steps, about 1.5 minutes on a 2-core CPU): afterwards "zorbi" alone brings the cape out in most
-seeds, at 64 px and with some colour bleeding (the README has the figures). With other models the
+300 steps, about 1.5 minutes on a 2-core CPU): afterwards "zorbi" before the character's caption, which
+never mentions a cape, brings the cape out in most seeds (80% of the check's), at 64 px and with some
+colour bleeding (the README has the figures). The before/after row draws the first caption. With other models the
 model draws the demo pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio

@@ -21,6 +21,9 @@ class ModelPreset:
     default_guidance: float = 7.0  # classifier-free guidance scale when the caller gives none
     builtin: bool = False
     folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
+    # What the apps start with: two cards and a prompt written in words the model knows.
+    example_cards: tuple[str, str] = ("aiko", "bram")
+    example_prompt: str = "a knight in silver armour, portrait"
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -37,7 +40,8 @@ PRESETS: dict[str, ModelPreset] = {
             "draws real characters in seconds on a CPU, with its own OpenPose ControlNet",
             repo=None, controlnet=None, default_steps=20, builtin=True, folder="mini",
             # A 3M-parameter UNet: SD's 7 over-saturates it into one-colour silhouettes.
-            default_guidance=MINI_GUIDANCE,
+            default_guidance=MINI_GUIDANCE, example_cards=("rin", "kai"),
+            example_prompt="a girl with long red hair and green eyes, wearing a blue dress, yellow background",
         ),
         ModelPreset(
             "sd15",
@@ -50,3 +54,10 @@ PRESETS: dict[str, ModelPreset] = {
 
 # ControlNet to pair with any SD 1.x checkpoint that is not a preset (anime fine-tunes included).
 SD15_OPENPOSE_CONTROLNET = "lllyasviel/control_v11p_sd15_openpose"
+
+
+def preset_examples(model: str) -> tuple[tuple[str, str], str]:
+    """(two card names, a prompt) to start an app with: a preset's own, else SD 1.5's (the cards
+    aiko and bram are written for SD 1.5 models, rin and kai in mini's words)."""
+    preset = PRESETS.get(model) or PRESETS["sd15"]
+    return preset.example_cards, preset.example_prompt

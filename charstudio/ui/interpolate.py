@@ -14,6 +14,7 @@ from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from .common import (AppBase, error_text, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
                      blank_png, exclusive, figure_png, labelled, png_bytes)
+from ..models.presets import preset_examples
 from .explore import SIZES, _default_guidance, _default_steps
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ class InterpolateApp(AppBase):
                                layout=W.Layout(width="140px"))
 
         # 2. Design A -> B.
-        self.design_a = DesignPicker(gallery, card="aiko")
-        self.design_b = DesignPicker(gallery, card="bram")
+        (card_a, card_b), _ = preset_examples(model)  # cards in words the model knows
+        self.design_a = DesignPicker(gallery, card=card_a)
+        self.design_b = DesignPicker(gallery, card=card_b)
         self.seed_a = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
                                        layout=W.Layout(width="130px"))
         self.seed_b = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
@@ -110,7 +112,7 @@ class InterpolateApp(AppBase):
         self.smoothness_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="380px"))
 
         # 3. Style mix: one weight slider per style preset.
-        self.mix_design = DesignPicker(gallery, card="aiko")
+        self.mix_design = DesignPicker(gallery, card=card_a)
         self.mix_seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
                                          layout=W.Layout(width="130px"))
         self.style_weights = {name: W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description=name,
@@ -125,7 +127,7 @@ class InterpolateApp(AppBase):
 
         # 4. Pose to pose.
         poses = list_poses()
-        self.anim_design = DesignPicker(gallery, card="aiko")
+        self.anim_design = DesignPicker(gallery, card=card_a)
         self.anim_seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
                                           layout=W.Layout(width="130px"))
         self.pose_a = W.Dropdown(options=poses, value="standing_front" if "standing_front" in poses else poses[0])

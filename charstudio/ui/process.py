@@ -13,6 +13,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from .common import (AppBase, error_text, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
                      labelled, png_bytes, step_hook)
+from ..models.presets import preset_examples
 from .explore import SIZES, _default_guidance, _default_steps
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class ProcessApp(AppBase):
 
     def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, size: int | None = None,
-                 prompt: str = "a knight in silver armour, portrait"):
+                 prompt: str | None = None):
         from ..character import load_styles
         from ..schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
@@ -43,7 +44,7 @@ class ProcessApp(AppBase):
 
         # 1. The run to trace.
         self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
-        self.design = DesignPicker(prompt=prompt)
+        self.design = DesignPicker(prompt=prompt if prompt is not None else preset_examples(model)[1])
         self.style = W.Dropdown(options=[("(the card's own)", ""), ("none", "none")]
                                 + [(s, s) for s in sorted(load_styles())], value="")
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
