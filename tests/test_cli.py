@@ -88,8 +88,14 @@ def test_a_trained_lora_is_used_by_generate_and_sheet(tmp_path, capsys):
     lora_dir = tmp_path / "lora"
     assert main(["train-lora", str(tmp_path / "data"), "--name", "zorbi", "--trigger", "zorbi", "--steps", "3",
                  "--rank", "4", "--lr", "5e-2", "--batch-size", "4", "--validation-images", "0",
+                 "--prior-preservation", "--class-prompt", "a boy with short black hair", "--num-class-images", "2",
                  "--output-dir", str(lora_dir)]) == 0
     capsys.readouterr()
+    import json
+
+    record = json.loads((lora_dir / "zorbi" / "training_config.json").read_text())
+    assert record["resolved"]["class_prompt"] == "a boy with short black hair"
+    assert record["resolved"]["num_class_images"] == 2
     common = ["generate", "zorbi, a boy with short black hair", "--steps", "4", "--seed", "2"]
     assert main(common + ["--out", str(tmp_path / "plain")]) == 0
     plain = capsys.readouterr().out.split()[0]

@@ -153,6 +153,16 @@ def test_apply_settings_sets_the_controls_or_names_what_they_cannot_hold(app):
     for field in set(app.SETTING_CONTROLS) | {"alpha"}:
         if field in LORA_SETTINGS:
             assert getattr(cfg, field) == LORA_SETTINGS[field], field
+    # Every setting that changes what is learnt has a control (the rest: alpha = rank, and the
+    # check's own bookkeeping), so the notebook trains what the check trains.
+    assert set(LORA_SETTINGS) - set(app.SETTING_CONTROLS) <= {"alpha", "resolution", "validation_steps",
+                                                               "num_validation_images", "checkpointing_steps"}
+    app.apply_settings({"with_prior_preservation": True, "class_prompt": "a boy", "num_class_images": 8})
+    cfg = app.make_config()
+    assert (cfg.with_prior_preservation, cfg.class_prompt, cfg.num_class_images) == (True, "a boy", 8)
+    app.apply_settings({"class_prompt": None})
+    assert app.class_prompt.value == "" and app.make_config().class_prompt is None
+    app.apply_settings(LORA_SETTINGS)
     with pytest.raises(ConfigError, match="learning_rate=0.5.*between 1e-06 and 0.1"):
         app.apply_settings({"learning_rate": 0.5})  # a slider would clamp it silently
     with pytest.raises(ConfigError, match="rank=12.*one of"):

@@ -138,6 +138,12 @@ class TrainApp(AppBase):
         # Ticked by Load when every image has a NAME.pose.json beside it.
         self.pose_conditioning = W.Checkbox(value=False, description="train with each image's pose (NAME.pose.json)",
                                             indent=False)
+        # Prior preservation: also train on pictures the base model draws of the class prompt.
+        self.prior_preservation = W.Checkbox(value=False, indent=False,
+                                             description="prior preservation (also train on the base model's class images)")
+        self.class_prompt = W.Text(value="", placeholder="blank: a picture of a CLASS WORD",
+                                   layout=W.Layout(width="260px"))
+        self.num_class_images = W.BoundedIntText(value=50, min=1, max=10_000, layout=W.Layout(width="120px"))
         self.seed = W.BoundedIntText(value=0, min=0, max=2**31, layout=W.Layout(width="120px"))
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
         self.overwrite = W.Checkbox(value=False, description="replace an existing LoRA of this name", indent=False)
@@ -179,7 +185,9 @@ class TrainApp(AppBase):
                           labelled("sample steps", self.validation_inference_steps),
                           labelled("checkpoint every", self.checkpointing_steps), labelled("seed", self.seed),
                           labelled("save under", self.output_dir), self.train_text_encoder, self.flip,
-                          self.pose_conditioning, self.overwrite])
+                          self.pose_conditioning, self.prior_preservation,
+                          labelled("class prompt", self.class_prompt),
+                          labelled("class images", self.num_class_images), self.overwrite])
         run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
                       W.HBox([self.progress.bar, self.progress.label]), self.status.widget, self.loss_plot,
                       W.HTML("validation samples"), self.validation,
@@ -243,7 +251,11 @@ class TrainApp(AppBase):
                         "lora_layers": "lora_layers", "learning_rate": "learning_rate", "lr_scheduler": "lr_scheduler",
                         "batch_size": "batch_size", "snr_gamma": "snr_gamma", "train_text_encoder": "train_text_encoder",
                         "pose_conditioning": "pose_conditioning", "flip": "flip", "seed": "seed",
-                        "class_word": "class_word", "model": "model"}
+                        "class_word": "class_word", "model": "model",
+                        "with_prior_preservation": "prior_preservation", "class_prompt": "class_prompt",
+                        "num_class_images": "num_class_images"}
+    # What a control shows for a config's None.
+    _NONE_AS = {"snr_gamma": 0.0, "class_prompt": ""}
 
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Set the controls from `LoraTrainingConfig` keyword arguments (e.g. a recipe's settings).
@@ -269,7 +281,7 @@ class TrainApp(AppBase):
             if control is None:
                 continue
             widget = getattr(self, control)
-            want = 0.0 if field == "snr_gamma" and value is None else value
+            want = self._NONE_AS.get(field, value) if value is None else value
             options = [o[1] if isinstance(o, tuple) else o for o in getattr(widget, "options", ())]
             if options and not isinstance(widget, W.Combobox) and want not in options:
                 raise ConfigError(field, value, f"one of {options}")
@@ -301,6 +313,8 @@ class TrainApp(AppBase):
             train_text_encoder=bool(self.train_text_encoder.value),
             batch_size=int(self.batch_size.value), snr_gamma=float(self.snr_gamma.value) or None,
             flip=bool(self.flip.value), pose_conditioning=bool(self.pose_conditioning.value), seed=int(self.seed.value),
+            with_prior_preservation=bool(self.prior_preservation.value),
+            class_prompt=self.class_prompt.value.strip() or None, num_class_images=int(self.num_class_images.value),
             validation_steps=int(self.validation_steps.value),
             validation_inference_steps=int(self.validation_inference_steps.value),
             checkpointing_steps=min(int(self.checkpointing_steps.value), steps),
