@@ -64,8 +64,12 @@ def test_sheet_has_n_labelled_cells_and_reproducible_images(tiny_studio):
     assert (px(tiny_studio.run(sheet.recipes[2]).image) == px(sheet.images[2])).all()
 
     grid = sheet.grid_image
-    pad, label_h, (w, h) = 4, 14, sheet.images[0].size
-    assert grid.size == (3 * (w + pad) + pad, h + label_h + 2 * pad)
+    from charstudio.imaging import LABEL_LINE_HEIGHT, LABEL_MAX_LINES
+
+    pad, (w, h) = 4, sheet.images[0].size
+    label_h = grid.size[1] - h - 2 * pad  # labels wrap onto 1-3 lines to stay under their picture
+    assert grid.size[0] == 3 * (w + pad) + pad
+    assert label_h in {LABEL_LINE_HEIGHT * k + 2 for k in range(1, LABEL_MAX_LINES + 1)}
     g = px(grid)
     for i, image in enumerate(sheet.images):
         x = pad + i * (w + pad)
