@@ -10,8 +10,9 @@ same command again resumes where an interrupted run stopped:
 2. vae   - train the AutoencoderKL (L1 + MSE + a tiny KL term);
 3. latents - encode every picture once (mean and std of the posterior);
 4. unet  - train text encoder, UNet and ControlNet together on those latents: v-prediction,
-           the picture error weighted min(SNR, 5) + 1 and toward the figure's cells, 10% empty captions (for guidance), 30% of samples without
-           the ControlNet (so the UNet alone draws too), EMA weights;
+           the picture error weighted min(SNR, 5) + 1 and toward the figure's cells, 10%
+           empty captions (for guidance), 30% of samples without the ControlNet (so the UNet
+           alone draws too), EMA weights;
 5. export - write a diffusers folder (plus ``controlnet/``) of safetensors to ``--out``, with
            ``mini_report.json`` holding the losses and the behaviour scores.
 
