@@ -365,14 +365,30 @@ class SheetResult(Result):
                                       overwrite=overwrite))
         grid = self.grid_image
         paths.append(atomic_write(out / grid_name, lambda tmp: grid.save(tmp, format="PNG"), overwrite=overwrite))
+        old_files = _sheet_files(out / json_name) if overwrite else []
         paths.append(atomic_write(out / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"),
                                   overwrite=overwrite))
+        # The new sheet is complete: the old sheet's pictures it did not rewrite (it had more
+        # poses) go, so the folder holds one sheet. Only files the old sheet.json listed.
+        for name in old_files:
+            if name not in names:
+                (out / name).unlink(missing_ok=True)
         return paths
 
     def summary(self, files: list[str] | None = None) -> dict[str, Any]:
         """JSON-ready description: settings, labels, score, and each image's recipe."""
         return {"settings": self.settings, "labels": self.labels, "score": self.score,
                 "files": files, "recipes": [r.to_dict() for r in self.recipes]}
+
+
+def _sheet_files(sheet_json: Path) -> list[str]:
+    """The picture names an existing ``sheet.json`` lists (plain names in its folder only)."""
+    try:
+        files = json.loads(sheet_json.read_text(encoding="utf-8")).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and f == Path(f).name and f.lower().endswith(".png")
+            and not f.startswith(".")]
 
 
 def _pose_label(pose: Any, i: int) -> str:

@@ -95,7 +95,8 @@ def list_loras(lora_dir: str | os.PathLike = DEFAULT_LORA_DIR) -> list[str]:
     base = Path(lora_dir).expanduser()
     if not base.is_dir():
         return []
-    return sorted(d.name for d in base.iterdir() if (d / LORA_WEIGHTS_NAME).is_file())
+    # Hidden folders are an overwrite's staging copy (charstudio.training.staging_dir), not a LoRA.
+    return sorted(d.name for d in base.iterdir() if not d.name.startswith(".") and (d / LORA_WEIGHTS_NAME).is_file())
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:

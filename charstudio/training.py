@@ -622,34 +622,156 @@ def _model_fingerprint(unet: Any, text_encoder: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_output(config: LoraTrainingConfig, is_main: bool) -> tuple[Path, Path | None]:
-    """Check what is already in ``lora/NAME`` against resume/overwrite; return (dir, checkpoint to resume)."""
+# The files that make a finished LoRA folder; it is finished only when all of them are there.
+def final_files(lora_dir: Path, name: str) -> list[Path]:
+    """The files a finished ``lora/NAME`` holds (weights in both formats and the config)."""
+    return [lora_dir / "pytorch_lora_weights.safetensors", lora_dir / f"{name}.safetensors",
+            lora_dir / "training_config.json"]
+
+
+def is_finished(lora_dir: Path, name: str) -> bool:
+    """True when every final file of the LoRA is there (a kill between them leaves it unfinished)."""
+    return all(p.is_file() for p in final_files(lora_dir, name))
+
+
+# What a run writes into lora/NAME; anything else there (class_images, a user's notes) is kept
+# across an overwrite.
+def _run_outputs(name: str) -> set[str]:
+    return {"pytorch_lora_weights.safetensors", f"{name}.safetensors", "training_config.json", "loss.csv",
+            CHECKPOINT_DIR, VALIDATION_DIR}
+
+
+def staging_dir(lora_dir: Path) -> Path:
+    """Where an overwriting run builds the new LoRA; it replaces ``lora_dir`` only once complete."""
+    return lora_dir.with_name(f".{lora_dir.name}.overwrite")
+
+
+def _replaced_dir(lora_dir: Path) -> Path:
+    return lora_dir.with_name(f".{lora_dir.name}.replaced")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_checkpoint_leftovers(lora_dir: Path) -> None:
+    """Temp folders that a killed checkpoint write left (``.tmp-*`` / ``.old-*`` of a dead process)."""
+    root = lora_dir / CHECKPOINT_DIR
+    if not root.is_dir():
+        return
+    for d in root.iterdir():
+        m = re.match(r"^\.(tmp|old)-(checkpoint-\d+)-(\d+)$", d.name)
+        if not m or not d.is_dir() or _pid_alive(int(m.group(3))):
+            continue
+        kind, target = m.group(1), root / m.group(2)
+        if kind == "old" and not target.exists():
+            # Killed between moving the old checkpoint aside and moving the new one in: the old
+            # one is complete, so it goes back.
+            os.replace(d, target)
+            log.info("restored %s from an interrupted checkpoint write", target)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            log.info("removed %s, left by an interrupted checkpoint write", d)
+
+
+def _swap_into_place(staged: Path, lora_dir: Path, name: str) -> None:
+    """Replace ``lora_dir`` by the complete ``staged`` folder.
+
+    The user's own files in the old folder (class images, notes) move into the new one first.
+    Every step can be interrupted: `_recover_swap` finishes the job on the next run, because the
+    staged folder is complete before this starts.
+    """
+    replaced = _replaced_dir(lora_dir)
+    if lora_dir.is_dir():
+        keep = _run_outputs(name)
+        for entry in lora_dir.iterdir():
+            if entry.name not in keep and not (staged / entry.name).exists():
+                os.replace(entry, staged / entry.name)
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(lora_dir, replaced)
+    os.replace(staged, lora_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _recover_swap(lora_dir: Path, name: str) -> None:
+    """Finish an overwrite that a kill interrupted while it swapped folders."""
+    staged, replaced = staging_dir(lora_dir), _replaced_dir(lora_dir)
+    if staged.is_dir() and is_finished(staged, name):
+        log.info("finishing an interrupted overwrite of %s", lora_dir)
+        _swap_into_place(staged, lora_dir, name)
+    elif replaced.is_dir():
+        if lora_dir.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.replace(replaced, lora_dir)
+
+
+@dataclass
+class _OutputPlan:
+    """Where a run writes (``work``), where its LoRA ends up (``final``) and what it resumes."""
+
+    work: Path
+    final: Path
+    resume_from: Path | None
+
+    @property
+    def staged(self) -> bool:
+        return self.work != self.final
+
+
+def _prepare_output(config: LoraTrainingConfig, is_main: bool) -> _OutputPlan:
+    """Check what is already in ``lora/NAME`` against resume/overwrite, and plan the run.
+
+    Nothing of an existing LoRA is deleted here. An overwrite trains into a staging folder
+    beside it (`staging_dir`), which replaces the old folder only when its files are complete.
+    """
     out = config.lora_dir
-    finals = [out / "pytorch_lora_weights.safetensors", out / f"{config.name}.safetensors"]
-    checkpoints = list_checkpoints(out)
-    has_final = any(p.exists() for p in finals)
     if out.exists() and not out.is_dir():
         raise OutputError(f"output_dir={str(out)!r} is a file: remove it or choose another name")
+    if is_main:
+        _recover_swap(out, config.name)
+        _clean_checkpoint_leftovers(out)
+        _clean_checkpoint_leftovers(staging_dir(out))
+    staged = staging_dir(out)
+    finished = is_finished(out, config.name)
+    some_final = any(p.is_file() for p in final_files(out, config.name)[:2])
+    checkpoints = list_checkpoints(out)
     if config.resume:
-        if has_final and not config.overwrite:
+        # An overwrite that was stopped continues in its staging folder, the old LoRA untouched.
+        staged_checkpoints = list_checkpoints(staged)
+        if staged_checkpoints:
+            return _OutputPlan(staged, out, staged_checkpoints[-1])
+        if finished and not config.overwrite:
             raise OutputError(f"{str(out)!r} already holds a finished LoRA: pass overwrite=True (CLI: --overwrite) "
                               "to train it further, or choose another name")
         if not checkpoints:
             log.warning("resume=True but %s has no checkpoint; starting from step 0", out / CHECKPOINT_DIR)
-            return out, None
-        return out, checkpoints[-1]
-    leftovers = has_final or bool(checkpoints) or (out / "training_config.json").exists()
+            return _OutputPlan(out, out, None)
+        # A half-written LoRA (stopped between its final files) resumes from its last
+        # checkpoint, which training writes before the final files, and completes them.
+        return _OutputPlan(out, out, checkpoints[-1])
+    leftovers = some_final or bool(checkpoints) or (out / "training_config.json").exists()
     if leftovers and not config.overwrite:
-        what = "a LoRA" if has_final else "checkpoints of an earlier run"
+        if finished:
+            what, hint = "a LoRA", ""
+        elif some_final:
+            what, hint = "a LoRA whose final files were not all written", ", or resume=True (CLI: --resume) to complete it"
+        else:
+            what, hint = "checkpoints of an earlier run", ", or resume=True (CLI: --resume) to continue it"
         raise OutputError(f"{str(out)!r} already holds {what}: pass overwrite=True (CLI: --overwrite) to replace it"
-                          + ("" if has_final else ", or resume=True (CLI: --resume) to continue it"))
-    if leftovers and is_main:
-        # The user asked to start over: drop what the old run left so nothing mixes with the new one.
-        for sub in (CHECKPOINT_DIR, VALIDATION_DIR):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for p in finals + [out / "loss.csv", out / "training_config.json"]:
-            p.unlink(missing_ok=True)
-    return out, None
+                          + hint)
+    if leftovers:
+        # Start over in the staging folder; an earlier unfinished overwrite there is dropped.
+        if is_main:
+            shutil.rmtree(staged, ignore_errors=True)
+        return _OutputPlan(staged, out, None)
+    return _OutputPlan(out, out, None)
 
 
 def _pick_optimizer(kind: str, groups: list[dict], config: LoraTrainingConfig, device: Any) -> tuple[Any, str]:
@@ -740,7 +862,7 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed]
 
     # 2. Cheap checks before anything heavy: output folder state, dataset folder.
-    out, resume_from = _prepare_output(config, accelerator.is_main_process)
+    output = _prepare_output(config, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     images, _ = list_dataset(config.data_dir)
     if config.pose_conditioning:
@@ -759,7 +881,13 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
         # Class images, cached text embeddings and the fingerprint must come from the base model.
         lora_mod.set_loras(holder, {})
     try:
-        yield from _train(config, comps, accelerator, out, resume_from, weight_dtype, mixed, own_components)
+        yield from _train(config, comps, accelerator, output, weight_dtype, mixed, own_components)
+    except BaseException:
+        # A staged overwrite that failed before its first checkpoint has nothing to resume:
+        # drop it. The old LoRA was never touched.
+        if output.staged and accelerator.is_main_process and not list_checkpoints(output.work):
+            shutil.rmtree(output.work, ignore_errors=True)
+        raise
     finally:
         if not own_components:
             # The caller's model goes back to how it came: no training adapter, frozen, eval mode.
@@ -776,9 +904,10 @@ class _ModelPair:
         self.unet, self.text_encoder = unet, text_encoder
 
 
-def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, out: Path,
-           resume_from: Path | None, weight_dtype: Any, mixed: str, own_components: bool) -> Iterator[TrainingStep]:
+def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, output: _OutputPlan,
+           weight_dtype: Any, mixed: str, own_components: bool) -> Iterator[TrainingStep]:
     """The body of ``train_lora`` once the model is loaded (split out so cleanup always runs)."""
+    out, resume_from = output.work, output.resume_from
     import torch
     from diffusers import DDPMScheduler
 
@@ -819,7 +948,9 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     # 5. Prior preservation: class images from the frozen base model (generated once, kept).
     class_pixels: list[Any] = []
     if config.with_prior_preservation:
-        class_dir = Path(config.class_data_dir).expanduser() if config.class_data_dir else out / "class_images"
+        # Under the LoRA's real folder even while an overwrite is staged: class images are kept
+        # across runs, and the swap carries them into the new folder.
+        class_dir = Path(config.class_data_dir).expanduser() if config.class_data_dir else output.final / "class_images"
         if is_main:
             _make_class_images(comps, config, class_dir, resolution, device)
         accelerator.wait_for_everyone()
@@ -923,8 +1054,9 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
                         start_step, config.max_train_steps)
         files = {}
         if is_main:
-            files = _save_final(out, config, accelerator.unwrap_model(unet_t),
+            files = _save_final(output, config, accelerator.unwrap_model(unet_t),
                                 accelerator.unwrap_model(text_encoder_t), history, resolution)
+        accelerator.wait_for_everyone()
         last = history[-1] if history else (start_step, float("nan"), 0.0, elapsed_before)
         yield TrainingStep(step=start_step, total_steps=config.max_train_steps, loss=last[1], lr=last[2],
                            elapsed=elapsed_before, epoch=0, done=True, files=files, is_main_process=is_main)
@@ -1038,8 +1170,11 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
             if final:
                 accelerator.wait_for_everyone()
                 if is_main:
-                    files = _save_final(out, config, accelerator.unwrap_model(unet_t),
+                    files = _save_final(output, config, accelerator.unwrap_model(unet_t),
                                         accelerator.unwrap_model(text_encoder_t), history, resolution)
+                accelerator.wait_for_everyone()
+                if checkpoint is not None and output.staged:
+                    checkpoint = output.final / checkpoint.relative_to(output.work)
             yield TrainingStep(step=step, total_steps=config.max_train_steps, loss=step_loss, lr=lr,
                                elapsed=elapsed, epoch=epoch, images=images, checkpoint=checkpoint, done=final,
                                files=files, is_main_process=is_main)
@@ -1239,9 +1374,12 @@ def _load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acc
     return int(state["step"]), float(state.get("elapsed", 0.0)), history
 
 
-def _save_final(out: Path, config: LoraTrainingConfig, unet: Any, text_encoder: Any, history: list,
+def _save_final(output: _OutputPlan, config: LoraTrainingConfig, unet: Any, text_encoder: Any, history: list,
                 resolution: int) -> dict[str, Path]:
+    """Write the LoRA in both formats and the loss log; a staged overwrite then replaces the old folder."""
     from .lora import save_lora
+
+    out = output.work
 
     files = save_lora(unet, text_encoder if config.train_text_encoder else None, out, config.name,
                       adapter_name=ADAPTER_NAME, overwrite=True,
@@ -1251,5 +1389,9 @@ def _save_final(out: Path, config: LoraTrainingConfig, unet: Any, text_encoder: 
                                       "ss_seed": str(config.seed), "ss_trigger_word": config.trigger_word})
     files["loss_csv"] = _write_loss_csv(out / "loss.csv", history)
     files["config"] = out / "training_config.json"
-    log.info("saved LoRA %r to %s", config.name, out)
+    if output.staged:
+        # The new LoRA is complete: only now does it replace the old one.
+        _swap_into_place(output.work, output.final, config.name)
+        files = {k: output.final / p.relative_to(output.work) for k, p in files.items()}
+    log.info("saved LoRA %r to %s", config.name, output.final)
     return files

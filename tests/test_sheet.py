@@ -94,6 +94,28 @@ def test_sheet_save_writes_images_with_recipes_and_never_overwrites(tiny_studio,
         sheet.save(tmp_path)
 
 
+def test_sheet_overwrite_with_fewer_poses_leaves_only_the_new_sheet(tiny_studio, tmp_path, capsys):
+    from charstudio.cli import main
+
+    common = ["sheet", "a knight", "--model", "tiny", "--steps", "2", "--width", "32", "--height", "32",
+              "--seed", "3", "--out", str(tmp_path)]
+    assert main(common + ["--poses", ",".join(POSES)]) == 0
+    (tmp_path / "my-notes.png").write_bytes(b"not part of any sheet")
+    assert main(common + ["--poses", "kneeling", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00-kneeling.png", "grid.png", "my-notes.png",
+                                                            "sheet.json"]
+    assert json.loads((tmp_path / "sheet.json").read_text())["files"] == ["00-kneeling.png"]
+    # A sheet.json that lists paths outside its folder deletes nothing there.
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    outside.write_bytes(b"keep")
+    data = json.loads((tmp_path / "sheet.json").read_text())
+    data["files"] = [str(outside), "../" + outside.name]
+    (tmp_path / "sheet.json").write_text(json.dumps(data))
+    assert main(common + ["--poses", "kneeling", "--overwrite"]) == 0
+    assert outside.read_bytes() == b"keep"
+
+
 def test_sheet_bad_input(tiny_studio):
     with pytest.raises(ConfigError, match="poses=\\[\\]"):
         tiny_studio.sheet("a knight", [], **FAST)

@@ -497,3 +497,147 @@ def test_fewer_than_five_images_trains_with_a_warning(tmp_path, caplog):
         report = scan_dataset(data, instance_prompt="a picture of sks person", min_size=32)
     assert len(report.examples) == 2
     assert any("only 2 usable" in r.getMessage() and "5-50" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------------------
+# Overwrite and interrupted writes never lose a finished LoRA (hostile-input issue, class 0)
+# --------------------------------------------------------------------------------------------
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative name -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _finished_lora(tmp_path: Path, data: Path, name: str = "zref") -> tuple[Path, dict[str, bytes]]:
+    list(train_lora(_config(tmp_path, data, name=name, max_train_steps=2, checkpointing_steps=1)))
+    out = tmp_path / "lora" / name
+    (out / "notes.txt").write_text("my notes on this LoRA\n")  # a user's own file in the folder
+    return out, _snapshot(out)
+
+
+def test_a_failing_overwrite_leaves_the_finished_lora_as_it_was(tmp_path, data, capsys):
+    from PIL import Image
+
+    from charstudio.cli import main
+
+    out, before = _finished_lora(tmp_path, data)
+    assert {"pytorch_lora_weights.safetensors", "zref.safetensors", "loss.csv", "training_config.json",
+            "checkpoints/checkpoint-000002/trainer_state.json"} <= set(before)
+    unusable = tmp_path / "unusable"
+    unusable.mkdir()
+    (unusable / "a.png").write_bytes(b"garbage")
+    Image.new("RGB", (20, 20)).save(unusable / "b.png")
+    base = ["train-lora", "--name", "zref", "--output-dir", str(tmp_path / "lora"), "--overwrite", "--steps", "2",
+            "--validation-images", "0"]
+    failures = {
+        "unknown model": [str(data), "--model", "sd99"],
+        "no usable image": [str(unusable), "--model", "tiny"],
+        "resolution 4096": [str(data), "--model", "tiny", "--resolution", "4096"],
+    }
+    for what, args in failures.items():
+        assert main(base + args) == 2, what
+        err = capsys.readouterr().err
+        assert err.strip() and "Traceback" not in err, what
+        assert _snapshot(out) == before, f"{what}: the old LoRA changed"
+        assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["zref"], f"{what}: left a staging folder"
+
+
+def test_overwrite_replaces_the_old_lora_only_when_the_new_one_is_complete(tmp_path, data):
+    from charstudio.lora import list_loras
+    from charstudio.training import staging_dir
+
+    out, before = _finished_lora(tmp_path, data)
+    (out / "class_images").mkdir()
+    (out / "class_images" / "0.png").write_bytes(b"kept")
+    # The overwriting run is stopped after its first checkpoint: the old LoRA is untouched.
+    gen = train_lora(_config(tmp_path, data, name="zref", max_train_steps=3, checkpointing_steps=1, seed=7,
+                             overwrite=True))
+    for record in gen:
+        if record.step == 2:
+            gen.close()
+            break
+    assert {k: v for k, v in _snapshot(out).items() if not k.startswith("class_images")} == before
+    staged = staging_dir(out)
+    assert [p.name for p in list_checkpoints(staged)] == ["checkpoint-000001", "checkpoint-000002"]
+    assert list_loras(tmp_path / "lora") == ["zref"]  # the staging copy is not a LoRA of its own
+    # Resume continues the overwrite; when it completes, the new LoRA replaces the old one whole.
+    records = list(train_lora(_config(tmp_path, data, name="zref", max_train_steps=3, checkpointing_steps=1,
+                                      seed=7, resume=True)))
+    assert [r.step for r in records] == [3] and records[-1].files["diffusers"].parent == out
+    assert records[-1].checkpoint == out / "checkpoints" / "checkpoint-000003"
+    assert not staged.exists() and sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["zref"]
+    after = _snapshot(out)
+    assert after["pytorch_lora_weights.safetensors"] != before["pytorch_lora_weights.safetensors"]
+    assert "zref.safetensors" in after and after["notes.txt"] == before["notes.txt"]
+    assert after["class_images/0.png"] == b"kept"
+    # No checkpoint of the old run survives to mix with the new one.
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000002", "checkpoint-000003"]
+    key = "checkpoints/checkpoint-000002/pytorch_lora_weights.safetensors"
+    assert after[key] != before[key]
+    # The same overwrite run straight through gives the same weights.
+    straight = tmp_path / "straight"
+    list(train_lora(_config(straight, data, name="zref", max_train_steps=3, checkpointing_steps=1, seed=7)))
+    a, b = _weights(straight / "lora" / "zref" / "pytorch_lora_weights.safetensors"), _weights(
+        out / "pytorch_lora_weights.safetensors")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_lora_stopped_between_its_final_files_is_unfinished_and_resume_completes_it(tmp_path, data):
+    out, before = _finished_lora(tmp_path, data)
+    (out / "zref.safetensors").unlink()  # killed after the diffusers file, before the kohya file
+    with pytest.raises(OutputError, match=r"final files were not all written.*resume=True.*to complete it"):
+        list(train_lora(_config(tmp_path, data, name="zref", max_train_steps=2, checkpointing_steps=1)))
+    records = list(train_lora(_config(tmp_path, data, name="zref", max_train_steps=2, checkpointing_steps=1,
+                                      resume=True)))
+    assert [(r.step, r.done) for r in records] == [(2, True)]
+    from safetensors.numpy import load
+    # Both files are written again from the same final checkpoint: the same tensors.
+    for name in ("pytorch_lora_weights.safetensors", "zref.safetensors"):
+        old, new = load(before[name]), _weights(out / name)
+        assert set(old) == set(new) and old, name
+        for key in old:
+            np.testing.assert_array_equal(old[key], new[key], err_msg=f"{name}: {key}")
+
+
+def test_a_kill_during_the_folder_swap_is_finished_on_the_next_run(tmp_path, data):
+    import shutil
+
+    from charstudio.training import staging_dir
+
+    old, before = _finished_lora(tmp_path, data, name="zref")
+    new_out, new = _finished_lora(tmp_path / "other", data, name="zref")
+    shutil.copytree(old, tmp_path / "original")
+    for moved_aside in (False, True):
+        # Killed once the new LoRA was complete: before the old folder moved aside (the user's
+        # notes still in it), or after (the notes already carried into the new one).
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(tmp_path / "original", old)
+        shutil.copytree(new_out, staging_dir(old))
+        if moved_aside:
+            os.replace(old, old.with_name(".zref.replaced"))
+        else:
+            (staging_dir(old) / "notes.txt").unlink()
+        with pytest.raises(OutputError, match="finished LoRA"):
+            list(train_lora(_config(tmp_path, data, name="zref", max_train_steps=2, resume=True)))
+        assert _snapshot(old) == new, f"moved_aside={moved_aside}"
+        assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["zref"]
+    assert before != new
+
+
+def test_leftovers_of_a_killed_checkpoint_write_are_cleaned_up(tmp_path, data):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gen = train_lora(_config(tmp_path, data, name="kill", max_train_steps=4, checkpointing_steps=1))
+    for record in gen:
+        if record.step == 2:
+            gen.close()
+            break
+    root = tmp_path / "lora" / "kill" / "checkpoints"
+    (root / f".tmp-checkpoint-000003-{dead.pid}").mkdir()  # killed while writing step 3
+    (root / f".tmp-checkpoint-000003-{dead.pid}" / "optimizer.json").write_text("{")
+    # Killed while replacing checkpoint 2: the complete old copy sits aside, the new one not yet in.
+    os.replace(root / "checkpoint-000002", root / f".old-checkpoint-000002-{dead.pid}")
+    records = list(train_lora(_config(tmp_path, data, name="kill", max_train_steps=4, checkpointing_steps=1,
+                                      resume=True)))
+    assert [r.step for r in records] == [3, 4]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-000003", "checkpoint-000004"]

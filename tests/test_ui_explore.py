@@ -290,3 +290,40 @@ def test_open_png_restores_its_recipe(app, tmp_path):
 
     assert app.open_png("junk.png", b"not a png") is None
     assert app.status.level == "error" and "junk.png" in app.status.text
+
+
+def test_a_click_queued_behind_another_run_uses_the_settings_of_the_click(app, tiny_studio):
+    """Generate and Sheet wait for the studio (training, another app); edits meanwhile don't leak in."""
+    import threading
+
+    from charstudio.ui.common import CancelToken, exclusive
+
+    release, holding = threading.Event(), threading.Event()
+
+    def other_app_run():  # as the Train app holds the studio while it trains
+        with exclusive(tiny_studio, CancelToken()):
+            holding.set()
+            release.wait(60)
+
+    for button in (app.generate_button, app.sheet_button):
+        blocker = threading.Thread(target=other_app_run)
+        blocker.start()
+        assert holding.wait(30)
+        app.prompt.value, app.seed.value, app.lock_seed.value, app.steps.value = "a red cat", 11, True, STEPS
+        app.select_poses(["waving"])
+        before = len(app.gallery)
+        button.click()
+        # Edited while the click waits for the studio.
+        app.prompt.value, app.seed.value, app.steps.value = "a blue dog", 99, STEPS + 1
+        app.select_poses(["walking"])
+        release.set()
+        blocker.join()
+        assert app.wait(120)
+        holding.clear(), release.clear()
+        assert app.status.level == "ok", app.status.text
+        item = app.gallery.items[before]
+        config = app.received[-1][0]
+        assert "red cat" in config.prompt and config.seed == 11 and config.num_inference_steps == STEPS
+        assert item.recipe.prompt == config.prompt and item.recipe.seed == 11
+        assert item.controls["prompt"] == "a red cat" and item.controls["seed"] == 11
+        assert item.controls["poses"] == ["waving"] and item.controls["steps"] == STEPS

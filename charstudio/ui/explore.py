@@ -321,27 +321,47 @@ class ExploreApp(AppBase):
     def _new_seed(self) -> None:
         self.seed.value = random.randint(0, 99_999_999)
 
-    def _subject(self) -> tuple[str, str]:
+    def settings(self) -> dict[str, Any]:
+        """The controls as they are now, poses resolved: what a click runs with.
+
+        A run that waits (behind training, or another app's run) must not read the widgets
+        when it finally starts: the user may have edited them meanwhile.
+        """
+        values = self.controls()
+        values["preview_every"] = int(self.preview_every.value)
+        values["pose_objects"] = {n: self._pose(n) for n in values["poses"]}
+        return values
+
+    @staticmethod
+    def _subject(values: dict[str, Any]) -> tuple[str, str]:
         """(card name or prompt, extra words)."""
-        if self.card.value:
-            return self.card.value, self.prompt.value.strip()
-        return self.prompt.value.strip(), ""
+        if values["card"]:
+            return values["card"], values["prompt"].strip()
+        return values["prompt"].strip(), ""
 
-    def make_config(self, studio: Any = None, poses: list[str] | None = None) -> GenerationConfig:
-        """The recipe the controls describe (for the first selected pose, or `poses[0]`)."""
+    @staticmethod
+    def _sampling(values: dict[str, Any]) -> dict[str, Any]:
+        """The sampling settings every action shares, as `Studio` keywords."""
+        return dict(num_inference_steps=int(values["steps"]), guidance_scale=float(values["guidance"]),
+                    width=values["width"] or None, height=values["height"] or None,
+                    negative_prompt=values["negative"].strip() or None, scheduler=values["scheduler"],
+                    controlnet_conditioning_scale=float(values["pose_strength"]))
+
+    def make_config(self, studio: Any = None, poses: list[str] | None = None,
+                    values: dict[str, Any] | None = None) -> GenerationConfig:
+        """The recipe the controls (or a `settings()` snapshot) describe, for the first selected
+        pose or `poses[0]`."""
         studio = studio or self.studio
-        subject, extra = self._subject()
-        names = self.pose_order if poses is None else poses
-        return studio.make_config(
-            subject, style=self.style.value or None, extra=extra, seed=int(self.seed.value),
-            num_inference_steps=int(self.steps.value), guidance_scale=float(self.guidance.value),
-            width=self.width.value or None, height=self.height.value or None,
-            negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
-            num_images=int(self.num_images.value), pose=self._pose(names[0]) if names else None,
-            controlnet_conditioning_scale=float(self.pose_strength.value))
+        v = values or self.settings()
+        subject, extra = self._subject(v)
+        names = v["poses"] if poses is None else poses
+        pose = (v["pose_objects"].get(names[0]) or self._pose(names[0])) if names else None
+        return studio.make_config(subject, style=v["style"] or None, extra=extra, seed=int(v["seed"]),
+                                  num_images=int(v["num_images"]), pose=pose, **self._sampling(v))
 
-    def _mixing(self) -> bool:
-        return bool(self.style_b.value) and self.style_mix.value > 0
+    @staticmethod
+    def _mixing(values: dict[str, Any]) -> bool:
+        return bool(values["style_b"]) and values["style_mix"] > 0
 
     def _show_recipe(self, recipe: GenerationConfig | None) -> None:
         if recipe is None:
@@ -366,8 +386,9 @@ class ExploreApp(AppBase):
         if self.runner.running:
             return False
         self._prepare_seed()
-        snapshot = self.controls()
-        mixing = self._mixing()
+        values = self.settings()  # read now: the job may wait behind another run
+        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects")}
+        mixing = self._mixing(values)
         self.progress.reset()
 
         def job(token: CancelToken) -> Any:
@@ -375,13 +396,13 @@ class ExploreApp(AppBase):
 
             studio = self.studio
             # At least one preview per picture, even when k exceeds the number of steps.
-            every = max(1, min(int(self.preview_every.value), int(self.steps.value)))
+            every = max(1, min(values["preview_every"], int(values["steps"])))
             preview = LivePreview(self.progress.show_preview, every=every)
             with exclusive(studio, token):
-                self._apply_lora(studio)
+                self._apply_lora(studio, values)
                 if mixing:
-                    return self._mix(studio, token, preview)
-                config = self.make_config(studio)
+                    return self._mix(studio, token, preview, values)
+                config = self.make_config(studio, values=values)
                 self.last_config = config
                 return studio.run(config, callbacks=[preview], progress=self._report, cancel=token)
 
@@ -397,33 +418,30 @@ class ExploreApp(AppBase):
 
         return self.runner.start("Generate", job, done)
 
-    def _mix(self, studio: Any, token: CancelToken, preview: Any) -> Any:
+    def _mix(self, studio: Any, token: CancelToken, preview: Any, values: dict[str, Any]) -> Any:
         """Two styles mixed in embedding space (charstudio.interpolation.mix_styles)."""
         from ..interpolation import mix_styles
         from ..result import Result
 
-        style_a = self.style.value
+        style_a, style_b = values["style"], values["style_b"]
         if style_a in ("", "none"):
-            if not self.card.value:
+            if not values["card"]:
                 raise ConfigError("style", style_a or "(card's own)", "pick a first style to mix with the second")
             from ..character import load_character
 
-            style_a = load_character(self.card.value).style
+            style_a = load_character(values["card"]).style
             if not style_a:
-                raise ConfigError("style", "(card's own)", f"card {self.card.value!r} has no style; pick one")
-        if style_a == self.style_b.value:
-            raise ConfigError("style_b", self.style_b.value, "pick a different style from the first")
-        w = float(self.style_mix.value)
-        subject, extra = self._subject()
+                raise ConfigError("style", "(card's own)", f"card {values['card']!r} has no style; pick one")
+        if style_a == style_b:
+            raise ConfigError("style_b", style_b, "pick a different style from the first")
+        w = float(values["style_mix"])
+        subject, extra = self._subject(values)
         hooked = RunHooks(studio, token, progress=self._report, callbacks=[preview])
-        settings = dict(seed=int(self.seed.value), num_inference_steps=int(self.steps.value),
-                        guidance_scale=float(self.guidance.value), width=self.width.value or None,
-                        height=self.height.value or None, negative_prompt=self.negative.value.strip() or None,
-                        scheduler=self.scheduler.value, num_images=int(self.num_images.value),
-                        controlnet_conditioning_scale=float(self.pose_strength.value), extra=extra)
-        if self.pose_order:
-            settings["pose"] = self._pose(self.pose_order[0])
-        mix = mix_styles(hooked, subject, {style_a: 1.0 - w, self.style_b.value: w}, **settings)
+        settings = dict(seed=int(values["seed"]), num_images=int(values["num_images"]), extra=extra,
+                        **self._sampling(values))
+        if values["poses"]:
+            settings["pose"] = values["pose_objects"][values["poses"][0]]
+        mix = mix_styles(hooked, subject, {style_a: 1.0 - w, style_b: w}, **settings)
         self.last_config = mix.recipe
         recipes = [mix.recipe.replace(seed=mix.recipe.seed + i) for i in range(len(mix.images))]
         return Result(mix.images, recipes, {"style_weights": mix.weights})
@@ -433,18 +451,20 @@ class ExploreApp(AppBase):
         if self.runner.running:
             return False
         self._prepare_seed()
-        snapshot = self.controls()
-        names = list(self.pose_order)
+        values = self.settings()  # read now: the job may wait behind another run
+        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects")}
+        names = list(values["poses"])
         self.progress.reset()
 
         def job(token: CancelToken) -> Any:
             studio = self.studio
             if not names:
                 raise ConfigError("poses", "none selected", "select one or more poses for the sheet")
-            subject, extra = self._subject()
+            subject, extra = self._subject(values)
             with exclusive(studio, token):
-                self._apply_lora(studio)
-                return studio.sheet(subject, [self._pose(n) for n in names], **self.sheet_args(token, names, extra))
+                self._apply_lora(studio, values)
+                return studio.sheet(subject, [values["pose_objects"][n] for n in names],
+                                    **self.sheet_args(token, names, extra, values))
 
         def done(result: Any) -> None:
             self.last_result = result
@@ -460,8 +480,10 @@ class ExploreApp(AppBase):
 
         return self.runner.start("Sheet", job, done)
 
-    def sheet_args(self, token: CancelToken, names: list[str], extra: str) -> dict[str, Any]:
-        """Keyword arguments for `Studio.sheet` from the controls."""
+    def sheet_args(self, token: CancelToken, names: list[str], extra: str,
+                   values: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keyword arguments for `Studio.sheet` from the controls (or a `settings()` snapshot)."""
+        v = values or self.settings()
         from ..trace import LivePreview
 
         pose_index = [0]
@@ -474,14 +496,11 @@ class ExploreApp(AppBase):
                                       steps=p.steps))
 
         return dict(
-            seed=int(self.seed.value), labels=[n.replace("_", " ") for n in names],
-            reference_strength=float(self.consistency.value), style=self.style.value or None, extra=extra,
-            num_inference_steps=int(self.steps.value), guidance_scale=float(self.guidance.value),
-            width=self.width.value or None, height=self.height.value or None,
-            negative_prompt=self.negative.value.strip() or None, scheduler=self.scheduler.value,
-            controlnet_conditioning_scale=float(self.pose_strength.value), progress=report, cancel=token,
+            seed=int(v["seed"]), labels=[n.replace("_", " ") for n in names],
+            reference_strength=float(v["consistency"]), style=v["style"] or None, extra=extra,
+            progress=report, cancel=token, **self._sampling(v),
             callbacks=[LivePreview(self.progress.show_preview,
-                                   every=max(1, min(int(self.preview_every.value), int(self.steps.value))))])
+                                   every=max(1, min(v["preview_every"], int(v["steps"]))))])
 
     # -- LoRA and PNG files --------------------------------------------------------------------------
     def refresh_loras(self) -> None:
@@ -493,9 +512,9 @@ class ExploreApp(AppBase):
         self.lora.options = [("none", "")] + [(n, n) for n in names]
         self.lora.value = current if current in names else ""
 
-    def _apply_lora(self, studio: Any) -> None:
+    def _apply_lora(self, studio: Any, values: dict[str, Any]) -> None:
         """Switch the chosen LoRA on at its weight (or ours off); recipes then record it."""
-        name, weight = self.lora.value, float(self.lora_weight.value)
+        name, weight = values["lora"], float(values["lora_weight"])
         if self._app_lora and self._app_lora != name and self._app_lora in studio.active_loras:
             # Another (or no) LoRA was picked: the one this app switched on goes off; others stay.
             studio.set_loras({k: v for k, v in studio.active_loras.items() if k != self._app_lora})
