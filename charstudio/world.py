@@ -155,7 +155,7 @@ def random_attributes(rng: random.Random, *, accessories: tuple[str, ...] = ACCE
 
 
 def random_pose(rng: random.Random, size: int = 64, names: list[str] | None = None):
-    """A library pose, maybe mirrored, fitted to a ``size`` square, scaled 0.75-1.0 and shifted
+    """A library pose, maybe mirrored, fitted to a ``size`` square, scaled 0.72-0.92 and shifted
     within the canvas, with a little jitter on every keypoint."""
     from .pose import list_poses, load_pose
 

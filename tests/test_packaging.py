@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -53,3 +54,53 @@ def test_diffusers_folder_loads_through_the_same_path(tiny_studio, tmp_path):
 def test_gitignore_keeps_weights_out():
     text = (ROOT / ".gitignore").read_text()
     assert "lora/**/*.safetensors" in text and "outputs/" in text
+    # notebook 02's demo dataset folder
+    assert "datasets/" in text.splitlines()
+
+
+def test_the_package_list_names_every_package_folder():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "charstudio").rglob("__init__.py")}
+    assert found | {"charstudio.prompts"} == listed
+
+
+def test_a_built_wheel_holds_the_cards_styles_poses_and_mini_and_works_installed(tmp_path):
+    """A non-editable install: build the wheel, install it with --no-deps into a folder, use it."""
+    import shutil
+    import zipfile
+
+    # From a clean copy: setuptools reuses a checkout's build/ folder, which can hide a missing file.
+    src = tmp_path / "src"
+    for part in ("charstudio", "prompts"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, src / part)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("charstudio-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    cards = {p.name for p in (ROOT / "prompts" / "characters").glob("*.yaml")}
+    assert {f"charstudio/prompts/characters/{c}" for c in cards} <= names
+    assert "charstudio/prompts/styles.yaml" in names
+    assert {f"charstudio/data/poses/{p.name}" for p in (ROOT / "charstudio" / "data" / "poses").glob("*.json")} <= names
+    for part in ("unet", "vae", "text_encoder", "controlnet"):
+        assert any(n.startswith(f"charstudio/data/mini/{part}/") and n.endswith(".safetensors") for n in names), part
+    site = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+                              str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-2000:]
+    # -S: no site hooks, so the editable install of this checkout cannot shadow the wheel; the
+    # venv's packages come after the wheel's folder. Run from elsewhere: no ./prompts to fall back on.
+    import sysconfig
+
+    code = ("import charstudio, charstudio.character as c, charstudio.pose as p; print(charstudio.__file__); "
+            "print(','.join(c.list_characters())); print(','.join(sorted(c.load_styles()))); "
+            "print(len(p.list_poses()))")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]]), "PATH": os.environ["PATH"]}
+    run = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    where, listed_cards, styles, poses = run.stdout.split("\n")[:4]
+    assert where.startswith(str(site))
+    assert set(listed_cards.split(",")) == {c.removesuffix(".yaml") for c in cards}
+    assert styles and int(poses) >= 8
