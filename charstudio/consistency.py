@@ -181,6 +181,7 @@ def record_reference_image(studio: Any, image: Any, config: Any, bank: Reference
     """
     import torch
 
+    from .compat import forget_step_index
     from .schedulers import make_scheduler
 
     unet = studio.components["unet"]
@@ -196,10 +197,8 @@ def record_reference_image(studio: Any, image: Any, config: Any, bank: Reference
     bank.record()
     with torch.no_grad():
         for t in scheduler.timesteps:
-            if hasattr(scheduler, "_step_index"):
-                # step() is never called here, so let each timestep be looked up afresh (Euler-type
-                # schedulers scale the model input by the sigma at their current step index).
-                scheduler._step_index = None
+            # step() is never called here, so each timestep is looked up afresh.
+            forget_step_index(scheduler)
             noisy = scheduler.add_noise(latents, noise, t.reshape(1))
             model_in = torch.cat([noisy] * 2) if cfg else noisy
             model_in = scheduler.scale_model_input(model_in, t)

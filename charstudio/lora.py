@@ -520,19 +520,18 @@ def default_adapter_name(path: str | os.PathLike) -> str:
     return _safe_adapter_name(stem)
 
 
-def _remove_adapter(pipe: Any, adapter_name: str) -> None:
-    from diffusers.utils.peft_utils import delete_adapter_layers
+def remove_adapter(unet: Any, text_encoder: Any, adapter_name: str) -> None:
+    """Take adapter ``adapter_name`` out of a UNet and a text encoder (either may lack it)."""
+    from .compat import remove_text_encoder_adapter
 
-    unet = getattr(pipe, "unet", None)
-    if unet is not None and adapter_name in getattr(unet, "peft_config", {}):
+    if unet is not None and adapter_name in (getattr(unet, "peft_config", None) or {}):
         unet.delete_adapters([adapter_name])
-    te = getattr(pipe, "text_encoder", None)
-    if te is not None and adapter_name in (getattr(te, "peft_config", None) or {}):
-        delete_adapter_layers(te, adapter_name)
-        te.peft_config.pop(adapter_name, None)
-        if not te.peft_config:
-            del te.peft_config
-            te._hf_peft_config_loaded = None
+    if text_encoder is not None:
+        remove_text_encoder_adapter(text_encoder, adapter_name)
+
+
+def _remove_adapter(pipe: Any, adapter_name: str) -> None:
+    remove_adapter(getattr(pipe, "unet", None), getattr(pipe, "text_encoder", None), adapter_name)
 
 
 def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0, adapter_name: str | None = None,
@@ -650,7 +649,7 @@ def _set_adapters(pipe: Any, names: list[str], values: list[float]) -> None:
 
 def unload_loras(pipe: Any, names: Iterable[str] | None = None) -> None:
     """Remove adapters (all when ``names`` is None), restoring the base model's layers."""
-    from diffusers.loaders.lora_base import _remove_text_encoder_monkey_patch
+    from .compat import remove_all_text_encoder_adapters
 
     if fused_loras(pipe):
         unfuse_loras(pipe)
@@ -658,8 +657,8 @@ def unload_loras(pipe: Any, names: Iterable[str] | None = None) -> None:
         if getattr(pipe.unet, "peft_config", None):
             pipe.unet.unload_lora()
         te = getattr(pipe, "text_encoder", None)
-        if te is not None and getattr(te, "peft_config", None):
-            _remove_text_encoder_monkey_patch(te)
+        if te is not None:
+            remove_all_text_encoder_adapters(te)
         _ADAPTER_WEIGHTS[pipe.unet] = {}
         return
     names = list(names)

@@ -1193,20 +1193,9 @@ def _move(model: Any, device: Any, dtype: Any) -> None:
 
 
 def _detach_training_adapter(unet: Any, text_encoder: Any, checkpointing: bool) -> None:
-    from diffusers.utils.peft_utils import delete_adapter_layers
+    from .lora import remove_adapter
 
-    if ADAPTER_NAME in getattr(unet, "peft_config", {}):
-        unet.delete_adapters([ADAPTER_NAME])
-    if ADAPTER_NAME in (getattr(text_encoder, "peft_config", None) or {}):
-        delete_adapter_layers(text_encoder, ADAPTER_NAME)
-        # diffusers may already have dropped the entry (and the whole dict when it was the last).
-        config = getattr(text_encoder, "peft_config", None)
-        if config is not None:
-            config.pop(ADAPTER_NAME, None)
-            if not config:
-                del text_encoder.peft_config
-        if getattr(text_encoder, "peft_config", None) is None:
-            text_encoder._hf_peft_config_loaded = None
+    remove_adapter(unet, text_encoder, ADAPTER_NAME)
     if checkpointing:
         unet.disable_gradient_checkpointing()
     unet.eval()

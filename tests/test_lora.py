@@ -333,3 +333,22 @@ def test_lora_sweep_renders_each_weight_and_leaves_the_studio_as_it_was(trained,
     np.testing.assert_array_equal(np.asarray(sweep.images[1]), at_half)
     assert np.abs(np.asarray(sweep.images[2]).astype(int) - at_half.astype(int)).max() > 0
     assert studio.active_loras == {"aiko": 0.5}
+
+
+def test_unloading_the_last_lora_with_text_encoder_weights_by_name(trained, fresh_studio):
+    """Studio.unload_lora(name) of the only adapter, one that adapts the text encoder too."""
+    studio = fresh_studio
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    base = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    name = studio.load_lora(str(trained), weight=0.8)
+    te = studio.components["text_encoder"]
+    assert name in te.peft_config  # the LoRA has text-encoder weights
+    with_lora = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    studio.unload_lora(name)
+    assert studio.active_loras == {} and getattr(te, "peft_config", None) is None
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), base)
+    # Loading it again works and draws what it drew before.
+    assert studio.load_lora(str(trained), weight=0.8) == name
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), with_lora)
+    studio.unload_loras([name])
+    assert studio.active_loras == {}
