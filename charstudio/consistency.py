@@ -114,8 +114,8 @@ class ReferenceAttnProcessor:
                           and ref.shape == hidden_states.shape)
                 if usable:
                     return self._shared(attn, hidden_states, ref.to(hidden_states.device, hidden_states.dtype))
-        return self.base(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                         attention_mask=attention_mask, temb=temb, *args, **kwargs)
+        return self.base(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
+                         attention_mask=attention_mask, temb=temb, **kwargs)
 
     def _shared(self, attn: Any, hidden: Any, ref: Any) -> Any:
         import torch

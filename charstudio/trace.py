@@ -568,7 +568,7 @@ def plot_filmstrip(trace: Trace, path: str | os.PathLike, decoder: Any = "approx
     fig, axes = plt.subplots(2, len(idx), figsize=(1.8 * len(idx), 4.0), squeeze=False)
     for col, i in enumerate(idx):
         r = trace.records[i]
-        for row, (lat, label) in enumerate(((r.latents, "x_t"), (r.pred_x0, "x0"))):
+        for row, (lat, _label) in enumerate(((r.latents, "x_t"), (r.pred_x0, "x0"))):
             ax = axes[row][col]
             ax.axis("off")
             if lat is None:

@@ -1231,7 +1231,7 @@ def _make_class_images(comps: dict[str, Any], config: LoraTrainingConfig, class_
         with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
             image = pipe(config.resolved_class_prompt, height=resolution, width=resolution, generator=g,
                          num_inference_steps=config.validation_inference_steps).images[0]
-        atomic_write(class_dir / f"class_{i:04d}.png", lambda tmp: image.save(tmp, format="PNG"))
+        atomic_write(class_dir / f"class_{i:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
 
 
 def _validate(comps: dict[str, Any], unet: Any, text_encoder: Any, config: LoraTrainingConfig, prompt: str,
@@ -1249,7 +1249,8 @@ def _validate(comps: dict[str, Any], unet: Any, text_encoder: Any, config: LoraT
         with torch.no_grad(), accelerator.autocast():
             image = pipe(prompt, height=resolution, width=resolution, generator=g,
                          num_inference_steps=config.validation_inference_steps).images[0]
-        atomic_write(folder / f"step{step:06d}_{i}.png", lambda tmp: image.save(tmp, format="PNG"), overwrite=True)
+        atomic_write(folder / f"step{step:06d}_{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"),
+                     overwrite=True)
         images.append(image)
     return images
 

@@ -576,7 +576,7 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
         pose = random_pose(rng, size)
         image = render(wearing, pose)
         path = folder / f"{trigger}_{i:02d}.png"
-        atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
         atomic_write(path.with_suffix(".txt"), lambda tmp: tmp.write_text(lora_prompt(attrs, trigger) + "\n"))
         pose.save(pose_file(path))  # for LoraTrainingConfig(pose_conditioning=True)
         paths.append(path)

@@ -7,7 +7,6 @@ raise the cap in pyproject.toml.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from charstudio import compat
 

@@ -326,7 +326,6 @@ def test_pose_control_images_are_cropped_and_mirrored_like_their_pictures(tmp_pa
     same way, and a flipped picture gets the mirrored pose (left and right swapped), not a
     mirrored drawing, because OpenPose colours differ by side."""
     import torch
-    from PIL import Image
 
     from charstudio.pose import load_pose
     from charstudio.training import _load_controls, _load_pixels, pose_file
