@@ -74,9 +74,6 @@ class PromptEncoder:
         chunks = max(num_chunks, (len(ids) + self.chunk_len - 1) // self.chunk_len, 1)
         return self._encode_ids(ids, weights, chunks, clip_skip), len(ids)
 
-    def chunks_needed(self, text: str) -> int:
-        return max(1, (self.count_tokens(text) + self.chunk_len - 1) // self.chunk_len)
-
     def _encode_ids(self, ids: list[int], weights: list[float], num_chunks: int, clip_skip: int | None):
         import torch
 

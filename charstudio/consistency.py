@@ -565,15 +565,6 @@ def _maybe(condition: bool, factory: Callable[[], Any]) -> Iterator[None]:
         yield
 
 
-def make_sheets(studio: Any, specs: Sequence[dict[str, Any]]) -> list[SheetResult]:
-    """A batch of sheets (each spec: `make_sheet` keyword arguments with ``character`` and ``poses``).
-
-    Under ``accelerate launch`` the poses of each sheet are split across the processes; every
-    process returns the full list of sheets.
-    """
-    return [make_sheet(studio, **dict(spec)) for spec in specs]
-
-
 # ---------------------------------------------------------------------------------------------
 # Photo -> posed character (img2img, SDEdit strength)
 # ---------------------------------------------------------------------------------------------

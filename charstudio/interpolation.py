@@ -139,13 +139,6 @@ def seed_noise(seed: int, shape: Sequence[int], dtype: Any = None) -> Any:
     return torch.randn(tuple(shape), generator=gen, dtype=dtype or torch.float32)
 
 
-def slerp_noise(seed_a: int, seed_b: int, t: float, *, width: int, height: int,
-                latent_channels: int = 4, vae_scale_factor: int = 8) -> Any:
-    """Initial latent noise between two seeds (slerp keeps it a plausible Gaussian sample)."""
-    shape = noise_shape(width, height, latent_channels, vae_scale_factor)
-    return slerp(seed_noise(seed_a, shape), seed_noise(seed_b, shape), t)
-
-
 def blend_embeddings(a: Any, b: Any, t: float, method: Method = "slerp") -> Any:
     """Blend two CLIP text embeddings: per token for (B, seq, dim), per vector for pooled (B, dim).
 
@@ -576,13 +569,6 @@ def save_mp4(frames: Sequence[Any], path: str | os.PathLike, fps: float = 8.0,
             named.unlink(missing_ok=True)
 
     return _write_atomic(path, write, overwrite)
-
-
-def save_image(image: Any, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a PIL image (grid, contact sheet) atomically; the format follows the suffix."""
-    img = _to_pil(image)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(Path(path).suffix.lower(), "PNG")
-    return _write_atomic(path, lambda tmp: img.save(tmp, format=fmt), overwrite)
 
 
 # --------------------------------------------------------------------------------------------

@@ -211,11 +211,6 @@ def parse_weighted(text: str | list[Node], step: int = 0, steps: int | None = No
     return _merge(pieces) or [("", 1.0)]
 
 
-def plain_text(text: str, step: int = 0, steps: int | None = None) -> str:
-    """The prompt without any syntax, as the text encoder reads it at `step`."""
-    return "".join(t for t, _ in parse_weighted(text, step, steps))
-
-
 def to_syntax(pieces: list[tuple[str, float]]) -> str:
     """Pieces back to A1111 text (weights other than 1 written as `(text:w)`)."""
     out = []

@@ -450,29 +450,6 @@ class Tracer:
         self._att_count.clear()
 
 
-def trace_pipeline(pipe: Any, prompt: str, *, attention: bool = True, keep_latents: bool = True,
-                   callbacks: Sequence[Callable] = (), **pipe_kwargs: Any) -> tuple[Trace, Any]:
-    """Run `pipe(prompt, ...)` under a Tracer; returns (trace, the pipeline's output)."""
-    tracer = Tracer(prompt=prompt, attention=attention, keep_latents=keep_latents)
-    cbs = [tracer, *callbacks]
-
-    def chained(p: Any, i: int, t: Any, kw: dict) -> dict:
-        out: dict = {}
-        for cb in cbs:
-            res = cb(p, i, t, {**kw, **out}) or {}
-            out.update(res)
-        return out
-
-    inputs = sorted({n for cb in cbs for n in getattr(cb, "tensor_inputs", ("latents",))} | {"latents"})
-    with tracer.attach(pipe):
-        output = pipe(prompt=prompt, callback_on_step_end=chained,
-                      callback_on_step_end_tensor_inputs=inputs, **pipe_kwargs)
-    images = getattr(output, "images", None)
-    if images is not None and len(images) and hasattr(images[0], "convert"):
-        tracer.trace.image = images[0]
-    return tracer.trace, output
-
-
 # --------------------------------------------------------------------------------------------
 # live previews
 # --------------------------------------------------------------------------------------------
