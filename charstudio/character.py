@@ -98,8 +98,9 @@ class Character:
             value = getattr(self, fld)
             if value is not None and not (isinstance(value, str) and value.strip()):
                 raise bad(fld, value, "expected text or nothing")
-        if isinstance(self.lora_weight, bool) or not isinstance(self.lora_weight, (int, float)):
-            raise bad("lora_weight", self.lora_weight, "expected a number such as 0.8")
+        if (isinstance(self.lora_weight, bool) or not isinstance(self.lora_weight, (int, float))
+                or not -10 <= self.lora_weight <= 10):  # also refuses NaN, which compares false
+            raise bad("lora_weight", self.lora_weight, "expected a number between -10 and 10, such as 0.8")
 
     @property
     def subject(self) -> str:

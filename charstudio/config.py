@@ -6,39 +6,15 @@ write, and running it again rebuilds the image. Everything here is plain data (n
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
 from .schedulers import DEFAULT_SCHEDULER, scheduler_spec
+from .validation import check_float, check_int
 
 RECIPE_VERSION = 1
 MAX_SEED = 2**32 - 1
-
-
-def check_int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ConfigError(name, value, "expected a whole number")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ConfigError(name, value, f"must be {rng}")
-    return value
-
-
-def check_float(name: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, value, "expected a number")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ConfigError(name, value, "expected a finite number")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-        raise ConfigError(name, value, f"must be {rng}")
-    return value
 
 
 def check_size(name: str, value: Any) -> int:

@@ -194,8 +194,9 @@ def check_weights(weights: Sequence[float] | Mapping[str, float], n: int | None 
 
 def frame_ts(frames: int) -> list[float]:
     """`frames` evenly spaced t values from 0 to 1 inclusive."""
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 2:
-        raise ConfigError("frames", frames, "need at least 2 frames (the two endpoints)")
+    from .validation import check_int
+
+    frames = check_int("frames", frames, 2)  # the two endpoints at least
     return [i / (frames - 1) for i in range(frames)]
 
 
@@ -675,8 +676,11 @@ def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> A
         return x.replace(num_images=1)
     if hasattr(x, "recipes") and getattr(x, "recipes", None):
         return x.recipes[0]
-    if x is None or isinstance(x, (int, float)):
-        raise ConfigError(name, x, "a character card, a prompt, a recipe (GenerationConfig) or a Result")
+    from .character import Character
+
+    if not isinstance(x, (str, Character)):
+        raise ConfigError(name, x, "a character card, a prompt, a recipe (GenerationConfig) or a Result, got "
+                          + type(x).__name__)
     return studio.make_config(x, **{**dict(settings), "num_images": 1})
 
 

@@ -23,6 +23,7 @@ from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
+from .validation import check_text
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,12 @@ class Studio:
                     width: int | None = None, height: int | None = None, negative_prompt: str | None = None,
                     pose: Any = None, **settings: Any) -> GenerationConfig:
         """Resolve a card/prompt, style and defaults into a validated recipe (without running it)."""
+        if character_or_prompt is not None and not isinstance(character_or_prompt, (str, Character)):
+            raise ConfigError("character_or_prompt", character_or_prompt,
+                              "a card name, a prompt (str) or a Character, got " + type(character_or_prompt).__name__)
+        check_text("style", style, "a style preset name", optional=True)
+        check_text("extra", extra, "extra prompt words")
+        check_text("negative_prompt", negative_prompt, "a negative prompt", optional=True)
         card = None
         if isinstance(character_or_prompt, Character):
             card = character_or_prompt

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Literal
 
 from .errors import ConfigError, OutputError
 from .io_utils import atomic_write
+from .validation import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -209,51 +210,50 @@ class LoraTrainingConfig:
                               "single-file checkpoint's base model, or leave it unset")
         if not self.trigger_word or any(c.isspace() for c in self.trigger_word):
             raise ConfigError("trigger_word", self.trigger_word, "use one word without spaces, e.g. 'sks'")
-        _check_choice("crop", self.crop, ("center", "buckets"))
-        _check_choice("lora_layers", self.lora_layers, tuple(UNET_LORA_LAYERS))
-        _check_choice("lr_scheduler", self.lr_scheduler, ("constant", "constant_with_warmup", "linear", "cosine"))
-        _check_choice("optimizer", self.optimizer, ("auto", "adamw", "adamw8bit"))
-        _check_choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
+        check_choice("crop", self.crop, ("center", "buckets"))
+        check_choice("lora_layers", self.lora_layers, tuple(UNET_LORA_LAYERS))
+        check_choice("lr_scheduler", self.lr_scheduler, ("constant", "constant_with_warmup", "linear", "cosine"))
+        check_choice("optimizer", self.optimizer, ("auto", "adamw", "adamw8bit"))
+        check_choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
         if self.resolution is not None:
-            _check_int("resolution", self.resolution, 16)
+            self.resolution = check_int("resolution", self.resolution, 16)
             if self.resolution % 8:
                 raise ConfigError("resolution", self.resolution, "use a multiple of 8 (e.g. 512, or 128 for tiny)")
         if self.min_image_size is not None:
-            _check_int("min_image_size", self.min_image_size, 1)
-        _check_int("max_train_steps", self.max_train_steps, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank <= 0:
-            raise ConfigError("rank", self.rank, "use a whole number >= 1 (4-32 is usual; 16 is the default)")
-        _check_float("alpha", self.alpha, positive=True)
-        _check_float("lora_dropout", self.lora_dropout)
+            self.min_image_size = check_int("min_image_size", self.min_image_size, 1)
+        self.max_train_steps = check_int("max_train_steps", self.max_train_steps, 1)
+        self.batch_size = check_int("batch_size", self.batch_size, 1)
+        self.gradient_accumulation_steps = check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        self.rank = check_int("rank", self.rank, 1)
+        self.alpha = check_float("alpha", self.alpha, above=0)
+        self.lora_dropout = check_float("lora_dropout", self.lora_dropout)
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout", self.lora_dropout, "use a value in [0, 1)")
-        _check_float("learning_rate", self.learning_rate, positive=True)
+        self.learning_rate = check_float("learning_rate", self.learning_rate, above=0)
         if self.text_encoder_lr is not None:
-            _check_float("text_encoder_lr", self.text_encoder_lr, positive=True)
-        _check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
+            self.text_encoder_lr = check_float("text_encoder_lr", self.text_encoder_lr, above=0)
+        self.lr_warmup_steps = check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         for name in ("adam_beta1", "adam_beta2"):
-            value = getattr(self, name)
-            _check_float(name, value)
+            value = check_float(name, getattr(self, name))
+            setattr(self, name, value)
             if not 0 <= value < 1:
                 raise ConfigError(name, value, "use a value in [0, 1)")
-        _check_float("adam_weight_decay", self.adam_weight_decay, nonnegative=True)
-        _check_float("adam_epsilon", self.adam_epsilon, positive=True)
-        _check_float("max_grad_norm", self.max_grad_norm, nonnegative=True)
+        self.adam_weight_decay = check_float("adam_weight_decay", self.adam_weight_decay, 0)
+        self.adam_epsilon = check_float("adam_epsilon", self.adam_epsilon, above=0)
+        self.max_grad_norm = check_float("max_grad_norm", self.max_grad_norm, 0)
         if self.snr_gamma is not None:
-            _check_float("snr_gamma", self.snr_gamma, positive=True)
+            self.snr_gamma = check_float("snr_gamma", self.snr_gamma, above=0)
         if self.controlnet is not None and not self.pose_conditioning:
             raise ConfigError("controlnet", self.controlnet, "set pose_conditioning=True to use it, or leave it unset")
-        _check_int("seed", self.seed, 0)
-        _check_int("num_class_images", self.num_class_images, 1)
-        _check_float("prior_loss_weight", self.prior_loss_weight, nonnegative=True)
-        _check_int("validation_steps", self.validation_steps, 0)
-        _check_int("num_validation_images", self.num_validation_images, 0)
-        _check_int("validation_inference_steps", self.validation_inference_steps, 1)
-        _check_int("checkpointing_steps", self.checkpointing_steps, 1)
+        self.seed = check_int("seed", self.seed, 0)
+        self.num_class_images = check_int("num_class_images", self.num_class_images, 1)
+        self.prior_loss_weight = check_float("prior_loss_weight", self.prior_loss_weight, 0)
+        self.validation_steps = check_int("validation_steps", self.validation_steps, 0)
+        self.num_validation_images = check_int("num_validation_images", self.num_validation_images, 0)
+        self.validation_inference_steps = check_int("validation_inference_steps", self.validation_inference_steps, 1)
+        self.checkpointing_steps = check_int("checkpointing_steps", self.checkpointing_steps, 1)
         if self.checkpoints_total_limit is not None:
-            _check_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
+            self.checkpoints_total_limit = check_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
 
     # Prompts derived from the trigger and class words.
     @property
@@ -286,25 +286,6 @@ class LoraTrainingConfig:
         if unknown:
             raise ConfigError(unknown[0], data[unknown[0]], f"not a LoraTrainingConfig field (fields: {sorted(known)})")
         return cls(**data)
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(name, value, "use one of " + ", ".join(repr(c) for c in choices))
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(name, value, f"use a whole number >= {minimum}")
-
-
-def _check_float(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigError(name, value, "use a finite number")
-    if positive and value <= 0:
-        raise ConfigError(name, value, "use a number > 0")
-    if nonnegative and value < 0:
-        raise ConfigError(name, value, "use a number >= 0")
 
 
 @dataclass

@@ -155,3 +155,52 @@ def test_recipe_with_lora_that_is_not_loaded(tiny_studio):
     config = tiny_studio.make_config("a fox", seed=4, num_inference_steps=1).replace(loras={"ghost": 0.7})
     with pytest.raises(ConfigError, match="ghost"):
         tiny_studio.run(config)
+
+
+# Wrong Python types stop at the argument, with a ConfigError that names it (not an
+# AttributeError from deep inside).
+@pytest.mark.parametrize("call,field", [
+    (lambda s: s.generate(123), "character_or_prompt"),
+    (lambda s: s.generate(["a", "b"]), "character_or_prompt"),
+    (lambda s: s.generate("a fox", extra=5), "extra"),
+    (lambda s: s.generate("a fox", style=["watercolor"]), "style"),
+    (lambda s: s.generate("a fox", negative_prompt=0), "negative_prompt"),
+    (lambda s: s.make_config({"prompt": "a fox"}), "character_or_prompt"),
+    (lambda s: s.interpolate(("a girl", 1), ("a boy", 2), frames=3), "a"),
+    (lambda s: s.interpolate("a girl", ("a boy", 2), frames=3), "b"),
+    (lambda s: s.interpolate("a girl", "a boy", frames=3.7), "frames"),
+    (lambda s: s.interpolate("a girl", "a boy", frames="8"), "frames"),
+])
+def test_wrong_python_types_name_the_argument(tiny_studio, call, field):
+    with pytest.raises(ConfigError) as e:
+        call(tiny_studio)
+    assert e.value.field == field
+    assert one_line(e.value).startswith(f"{field}=")
+
+
+def test_card_lora_weight_must_be_a_finite_number():
+    from charstudio.character import Character
+
+    for weight in (float("nan"), float("inf"), 50.0, "0.8"):
+        with pytest.raises(CardError, match="lora_weight"):
+            Character(name="aiko", description="a girl", lora_weight=weight)
+    assert Character(name="aiko", description="a girl", lora_weight=-0.5).lora_weight == -0.5
+
+
+def test_whole_numbers_follow_one_rule_everywhere(tmp_path):
+    """GenerationConfig and LoraTrainingConfig (and the CLI, which builds them) accept 5.0 and refuse 3.7."""
+    from charstudio.training import LoraTrainingConfig
+
+    def training(**kw):
+        return LoraTrainingConfig(data_dir=str(tmp_path), name="x", **kw)
+
+    assert GenerationConfig(prompt="a fox", num_inference_steps=5.0).num_inference_steps == 5
+    assert training(max_train_steps=5.0, rank=4.0).max_train_steps == 5
+    assert isinstance(training(rank=4.0).rank, int)
+    for make, field in ((lambda v: GenerationConfig(prompt="a fox", num_inference_steps=v), "num_inference_steps"),
+                        (lambda v: training(max_train_steps=v), "max_train_steps"),
+                        (lambda v: training(rank=v), "rank")):
+        for bad in (3.7, "5", True, float("nan")):
+            with pytest.raises(ConfigError) as e:
+                make(bad)
+            assert e.value.field == field

@@ -76,7 +76,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def precheck(args: argparse.Namespace) -> None:
     """Validate the numbers that don't depend on the model, so typos fail in a second."""
-    from charstudio.config import check_int, check_size
+    from charstudio.config import check_size
+    from charstudio.validation import check_int
     from charstudio.schedulers import scheduler_spec
 
     for name in ("width", "height"):
