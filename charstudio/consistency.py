@@ -220,11 +220,13 @@ def ip_adapter(studio: Any, weights: str, image: Any, scale: float = 0.6, *, sub
     """
     import torch
 
+    from .models.loading import hub_offline
+
     pipes = [studio.pipeline(kind) for kind in ("txt2img", "controlnet")]
     try:
         pipes[0].load_ip_adapter(weights, subfolder=subfolder, weight_name=weight_name,
                                  image_encoder_folder=image_encoder_folder,
-                                 local_files_only=os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true"))
+                                 local_files_only=hub_offline())
     except Exception as err:  # diffusers raises several classes for "not there"
         raise ModelLoadError(
             f"IP-Adapter weights are not available: {weights}/{subfolder}/{weight_name} (with its image encoder) "
@@ -266,7 +268,9 @@ def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: Any = None, down
     It downloads only with `download=True` and without ``HF_HUB_OFFLINE=1``: work that merely
     *reports* a score (a sheet) must not stall on a 1.7 GB download or on network retries.
     """
-    offline = not download or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    from .models.loading import hub_offline
+
+    offline = not download or hub_offline()
     problem = f"CLIP image embedder {name_or_path!r} is not available locally or from the hub"
     advice = "download it once, or pass embedder= a loaded CLIPVisionModelWithProjection or a local folder"
     if offline and not Path(name_or_path).is_dir():

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 from .errors import ConfigError, ModelLoadError
 from .io_utils import atomic_write
+from .models.loading import PICKLE_SUFFIXES  # one list for models and LoRAs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,7 +47,6 @@ TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 LoraFormat = Literal["diffusers", "diffusers_legacy", "kohya"]
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 # Adapter weights set through this module, per UNet (pipelines share UNets, so the UNet is the key).
 _ADAPTER_WEIGHTS: "weakref.WeakKeyDictionary[Any, dict[str, float]]" = weakref.WeakKeyDictionary()
@@ -73,7 +73,7 @@ def resolve_lora_path(path_or_name: str | os.PathLike, lora_dir: str | os.PathLi
         candidates = [base / raw / LORA_WEIGHTS_NAME, base / raw / f"{raw}.safetensors", base / f"{raw}.safetensors"]
     for c in candidates:
         if c.is_file():
-            if c.suffix.lower() in _PICKLE_SUFFIXES:
+            if c.suffix.lower() in PICKLE_SUFFIXES:
                 raise ConfigError("lora", raw, "pickled LoRA files (.ckpt/.pt/.bin) can run code when loaded; "
                                   "use a .safetensors file")
             if c.suffix.lower() != ".safetensors":

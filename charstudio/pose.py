@@ -634,7 +634,6 @@ def load_detector(weights: str | Path | None = None, *, hands: bool = False, fac
     by controlnet-aux with ``torch.load``, which in torch >= 2.6 defaults to ``weights_only=True``
     (no arbitrary unpickling).
     """
-    import os
 
     try:
         from controlnet_aux.open_pose import OpenposeDetector
@@ -660,7 +659,9 @@ def load_detector(weights: str | Path | None = None, *, hands: bool = False, fac
         from huggingface_hub import hf_hub_download
 
         repo = str(weights) if weights is not None else DEFAULT_DETECTOR_REPO
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        from .models.loading import hub_offline
+
+        offline = hub_offline()
         for part in wanted:
             try:
                 paths[part] = hf_hub_download(repo, files[part], local_files_only=offline)

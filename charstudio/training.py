@@ -39,6 +39,7 @@ from typing import Any, Iterator, Literal
 
 from .errors import ConfigError, OutputError
 from .io_utils import atomic_write
+from .lora import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES
 from .validation import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The UNet modules each `lora_layers` choice adapts (peft target_modules).
 UNET_LORA_LAYERS = {
-    "attention": ["to_k", "to_q", "to_v", "to_out.0"],
-    "transformer": ["to_k", "to_q", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
+    "attention": list(UNET_TARGET_MODULES),
+    "transformer": [*UNET_TARGET_MODULES, "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
 }
 POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside NAME.png holds its pose (pose_conditioning)
 ADAPTER_NAME = "charstudio_train"  # unlikely to clash with adapters a Studio has loaded
@@ -99,7 +100,7 @@ class LoraTrainingConfig:
         lora_layers: Which UNet layers get adapters: "attention" (the attention projections
             to_q/to_k/to_v/to_out, the usual choice) or "transformer" (also the transformer
             blocks' feed-forward layers and their proj_in/proj_out): more to learn a new object with.
-        alpha: LoRA alpha; the update is scaled by alpha/rank.
+        alpha: LoRA alpha; the update is scaled by alpha/rank. None (the default): equal to rank.
         lora_dropout: Dropout on the LoRA path.
         train_text_encoder: Also train LoRA on the text encoder's attention projections.
         learning_rate: Peak learning rate for the UNet adapter.
@@ -159,7 +160,7 @@ class LoraTrainingConfig:
     gradient_accumulation_steps: int = 1
     rank: int = 16
     lora_layers: Literal["attention", "transformer"] = "attention"
-    alpha: float = 16.0
+    alpha: float | None = None
     lora_dropout: float = 0.0
     train_text_encoder: bool = False
     learning_rate: float = 1e-4
@@ -225,7 +226,7 @@ class LoraTrainingConfig:
         self.batch_size = check_int("batch_size", self.batch_size, 1)
         self.gradient_accumulation_steps = check_int("gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
         self.rank = check_int("rank", self.rank, 1)
-        self.alpha = check_float("alpha", self.alpha, above=0)
+        self.alpha = float(self.rank) if self.alpha is None else check_float("alpha", self.alpha, above=0)
         self.lora_dropout = check_float("lora_dropout", self.lora_dropout)
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout", self.lora_dropout, "use a value in [0, 1)")
@@ -948,7 +949,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     if config.train_text_encoder:
         text_encoder.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
                                             init_lora_weights="gaussian",
-                                            target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]),
+                                            target_modules=list(TEXT_ENCODER_TARGET_MODULES)),
                                  adapter_name=ADAPTER_NAME)
     # add_adapter activates only the new adapter, but layers switched off earlier (a Studio's
     # adapters, above) stay off until enabled.

@@ -640,3 +640,19 @@ def test_leftovers_of_a_killed_checkpoint_write_are_cleaned_up(tmp_path, data):
                                       resume=True)))
     assert [r.step for r in records] == [3, 4]
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-000003", "checkpoint-000004"]
+
+
+def test_cli_train_lora_defaults_are_the_apis(tmp_path):
+    """One set of defaults: train-lora with no options builds exactly LoraTrainingConfig's defaults."""
+    from dataclasses import asdict
+
+    from charstudio.cli import build_parser
+    from charstudio.cli.train_commands import _config
+
+    args = build_parser().parse_args(["train-lora", str(tmp_path), "--name", "aiko"])
+    assert asdict(_config(args)) == asdict(LoraTrainingConfig(data_dir=str(tmp_path), name="aiko"))
+    # alpha follows the rank unless given, in the API as on the command line.
+    assert LoraTrainingConfig(data_dir=str(tmp_path), name="aiko", rank=4).alpha == 4.0
+    args = build_parser().parse_args(["train-lora", str(tmp_path), "--name", "aiko", "--rank", "4"])
+    assert _config(args).alpha == 4.0
+    assert LoraTrainingConfig(data_dir=str(tmp_path), name="aiko", rank=4, alpha=1).alpha == 1.0

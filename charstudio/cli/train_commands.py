@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
 
 from charstudio.cli.generate_commands import add_checkpoint_file_args
 
 
+def _training_defaults() -> types.SimpleNamespace:
+    """LoraTrainingConfig's defaults: the CLI shows and uses the same ones as the API and the Train app."""
+    from charstudio.training import LoraTrainingConfig
+
+    return types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(LoraTrainingConfig)
+                                    if f.default is not dataclasses.MISSING})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    D = _training_defaults()  # noqa: N806 (reads as a constant)
     t = sub.add_parser(
         "train-lora", help="fine-tune a LoRA on a folder of character images",
         description="Train a LoRA on 5-50 images of one character. Captions come from NAME.txt beside each "
@@ -20,26 +31,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--name", required=True, help="LoRA name; output goes to OUTPUT_DIR/NAME/")
     t.add_argument("--model", default="mini", help="base model: preset (mini, tiny, sd15), hub id, folder or .safetensors")
     add_checkpoint_file_args(t)
-    t.add_argument("--output-dir", default="lora", help="where LoRA folders go (default: lora/)")
-    t.add_argument("--steps", type=int, default=500, help="optimizer steps (default 500)")
-    t.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
-    t.add_argument("--lora-layers", choices=["attention", "transformer"], default="attention",
+    t.add_argument("--output-dir", default=D.output_dir, help=f"where LoRA folders go (default: {D.output_dir}/)")
+    t.add_argument("--steps", type=int, default=D.max_train_steps, help=f"optimizer steps (default {D.max_train_steps})")
+    t.add_argument("--rank", type=int, default=D.rank, help=f"LoRA rank (default {D.rank})")
+    t.add_argument("--lora-layers", choices=["attention", "transformer"], default=D.lora_layers,
                    help="UNet layers to adapt: attention projections (default), or the whole transformer "
                         "blocks (also feed-forward and proj_in/out)")
     t.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: same as rank)")
-    t.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    t.add_argument("--lr", type=float, default=D.learning_rate, help=f"learning rate (default {D.learning_rate:g})")
     t.add_argument("--lr-scheduler", choices=["constant", "constant_with_warmup", "linear", "cosine"],
-                   default="constant", help="learning-rate schedule after warmup (default constant)")
-    t.add_argument("--warmup-steps", type=int, default=0, help="steps of linear learning-rate warmup (default 0)")
+                   default=D.lr_scheduler, help=f"learning-rate schedule after warmup (default {D.lr_scheduler})")
+    t.add_argument("--warmup-steps", type=int, default=D.lr_warmup_steps,
+                   help=f"steps of linear learning-rate warmup (default {D.lr_warmup_steps})")
     t.add_argument("--text-encoder-lr", type=float, default=None,
                    help="learning rate of the text encoder's adapter (default: --lr)")
-    t.add_argument("--batch-size", type=int, default=1, help="images per step per process (default 1)")
+    t.add_argument("--batch-size", type=int, default=D.batch_size,
+                   help=f"images per step per process (default {D.batch_size})")
     t.add_argument("--resolution", type=int, default=None, help="training size (default: the model's, 512 for SD)")
-    t.add_argument("--trigger", default="sks", help="trigger word that names the character (default sks)")
-    t.add_argument("--class-word", default="person", help="what the character is, e.g. girl (default person)")
+    t.add_argument("--trigger", default=D.trigger_word,
+                   help=f"trigger word that names the character (default {D.trigger_word})")
+    t.add_argument("--class-word", default=D.class_word, help=f"what the character is, e.g. girl (default {D.class_word})")
     t.add_argument("--instance-prompt", default=None, help="caption for images without a .txt file")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--crop", choices=["center", "buckets"], default="center",
+    t.add_argument("--seed", type=int, default=D.seed)
+    t.add_argument("--crop", choices=["center", "buckets"], default=D.crop,
                    help="center-crop squares, or aspect-ratio buckets")
     t.add_argument("--flip", action="store_true", help="random horizontal flips")
     t.add_argument("--train-text-encoder", action="store_true", help="also train LoRA on the text encoder")
@@ -56,12 +70,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--class-prompt", default=None,
                    help="prompt of the class images (default: 'a picture of a CLASS_WORD'); for a captioned "
                         "dataset, a caption without the trigger word")
-    t.add_argument("--num-class-images", type=int, default=50, help="class images to draw or use (default 50)")
+    t.add_argument("--num-class-images", type=int, default=D.num_class_images,
+                   help=f"class images to draw or use (default {D.num_class_images})")
     t.add_argument("--validation-prompt", default=None,
                    help="default: the first caption file's text, else the instance prompt")
-    t.add_argument("--validation-steps", type=int, default=100, help="sample every N steps (0: only at the end)")
-    t.add_argument("--validation-images", type=int, default=2, help="images per validation (0: none)")
-    t.add_argument("--checkpoint-steps", type=int, default=100, help="checkpoint every N steps")
+    t.add_argument("--validation-steps", type=int, default=D.validation_steps,
+                   help=f"sample every N steps (0: only at the end; default {D.validation_steps})")
+    t.add_argument("--validation-images", type=int, default=D.num_validation_images,
+                   help=f"images per validation (0: none; default {D.num_validation_images})")
+    t.add_argument("--checkpoint-steps", type=int, default=D.checkpointing_steps,
+                   help=f"checkpoint every N steps (default {D.checkpointing_steps})")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: bf16/fp16 on CUDA, no on CPU")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of NAME")
@@ -89,7 +107,7 @@ def _config(args: argparse.Namespace):
         data_dir=args.data_dir, name=args.name, model=args.model, model_config=args.config,
         allow_pickle=args.allow_pickle, output_dir=args.output_dir,
         max_train_steps=args.steps, rank=args.rank, lora_layers=args.lora_layers,
-        alpha=float(args.alpha if args.alpha is not None else args.rank), learning_rate=args.lr,
+        alpha=args.alpha, learning_rate=args.lr,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.warmup_steps, text_encoder_lr=args.text_encoder_lr,
         batch_size=args.batch_size, resolution=args.resolution, trigger_word=args.trigger,
         class_word=args.class_word, instance_prompt=args.instance_prompt, seed=args.seed, crop=args.crop,

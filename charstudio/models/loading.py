@@ -33,8 +33,9 @@ class ModelSource:
     controlnet: str | None = None
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` forbids downloads (the one place charstudio reads it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -93,7 +94,7 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
 
 
 def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
-    if _offline():
+    if hub_offline():
         return ModelLoadError(
             f"{what}={location!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
             "unset HF_HUB_OFFLINE (with network), or use a local folder / .safetensors file, or a built-in model ('mini', 'tiny')")
@@ -251,7 +252,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             raise _hub_error("model", source.location, exc) from exc
         if source.kind == "single_file" and _is_hub_error(exc):
             if config is None:
-                why = "HF_HUB_OFFLINE=1 forbids downloading them" if _offline() else _first_line(exc)
+                why = "HF_HUB_OFFLINE=1 forbids downloading them" if hub_offline() else _first_line(exc)
                 raise ModelLoadError(
                     f"model={source.location!r} is a single file without component configs, and diffusers' default "
                     f"({SD1_DEFAULT_CONFIG}) is not in the local Hugging Face cache ({why}): pass config= (CLI: --config) "
@@ -259,7 +260,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             if not Path(config).expanduser().is_dir():
                 raise ModelLoadError(
                     f"config={config!r} is not in the local Hugging Face cache"
-                    f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if _offline() else f' ({_first_line(exc)})'}: "
+                    f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
                     "download it once with network access, or pass a local diffusers folder of the base model") from exc
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an SD 1.x checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
