@@ -48,6 +48,7 @@ def _text(outputs) -> str:
     return "".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     # The kernel inherits this environment: few steps, offline, and scratch folders for its files.

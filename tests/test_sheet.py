@@ -146,6 +146,7 @@ def test_cli_poses_and_pose_render(tmp_path, capsys):
     assert not (tmp_path / "sheet").exists()
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
     """`accelerate launch` with 2 CPU processes splits the sheet and gathers it; the images equal
     an in-process run. Each launched process uses one thread, and so does the reference run,

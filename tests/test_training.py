@@ -420,6 +420,7 @@ def test_config_validation(tmp_path, data, field, value, match):
         _config(tmp_path, data, **{field: value})
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
     script = tmp_path / "run_train.py"
     script.write_text(
