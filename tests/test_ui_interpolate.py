@@ -51,10 +51,10 @@ def test_a_gallery_recipe_can_be_an_end(app, tiny_studio, tmp_path):
     from PIL import Image
 
     recipe = tiny_studio.make_config("a cat", seed=5, num_inference_steps=2, width=64, height=64, scheduler="ddim")
-    app.design_a.gallery.add(Image.new("RGB", (64, 64)), recipe, "cat")
+    item = app.design_a.gallery.add(Image.new("RGB", (64, 64)), recipe, "cat")
     options = [v for _, v in app.design_a.source.options]
-    assert "recipe:0" in options  # the picker learnt about the new picture
-    app.design_a.source.value = "recipe:0"
+    assert f"recipe:{item.number}" in options  # the picker learnt about the new picture
+    app.design_a.source.value = f"recipe:{item.number}"
     app.design_b.source.value = "prompt"
     app.design_b.prompt.value = "a dog"
     app.frames.value = 2
@@ -112,3 +112,30 @@ def test_pose_animation_and_cancel(app, monkeypatch):
     assert "cancelled" in app.status.text
     assert len(app.received) - before == 2
     assert app.animation is res and not app.animate_button.disabled
+
+
+def test_gallery_numbers_stay_with_their_pictures_when_old_ones_drop_out():
+    """After max_items, numbers do not repeat, and a picker keeps the picture it shows (or says it is gone)."""
+    from PIL import Image
+
+    from charstudio.config import GenerationConfig
+    from charstudio.errors import ConfigError
+    from charstudio.ui.common import DesignPicker, Gallery
+
+    gallery = Gallery(max_items=3)
+    picker = DesignPicker(gallery)
+    recipes = [GenerationConfig(prompt=f"picture {i}", seed=i) for i in range(1, 8)]
+    for r in recipes[:4]:
+        gallery.add(Image.new("RGB", (8, 8)), r, r.prompt)
+    assert [it.restore_button.description for it in gallery.items] == ["#2 restore", "#3 restore", "#4 restore"]
+    picker.source.value = "recipe:3"
+    assert picker.value() == recipes[2] and "#3" in picker.source.label
+    gallery.add(Image.new("RGB", (8, 8)), recipes[4], recipes[4].prompt)  # #2 drops out
+    assert [it.number for it in gallery.items] == [3, 4, 5]
+    assert picker.source.value == "recipe:3" and picker.value() == recipes[2]
+    for r in recipes[5:]:  # #3 drops out too
+        gallery.add(Image.new("RGB", (8, 8)), r, r.prompt)
+    assert len({it.restore_button.description for it in gallery.items}) == 3
+    assert picker.source.value == "prompt"  # the picker no longer offers a picture that is gone
+    with pytest.raises(ConfigError, match="gallery #3"):
+        gallery.recipe(3)

@@ -243,6 +243,7 @@ class GalleryItem:
     recipe: Any | None
     label: str = ""
     controls: dict[str, Any] = field(default_factory=dict)  # widget values that produced it
+    number: int = 0  # 1, 2, 3, ... in the order added; never reused, even after older items drop out
     restore_button: W.Button | None = field(default=None, repr=False)
     pick: W.Checkbox | None = field(default=None, repr=False)
 
@@ -261,6 +262,7 @@ class Gallery:
         self.selected: GalleryItem | None = None
         self.listeners: list[Callable[[], None]] = []  # told after every add (pickers in other apps)
         self._lock = threading.Lock()
+        self._added = 0
         self.header = W.HTML(value="<b>Gallery</b> (empty)")
         self.grid = W.GridBox(children=(), layout=W.Layout(
             grid_template_columns=f"repeat(auto-fill, {THUMB + 12}px)", max_height="460px", overflow="auto"))
@@ -271,8 +273,10 @@ class Gallery:
 
     def add(self, image: Any, recipe: Any | None, label: str = "", controls: dict | None = None) -> GalleryItem:
         """Add a picture; the oldest ones drop out beyond `max_items`."""
-        item = GalleryItem(image, recipe, label, dict(controls or {}))
-        number = len(self.items) + 1
+        with self._lock:
+            self._added += 1
+            number = self._added
+        item = GalleryItem(image, recipe, label, dict(controls or {}), number=number)
         item.restore_button = W.Button(description=f"#{number} restore", tooltip=label or f"image {number}",
                                        layout=W.Layout(width=f"{THUMB - 40}px"))
         item.pick = W.Checkbox(value=False, description="", indent=False, layout=W.Layout(width="28px"),
@@ -302,9 +306,23 @@ class Gallery:
         """Items whose 'pick' box is ticked, oldest first."""
         return [it for it in self.items if it.pick is not None and it.pick.value]
 
-    def recipes(self) -> list[tuple[str, Any]]:
-        """(label, recipe) for every item that has a recipe, for pickers in other apps."""
-        return [(f"#{i + 1} {it.label}"[:50], it.recipe) for i, it in enumerate(self.items) if it.recipe is not None]
+    def recipes(self) -> list[tuple[int, str, Any]]:
+        """(number, label, recipe) for every item that has a recipe, for pickers in other apps.
+
+        The number is the item's own (shown on its restore button), so it names the same picture
+        however many older ones have dropped out since.
+        """
+        return [(it.number, f"#{it.number} {it.label}"[:50], it.recipe) for it in self.items if it.recipe is not None]
+
+    def recipe(self, number: int) -> Any:
+        """The recipe of picture #number; a clear error when it has dropped out of the gallery."""
+        from ..errors import ConfigError
+
+        for n, _, recipe in self.recipes():
+            if n == number:
+                return recipe
+        raise ConfigError("design", f"gallery #{number}", f"a picture still in the gallery (it keeps the newest "
+                          f"{self.max_items}); pick another")
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,7 +469,7 @@ class DesignPicker:
         options: list[tuple[str, str]] = [("prompt (typed below)", "prompt")]
         options += [(f"card: {c}", f"card:{c}") for c in self._cards]
         if self.gallery is not None:
-            options += [(f"gallery {label}", f"recipe:{i}") for i, (label, _) in enumerate(self.gallery.recipes())]
+            options += [(f"gallery {label}", f"recipe:{n}") for n, label, _ in self.gallery.recipes()]
         current = self.source.value
         self.source.options = options
         self.source.value = current if current in {v for _, v in options} else "prompt"
@@ -464,7 +482,7 @@ class DesignPicker:
         if choice.startswith("card:"):
             return choice[5:]
         if choice.startswith("recipe:"):
-            return self.gallery.recipes()[int(choice[7:])][1]  # type: ignore[union-attr]
+            return self.gallery.recipe(int(choice[7:]))  # type: ignore[union-attr]
         text = self.prompt.value.strip()
         if not text:
             raise ConfigError("prompt", self.prompt.value, "type a prompt or pick a card")
