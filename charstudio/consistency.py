@@ -496,13 +496,18 @@ def make_sheet(
     card, lora_used = _card_lora(studio, card, use_lora)
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
+    state = distributed_state()
     first = studio.make_config(card or character, seed=seed, pose=poses[0], **settings)
+    if state is not None:
+        # A seed drawn at random differs per process: rank 0's is the sheet's.
+        from accelerate.utils import broadcast_object_list
+
+        first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
     base_seed = first.seed
     configs = [first] + [studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
                                             pose=p, **settings) for i, p in enumerate(poses[1:], start=1)]
 
     # 3. This process's share (all of it unless launched with several processes).
-    state = distributed_state()
     indices = list(range(len(poses)))
     mine = indices if state is None else indices[state.process_index::state.num_processes]
     run_kwargs = dict(callbacks=callbacks, progress=progress, cancel=cancel)

@@ -150,7 +150,8 @@ def test_cli_poses_and_pose_render(tmp_path, capsys):
 def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
     """`accelerate launch` with 2 CPU processes splits the sheet and gathers it; the images equal
     an in-process run. Each launched process uses one thread, and so does the reference run,
-    because CPU kernels sum in a thread-count dependent order."""
+    because CPU kernels sum in a thread-count dependent order. No --seed, and a prompt has none:
+    the seed is drawn once and shared, so every pose has the same noise and the same anchor."""
     import torch
 
     script = tmp_path / "cli.py"
@@ -162,16 +163,19 @@ def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
     # run on the CPU over gloo (`--cpu` alone starts a single process without MPI).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           "sheet", "aiko", "--model", "tiny", "--poses", ",".join(POSES), "--seed", "3", "--reference-strength", "0.5",
+           "sheet", "a knight in silver armour", "--model", "tiny", "--poses", ",".join(POSES), "--reference-strength", "0.5",
            "--steps", "2", "--width", "32", "--height", "32", "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "sheet.json").read_text())["settings"]["processes"] == 2
+    sheet = json.loads((out / "sheet.json").read_text())
+    assert sheet["settings"]["processes"] == 2
+    seed = sheet["settings"]["seed"]
+    assert [r["seed"] for r in sheet["recipes"]] == [seed] * len(POSES)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = tiny_studio.sheet("aiko", POSES, seed=3, reference_strength=0.5, guidance_scale=7.0, **FAST)
+        single = tiny_studio.sheet("a knight in silver armour", POSES, seed=seed, reference_strength=0.5, guidance_scale=7.0, **FAST)
     finally:
         torch.set_num_threads(threads)
     from PIL import Image
