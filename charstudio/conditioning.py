@@ -103,6 +103,32 @@ class PromptEncoder:
             out.append(hidden)
         return torch.cat(out, dim=1)
 
+    def encode_texts(self, texts: Sequence[str], *, grad: bool = False) -> Any:
+        """Plain texts (no weight syntax, as captions are trained) as one batch (B, 77*k, hidden).
+
+        The same chunks as `encode`: a caption over 75 tokens is not cut, and shorter ones in the
+        batch get empty chunks to match, as a negative prompt is padded to its prompt. Each chunk
+        is one text-encoder call over the batch; with `grad` the encoder's adapter gets gradients.
+        """
+        import contextlib
+
+        import torch
+
+        tok = self.tokenizer
+        bos, eos = tok.bos_token_id, tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        ids = [self.tokenize(t) for t in texts]
+        chunks = max(1, max(-(-len(i) // self.chunk_len) for i in ids))
+        out = []
+        for c in range(chunks):
+            rows = []
+            for i in ids:
+                part = i[c * self.chunk_len:(c + 1) * self.chunk_len]
+                rows.append([bos] + part + [eos] + [pad] * (self.chunk_len - len(part)))
+            with contextlib.nullcontext() if grad else torch.no_grad():
+                out.append(self.text_encoder(torch.tensor(rows, device=self.text_encoder.device))[0])
+        return out[0] if chunks == 1 else torch.cat(out, dim=1)
+
     def _final_norm(self, hidden: Any) -> Any:
         # transformers 5 puts final_layer_norm on CLIPTextModel itself; 4.x had it under .text_model
         # (diffusers 0.42's own clip_skip still looks there and fails on transformers 5).

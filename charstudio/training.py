@@ -969,16 +969,25 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
             text_encoder.gradient_checkpointing_enable()
 
     # 7. Caches: text embeddings (when the text encoder is frozen) and VAE latents.
+    # Captions are encoded as generation encodes prompts: in 75-token chunks, never cut at 77.
+    from .conditioning import PromptEncoder
+
+    prompt_encoder = PromptEncoder(tokenizer, text_encoder)
+
     def encode_text(texts: list[str], grad: bool = False):
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        with contextlib.nullcontext() if grad else torch.no_grad():
-            return text_encoder(ids)[0]
+        return prompt_encoder.encode_texts(texts, grad=grad)
 
     text_cache: dict[str, Any] = {}
     if not config.train_text_encoder:
         for text in dict.fromkeys(captions + [config.resolved_class_prompt] * bool(class_pixels)):
             text_cache[text] = encode_text([text])[0]
+        empty_chunk = encode_text([""])[0]  # pads a short caption to a long one's chunks in a batch
+
+    def cached_text(texts: list[str]) -> Any:
+        hidden = [text_cache[x] for x in texts]
+        longest = max(h.shape[0] for h in hidden)
+        return torch.stack([h if h.shape[0] == longest else torch.cat(
+            [h] + [empty_chunk] * ((longest - h.shape[0]) // empty_chunk.shape[0])) for h in hidden])
 
     def encode_latent_dist(batch: Any) -> tuple[Any, Any]:
         with torch.no_grad():
@@ -1071,7 +1080,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
         if config.train_text_encoder:
             hidden = encode_text(texts, grad=True)
         else:
-            hidden = torch.stack([text_cache[x] for x in texts])
+            hidden = cached_text(texts)
         residuals = {}
         if cond is not None:
             # Frozen, but not under no_grad: the text encoder's adapter learns through it too.

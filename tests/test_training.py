@@ -657,3 +657,30 @@ def test_cli_train_lora_defaults_are_the_apis(tmp_path):
     args = build_parser().parse_args(["train-lora", str(tmp_path), "--name", "aiko", "--rank", "4"])
     assert _config(args).alpha == 4.0
     assert LoraTrainingConfig(data_dir=str(tmp_path), name="aiko", rank=4, alpha=1).alpha == 1.0
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_captions_over_77_tokens_are_trained_whole_as_generation_encodes_them(tmp_path, data, train_text_encoder):
+    """Two datasets whose captions differ only after token 77 train different LoRAs (the words
+    past CLIP's window count, as they do when generating); a short caption batches with a long one."""
+    from charstudio.conditioning import PromptEncoder
+    from charstudio.models.tiny import build_tiny_components
+
+    long_a = "sks person, " + ", ".join(["red coat"] * 40) + ", blue hat"
+    long_b = "sks person, " + ", ".join(["red coat"] * 40) + ", green boots"
+    encoder = PromptEncoder(*(build_tiny_components(0)[k] for k in ("tokenizer", "text_encoder")))
+    assert encoder.count_tokens(long_a) > 2 * encoder.chunk_len
+    # The training encoding of a caption is generation's encoding of it as a prompt.
+    np.testing.assert_array_equal(encoder.encode_texts([long_a])[0].numpy(),
+                                  encoder.encode(long_a).prompt_embeds[0].numpy())
+    weights = []
+    for name, caption in (("a", long_a), ("b", long_b)):
+        folder = tmp_path / f"data_{name}"
+        folder.mkdir()
+        for img in sorted(data.glob("*.png")):
+            (folder / img.name).write_bytes(img.read_bytes())
+        (folder / "img0.txt").write_text(caption)  # the other images keep the short instance prompt
+        list(train_lora(_config(tmp_path, folder, name=f"long_{name}", max_train_steps=3, batch_size=4,
+                                train_text_encoder=train_text_encoder)))
+        weights.append(_weights(tmp_path / "lora" / f"long_{name}" / "pytorch_lora_weights.safetensors"))
+    assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
