@@ -54,6 +54,10 @@ class GenerationConfig:
     controlnet_conditioning_scale: float = 1.0
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
+    # A style mix (Studio.mix_styles): each style's full prompt and negative with its weight
+    # (normalised); the run conditions on the weighted mean of their embeddings. `prompt` and
+    # `negative_prompt` then hold the heaviest style's, for readers that know no mixes.
+    style_mix: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -85,6 +89,19 @@ class GenerationConfig:
         if self.control_guidance_start >= self.control_guidance_end:
             raise ConfigError("control_guidance_start", self.control_guidance_start,
                               f"must be below control_guidance_end ({self.control_guidance_end})")
+        if not isinstance(self.style_mix, list):
+            raise ConfigError("style_mix", self.style_mix, "expected a list of {style, weight, prompt, negative_prompt}")
+        mix = []
+        for i, part in enumerate(self.style_mix):
+            if not isinstance(part, dict) or not isinstance(part.get("prompt"), str) or not isinstance(
+                    part.get("negative_prompt", ""), str):
+                raise ConfigError(f"style_mix[{i}]", part, "expected {style, weight, prompt, negative_prompt}")
+            mix.append({"style": part.get("style"), "weight": check_float(f"style_mix[{i}].weight", part.get("weight"),
+                                                                          0.0, 1.0),
+                        "prompt": part["prompt"], "negative_prompt": part.get("negative_prompt", "")})
+        if mix and sum(p["weight"] for p in mix) <= 0:
+            raise ConfigError("style_mix", self.style_mix, "at least one weight must be > 0")
+        self.style_mix = mix
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

@@ -809,24 +809,31 @@ def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float
     the normalised weights. Weights must be >= 0 and not all zero; a weight-0 style has no
     effect at all, so {"anime": 1, "watercolor": 0} equals the anime style alone.
     """
-    from .prompt_syntax import parse_weighted
 
     if not isinstance(styles, Mapping) or not styles:
         raise ConfigError("styles", styles, "a mapping of style name to weight, e.g. {'anime': 0.7, 'ink': 0.3}")
     weights = check_weights(styles, field_name="styles")
     names = list(styles)
     configs = [studio.make_config(character_or_prompt, style=s, **{**settings, "num_images": 1}) for s in names]
-    enc = studio.encoder
-    texts = [x for c in configs for x in (c.prompt, c.negative_prompt)]
-    pieces = [parse_weighted(x or "") for x in texts]
-    chunks = max(max(1, -(-sum(enc.count_tokens(t) for t, _ in p) // enc.chunk_len)) for p in pieces)
-    embeds = [enc.encode_pieces(p, chunks, configs[0].clip_skip)[0] for p in pieces]
-    pos = mix_embeddings(embeds[0::2], weights)
-    neg = mix_embeddings(embeds[1::2], weights)
     main = configs[max(range(len(names)), key=lambda i: weights[i])]
-    images = [studio.run(main.replace(seed=main.seed + i), embeddings=(pos, neg)).images[0]
-              for i in range(int(settings.get("num_images", 1) or 1))]
-    return StyleMix(images, main, dict(zip(names, weights)))
+    # The recipe carries every style's texts and weight, so it re-runs as the same mix.
+    recipe = main.replace(style_mix=[{"style": s, "weight": w, "prompt": c.prompt, "negative_prompt": c.negative_prompt}
+                                     for s, w, c in zip(names, weights, configs)])
+    result = studio.run(recipe.replace(num_images=int(settings.get("num_images", 1) or 1)))
+    return StyleMix(result.images, result.recipes[0], dict(zip(names, weights)))
+
+
+def style_mix_embeddings(encoder: Any, style_mix: Sequence[Mapping[str, Any]], clip_skip: int | None) -> tuple[Any, Any]:
+    """(prompt, negative) embeddings of a recipe's style mix: each style's texts encoded to one
+    chunk count, then averaged with the weights."""
+    from .prompt_syntax import parse_weighted
+
+    texts = [x for part in style_mix for x in (part["prompt"], part["negative_prompt"])]
+    pieces = [parse_weighted(x or "") for x in texts]
+    chunks = max(max(1, -(-sum(encoder.count_tokens(t) for t, _ in p) // encoder.chunk_len)) for p in pieces)
+    embeds = [encoder.encode_pieces(p, chunks, clip_skip)[0] for p in pieces]
+    weights = [part["weight"] for part in style_mix]
+    return mix_embeddings(embeds[0::2], weights), mix_embeddings(embeds[1::2], weights)
 
 
 def pose_animation(studio: Any, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,

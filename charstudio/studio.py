@@ -257,6 +257,10 @@ class Studio:
                               control_guidance_end=config.control_guidance_end)
 
         # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
+        if embeddings is None and config.style_mix:
+            from .interpolation import style_mix_embeddings
+
+            embeddings = style_mix_embeddings(self.encoder, config.style_mix, config.clip_skip)
         if embeddings is None:
             encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
             prompt_embeds, negative_embeds = encoded.prompt_embeds, encoded.negative_prompt_embeds

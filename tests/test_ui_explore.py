@@ -188,6 +188,30 @@ def test_style_mix_calls_mix_styles_with_the_slider_weights(app, monkeypatch):
     assert all(kw.get("cancel") is not None for _, kw in app.received)
 
 
+def test_a_saved_style_mix_reruns_as_the_same_mix(app, tiny_studio):
+    """The PNG of a mixed picture carries the mix: re-running it gives the same pixels, not the
+    heaviest style alone."""
+    from charstudio.result import Result
+
+    app.prompt.value = "a wizard"
+    app.style.value, app.style_b.value, app.style_mix.value = "watercolor", "sketch", 0.4
+    app.seed.value, app.lock_seed.value = 11, True
+    run(app, app.generate_button)
+    assert app.status.level == "ok", app.status.text
+    (path,) = app.save()
+    recipe = Result.from_png(path).recipe
+    assert [(p["style"], round(p["weight"], 6)) for p in recipe.style_mix] == [("watercolor", 0.6), ("sketch", 0.4)]
+    shown = np.asarray(app.gallery.items[-1].image.convert("RGB"))
+    again = np.asarray(tiny_studio.run(recipe).images[0].convert("RGB"))
+    np.testing.assert_array_equal(again, shown)
+    unmixed = np.asarray(tiny_studio.run(recipe.replace(style_mix=[])).images[0].convert("RGB"))
+    assert not np.array_equal(unmixed, shown)
+    # Restoring the picture and generating again makes the same mix.
+    app.restore(app.gallery.items[-1])
+    run(app, app.generate_button)
+    np.testing.assert_array_equal(np.asarray(app.gallery.items[-1].image.convert("RGB")), shown)
+
+
 def test_save_writes_a_png_with_its_recipe(app, tmp_path):
     from charstudio.result import Result
 
