@@ -591,7 +591,8 @@ class FrameRecipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "interpolation", "a": self.a.to_dict(), "b": self.b.to_dict(), "t": self.t,
-                "method": self.method, "noise_method": self.noise_method}
+                "method": self.method, "noise_method": self.noise_method,
+                "loras": blend_loras(self.a.loras, self.b.loras, self.t)}  # the frame's own (read-only)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FrameRecipe":
@@ -700,15 +701,39 @@ def _check_pair(studio: Any, a: Any, b: Any) -> None:
             log.warning("interpolation uses a's %s=%r (b has %r)", f, getattr(a, f), getattr(b, f))
 
 
-def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
-    """Prompt and negative embeddings of a and b, all padded to one chunk count."""
+def _encode_to_one_length(encoder: Any, groups: Sequence[Sequence[str]], clip_skip: int | None,
+                          contexts: Sequence[Any] | None = None) -> list[Any]:
+    """Embeddings of every text, all padded to the chunk count of the longest, so they blend.
+
+    Texts come in groups; group i is encoded inside ``contexts[i]`` (a LoRA setting, say).
+    """
+    import contextlib
+
     from .prompt_syntax import parse_weighted
 
-    enc = studio.encoder
-    texts = [a.prompt, a.negative_prompt, b.prompt, b.negative_prompt]
-    pieces = [parse_weighted(x or "") for x in texts]
-    chunks = max(max(1, -(-sum(enc.count_tokens(t) for t, _ in p) // enc.chunk_len)) for p in pieces)
-    return tuple(enc.encode_pieces(p, chunks, a.clip_skip)[0] for p in pieces)  # type: ignore[return-value]
+    pieces = [[parse_weighted(x or "") for x in group] for group in groups]
+    chunks = max(max(1, -(-sum(encoder.count_tokens(t) for t, _ in p) // encoder.chunk_len))
+                 for group in pieces for p in group)
+    out = []
+    for i, group in enumerate(pieces):
+        with contexts[i] if contexts is not None else contextlib.nullcontext():
+            out += [encoder.encode_pieces(p, chunks, clip_skip)[0] for p in group]
+    return out
+
+
+def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
+    """Prompt and negative embeddings of a and b, all padded to one chunk count; each end's
+    under its own LoRA weights (a text-encoder LoRA changes them)."""
+    groups = [[a.prompt, a.negative_prompt], [b.prompt, b.negative_prompt]]
+    contexts = [studio.using_loras(a.loras), studio.using_loras(b.loras)]
+    return tuple(_encode_to_one_length(studio.encoder, groups, a.clip_skip, contexts))  # type: ignore[return-value]
+
+
+def blend_loras(a: Mapping[str, float], b: Mapping[str, float], t: float) -> dict[str, float]:
+    """The LoRA weights of the frame at t: each adapter's weight moves linearly from a's to b's
+    (an adapter only one end uses goes from or to 0)."""
+    names = list(dict.fromkeys([*a, *b]))
+    return {n: (1 - t) * a.get(n, 0.0) + t * b.get(n, 0.0) for n in names}
 
 
 def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
@@ -751,6 +776,7 @@ class _FrameRenderer:
         cfg = self.a.replace(
             guidance_scale=(1 - t) * self.a.guidance_scale + t * self.b.guidance_scale,
             seed=end.seed,  # only ancestral samplers draw from the generator after the start
+            loras=blend_loras(self.a.loras, self.b.loras, t),  # run() applies them; the UNet's share moves with t
         )
         result = self.studio.run(cfg, latents=noise, embeddings=(pos, neg))
         return result.images[0]
@@ -826,12 +852,8 @@ def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float
 def style_mix_embeddings(encoder: Any, style_mix: Sequence[Mapping[str, Any]], clip_skip: int | None) -> tuple[Any, Any]:
     """(prompt, negative) embeddings of a recipe's style mix: each style's texts encoded to one
     chunk count, then averaged with the weights."""
-    from .prompt_syntax import parse_weighted
-
-    texts = [x for part in style_mix for x in (part["prompt"], part["negative_prompt"])]
-    pieces = [parse_weighted(x or "") for x in texts]
-    chunks = max(max(1, -(-sum(encoder.count_tokens(t) for t, _ in p) // encoder.chunk_len)) for p in pieces)
-    embeds = [encoder.encode_pieces(p, chunks, clip_skip)[0] for p in pieces]
+    embeds = _encode_to_one_length(encoder, [[part["prompt"], part["negative_prompt"]] for part in style_mix],
+                                   clip_skip)
     weights = [part["weight"] for part in style_mix]
     return mix_embeddings(embeds[0::2], weights), mix_embeddings(embeds[1::2], weights)
 

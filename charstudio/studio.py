@@ -212,16 +212,17 @@ class Studio:
         missing = set(config.loras) - set(self._lora_sources) - set(self._lora_weights)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
-        with self._recipe_loras(config.loras):
+        with self.using_loras(config.loras):
             return self._run(config, callbacks=callbacks, progress=progress, cancel=cancel,
                              control_image=control_image, latents=latents, embeddings=embeddings)
 
     @contextmanager
-    def _recipe_loras(self, weights: dict[str, float]) -> Iterator[None]:
-        """Use exactly the recipe's adapters and weights for one run, then put the studio's back.
+    def using_loras(self, weights: dict[str, float]) -> Iterator[None]:
+        """Use exactly these adapters and weights inside the block, then put the studio's back.
 
-        A recipe rebuilds its image only with the LoRA weights it was made with, whatever the
-        studio has set since.
+        `run` wraps every recipe in it: a recipe rebuilds its image only with the LoRA weights it
+        was made with, whatever the studio has set since. Interpolation encodes each end's
+        prompt under that end's weights.
         """
         if weights == self._lora_weights:
             yield

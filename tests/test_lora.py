@@ -352,3 +352,27 @@ def test_unloading_the_last_lora_with_text_encoder_weights_by_name(trained, fres
     np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), with_lora)
     studio.unload_loras([name])
     assert studio.active_loras == {}
+
+
+def test_interpolating_between_lora_weights_moves_them_with_t(trained, fresh_studio, tmp_path):
+    """Each end keeps its own LoRA weights: t=0 and t=1 are the ends' own pictures, the weights
+    in between move with t, and every frame recipe re-runs to its frame."""
+    from charstudio.interpolation import blend_loras, load_frame_recipe, run_frame
+
+    studio = fresh_studio
+    name = studio.load_lora(str(trained), weight=1.0)
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    a = studio.make_config(PROMPT, **settings).replace(loras={name: 0.0})
+    b = studio.make_config(PROMPT, **settings).replace(loras={name: 1.0})
+    studio.set_loras({name: 0.3})  # what the studio has set must not leak into the frames
+    frames = studio.interpolate(a, b, frames=3)
+    assert [blend_loras(r.a.loras, r.b.loras, r.t) for r in frames.recipes] == [{name: 0.0}, {name: 0.5},
+                                                                                    {name: 1.0}]
+    for frame, end in ((frames.frames[0], a), (frames.frames[-1], b)):
+        np.testing.assert_array_equal(np.asarray(frame), np.asarray(studio.run(end).images[0]))
+    assert not np.array_equal(np.asarray(frames.frames[0]), np.asarray(frames.frames[-1]))
+    paths = frames.save(tmp_path / "frames")
+    recipe = load_frame_recipe(paths[1])
+    assert recipe.to_dict()["loras"] == {name: 0.5}
+    np.testing.assert_array_equal(np.asarray(run_frame(studio, recipe)), np.asarray(frames.frames[1]))
+    assert studio.active_loras == {name: 0.3}
