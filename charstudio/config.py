@@ -121,4 +121,6 @@ class GenerationConfig:
         if not isinstance(data, dict):
             raise ConfigError("recipe", type(data).__name__, "expected a JSON object")
         known = {f.name for f in fields(cls)}
+        if "prompt" not in data:
+            raise ConfigError("recipe.prompt", "missing", "a recipe needs its prompt (the text the model was given)")
         return cls(**{k: v for k, v in data.items() if k in known})

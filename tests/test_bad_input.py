@@ -178,6 +178,15 @@ def test_wrong_python_types_name_the_argument(tiny_studio, call, field):
     assert one_line(e.value).startswith(f"{field}=")
 
 
+def test_a_recipe_without_a_prompt_names_the_field():
+    for data in ({}, {"seed": 3, "steps": 20}):
+        with pytest.raises(ConfigError) as e:
+            GenerationConfig.from_dict(data)
+        assert e.value.field == "recipe.prompt" and "missing" in one_line(e.value)
+    with pytest.raises(ConfigError, match="recipe="):
+        GenerationConfig.from_dict(["a fox"])
+
+
 def test_card_lora_weight_must_be_a_finite_number():
     from charstudio.character import Character
 

@@ -126,10 +126,28 @@ def test_plots_and_denoising_gif_save(tiny_studio, tmp_path):
         tr.plot_token_heatmaps(trace, tmp_path / "heat.png", words=["red", "cat"]),
         tr.plot_latent_channels(trace, tmp_path / "channels.png"),
     ]
+    from PIL import Image, ImageSequence
+
     for p in paths:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(p) as im:  # a real picture with something drawn on it
+            assert im.format == "PNG" and min(im.size) >= 100, p.name
+            assert np.asarray(im.convert("L")).std() > 5, f"{p.name} is blank"
+    # The filmstrip shows the steps it names: one column per recorded step, at most 8.
+    with Image.open(paths[0]) as film:
+        assert film.width > film.height
     gif = tr.save_denoising_gif(trace, tmp_path / "denoise.gif", decoder="approx")
-    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+    with Image.open(gif) as anim:
+        fmt = anim.format
+        frames, durations = [], []
+        for f in ImageSequence.Iterator(anim):
+            frames.append(np.asarray(f.convert("RGB")))
+            durations.append(f.info["duration"])
+    # One frame per step, the last held as long as four (the GIF writer merges the repeats).
+    assert fmt == "GIF" and len(frames) == len(trace.records)
+    assert durations[-1] == pytest.approx(4 * durations[0], abs=20)
+    expected = tr.denoising_frames(trace, "approx", "pred_x0")
+    assert frames[0].shape[:2] == expected[0].size[::-1]
+    assert not np.array_equal(frames[0], frames[len(trace.records) - 1])  # the picture changes as it denoises
     with pytest.raises(OutputError):
         tr.plot_noise_schedule(trace, tmp_path / "schedule.png")
     with pytest.raises(ConfigError, match="token"):
@@ -147,9 +165,22 @@ def _tiny_taesd():
 
 def test_decoders_full_vae_taesd_and_approx(tiny_studio):
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    assert tr.decode_latents(latents, tiny_studio.components["vae"])[0].size == (128, 128)
-    assert tr.decode_latents(latents, _tiny_taesd())[0].size == (128, 128)
-    assert tr.decode_latents(latents, "approx")[0].size == (16, 16)
+    full = tr.decode_latents(latents, tiny_studio.components["vae"])[0]
+    # The full VAE gives the studio's own picture of these latents (scaling factor applied).
+    assert full.size == (128, 128)
+    assert np.abs(np.asarray(full, dtype=int) - np.asarray(tiny_studio.decode(latents)[0], dtype=int)).max() <= 1
+    taesd = _tiny_taesd()
+    fast = tr.decode_latents(latents, taesd)[0]
+    with torch.no_grad():
+        direct = ((taesd.decode(latents).sample.clamp(-1, 1) + 1) * 127.5).round()[0].permute(1, 2, 0).numpy()
+    assert fast.size == (128, 128) and np.array_equal(np.asarray(fast), direct.astype(np.uint8))
+    # approx maps each latent cell to one pixel on its own: change one cell, one pixel changes.
+    approx = np.asarray(tr.decode_latents(latents, "approx")[0], dtype=int)
+    assert approx.shape == (16, 16, 3)
+    poked = latents.clone()
+    poked[0, :, 5, 9] += 2.0
+    changed = np.argwhere((np.asarray(tr.decode_latents(poked, "approx")[0], dtype=int) != approx).any(axis=2))
+    assert changed.tolist() == [[5, 9]]
     with pytest.raises(ConfigError, match="decoder"):
         tr.decode_latents(latents, "fast")
 
