@@ -26,23 +26,46 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, over
     """Write a file through `write(tmp_path)`, then move it into place in one step.
 
     A crash or Ctrl-C mid-write leaves at most a stray temporary file, never a truncated
-    result under the real name. An existing file is kept unless `overwrite` is true.
+    result under the real name. An existing file is kept unless `overwrite` is true. An OS
+    error (no permission, a full disk, a missing folder) becomes an `OutputError` that names
+    the file asked for, never the hidden temporary one.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
         raise OutputError(f"{str(dest)!r} already exists: pass overwrite=True (CLI: --overwrite) or choose another name")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {str(dest)!r}: {_os_reason(exc, dest)}") from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def _os_reason(exc: OSError, dest: Path) -> str:
+    """What went wrong, in words that fit the file the user named."""
+    import errno
+
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device; free some space or write elsewhere"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"no permission to write in {str(dest.parent)!r} (read-only?); choose a writable folder"
+    if exc.errno == errno.ENOENT:
+        return f"the folder {str(dest.parent)!r} does not exist"
+    if exc.errno == errno.ENOTDIR:
+        return f"{str(dest.parent)!r} is not a folder"
+    return exc.strerror or type(exc).__name__
 
 
 def _umask() -> int:
