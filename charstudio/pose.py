@@ -83,10 +83,18 @@ def _permutation(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
 _BODY_MIRROR = _permutation(N_BODY, _BODY_SWAP_PAIRS)
 _FACE_MIRROR = _permutation(N_FACE, _FACE_SWAP_PAIRS)
 
+POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside a picture NAME.png holds its pose
+
+
+def pose_file(image: Path) -> Path:
+    """Where the pose of picture ``NAME.png`` lives: ``NAME.pose.json`` beside it."""
+    return image.with_name(image.stem + POSE_SUFFIX)
+
+
 # Rendering conventions of the OpenPose ControlNet's training images: limbs in this order,
 # each drawn as a filled ellipse of half-width 4 in 60% of its colour, then every joint as a
 # disc of radius 4 in the full colour of its index. Pairs are 0-based COCO-18 indices.
-_LIMBS: tuple[tuple[int, int], ...] = (
+LIMBS: tuple[tuple[int, int], ...] = (
     (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
     (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
 )
@@ -543,7 +551,7 @@ def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
     import cv2
 
     present = body[:, 2] > 0
-    for (a, b), colour in zip(_LIMBS, _COLORS):
+    for (a, b), colour in zip(LIMBS, _COLORS):
         if not (present[a] and present[b]):
             continue
         (xa, ya), (xb, yb) = body[a, :2], body[b, :2]

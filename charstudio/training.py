@@ -40,6 +40,7 @@ from typing import Any, Iterator, Literal
 from .errors import ConfigError, OutputError
 from .io_utils import atomic_write
 from .lora import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES
+from .pose import POSE_SUFFIX, pose_file  # noqa: F401  (POSE_SUFFIX: part of this module's API)
 from .validation import check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ UNET_LORA_LAYERS = {
     "attention": list(UNET_TARGET_MODULES),
     "transformer": [*UNET_TARGET_MODULES, "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"],
 }
-POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside NAME.png holds its pose (pose_conditioning)
 ADAPTER_NAME = "charstudio_train"  # unlikely to clash with adapters a Studio has loaded
 CHECKPOINT_DIR = "checkpoints"
 VALIDATION_DIR = "validation"
@@ -355,11 +355,6 @@ def list_dataset(data_dir: str | os.PathLike) -> tuple[list[Path], dict[str, Pat
     return images, captions
 
 
-def pose_file(image: Path) -> Path:
-    """Where the pose of training image ``NAME.png`` lives: ``NAME.pose.json`` beside it."""
-    return image.with_name(image.stem + POSE_SUFFIX)
-
-
 def check_pose_files(images: list[Path]) -> None:
     """Raise when ``pose_conditioning`` cannot run: an image without its ``NAME.pose.json``."""
     missing = [p.name for p in images if not pose_file(p).is_file()]
@@ -540,7 +535,7 @@ def list_checkpoints(lora_dir: str | os.PathLike) -> list[Path]:
     return [d for _, d in sorted(found)]
 
 
-def _flatten_optimizer(state: dict) -> tuple[dict[str, Any], dict[str, Any]]:
+def flatten_optimizer(state: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split an optimizer state dict into tensors (for safetensors) and the rest (for JSON)."""
     import torch
 
@@ -558,7 +553,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, {"state": meta_state, "param_groups": state["param_groups"]}
 
 
-def _unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict:
+def unflatten_optimizer(tensors: dict[str, Any], meta: dict[str, Any]) -> dict:
     state = {}
     for idx, entry in meta["state"].items():
         state[int(idx)] = {k: tensors[v["tensor"]] if "tensor" in v else v["value"] for k, v in entry.items()}
@@ -569,7 +564,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
-def _write_json(path: Path, data: Any, overwrite: bool = True) -> Path:
+def write_json(path: Path, data: Any, overwrite: bool = True) -> Path:
     text = json.dumps(data, indent=2, sort_keys=True, default=str)
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), overwrite=overwrite)
 
@@ -1035,7 +1030,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
                         "captions_from_files": sum(1 for e in report.examples if e.caption_from_file),
                         "skipped": [[p.name, why] for p, why in report.skipped]}
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "training_config.json",
+        write_json(out / "training_config.json",
                     {"config": config.to_dict(), "resolved": resolved, "dataset": dataset_info})
 
     # 10. A run resumed from its final checkpoint (stopped while writing the outputs) just writes them.
@@ -1267,7 +1262,7 @@ def _save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingC
             unet_sd, te_sd, configs = adapter_state(unet, text_encoder if config.train_text_encoder else None,
                                                     ADAPTER_NAME)
             write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", unet_sd, te_sd, configs)
-            tensors, meta = _flatten_optimizer(optimizer.state_dict())
+            tensors, meta = flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(_json_safe(meta)), encoding="utf-8")
             rng = {"torch_cpu": torch.get_rng_state()}
@@ -1343,7 +1338,7 @@ def _load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acc
     # 3. Optimizer, scheduler and global RNG.
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
     opt_meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
+    optimizer.load_state_dict(unflatten_optimizer(opt_tensors, opt_meta))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])

@@ -467,10 +467,10 @@ def skeleton_mask(pose: Any, width: int, height: int, thickness: float = 0.3) ->
 
     ``thickness`` is the limb width as a fraction of the torso length; the head is a disc.
     """
-    from .pose import _LIMBS
+    from .pose import LIMBS
 
     def draw(d: Any, f: _Figure) -> None:
-        for a, b in _LIMBS[:12]:  # body limbs, not the face lines
+        for a, b in LIMBS[:12]:  # body limbs, not the face lines
             if f.ok[a] and f.ok[b]:
                 _limb(d, [f.p[a], f.p[b]], thickness * f.torso, 255)
         if f.has(2, 5, 8, 11):
@@ -562,7 +562,7 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
     from pathlib import Path
 
     from .io_utils import atomic_write, ensure_dir
-    from .training import POSE_SUFFIX, pose_file
+    from .pose import POSE_SUFFIX, pose_file
 
     if accessory not in HELD_OUT_ACCESSORIES:
         raise ConfigError("accessory", accessory, f"one of {', '.join(map(repr, HELD_OUT_ACCESSORIES))} (held out of base training)")

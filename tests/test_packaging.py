@@ -104,3 +104,16 @@ def test_a_built_wheel_holds_the_cards_styles_poses_and_mini_and_works_installed
     assert where.startswith(str(site))
     assert set(listed_cards.split(",")) == {c.removesuffix(".yaml") for c in cards}
     assert styles and int(poses) >= 8
+
+
+def test_no_module_imports_another_modules_private_names():
+    """`from .x import _name` couples one module to another's internals; use public names."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "charstudio").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("charstudio")):
+                offenders += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not offenders, offenders

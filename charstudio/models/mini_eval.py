@@ -10,8 +10,11 @@ them into ``mini_report.json``.
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -19,6 +22,8 @@ import numpy as np
 from ..world import (HAIR_COLOURS, Attributes, cape_region, foreground, hair_region, hue, iou, nearest_colour,
                      neck_region, orange_fraction, random_attributes, random_pose, red_fraction, region_colour,
                      skeleton_mask)
+
+log = logging.getLogger(__name__)
 
 HAIR_TEST_COLOURS = ("red", "blue", "green", "blonde", "black", "pink")
 SCARF_THRESHOLD = 0.06  # orange share of the neck region above which "the scarf is there"
@@ -288,6 +293,24 @@ def evaluate(studio: Any) -> dict[str, Any]:
     }
 
 
+def record_behaviour(folder: Path) -> dict:
+    """Measure the exported model's behaviours and add them to its mini_report.json (the
+    recipe calls this after exporting; evaluation imports training, never the reverse)."""
+    from ..studio import Studio
+    from ..training import write_json
+    from .presets import PRESETS
+
+    log.info("measuring behaviours (mini_eval)")
+    studio = Studio.from_pretrained(str(folder), device="cpu")
+    studio.default_guidance = PRESETS["mini"].default_guidance  # as users of the `mini` preset get it
+    scores = evaluate(studio)
+    report = folder / "mini_report.json"
+    data = json.loads(report.read_text())
+    data["behaviour"] = scores
+    write_json(report, data)
+    return scores
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m charstudio.models.mini_eval [FOLDER]: measure a world-trained model's behaviours,
     print them, and record them in the folder's mini_report.json."""
@@ -297,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from .loading import resolve_model
-    from .mini_train import record_behaviour
 
     p = argparse.ArgumentParser(prog="python -m charstudio.models.mini_eval", description=main.__doc__)
     p.add_argument("model", nargs="?", default="mini", help="a diffusers folder with mini_report.json (default: mini)")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..io_utils import atomic_write
-from ..training import _write_json
+from ..training import write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,24 +112,24 @@ def _load_tensors(path: Path) -> dict[str, Any]:
 
 
 def _save_state(work: Path, state: _State) -> None:
-    _write_json(work / "state.json", asdict(state))
+    write_json(work / "state.json", asdict(state))
 
 
 def _save_optimizer(path: Path, opt: Any) -> None:
-    from ..training import _flatten_optimizer
+    from ..training import flatten_optimizer
 
-    tensors, meta = _flatten_optimizer(opt.state_dict())
+    tensors, meta = flatten_optimizer(opt.state_dict())
     _save_tensors(path.with_suffix(".safetensors"), tensors)
-    _write_json(path.with_suffix(".json"), meta)
+    write_json(path.with_suffix(".json"), meta)
 
 
 def _load_optimizer(path: Path, opt: Any) -> None:
     """Restore the per-parameter state (moments, step counts); the groups' settings stay as built,
     so a recipe may regroup parameters as long as their order is unchanged."""
-    from ..training import _unflatten_optimizer
+    from ..training import unflatten_optimizer
 
     meta = json.loads(path.with_suffix(".json").read_text())
-    saved = _unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta)
+    saved = unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta)
     current = opt.state_dict()
     if len(saved["state"]) > sum(len(g["params"]) for g in current["param_groups"]):
         raise ValueError(f"{path}: optimizer state for more parameters than the model has")
@@ -508,7 +508,7 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
     lineage = json.loads(report.read_text()) if report.is_file() else {}
     lineage = {k: lineage[k] for k in ("recipe", "scaling_factor", "train_seconds", "vae_loss", "unet_loss",
                                        "behaviour", "init") if k in lineage}
-    _write_json(work / "init_report.json", {"from": str(folder), **lineage})
+    write_json(work / "init_report.json", {"from": str(folder), **lineage})
     state.phase, state.step, state.scaling_factor = "unet", 0, float(vae_config["scaling_factor"])
     _save_state(work, state)
     log.info("starting from %s: VAE phase skipped, fine-tuning the UNet phase", folder)
@@ -554,7 +554,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
         if before != asdict(recipe):
             changed = sorted(k for k in before if before.get(k) != asdict(recipe).get(k))
             log.warning("recipe differs from the one this work folder started with (%s); continuing", changed)
-    _write_json(saved_recipe, asdict(recipe))
+    write_json(saved_recipe, asdict(recipe))
     state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
@@ -594,25 +594,10 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     _save_state(work, state)
     out = export(recipe, work, out, state, comps)
     if recipe.evaluate:
+        from .mini_eval import record_behaviour  # evaluation depends on training, not back
+
         record_behaviour(out)
     return out
-
-
-def record_behaviour(folder: Path) -> dict:
-    """Measure the exported model's behaviours and add them to its mini_report.json."""
-    from ..studio import Studio
-    from .mini_eval import evaluate
-    from .presets import PRESETS
-
-    log.info("measuring behaviours (mini_eval)")
-    studio = Studio.from_pretrained(str(folder), device="cpu")
-    studio.default_guidance = PRESETS["mini"].default_guidance  # as users of the `mini` preset get it
-    scores = evaluate(studio)
-    report = folder / "mini_report.json"
-    data = json.loads(report.read_text())
-    data["behaviour"] = scores
-    _write_json(report, data)
-    return scores
 
 
 def main(argv: list[str] | None = None) -> int:

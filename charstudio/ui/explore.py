@@ -31,11 +31,11 @@ def _preset_defaults(model: str) -> tuple[int, float]:
     return (preset.default_steps, preset.default_guidance) if preset else (25, 7.0)
 
 
-def _default_steps(model: str) -> int:
+def default_steps(model: str) -> int:
     return _preset_defaults(model)[0]
 
 
-def _default_guidance(model: str) -> float:
+def default_guidance(model: str) -> float:
     return _preset_defaults(model)[1]
 
 
@@ -94,8 +94,8 @@ class ExploreApp(AppBase):
         self.lock_seed = W.Checkbox(value=False, description="lock", indent=False, layout=W.Layout(width="60px"))
         self.dice = W.Button(description="new seed", layout=W.Layout(width="90px"))
         self.dice.on_click(lambda _b: self._new_seed())
-        self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
-        self.guidance = W.FloatSlider(value=_default_guidance(model), min=0.0, max=20.0, step=0.5)
+        self.steps = W.IntSlider(value=steps or default_steps(model), min=1, max=100)
+        self.guidance = W.FloatSlider(value=default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
         self.width = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))

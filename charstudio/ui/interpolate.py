@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from .common import (AppBase, error_text, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
                      blank_png, exclusive, figure_png, labelled, png_bytes)
 from ..models.presets import preset_examples
-from .explore import SIZES, _default_guidance, _default_steps
+from .explore import SIZES, default_guidance, default_steps
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ class InterpolateApp(AppBase):
 
         # 1. Shared sampling settings. DDIM by default: it is deterministic, so frames change smoothly.
         self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
-        self.steps = W.IntSlider(value=steps or _default_steps(model), min=1, max=100)
-        self.guidance = W.FloatSlider(value=_default_guidance(model), min=0.0, max=20.0, step=0.5)
+        self.steps = W.IntSlider(value=steps or default_steps(model), min=1, max=100)
+        self.guidance = W.FloatSlider(value=default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value="ddim")
         self.size = W.Dropdown(options=[("model's native", 0)] + [(str(s), s) for s in SIZES], value=size or 0,
                                layout=W.Layout(width="140px"))

@@ -14,7 +14,7 @@ from ..config import MAX_SEED, GenerationConfig
 from .common import (AppBase, error_text, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
                      labelled, png_bytes, step_hook)
 from ..models.presets import preset_examples
-from .explore import SIZES, _default_guidance, _default_steps
+from .explore import SIZES, default_guidance, default_steps
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class ProcessApp(AppBase):
                                 + [(s, s) for s in sorted(load_styles())], value="")
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
                                      layout=W.Layout(width="130px"))
-        self.steps = W.IntSlider(value=steps or _default_steps(model), min=2, max=100)
-        self.guidance = W.FloatSlider(value=_default_guidance(model), min=0.0, max=20.0, step=0.5)
+        self.steps = W.IntSlider(value=steps or default_steps(model), min=2, max=100)
+        self.guidance = W.FloatSlider(value=default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
         self.size = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
