@@ -22,6 +22,28 @@ def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
     return p
 
 
+def check_output_dir(path: str | os.PathLike, field: str = "out") -> Path:
+    """Check, without creating anything, that `path` is or can become a writable folder.
+
+    For the start of a long job: a bad output folder fails in a second, before a model loads,
+    and a job that fails later leaves no empty folder behind (`ensure_dir` creates it when the
+    first file is written).
+    """
+    p = Path(path).expanduser()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == p else f"is inside {str(probe)!r}, which is a file"
+        raise OutputError(f"{field}={str(p)!r} {what}, not a folder: choose a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{field}={str(p)!r} cannot be written: no permission in {str(probe)!r} (read-only?); "
+                          "choose a writable folder")
+    return p
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:
     """Write a file through `write(tmp_path)`, then move it into place in one step.
 

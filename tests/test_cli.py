@@ -115,3 +115,23 @@ def test_a_trained_lora_is_used_by_generate_and_sheet(tmp_path, capsys):
     assert main(common + ["--lora", "nothere:0.5", "--lora-dir", str(lora_dir), "--out", str(tmp_path / "bad")]) == 2
     assert "nothere" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_failing_generate_or_sheet_leaves_no_empty_out_folder(tmp_path, capsys):
+    """--out is checked before the model loads and made only when the first picture is written."""
+    from charstudio.cli import main
+
+    out = tmp_path / "new" / "deep"
+    for argv in (["generate", "a cat", "--model", "sd99", "--out", str(out)],
+                 ["sheet", "aiko", "--poses", "walking", "--model", "sd99", "--out", str(out)]):
+        assert main(argv) == 2
+        assert "sd99" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main(["generate", "a cat", "--model", "sd99", "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out={str(target)!r}" in err and "file" in err and "sd99" not in err  # before the model
+    assert main(["generate", "a cat", "--model", "tiny", "--steps", "1", "--width", "32", "--height", "32",
+                 "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) == 1

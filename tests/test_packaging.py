@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +118,28 @@ def test_no_module_imports_another_modules_private_names():
                 offenders += [f"{path.relative_to(ROOT)}: {a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert not offenders, offenders
+
+
+def test_torch_floor_makes_torch_load_safe_by_default():
+    """controlnet-aux calls torch.load without weights_only: safe only from torch 2.6 on."""
+    import inspect
+
+    import torch
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (floor,) = [r for r in project["dependencies"] if _name(r) == "torch"]
+    assert tuple(int(x) for x in re.search(r">=\s*([\d.]+)", floor).group(1).split(".")[:2]) >= (2, 6)
+    assert inspect.signature(torch.load).parameters["weights_only"].default in (None, True)
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"x": Payload()}, buf)
+    buf.seek(0)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(buf)  # as controlnet-aux calls it: no weights_only

@@ -133,11 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from charstudio.cli.progress import StepBar
-    from charstudio.io_utils import ensure_dir
+    from charstudio.io_utils import check_output_dir
 
-    # Fail on bad settings or a bad output folder before spending minutes on a model load.
+    # Fail on bad settings or a bad output folder before spending minutes on a model load; the
+    # folder itself is made when the first picture is written.
     precheck(args)
-    ensure_dir(args.out, field="--out")
+    check_output_dir(args.out, field="--out")
     studio = load_studio(args)
     load_loras(studio, args)
     with StepBar("generating") as bar:

@@ -92,7 +92,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     from charstudio.cli.generate_commands import load_loras, load_studio, precheck, print_model_note
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError, OutputError
-    from charstudio.io_utils import ensure_dir
+    from charstudio.io_utils import check_output_dir
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
@@ -103,7 +103,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
     for p in poses:
         load_pose(p)  # fail on a typo now, not after the model load
-    out = ensure_dir(args.out, field="--out")
+    out = check_output_dir(args.out, field="--out")  # made when the first picture is written
     if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
         raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
     images = {}
