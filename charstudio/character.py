@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CardError, ConfigError
-from .io_utils import atomic_write
+from .io_utils import atomic_write, read_text
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,7 @@ class Character:
         import yaml
 
         p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CardError(f"card {p}: cannot be read ({exc.strerror or exc})") from exc
+        text = read_text(p, "card", CardError)
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -199,7 +196,7 @@ def load_styles() -> dict[str, Style]:
         if not f.is_file():
             continue
         try:
-            data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(read_text(f, "styles", CardError)) or {}
         except yaml.YAMLError as exc:
             raise CardError(f"styles {f}: malformed YAML: {exc}") from exc
         if not isinstance(data, dict):

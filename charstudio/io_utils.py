@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import OutputError
+from .errors import CharstudioError, OutputError
 
 
 def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
@@ -20,6 +20,19 @@ def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
     except OSError as exc:
         raise OutputError(f"{field}={str(p)!r} cannot be created: {exc.strerror or exc}") from exc
     return p
+
+
+def read_text(path: str | os.PathLike, what: str, error: type[CharstudioError] = CharstudioError) -> str:
+    """The UTF-8 text of a user's file (card, style list, pose, caption); an unreadable or binary
+    file raises `error` naming `what` and the file, not a bare codec error."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {str(p)!r}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                    "save it as UTF-8 text") from exc
+    except OSError as exc:
+        raise error(f"{what} {str(p)!r}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def check_output_dir(path: str | os.PathLike, field: str = "out") -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GenerationConfig
-from .errors import CharstudioError
+from .errors import CharstudioError, ConfigError
 from .schedulers import SCHEDULERS, scheduler_spec
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,19 @@ def parse_parameters(text: str) -> dict[str, Any]:
             val = json.loads(val)
         values[key] = val
     out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+
+    def field(key: str, convert: Any, expected: str) -> Any:
+        try:
+            return convert(values[key])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"parameters {key!r}", values[key], expected) from exc
+
+    def size(text: str) -> tuple[int, int]:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+
     if "Steps" in values:
-        out["num_inference_steps"] = int(values["Steps"])
+        out["num_inference_steps"] = field("Steps", int, "a whole number of steps, e.g. 25")
     if "Sampler" in values:
         sampler = values["Sampler"]
         if values.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
@@ -96,16 +107,17 @@ def parse_parameters(text: str) -> dict[str, Any]:
         except ValueError:
             log.warning("sampler %r has no charstudio equivalent; using the default", sampler)
     if "CFG scale" in values:
-        out["guidance_scale"] = float(values["CFG scale"])
+        out["guidance_scale"] = field("CFG scale", float, "a number, e.g. 7")
     if "Seed" in values:
-        out["seed"] = int(values["Seed"])
+        out["seed"] = field("Seed", int, "a whole number, e.g. 42")
     if "Size" in values:
-        w, h = values["Size"].lower().split("x")
-        out["width"], out["height"] = int(w), int(h)
+        out["width"], out["height"] = field("Size", size, "WIDTHxHEIGHT, e.g. 512x512")
     if "Model" in values:
         out["model"] = values["Model"]
-    if "Clip skip" in values and int(values["Clip skip"]) > 1:
-        out["clip_skip"] = int(values["Clip skip"]) - 1
+    if "Clip skip" in values:
+        clip_skip = field("Clip skip", int, "a whole number, e.g. 2")
+        if clip_skip > 1:
+            out["clip_skip"] = clip_skip - 1
     return out
 
 
@@ -132,11 +144,19 @@ def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
     except Exception as exc:  # PIL raises many types for unreadable files
         raise CharstudioError(f"path={str(p)!r} is not a readable image: {exc}") from exc
     text = getattr(image, "text", {}) or {}
-    if RECIPE_KEY in text:
-        try:
-            return image, GenerationConfig.from_dict(json.loads(text[RECIPE_KEY]))
-        except json.JSONDecodeError as exc:
-            log.warning("%s: the charstudio recipe chunk is not valid JSON (%s); falling back to 'parameters'", p, exc)
-    if PARAMETERS_KEY in text:
-        return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY]))
+    broken = None
+    try:
+        if RECIPE_KEY in text:
+            try:
+                return image, GenerationConfig.from_dict(json.loads(text[RECIPE_KEY]))
+            except json.JSONDecodeError as exc:
+                broken = f"its {RECIPE_KEY!r} recipe chunk is not valid JSON ({exc.msg} at character {exc.pos})"
+                log.warning("%s: %s; falling back to 'parameters'", p, broken)
+        if PARAMETERS_KEY in text:
+            return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY]))
+    except ConfigError as exc:
+        # The same error, told about the file it came from.
+        raise ConfigError(f"{str(p)!r}: {exc.field}", exc.value, exc.expected) from exc
+    if broken:
+        raise CharstudioError(f"path={str(p)!r} carries no usable recipe: {broken}")
     raise CharstudioError(f"path={str(p)!r} carries no recipe (no 'charstudio' or 'parameters' PNG text chunk)")

@@ -406,7 +406,10 @@ class Pose:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError("pose", str(source), "an existing pose JSON file, a pose name, or a JSON string")
-            text = path.read_text(encoding="utf-8")
+            from .errors import CharstudioError
+            from .io_utils import read_text
+
+            text = read_text(path, "pose file", CharstudioError)
         else:
             text = str(source)
         try:

@@ -213,3 +213,68 @@ def test_whole_numbers_follow_one_rule_everywhere(tmp_path):
             with pytest.raises(ConfigError) as e:
                 make(bad)
             assert e.value.field == field
+
+
+def _png_with(path, chunks):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in chunks.items():
+        info.add_text(key, value)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("settings,field,expected", [
+    ("Steps: 20, Size: 64", "'Size'", "512x512"),
+    ("Steps: 20, Seed: abc", "'Seed'", "whole number"),
+    ("Steps: 20, CFG scale: high", "'CFG scale'", "a number"),
+    ("Steps: 20, Clip skip: two", "'Clip skip'", "whole number"),
+    ("Steps: 20, Size: 500x500", "width", "multiple of 8"),
+])
+def test_a1111_text_errors_name_the_file_and_the_field(tmp_path, settings, field, expected):
+    from charstudio.result import Result
+
+    png = _png_with(tmp_path / "a1111.png", {"parameters": f"a cat\nNegative prompt: blurry\n{settings}"})
+    with pytest.raises(ConfigError) as e:
+        Result.from_png(png)
+    msg = one_line(e.value)
+    assert str(png) in msg and field in msg and expected in msg
+
+
+def test_a_broken_or_incomplete_recipe_chunk_is_named_not_called_missing(tmp_path):
+    from charstudio import CharstudioError
+    from charstudio.result import Result
+
+    broken = _png_with(tmp_path / "broken.png", {"charstudio": '{"prompt": "a cat", '})
+    with pytest.raises(CharstudioError, match="not valid JSON") as e:
+        Result.from_png(broken)
+    assert str(broken) in one_line(e.value) and "no recipe" not in str(e.value)
+    no_prompt = _png_with(tmp_path / "no_prompt.png", {"charstudio": '{"seed": 3}'})
+    with pytest.raises(ConfigError, match="recipe.prompt") as e:
+        Result.from_png(no_prompt)
+    assert str(no_prompt) in one_line(e.value)
+
+
+def test_binary_garbage_cards_styles_and_poses_name_their_file(tmp_path, monkeypatch):
+    from charstudio import CharstudioError
+    from charstudio.character import Character, load_styles
+    from charstudio.pose import load_pose
+
+    garbage = bytes([0xFF, 0xFE, 0x00, 0x81]) * 8
+    card = tmp_path / "characters" / "junk.yaml"
+    card.parent.mkdir()
+    card.write_bytes(garbage)
+    with pytest.raises(CardError) as e:
+        Character.load(card)
+    assert str(card) in one_line(e.value) and "not UTF-8" in str(e.value) and "codec" not in str(e.value)
+    (tmp_path / "styles.yaml").write_bytes(garbage)
+    monkeypatch.setenv("CHARSTUDIO_PROMPTS", str(tmp_path))
+    with pytest.raises(CardError, match="styles.*not UTF-8"):
+        load_styles()
+    pose = tmp_path / "junk.json"
+    pose.write_bytes(garbage)
+    with pytest.raises(CharstudioError) as e:
+        load_pose(str(pose))
+    assert str(pose) in one_line(e.value) and "not UTF-8" in str(e.value)
