@@ -74,19 +74,24 @@ class PromptEncoder:
         chunks = max(num_chunks, (len(ids) + self.chunk_len - 1) // self.chunk_len, 1)
         return self._encode_ids(ids, weights, chunks, clip_skip), len(ids)
 
+    def _chunk_row(self, ids: list[int], c: int) -> tuple[list[int], int]:
+        """Chunk `c` of a token list as one CLIP window: BOS, up to 75 tokens, EOS, padding;
+        and how many of the tokens it holds."""
+        tok = self.tokenizer
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        part = ids[c * self.chunk_len:(c + 1) * self.chunk_len]
+        return [tok.bos_token_id] + part + [eos] + [pad] * (self.chunk_len - len(part)), len(part)
+
     def _encode_ids(self, ids: list[int], weights: list[float], num_chunks: int, clip_skip: int | None):
         import torch
 
-        tok = self.tokenizer
-        bos, eos = tok.bos_token_id, tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         device = self.text_encoder.device
         out = []
         for c in range(num_chunks):
-            part = ids[c * self.chunk_len:(c + 1) * self.chunk_len]
-            part_w = weights[c * self.chunk_len:(c + 1) * self.chunk_len]
-            row = [bos] + part + [eos] + [pad] * (self.chunk_len - len(part))
-            row_w = [1.0] + part_w + [1.0] * (self.chunk_len - len(part) + 1)
+            row, n = self._chunk_row(ids, c)
+            part_w = weights[c * self.chunk_len:c * self.chunk_len + n]
+            row_w = [1.0] + part_w + [1.0] * (self.chunk_len - n + 1)
             input_ids = torch.tensor([row], device=device)
             with torch.no_grad():
                 if clip_skip is None:
@@ -114,17 +119,11 @@ class PromptEncoder:
 
         import torch
 
-        tok = self.tokenizer
-        bos, eos = tok.bos_token_id, tok.eos_token_id
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         ids = [self.tokenize(t) for t in texts]
         chunks = max(1, max(-(-len(i) // self.chunk_len) for i in ids))
         out = []
         for c in range(chunks):
-            rows = []
-            for i in ids:
-                part = i[c * self.chunk_len:(c + 1) * self.chunk_len]
-                rows.append([bos] + part + [eos] + [pad] * (self.chunk_len - len(part)))
+            rows = [self._chunk_row(i, c)[0] for i in ids]
             with contextlib.nullcontext() if grad else torch.no_grad():
                 out.append(self.text_encoder(torch.tensor(rows, device=self.text_encoder.device))[0])
         return out[0] if chunks == 1 else torch.cat(out, dim=1)

@@ -835,7 +835,6 @@ def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float
     the normalised weights. Weights must be >= 0 and not all zero; a weight-0 style has no
     effect at all, so {"anime": 1, "watercolor": 0} equals the anime style alone.
     """
-
     if not isinstance(styles, Mapping) or not styles:
         raise ConfigError("styles", styles, "a mapping of style name to weight, e.g. {'anime': 0.7, 'ink': 0.3}")
     weights = check_weights(styles, field_name="styles")

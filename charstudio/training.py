@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 
 from .errors import ConfigError, OutputError
 from .io_utils import atomic_write
-from .lora import TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES
+from .lora import LORA_WEIGHTS_NAME, TEXT_ENCODER_TARGET_MODULES, UNET_TARGET_MODULES
 from .pose import POSE_SUFFIX, pose_file  # noqa: F401  (POSE_SUFFIX: part of this module's API)
 from .validation import check_choice, check_float, check_int
 
@@ -600,10 +600,14 @@ def _model_fingerprint(unet: Any, text_encoder: Any) -> str:
 
 
 # The files that make a finished LoRA folder; it is finished only when all of them are there.
+def weight_files(lora_dir: Path, name: str) -> list[Path]:
+    """The LoRA's weights in both formats (diffusers/peft, kohya/A1111)."""
+    return [lora_dir / LORA_WEIGHTS_NAME, lora_dir / f"{name}.safetensors"]
+
+
 def final_files(lora_dir: Path, name: str) -> list[Path]:
-    """The files a finished ``lora/NAME`` holds (weights in both formats and the config)."""
-    return [lora_dir / "pytorch_lora_weights.safetensors", lora_dir / f"{name}.safetensors",
-            lora_dir / "training_config.json"]
+    """The files a finished ``lora/NAME`` holds: both weight files and the config."""
+    return [*weight_files(lora_dir, name), lora_dir / "training_config.json"]
 
 
 def is_finished(lora_dir: Path, name: str) -> bool:
@@ -614,8 +618,7 @@ def is_finished(lora_dir: Path, name: str) -> bool:
 # What a run writes into lora/NAME; anything else there (class_images, a user's notes) is kept
 # across an overwrite.
 def _run_outputs(name: str) -> set[str]:
-    return {"pytorch_lora_weights.safetensors", f"{name}.safetensors", "training_config.json", "loss.csv",
-            CHECKPOINT_DIR, VALIDATION_DIR}
+    return {p.name for p in final_files(Path(), name)} | {"loss.csv", CHECKPOINT_DIR, VALIDATION_DIR}
 
 
 def staging_dir(lora_dir: Path) -> Path:
@@ -717,7 +720,7 @@ def _prepare_output(config: LoraTrainingConfig, is_main: bool) -> _OutputPlan:
         _clean_checkpoint_leftovers(staging_dir(out))
     staged = staging_dir(out)
     finished = is_finished(out, config.name)
-    some_final = any(p.is_file() for p in final_files(out, config.name)[:2])
+    some_final = any(p.is_file() for p in weight_files(out, config.name))
     checkpoints = list_checkpoints(out)
     if config.resume:
         # An overwrite that was stopped continues in its staging folder, the old LoRA untouched.
@@ -884,10 +887,10 @@ class _ModelPair:
 def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, output: _OutputPlan,
            weight_dtype: Any, mixed: str, own_components: bool) -> Iterator[TrainingStep]:
     """The body of ``train_lora`` once the model is loaded (split out so cleanup always runs)."""
-    out, resume_from = output.work, output.resume_from
     import torch
     from diffusers import DDPMScheduler
 
+    out, resume_from = output.work, output.resume_from
     device, is_main = accelerator.device, accelerator.is_main_process
     tokenizer, text_encoder, unet, vae = comps["tokenizer"], comps["text_encoder"], comps["unet"], comps["vae"]
     for m in (text_encoder, unet, vae):
@@ -967,10 +970,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     # Captions are encoded as generation encodes prompts: in 75-token chunks, never cut at 77.
     from .conditioning import PromptEncoder
 
-    prompt_encoder = PromptEncoder(tokenizer, text_encoder)
-
-    def encode_text(texts: list[str], grad: bool = False):
-        return prompt_encoder.encode_texts(texts, grad=grad)
+    encode_text = PromptEncoder(tokenizer, text_encoder).encode_texts
 
     text_cache: dict[str, Any] = {}
     if not config.train_text_encoder:

@@ -19,7 +19,7 @@ def _training_defaults() -> types.SimpleNamespace:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    D = _training_defaults()  # noqa: N806 (reads as a constant)
+    D = _training_defaults()
     t = sub.add_parser(
         "train-lora", help="fine-tune a LoRA on a folder of character images",
         description="Train a LoRA on 5-50 images of one character. Captions come from NAME.txt beside each "

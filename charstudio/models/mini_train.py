@@ -594,7 +594,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     _save_state(work, state)
     out = export(recipe, work, out, state, comps)
     if recipe.evaluate:
-        from .mini_eval import record_behaviour  # evaluation depends on training, not back
+        from .mini_eval import record_behaviour  # mini_eval never imports this module: no cycle
 
         record_behaviour(out)
     return out
