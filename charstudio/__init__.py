@@ -31,7 +31,7 @@ _EXPORTS = {
     "Pose": "charstudio.pose",
     "load_pose": "charstudio.pose",
     "list_poses": "charstudio.pose",
-    "SheetResult": "charstudio.consistency",
+    "SheetResult": "charstudio.sheets",
     "LoraTrainingConfig": "charstudio.training",
     "train_lora": "charstudio.training",
     "CharstudioError": "charstudio.errors",

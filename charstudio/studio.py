@@ -11,6 +11,8 @@ import logging
 import random
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .callbacks import CancelToken, StepCallback, StepProgress, chain
@@ -23,7 +25,7 @@ from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
-from .validation import check_text
+from .validation import check_float, check_text
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,14 @@ _PIPELINE_CLASSES = {
     "img2img": "StableDiffusionImg2ImgPipeline",
     "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline",
 }
+
+
+@dataclass
+class LoadedLora:
+    """One adapter a Studio has loaded: the file it came from, and its weight while on."""
+
+    source: Path
+    weight: float | None = None  # None: loaded but off
 
 
 class Studio:
@@ -60,9 +70,9 @@ class Studio:
         self.base_scheduler_config = dict(self.components["scheduler"].config)
         self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
         self._pipelines: dict[str, Any] = {}
-        self._lora_weights: dict[str, float] = {}  # adapter name -> weight, as used in recipes
-        self._lora_sources: dict[str, Any] = {}  # adapter name -> the file it came from
-        self._card_adapters: set[str] = set()  # adapters switched on by a card, not by the user
+        # The one record of adapter state: what is loaded, from where, and what is on at which
+        # weight. charstudio.lora's functions keep none; every change goes through _apply_weights.
+        self._loras: dict[str, LoadedLora] = {}
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -123,7 +133,12 @@ class Studio:
     @property
     def active_loras(self) -> dict[str, float]:
         """LoRA adapters in use, name -> weight (recorded in every recipe)."""
-        return dict(self._lora_weights)
+        return {name: rec.weight for name, rec in self._loras.items() if rec.weight is not None}
+
+    @property
+    def loaded_loras(self) -> dict[str, LoadedLora]:
+        """Every loaded adapter, on or off, with the file it came from."""
+        return {name: LoadedLora(rec.source, rec.weight) for name, rec in self._loras.items()}
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
@@ -158,7 +173,12 @@ class Studio:
                     extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
                     width: int | None = None, height: int | None = None, negative_prompt: str | None = None,
                     pose: Any = None, **settings: Any) -> GenerationConfig:
-        """Resolve a card/prompt, style and defaults into a validated recipe (without running it)."""
+        """Resolve a card/prompt, style and defaults into a validated recipe (without running it).
+
+        It switches nothing on: the studio's active adapters are the same afterwards. A card that
+        names a LoRA puts it in the recipe's `loras` at the card's weight (its file is loaded, off,
+        when it is not loaded yet); `run` uses the recipe's adapters for that run only.
+        """
         if character_or_prompt is not None and not isinstance(character_or_prompt, (str, Character)):
             raise ConfigError("character_or_prompt", character_or_prompt,
                               "a card name, a prompt (str) or a Character, got " + type(character_or_prompt).__name__)
@@ -170,7 +190,9 @@ class Studio:
             card = character_or_prompt
         elif isinstance(character_or_prompt, str) and is_character(character_or_prompt):
             card = load_character(character_or_prompt)
-        self._apply_card_lora(card)  # the card's LoRA (and its trigger word, in the prompt) for this card only
+        loras = self.active_loras
+        if card is not None and card.lora:
+            loras[self._load_off(card.lora)] = float(card.lora_weight)
         prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
         if negative_prompt is not None:
             negative = negative_prompt
@@ -188,7 +210,7 @@ class Studio:
             width=width, height=height, model=self.model_id,
             character=card.name if card else None,
             style=style if style is not None else (card.style if card else None),
-            loras=self.active_loras, pose=pose, **settings)
+            loras=loras, pose=pose, **settings)
 
     @staticmethod
     def _pose_dict(pose: Any, width: int, height: int) -> dict:
@@ -199,22 +221,27 @@ class Studio:
 
     def run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback] = (),
             progress: Callable[[StepProgress], None] | None = None, cancel: CancelToken | None = None,
-            control_image: Any = None, latents: Any = None, embeddings: tuple[Any, Any] | None = None) -> Result:
+            control_image: Any = None, latents: Any = None, embeddings: tuple[Any, Any] | None = None,
+            init_image: Any = None, strength: float = 0.6) -> Result:
         """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU).
 
         `latents` (initial noise, unscaled) and `embeddings` ((prompt, negative) embeddings)
         override the seed's noise and the prompt encoding; interpolation and style mixes use
         them, and their own recipes record how to rebuild them.
+
+        `init_image` makes it img2img (SDEdit): the picture, resized to the recipe's size, is
+        noised by `strength` (0..1] and denoised under the recipe's prompt (and pose).
         """
         # 1. Check the recipe fits this studio.
         if config.model and config.model != self.model_id:
             log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
-        missing = set(config.loras) - set(self._lora_sources) - set(self._lora_weights)
+        missing = set(config.loras) - set(self._loras)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
         with self.using_loras(config.loras):
             return self._run(config, callbacks=callbacks, progress=progress, cancel=cancel,
-                             control_image=control_image, latents=latents, embeddings=embeddings)
+                             control_image=control_image, latents=latents, embeddings=embeddings,
+                             init_image=init_image, strength=strength)
 
     @contextmanager
     def using_loras(self, weights: dict[str, float]) -> Iterator[None]:
@@ -224,38 +251,53 @@ class Studio:
         was made with, whatever the studio has set since. Interpolation encodes each end's
         prompt under that end's weights.
         """
-        if weights == self._lora_weights:
+        before = self.active_loras
+        if dict(weights) == before:
             yield
             return
-        from . import lora
-
-        before = dict(self._lora_weights)
-        log.info("using the recipe's LoRA weights %s for this run (studio has %s)", weights, before)
-        lora.set_loras(self.pipeline("txt2img"), weights)
-        self._lora_weights = dict(weights)
+        log.info("using the recipe's LoRA weights %s for this run (studio has %s)", dict(weights), before)
+        self._apply_weights(weights)
         try:
             yield
         finally:
-            lora.set_loras(self.pipeline("txt2img"), before)
-            self._lora_weights = before
+            self._apply_weights(before)
+
+    def _apply_weights(self, weights: dict[str, float]) -> None:
+        """Switch exactly these adapters on, at these weights, in the model and in the record."""
+        from . import lora
+
+        lora.set_loras(self.pipeline("txt2img"), weights)
+        for name, rec in self._loras.items():
+            rec.weight = float(weights[name]) if name in weights else None
 
     def _run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback], progress: Any, cancel: Any,
-             control_image: Any, latents: Any, embeddings: Any) -> Result:
+             control_image: Any, latents: Any, embeddings: Any, init_image: Any = None,
+             strength: float = 0.6) -> Result:
         import torch
 
-        # 2. Pick the pipeline: the ControlNet one when there is a pose or control image.
+        # 2. Pick the pipeline: the ControlNet one when there is a pose or control image, the
+        #    img2img one when there is a starting picture.
         if control_image is None and config.pose is not None:
             control_image = self._render_pose(config)
         if control_image is not None and control_image.size != (config.width, config.height):
             raise ConfigError("control_image", f"{control_image.size[0]}x{control_image.size[1]}",
                               f"must match the output size {config.width}x{config.height}; "
                               "pass a Pose (fitted automatically) or resize the image")
-        pipe = self.pipeline("controlnet" if control_image is not None else "txt2img")
-        extra_args: dict[str, Any] = {}
+        kind: PipelineKind = "controlnet" if control_image is not None else "txt2img"
+        extra_args: dict[str, Any] = dict(width=config.width, height=config.height, latents=latents)
+        if init_image is not None:
+            strength = check_float("strength", strength, 0.0, 1.0, above=0.0)
+            kind = "controlnet_img2img" if control_image is not None else "img2img"
+            extra_args = dict(image=init_image.convert("RGB").resize((config.width, config.height)),
+                              strength=strength)
+            if control_image is not None:
+                extra_args.update(width=config.width, height=config.height)
         if control_image is not None:
-            extra_args = dict(image=control_image, controlnet_conditioning_scale=config.controlnet_conditioning_scale,
+            extra_args[("control_image" if init_image is not None else "image")] = control_image
+            extra_args.update(controlnet_conditioning_scale=config.controlnet_conditioning_scale,
                               control_guidance_start=config.control_guidance_start,
                               control_guidance_end=config.control_guidance_end)
+        pipe = self.pipeline(kind)
 
         # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
         if embeddings is None and config.style_mix:
@@ -267,12 +309,15 @@ class Studio:
             prompt_embeds, negative_embeds = encoded.prompt_embeds, encoded.negative_prompt_embeds
         else:
             prompt_embeds, negative_embeds = embeddings
-        initial_latents = latents  # the loop below reuses the name `latents` for each image's output
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
 
         edit_cb = None if embeddings is not None else schedule_callback(
             self.encoder, config.prompt, config.num_inference_steps, encoded.num_chunks, config.clip_skip)
+
+        # img2img starts part-way: diffusers runs int(steps * strength) of the steps.
+        steps_run = config.num_inference_steps if init_image is None else max(
+            1, min(int(config.num_inference_steps * strength), config.num_inference_steps))
 
         # 4. One pipeline call per image, so each image's recipe (seed + i) reproduces it alone.
         images, recipes, latents_out = [], [], []
@@ -283,21 +328,49 @@ class Studio:
             if cancel is not None:
                 step_cbs.insert(0, lambda p, s, t, kw: cancel.check() or {})
             if progress is not None:
-                step_cbs.append(_progress_callback(progress, i + 1, config.num_images, config.num_inference_steps))
+                step_cbs.append(_progress_callback(progress, i + 1, config.num_images, steps_run))
             combined, tensor_inputs = chain(step_cbs)
             pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
             generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
-            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, latents=initial_latents,
+            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                       width=config.width, height=config.height, generator=generator, output_type="latent",
+                       generator=generator, output_type="latent",
                        callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
                        **extra_args)
-            latents = out.images
-            images.extend(self.decode(latents))
-            latents_out.append(latents)
+            images.extend(self.decode(out.images))
+            latents_out.append(out.images)
             recipes.append(config.replace(seed=config.seed + i, num_images=1, model=self.model_id,
                                           loras=self.active_loras))
-        return Result(images, recipes, {"latents": latents_out})
+        extras: dict[str, Any] = {"latents": latents_out}
+        if init_image is not None:
+            extras.update(kind=kind, img2img_strength=strength)
+        return Result(images, recipes, extras)
+
+    def from_photo(self, character: Any, photo: Any, *, strength: float = 0.6, pose: Any = "detect",
+                   detector: Any = None, detector_weights: str | None = None, seed: int | None = None,
+                   controlnet_conditioning_scale: float = 1.0, progress: Callable[[StepProgress], None] | None = None,
+                   cancel: CancelToken | None = None, **settings: Any) -> Result:
+        """Turn a reference photo into the character (in the card's style) with SDEdit img2img.
+
+        ``strength`` (0..1] is how far the photo is noised before denoising: low keeps the photo's
+        layout and colours, high keeps only its pose. ``pose="detect"`` extracts the photo's pose
+        with `Pose.from_image` and adds the OpenPose ControlNet; pass a Pose or a pose name to use
+        another, or None for plain img2img. The recipe records the prompt and pose; the photo itself
+        is not stored, so re-running the recipe alone gives a txt2img picture.
+        """
+        from .pose import Pose, load_pose
+
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise ConfigError("strength", strength, "a number in (0, 1]: 0.3 keeps the photo, 0.8 keeps mostly the pose")
+        photo = photo.convert("RGB")
+        factor = vae_factor(self.components["vae"])
+        settings.setdefault("width", photo.width // factor * factor)
+        settings.setdefault("height", photo.height // factor * factor)
+        if isinstance(pose, str) and pose == "detect":
+            pose = Pose.from_image(photo, detector=detector, weights=detector_weights)
+        config = self.make_config(character, seed=seed, pose=pose if pose is None else load_pose(pose),
+                                  controlnet_conditioning_scale=controlnet_conditioning_scale, **settings)
+        return self.run(config, init_image=photo, strength=float(strength), progress=progress, cancel=cancel)
 
     def _render_pose(self, config: GenerationConfig) -> Any:
         from .pose import Pose
@@ -368,18 +441,18 @@ class Studio:
 
         return trace_run(self, character_or_prompt, attention=attention, **settings)
 
-    # -- character sheets (charstudio.consistency) ---------------------------------------------
+    # -- character sheets (charstudio.sheets) ---------------------------------------------
     def sheet(self, character_or_prompt: Any, poses: list[Any], *, seed: int | None = None,
               reference_strength: float = 0.0, same_noise: bool = True, **settings: Any) -> Any:
-        """One character in N poses with a labelled grid and a consistency score; see consistency.make_sheet."""
-        from .consistency import make_sheet
+        """One character in N poses with a labelled grid and a consistency score; see sheets.make_sheet."""
+        from .sheets import make_sheet
 
         return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
                           same_noise=same_noise, **settings)
 
     # -- LoRA adapters (charstudio.lora) -------------------------------------------------------
     # All pipelines share one UNet and text encoder, so adapters loaded through the txt2img
-    # pipeline apply to every kind. `_lora_weights` mirrors what is active for the recipes.
+    # pipeline apply to every kind. `_loras` is the record of what is loaded and on.
     def load_lora(self, path_or_name: Any, weight: float = 1.0, adapter_name: str | None = None, *,
                   lora_dir: Any = None) -> str:
         """Load a LoRA and use it at `weight`; returns the adapter name.
@@ -388,38 +461,39 @@ class Studio:
         our format, kohya/A1111 format or from civitai. Loading the same file under the same name
         again only sets its weight.
         """
+        name = self._load_off(path_or_name, adapter_name, lora_dir=lora_dir, weight=weight)
+        self.set_loras({**self.active_loras, name: weight})
+        return name
+
+    def _load_off(self, path_or_name: Any, adapter_name: str | None = None, *, lora_dir: Any = None,
+                  weight: float = 1.0) -> str:
+        """Load a LoRA's file unless it is loaded already, leaving what is on as it was."""
         from . import lora
 
         path = lora.resolve_lora_path(path_or_name, lora_dir or lora.DEFAULT_LORA_DIR).resolve()
         name = adapter_name or lora.default_adapter_name(path)
-        sources = self._lora_sources
-        self._card_adapters.discard(name)
-        if sources.get(name) == path:
-            self.set_loras({**self._lora_weights, name: weight})
+        rec = self._loras.get(name)
+        if rec is not None and rec.source == path:
             return name
-        name = lora.load_lora(self.pipeline("txt2img"), path, weight=weight, adapter_name=name)
-        sources[name] = path
-        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+        active = self.active_loras
+        name = lora.load_lora(self.pipeline("txt2img"), path, weight=weight, adapter_name=name, active=active)
+        self._loras[name] = LoadedLora(path)
+        self._apply_weights(active)
         return name
 
     def set_loras(self, weights: dict[str, float]) -> None:
         """Use exactly these loaded adapters at these weights, e.g. {"aiko": 0.8, "watercolor": 0.5}."""
-        from . import lora
-
-        lora.set_loras(self.pipeline("txt2img"), weights)
-        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
-        self._card_adapters.difference_update(weights)
+        if dict(weights) != self.active_loras:
+            self._apply_weights(dict(weights))
 
     def unload_loras(self, names: Iterable[str] | None = None) -> None:
         """Remove adapters (all by default); the base model's layers come back."""
         from . import lora
 
         names = None if names is None else list(names)
-        lora.unload_loras(self.pipeline("txt2img"), names)
-        sources = self._lora_sources
-        for n in list(sources) if names is None else names:
-            sources.pop(n, None)
-        self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+        lora.unload_loras(self.pipeline("txt2img"), names, active=self.active_loras)
+        for n in list(self._loras) if names is None else names:
+            self._loras.pop(n, None)
 
     def unload_lora(self, name: str) -> None:
         """Remove one adapter."""
@@ -432,7 +506,7 @@ class Studio:
         """
         from . import lora
 
-        return lora.fuse_loras(self.pipeline("txt2img"))
+        return lora.fuse_loras(self.pipeline("txt2img"), self.active_loras)
 
     def unfuse_loras(self) -> None:
         """Take fused adapters back out of the base weights."""
@@ -440,24 +514,16 @@ class Studio:
 
         lora.unfuse_loras(self.pipeline("txt2img"))
 
-    def _apply_card_lora(self, card: Any) -> None:
-        """Use a card's LoRA for that card: adapters switched on by other cards are switched off.
+    def train_lora(self, config: Any) -> Iterator[Any]:
+        """Train a LoRA on this studio's model (`charstudio.training.train_lora` with its components).
 
-        Adapters the user loaded or set directly are left alone.
+        The studio's adapters are off while it trains (the new LoRA learns the base model) and
+        back on, at their weights, afterwards. Yields the training step records.
         """
-        from . import lora
+        from .training import train_lora
 
-        auto = self._card_adapters
-        weights = {k: v for k, v in self._lora_weights.items() if k not in auto}
-        if card is not None and getattr(card, "lora", None):
-            user_active = set(weights)
-            name = self.load_lora(card.lora, weight=card.lora_weight)
-            weights[name] = float(card.lora_weight)
-            if name not in user_active:
-                auto.add(name)
-        if weights != self._lora_weights:
-            lora.set_loras(self.pipeline("txt2img"), weights)
-            self._lora_weights = lora.active_loras(self.pipeline("txt2img"))
+        with self.using_loras({}):
+            yield from train_lora(config, components=self.components)
 
 
 def native_size(components: dict[str, Any]) -> int:

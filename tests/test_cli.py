@@ -82,7 +82,7 @@ def test_a_trained_lora_is_used_by_generate_and_sheet(tmp_path, capsys):
     from PIL import Image
 
     from charstudio import Result
-    from charstudio.world import write_lora_dataset
+    from charstudio.mini.world import write_lora_dataset
 
     write_lora_dataset(tmp_path / "data", trigger="zorbi", count=4)
     lora_dir = tmp_path / "lora"

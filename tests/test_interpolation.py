@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from charstudio import interpolation as ip
+from charstudio import media
 from charstudio.errors import ConfigError, OutputError
 from charstudio.prompt_syntax import PromptScheduleCallback, parse_weighted, prompt_schedule
 from conftest import pixels
@@ -208,11 +209,11 @@ def test_gif_mp4_grid_and_contact_sheet(tmp_path):
     import imageio.v3 as iio
 
     frames = [np.full((32, 48, 3), v, dtype=np.uint8) for v in (0, 80, 160, 240)]
-    gif = ip.save_gif(frames, tmp_path / "a.gif", fps=5)
+    gif = media.save_gif(frames, tmp_path / "a.gif", fps=5)
     assert iio.imread(gif, index=None).shape[0] == 4
     with pytest.raises(OutputError, match="exists"):
-        ip.save_gif(frames, tmp_path / "a.gif")
-    mp4 = ip.save_mp4(frames, tmp_path / "a.mp4", fps=5)
+        media.save_gif(frames, tmp_path / "a.gif")
+    mp4 = media.save_mp4(frames, tmp_path / "a.mp4", fps=5)
     import imageio.v2 as imageio
 
     reader = imageio.get_reader(mp4, format="FFMPEG")
@@ -220,13 +221,13 @@ def test_gif_mp4_grid_and_contact_sheet(tmp_path):
         assert reader.count_frames() == 4 and reader.get_data(0).shape[:2] == (32, 48)
     finally:
         reader.close()
-    sheet = ip.contact_sheet(frames, [0, 0.1, 0.5, 1], cols=2)
+    sheet = media.contact_sheet(frames, [0, 0.1, 0.5, 1], cols=2)
     assert sheet.size[0] > 2 * 48 and sheet.size[1] > 2 * 32
-    assert ip.frame_grid(frames, cols=4).size[1] < sheet.size[1]  # labels take room
+    assert media.frame_grid(frames, cols=4).size[1] < sheet.size[1]  # labels take room
     with pytest.raises(ConfigError, match="ts"):
-        ip.contact_sheet(frames, [0, 1])
+        media.contact_sheet(frames, [0, 1])
     with pytest.raises(ConfigError, match="frames"):
-        ip.save_gif(frames[:1], tmp_path / "b.gif")
+        media.save_gif(frames[:1], tmp_path / "b.gif")
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 

@@ -126,6 +126,7 @@ def test_weight_zero_reproduces_base(trained):
 
 def test_mixing_two_adapters_adds_their_weighted_updates(trained):
     single = _pipe()
+    base = _render(single)
     lora.load_lora(single, trained)
     full = _render(single)
 
@@ -133,13 +134,16 @@ def test_mixing_two_adapters_adds_their_weighted_updates(trained):
     lora.load_lora(mixed, trained / "pytorch_lora_weights.safetensors", adapter_name="a")
     lora.load_lora(mixed, trained / "aiko.safetensors", adapter_name="b")
     lora.set_loras(mixed, {"a": 0.5, "b": 0.5})
-    assert lora.active_loras(mixed) == {"a": 0.5, "b": 0.5}
     # The same adapter twice at half weight is the adapter once at full weight.
     np.testing.assert_allclose(_render(mixed), full, atol=1e-4)
     lora.set_loras(mixed, {"a": 1.0})
     np.testing.assert_allclose(_render(mixed), full, atol=1e-4)
-    lora.unload_loras(mixed, ["a"])
-    assert lora.active_loras(mixed) == {}
+    # charstudio.lora keeps no record: the caller says what stays on after an unload.
+    lora.unload_loras(mixed, ["a"], active={"a": 1.0})
+    assert lora.loaded_adapters(mixed) == ["b"]
+    np.testing.assert_array_equal(_render(mixed), base)  # b is loaded but off
+    lora.set_loras(mixed, {"b": 1.0})
+    np.testing.assert_allclose(_render(mixed), full, atol=1e-4)
     with pytest.raises(ConfigError, match="no adapter of that name"):
         lora.set_loras(mixed, {"a": 1.0})
 
@@ -149,14 +153,14 @@ def test_fuse_then_unfuse(trained):
     base = _render(pipe)
     lora.load_lora(pipe, trained, weight=0.7)
     unfused = _render(pipe)
-    assert lora.fuse_loras(pipe) == ["aiko"]
+    assert lora.fuse_loras(pipe, {"aiko": 0.7}) == ["aiko"]
     assert lora.fused_loras(pipe) == ["aiko"]
     np.testing.assert_allclose(_render(pipe), unfused, rtol=1e-4, atol=1e-4)
     lora.unfuse_loras(pipe)
     assert lora.fused_loras(pipe) == []
     np.testing.assert_allclose(_render(pipe), unfused, rtol=1e-4, atol=1e-4)
     # Subtracting a fused update is exact only up to float rounding, hence the tolerances.
-    lora.fuse_loras(pipe)
+    lora.fuse_loras(pipe, {"aiko": 0.7})
     lora.unload_loras(pipe)  # unfuses first, so the base weights come back
     np.testing.assert_allclose(_render(pipe), base, rtol=1e-4, atol=1e-4)
 
@@ -293,6 +297,45 @@ def test_studio_lora_methods_and_recipes(trained, fresh_studio):
     assert studio.generate(PROMPT, **settings).recipes[0].loras == {}
 
 
+def test_make_config_switches_no_lora_on(trained, fresh_studio, tmp_path):
+    """make_config only describes: a card's LoRA goes into the recipe, not into the studio's state."""
+    import shutil
+
+    from charstudio.character import Character
+
+    studio = fresh_studio
+    settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    shutil.copytree(trained, tmp_path / "other")
+    studio.load_lora(tmp_path / "other", weight=0.5)  # the user's own adapter, named "other"
+    plain = np.asarray(studio.generate(PROMPT, **settings).images[0])
+    card = Character(name="aiko", trigger="sks", description="person", lora=str(trained), lora_weight=0.8)
+    recipe = studio.make_config(card, **settings)
+    assert recipe.loras == {"other": 0.5, "aiko": 0.8}
+    assert studio.active_loras == {"other": 0.5}  # nothing switched on by describing a picture
+    assert studio.loaded_loras["aiko"].weight is None and studio.loaded_loras["aiko"].source == (
+        trained / "pytorch_lora_weights.safetensors").resolve()
+    with_card = np.asarray(studio.run(recipe).images[0])
+    assert np.abs(with_card.astype(int) - plain).max() > 0
+    assert studio.active_loras == {"other": 0.5}
+    # The next picture without the card is the one from before: the card's LoRA did not stay on.
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), plain)
+    # The two records of old are one: unloading drops the adapter from the studio and the model.
+    studio.unload_lora("aiko")
+    assert set(studio.loaded_loras) == {"other"} and studio.active_loras == {"other": 0.5}
+    np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), plain)
+
+
+def test_charstudio_lora_keeps_no_adapter_state():
+    """The Studio owns the record of which adapters are on; charstudio.lora holds none of its own."""
+    import weakref
+
+    from charstudio.lora import runtime
+
+    mutable = [name for name, value in vars(runtime).items() if not name.startswith("__")
+               if isinstance(value, (dict, list, set, weakref.WeakKeyDictionary, weakref.WeakValueDictionary))]
+    assert mutable == []
+
+
 def test_training_on_a_studio_leaves_its_loras_alone(trained, fresh_studio, tmp_path):
     from safetensors.numpy import load_file
 
@@ -310,7 +353,7 @@ def test_training_on_a_studio_leaves_its_loras_alone(trained, fresh_studio, tmp_
                                   rank=4, alpha=4.0, learning_rate=1e-2, validation_steps=0, num_validation_images=0,
                                   resolution=64)
 
-    list(train_lora(config("on_studio"), components=studio.components))
+    list(studio.train_lora(config("on_studio")))
     assert studio.active_loras == {"aiko": 1.0}
     np.testing.assert_array_equal(np.asarray(studio.generate(PROMPT, **settings).images[0]), before)
     # The Studio's adapter (UNet and text encoder) was off while training: same result as a clean model.

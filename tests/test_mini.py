@@ -1,8 +1,8 @@
 """The built-in `mini` model draws what it is asked: the studio's behaviours, measured on pictures.
 
-`mini` was trained by `charstudio.models.mini_train` on the procedural world of `charstudio.world`,
+`mini` was trained by `charstudio.mini.train` on the procedural world of `charstudio.mini.world`,
 where the truth of every picture is known. These tests generate through the ordinary Studio API and
-score the pictures with `charstudio.models.mini_eval` (see the thresholds in issue 7).
+score the pictures with `charstudio.mini.evaluate` (see the thresholds in issue 7).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from charstudio.models import mini_eval
+from charstudio.mini import evaluate as mini_eval
 from charstudio.models.loading import packaged_model_dir, resolve_model
 
 MINI = packaged_model_dir("mini")
@@ -73,7 +73,7 @@ def test_interpolation_moves_hair_hue_steadily(mini):
 
 @pytest.mark.parametrize("feature", list(mini_eval.FEATURES))
 def test_feature_check_sees_every_ground_truth_picture_and_not_the_plain_character(feature):
-    from charstudio.world import SCARF_CHARACTER, render
+    from charstudio.mini.world import SCARF_CHARACTER, render
 
     check = mini_eval.FEATURES[feature]
     for seed in range(10):
@@ -96,8 +96,8 @@ def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path):
     (`lora_scarf`), not here: mini's VAE carries it in only 30% of true pictures, so no LoRA can
     reach the target, and a test that cannot fail is no test.
     """
-    from charstudio.training import LoraTrainingConfig, train_lora
-    from charstudio.world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
+    from charstudio.training import LoraTrainingConfig
+    from charstudio.mini.world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
 
     feature = mini_eval.LORA_FEATURE
 
@@ -112,7 +112,7 @@ def test_lora_teaches_a_trigger_word_a_new_feature(mini, tmp_path):
     cfg = LoraTrainingConfig(**mini_eval.LORA_SETTINGS, data_dir=str(data), name="zorbi",
                              output_dir=str(tmp_path / "lora"))
     assert cfg.max_train_steps <= 300
-    records = list(train_lora(cfg, components=mini.components))
+    records = list(mini.train_lora(cfg))
     assert records[-1].step == cfg.max_train_steps
 
     mini.load_lora(tmp_path / "lora" / "zorbi", weight=1.0)
@@ -138,7 +138,7 @@ def test_cli_defaults_to_mini_and_names_words_it_never_saw(tmp_path, capsys):
 def test_encode_then_decode_gives_the_picture_back(mini):
     import numpy as np
 
-    from charstudio.world import random_character, render
+    from charstudio.mini.world import random_character, render
 
     picture = render(*random_character(7, 64)).convert("RGB")
     latents = mini.encode(picture)

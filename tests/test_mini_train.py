@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charstudio.models import mini_train
-from charstudio.models.mini_train import MiniRecipe, train_mini
+from charstudio.mini import train as mini_train
+from charstudio.mini.train import MiniRecipe, train_mini
 
 SMALL = dict(evaluate=0, samples=24, vae_steps=2, vae_batch=4, unet_steps=4, unet_batch=4, warmup=2, checkpoint_every=2)
 
@@ -69,7 +69,7 @@ def test_mini_controlnet_pools_the_prompt_as_its_unet_does(tmp_path):
     import torch
     from diffusers import ControlNetModel
 
-    from charstudio.models.mini import build_mini_components
+    from charstudio.mini.architecture import build_mini_components
 
     comps = build_mini_components()
     unet, controlnet = comps["unet"], comps["controlnet"]
@@ -87,7 +87,7 @@ def test_vae_strokes_overdraw_a_share_of_pictures_in_colours_the_world_never_use
     import numpy as np
     from PIL import Image
 
-    from charstudio.world import random_character, render
+    from charstudio.mini.world import random_character, render
 
     images = np.stack([np.asarray(render(*random_character(i, 64))) for i in range(64)])
     out = mini_train.add_strokes(images, np.random.default_rng(0), 0.5)

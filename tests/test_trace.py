@@ -62,14 +62,14 @@ def test_fallback_x0_formula_matches_what_schedulers_return():
         if name == "dpm++2m-karras":
             sched._step_index = 1
             want = sched.convert_model_output(eps, sample=sample)
-            sigma, ab = tr._step_noise_level(sched, t, 1)
+            sigma, ab = tr.step_noise_level(sched, t, 1)
         else:
             if hasattr(sched, "_init_step_index"):
                 sched._init_step_index(t)
             out = sched.step(eps, t, sample)
             want = out.pred_original_sample
             idx = sched.step_index - 1 if getattr(sched, "step_index", None) is not None else None
-            sigma, ab = tr._step_noise_level(sched, t, idx)
+            sigma, ab = tr.step_noise_level(sched, t, idx)
         got = tr.predicted_x0(sched, eps, sample, sigma, ab)
         assert torch.allclose(got, want, atol=1e-4), name
 

@@ -62,14 +62,14 @@ def _fixed_noise_loss(data: Path, lora_dir: Path | None, size: int = 64) -> floa
 
     from charstudio import lora
     from charstudio.models.tiny import build_tiny_components
-    from charstudio.training import _load_pixels
+    from charstudio.training import load_pixels
 
     c = build_tiny_components()
     pipe = StableDiffusionPipeline(**{k: c[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if lora_dir is not None:
         lora.load_lora(pipe, lora_dir)
-    pixels = torch.stack([_load_pixels(p, (size, size)) for p in sorted(data.glob("*.png"))])
+    pixels = torch.stack([load_pixels(p, (size, size)) for p in sorted(data.glob("*.png"))])
     with torch.no_grad():
         latents = (c["vae"].encode(pixels).latent_dist.mean * c["vae"].config.scaling_factor).repeat(6, 1, 1, 1)
         g = torch.Generator().manual_seed(123)
@@ -295,7 +295,7 @@ def _save_poses(data: Path, names: list[str]) -> None:
     from PIL import Image
 
     from charstudio.pose import load_pose
-    from charstudio.training import pose_file
+    from charstudio.pose import pose_file
 
     for image, name in zip(sorted(data.glob("*.png")), names):
         with Image.open(image) as im:
@@ -328,24 +328,25 @@ def test_pose_control_images_are_cropped_and_mirrored_like_their_pictures(tmp_pa
     import torch
 
     from charstudio.pose import load_pose
-    from charstudio.training import _load_controls, _load_pixels, pose_file
+    from charstudio.pose import pose_file
+    from charstudio.training import load_controls, load_pixels
 
     image = tmp_path / "wide.png"
     pose = load_pose("standing_front").fit(160, 80)
     # The picture is the pose's own drawing, so pixels and control must match after the same crop.
     pose.render().save(image)
     pose.save(pose_file(image))
-    pixels = (_load_pixels(image, (64, 64)) + 1) / 2
-    controls = _load_controls(image, (64, 64), flip=True)
+    pixels = (load_pixels(image, (64, 64)) + 1) / 2
+    controls = load_controls(image, (64, 64), flip=True)
     assert controls[False].shape == (3, 64, 64)
     torch.testing.assert_close(controls[False], pixels, atol=1e-6, rtol=0)
     pose.mirror().render().save(tmp_path / "mirrored.png")
-    mirrored = (_load_pixels(tmp_path / "mirrored.png", (64, 64)) + 1) / 2
+    mirrored = (load_pixels(tmp_path / "mirrored.png", (64, 64)) + 1) / 2
     torch.testing.assert_close(controls[True], mirrored, atol=1e-6, rtol=0)
     assert not torch.allclose(controls[True], torch.flip(controls[False], dims=[2]))
     # A pose saved for the same picture at half the size is scaled to it first.
     load_pose("standing_front").fit(80, 40).save(pose_file(image), overwrite=True)
-    half = _load_controls(image, (64, 64), flip=False)[False]
+    half = load_controls(image, (64, 64), flip=False)[False]
     assert (half - controls[False]).abs().mean() < 0.01
 
 
@@ -684,3 +685,15 @@ def test_captions_over_77_tokens_are_trained_whole_as_generation_encodes_them(tm
                                 train_text_encoder=train_text_encoder)))
         weights.append(_weights(tmp_path / "lora" / f"long_{name}" / "pytorch_lora_weights.safetensors"))
     assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_batch_plan_and_class_images_draw_from_streams_no_process_shares():
+    """Issue 26 defect 8: the plan was seeded (seed, epoch, 7), which is process 7's step stream."""
+    from charstudio.training import class_image_seed, plan_seed, step_seed
+
+    for seed in (0, 1, 42):
+        steps = {step_seed(seed, k, p) for k in range(64) for p in range(64)}
+        assert not {plan_seed(seed, e) for e in range(64)} & steps
+        assert not {class_image_seed(seed, i) for i in range(64)} & steps
+        assert not {plan_seed(seed, e) for e in range(64)} & {class_image_seed(seed, i) for i in range(64)}
+    assert step_seed(3, 5, 1) != step_seed(3, 5, 0)  # processes draw different samples

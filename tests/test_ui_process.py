@@ -97,7 +97,7 @@ def test_apps_start_in_words_the_model_knows():
     from charstudio.character import load_character
     from charstudio.models.presets import preset_examples
     from charstudio.ui.interpolate import InterpolateApp
-    from charstudio.world import vocabulary
+    from charstudio.mini.world import vocabulary
 
     known = set(vocabulary())
     process, interpolate = ProcessApp(model="mini"), InterpolateApp(model="mini")  # nothing loads until used

@@ -69,7 +69,7 @@ def test_dataset_shows_images_and_saves_edited_captions(app, tmp_path):
 
     # Load ticks pose conditioning when every image has its pose, and the config carries it.
     from charstudio.pose import load_pose
-    from charstudio.training import pose_file
+    from charstudio.pose import pose_file
 
     for image in app.dataset.images:
         load_pose("standing_front").fit(128, 128).save(pose_file(image))
@@ -146,7 +146,7 @@ def test_train_stop_resume_then_loss_validation_lora_and_before_after(app, tmp_p
 
 def test_apply_settings_sets_the_controls_or_names_what_they_cannot_hold(app):
     from charstudio.errors import ConfigError
-    from charstudio.models.mini_eval import LORA_SETTINGS
+    from charstudio.mini.evaluate import LORA_SETTINGS
 
     app.apply_settings(LORA_SETTINGS)  # what notebook 02 does for mini's LoRA check
     cfg = app.make_config()

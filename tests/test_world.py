@@ -1,4 +1,4 @@
-"""The procedural character world (charstudio.world) and its measuring tools, no model needed."""
+"""The procedural character world (charstudio.mini.world) and its measuring tools, no model needed."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from charstudio.errors import ConfigError
-from charstudio.models.mini_eval import SCARF_THRESHOLD
-from charstudio.world import (HAIR_COLOURS, Attributes, foreground, hair_region, iou, lora_prompt, nearest_colour,
-                              neck_region, orange_fraction, random_attributes, random_character, random_pose,
-                              region_colour, render, skeleton_mask, vocabulary, write_lora_dataset)
+from charstudio.mini.evaluate import SCARF_THRESHOLD
+from charstudio.mini.world import HAIR_COLOURS, Attributes, lora_prompt, random_attributes, random_character, random_pose, render, vocabulary, write_lora_dataset
+from charstudio.mini.measure import foreground, hair_region, iou, nearest_colour, neck_region, orange_fraction, region_colour, skeleton_mask
 
 
 def test_same_seed_same_picture_other_seed_other_picture():
@@ -100,8 +99,9 @@ def test_held_out_scarf_is_detectable_and_never_random():
 
 
 def test_held_out_cape_hangs_behind_the_body_and_is_never_random():
-    from charstudio.models.mini_eval import FEATURES
-    from charstudio.world import SCARF_CHARACTER, cape_region, red_fraction
+    from charstudio.mini.evaluate import FEATURES
+    from charstudio.mini.world import SCARF_CHARACTER
+    from charstudio.mini.measure import cape_region, red_fraction
 
     rng = random.Random(2)
     assert all(random_attributes(rng).accessory != "red cape" for _ in range(300))
@@ -126,9 +126,9 @@ def test_write_lora_dataset(tmp_path):
     from PIL import Image
 
     from charstudio.pose import Pose
-    from charstudio.training import pose_file
+    from charstudio.pose import pose_file
 
-    from charstudio.world import cape_region, red_fraction
+    from charstudio.mini.measure import cape_region, red_fraction
 
     capes = write_lora_dataset(tmp_path / "cape", trigger="zorbi", count=2)  # the default: a red cape
     caption = capes[0].with_suffix(".txt").read_text().strip()

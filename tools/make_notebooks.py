@@ -20,7 +20,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # The first code cell of every notebook: pick the model. Kept identical across notebooks.
 SETUP = '''\
 # Pick the model. "mini" is built in: a 64 px model that charstudio trained on its own world of
-# flat-colour characters (charstudio/world.py). It runs offline on any CPU in seconds and knows that
+# flat-colour characters (charstudio/mini/world.py). It runs offline on any CPU in seconds and knows that
 # world's words: hair colours and styles, eye colours, outfits, hats, glasses, scarves, backgrounds.
 # ("tiny" is the test fixture: random weights, pictures of noise.) On a GPU use a real SD 1.5 model:
 #   MODEL = "sd15"                                  # downloads SD 1.5 + the OpenPose ControlNet once
@@ -107,14 +107,14 @@ A small demo dataset, so the notebook runs anywhere. With `mini`, charstudio's w
 character in 8 poses wearing a **red cape**, something `mini` never saw in training; the captions
 describe everything else, so the trigger word `zorbi` has to learn the cape. Each picture's pose is
 saved beside it (`NAME.pose.json`), so Load ticks *pose conditioning* (the README says what it does).
-For `mini` the app is set up as the tests' LoRA check is (`charstudio.models.mini_eval.LORA_SETTINGS`,
+For `mini` the app is set up as the tests' LoRA check is (`charstudio.mini.evaluate.LORA_SETTINGS`,
 300 steps, about 1.5 minutes on a 2-core CPU): afterwards "zorbi" before the character's caption, which
 never mentions a cape, brings the cape out in most seeds (80% of the check's), at 64 px and with some
 colour bleeding (the README has the figures). The before/after row draws the first caption. With other models the
 model draws the demo pictures itself. Point the app at your own folder for real training."""),
         new_code_cell('''\
 from charstudio.ui.common import get_studio
-from charstudio.world import write_lora_dataset
+from charstudio.mini.world import write_lora_dataset
 
 studio = get_studio(MODEL)  # shared with the app below: the model is loaded once
 DATA = Path(os.environ.get("CHARSTUDIO_DATASETS", ROOT / "datasets")) / f"demo-{Path(MODEL).stem}"
@@ -134,7 +134,7 @@ app = TrainApp(studio, data_dir=str(DATA), steps=4 if FAST else 300, output_dir=
 app.name.value = "demo-zorbi"
 app.trigger.value, app.class_word.value = "zorbi", "person"
 if MODEL == "mini":  # the settings of mini's LoRA check (tests/test_mini.py)
-    from charstudio.models.mini_eval import LORA_SETTINGS
+    from charstudio.mini.evaluate import LORA_SETTINGS
 
     app.apply_settings(LORA_SETTINGS)  # pose conditioning: ticked by Load too (the demo has poses)
 if FAST:

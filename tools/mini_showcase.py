@@ -23,9 +23,9 @@ def main() -> int:
 
     from charstudio import Studio
     from charstudio.io_utils import atomic_write
-    from charstudio.models.mini_eval import HAIR_TEST_COLOURS, LORA_SETTINGS, _feature_subject
+    from charstudio.mini.evaluate import HAIR_TEST_COLOURS, LORA_SETTINGS, _feature_subject
     from charstudio.training import LoraTrainingConfig, train_lora
-    from charstudio.world import SCARF_CHARACTER, Attributes, lora_prompt, random_pose, write_lora_dataset
+    from charstudio.mini.world import SCARF_CHARACTER, Attributes, lora_prompt, random_pose, write_lora_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "images" / "mini_showcase.png"))

@@ -77,8 +77,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def precheck(args: argparse.Namespace) -> None:
     """Validate the numbers that don't depend on the model, so typos fail in a second."""
     from charstudio.config import check_size
-    from charstudio.validation import check_int
     from charstudio.schedulers import scheduler_spec
+    from charstudio.validation import check_int
 
     for name in ("width", "height"):
         if getattr(args, name, None) is not None:
@@ -161,7 +161,7 @@ def print_model_note(studio, recipes) -> None:
     elif studio.model_id == "mini":
         import re
 
-        from charstudio.world import vocabulary
+        from charstudio.mini.world import vocabulary
 
         known = set(vocabulary())
         words = {w for r in recipes[:1] for w in re.findall(r"[a-z]+", f"{r.prompt} {r.negative_prompt}".lower())}

@@ -117,7 +117,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             images[flag] = Image.open(path).convert("RGB")
 
     # 2. Under accelerate each process drives its own device.
-    from charstudio.consistency import distributed_state
+    from charstudio.sheets import distributed_state
 
     state = distributed_state()
     if args.device is None and state is not None:

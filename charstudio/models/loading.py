@@ -57,7 +57,7 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
             if not (folder / "model_index.json").is_file():
                 raise ModelLoadError(
                     f"model={model!r}: its weights are missing from {folder} (a broken install?): reinstall charstudio, "
-                    f"or rebuild them with `python -m charstudio.models.mini_train --work runs/mini --out {folder}`")
+                    f"or rebuild them with `python -m charstudio.mini.train --work runs/mini --out {folder}`")
             return ModelSource("folder", str(folder), model, str(folder / "controlnet"))
         if preset.builtin:
             return ModelSource("builtin", model, model)
@@ -219,9 +219,9 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"config={config!r} only applies to single-file checkpoints (.safetensors): "
                              f"model={source.name!r} carries its own configs, so leave config unset")
     if source.kind == "builtin":
-        from .tiny import build_tiny_components
-
         import torch
+
+        from .tiny import build_tiny_components
 
         comps = build_tiny_components()
         if dtype != torch.float32:  # built in fp32; casting a no-op makes diffusers warn needlessly

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 MINI_GUIDANCE = 3.0
 
 

@@ -14,8 +14,21 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (AppBase, error_text, Gallery, GalleryItem, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, blank_png,
-                     exclusive, labelled, png_bytes)
+from .common import (
+    AppBase,
+    Gallery,
+    GalleryItem,
+    ProgressPanel,
+    RunHooks,
+    Runner,
+    StatusLine,
+    StudioSource,
+    blank_png,
+    error_text,
+    exclusive,
+    labelled,
+    png_bytes,
+)
 
 log = logging.getLogger(__name__)
 

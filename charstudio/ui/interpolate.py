@@ -12,9 +12,24 @@ import ipywidgets as W
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
-from .common import (AppBase, error_text, DesignPicker, Gallery, ProgressPanel, Runner, RunHooks, StatusLine, StudioSource, TempFiles,
-                     blank_png, exclusive, figure_png, labelled, png_bytes)
 from ..models.presets import preset_examples
+from .common import (
+    AppBase,
+    DesignPicker,
+    Gallery,
+    ProgressPanel,
+    RunHooks,
+    Runner,
+    StatusLine,
+    StudioSource,
+    TempFiles,
+    blank_png,
+    error_text,
+    exclusive,
+    figure_png,
+    labelled,
+    png_bytes,
+)
 from .explore import SIZES, default_guidance, default_steps
 
 log = logging.getLogger(__name__)
@@ -41,7 +56,7 @@ class FramesView:
                                       W.VBox([W.HTML("animation"), self.gif])])])
 
     def set(self, frames: list[Any], captions: list[str], fps: float = 6.0) -> None:
-        from ..interpolation import save_gif
+        from ..media import save_gif
 
         self.frames, self.captions = list(frames), list(captions)
         self.slider.max = max(1, len(frames))  # frames count from 1, like the GIF's

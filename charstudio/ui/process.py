@@ -11,9 +11,22 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
-from .common import (AppBase, error_text, DesignPicker, ProgressPanel, Runner, StatusLine, StudioSource, TempFiles, blank_png, exclusive,
-                     labelled, png_bytes, step_hook)
 from ..models.presets import preset_examples
+from .common import (
+    AppBase,
+    DesignPicker,
+    ProgressPanel,
+    Runner,
+    StatusLine,
+    StudioSource,
+    TempFiles,
+    blank_png,
+    error_text,
+    exclusive,
+    labelled,
+    png_bytes,
+    step_hook,
+)
 from .explore import SIZES, default_guidance, default_steps
 
 log = logging.getLogger(__name__)

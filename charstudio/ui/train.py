@@ -15,8 +15,20 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken
 from ..errors import ConfigError
-from .common import (AppBase, Gallery, ProgressPanel, Runner, StatusLine, StudioSource, blank_png, error_text, exclusive,
-                     figure_png, labelled, png_bytes)
+from .common import (
+    AppBase,
+    Gallery,
+    ProgressPanel,
+    Runner,
+    StatusLine,
+    StudioSource,
+    blank_png,
+    error_text,
+    exclusive,
+    figure_png,
+    labelled,
+    png_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +219,7 @@ class TrainApp(AppBase):
         except Exception as exc:
             self.status.error(f"Load failed: {error_text(exc)}")
             return 0
-        from ..training import pose_file
+        from ..pose import pose_file
 
         posed = sum(pose_file(p).is_file() for p in self.dataset.images)
         self.pose_conditioning.value = n > 0 and posed == n
@@ -331,7 +343,6 @@ class TrainApp(AppBase):
         self.stopped_at = None
 
         def job(token: CancelToken) -> Any:
-            from ..training import train_lora
 
             if self.dataset.captions and self.dataset.folder == Path(self.data_dir.value.strip()):
                 self.dataset.save_captions()  # train on what the user sees
@@ -340,7 +351,7 @@ class TrainApp(AppBase):
             studio = self.studio
             self.history, self.records = [], []
             with exclusive(studio, token):
-                steps = train_lora(config, components=studio.components)
+                steps = studio.train_lora(config)
                 try:
                     for record in steps:
                         self._on_step(record)

@@ -1,11 +1,11 @@
 """The training recipe of the `mini` model: rebuilds its weights from a seed, on a CPU or a GPU.
 
-    python -m charstudio.models.mini_train --work runs/mini --out charstudio/data/mini
+    python -m charstudio.mini.train --work runs/mini --out charstudio/data/mini
 
 Phases, each checkpointed every ``--checkpoint-every`` steps into ``--work`` so that running the
 same command again resumes where an interrupted run stopped:
 
-1. data  - render ``--samples`` characters of `charstudio.world` (picture, OpenPose control
+1. data  - render ``--samples`` characters of `charstudio.mini.world` (picture, OpenPose control
            image, caption), cached as ``data.npz``;
 2. vae   - train the AutoencoderKL (L1 + MSE + a tiny KL term);
 3. latents - encode every picture once (mean and std of the posterior);
@@ -81,7 +81,7 @@ class MiniRecipe:
     # schedule should use k^2; 1 keeps SD's schedule.
     snr_shift: float = 1.0
     checkpoint_every: int = 100
-    evaluate: int = 1  # 1: measure the behaviours (mini_eval) and add them to mini_report.json
+    evaluate: int = 1  # 1: measure the behaviours (charstudio.mini.evaluate) and add them to mini_report.json
     threads: int | None = None
 
 
@@ -95,9 +95,6 @@ class _State:
     seconds: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
 def _save_tensors(path: Path, tensors: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
@@ -137,23 +134,20 @@ def _load_optimizer(path: Path, opt: Any) -> None:
     opt.load_state_dict(current)
 
 
-# ---------------------------------------------------------------------------------------------
-# Phases
-# ---------------------------------------------------------------------------------------------
 def _sample_seed(recipe: MiniRecipe, i: int) -> int:
     return recipe.seed * 1_000_003 + i
 
 
 def sample_attributes(recipe: MiniRecipe, i: int) -> Any:
     """The attributes of training sample ``i`` (the same draw `make_dataset` makes, without drawing)."""
-    from ..world import random_attributes
+    from .world import random_attributes
 
     return random_attributes(random.Random(_sample_seed(recipe, i)))
 
 
 def make_dataset(recipe: MiniRecipe) -> dict[str, np.ndarray]:
     """Pictures, control images and captions of ``recipe.samples`` world characters."""
-    from ..world import random_character, render
+    from .world import random_character, render
 
     images = np.zeros((recipe.samples, recipe.size, recipe.size, 3), np.uint8)
     controls = np.zeros_like(images)
@@ -542,7 +536,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     """Run (or resume) every phase; return the exported folder."""
     import torch
 
-    from .mini import build_mini_components
+    from .architecture import build_mini_components
 
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)
@@ -594,14 +588,14 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     _save_state(work, state)
     out = export(recipe, work, out, state, comps)
     if recipe.evaluate:
-        from .mini_eval import record_behaviour  # mini_eval never imports this module: no cycle
+        from .evaluate import record_behaviour  # evaluate never imports this module: no cycle
 
         record_behaviour(out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m charstudio.models.mini_train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m charstudio.mini.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="folder for the dataset cache and checkpoints (resumes from it)")
     p.add_argument("--out", required=True, help="where to write the diffusers folder")
     for f in MiniRecipe.__dataclass_fields__.values():

@@ -1,4 +1,4 @@
-"""Behaviour scores of a model trained on `charstudio.world` (the `mini` preset).
+"""Behaviour scores of a model trained on `charstudio.mini.world` (the `mini` preset).
 
 Each function generates pictures through the ordinary `Studio` API and measures them against
 what the world says should be there: hair colour in the hair region, the figure on the
@@ -19,9 +19,20 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..world import (HAIR_COLOURS, Attributes, cape_region, foreground, hair_region, hue, iou, nearest_colour,
-                     neck_region, orange_fraction, random_attributes, random_pose, red_fraction, region_colour,
-                     skeleton_mask)
+from .measure import (
+    cape_region,
+    foreground,
+    hair_region,
+    hue,
+    iou,
+    nearest_colour,
+    neck_region,
+    orange_fraction,
+    red_fraction,
+    region_colour,
+    skeleton_mask,
+)
+from .world import HAIR_COLOURS, Attributes, random_attributes, random_pose
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +197,7 @@ def feature_ceiling(studio: Any, feature: str = LORA_FEATURE, seeds: Iterable[in
     """What the model's VAE alone lets through: the rate of ground-truth pictures wearing
     ``feature`` (the same poses as `feature_rate`) after a VAE encode/decode round trip. No LoRA
     can draw more of a feature than its VAE can represent, so this bounds `lora_effect`'s "after"."""
-    from ..world import SCARF_CHARACTER, render
+    from .world import SCARF_CHARACTER, render
 
     check, size = _feature(feature), _size(studio)
     wearing = SCARF_CHARACTER.replace(accessory=check.accessory)
@@ -243,8 +254,8 @@ def lora_effect(studio: Any, workdir: Any, feature: str = LORA_FEATURE, seeds: I
     (`LORA_SETTINGS`) trained on 8 pictures of the character wearing it."""
     from pathlib import Path
 
-    from ..training import LoraTrainingConfig, train_lora
-    from ..world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
+    from ..training import LoraTrainingConfig
+    from .world import SCARF_CHARACTER, lora_prompt, write_lora_dataset
 
     seeds, check = list(seeds), _feature(feature)
 
@@ -257,7 +268,7 @@ def lora_effect(studio: Any, workdir: Any, feature: str = LORA_FEATURE, seeds: I
                        accessory=check.accessory)
     cfg = LoraTrainingConfig(**LORA_SETTINGS, data_dir=str(workdir / "data"), name="zorbi",
                              output_dir=str(workdir / "lora"))
-    records = list(train_lora(cfg, components=studio.components))
+    records = list(studio.train_lora(cfg))
     studio.load_lora(workdir / "lora" / "zorbi", weight=1.0)
     try:
         after = feature_rate(studio, prompt, feature, seeds, steps)
@@ -296,11 +307,11 @@ def evaluate(studio: Any) -> dict[str, Any]:
 def record_behaviour(folder: Path) -> dict:
     """Measure the exported model's behaviours and add them to its mini_report.json (the
     recipe calls this after exporting; evaluation imports training, never the reverse)."""
+    from ..models.presets import PRESETS
     from ..studio import Studio
     from ..training import write_json
-    from .presets import PRESETS
 
-    log.info("measuring behaviours (mini_eval)")
+    log.info("measuring behaviours (charstudio.mini.evaluate)")
     studio = Studio.from_pretrained(str(folder), device="cpu")
     studio.default_guidance = PRESETS["mini"].default_guidance  # as users of the `mini` preset get it
     scores = evaluate(studio)
@@ -312,16 +323,16 @@ def record_behaviour(folder: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m charstudio.models.mini_eval [FOLDER]: measure a world-trained model's behaviours,
+    """python -m charstudio.mini.evaluate [FOLDER]: measure a world-trained model's behaviours,
     print them, and record them in the folder's mini_report.json."""
     import argparse
     import json
     import logging
     from pathlib import Path
 
-    from .loading import resolve_model
+    from ..models.loading import resolve_model
 
-    p = argparse.ArgumentParser(prog="python -m charstudio.models.mini_eval", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m charstudio.mini.evaluate", description=main.__doc__)
     p.add_argument("model", nargs="?", default="mini", help="a diffusers folder with mini_report.json (default: mini)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -1,6 +1,6 @@
 """The `mini` model's architecture: SD 1.x classes, sized to train on a laptop CPU.
 
-`mini` draws the procedural world of `charstudio.world` at 64x64 pixels. Its parts are the same
+`mini` draws the procedural world of `charstudio.mini.world` at 64x64 pixels. Its parts are the same
 diffusers/transformers classes as Stable Diffusion 1.x:
 
 - a word-level tokenizer (every word of the world's captions is one token; other words fall
@@ -11,7 +11,7 @@ diffusers/transformers classes as Stable Diffusion 1.x:
 - an OpenPose ControlNetModel reading our own skeleton renderings, copied from the UNet's
   encoder when built (`ControlNetModel.from_unet`), as in the ControlNet paper.
 
-`build_mini_components` gives the untrained model; `charstudio.models.mini_train` trains it and
+`build_mini_components` gives the untrained model; `charstudio.mini.train` trains it and
 writes a diffusers folder that `Studio.from_pretrained` loads like any checkpoint.
 """
 
@@ -35,7 +35,7 @@ def build_tokenizer():
     from tokenizers.models import WordPiece
     from transformers import PreTrainedTokenizerFast
 
-    from ..world import vocabulary
+    from .world import vocabulary
 
     symbols = list(string.ascii_lowercase + string.digits)
     punctuation = list(",.:;!?()[]{}<>'\"-_/+=*&%$#@|~`^\\")
@@ -80,7 +80,7 @@ def _match_pool_heads(controlnet: Any) -> None:
 
 
 def build_mini_components(seed: int = 0) -> dict[str, Any]:
-    """The untrained `mini` model (the starting point of `mini_train`)."""
+    """The untrained `mini` model (the starting point of `charstudio.mini.train`)."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel

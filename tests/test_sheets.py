@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from charstudio.consistency import reference_attention, score
+from charstudio.sheets import reference_attention, score
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.pose import load_pose
 
@@ -143,7 +143,6 @@ def test_missing_weights_give_clear_errors(tiny_studio, monkeypatch, tmp_path):
 
 
 def test_photo_to_character_with_its_pose(tiny_studio):
-    from charstudio.consistency import from_photo
     from charstudio.pose import Pose
 
     class Detector:  # stands in for OpenposeDetector: finds the "waving" pose in any photo
@@ -160,16 +159,16 @@ def test_photo_to_character_with_its_pose(tiny_studio):
 
     rng = np.random.default_rng(1)
     photo, other = (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2))
-    res = from_photo(tiny_studio, "aiko", photo, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
+    res = tiny_studio.from_photo("aiko", photo, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
     assert res.image.size == (32, 32) and res.extras["kind"] == "controlnet_img2img"
     assert Pose.from_dict(res.recipe.pose).isclose(load_pose("waving").fit(32, 32), atol=1e-2)
     # The photo is the starting point (the tiny VAE cannot reconstruct it, so compare two photos).
-    res_other = from_photo(tiny_studio, "aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
+    res_other = tiny_studio.from_photo("aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
     assert (px(res.image) != px(res_other.image)).any()
-    plain = from_photo(tiny_studio, "aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4)
+    plain = tiny_studio.from_photo("aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4)
     assert plain.extras["kind"] == "img2img" and plain.recipe.pose is None
     with pytest.raises(ConfigError, match="strength=0"):
-        from_photo(tiny_studio, "aiko", photo, strength=0, pose=None)
+        tiny_studio.from_photo("aiko", photo, strength=0, pose=None)
 
 
 def _tiny_ip_adapter(unet, folder):
@@ -202,7 +201,7 @@ def _tiny_ip_adapter(unet, folder):
 def test_ip_adapter_conditions_on_the_reference_image(fresh_studio, tmp_path):
     from PIL import Image
 
-    from charstudio.consistency import ip_adapter
+    from charstudio.sheets import ip_adapter
 
     _tiny_ip_adapter(fresh_studio.components["unet"], tmp_path)
     red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
@@ -243,7 +242,7 @@ def test_sheet_score_never_downloads_an_embedder_it_was_not_asked_for(tiny_studi
     """Without HF_HUB_OFFLINE and without network, a sheet must not stall on download retries."""
     import socket
 
-    from charstudio.consistency import load_embedder
+    from charstudio.sheets import load_embedder
     from charstudio.errors import ModelLoadError
 
     attempts = []

@@ -1,33 +1,8 @@
-"""Poses as data: OpenPose COCO-18 keypoints, JSON I/O, geometry, rendering, library, detection.
-
-A `Pose` holds one person's body keypoints in pixels of its canvas, in the COCO-18 order the
-OpenPose ControlNet was trained on, plus optional hands (2 x 21 points) and face (70 points).
-Each keypoint is (x, y, confidence); confidence 0 means "missing" (OpenPose writes missing
-points as 0, 0, 0, and so do we).
-
-Every Pose lies inside its canvas: points outside are clipped to the border with a warning,
-because the ControlNet cannot see them anyway and a silently shifted limb is easier to spot
-in the warning than in the picture.
-
-Reading (`Pose.from_dict`, `Pose.from_json`, `load_pose`) accepts:
-  * OpenPose's own output ``{"version", "people": [{"pose_keypoints_2d": [...]}]}`` in the
-    COCO-18 (54 numbers) or BODY_25 (75 numbers) layout. It stores no canvas size: pass
-    ``canvas_width``/``canvas_height`` (the size of the image it was detected on). Without them
-    the canvas is inferred from the keypoints' extent (the largest x and y plus 10%), which
-    keeps every point inside but is not the original image size; that case is logged.
-  * the sd-webui-openpose-editor / ComfyUI pose-editor JSON (``canvas_width``,
-    ``canvas_height``, ``people``), or a list of such frames (choose with ``frame=``).
-  * coordinates in pixels or normalised to 0..1. With ``normalized=None`` (the default) a
-    person whose present coordinates all lie within 0..1 is taken as normalised; pass
-    ``normalized=True/False`` to say so explicitly. Normalised input needs a canvas size.
-
-Writing (`Pose.to_dict`, `Pose.save`) produces the editor format, in pixels.
-"""
+"""The Pose: COCO-18 body keypoints (plus hands and face) in pixels of a canvas, read from
+OpenPose and pose-editor JSON, moved, mirrored and fitted, and written in the editor format."""
 
 from __future__ import annotations
 
-import colorsys
-import difflib
 import json
 import logging
 import math
@@ -38,13 +13,13 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from charstudio.errors import ConfigError, ModelLoadError
+from charstudio.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+from .detect import load_detector
+from .drawing import draw_body, draw_face, draw_hand
 
-# ---------------------------------------------------------------------------------------------
-# Keypoint layouts (facts of the OpenPose formats)
-# ---------------------------------------------------------------------------------------------
+log = logging.getLogger(__name__)
+
 COCO18_NAMES: tuple[str, ...] = (
     "nose", "neck",
     "right_shoulder", "right_elbow", "right_wrist",
@@ -82,34 +57,6 @@ def _permutation(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
 
 _BODY_MIRROR = _permutation(N_BODY, _BODY_SWAP_PAIRS)
 _FACE_MIRROR = _permutation(N_FACE, _FACE_SWAP_PAIRS)
-
-POSE_SUFFIX = ".pose.json"  # NAME.pose.json beside a picture NAME.png holds its pose
-
-
-def pose_file(image: Path) -> Path:
-    """Where the pose of picture ``NAME.png`` lives: ``NAME.pose.json`` beside it."""
-    return image.with_name(image.stem + POSE_SUFFIX)
-
-
-# Rendering conventions of the OpenPose ControlNet's training images: limbs in this order,
-# each drawn as a filled ellipse of half-width 4 in 60% of its colour, then every joint as a
-# disc of radius 4 in the full colour of its index. Pairs are 0-based COCO-18 indices.
-LIMBS: tuple[tuple[int, int], ...] = (
-    (1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10),
-    (1, 11), (11, 12), (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17),
-)
-_COLORS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0),
-    (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
-    (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
-)
-_STICK_HALF_WIDTH = 4
-_JOINT_RADIUS = 4
-# Hands: the 20 bones of each finger chain from the wrist, coloured around the hue circle.
-_HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
-    (0 if j == 0 else 1 + 4 * f + j - 1, 1 + 4 * f + j) for f in range(5) for j in range(4)
-)
-_FACE_RADIUS = 3
 # Points are kept within [0, size - _EDGE] so int() in the renderer always lands on a pixel.
 _EDGE = 1e-3
 
@@ -117,9 +64,6 @@ _EDGE = 1e-3
 PoseLike = Union["Pose", str, Path, dict, list]
 
 
-# ---------------------------------------------------------------------------------------------
-# The Pose
-# ---------------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class Pose:
     """One person's OpenPose keypoints in pixels of a ``canvas_width`` x ``canvas_height`` canvas.
@@ -173,7 +117,7 @@ class Pose:
                 f"pose has {len(outside)} keypoint(s) outside its {self.canvas_width}x{self.canvas_height} "
                 f"canvas, clipped to the border: {', '.join(outside[:6])}{' ...' if len(outside) > 6 else ''}"
             )
-            logger.warning(message)
+            log.warning(message)
             warnings.warn(message, UserWarning, stacklevel=3)
 
     def _map(self, fn) -> dict[str, np.ndarray | None]:
@@ -383,7 +327,7 @@ class Pose:
                 raise ConfigError("people", _short(entry), "at least one present keypoint to infer a canvas size from")
             width = int(math.ceil(present[:, 0].max() * 1.1)) or 1
             height = int(math.ceil(present[:, 1].max() * 1.1)) or 1
-            logger.info("pose JSON has no canvas size; inferred %dx%d from the keypoints' extent "
+            log.info("pose JSON has no canvas size; inferred %dx%d from the keypoints' extent "
                         "(pass canvas_width/canvas_height for the original image size)", width, height)
         for name, value in (("canvas_width", width), ("canvas_height", height)):
             if isinstance(value, float) and value.is_integer():
@@ -406,8 +350,8 @@ class Pose:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError("pose", str(source), "an existing pose JSON file, a pose name, or a JSON string")
-            from .errors import CharstudioError
-            from .io_utils import read_text
+            from ..errors import CharstudioError
+            from ..io_utils import read_text
 
             text = read_text(path, "pose file", CharstudioError)
         else:
@@ -436,13 +380,13 @@ class Pose:
                 height = max(1, round(width * self.canvas_height / self.canvas_width))
             pose = self.fit(width, height)
         canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
-        _draw_body(canvas, pose.body)
+        draw_body(canvas, pose.body)
         if hands:
             for hand in (pose.hand_left, pose.hand_right):
                 if hand is not None:
-                    _draw_hand(canvas, hand)
+                    draw_hand(canvas, hand)
         if face and pose.face is not None:
-            _draw_face(canvas, pose.face)
+            draw_face(canvas, pose.face)
         return Image.fromarray(canvas, "RGB")
 
     # -- detection ------------------------------------------------------------------------
@@ -500,9 +444,6 @@ class Pose:
                    canvas_width=w, canvas_height=h)
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation and conversion helpers
-# ---------------------------------------------------------------------------------------------
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -545,147 +486,3 @@ def _as_points(pts: Any, n: int, field: str) -> np.ndarray:
 
 def _flat(pts: np.ndarray) -> list[float]:
     return [float(round(v, 3)) for v in pts.reshape(-1)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Drawing (OpenCV primitives, the same ones the ControlNet's training images were drawn with)
-# ---------------------------------------------------------------------------------------------
-def _draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
-    import cv2
-
-    present = body[:, 2] > 0
-    for (a, b), colour in zip(LIMBS, _COLORS):
-        if not (present[a] and present[b]):
-            continue
-        (xa, ya), (xb, yb) = body[a, :2], body[b, :2]
-        # Whole-pixel truncation of centre, half-length and angle, as in the reference images.
-        centre = (int((xa + xb) / 2), int((ya + yb) / 2))
-        half_length = int(math.hypot(xa - xb, ya - yb) / 2)
-        angle = int(math.degrees(math.atan2(ya - yb, xa - xb)))
-        polygon = cv2.ellipse2Poly(centre, (half_length, _STICK_HALF_WIDTH), angle, 0, 360, 1)
-        cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in colour])
-    for i in np.flatnonzero(present):
-        cv2.circle(canvas, (int(body[i, 0]), int(body[i, 1])), _JOINT_RADIUS, _COLORS[i], thickness=-1)
-
-
-def _draw_hand(canvas: np.ndarray, hand: np.ndarray) -> None:
-    import cv2
-
-    present = hand[:, 2] > 0
-    for k, (a, b) in enumerate(_HAND_EDGES):
-        if present[a] and present[b]:
-            rgb = [round(255 * c) for c in colorsys.hsv_to_rgb(k / len(_HAND_EDGES), 1.0, 1.0)]
-            cv2.line(canvas, (int(hand[a, 0]), int(hand[a, 1])), (int(hand[b, 0]), int(hand[b, 1])), rgb, thickness=2)
-    for i in np.flatnonzero(present):
-        cv2.circle(canvas, (int(hand[i, 0]), int(hand[i, 1])), _JOINT_RADIUS, (0, 0, 255), thickness=-1)
-
-
-def _draw_face(canvas: np.ndarray, face: np.ndarray) -> None:
-    import cv2
-
-    for i in np.flatnonzero(face[:, 2] > 0):
-        cv2.circle(canvas, (int(face[i, 0]), int(face[i, 1])), _FACE_RADIUS, (255, 255, 255), thickness=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# The library
-# ---------------------------------------------------------------------------------------------
-def _library_dir():
-    from importlib import resources
-
-    return resources.files("charstudio").joinpath("data", "poses")
-
-
-def _normalise_name(name: str) -> str:
-    return "_".join(name.strip().lower().replace("-", " ").replace("_", " ").split())
-
-
-def list_poses() -> list[str]:
-    """Names of the poses shipped with charstudio, sorted."""
-    return sorted(p.name[: -len(".json")] for p in _library_dir().iterdir() if p.name.endswith(".json"))
-
-
-def load_pose(pose: PoseLike, **kwargs: Any) -> Pose:
-    """A Pose from a Pose, a library name ("standing_front", "standing front"), a JSON file path,
-    a JSON string, or a dict/list in OpenPose or pose-editor format. Keyword arguments go to
-    `Pose.from_dict` (``person=``, ``frame=``, ``canvas_width=``, ...)."""
-    if isinstance(pose, Pose):
-        return pose.copy()
-    if isinstance(pose, (dict, list)):
-        return Pose.from_dict(pose, **kwargs)
-    if isinstance(pose, Path):
-        return Pose.from_json(pose, **kwargs)
-    if not isinstance(pose, str):
-        raise ConfigError("pose", type(pose).__name__, "a Pose, a pose name, a JSON file path, or a pose dict")
-    text = pose.strip()
-    if text.startswith(("{", "[")):
-        return Pose.from_json(text, **kwargs)
-    name = _normalise_name(text)
-    known = list_poses()
-    if name in known:
-        data = json.loads((_library_dir() / f"{name}.json").read_text(encoding="utf-8"))
-        return Pose.from_dict(data, **kwargs)
-    if Path(text).is_file():
-        return Pose.from_json(Path(text), **kwargs)
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ConfigError("pose", pose, f"a pose name{hint} from: {', '.join(known)}; or a path to a pose JSON file")
-
-
-# ---------------------------------------------------------------------------------------------
-# Detector loading
-# ---------------------------------------------------------------------------------------------
-DEFAULT_DETECTOR_REPO = "lllyasviel/Annotators"
-
-
-def load_detector(weights: str | Path | None = None, *, hands: bool = False, face: bool = False):
-    """Build controlnet-aux's OpenposeDetector from a local folder or a hub repo id.
-
-    Only the parts asked for are loaded (the body model always). The ``.pth`` files are loaded
-    by controlnet-aux with ``torch.load``, which in torch >= 2.6 defaults to ``weights_only=True``
-    (no arbitrary unpickling).
-    """
-
-    try:
-        from controlnet_aux.open_pose import OpenposeDetector
-        from controlnet_aux.open_pose.body import Body
-        from controlnet_aux.open_pose.face import Face
-        from controlnet_aux.open_pose.hand import Hand
-    except ImportError as err:  # pragma: no cover - depends on the installation
-        raise ModelLoadError(f"pose detection needs controlnet-aux (and torchvision): {err}") from err
-
-    files = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", "face": "facenet.pth"}
-    wanted = ["body"] + (["hand"] if hands else []) + (["face"] if face else [])
-    paths: dict[str, str] = {}
-    if weights is not None and Path(weights).is_dir():
-        folder = Path(weights)
-        for part in wanted:
-            candidates = [folder / files[part], folder / "annotator" / "ckpts" / files[part]]
-            found = next((c for c in candidates if c.is_file()), None)
-            if found is None:
-                raise ModelLoadError(f"OpenPose {part} weights not found: the folder {folder} has no {files[part]} "
-                                     f"(looked at {', '.join(str(c) for c in candidates)})")
-            paths[part] = str(found)
-    else:
-        from huggingface_hub import hf_hub_download
-
-        repo = str(weights) if weights is not None else DEFAULT_DETECTOR_REPO
-        from .models.loading import hub_offline
-
-        offline = hub_offline()
-        for part in wanted:
-            try:
-                paths[part] = hf_hub_download(repo, files[part], local_files_only=offline)
-            except Exception as err:  # hub errors come in many classes; all mean "not available"
-                where = "the hub is switched off (HF_HUB_OFFLINE=1) and " if offline else ""
-                raise ModelLoadError(
-                    f"OpenPose {part} weights are not available: no local folder was given "
-                    f"(weights={str(weights) if weights is not None else None!r}) and {where}{repo}/{files[part]} "
-                    f"could not be downloaded or found in the cache ({type(err).__name__}). Download it once, or pass "
-                    f"weights='path/to/folder' holding {files[part]}."
-                ) from None
-    return OpenposeDetector(
-        Body(paths["body"]),
-        Hand(paths["hand"]) if hands else None,
-        Face(paths["face"]) if face else None,
-    )

@@ -4,7 +4,7 @@ This is the world the `mini` model is trained on, so it can draw what it was tau
 studio's behaviours (text, pose, consistency, LoRA, interpolation) can be measured on pictures
 whose truth is known. Everything is deterministic: the same seed gives the same picture.
 
-    >>> from charstudio.world import random_character, render
+    >>> from charstudio.mini.world import random_character, render
     >>> attrs, pose = random_character(seed=3, size=64)
     >>> image = render(attrs, pose)          # a 64x64 PIL image
     >>> attrs.caption()                       # "a girl with long red hair and green eyes, ..."
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 RGB = tuple[int, int, int]
 
@@ -157,7 +157,7 @@ def random_attributes(rng: random.Random, *, accessories: tuple[str, ...] = ACCE
 def random_pose(rng: random.Random, size: int = 64, names: list[str] | None = None):
     """A library pose, maybe mirrored, fitted to a ``size`` square, scaled 0.72-0.92 and shifted
     within the canvas, with a little jitter on every keypoint."""
-    from .pose import list_poses, load_pose
+    from ..pose import list_poses, load_pose
 
     name = rng.choice(names or list_poses())
     pose = load_pose(name)
@@ -182,10 +182,7 @@ def random_character(seed: int, size: int = 64, **kwargs: Any):
     return random_attributes(rng, **kwargs), random_pose(rng, size)
 
 
-# ---------------------------------------------------------------------------------------------
-# Drawing
-# ---------------------------------------------------------------------------------------------
-class _Figure:
+class Figure:
     """Geometry derived from a pose's keypoints, in supersampled pixels."""
 
     def __init__(self, pose: Any, scale: float):
@@ -257,15 +254,15 @@ class _Figure:
         return pts
 
 
-def _disc(draw: Any, c: Any, r: float, colour: RGB) -> None:
+def disc(draw: Any, c: Any, r: float, colour: RGB) -> None:
     draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=colour)
 
 
-def _limb(draw: Any, pts: list[Any], width: float, colour: RGB) -> None:
+def limb(draw: Any, pts: list[Any], width: float, colour: RGB) -> None:
     pts = [tuple(map(float, q)) for q in pts]
     draw.line(pts, fill=colour, width=max(1, int(round(width))), joint="curve")
     for q in (pts[0], pts[-1]):
-        _disc(draw, q, width / 2, colour)
+        disc(draw, q, width / 2, colour)
 
 
 def _expand(poly: list[Any], factor: float) -> list[tuple[float, float]]:
@@ -283,7 +280,7 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     s = SUPERSAMPLE
     img = Image.new("RGB", (width * s, height * s), BACKGROUNDS[attrs.background])
     d = ImageDraw.Draw(img)
-    f = _Figure(pose, s)
+    f = Figure(pose, s)
     p = f.p
     hair, skin = HAIR_COLOURS[attrs.hair_colour], SKIN_TONES[attrs.skin]
     outfit = OUTFIT_COLOURS[attrs.outfit_colour]
@@ -306,9 +303,9 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     for hip, knee, ankle in ((8, 9, 10), (11, 12, 13)):
         chain = [p[i] for i in (hip, knee, ankle) if f.ok[i]]
         if len(chain) >= 2:
-            _limb(d, chain, f.leg_w, leg_colour)
+            limb(d, chain, f.leg_w, leg_colour)
         if f.ok[ankle]:
-            _disc(d, p[ankle], f.leg_w * 0.6, SHOES)
+            disc(d, p[ankle], f.leg_w * 0.6, SHOES)
     shoulders_ok, hips_ok = f.has(2, 5), f.has(8, 11)
     if kind == "robe" and shoulders_ok and hips_ok:
         low = [p[i] for i in (10, 13) if f.ok[i]] or [p[8], p[11]]
@@ -331,26 +328,26 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
         d.polygon(torso, fill=outfit)
         if kind == "armour":
             mid_top, mid_bottom = (p[2] + p[5]) / 2, (p[8] + p[11]) / 2
-            _limb(d, [mid_top + (mid_bottom - mid_top) * 0.15, mid_bottom - (mid_bottom - mid_top) * 0.1],
+            limb(d, [mid_top + (mid_bottom - mid_top) * 0.15, mid_bottom - (mid_bottom - mid_top) * 0.1],
                   0.18 * f.torso, STEEL)
             d.line([tuple(p[8]), tuple(p[11])], fill=STEEL, width=max(1, int(0.15 * f.torso)))
     elif f.ok[1]:
-        _disc(d, p[1], 0.4 * f.torso, outfit)
+        disc(d, p[1], 0.4 * f.torso, outfit)
 
     # 4. Arms and hands.
     arm_colour = skin if kind == "dress" else outfit
     for shoulder, elbow, wrist in ((2, 3, 4), (5, 6, 7)):
         chain = [p[i] for i in (shoulder, elbow, wrist) if f.ok[i]]
         if len(chain) >= 2:
-            _limb(d, chain, f.arm_w, arm_colour)
+            limb(d, chain, f.arm_w, arm_colour)
         if kind == "armour" and f.ok[shoulder]:
-            _disc(d, p[shoulder], f.arm_w * 0.75, STEEL)
+            disc(d, p[shoulder], f.arm_w * 0.75, STEEL)
         if f.ok[wrist]:
-            _disc(d, p[wrist], f.arm_w * 0.6, skin)
+            disc(d, p[wrist], f.arm_w * 0.6, skin)
 
     # 5. Neck, scarf, head.
     if f.ok[1]:
-        _limb(d, [p[1], p[1] + (f.head - p[1]) * 0.5], 0.22 * f.torso, skin)
+        limb(d, [p[1], p[1] + (f.head - p[1]) * 0.5], 0.22 * f.torso, skin)
     if attrs.accessory in ("scarf", "orange striped scarf") and f.ok[1]:
         ends = [p[i] + (p[1] - p[i]) * 0.35 for i in (2, 5) if f.ok[i]]
         if len(ends) == 2:
@@ -359,9 +356,9 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
             path = [p[1] - f.right * 0.35 * f.torso, p[1] + f.right * 0.35 * f.torso]
         sw = 0.24 * f.torso
         if attrs.accessory == "scarf":
-            _limb(d, path, sw, SCARF)
+            limb(d, path, sw, SCARF)
         else:
-            _limb(d, path, sw, ORANGE)
+            limb(d, path, sw, ORANGE)
             # White stripes across the scarf, evenly spaced along its length.
             pts = [np.asarray(q, dtype=np.float64) for q in path]
             for a, b in zip(pts, pts[1:]):
@@ -376,11 +373,11 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
                            width=max(1, int(sw * 0.3)))
             # Hanging end.
             tail = pts[1] - f.up * 0.45 * f.torso + f.right * 0.15 * f.torso
-            _limb(d, [pts[1], tail], sw * 0.8, ORANGE)
+            limb(d, [pts[1], tail], sw * 0.8, ORANGE)
             mid = (pts[1] + tail) / 2
             d.line([tuple(mid - f.right * sw * 0.4), tuple(mid + f.right * sw * 0.4)], fill=STRIPE_WHITE,
                    width=max(1, int(sw * 0.3)))
-    _disc(d, f.head, f.head_r, skin)
+    disc(d, f.head, f.head_r, skin)
 
     # 6. Hair on top of the head.
     cap = f.arc(1.12, -82, 82)
@@ -398,7 +395,7 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     # 7. Eyes (and glasses), hat.
     for i in (14, 15):
         if f.ok[i]:
-            _disc(d, p[i], 0.075 * f.torso, EYE_COLOURS[attrs.eye_colour])
+            disc(d, p[i], 0.075 * f.torso, EYE_COLOURS[attrs.eye_colour])
     if attrs.accessory == "glasses":
         eyes = [p[i] for i in (14, 15) if f.ok[i]]
         for e in eyes:
@@ -413,133 +410,6 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     return img.resize((width, height), Image.BOX)
 
 
-# ---------------------------------------------------------------------------------------------
-# Measuring pictures (for the behaviour tests and the training report)
-# ---------------------------------------------------------------------------------------------
-def _mask(pose: Any, width: int, height: int, draw: Any) -> np.ndarray:
-    """A boolean mask drawn by ``draw(ImageDraw, _Figure)`` on the pose fitted to width x height."""
-    from PIL import Image, ImageDraw
-
-    pose = pose.fit(width, height)
-    img = Image.new("L", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
-    draw(ImageDraw.Draw(img), _Figure(pose, SUPERSAMPLE))
-    return np.asarray(img.resize((width, height), Image.BOX)) > 127
-
-
-def _canvas(pose: Any, size: int | None) -> tuple[int, int]:
-    return (size, size) if size is not None else (int(pose.canvas_width), int(pose.canvas_height))
-
-
-def hair_region(pose: Any, size: int | None = None) -> np.ndarray:
-    """Boolean mask of where hair always is for this pose: the top cap of the head, above the
-    eyes and below a hat's brim."""
-    def draw(d: Any, f: _Figure) -> None:
-        d.polygon(f.arc(0.98, -66, 66) + [f.local(0.8, 0.3), f.local(-0.8, 0.3)], fill=255)
-
-    return _mask(pose, *_canvas(pose, size), draw)
-
-
-def region_colour(image: Any, mask: np.ndarray) -> np.ndarray:
-    """Median RGB of ``image`` inside ``mask`` (robust to a stray eye or edge pixel)."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float64)
-    if not mask.any():
-        raise ConfigError("mask", "empty", "a region with at least one pixel")
-    return np.median(arr[mask], axis=0)
-
-
-def nearest_colour(rgb: Any, table: dict[str, RGB] = HAIR_COLOURS) -> str:
-    """The name in ``table`` whose colour is nearest ``rgb`` (Euclidean in RGB)."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    return min(table, key=lambda k: float(np.sum((np.asarray(table[k], dtype=np.float64) - rgb) ** 2)))
-
-
-def foreground(image: Any, background: RGB | None = None, tolerance: float = 40.0) -> np.ndarray:
-    """Pixels that differ from the background colour (default: the median border colour)."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.float64)
-    if background is None:
-        border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-        background = np.median(border, axis=0)
-    return np.sqrt(((arr - np.asarray(background, dtype=np.float64)) ** 2).sum(-1)) > tolerance
-
-
-def skeleton_mask(pose: Any, width: int, height: int, thickness: float = 0.3) -> np.ndarray:
-    """The pose's limbs and head drawn thick (a dilated skeleton), as a boolean mask.
-
-    ``thickness`` is the limb width as a fraction of the torso length; the head is a disc.
-    """
-    from .pose import LIMBS
-
-    def draw(d: Any, f: _Figure) -> None:
-        for a, b in LIMBS[:12]:  # body limbs, not the face lines
-            if f.ok[a] and f.ok[b]:
-                _limb(d, [f.p[a], f.p[b]], thickness * f.torso, 255)
-        if f.has(2, 5, 8, 11):
-            d.polygon([tuple(q) for q in (f.p[2], f.p[5], f.p[11], f.p[8])], fill=255)
-        _disc(d, f.head, f.head_r * 1.1, 255)
-
-    return _mask(pose, width, height, draw)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
-def hue(rgb: Any) -> float:
-    """Hue in degrees, 0-360."""
-    import colorsys
-
-    r, g, b = (float(c) / 255.0 for c in rgb)
-    return colorsys.rgb_to_hsv(r, g, b)[0] * 360.0
-
-
-def saturated_hue_fraction(image: Any, hues: tuple[float, float], mask: np.ndarray | None = None,
-                           min_saturation: float = 0.6, min_value: float = 0.6) -> float:
-    """Fraction of pixels (inside ``mask``) whose hue lies in ``hues`` (degrees, lo to hi; lo > hi
-    wraps round 0) and that are saturated and bright enough to be that colour, not a pale tint."""
-    arr = np.asarray(image.convert("HSV"), dtype=np.float64)
-    h = arr[..., 0] * 360.0 / 255.0
-    lo, hi = hues
-    in_range = (h >= lo) & (h <= hi) if lo <= hi else (h >= lo) | (h <= hi)
-    hit = in_range & (arr[..., 1] / 255.0 > min_saturation) & (arr[..., 2] / 255.0 > min_value)
-    if mask is not None:
-        return float(hit[mask].mean()) if mask.any() else 0.0
-    return float(hit.mean())
-
-
-def orange_fraction(image: Any, mask: np.ndarray | None = None) -> float:
-    """Fraction of pixels (inside ``mask``) that are saturated orange, hue 20-40 degrees (yellows are ~47)."""
-    return saturated_hue_fraction(image, (20, 40), mask)
-
-
-def red_fraction(image: Any, mask: np.ndarray | None = None) -> float:
-    """Fraction of pixels (inside ``mask``) that are saturated red: hue within 15 degrees of 0
-    (pink, hue ~330 and pale, stays out)."""
-    return saturated_hue_fraction(image, (345, 15), mask, min_value=0.45)
-
-
-def cape_region(pose: Any, size: int | None = None) -> np.ndarray:
-    """Boolean mask of where a cape hangs for this pose (its whole outline, body included)."""
-    def draw(d: Any, f: _Figure) -> None:
-        cape = f.cape()
-        if cape:
-            d.polygon(cape, fill=255)
-
-    return _mask(pose, *_canvas(pose, size), draw)
-
-
-def neck_region(pose: Any, size: int | None = None) -> np.ndarray:
-    """Boolean mask around the neck and collar, where a scarf is drawn."""
-    def draw(d: Any, f: _Figure) -> None:
-        if f.ok[1]:
-            _disc(d, f.p[1], 0.5 * f.torso, 255)
-
-    return _mask(pose, *_canvas(pose, size), draw)
-
-
-# ---------------------------------------------------------------------------------------------
-# A LoRA dataset: one character wearing something the base model never saw
-# ---------------------------------------------------------------------------------------------
 SCARF_CHARACTER = Attributes(hair_colour="black", hair_style="short", eye_colour="brown", outfit_colour="white",
                              outfit_type="shirt and trousers", accessory="none", skin="light", background="grey",
                              who="boy")
@@ -561,8 +431,8 @@ def write_lora_dataset(folder: str | Any, *, trigger: str = "zorbi", attrs: Attr
     """
     from pathlib import Path
 
-    from .io_utils import atomic_write, ensure_dir
-    from .pose import POSE_SUFFIX, pose_file
+    from ..io_utils import atomic_write, ensure_dir
+    from ..pose import POSE_SUFFIX, pose_file
 
     if accessory not in HELD_OUT_ACCESSORIES:
         raise ConfigError("accessory", accessory, f"one of {', '.join(map(repr, HELD_OUT_ACCESSORIES))} (held out of base training)")

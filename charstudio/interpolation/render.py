@@ -1,0 +1,254 @@
+"""Rendering an interpolation with a Studio: the two ends, the frames, and their re-runnable
+recipes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..errors import ConfigError
+from ..media import contact_sheet, save_gif, save_mp4, to_pil
+from .maths import Method, blend, blend_embeddings, blend_loras, check_t, frame_ts, noise_shape, seed_noise
+from .smoothness import Smoothness, respace, smoothness
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameRecipe:
+    """How one in-between frame was made: the two endpoint recipes and t.
+
+    `run_frame(studio, recipe)` rebuilds the frame. At t=0 and t=1 it is the endpoint's own
+    recipe (up to the prompt being padded to the other's 75-token chunk count).
+    """
+
+    a: Any  # GenerationConfig
+    b: Any  # GenerationConfig
+    t: float
+    method: str = "slerp"  # text embeddings
+    noise_method: str = "slerp"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "interpolation", "a": self.a.to_dict(), "b": self.b.to_dict(), "t": self.t,
+                "method": self.method, "noise_method": self.noise_method,
+                "loras": blend_loras(self.a.loras, self.b.loras, self.t)}  # the frame's own (read-only)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FrameRecipe":
+        from ..config import GenerationConfig
+
+        return cls(GenerationConfig.from_dict(dict(data["a"])), GenerationConfig.from_dict(dict(data["b"])),
+                   float(data["t"]), data.get("method", "slerp"), data.get("noise_method", "slerp"))
+
+
+@dataclass
+class Interpolation:
+    """Frames from a to b with their t values, recipes and measured smoothness."""
+
+    frames: list[Any]
+    ts: list[float]
+    recipes: list[Any]  # FrameRecipe per frame
+    smoothness: Smoothness
+    before: Smoothness | None = None  # uniform spacing, when re-spaced with uniform=True
+    renders: int = 0
+
+    def contact_sheet(self, cols: int | None = None) -> Any:
+        return contact_sheet(self.frames, self.ts, cols)
+
+    def save_gif(self, path: str | os.PathLike, fps: float = 8.0, boomerang: bool = True,
+                 overwrite: bool = False) -> Path:
+        return save_gif(self.frames, path, fps=fps, boomerang=boomerang, overwrite=overwrite)
+
+    def save_mp4(self, path: str | os.PathLike, fps: float = 8.0, overwrite: bool = False) -> Path:
+        return save_mp4(self.frames, path, fps=fps, overwrite=overwrite)
+
+    def save(self, directory: str | os.PathLike, prefix: str = "frame", overwrite: bool = False) -> list[Path]:
+        """Frames as PNGs, each carrying its FrameRecipe as JSON (`load_frame_recipe` reads it),
+        plus `<prefix>s.json` with every t, recipe and the smoothness figures."""
+        import json
+
+        from PIL.PngImagePlugin import PngInfo
+
+        from ..io_utils import atomic_write, ensure_dir
+
+        out = ensure_dir(directory, "directory")
+        paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
+        index = out / f"{prefix}s.json"
+        taken = [str(p) for p in [*paths, index] if p.exists()]
+        if taken and not overwrite:
+            from ..errors import OutputError
+
+            raise OutputError(f"{taken[0]!r} already exists: pass overwrite=True or choose another directory")
+        for path, frame, recipe in zip(paths, self.frames, self.recipes):
+            info = PngInfo()
+            info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
+            img = to_pil(frame)
+            atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info),
+                         overwrite=overwrite)
+        summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
+                   "smoothness": self.smoothness.to_dict(),
+                   "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}
+        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+        return paths
+
+
+FRAME_RECIPE_KEY = "charstudio_interpolation"
+
+
+def load_frame_recipe(path: str | os.PathLike) -> FrameRecipe:
+    """The FrameRecipe stored in a frame PNG written by `Interpolation.save`."""
+    import json
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = im.text.get(FRAME_RECIPE_KEY) if hasattr(im, "text") else None
+    if text is None:
+        raise ConfigError("path", str(path), "a frame PNG written by Interpolation.save (it has no frame recipe)")
+    return FrameRecipe.from_dict(json.loads(text))
+
+
+def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> Any:
+    """A GenerationConfig from a recipe, a Result, a FrameRecipe-free card/prompt."""
+    from ..config import GenerationConfig
+
+    if isinstance(x, GenerationConfig):
+        return x.replace(num_images=1)
+    if hasattr(x, "recipes") and getattr(x, "recipes", None):
+        return x.recipes[0]
+    from ..character import Character
+
+    if not isinstance(x, (str, Character)):
+        raise ConfigError(name, x, "a character card, a prompt, a recipe (GenerationConfig) or a Result, got "
+                          + type(x).__name__)
+    return studio.make_config(x, **{**dict(settings), "num_images": 1})
+
+
+def _check_pair(studio: Any, a: Any, b: Any) -> None:
+    models = {m for m in (a.model, b.model) if m}
+    if len(models) > 1 or (models and studio.model_id not in models):
+        raise ConfigError("b.model", b.model, f"both ends must come from the loaded model {studio.model_id!r} "
+                          f"(a: {a.model!r}); interpolating across models has no shared latent space")
+    if (a.width, a.height) != (b.width, b.height):
+        raise ConfigError("b.size", f"{b.width}x{b.height}",
+                          f"must equal a's {a.width}x{a.height}: noise of different shapes cannot be blended")
+    if a.pose is not None or b.pose is not None:
+        if a.pose != b.pose:
+            raise ConfigError("b.pose", "differs", "use pose_animation() to move between poses")
+    for f in ("num_inference_steps", "scheduler", "clip_skip"):
+        if getattr(a, f) != getattr(b, f):
+            log.warning("interpolation uses a's %s=%r (b has %r)", f, getattr(a, f), getattr(b, f))
+
+
+def encode_to_one_length(encoder: Any, groups: Sequence[Sequence[str]], clip_skip: int | None,
+                          contexts: Sequence[Any] | None = None) -> list[Any]:
+    """Embeddings of every text, all padded to the chunk count of the longest, so they blend.
+
+    Texts come in groups; group i is encoded inside ``contexts[i]`` (a LoRA setting, say).
+    """
+    import contextlib
+
+    from ..prompt_syntax import parse_weighted
+
+    pieces = [[parse_weighted(x or "") for x in group] for group in groups]
+    chunks = max(max(1, -(-sum(encoder.count_tokens(t) for t, _ in p) // encoder.chunk_len))
+                 for group in pieces for p in group)
+    out = []
+    for i, group in enumerate(pieces):
+        with contexts[i] if contexts is not None else contextlib.nullcontext():
+            out += [encoder.encode_pieces(p, chunks, clip_skip)[0] for p in group]
+    return out
+
+
+def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
+    """Prompt and negative embeddings of a and b, all padded to one chunk count; each end's
+    under its own LoRA weights (a text-encoder LoRA changes them)."""
+    groups = [[a.prompt, a.negative_prompt], [b.prompt, b.negative_prompt]]
+    contexts = [studio.using_loras(a.loras), studio.using_loras(b.loras)]
+    return tuple(encode_to_one_length(studio.encoder, groups, a.clip_skip, contexts))  # type: ignore[return-value]
+
+
+def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
+    unet, vae = studio.components["unet"], studio.components["vae"]
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return noise_shape(cfg.width, cfg.height, int(unet.config.in_channels), factor)
+
+
+def _is_ancestral(name: str) -> bool:
+    from ..schedulers import scheduler_spec
+
+    return "Ancestral" in scheduler_spec(name).class_name
+
+
+class _FrameRenderer:
+    """Renders frames between two recipes; noise and embeddings are computed once."""
+
+    def __init__(self, studio: Any, a: Any, b: Any, method: str, noise_method: str):
+        self.studio, self.a, self.b = studio, a, b
+        self.method, self.noise_method = method, noise_method
+        self.pos_a, self.neg_a, self.pos_b, self.neg_b = _encode_pair(studio, a, b)
+        shape = _latent_shape(studio, a)
+        dtype = self.pos_a.dtype
+        self.noise_a = seed_noise(a.seed, shape, dtype)
+        self.noise_b = seed_noise(b.seed, shape, dtype)
+        if _is_ancestral(a.scheduler):
+            log.warning("scheduler %r adds fresh noise every step: in-between frames use one end's seed for "
+                        "it and will not change smoothly; a deterministic scheduler (ddim, dpm++2m) works better",
+                        a.scheduler)
+
+    def recipe(self, t: float) -> FrameRecipe:
+        return FrameRecipe(self.a, self.b, float(t), self.method, self.noise_method)
+
+    def __call__(self, t: float) -> Any:
+        t = check_t(t)
+        noise = blend(self.noise_a, self.noise_b, t, self.noise_method)
+        pos = blend_embeddings(self.pos_a, self.pos_b, t, self.method)  # type: ignore[arg-type]
+        neg = blend_embeddings(self.neg_a, self.neg_b, t, self.method)  # type: ignore[arg-type]
+        end = self.a if t < 0.5 else self.b
+        cfg = self.a.replace(
+            guidance_scale=(1 - t) * self.a.guidance_scale + t * self.b.guidance_scale,
+            seed=end.seed,  # only ancestral samplers draw from the generator after the start
+            loras=blend_loras(self.a.loras, self.b.loras, t),  # run() applies them; the UNet's share moves with t
+        )
+        result = self.studio.run(cfg, latents=noise, embeddings=(pos, neg))
+        return result.images[0]
+
+
+def interpolate(studio: Any, a: Any, b: Any, frames: int = 8, method: Method = "slerp",
+                uniform: bool = False, *, noise_method: Method = "slerp",
+                embedder: Callable[[Sequence[Any]], Any] | None = None, max_renders: int | None = None,
+                **settings: Any) -> Interpolation:
+    """Frames morphing design a into design b: starting noise and text embeddings together.
+
+    `a` and `b` are character cards (names or objects), prompts, recipes or Results;
+    `settings` (steps, size, scheduler, guidance_scale, ...) apply to cards and prompts.
+    `uniform=True` re-spaces t so adjacent frames change by similar amounts and reports
+    evenness before and after; it costs `max_renders` (default 3 x `frames`) renders to map
+    the path plus up to `frames` - 2 for the re-spaced frames.
+    """
+    # 1. Resolve and check the two ends.
+    frame_ts(frames)
+    if method not in ("slerp", "lerp") or noise_method not in ("slerp", "lerp"):
+        raise ConfigError("method", method if method not in ("slerp", "lerp") else noise_method,
+                          "choose 'slerp' or 'lerp'")
+    ra, rb = _as_recipe(studio, a, "a", settings), _as_recipe(studio, b, "b", settings)
+    _check_pair(studio, ra, rb)
+    render = _FrameRenderer(studio, ra, rb, method, noise_method)
+    # 2. Render: uniform t, or adaptively re-spaced.
+    if uniform:
+        res = respace(render, frames, embedder, max_renders)
+        return Interpolation(res.frames, res.ts, [render.recipe(t) for t in res.ts], res.after,
+                             res.before, res.renders)
+    ts = frame_ts(frames)
+    images = [render(t) for t in ts]
+    return Interpolation(images, ts, [render.recipe(t) for t in ts], smoothness(images, embedder), None, len(ts))
+
+
+def run_frame(studio: Any, recipe: FrameRecipe | Mapping[str, Any]) -> Any:
+    """Rebuild one interpolation frame from its recipe."""
+    r = recipe if isinstance(recipe, FrameRecipe) else FrameRecipe.from_dict(recipe)
+    _check_pair(studio, r.a, r.b)
+    return _FrameRenderer(studio, r.a, r.b, r.method, r.noise_method)(r.t)

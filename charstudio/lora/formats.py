@@ -1,0 +1,328 @@
+"""The LoRA file formats: telling diffusers, legacy diffusers and kohya apart, converting
+between them and writing them (the peft configs ride in the safetensors header)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from ..errors import ConfigError
+from ..io_utils import atomic_write
+from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the peft configs
+UNET_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+LoraFormat = Literal["diffusers", "diffusers_legacy", "kohya"]
+_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
+
+
+def detect_format(state_dict: Mapping[str, Any], source: str = "state dict") -> LoraFormat:
+    """Name the LoRA key convention of ``state_dict``, or raise saying which formats would work."""
+    keys = list(state_dict)
+    if any(".hada_" in k or k.endswith((".hada_w1_a", ".lokr_w1")) or ".lokr_" in k for k in keys):
+        raise ConfigError("lora", source, "this is a LyCORIS LoHa/LoKr file, which charstudio does not load; "
+                          "use a plain LoRA (kohya lora_down/lora_up or diffusers lora_A/lora_B)")
+    if all(k.startswith(_KOHYA_PREFIXES) and k.endswith(_KOHYA_SUFFIXES) for k in keys):
+        return "kohya"
+    if all(".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude_vector") for k in keys):
+        return "diffusers"
+    legacy_marks = (".lora.down.", ".lora.up.", "_lora.down.", "_lora.up.", ".lora_linear_layer.")
+    if all(any(m in k for m in legacy_marks) or k.endswith(".alpha") for k in keys):
+        return "diffusers_legacy"
+    sample = ", ".join(keys[:3])
+    raise ConfigError("lora", source, f"its keys fit no known LoRA format (first keys: {sample}); expected "
+                      "kohya/A1111 keys (lora_unet_*.lora_down.weight) or diffusers/peft keys "
+                      "(unet.*.lora_A.weight)")
+
+
+@dataclass
+class LoraWeights:
+    """A LoRA split into per-component peft state dicts (keys like ``down_blocks...to_q.lora_A.weight``).
+
+    ``configs`` holds each component's peft ``LoraConfig`` arguments when the file recorded them
+    (our format); otherwise ``network_alphas`` holds kohya's per-module alphas, in diffusers' naming.
+    """
+
+    unet: dict[str, Any]
+    text_encoder: dict[str, Any]
+    format: LoraFormat
+    configs: dict[str, dict] = field(default_factory=dict)
+    network_alphas: dict[str, float] | None = None
+    extra_keys: list[str] = field(default_factory=list)  # keys for components SD 1.x does not have
+    file_metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> int | None:
+        ranks = [v.shape[0] for k, v in {**self.unet, **self.text_encoder}.items() if ".lora_A." in k]
+        return collections.Counter(ranks).most_common(1)[0][0] if ranks else None
+
+
+def _kohya_module_name(component: str, module: str) -> str:
+    prefix = "lora_unet_" if component == "unet" else "lora_te_"
+    return prefix + module.replace(".", "_")
+
+
+def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] | None = None,
+               *, unet_config: Any = None, source: str = "state dict") -> LoraWeights:
+    """Convert a LoRA state dict in any supported format into per-component peft state dicts.
+
+    The key conversion is diffusers' own (the one ``load_lora_weights`` applies), so what is
+    checked here is exactly what would be loaded.
+    """
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+    fmt = detect_format(state_dict, source)
+    file_metadata = dict(file_metadata or {})
+    raw = dict(state_dict)
+    # 1. diffusers drops DoRA scales with only a warning; refuse instead of loading something different.
+    if any(k.endswith(".dora_scale") or "lora_magnitude_vector" in k for k in raw):
+        raise ConfigError("lora", source, "DoRA LoRAs are not supported; use a plain LoRA")
+    extra = [k for k in raw if k.startswith(("lora_te2_", "text_encoder_2."))]
+    # 2. Let diffusers rename kohya / legacy keys (it also maps LDM-style input_blocks names).
+    try:
+        converted, network_alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(
+            {k: v for k, v in raw.items() if k not in extra}, unet_config=unet_config)
+    except (ValueError, KeyError, IndexError) as exc:
+        raise ConfigError("lora", source, f"its keys could not be mapped to an SD 1.x model ({exc})") from exc
+
+    unet_sd = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
+    te_sd = {k[len("text_encoder."):]: v for k, v in converted.items() if k.startswith("text_encoder.")}
+    extra += [k for k in converted if not k.startswith(("unet.", "text_encoder."))]
+    # 3. Same normalisation as diffusers' load_lora_into_unet / _load_lora_into_text_encoder.
+    if unet_sd and "lora_A" not in next(iter(unet_sd)):
+        unet_sd = convert_unet_state_dict_to_peft(unet_sd)
+    if te_sd:
+        te_sd = convert_state_dict_to_peft(convert_state_dict_to_diffusers(te_sd))
+
+    configs: dict[str, dict] = {}
+    raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
+    if raw_meta:
+        try:
+            flat = json.loads(raw_meta)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("lora", source, f"its {ADAPTER_METADATA_KEY} header is not valid JSON") from exc
+        for comp in ("unet", "text_encoder"):
+            sub = {k[len(comp) + 1:]: v for k, v in flat.items() if k.startswith(comp + ".")}
+            if sub:
+                configs[comp] = sub
+    return LoraWeights(unet=unet_sd, text_encoder=te_sd, format=fmt, configs=configs,
+                       network_alphas=network_alphas or None, extra_keys=extra, file_metadata=file_metadata)
+
+
+def peft_to_kohya(unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
+                  alphas: Mapping[str, float]) -> dict[str, "torch.Tensor"]:
+    """kohya/A1111 keys from peft state dicts; ``alphas`` maps ``component.module`` to its alpha.
+
+    Text-encoder modules get the ``text_model.`` prefix that A1111 and ComfyUI expect, even when
+    the installed transformers no longer has that level.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for comp, sd in (("unet", unet_sd), ("text_encoder", text_encoder_sd)):
+        for key, tensor in sd.items():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                raise ConfigError("lora", key, "only lora_A/lora_B weights can be written in kohya format")
+            module, _, rest = key.partition(".lora_")
+            alpha_key = f"{comp}.{module}"
+            if comp == "text_encoder" and not module.startswith("text_model."):
+                module = "text_model." + module
+            base = _kohya_module_name(comp, module)
+            if rest.startswith("A."):
+                out[base + ".lora_down.weight"] = tensor.contiguous()
+                out[base + ".alpha"] = torch.tensor(float(alphas[alpha_key]), dtype=torch.float32)
+            else:
+                out[base + ".lora_up.weight"] = tensor.contiguous()
+    return out
+
+
+def _module_alpha(config: Mapping[str, Any], module: str) -> float:
+    """The alpha peft uses for ``module``: a matching ``alpha_pattern`` entry, else ``lora_alpha``."""
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        bare = pattern.lstrip("^")
+        if module == bare or module.endswith("." + bare):
+            return float(value)
+    return float(config["lora_alpha"])
+
+
+def _json_config(config: Any) -> dict:
+    """A peft config as plain JSON types (sets become sorted lists, enums their value)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(d, default=lambda o: sorted(o) if isinstance(o, set) else str(getattr(o, "value", o))))
+
+
+def adapter_state(unet: Any, text_encoder: Any = None, adapter_name: str = "default"
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict]]:
+    """The trained adapter ``adapter_name`` as peft state dicts (unet, text encoder) and configs."""
+    from peft.utils import get_peft_model_state_dict
+
+    configs: dict[str, dict] = {}
+    unet_sd: dict[str, Any] = {}
+    te_sd: dict[str, Any] = {}
+    if adapter_name in getattr(unet, "peft_config", {}):
+        unet_sd = {k: v.detach().float().cpu().contiguous()
+                   for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
+        configs["unet"] = _json_config(unet.peft_config[adapter_name])
+    if text_encoder is not None and adapter_name in getattr(text_encoder, "peft_config", {}):
+        te_sd = {k: v.detach().float().cpu().contiguous()
+                 for k, v in get_peft_model_state_dict(text_encoder, adapter_name=adapter_name).items()}
+        if not hasattr(text_encoder, "text_model"):
+            # Older transformers (and every other tool) name these text_model.encoder...; the
+            # diffusers loader strips the prefix again when the model lacks that level.
+            te_sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in te_sd.items()}
+        configs["text_encoder"] = _json_config(text_encoder.peft_config[adapter_name])
+    if not unet_sd and not te_sd:
+        raise ConfigError("adapter_name", adapter_name, "no adapter of that name is attached to the model")
+    return unet_sd, te_sd, configs
+
+
+def write_diffusers_lora(path: str | os.PathLike, unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
+                         configs: Mapping[str, dict], *, overwrite: bool = False) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` the way diffusers' ``save_lora_weights`` lays it out."""
+    from safetensors.torch import save_file
+
+    tensors = {f"unet.{k}": v for k, v in unet_sd.items()}
+    tensors.update({f"text_encoder.{k}": v for k, v in text_encoder_sd.items()})
+    flat_meta = {f"{comp}.{k}": v for comp, cfg in configs.items() for k, v in cfg.items()}
+    header = {"format": "pt", ADAPTER_METADATA_KEY: json.dumps(flat_meta, indent=2, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), overwrite=overwrite)
+
+
+def write_kohya_lora(path: str | os.PathLike, unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
+                     configs: Mapping[str, dict], *, extra_metadata: Mapping[str, Any] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Write a kohya/A1111 LoRA file (``lora_unet_*``, ``lora_te_*``, per-module ``alpha``)."""
+    from safetensors.torch import save_file
+
+    alphas = {}
+    for comp, sd in (("unet", unet_sd), ("text_encoder", text_encoder_sd)):
+        for key in sd:
+            module = key.partition(".lora_")[0]
+            cfg = configs.get(comp)
+            if cfg is None:
+                raise ConfigError("configs", comp, "a peft config (rank, alpha) is needed for every component")
+            alphas[f"{comp}.{module}"] = _module_alpha(cfg, module.removeprefix("text_model."))
+    tensors = peft_to_kohya(unet_sd, text_encoder_sd, alphas)
+    main_cfg = configs.get("unet") or configs.get("text_encoder") or {}
+    # kohya's ss_* fields are what A1111 / civitai show about a LoRA; values must be strings.
+    header = {
+        "format": "pt",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(main_cfg.get("r", "")),
+        "ss_network_alpha": str(main_cfg.get("lora_alpha", "")),
+        "ss_base_model_version": "sd_v1",
+        "ss_network_args": json.dumps({}),
+    }
+    if text_encoder_sd and not unet_sd:
+        header["ss_network_train_unet_only"] = "False"
+    header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), overwrite=overwrite)
+
+
+def save_lora(unet: Any, text_encoder: Any, out_dir: str | os.PathLike, name: str, *,
+              adapter_name: str = "default", overwrite: bool = False,
+              kohya_metadata: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Save an attached adapter in both formats: ``pytorch_lora_weights.safetensors`` and ``NAME.safetensors``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unet_sd, te_sd, configs = adapter_state(unet, text_encoder, adapter_name)
+    diffusers_path = write_diffusers_lora(out / LORA_WEIGHTS_NAME, unet_sd, te_sd, configs, overwrite=overwrite)
+    kohya_path = write_kohya_lora(out / f"{name}.safetensors", unet_sd, te_sd, configs,
+                                  extra_metadata={"ss_output_name": name, **(kohya_metadata or {})},
+                                  overwrite=overwrite)
+    return {"diffusers": diffusers_path, "kohya": kohya_path}
+
+
+def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["kohya", "diffusers"], *,
+                 overwrite: bool = False, lora_dir: str | os.PathLike = DEFAULT_LORA_DIR) -> Path:
+    """Rewrite a LoRA file in the other format (kohya/A1111 <-> diffusers/peft)."""
+    if to not in ("kohya", "diffusers"):
+        raise ConfigError("to", to, "use 'kohya' or 'diffusers'")
+    path = resolve_lora_path(src, lora_dir)
+    raw, meta = read_lora_file(path)
+    weights = split_lora(raw, meta, source=str(path))
+    if weights.extra_keys:
+        raise ConfigError("lora", str(path), "it has weights for components SD 1.x does not have "
+                          f"({weights.extra_keys[0]}, ...); only SD 1.x LoRAs convert")
+    configs = dict(weights.configs)
+    # Without recorded configs (kohya input) rebuild them from the shapes and kohya's alphas.
+    for comp, sd in (("unet", weights.unet), ("text_encoder", weights.text_encoder)):
+        if not sd or comp in configs:
+            continue
+        ranks = {k.partition(".lora_")[0]: v.shape[1] for k, v in sd.items() if ".lora_B." in k}
+        alphas = {}
+        for module, r in ranks.items():
+            kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
+            a = raw.get(_kohya_module_name(comp, kohya_module) + ".alpha")
+            alphas[module] = float(a.item()) if a is not None else float(r)
+        r = collections.Counter(ranks.values()).most_common(1)[0][0]
+        alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
+        # peft matches target names as suffixes, so names without text_model. fit both old
+        # transformers (text_model.encoder...) and new (encoder...).
+        short = {m: m.removeprefix("text_model.") for m in ranks}
+        configs[comp] = {
+            "r": r, "lora_alpha": alpha,
+            "target_modules": sorted(short.values()),
+            "rank_pattern": {short[m]: v for m, v in ranks.items() if v != r},
+            "alpha_pattern": {short[m]: v for m, v in alphas.items() if v != alpha},
+        }
+    if to == "kohya":
+        return write_kohya_lora(dst, weights.unet, weights.text_encoder, configs,
+                                extra_metadata={"ss_output_name": Path(dst).stem}, overwrite=overwrite)
+    return write_diffusers_lora(dst, weights.unet, weights.text_encoder, configs, overwrite=overwrite)
+
+
+def guess_architecture(weights: LoraWeights) -> str | None:
+    """A short description of the model a LoRA was made for, from its keys and shapes."""
+    if weights.extra_keys and any("te2" in k or "text_encoder_2" in k for k in weights.extra_keys):
+        return "SDXL (it has weights for a second text encoder)"
+    if weights.extra_keys and any(k.startswith(("transformer.", "lora_transformer")) for k in weights.extra_keys):
+        return "a transformer-based model (SD3 / Flux)"
+    widths = {v.shape[1] for k, v in weights.unet.items() if ".attn2.to_k.lora_A." in k}
+    names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+    if len(widths) == 1:
+        w = widths.pop()
+        return f"{names[w]} (cross-attention width {w})" if w in names else f"a model with cross-attention width {w}"
+    return None
+
+
+@dataclass
+class LoraInfo:
+    """What a LoRA file holds, read without touching any model."""
+
+    path: Path
+    format: LoraFormat
+    components: tuple[str, ...]
+    rank: int | None
+    alpha: float | None
+    num_modules: int
+    made_for: str | None
+    metadata: dict[str, str]
+
+
+def inspect_lora(path_or_name: str | os.PathLike, lora_dir: str | os.PathLike = DEFAULT_LORA_DIR) -> LoraInfo:
+    """Describe a LoRA file: its format, rank, alpha and the model it seems to be made for."""
+    path = resolve_lora_path(path_or_name, lora_dir)
+    raw, meta = read_lora_file(path)
+    w = split_lora(raw, meta, source=str(path))
+    comps = tuple(c for c, sd in (("unet", w.unet), ("text_encoder", w.text_encoder)) if sd)
+    alpha = None
+    if w.configs:
+        alpha = float(next(iter(w.configs.values())).get("lora_alpha"))
+    elif w.network_alphas:
+        alpha = collections.Counter(w.network_alphas.values()).most_common(1)[0][0]
+    n = sum(1 for k in {**w.unet, **w.text_encoder} if ".lora_A." in k)
+    return LoraInfo(path=path, format=w.format, components=comps, rank=w.rank, alpha=alpha,
+                    num_modules=n, made_for=guess_architecture(w), metadata=meta)

@@ -1,0 +1,295 @@
+"""LoRAs on a live pipeline: the shape check against the model before anything loads, peft
+adapters in and out, their weights, and fusing.
+
+These functions keep no state of their own: which adapters are on, at which weights, is the
+caller's to say (a `Studio` keeps that record). peft holds the adapters themselves."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..errors import ConfigError, ModelLoadError
+from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
+from .formats import LoraWeights, guess_architecture, split_lora
+
+log = logging.getLogger(__name__)
+
+def _model_kind(unet: Any) -> str:
+    width = getattr(unet.config, "cross_attention_dim", None)
+    names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+    return f"{names.get(width, 'this model')} (cross-attention width {width})"
+
+
+def _base_module(module: Any) -> Any:
+    # After a first LoRA is loaded, peft wraps the target; its shape lives on base_layer.
+    return getattr(module, "base_layer", module)
+
+
+def _io_dims(module: Any) -> tuple[int, int] | None:
+    if hasattr(module, "in_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "in_channels"):
+        return module.in_channels, module.out_channels
+    return None
+
+
+def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: str = "lora") -> None:
+    """Raise unless every LoRA module exists in the model with matching shapes (nothing is loaded)."""
+    problems: list[str] = []
+    if weights.extra_keys:
+        problems.append(f"{len(weights.extra_keys)} weights for components this model does not have "
+                        f"(e.g. {weights.extra_keys[0]})")
+    comps = (("unet", weights.unet, unet), ("text_encoder", weights.text_encoder, text_encoder))
+    for comp, sd, model in comps:
+        if not sd:
+            continue
+        if model is None:
+            problems.append(f"weights for a {comp} the pipeline does not have")
+            continue
+        if comp == "text_encoder" and not hasattr(model, "text_model"):
+            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+        modules = dict(model.named_modules())
+        for key, tensor in sd.items():
+            module_name, _, rest = key.partition(".lora_")
+            module = modules.get(module_name)
+            if module is None:
+                problems.append(f"{comp}.{module_name} does not exist in the model")
+                continue
+            dims = _io_dims(_base_module(module))
+            if dims is None:
+                problems.append(f"{comp}.{module_name} is not a linear or convolution layer")
+                continue
+            fan_in, fan_out = dims
+            if rest.startswith("A.") and tensor.ndim >= 2 and tensor.shape[1] != fan_in:
+                problems.append(f"{comp}.{module_name} takes {fan_in} inputs, the LoRA expects {tensor.shape[1]}")
+            elif rest.startswith("B.") and tensor.shape[0] != fan_out:
+                problems.append(f"{comp}.{module_name} gives {fan_out} outputs, the LoRA expects {tensor.shape[0]}")
+    if problems:
+        made_for = guess_architecture(weights)
+        head = (f"it looks like a LoRA for {made_for}, but the model is {_model_kind(unet)}"
+                if made_for else f"it does not fit the model ({_model_kind(unet)})")
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError("lora", source, f"{head}: {'; '.join(problems[:3])}{more}. "
+                          "Nothing was loaded; use a LoRA trained for this base model")
+
+
+def loaded_adapters(pipe: Any) -> list[str]:
+    names: list[str] = []
+    for comp in ("unet", "text_encoder"):
+        model = getattr(pipe, comp, None)
+        for n in getattr(model, "peft_config", {}) or {}:
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _safe_adapter_name(text: str) -> str:
+    # peft uses the adapter name inside module attribute paths, so dots are not allowed.
+    cleaned = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in text)
+    return cleaned or "lora"
+
+
+def default_adapter_name(path: str | os.PathLike) -> str:
+    """The adapter name a file loads under: its LoRA folder's name for ours, else the file stem."""
+    p = Path(path)
+    if p.name == LORA_WEIGHTS_NAME:
+        # lora/NAME/pytorch_lora_weights.safetensors, or a checkpoint inside lora/NAME/checkpoints/
+        stem = p.parent.parent.parent.name if p.parent.parent.name == "checkpoints" else p.parent.name
+    else:
+        stem = p.stem
+    return _safe_adapter_name(stem)
+
+
+def remove_adapter(unet: Any, text_encoder: Any, adapter_name: str) -> None:
+    """Take adapter ``adapter_name`` out of a UNet and a text encoder (either may lack it)."""
+    from ..compat import remove_text_encoder_adapter
+
+    if unet is not None and adapter_name in (getattr(unet, "peft_config", None) or {}):
+        unet.delete_adapters([adapter_name])
+    if text_encoder is not None:
+        remove_text_encoder_adapter(text_encoder, adapter_name)
+
+
+def _remove_adapter(pipe: Any, adapter_name: str) -> None:
+    remove_adapter(getattr(pipe, "unet", None), getattr(pipe, "text_encoder", None), adapter_name)
+
+
+def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0, adapter_name: str | None = None,
+              lora_dir: str | os.PathLike = DEFAULT_LORA_DIR, active: Mapping[str, float] | None = None) -> str:
+    """Load a LoRA (ours, kohya/A1111, civitai) into ``pipe`` as adapter ``adapter_name``; return the name.
+
+    Afterwards the new adapter is on at ``weight`` together with ``active`` (name -> weight of
+    adapters already loaded; none by default). Everything is checked before loading, and a
+    failure while loading removes the half-loaded adapter.
+    """
+    import math
+
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ConfigError("weight", weight, "use a finite number (1.0 = full strength, 0 = off)")
+    # 1. Find and read the file; work out its format.
+    path = resolve_lora_path(path_or_name, lora_dir)
+    raw, meta = read_lora_file(path)
+    unet, text_encoder = pipe.unet, getattr(pipe, "text_encoder", None)
+    weights = split_lora(raw, meta, unet_config=unet.config, source=str(path))
+    # 2. Check modules and shapes before the model is touched.
+    check_lora_fits(weights, unet, text_encoder, source=str(path))
+    if adapter_name is None:
+        adapter_name = default_adapter_name(path)
+    if adapter_name in loaded_adapters(pipe):
+        raise ConfigError("adapter_name", adapter_name, "an adapter of that name is already loaded; "
+                          "unload it first or pass another adapter_name")
+    if any(ch in adapter_name for ch in ". "):
+        raise ConfigError("adapter_name", adapter_name, "use letters, digits, '_' and '-' only")
+    # 3. Load each component through diffusers' loaders; our files carry exact peft configs.
+    te_sd = weights.text_encoder
+    try:
+        if weights.unet:
+            alphas = None
+            if "unet" not in weights.configs and weights.network_alphas:
+                alphas = {k: v for k, v in weights.network_alphas.items() if k.startswith("unet.")}
+            StableDiffusionLoraLoaderMixin.load_lora_into_unet(
+                {f"unet.{k}": v for k, v in weights.unet.items()}, network_alphas=alphas or None, unet=unet,
+                adapter_name=adapter_name, metadata=_prefixed(weights.configs.get("unet"), "unet"))
+        if te_sd:
+            alphas = None
+            if "text_encoder" not in weights.configs and weights.network_alphas:
+                alphas = {k: v for k, v in weights.network_alphas.items() if k.startswith("text_encoder.")}
+            StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
+                {f"text_encoder.{k}": v for k, v in te_sd.items()}, network_alphas=alphas or None,
+                text_encoder=text_encoder, adapter_name=adapter_name,
+                metadata=_prefixed(weights.configs.get("text_encoder"), "text_encoder"))
+    except Exception as exc:
+        _remove_adapter(pipe, adapter_name)
+        raise ModelLoadError(f"lora={str(path)!r} could not be loaded ({exc}); the model was left unchanged") from exc
+    # 4. The given adapters stay on, and this one joins them at its weight.
+    set_loras(pipe, {**(active or {}), adapter_name: float(weight)})
+    log.info("loaded LoRA %s (%s format, rank %s) as %r at weight %s", path, weights.format, weights.rank,
+             adapter_name, weight)
+    return adapter_name
+
+
+def _prefixed(config: Mapping[str, Any] | None, prefix: str) -> dict | None:
+    return {f"{prefix}.{k}": v for k, v in config.items()} if config else None
+
+
+def set_loras(pipe: Any, weights: Mapping[str, float]) -> None:
+    """Use exactly the adapters in ``weights`` (name -> weight); others stay loaded but off.
+
+    Refused while adapters are fused: their weights are baked into the base weights then.
+    """
+    import math
+
+    known = loaded_adapters(pipe)
+    for name, w in weights.items():
+        if name not in known:
+            raise ConfigError("loras", name, f"no adapter of that name is loaded (loaded: {known or 'none'})")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ConfigError(f"loras[{name!r}]", w, "use a finite number (1.0 = full strength, 0 = off)")
+    names = list(weights)
+    values = [float(weights[n]) for n in names]
+    if fused_loras(pipe):
+        raise ConfigError("loras", dict(weights), "the active adapters are fused into the model; "
+                          "call unfuse_loras() before changing them")
+    _set_adapters(pipe, names, values)
+
+
+def _set_adapters(pipe: Any, names: list[str], values: list[float]) -> None:
+    """Activate ``names`` at ``values`` in each component; a component none of them touches is switched off."""
+    from diffusers.loaders.lora_base import (
+        disable_lora_for_text_encoder,
+        enable_lora_for_text_encoder,
+        set_adapters_for_text_encoder,
+    )
+
+    unet = pipe.unet
+    if getattr(unet, "peft_config", None):
+        unet_names = [n for n in names if n in unet.peft_config]
+        if unet_names:
+            unet.enable_lora()
+            unet.set_adapters(unet_names, [values[names.index(n)] for n in unet_names])
+        else:
+            unet.disable_lora()
+    te = getattr(pipe, "text_encoder", None)
+    if te is not None and getattr(te, "peft_config", None):
+        te_names = [n for n in names if n in te.peft_config]
+        if te_names:
+            enable_lora_for_text_encoder(te)
+            set_adapters_for_text_encoder(te_names, te, [values[names.index(n)] for n in te_names])
+        else:
+            disable_lora_for_text_encoder(te)
+
+
+def unload_loras(pipe: Any, names: Iterable[str] | None = None, *, active: Mapping[str, float] | None = None) -> None:
+    """Remove adapters (all when ``names`` is None), restoring the base model's layers.
+
+    ``active`` (name -> weight) are the adapters to keep on afterwards; the removed ones are
+    dropped from it.
+    """
+    from ..compat import remove_all_text_encoder_adapters
+
+    if fused_loras(pipe):
+        unfuse_loras(pipe)
+    if names is None:
+        if getattr(pipe.unet, "peft_config", None):
+            pipe.unet.unload_lora()
+        te = getattr(pipe, "text_encoder", None)
+        if te is not None:
+            remove_all_text_encoder_adapters(te)
+        return
+    names = list(names)
+    known = loaded_adapters(pipe)
+    for n in names:
+        if n not in known:
+            raise ConfigError("loras", n, f"no adapter of that name is loaded (loaded: {known or 'none'})")
+    remaining = {k: v for k, v in (active or {}).items() if k not in names}
+    for n in names:
+        _remove_adapter(pipe, n)
+    set_loras(pipe, remaining)
+
+
+def _tuner_layers(pipe: Any) -> list[Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = []
+    for comp in ("unet", "text_encoder"):
+        model = getattr(pipe, comp, None)
+        if model is not None:
+            layers += [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    return layers
+
+
+def fused_loras(pipe: Any) -> list[str]:
+    """Adapters currently merged into the base weights."""
+    names: set[str] = set()
+    for layer in _tuner_layers(pipe):
+        names.update(layer.merged_adapters)
+    return sorted(names)
+
+
+def fuse_loras(pipe: Any, active: Mapping[str, float]) -> list[str]:
+    """Merge the active adapters (as set with `set_loras`), at their weights, into the base weights.
+
+    Sampling is then faster; ``unfuse_loras`` (or ``unload_loras``) reverses it.
+    """
+    if not active:
+        raise ConfigError("loras", {}, "no adapter is active; load one with load_lora first")
+    names = list(active)
+    # The weights set by set_loras already live in each layer's scaling, so merging uses them.
+    for layer in _tuner_layers(pipe):
+        present = [n for n in names if n in getattr(layer, "lora_A", {})]
+        if present:
+            layer.merge(adapter_names=present)
+    log.info("fused LoRA adapters %s", names)
+    return names
+
+
+def unfuse_loras(pipe: Any) -> None:
+    """Take fused adapters back out of the base weights."""
+    for layer in _tuner_layers(pipe):
+        if layer.merged:
+            layer.unmerge()

@@ -1,0 +1,260 @@
+"""Character sheets: one card in N poses with the OpenPose ControlNet, the consistency
+mechanisms switched on as asked, split across accelerate processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import ConfigError, ModelLoadError
+from ..result import Result
+from .ip_adapter import ip_adapter
+from .reference import check_strength, record_reference_image, reference_attention
+from .similarity import score
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SheetResult(Result):
+    """A character sheet: the images (one per pose, each with its recipe), their labels, the
+    labelled grid, the consistency score (None when no embedder was available) and the sheet
+    settings that rebuild it with `Studio.sheet`."""
+
+    labels: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    score: float | None = None
+    control_images: list[Any] = field(default_factory=list)
+
+    @property
+    def grid_image(self) -> Any:
+        """The labelled grid (one cell per pose)."""
+        return self.grid(cols=min(len(self.images), 4), labels=self.labels)
+
+    def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False) -> list[Path]:
+        """Write ``NN-<pose>.png`` (each with its recipe in the metadata), ``grid.png`` and
+        ``sheet.json``. Existing files are never replaced unless ``overwrite``."""
+        from ..io_utils import atomic_write, ensure_dir
+        from ..metadata import png_info
+        from ..result import slug
+
+        out = ensure_dir(directory)
+        names = [f"{prefix + '-' if prefix else ''}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
+        grid_name, json_name = f"{prefix + '-' if prefix else ''}grid.png", f"{prefix + '-' if prefix else ''}sheet.json"
+        if not overwrite:  # check all names first so a refusal leaves no half-written sheet
+            taken = [n for n in [*names, grid_name, json_name] if (out / n).exists()]
+            if taken:
+                from ..errors import OutputError
+
+                raise OutputError(f"{str(out / taken[0])!r} already exists: pass overwrite=True "
+                                  "(CLI: --overwrite) or choose another folder")
+        paths = []
+        sheet_json = json.dumps(self.summary(names), indent=2)
+        for name, image, recipe in zip(names, self.images, self.recipes):
+            info = png_info(recipe)
+            info.add_text("charstudio_sheet", json.dumps(self.settings))
+            paths.append(atomic_write(out / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
+                                      overwrite=overwrite))
+        grid = self.grid_image
+        paths.append(atomic_write(out / grid_name, lambda tmp: grid.save(tmp, format="PNG"), overwrite=overwrite))
+        old_files = _sheet_files(out / json_name) if overwrite else []
+        paths.append(atomic_write(out / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"),
+                                  overwrite=overwrite))
+        # The new sheet is complete: the old sheet's pictures it did not rewrite (it had more
+        # poses) go, so the folder holds one sheet. Only files the old sheet.json listed.
+        for name in old_files:
+            if name not in names:
+                (out / name).unlink(missing_ok=True)
+        return paths
+
+    def summary(self, files: list[str] | None = None) -> dict[str, Any]:
+        """JSON-ready description: settings, labels, score, and each image's recipe."""
+        return {"settings": self.settings, "labels": self.labels, "score": self.score,
+                "files": files, "recipes": [r.to_dict() for r in self.recipes]}
+
+
+def _sheet_files(sheet_json: Path) -> list[str]:
+    """The picture names an existing ``sheet.json`` lists (plain names in its folder only)."""
+    try:
+        files = json.loads(sheet_json.read_text(encoding="utf-8")).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and f == Path(f).name and f.lower().endswith(".png")
+            and not f.startswith(".")]
+
+
+def _pose_label(pose: Any, i: int) -> str:
+    if isinstance(pose, str) and not pose.lstrip().startswith(("{", "[")):
+        return Path(pose).stem if pose.endswith(".json") else pose
+    return f"pose {i + 1}"
+
+
+def distributed_state() -> Any:
+    """accelerate's PartialState when launched with several processes (``accelerate launch
+    --num_processes N``), else None. On machines without CUDA, or with ``ACCELERATE_USE_CPU``,
+    the processes talk over gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    return state if state.num_processes > 1 else None
+
+
+def _gather(items: list, state: Any) -> list:
+    if state is None:
+        return items
+    from accelerate.utils import gather_object
+
+    return gather_object(items)
+
+
+def _card_lora(card: Any, use_lora: bool) -> tuple[Any, bool]:
+    """(b): the card to use and whether its LoRA is in use.
+
+    `Studio.make_config` puts a card's LoRA into each recipe; ``use_lora=False`` hands over a copy
+    of the card without it.
+    """
+    import dataclasses
+
+    if card is None or not getattr(card, "lora", None):
+        return card, False
+    if not use_lora:
+        return dataclasses.replace(card, lora=None), False
+    return card, True
+
+
+def make_sheet(
+    studio: Any,
+    character: Any,
+    poses: Sequence[Any],
+    *,
+    seed: int | None = None,
+    same_noise: bool = True,
+    reference_strength: float = 0.0,
+    reference_image: Any = None,
+    reference_offload: bool = False,
+    use_lora: bool = True,
+    ip_adapter_weights: str | None = None,
+    ip_adapter_image: Any = None,
+    ip_adapter_scale: float = 0.6,
+    ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors",
+    embedder: Any = None,
+    compute_score: bool | None = None,
+    labels: Sequence[str] | None = None,
+    callbacks: Sequence[Callable] = (),
+    progress: Callable | None = None,
+    cancel: Any = None,
+    **settings: Any,
+) -> SheetResult:
+    """One character in N poses; see the module docstring for the consistency mechanisms.
+
+    ``settings`` are `Studio.make_config` arguments shared by every image (style, width, height,
+    num_inference_steps, guidance_scale, controlnet_conditioning_scale, ...). ``compute_score``:
+    True requires an embedder, False skips scoring, None scores when an embedder is available.
+    """
+    from ..character import Character, is_character, load_character
+
+    # 1. Check the request before any model work.
+    poses = list(poses) if not isinstance(poses, (str, dict)) else [poses]
+    if not poses:
+        raise ConfigError("poses", [], "at least one pose: names (see `charstudio poses`), Pose objects or pose dicts")
+    labels = list(labels) if labels is not None else [_pose_label(p, i) for i, p in enumerate(poses)]
+    if len(labels) != len(poses):
+        raise ConfigError("labels", len(labels), f"one label per pose ({len(poses)})")
+    reference_strength = check_strength(reference_strength)
+    if settings.get("num_images", 1) != 1:
+        raise ConfigError("num_images", settings["num_images"], "1: a sheet draws one image per pose")
+    if reference_image is not None and reference_strength == 0:
+        raise ConfigError("reference_strength", 0, "a strength above 0 to use reference_image, e.g. 0.5")
+    if (ip_adapter_weights is None) != (ip_adapter_image is None):
+        raise ConfigError("ip_adapter_image" if ip_adapter_image is None else "ip_adapter_weights", None,
+                          "both ip_adapter_weights and ip_adapter_image, or neither")
+    card = character if isinstance(character, Character) else (
+        load_character(character) if isinstance(character, str) and is_character(character) else None)
+    card, lora_used = _card_lora(card, use_lora)
+
+    # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
+    state = distributed_state()
+    first = studio.make_config(card or character, seed=seed, pose=poses[0], **settings)
+    if state is not None:
+        # A seed drawn at random differs per process: rank 0's is the sheet's.
+        from accelerate.utils import broadcast_object_list
+
+        first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
+    base_seed = first.seed
+    configs = [first] + [studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
+                                            pose=p, **settings) for i, p in enumerate(poses[1:], start=1)]
+
+    # 3. This process's share (all of it unless launched with several processes).
+    indices = list(range(len(poses)))
+    mine = indices if state is None else indices[state.process_index::state.num_processes]
+    run_kwargs = dict(callbacks=callbacks, progress=progress, cancel=cancel)
+    done: list[tuple[int, Any, dict]] = []
+
+    def run(i: int) -> None:
+        res = studio.run(configs[i], **run_kwargs)
+        done.append((i, res.images[0], res.recipes[0].to_dict()))
+
+    # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
+    with _maybe(ip_adapter_weights is not None, lambda: ip_adapter(studio, ip_adapter_weights, ip_adapter_image,
+                                                                   ip_adapter_scale, weight_name=ip_adapter_weight_name)):
+        if reference_strength > 0:
+            with reference_attention(studio.components["unet"], reference_strength, reference_offload) as bank:
+                if reference_image is not None:
+                    record_reference_image(studio, reference_image, configs[0], bank)
+                    todo = mine
+                else:
+                    # Every process records the anchor (pose 0); only its owner keeps the image.
+                    bank.record()
+                    res = studio.run(configs[0], **run_kwargs)
+                    if 0 in mine:
+                        done.append((0, res.images[0], res.recipes[0].to_dict()))
+                    todo = [i for i in mine if i != 0]
+                for i in todo:
+                    bank.read()
+                    run(i)
+        else:
+            for i in mine:
+                run(i)
+
+    # 5. Collect (across processes), lay out, measure.
+    from ..config import GenerationConfig
+
+    gathered = sorted(_gather(done, state), key=lambda item: item[0])
+    images = [im for _, im, _ in gathered]
+    recipes = [GenerationConfig.from_dict(r) for _, _, r in gathered]
+    sheet_settings = {
+        "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
+        "same_noise": same_noise, "reference_strength": reference_strength,
+        "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
+        "ip_adapter": ip_adapter_weights, "ip_adapter_scale": ip_adapter_scale if ip_adapter_weights else None,
+        "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
+    }
+    result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
+                         control_images=[studio._render_pose(c) for c in configs])
+    if compute_score is not False and len(images) > 1:
+        try:
+            # Only an embedder that is asked for may be downloaded; the automatic score uses one on disk.
+            result.score = score(images, embedder, download=bool(compute_score) or embedder is not None)
+        except ModelLoadError:
+            if compute_score:
+                raise
+            log.info("no CLIP embedder available; the sheet has no consistency score")
+    return result
+
+
+@contextmanager
+def _maybe(condition: bool, factory: Callable[[], Any]) -> Iterator[None]:
+    if condition:
+        with factory():
+            yield
+    else:
+        yield

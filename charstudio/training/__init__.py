@@ -1,0 +1,107 @@
+"""LoRA fine-tuning on a character: ``train_lora(config)`` is a generator of step records.
+
+It trains real peft LoRA adapters on the UNet attention projections (and optionally the text
+encoder) through accelerate, so one CPU, one GPU or several processes run the same code
+(``accelerate launch --num_processes N``). It never prints: the CLI draws a progress bar and
+the notebook a loss plot from the records it yields.
+
+Reproducibility is by construction rather than by saving generator states: every random draw
+of optimizer step ``s`` (which images, flips, noise, timesteps) comes from a generator seeded
+with ``(seed, s, process)``. A checkpoint therefore only needs the adapter weights, the
+optimizer and lr-scheduler states and the global torch RNG (used by LoRA dropout), and a run
+stopped at step k and resumed ends with the same weights as one that never stopped.
+
+Where things live: ``config`` (LoraTrainingConfig, the step record), ``data`` (the dataset,
+buckets and the batch plan), ``checkpoint`` (checkpoints and resume), ``output`` (the LoRA
+folder, staged overwrites) and ``loop`` (train_lora itself).
+
+Output layout (``lora/NAME/``)::
+
+    pytorch_lora_weights.safetensors   diffusers/peft format (pipe.load_lora_weights)
+    NAME.safetensors                   kohya/A1111 format (A1111, ComfyUI)
+    training_config.json               this config, resolved values and the dataset report
+    loss.csv                           step, loss, lr, elapsed_s
+    validation/step000100_0.png        fixed-seed samples during training
+    checkpoints/checkpoint-000100/     for resume=True (the newest few are kept)
+"""
+
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    flatten_optimizer,
+    list_checkpoints,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+    unflatten_optimizer,
+    write_json,
+    write_loss_csv,
+)
+from .config import ADAPTER_NAME, UNET_LORA_LAYERS, LoraTrainingConfig, TrainingStep
+from .data import (
+    IMAGE_SUFFIXES,
+    BatchPlan,
+    DatasetReport,
+    TrainingExample,
+    bucket_sizes,
+    check_pose_files,
+    class_image_seed,
+    list_dataset,
+    load_controls,
+    load_pixels,
+    mix_seed,
+    nearest_bucket,
+    plan_seed,
+    scan_dataset,
+    step_seed,
+)
+from .loop import train_lora
+from .output import (
+    VALIDATION_DIR,
+    OutputPlan,
+    final_files,
+    is_finished,
+    prepare_output,
+    save_final,
+    staging_dir,
+    weight_files,
+)
+
+__all__ = [
+    "ADAPTER_NAME",
+    "BatchPlan",
+    "CHECKPOINT_DIR",
+    "DatasetReport",
+    "IMAGE_SUFFIXES",
+    "LoraTrainingConfig",
+    "OutputPlan",
+    "TrainingExample",
+    "TrainingStep",
+    "UNET_LORA_LAYERS",
+    "VALIDATION_DIR",
+    "bucket_sizes",
+    "check_pose_files",
+    "final_files",
+    "flatten_optimizer",
+    "is_finished",
+    "list_checkpoints",
+    "list_dataset",
+    "load_checkpoint",
+    "load_controls",
+    "load_pixels",
+    "class_image_seed",
+    "mix_seed",
+    "plan_seed",
+    "step_seed",
+    "model_fingerprint",
+    "nearest_bucket",
+    "prepare_output",
+    "save_checkpoint",
+    "save_final",
+    "scan_dataset",
+    "staging_dir",
+    "train_lora",
+    "unflatten_optimizer",
+    "weight_files",
+    "write_json",
+    "write_loss_csv",
+]
