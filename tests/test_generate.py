@@ -10,6 +10,8 @@ from charstudio import CancelToken, GenerationCancelled, Result
 from charstudio.schedulers import SCHEDULERS, make_scheduler
 from conftest import pixels
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
+
 FAST = dict(num_inference_steps=4)
 
 

@@ -16,6 +16,8 @@ import pytest  # noqa: E402
 from charstudio import lora  # noqa: E402
 from charstudio.errors import ConfigError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
+
 PROMPT = "a picture of sks person"
 
 

@@ -13,15 +13,24 @@ from charstudio.mini.train import MiniRecipe, train_mini
 
 SMALL = dict(evaluate=0, samples=24, vae_steps=2, vae_batch=4, unet_steps=4, unet_batch=4, warmup=2, checkpoint_every=2)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def small_model(one_thread, tmp_path_factory):
+    """The small recipe trained once, shared by the tests that only read its export."""
+    root = tmp_path_factory.mktemp("small")
+    return train_mini(MiniRecipe(**SMALL), root / "work", root / "model")
+
 
 def _unet_weights(folder):
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_recipe_exports_a_folder_studio_loads(tmp_path):
+def test_recipe_exports_a_folder_studio_loads(small_model):
     from charstudio import Studio
 
-    out = train_mini(MiniRecipe(**SMALL), tmp_path / "work", tmp_path / "model")
+    out = small_model
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet"):
         assert (out / part).is_dir()
     report = json.loads((out / "mini_report.json").read_text())
@@ -34,8 +43,8 @@ def test_recipe_exports_a_folder_studio_loads(tmp_path):
     assert result.images[0].size == (64, 64)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    straight = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "model_a")
+def test_interrupted_run_resumes_to_the_same_weights(small_model, tmp_path, monkeypatch):
+    straight = small_model
 
     real_save = mini_train._save_state
 
@@ -117,8 +126,8 @@ def test_recipe_at_128_px_exports_a_128_px_model(tmp_path):
     assert image.size == (128, 128)
 
 
-def test_fine_tuning_stage_starts_from_an_exported_model_and_keeps_its_lineage(tmp_path):
-    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+def test_fine_tuning_stage_starts_from_an_exported_model_and_keeps_its_lineage(small_model, tmp_path):
+    first = small_model
     stage = dict(SMALL, seed=1, init_from=str(first))
 
     # Zero UNet steps: the exported weights are exactly the starting ones, and the VAE is kept.
@@ -143,13 +152,13 @@ def test_fine_tuning_stage_starts_from_an_exported_model_and_keeps_its_lineage(t
     assert report["vae_loss"] == [] and report["scaling_factor"] == first_report["scaling_factor"]
 
 
-def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(tmp_path):
+def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(small_model, tmp_path):
     from charstudio.errors import ConfigError
 
     with pytest.raises(ConfigError, match="init_from=.*lacks vae/diffusion_pytorch_model.safetensors"):
         train_mini(MiniRecipe(**SMALL, init_from=str(tmp_path / "nothing")), tmp_path / "w", tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+    first = small_model
     for size in (96, 32):  # a stage may only draw the world larger, by a whole factor
         with pytest.raises(ConfigError, match=f"size={size} .*trained at \\(64\\) or a multiple"):
             train_mini(MiniRecipe(**{**SMALL, "size": size}, init_from=str(first)), tmp_path / f"w{size}",
@@ -157,11 +166,11 @@ def test_fine_tuning_stage_refuses_a_folder_it_cannot_start_from(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_fine_tuning_stage_at_twice_the_size_keeps_the_vae_and_exports_the_new_size(tmp_path):
+def test_fine_tuning_stage_at_twice_the_size_keeps_the_vae_and_exports_the_new_size(small_model, tmp_path):
     from charstudio import Studio
     from charstudio.schedulers import make_scheduler
 
-    first = train_mini(MiniRecipe(**SMALL), tmp_path / "a", tmp_path / "first")
+    first = small_model
     big = train_mini(MiniRecipe(**{**SMALL, "size": 128, "snr_shift": 4.0}, init_from=str(first)), tmp_path / "b",
                      tmp_path / "big")
     vae_a = load_file(str(first / "vae" / "diffusion_pytorch_model.safetensors"))

@@ -11,6 +11,8 @@ from charstudio.sheets import reference_attention, score
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.pose import load_pose
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
+
 FAST = dict(num_inference_steps=2, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping"]
 

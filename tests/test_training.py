@@ -18,6 +18,8 @@ import pytest  # noqa: E402
 from charstudio.errors import ConfigError, OutputError  # noqa: E402
 from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -455,6 +457,13 @@ def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
     assert info["resolved"]["num_processes"] == 2
     a, b = _weights(multi / "pytorch_lora_weights.safetensors"), _weights(single / "pytorch_lora_weights.safetensors")
     assert set(a) == set(b)
+    for key in a:
+        assert a[key].shape == b[key].shape and np.isfinite(a[key]).all(), key
+    # The up-projections start at zero (gaussian init): two steps over two processes moved every one.
+    ups = [k for k in a if "lora_B" in k]
+    assert ups and all(float(np.abs(a[k]).max()) > 0 for k in ups)
+    # Each process drew its own samples, so the result is not the single-process one.
+    assert any(not np.array_equal(a[k], b[k]) for k in ups)
 
 
 def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):

@@ -24,7 +24,7 @@ def main() -> int:
     from charstudio import Studio
     from charstudio.io_utils import atomic_write
     from charstudio.mini.evaluate import HAIR_TEST_COLOURS, LORA_SETTINGS, _feature_subject
-    from charstudio.training import LoraTrainingConfig, train_lora
+    from charstudio.training import LoraTrainingConfig
     from charstudio.mini.world import SCARF_CHARACTER, Attributes, lora_prompt, random_pose, write_lora_dataset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -53,7 +53,7 @@ def main() -> int:
         write_lora_dataset(Path(tmp) / "data", trigger=LORA_SETTINGS["trigger_word"], count=8)
         cfg = LoraTrainingConfig(**LORA_SETTINGS, data_dir=str(Path(tmp) / "data"), name="zorbi",
                                  output_dir=str(Path(tmp) / "lora"))
-        list(train_lora(cfg, components=studio.components))
+        list(studio.train_lora(cfg))
         studio.load_lora(Path(tmp) / "lora" / "zorbi", weight=1.0)
         after = draw_seeds()
         studio.unload_loras()
