@@ -286,7 +286,9 @@ class Studio:
         kind: PipelineKind = "controlnet" if control_image is not None else "txt2img"
         extra_args: dict[str, Any] = dict(width=config.width, height=config.height, latents=latents)
         if init_image is not None:
-            strength = check_float("strength", strength, 0.0, 1.0, above=0.0)
+            strength = check_float("strength", strength, hi=1.0, above=0.0)
+            if latents is not None:
+                raise ConfigError("latents", "given", "img2img starts from init_image's noised latents; pass one or the other")
             kind = "controlnet_img2img" if control_image is not None else "img2img"
             extra_args = dict(image=init_image.convert("RGB").resize((config.width, config.height)),
                               strength=strength)
@@ -360,8 +362,7 @@ class Studio:
         """
         from .pose import Pose, load_pose
 
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-            raise ConfigError("strength", strength, "a number in (0, 1]: 0.3 keeps the photo, 0.8 keeps mostly the pose")
+        strength = check_float("strength", strength, hi=1.0, above=0.0)  # before the pose detector runs
         photo = photo.convert("RGB")
         factor = vae_factor(self.components["vae"])
         settings.setdefault("width", photo.width // factor * factor)
@@ -370,7 +371,7 @@ class Studio:
             pose = Pose.from_image(photo, detector=detector, weights=detector_weights)
         config = self.make_config(character, seed=seed, pose=pose if pose is None else load_pose(pose),
                                   controlnet_conditioning_scale=controlnet_conditioning_scale, **settings)
-        return self.run(config, init_image=photo, strength=float(strength), progress=progress, cancel=cancel)
+        return self.run(config, init_image=photo, strength=strength, progress=progress, cancel=cancel)
 
     def _render_pose(self, config: GenerationConfig) -> Any:
         from .pose import Pose

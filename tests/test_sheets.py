@@ -167,10 +167,16 @@ def test_photo_to_character_with_its_pose(tiny_studio):
     # The photo is the starting point (the tiny VAE cannot reconstruct it, so compare two photos).
     res_other = tiny_studio.from_photo("aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
     assert (px(res.image) != px(res_other.image)).any()
-    plain = tiny_studio.from_photo("aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4)
+    seen = []
+    plain = tiny_studio.from_photo("aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4,
+                                   progress=seen.append)
     assert plain.extras["kind"] == "img2img" and plain.recipe.pose is None
+    # img2img at strength 0.5 runs 2 of the 4 steps, and the progress bar ends full.
+    assert [(p.step, p.steps) for p in seen] == [(1, 2), (2, 2)] and seen[-1].fraction == 1.0
     with pytest.raises(ConfigError, match="strength=0"):
         tiny_studio.from_photo("aiko", photo, strength=0, pose=None)
+    with pytest.raises(ConfigError, match="latents"):
+        tiny_studio.run(plain.recipe, init_image=photo, latents=plain.extras["latents"][0])
 
 
 def _tiny_ip_adapter(unet, folder):

@@ -77,6 +77,7 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
 
 
 def loaded_adapters(pipe: Any) -> list[str]:
+    """Names of the adapters loaded into ``pipe``'s UNet or text encoder, on or off."""
     names: list[str] = []
     for comp in ("unet", "text_encoder"):
         model = getattr(pipe, comp, None)
