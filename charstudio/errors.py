@@ -38,3 +38,31 @@ class GenerationCancelled(CharstudioError):
 
 class OutputError(CharstudioError):
     """Results could not be written where asked (a file in the way, no permission, ...)."""
+
+
+# Errors a user caused and can fix, shown as written; anything else also shows its type.
+_USER_ERRORS: tuple[type[BaseException], ...] = (CharstudioError, ValueError, FileNotFoundError, PermissionError)
+MAX_MESSAGE = 300  # characters a one-line message keeps; the rest goes to the log
+
+
+def describe(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
+    """The one line the CLI and the apps show for ``exc``: its first line, at most ``limit``
+    characters (the whole text goes to the ``charstudio`` log at debug level), prefixed with the
+    exception's type unless it is an error the user can fix (ours, ValueError, missing file,
+    permission)."""
+    import logging
+
+    full = str(exc).strip()
+    text = full.splitlines()[0].strip() if full else ""
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    if text != full:
+        logging.getLogger("charstudio").debug("full message of %s: %s", type(exc).__name__, full)
+    if isinstance(exc, _USER_ERRORS) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is bad input the user can fix (no traceback is worth showing)."""
+    return isinstance(exc, _USER_ERRORS)

@@ -421,3 +421,65 @@ def test_interpolating_between_lora_weights_moves_them_with_t(trained, fresh_stu
     assert recipe.to_dict()["loras"] == {name: 0.5}
     np.testing.assert_array_equal(np.asarray(run_frame(studio, recipe)), np.asarray(frames.frames[1]))
     assert studio.active_loras == {name: 0.3}
+
+
+def _with_header(src, dst, edit=None, tensors_edit=None):
+    """A copy of the LoRA file ``src`` whose peft header (and tensors) were edited."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors, meta = lora.read_lora_file(src)
+    if edit is not None:
+        flat = json.loads(meta[lora.ADAPTER_METADATA_KEY])
+        edit(flat)
+        meta[lora.ADAPTER_METADATA_KEY] = json.dumps(flat)  # json writes NaN/Infinity as peft would read them
+    if tensors_edit is not None:
+        tensors_edit(tensors)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def _set(key, value):
+    return lambda flat: flat.__setitem__(key, value)
+
+
+def _nan_first(suffix):
+    def edit(tensors):
+        key = next(k for k in sorted(tensors) if k.endswith(suffix))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+    return edit
+
+
+@pytest.mark.parametrize("name,edit,tensors_edit,expected", [
+    ("huge_rank", _set("unet.r", 100000), None, r"says rank 100000 for unet\..*tensors have rank 4"),
+    ("dora", _set("unet.use_dora", True), None, "use_dora=true, but the file holds no DoRA tensors"),
+    ("nan_alpha", _set("unet.lora_alpha", float("nan")), None, r"NaN or infinite number at unet\.lora_alpha"),
+    ("inf_pattern", _set("text_encoder.alpha_pattern", {"q_proj": float("inf")}), None,
+     r"NaN or infinite number at text_encoder\.alpha_pattern\.q_proj"),
+    ("text_rank", _set("unet.r", "four"), None, r"unet\.r='four'; expected a number"),
+    ("untargeted", _set("unet.target_modules", ["to_q"]), None, r"does not target unet\..*to_k"),
+    ("unknown_key", _set("unet.explode", 1), None, "is not a peft LoraConfig"),
+    ("nan_weight", None, _nan_first(".lora_A.weight"), "holds NaN or infinite values"),
+])
+def test_a_lora_header_is_checked_against_its_tensors(trained, tmp_path, name, edit, tensors_edit, expected):
+    """The tensors are the truth: a header that disagrees with them, or NaN/inf anywhere, is
+    refused in one line naming the file, before peft allocates anything."""
+    path = _with_header(trained / lora.LORA_WEIGHTS_NAME, tmp_path / f"{name}.safetensors", edit, tensors_edit)
+    pipe = _pipe()
+    with pytest.raises(ConfigError, match=expected) as err:
+        lora.load_lora(pipe, path)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300 and str(path) in message
+    assert not getattr(pipe.unet, "peft_config", None) and not getattr(pipe.text_encoder, "peft_config", None)
+
+
+def test_a_kohya_file_with_a_nan_alpha_is_refused(trained, tmp_path):
+    path = _with_header(trained / "aiko.safetensors", tmp_path / "nan_alpha.safetensors",
+                        tensors_edit=lambda t: t.__setitem__(next(k for k in sorted(t) if k.endswith(".alpha")),
+                                                             __import__("torch").tensor(float("nan"))))
+    pipe = _pipe()
+    with pytest.raises(ConfigError, match=r"alpha holds NaN or infinite values"):
+        lora.load_lora(pipe, path)
+    assert not getattr(pipe.unet, "peft_config", None)

@@ -81,14 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to turn errors into one line
-        from charstudio.errors import CharstudioError
+        from charstudio.errors import describe, is_user_error
 
         if args.debug:
             raise
-        if isinstance(exc, (CharstudioError, ValueError, FileNotFoundError, PermissionError)):
-            print(f"charstudio: error: {exc}", file=sys.stderr)
-        else:
-            print(f"charstudio: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        hint = "" if is_user_error(exc) else " (run with --debug for the traceback)"
+        print(f"charstudio: error: {describe(exc)}{hint}", file=sys.stderr)
         return 2
     finally:
         _close_process_group(wait=ok)

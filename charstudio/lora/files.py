@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..models.loading import PICKLE_SUFFIXES  # one list for models and LoRAs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,7 +70,7 @@ def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], 
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
     except (SafetensorError, OSError) as exc:
-        raise ConfigError("lora", str(p), f"cannot be read as a safetensors file ({exc})") from exc
+        raise ConfigError("lora", str(p), f"cannot be read as a safetensors file ({describe(exc, 160)})") from exc
     if not tensors:
         raise ConfigError("lora", str(p), "the file holds no tensors")
     return tensors, metadata

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, describe
 from ..io_utils import atomic_write
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+log = logging.getLogger(__name__)
 
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the peft configs
 UNET_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -95,7 +99,7 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
         converted, network_alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(
             {k: v for k, v in raw.items() if k not in extra}, unet_config=unet_config)
     except (ValueError, KeyError, IndexError) as exc:
-        raise ConfigError("lora", source, f"its keys could not be mapped to an SD 1.x model ({exc})") from exc
+        raise ConfigError("lora", source, f"its keys could not be mapped to an SD 1.x model ({describe(exc, 160)})") from exc
 
     unet_sd = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
     te_sd = {k[len("text_encoder."):]: v for k, v in converted.items() if k.startswith("text_encoder.")}
@@ -106,6 +110,7 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     if te_sd:
         te_sd = convert_state_dict_to_peft(convert_state_dict_to_diffusers(te_sd))
 
+    _check_finite_tensors(raw, source)  # kohya's alphas are tensors too
     configs: dict[str, dict] = {}
     raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
     if raw_meta:
@@ -113,12 +118,84 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
             flat = json.loads(raw_meta)
         except json.JSONDecodeError as exc:
             raise ConfigError("lora", source, f"its {ADAPTER_METADATA_KEY} header is not valid JSON") from exc
-        for comp in ("unet", "text_encoder"):
+        if not isinstance(flat, dict):
+            raise ConfigError("lora", source, f"its {ADAPTER_METADATA_KEY} header is not a JSON object")
+        for comp, sd in (("unet", unet_sd), ("text_encoder", te_sd)):
             sub = {k[len(comp) + 1:]: v for k, v in flat.items() if k.startswith(comp + ".")}
             if sub:
-                configs[comp] = sub
+                configs[comp] = _checked_header(comp, sub, sd, source)
     return LoraWeights(unet=unet_sd, text_encoder=te_sd, format=fmt, configs=configs,
                        network_alphas=network_alphas or None, extra_keys=extra, file_metadata=file_metadata)
+
+
+def _check_finite_tensors(tensors: Mapping[str, Any], source: str) -> None:
+    """Refuse NaN or inf in any weight: one such value turns every picture black."""
+    import torch
+
+    for key, tensor in tensors.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ConfigError("lora", source, f"its tensor {key} holds NaN or infinite values; the file is damaged")
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of the first NaN or inf number inside a JSON value, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        return next((p for k, v in value.items() if (p := _non_finite(v, f"{path}.{k}"))), None)
+    if isinstance(value, list):
+        return next((p for i, v in enumerate(value) if (p := _non_finite(v, f"{path}[{i}]"))), None)
+    return None
+
+
+def _checked_header(comp: str, header: dict, sd: Mapping[str, Any], source: str) -> dict:
+    """A component's peft config from the file header, checked against its tensors (the truth).
+
+    The header drives what peft allocates and how it computes, so a header that disagrees with
+    the tensors is refused before anything is built: a rank other than the tensors' (an
+    ``r=100000`` header would allocate for that rank), DoRA without DoRA tensors, NaN or inf
+    anywhere, modules the tensors train that the header does not target.
+    """
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils.other import get_pattern_key
+
+    where = f"its {ADAPTER_METADATA_KEY} header"
+    bad = _non_finite(header, comp)
+    if bad is not None:
+        raise ConfigError("lora", source, f"{where} holds a NaN or infinite number at {bad}; use finite numbers")
+    if header.get("use_dora"):
+        raise ConfigError("lora", source, f"{where} says {comp}.use_dora=true, but the file holds no DoRA "
+                          "tensors (and DoRA is not supported); use a plain LoRA")
+    for key in ("r", "lora_alpha"):
+        value = header.get(key)
+        if key in header and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError("lora", source, f"{where} says {comp}.{key}={value!r}; expected a number >= 0")
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = header.get(key)
+        if pattern is not None and not (isinstance(pattern, dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in pattern.values())):
+            raise ConfigError("lora", source, f"{where} says {comp}.{key}={pattern!r}; expected names -> numbers")
+    try:
+        config = LoraConfig(**header)
+    except (TypeError, ValueError) as exc:
+        log.debug("peft refused the %s header of %s: %s", comp, source, exc)
+        raise ConfigError("lora", source, f"{where} for {comp} is not a peft LoraConfig "
+                          f"({describe(exc, 160)})") from exc
+    for key, tensor in sd.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        pattern = get_pattern_key(list(config.rank_pattern or {}), module)
+        rank = (config.rank_pattern or {}).get(pattern, config.r)
+        if int(tensor.shape[0]) != rank:
+            log.debug("%s: header rank %s for %s.%s, tensor shape %s", source, rank, comp, module, tuple(tensor.shape))
+            raise ConfigError("lora", source, f"{where} says rank {rank} for {comp}.{module}, but its tensors "
+                              f"have rank {int(tensor.shape[0])}; the file is inconsistent")
+        if not check_target_module_exists(config, module):
+            raise ConfigError("lora", source, f"{where} does not target {comp}.{module}, which its tensors train; "
+                              "the file is inconsistent")
+    return header
 
 
 def peft_to_kohya(unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, describe
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
 from .formats import LoraWeights, guess_architecture, split_lora
 
@@ -166,7 +166,9 @@ def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0
                 metadata=_prefixed(weights.configs.get("text_encoder"), "text_encoder"))
     except Exception as exc:
         _remove_adapter(pipe, adapter_name)
-        raise ModelLoadError(f"lora={str(path)!r} could not be loaded ({exc}); the model was left unchanged") from exc
+        log.debug("loading %s failed", path, exc_info=True)
+        raise ModelLoadError(f"lora={str(path)!r} could not be loaded ({describe(exc, 200)}); "
+                             "the model was left unchanged") from exc
     # 4. The given adapters stay on, and this one joins them at its weight.
     set_loras(pipe, {**(active or {}), adapter_name: float(weight)})
     log.info("loaded LoRA %s (%s format, rank %s) as %r at weight %s", path, weights.format, weights.rank,

@@ -66,13 +66,10 @@ def figure_png(fig: Any) -> bytes:
 
 
 def error_text(exc: BaseException) -> str:
-    """One readable line for the status bar: our errors as written, others with their type."""
-    from ..errors import CharstudioError
+    """One readable line for the status bar, the same line the CLI prints (`errors.describe`)."""
+    from ..errors import describe
 
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (CharstudioError, ValueError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return describe(exc)
 
 
 # --------------------------------------------------------------------------------------------
