@@ -28,8 +28,18 @@ class ModelLoadError(CharstudioError):
     """A model could not be found or loaded (unknown preset, missing path, offline hub id, ...)."""
 
 
-class CardError(CharstudioError, ValueError):
+class InputFileError(CharstudioError, ValueError):
+    """A file the user gave (card, style list, pose, PNG recipe, picture, caption, LoRA) cannot be
+    read as what it should be. Every reader raises this type; the message names the file, the
+    field when one is at fault, and what was expected."""
+
+
+class CardError(InputFileError):
     """A character card or style file is malformed; the message names the file and the field."""
+
+
+class FileFieldError(ConfigError, InputFileError):
+    """One field inside a user's file has a value that cannot work (``field`` names the file too)."""
 
 
 class GenerationCancelled(CharstudioError):
@@ -46,15 +56,16 @@ MAX_MESSAGE = 300  # characters a one-line message keeps; the rest goes to the l
 
 
 def describe(exc: BaseException, limit: int = MAX_MESSAGE) -> str:
-    """The one line the CLI and the apps show for ``exc``: its first line, at most ``limit``
-    characters (the whole text goes to the ``charstudio`` log at debug level), prefixed with the
+    """The one line the CLI and the apps show for ``exc``: its first line, prefixed with the
     exception's type unless it is an error the user can fix (ours, ValueError, missing file,
-    permission)."""
+    permission). Our own messages are written as one line and kept whole, advice included;
+    another library's text is cut at ``limit`` characters (peft's can run to 20,000), and the
+    whole of it goes to the ``charstudio`` log at debug level."""
     import logging
 
     full = str(exc).strip()
     text = full.splitlines()[0].strip() if full else ""
-    if len(text) > limit:
+    if len(text) > limit and not isinstance(exc, CharstudioError):
         text = text[: limit - 1].rstrip() + "…"
     if text != full:
         logging.getLogger("charstudio").debug("full message of %s: %s", type(exc).__name__, full)

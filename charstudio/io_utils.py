@@ -4,15 +4,45 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from .errors import CharstudioError, OutputError
+from .errors import CharstudioError, InputFileError, OutputError
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def refuse_package_path(path: str | os.PathLike, field: str = "out") -> Path:
+    """`path`, unless it lies inside the installed charstudio package: files written there are
+    lost on the next upgrade and can shadow the package's own data (mini's weights, the cards)."""
+    p = Path(path).expanduser()
+    if p.resolve() == PACKAGE_DIR or PACKAGE_DIR in p.resolve().parents:
+        raise OutputError(f"{field}={str(p)!r} is inside the installed charstudio package ({str(PACKAGE_DIR)!r}): "
+                          "choose a folder of your own, e.g. outputs/")
+    return p
+
+
+@contextmanager
+def output_named(field: str, value: Any, api_name: str | None = None) -> Iterator[None]:
+    """Inside the block, an `OutputError` also names the flag or argument the user set
+    (``--out='x': cannot write 'x/a.png': no space left ...``), not only the file. A message
+    that starts with the API's name for it (``api_name=...``) gets the flag's name instead."""
+    try:
+        yield
+    except OutputError as exc:
+        text = str(exc)
+        if text.startswith(f"{field}="):
+            raise
+        if api_name and text.startswith(f"{api_name}="):
+            raise OutputError(field + text[len(api_name):]) from exc
+        raise OutputError(f"{field}={str(value)!r}: {text}") from exc
 
 
 def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
     """Create `path` as a directory, or fail clearly if something that is not a directory is there."""
-    p = Path(path).expanduser()
+    p = refuse_package_path(path, field)
     if p.exists() and not p.is_dir():
         raise OutputError(f"{field}={str(p)!r} is a file, not a directory: choose a directory path")
     try:
@@ -22,7 +52,7 @@ def ensure_dir(path: str | os.PathLike, field: str = "out") -> Path:
     return p
 
 
-def read_text(path: str | os.PathLike, what: str, error: type[CharstudioError] = CharstudioError) -> str:
+def read_text(path: str | os.PathLike, what: str, error: type[CharstudioError] = InputFileError) -> str:
     """The UTF-8 text of a user's file (card, style list, pose, caption); an unreadable or binary
     file raises `error` naming `what` and the file, not a bare codec error."""
     p = Path(path)
@@ -35,6 +65,53 @@ def read_text(path: str | os.PathLike, what: str, error: type[CharstudioError] =
         raise error(f"{what} {str(p)!r}: cannot be read ({exc.strerror or exc})") from exc
 
 
+def open_image(source: Any, what: str = "picture", name: str | None = None) -> Any:
+    """A picture from a path, bytes or a file object, fully decoded. A missing, corrupt,
+    truncated or decompression-bomb file raises `InputFileError` naming ``what`` and the file
+    (``name`` for bytes, e.g. an upload's filename), not PIL's text about a BytesIO object."""
+    import io
+
+    from PIL import Image
+
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "the uploaded file")
+    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        image = Image.open(data)
+        image.load()  # decode now: a truncated file fails here, not halfway through a run
+        return image
+    except Image.DecompressionBombError as exc:
+        raise InputFileError(f"{what} {label!r} is too large to decode safely ({str(exc).split('.')[0]}): "
+                             "use a smaller picture") from exc
+    except FileNotFoundError as exc:
+        raise InputFileError(f"{what} {label!r}: no such file") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        reason = "not a picture PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else _short_reason(exc)
+        raise InputFileError(f"{what} {label!r} cannot be read: {reason}; use a PNG, JPEG or WebP file") from exc
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:120]
+
+
+@contextmanager
+def writing_into(path: str | os.PathLike, field: str = "out") -> Iterator[Path]:
+    """`ensure_dir` for a block of writes: a folder this call created is removed again when the
+    block fails before anything stayed in it (a full disk on the first picture leaves no empty
+    folder behind)."""
+    made = not Path(path).expanduser().exists()
+    out = ensure_dir(path, field)
+    try:
+        yield out
+    except BaseException:
+        if made:
+            try:
+                out.rmdir()  # only succeeds while empty
+            except OSError:
+                pass
+        raise
+
+
 def check_output_dir(path: str | os.PathLike, field: str = "out") -> Path:
     """Check, without creating anything, that `path` is or can become a writable folder.
 
@@ -42,7 +119,7 @@ def check_output_dir(path: str | os.PathLike, field: str = "out") -> Path:
     and a job that fails later leaves no empty folder behind (`ensure_dir` creates it when the
     first file is written).
     """
-    p = Path(path).expanduser()
+    p = refuse_package_path(path, field)
     probe = p
     while not probe.exists():
         if probe.parent == probe:

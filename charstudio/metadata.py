@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GenerationConfig
-from .errors import CharstudioError, ConfigError
+from .errors import ConfigError, FileFieldError, InputFileError
 from .schedulers import SCHEDULERS, scheduler_spec
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     # The last line holding "Steps:" is the settings line; everything before is prompt/negative.
     idx = max((i for i, line in enumerate(lines) if re.match(r"\s*Steps:\s*\d+", line)), default=None)
     if idx is None:
-        raise CharstudioError("the image's 'parameters' text has no 'Steps:' line; it is not an A1111-style recipe")
+        raise InputFileError("the image's 'parameters' text has no 'Steps:' line; it is not an A1111-style recipe")
     head, settings = lines[:idx], lines[idx]
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in head:
@@ -133,16 +133,12 @@ def png_info(config: GenerationConfig):
 
 def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
     """Read an image and its recipe (our JSON chunk, else A1111 `parameters`)."""
-    from PIL import Image
+    from .io_utils import open_image
 
     p = Path(path)
     if not p.is_file():
-        raise CharstudioError(f"path={str(p)!r}: no such image file")
-    try:
-        image = Image.open(p)
-        image.load()
-    except Exception as exc:  # PIL raises many types for unreadable files
-        raise CharstudioError(f"path={str(p)!r} is not a readable image: {exc}") from exc
+        raise InputFileError(f"path={str(p)!r}: no such image file")
+    image = open_image(p, "path=")
     text = getattr(image, "text", {}) or {}
     broken = None
     try:
@@ -156,7 +152,7 @@ def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
             return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY]))
     except ConfigError as exc:
         # The same error, told about the file it came from.
-        raise ConfigError(f"{str(p)!r}: {exc.field}", exc.value, exc.expected) from exc
+        raise FileFieldError(f"{str(p)!r}: {exc.field}", exc.value, exc.expected) from exc
     if broken:
-        raise CharstudioError(f"path={str(p)!r} carries no usable recipe: {broken}")
-    raise CharstudioError(f"path={str(p)!r} carries no recipe (no 'charstudio' or 'parameters' PNG text chunk)")
+        raise InputFileError(f"path={str(p)!r} carries no usable recipe: {broken}")
+    raise InputFileError(f"path={str(p)!r} carries no recipe (no 'charstudio' or 'parameters' PNG text chunk)")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import GenerationConfig
-from .io_utils import atomic_write, ensure_dir, next_free_path
+from .io_utils import atomic_write, next_free_path, writing_into
 from .metadata import png_info, read_recipe
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,17 @@ class Result:
         Names are `<prefix>-<seed>.png`; an existing file is never replaced unless `overwrite`,
         a free name (`-1`, `-2`, ...) is taken instead.
         """
-        out = ensure_dir(directory)
-        paths = []
-        for image, recipe in zip(self.images, self.recipes):
-            stem = f"{slug(prefix or recipe.character or recipe.prompt[:30])}-{recipe.seed}"
-            path = out / f"{stem}.png" if overwrite else next_free_path(out, stem, ".png")
-            info = png_info(recipe)
-            atomic_write(path, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
-                         overwrite=overwrite)
-            log.info("saved %s", path)
-            paths.append(path)
-        return paths
+        with writing_into(directory) as out:
+            paths = []
+            for image, recipe in zip(self.images, self.recipes):
+                stem = f"{slug(prefix or recipe.character or recipe.prompt[:30])}-{recipe.seed}"
+                path = out / f"{stem}.png" if overwrite else next_free_path(out, stem, ".png")
+                info = png_info(recipe)
+                atomic_write(path, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
+                             overwrite=overwrite)
+                log.info("saved %s", path)
+                paths.append(path)
+            return paths
 
     @classmethod
     def from_png(cls, path: str | os.PathLike) -> "Result":

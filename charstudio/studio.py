@@ -20,6 +20,7 @@ from .character import Character, compose_prompt, is_character, load_character
 from .conditioning import PromptEncoder
 from .config import MAX_SEED, GenerationConfig
 from .errors import ConfigError, ModelLoadError
+from .limits import available_memory, check_picture_size
 from .models.device import configure_attention, pick_device
 from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
@@ -67,6 +68,9 @@ class Studio:
         self.default_steps = default_steps
         self.default_guidance = default_guidance
         self.attention = attention
+        # Pictures beyond `limits.max_side(default_size)` a side need this opt-in (CLI: --allow-large).
+        self.allow_large = False
+        self.allow_pickle = False
         self.base_scheduler_config = dict(self.components["scheduler"].config)
         self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
         self._pipelines: dict[str, Any] = {}
@@ -99,6 +103,7 @@ class Studio:
                      default_size=native_size(components),
                      default_steps=preset.default_steps if preset else 25,
                      default_guidance=preset.default_guidance if preset else 7.0)
+        studio.allow_pickle = allow_pickle  # the ControlNet, loaded later, follows the model's opt-in
         studio.attention = configure_attention(studio.pipeline("txt2img"), attention)
         return studio
 
@@ -109,7 +114,7 @@ class Studio:
             if not self.controlnet_source:
                 raise ModelLoadError(f"model {self.model_id!r} has no OpenPose ControlNet configured: "
                                      "pass controlnet='lllyasviel/control_v11p_sd15_openpose' (or a folder)")
-            net = load_controlnet(self.controlnet_source, dtype=self.dtype).to(self.device)
+            net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle).to(self.device)
             self.components["controlnet"] = net
             self._pipelines = {k: v for k, v in self._pipelines.items() if "controlnet" not in k}
         return self.components["controlnet"]
@@ -217,6 +222,10 @@ class Studio:
         from .pose import Pose, load_pose
 
         p = pose if isinstance(pose, Pose) else load_pose(pose)
+        if p.is_empty:
+            raise ConfigError("pose", pose if isinstance(pose, str) else "no keypoints",
+                              "it has no keypoints, so it would steer nothing: give a pose with at least one "
+                              "present keypoint")
         return p.fit(width, height).to_dict()
 
     def run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback] = (),
@@ -235,6 +244,8 @@ class Studio:
         # 1. Check the recipe fits this studio.
         if config.model and config.model != self.model_id:
             log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
+        check_picture_size(config.width, config.height, self.default_size, allow_large=self.allow_large,
+                           memory_bytes=available_memory(self.device), model=repr(self.model_id))
         missing = set(config.loras) - set(self._loras)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")

@@ -706,3 +706,49 @@ def test_the_batch_plan_and_class_images_draw_from_streams_no_process_shares():
         assert not {class_image_seed(seed, i) for i in range(64)} & steps
         assert not {plan_seed(seed, e) for e in range(64)} & {class_image_seed(seed, i) for i in range(64)}
     assert step_seed(3, 5, 1) != step_seed(3, 5, 0)  # processes draw different samples
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_random_steps_ends_bit_identical(tmp_path, data):
+    """`kill -9` of the real command at three random steps (mid-step or mid-checkpoint write,
+    wherever it lands), each time resumed with --resume: the LoRA equals an uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    from safetensors.numpy import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    base = [sys.executable, "-m", "charstudio", "train-lora", str(data), "--model", "tiny", "--steps", "8",
+            "--rank", "4", "--resolution", "64", "--batch-size", "2", "--lr", "1e-2", "--checkpoint-steps", "1",
+            "--validation-images", "0", "--output-dir", str(tmp_path / "lora")]
+    subprocess.run(base + ["--name", "straight"], env=env, check=True, capture_output=True, timeout=300)
+    kills = sorted(random.Random(20261203).sample(range(1, 8), 3))
+    out = tmp_path / "lora" / "killed"
+
+    def newest() -> int:
+        found = list_checkpoints(out)
+        return int(found[-1].name.split("-")[1]) if found else 0
+
+    for i, step in enumerate(kills):
+        proc = subprocess.Popen(base + ["--name", "killed"] + (["--resume"] if i else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while newest() < step:
+            assert proc.poll() is None, f"the run ended before step {step}"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not (out / "pytorch_lora_weights.safetensors").exists()
+    done = subprocess.run(base + ["--name", "killed", "--resume"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    a = load_file(str(tmp_path / "lora" / "straight" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert set(a) == set(b) and a
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with open(tmp_path / "lora" / "straight" / "loss.csv") as fa, open(out / "loss.csv") as fb:
+        assert [r[:3] for r in csv.reader(fa)] == [r[:3] for r in csv.reader(fb)]

@@ -72,6 +72,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of {', '.join(SCHEDULERS)}")
     p.add_argument("--negative", default=None, help="negative prompt (replaces the card's and style's)")
     p.add_argument("--add", default="", help="extra words appended to the card's prompt, e.g. 'smiling, in a forest'")
+    p.add_argument("--allow-large", action="store_true",
+                   help="allow pictures over twice the model's native size a side (slow, and models repeat themselves)")
 
 
 def precheck(args: argparse.Namespace) -> None:
@@ -101,9 +103,11 @@ def precheck(args: argparse.Namespace) -> None:
 def load_studio(args: argparse.Namespace):
     from charstudio import Studio
 
-    return Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                  controlnet=args.controlnet, allow_pickle=args.allow_pickle,
-                                  config=getattr(args, "config", None))
+    studio = Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                    controlnet=args.controlnet, allow_pickle=args.allow_pickle,
+                                    config=getattr(args, "config", None))
+    studio.allow_large = bool(getattr(args, "allow_large", False))
+    return studio
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from charstudio.cli.progress import StepBar
-    from charstudio.io_utils import check_output_dir
+    from charstudio.io_utils import check_output_dir, output_named
 
     # Fail on bad settings or a bad output folder before spending minutes on a model load; the
     # folder itself is made when the first picture is written.
@@ -147,8 +151,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
                                  num_images=args.num_images, pose=args.pose,
                                  controlnet_conditioning_scale=args.control_scale, progress=bar)
-    for path in result.save(args.out):
-        print(path)
+    with output_named("--out", args.out):
+        for path in result.save(args.out):
+            print(path)
     print_model_note(studio, result.recipes)
     return 0
 

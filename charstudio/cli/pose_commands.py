@@ -66,18 +66,20 @@ def cmd_pose_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from charstudio.errors import ConfigError
-    from charstudio.io_utils import atomic_write, ensure_dir
+    from charstudio.io_utils import atomic_write, check_output_dir, ensure_dir, output_named
     from charstudio.pose import load_pose
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ConfigError("--out", args.out, "the control image is a PNG: give a path ending in .png")
-    ensure_dir(out.parent if str(out.parent) else ".", field="--out's folder")
+    check_output_dir(out.parent if str(out.parent) else ".", field="--out's folder")
     pose = load_pose(args.pose)
     if args.mirror:
         pose = pose.mirror()
     image = pose.render(args.width, args.height)
-    path = atomic_write(Path(args.out), lambda tmp: image.save(tmp, format="PNG"), overwrite=args.overwrite)
+    ensure_dir(out.parent if str(out.parent) else ".", field="--out's folder")  # only now that there is a picture
+    with output_named("--out", args.out):
+        path = atomic_write(Path(args.out), lambda tmp: image.save(tmp, format="PNG"), overwrite=args.overwrite)
     print(path)
     return 0
 
@@ -109,12 +111,12 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     images = {}
     for flag in ("reference_image", "ip_adapter_image"):
         if getattr(args, flag):
-            from PIL import Image
+            from charstudio.io_utils import open_image
 
             path = Path(getattr(args, flag))
             if not path.is_file():
                 raise ConfigError("--" + flag.replace("_", "-"), str(path), "an existing image file")
-            images[flag] = Image.open(path).convert("RGB")
+            images[flag] = open_image(path, "--" + flag.replace("_", "-")).convert("RGB")
 
     # 2. Under accelerate each process drives its own device.
     from charstudio.sheets import distributed_state
@@ -140,8 +142,11 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():
         return 0
-    for path in result.save(out, overwrite=args.overwrite):
-        print(path)
+    from charstudio.io_utils import output_named
+
+    with output_named("--out", args.out):
+        for path in result.save(out, overwrite=args.overwrite):
+            print(path)
     if result.score is not None:
         print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")
     print_model_note(studio, result.recipes)

@@ -124,21 +124,23 @@ def _config(args: argparse.Namespace):
 def cmd_train_lora(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from charstudio.io_utils import output_named
     from charstudio.training import list_checkpoints, train_lora
 
     config = _config(args)  # validates every number before the model loads
     bar = None
     last = None
     try:
-        for record in train_lora(config):
-            last = record
-            if bar is None:
-                bar = tqdm(total=record.total_steps, initial=record.step - 1, desc=f"training {config.name}",
-                           unit="step", disable=not record.is_main_process)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
-            if record.checkpoint is not None and record.is_main_process:
-                bar.write(f"checkpoint: {record.checkpoint}")
+        with output_named("--output-dir", args.output_dir, api_name="output_dir"):
+            for record in train_lora(config):
+                last = record
+                if bar is None:
+                    bar = tqdm(total=record.total_steps, initial=record.step - 1, desc=f"training {config.name}",
+                               unit="step", disable=not record.is_main_process)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
+                if record.checkpoint is not None and record.is_main_process:
+                    bar.write(f"checkpoint: {record.checkpoint}")
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -174,8 +176,10 @@ def cmd_lora_info(args: argparse.Namespace) -> int:
 
 
 def cmd_lora_convert(args: argparse.Namespace) -> int:
+    from charstudio.io_utils import output_named
     from charstudio.lora import convert_lora
 
-    out = convert_lora(args.src, args.dst, to=args.to, overwrite=args.overwrite, lora_dir=args.lora_dir)
+    with output_named("DST", args.dst):
+        out = convert_lora(args.src, args.dst, to=args.to, overwrite=args.overwrite, lora_dir=args.lora_dir)
     print(out)
     return 0

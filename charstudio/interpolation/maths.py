@@ -168,9 +168,9 @@ def check_weights(weights: Sequence[float] | Mapping[str, float], n: int | None 
 
 def frame_ts(frames: int) -> list[float]:
     """`frames` evenly spaced t values from 0 to 1 inclusive."""
-    from ..validation import check_int
+    from ..limits import check_frames
 
-    frames = check_int("frames", frames, 2)  # the two endpoints at least
+    frames = check_frames(frames)  # the two endpoints at least, and a bounded run
     return [i / (frames - 1) for i in range(frames)]
 
 

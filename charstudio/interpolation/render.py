@@ -72,27 +72,27 @@ class Interpolation:
 
         from PIL.PngImagePlugin import PngInfo
 
-        from ..io_utils import atomic_write, ensure_dir
+        from ..io_utils import atomic_write, writing_into
 
-        out = ensure_dir(directory, "directory")
-        paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
-        index = out / f"{prefix}s.json"
-        taken = [str(p) for p in [*paths, index] if p.exists()]
-        if taken and not overwrite:
-            from ..errors import OutputError
+        with writing_into(directory, "directory") as out:
+            paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
+            index = out / f"{prefix}s.json"
+            taken = [str(p) for p in [*paths, index] if p.exists()]
+            if taken and not overwrite:
+                from ..errors import OutputError
 
-            raise OutputError(f"{taken[0]!r} already exists: pass overwrite=True or choose another directory")
-        for path, frame, recipe in zip(paths, self.frames, self.recipes):
-            info = PngInfo()
-            info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
-            img = to_pil(frame)
-            atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info),
-                         overwrite=overwrite)
-        summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
-                   "smoothness": self.smoothness.to_dict(),
-                   "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}
-        atomic_write(index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
-        return paths
+                raise OutputError(f"{taken[0]!r} already exists: pass overwrite=True or choose another directory")
+            for path, frame, recipe in zip(paths, self.frames, self.recipes):
+                info = PngInfo()
+                info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
+                img = to_pil(frame)
+                atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info),
+                             overwrite=overwrite)
+            summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
+                       "smoothness": self.smoothness.to_dict(),
+                       "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}
+            atomic_write(index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
+            return paths
 
 
 FRAME_RECIPE_KEY = "charstudio_interpolation"
@@ -102,9 +102,9 @@ def load_frame_recipe(path: str | os.PathLike) -> FrameRecipe:
     """The FrameRecipe stored in a frame PNG written by `Interpolation.save`."""
     import json
 
-    from PIL import Image
+    from ..io_utils import open_image
 
-    with Image.open(path) as im:
+    with open_image(path, "path=") as im:
         text = im.text.get(FRAME_RECIPE_KEY) if hasattr(im, "text") else None
     if text is None:
         raise ConfigError("path", str(path), "a frame PNG written by Interpolation.save (it has no frame recipe)")

@@ -327,6 +327,10 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
     """Rewrite a LoRA file in the other format (kohya/A1111 <-> diffusers/peft)."""
     if to not in ("kohya", "diffusers"):
         raise ConfigError("to", to, "use 'kohya' or 'diffusers'")
+    if Path(dst).suffix.lower() != ".safetensors":
+        # A .ckpt/.pt name would hold safetensors bytes that every loader (ours too) takes for a pickle.
+        raise ConfigError("dst", str(dst), f"LoRAs are written as safetensors: name the file "
+                          f"{Path(dst).with_suffix('.safetensors').name!r}")
     path = resolve_lora_path(src, lora_dir)
     raw, meta = read_lora_file(path)
     weights = split_lora(raw, meta, source=str(path))

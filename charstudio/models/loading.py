@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from ..errors import ModelLoadError
 from .presets import PRESETS, SD15_OPENPOSE_CONTROLNET
@@ -71,6 +72,7 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"model={model!r} is a folder without model_index.json: "
                                      "give a diffusers-format folder (save_pretrained) or a .safetensors file")
+            check_pickled_files(path, "model", allow_pickle)
             # A folder may carry its own ControlNet (as `mini` does); otherwise SD 1.5's OpenPose one.
             own = path / "controlnet"
             return ModelSource("folder", str(path), model,
@@ -91,6 +93,54 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
         return ModelSource("hub", model, model, SD15_OPENPOSE_CONTROLNET)
     raise ModelLoadError(
         f"model={model!r} is not a known preset ({', '.join(PRESETS)}), an existing path, or a hub id like 'org/name'")
+
+
+def pickled_weight_files(folder: Path) -> list[Path]:
+    """Pickled weight files in a diffusers folder that would load (no .safetensors beside them)."""
+    return [f for f in sorted(folder.rglob("*")) if f.suffix.lower() in PICKLE_SUFFIXES and f.is_file()
+            and not any(f.parent.glob("*.safetensors"))]
+
+
+@contextmanager
+def _diffusers_log_level(level: int | None) -> Iterator[None]:
+    """Run the block with diffusers' logger at ``level`` (None: as it is)."""
+    logger = logging.getLogger("diffusers")
+    before = logger.level
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def check_pickled_files(folder: Path, field: str, allow_pickle: bool) -> None:
+    """Refuse a diffusers folder whose weights are pickles (`*.bin`, ...) unless opted in.
+
+    diffusers falls back to a component's pickled file when it has no .safetensors; torch then
+    unpickles it. A component folder with both loads the safetensors and is fine.
+    """
+    if allow_pickle:
+        return
+    for file in pickled_weight_files(folder)[:1]:
+        raise ModelLoadError(f"{field}={str(folder)!r}: {file.relative_to(folder)} holds pickled weights, which "
+                                 "can run code when loaded: pickled weights refused; pass --allow-pickle "
+                                 "(allow_pickle=True) if you trust the file, or convert it to .safetensors")
+
+
+def _pickle_refused(field: str, location: str, exc: BaseException) -> ModelLoadError | None:
+    """A one-line error when torch's weights-only unpickler refused a file (it prints six lines)."""
+    import pickle
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            return ModelLoadError(f"{field}={location!r} holds pickled weights with more than tensors in them "
+                                  "(torch's weights-only loader refused them): the file may run code; use a "
+                                  ".safetensors copy from a source you trust")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
@@ -237,17 +287,26 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         if config is not None:
             extra["config"] = _check_config(config)
 
+    import pickle
+
     from diffusers import StableDiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     # 2. Load through the pipeline class so every component gets the right class and config.
     common = dict(**dtype_kwarg(dtype), safety_checker=None, requires_safety_checker=False)
+    # An opted-in folder of pickled weights: diffusers first looks for .safetensors and logs
+    # each miss at error level before it falls back; the user already chose the fallback.
+    quiet = source.kind == "folder" and bool(pickled_weight_files(Path(source.location)))
     try:
-        if source.kind == "single_file":
-            pipe = StableDiffusionPipeline.from_single_file(source.location, **common, **extra)
-        else:
-            pipe = StableDiffusionPipeline.from_pretrained(source.location, **common)
-    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
+        with _diffusers_log_level(logging.CRITICAL if quiet else None):
+            if source.kind == "single_file":
+                pipe = StableDiffusionPipeline.from_single_file(source.location, **common, **extra)
+            else:
+                pipe = StableDiffusionPipeline.from_pretrained(source.location, **common)
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, pickle.UnpicklingError) as exc:
+        refused = _pickle_refused("model", source.location, exc)
+        if refused is not None:
+            raise refused from exc
         if source.kind == "hub":
             raise _hub_error("model", source.location, exc) from exc
         if source.kind == "single_file" and _is_hub_error(exc):
@@ -268,13 +327,20 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     return {name: getattr(pipe, name) for name in COMPONENT_NAMES}
 
 
-def load_controlnet(location: str, *, dtype: Any):
+def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False):
     """Load an OpenPose ControlNet (hub id or local folder)."""
+    import pickle
+
     from diffusers import ControlNetModel
 
+    if Path(location).expanduser().is_dir():
+        check_pickled_files(Path(location).expanduser(), "controlnet", allow_pickle)
     try:
         return ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype))
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, EnvironmentError, ValueError, pickle.UnpicklingError) as exc:
+        refused = _pickle_refused("controlnet", location, exc)
+        if refused is not None:
+            raise refused from exc
         if Path(location).expanduser().exists():
             raise ModelLoadError(f"controlnet={location!r} could not be loaded: {exc}") from exc
         raise _hub_error("controlnet", location, exc) from exc

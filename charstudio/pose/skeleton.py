@@ -14,6 +14,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from charstudio.errors import ConfigError
+from charstudio.limits import check_canvas
 
 from .detect import load_detector
 from .drawing import draw_body, draw_face, draw_hand
@@ -137,6 +138,11 @@ class Pose:
     def present(self) -> np.ndarray:
         """Boolean mask of the body keypoints that are present."""
         return self.body[:, 2] > 0
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether no keypoint at all (body, hands, face) is present."""
+        return not any(bool((p[:, 2] > 0).any()) for p in self._parts().values() if p is not None)
 
     def bbox(self) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of all present points (body, hands, face)."""
@@ -350,10 +356,9 @@ class Pose:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError("pose", str(source), "an existing pose JSON file, a pose name, or a JSON string")
-            from ..errors import CharstudioError
             from ..io_utils import read_text
 
-            text = read_text(path, "pose file", CharstudioError)
+            text = read_text(path, "pose file")
         else:
             text = str(source)
         try:
@@ -379,6 +384,10 @@ class Pose:
             if height is None:
                 height = max(1, round(width * self.canvas_height / self.canvas_width))
             pose = self.fit(width, height)
+        _check_size(pose.canvas_width, pose.canvas_height)  # before allocating it
+        if pose.is_empty:
+            raise ConfigError("pose", "no keypoints", "a pose with at least one present keypoint: an empty pose "
+                              "draws a black control image, which steers nothing")
         canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
         draw_body(canvas, pose.body)
         if hands:
@@ -411,8 +420,10 @@ class Pose:
         """
         from PIL import Image
 
-        if isinstance(image, (str, Path)):
-            image = Image.open(image)
+        from ..io_utils import open_image
+
+        if isinstance(image, (str, Path, bytes)):
+            image = open_image(image, "image")
         if not isinstance(image, Image.Image):
             raise ConfigError("image", type(image).__name__, "a PIL image or a path to an image file")
         rgb = np.asarray(image.convert("RGB"))
@@ -450,9 +461,8 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _check_size(width: Any, height: Any) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(name, value, "a positive whole number of pixels")
+    """A canvas of 1..MAX_CANVAS whole pixels a side (`limits.check_canvas`), numpy ints too."""
+    check_canvas(*(int(v) if isinstance(v, np.integer) else v for v in (width, height)))
 
 
 def _read_array(raw: Any, field: str, layouts: dict[int, str]) -> np.ndarray:

@@ -39,38 +39,38 @@ class SheetResult(Result):
     def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False) -> list[Path]:
         """Write ``NN-<pose>.png`` (each with its recipe in the metadata), ``grid.png`` and
         ``sheet.json``. Existing files are never replaced unless ``overwrite``."""
-        from ..io_utils import atomic_write, ensure_dir
+        from ..io_utils import atomic_write, writing_into
         from ..metadata import png_info
         from ..result import slug
 
-        out = ensure_dir(directory)
-        names = [f"{prefix + '-' if prefix else ''}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
-        grid_name, json_name = f"{prefix + '-' if prefix else ''}grid.png", f"{prefix + '-' if prefix else ''}sheet.json"
-        if not overwrite:  # check all names first so a refusal leaves no half-written sheet
-            taken = [n for n in [*names, grid_name, json_name] if (out / n).exists()]
-            if taken:
-                from ..errors import OutputError
+        with writing_into(directory) as out:
+            names = [f"{prefix + '-' if prefix else ''}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
+            grid_name, json_name = f"{prefix + '-' if prefix else ''}grid.png", f"{prefix + '-' if prefix else ''}sheet.json"
+            if not overwrite:  # check all names first so a refusal leaves no half-written sheet
+                taken = [n for n in [*names, grid_name, json_name] if (out / n).exists()]
+                if taken:
+                    from ..errors import OutputError
 
-                raise OutputError(f"{str(out / taken[0])!r} already exists: pass overwrite=True "
-                                  "(CLI: --overwrite) or choose another folder")
-        paths = []
-        sheet_json = json.dumps(self.summary(names), indent=2)
-        for name, image, recipe in zip(names, self.images, self.recipes):
-            info = png_info(recipe)
-            info.add_text("charstudio_sheet", json.dumps(self.settings))
-            paths.append(atomic_write(out / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
+                    raise OutputError(f"{str(out / taken[0])!r} already exists: pass overwrite=True "
+                                      "(CLI: --overwrite) or choose another folder")
+            paths = []
+            sheet_json = json.dumps(self.summary(names), indent=2)
+            for name, image, recipe in zip(names, self.images, self.recipes):
+                info = png_info(recipe)
+                info.add_text("charstudio_sheet", json.dumps(self.settings))
+                paths.append(atomic_write(out / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
+                                          overwrite=overwrite))
+            grid = self.grid_image
+            paths.append(atomic_write(out / grid_name, lambda tmp: grid.save(tmp, format="PNG"), overwrite=overwrite))
+            old_files = _sheet_files(out / json_name) if overwrite else []
+            paths.append(atomic_write(out / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"),
                                       overwrite=overwrite))
-        grid = self.grid_image
-        paths.append(atomic_write(out / grid_name, lambda tmp: grid.save(tmp, format="PNG"), overwrite=overwrite))
-        old_files = _sheet_files(out / json_name) if overwrite else []
-        paths.append(atomic_write(out / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"),
-                                  overwrite=overwrite))
-        # The new sheet is complete: the old sheet's pictures it did not rewrite (it had more
-        # poses) go, so the folder holds one sheet. Only files the old sheet.json listed.
-        for name in old_files:
-            if name not in names:
-                (out / name).unlink(missing_ok=True)
-        return paths
+            # The new sheet is complete: the old sheet's pictures it did not rewrite (it had more
+            # poses) go, so the folder holds one sheet. Only files the old sheet.json listed.
+            for name in old_files:
+                if name not in names:
+                    (out / name).unlink(missing_ok=True)
+            return paths
 
     def summary(self, files: list[str] | None = None) -> dict[str, Any]:
         """JSON-ready description: settings, labels, score, and each image's recipe."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import CharstudioError, ConfigError
+from ..io_utils import read_text
 from ..pose import pose_file
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size:
             with Image.open(path) as im:
                 im.load()  # decodes fully: catches truncated files that open() alone accepts
                 width, height = im.size
+        except Image.DecompressionBombError as exc:  # a picture built to exhaust memory when decoded
+            skipped.append((path, f"too large to decode safely ({str(exc).split('.')[0]})"))
+            continue
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             skipped.append((path, f"unreadable ({type(exc).__name__}: {exc})"))
             continue
@@ -97,7 +101,11 @@ def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size:
             continue
         text = ""
         if path.stem in captions:
-            text = " ".join(captions[path.stem].read_text(encoding="utf-8", errors="replace").split())
+            try:
+                text = " ".join(read_text(captions[path.stem], "its caption").split())
+            except CharstudioError as exc:  # binary garbage would train the model on replacement characters
+                skipped.append((path, str(exc)))
+                continue
         examples.append(TrainingExample(path, text or instance_prompt, width, height, bool(text)))
     for path, why in skipped:
         log.warning("skipping %s: %s", path.name, why)

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from ..errors import ConfigError
 from ..io_utils import atomic_write
+from ..limits import max_side
 from ..lora import TEXT_ENCODER_TARGET_MODULES
 from .checkpoint import list_checkpoints, load_checkpoint, model_fingerprint, save_checkpoint, write_json
 from .config import ADAPTER_NAME, UNET_LORA_LAYERS, LoraTrainingConfig, TrainingStep
@@ -80,7 +81,7 @@ def _pose_controlnet(config: LoraTrainingConfig, comps: dict[str, Any], weight_d
         if location is None:
             raise ConfigError("controlnet", None, f"a ControlNet for model={config.model!r}: pass controlnet= "
                               "(a hub id or folder of an OpenPose ControlNet)")
-        net = load_controlnet(location, dtype=weight_dtype)
+        net = load_controlnet(location, dtype=weight_dtype, allow_pickle=config.allow_pickle)
     net.requires_grad_(False)
     net.eval()
     return net
@@ -179,7 +180,11 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], accelerator: Any, 
     _move(vae, device, torch.float32 if own_components else next(vae.parameters()).dtype)
     noise_scheduler = DDPMScheduler.from_config(comps["scheduler"].config)
     vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    resolution = config.resolution or int(unet.config.sample_size) * vae_factor
+    native = int(unet.config.sample_size) * vae_factor
+    resolution = config.resolution or native
+    if resolution > max_side(native):
+        raise ConfigError("resolution", resolution, f"the model was trained at {native}x{native}: train at up to "
+                          f"{max_side(native)} (its native size is the usual choice)")
     divisor = vae_factor * 2 ** (len(unet.config.down_block_types) - 1)
     if resolution % divisor:
         raise ConfigError("resolution", resolution, f"use a multiple of {divisor} for this model")

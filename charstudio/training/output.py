@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
+from ..io_utils import check_output_dir
 from ..lora import LORA_WEIGHTS_NAME
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints, write_loss_csv
 from .config import ADAPTER_NAME, LoraTrainingConfig
@@ -132,6 +133,7 @@ def prepare_output(config: LoraTrainingConfig, is_main: bool) -> OutputPlan:
     Nothing of an existing LoRA is deleted here. An overwrite trains into a staging folder
     beside it (`staging_dir`), which replaces the old folder only when its files are complete.
     """
+    check_output_dir(config.output_dir, field="output_dir")  # a file, no permission, inside the package
     out = config.lora_dir
     if out.exists() and not out.is_dir():
         raise OutputError(f"output_dir={str(out)!r} is a file: remove it or choose another name")
@@ -152,8 +154,9 @@ def prepare_output(config: LoraTrainingConfig, is_main: bool) -> OutputPlan:
             raise OutputError(f"{str(out)!r} already holds a finished LoRA: pass overwrite=True (CLI: --overwrite) "
                               "to train it further, or choose another name")
         if not checkpoints:
-            log.warning("resume=True but %s has no checkpoint; starting from step 0", out / CHECKPOINT_DIR)
-            return OutputPlan(out, out, None)
+            # Starting from step 0 here would report a fresh run as "resumed"; say so instead.
+            raise OutputError(f"resume=True, but {str(out)!r} has no checkpoint to resume from: start a new run "
+                              "(without resume; CLI: no --resume)")
         # A half-written LoRA (stopped between its final files) resumes from its last
         # checkpoint, which training writes before the final files, and completes them.
         return OutputPlan(out, out, checkpoints[-1])

@@ -253,11 +253,9 @@ class ExploreApp(AppBase):
             return
 
         def detect(token: CancelToken) -> Any:
-            import io
+            from ..io_utils import open_image
 
-            from PIL import Image
-
-            return Pose.from_image(Image.open(io.BytesIO(data)))
+            return Pose.from_image(open_image(data, "pose picture", filename))
 
         self.runner.start(f"detecting the pose in {filename}", detect,
                           on_done=lambda pose: (self.add_pose(stem, pose),
@@ -294,7 +292,11 @@ class ExploreApp(AppBase):
                 self.status.warn(f"LoRA {values['lora']!r} is not under {self.lora_dir}; generating without it")
 
     def restore(self, item: GalleryItem) -> None:
-        """Put a gallery picture's recipe back into the controls, seed locked, so Generate remakes it."""
+        """Put a gallery picture's recipe back into the controls, seed locked, so Generate remakes it.
+
+        A restore that cannot be exact (its LoRA is gone, its size is not offered) keeps that
+        warning on the status line instead of promising the same picture."""
+        self.status.info("")
         if item.controls:
             self.set_controls({**item.controls, "num_images": 1})
         elif item.recipe is not None:
@@ -302,7 +304,11 @@ class ExploreApp(AppBase):
         self.lock_seed.value = True
         self.image.value = png_bytes(item.image, 320)
         self._show_recipe(item.recipe)
-        self.status.info(f"restored {item.label or 'a picture'}; Generate makes it again")
+        label = item.label or "a picture"
+        if self.status.level == "warn":
+            self.status.warn(f"restored {label}, but {self.status.text}: Generate will not make the same picture")
+        else:
+            self.status.info(f"restored {label}; Generate makes it again")
 
     def set_recipe(self, recipe: GenerationConfig) -> None:
         """Controls from a bare recipe (e.g. a PNG from disk): the final prompt text, no card/style."""

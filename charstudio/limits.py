@@ -1,0 +1,91 @@
+"""How big one job may be: picture sizes per model, frame counts, pose canvases.
+
+A size is bounded by what the model was trained at and by the memory the machine has, not by
+what the arithmetic allows: SD 1.5 at 8192x8192 is an hours-long run that gives no usable
+picture, and a pose canvas of 100000x100000 is a 28 GiB array. Each check raises a one-line
+`ConfigError` naming the field, the value and what works, before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .errors import ConfigError
+from .validation import check_int
+
+log = logging.getLogger(__name__)
+
+# A picture may be up to this many times the model's native size per side without opt-in
+# (4x the pixels: room for hires-fix passes and wide formats). Beyond it models repeat their
+# subject and time grows with the square of the pixel count.
+LARGE_FACTOR = 2
+# Frames of one interpolation or pose animation: 10 s at 24 fps. An uneven (`uniform`) run
+# renders up to 3x as many pictures to map its path.
+MAX_FRAMES = 240
+# The largest side of a drawn pose (a control image larger than any model's output).
+MAX_CANVAS = 8192
+# Share of the free memory one decode may plan to use.
+MEMORY_SHARE = 0.8
+
+
+def max_side(native: int) -> int:
+    """The largest width or height a model of native size `native` draws without opt-in."""
+    return int(native) * LARGE_FACTOR
+
+
+def check_picture_size(width: int, height: int, native: int, *, allow_large: bool = False,
+                       memory_bytes: int | None = None, model: str = "this model") -> None:
+    """Refuse a picture far beyond the model's native size unless `allow_large`, and one whose
+    decode would not fit in `memory_bytes` (the free memory; measured when None) in any case."""
+    limit = max_side(native)
+    if not allow_large:
+        for name, value in (("width", width), ("height", height)):
+            if value > limit:
+                raise ConfigError(name, value, f"{model} was trained at {native}x{native}; up to {limit} px a side "
+                                  "works without opt-in: draw smaller (then upscale), or opt in with allow_large=True "
+                                  "(CLI: --allow-large)")
+    need = decode_bytes(width, height)
+    free = available_memory() if memory_bytes is None else memory_bytes
+    if free is not None and need > MEMORY_SHARE * free:
+        raise ConfigError("width x height", f"{width}x{height}", f"decoding it needs about {need / 2**30:.1f} GiB and "
+                          f"{free / 2**30:.1f} GiB is free: draw smaller")
+
+
+def decode_bytes(width: int, height: int, channels: int = 128, itemsize: int = 4) -> int:
+    """A conservative estimate of the VAE decode's peak memory: three full-resolution
+    activations of its last block (128 channels in SD's and SDXL's VAEs) in float32."""
+    return int(width) * int(height) * channels * itemsize * 3
+
+
+def available_memory(device: Any = None) -> int | None:
+    """Free bytes on `device` (a CUDA device) or in RAM; None when it cannot be told."""
+    try:
+        if device is not None and getattr(device, "type", str(device)).startswith("cuda"):
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.debug("free memory unknown: %s", exc)
+    if hasattr(os, "sysconf") and "SC_AVPHYS_PAGES" in os.sysconf_names:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def check_frames(frames: Any, name: str = "frames") -> int:
+    """A frame count between 2 (the two ends) and `MAX_FRAMES`."""
+    frames = check_int(name, frames, 2)
+    if frames > MAX_FRAMES:
+        raise ConfigError(name, frames, f"at most {MAX_FRAMES} frames in one run (10 s at 24 fps); "
+                          "render longer sequences in parts")
+    return frames
+
+
+def check_canvas(width: Any, height: Any) -> tuple[int, int]:
+    """A pose canvas of 1..MAX_CANVAS pixels a side."""
+    return (check_int("width", width, 1, MAX_CANVAS), check_int("height", height, 1, MAX_CANVAS))
