@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,31 @@ class EncodedPrompt:
     negative_prompt_embeds: Any  # (1, 77*k, hidden)
     num_tokens: int  # tokens in the prompt, without BOS/EOS
     num_chunks: int
+    pooled_prompt_embeds: Any = None  # SDXL: (1, 1280) from the second encoder; None for SD 1.x
+    negative_pooled_prompt_embeds: Any = None
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The embedding arguments of a diffusers pipeline call (pooled ones only where they exist)."""
+        kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        if self.pooled_prompt_embeds is not None:
+            kwargs.update(pooled_prompt_embeds=self.pooled_prompt_embeds,
+                          negative_pooled_prompt_embeds=self.negative_pooled_prompt_embeds)
+        return kwargs
 
 
 class PromptEncoder:
-    """Encode text with a CLIP tokenizer + text encoder, in 75-token chunks."""
+    """Encode text with a CLIP tokenizer + text encoder, in 75-token chunks.
 
-    def __init__(self, tokenizer: Any, text_encoder: Any):
+    ``layer`` is which hidden states condition the UNet: "last" (SD 1.x: the final layer after
+    its norm; ``clip_skip=N`` goes N layers back and applies the norm) or "penultimate" (SDXL:
+    the layer before last, without the norm; ``clip_skip=N`` goes N more layers back), as
+    diffusers' pipelines define them.
+    """
+
+    def __init__(self, tokenizer: Any, text_encoder: Any, layer: Literal["last", "penultimate"] = "last"):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.layer = layer
         self.window = int(getattr(tokenizer, "model_max_length", 77) or 77)
         if self.window > 1000:  # some tokenizers report a huge sentinel; CLIP's window is 77
             self.window = 77
@@ -94,12 +111,7 @@ class PromptEncoder:
             row_w = [1.0] + part_w + [1.0] * (self.chunk_len - n + 1)
             input_ids = torch.tensor([row], device=device)
             with torch.no_grad():
-                if clip_skip is None:
-                    hidden = self.text_encoder(input_ids)[0]
-                else:
-                    # diffusers' convention: clip_skip=1 uses the penultimate layer, then the final norm.
-                    states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
-                    hidden = self._final_norm(states[-(clip_skip + 1)])
+                hidden = self.hidden(input_ids, clip_skip)
             if any(w != 1.0 for w in row_w):
                 w = torch.tensor(row_w, device=device, dtype=hidden.dtype)[None, :, None]
                 original_mean = hidden.float().mean()
@@ -107,6 +119,26 @@ class PromptEncoder:
                 hidden = hidden * (original_mean / hidden.float().mean()).to(hidden.dtype)
             out.append(hidden)
         return torch.cat(out, dim=1)
+
+    def hidden(self, input_ids: Any, clip_skip: int | None = None) -> Any:
+        """The conditioning hidden states of a batch of token windows (see ``layer``)."""
+        if self.layer == "penultimate":
+            states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
+            return states[-((clip_skip or 0) + 2)]
+        if clip_skip is None:
+            return self.text_encoder(input_ids)[0]
+        # diffusers' convention: clip_skip=1 uses the penultimate layer, then the final norm.
+        states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
+        return self._final_norm(states[-(clip_skip + 1)])
+
+    def pooled(self, text: str) -> Any:
+        """The projected pooled embedding (1, dim) of ``text``'s first window, as SDXL's second
+        encoder gives it (CLIPTextModelWithProjection's ``text_embeds``)."""
+        import torch
+
+        row, _ = self._chunk_row(self.tokenize(text), 0)
+        with torch.no_grad():
+            return self.text_encoder(torch.tensor([row], device=self.text_encoder.device))[0]
 
     def encode_texts(self, texts: Sequence[str], *, grad: bool = False) -> Any:
         """Plain texts (no weight syntax, as captions are trained) as one batch (B, 77*k, hidden).
@@ -152,6 +184,64 @@ class PromptEncoder:
         if chunks > 1:
             log.debug("prompt of %d tokens encoded in %d chunks of %d", n_tokens, chunks, self.chunk_len)
         return EncodedPrompt(pos, neg, n_tokens, chunks)
+
+
+class SDXLPromptEncoder:
+    """SDXL's two encoders as one: CLIP ViT-L and OpenCLIP bigG each encode the prompt in the
+    same 75-token chunks (penultimate layers), their embeddings are concatenated (768 + 1280 =
+    2048 wide), and the pooled embedding comes from the second. An empty negative prompt is all
+    zeros when the model asks for it (``force_zeros_for_empty_prompt``, as diffusers does).
+
+    It offers the methods of `PromptEncoder` that the studio uses, so prompt editing, weights
+    and long prompts work the same on both families.
+    """
+
+    def __init__(self, first: PromptEncoder, second: PromptEncoder, *, force_zeros_for_empty_prompt: bool = True):
+        self.first, self.second = first, second
+        self.force_zeros_for_empty_prompt = force_zeros_for_empty_prompt
+        self.chunk_len = first.chunk_len
+        self.tokenizer, self.text_encoder = first.tokenizer, first.text_encoder  # token views use the first
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.first.tokenize(text)
+
+    def token_strings(self, text: str) -> list[str]:
+        return self.first.token_strings(text)
+
+    def count_tokens(self, text: str) -> int:
+        return self.first.count_tokens(text)
+
+    def encode_pieces(self, pieces: Sequence[tuple[str, float]], num_chunks: int = 1,
+                      clip_skip: int | None = None) -> tuple[Any, int]:
+        import torch
+
+        a, n = self.first.encode_pieces(pieces, num_chunks, clip_skip)
+        b, _ = self.second.encode_pieces(pieces, max(num_chunks, a.shape[1] // self.first.window), clip_skip)
+        return torch.cat([a, b.to(a.dtype)], dim=-1), n
+
+    def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
+               parse_weights: bool = True) -> EncodedPrompt:
+        """Both encoders' embeddings of a prompt and its negative, with the pooled embeddings."""
+        import torch
+
+        pos_pieces = _pieces(prompt, parse_weights)
+        neg_pieces = _pieces(negative_prompt, parse_weights)
+        n_pos = max(1, -(-sum(len(self.tokenize(t)) for t, _ in pos_pieces) // self.chunk_len))
+        n_neg = max(1, -(-sum(len(self.tokenize(t)) for t, _ in neg_pieces) // self.chunk_len))
+        chunks = max(n_pos, n_neg)
+        pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
+        pooled = self.second.pooled(_plain(pos_pieces))
+        if self.force_zeros_for_empty_prompt and not negative_prompt.strip():
+            neg, neg_pooled = torch.zeros_like(pos), torch.zeros_like(pooled)
+        else:
+            neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
+            neg_pooled = self.second.pooled(_plain(neg_pieces))
+        return EncodedPrompt(pos, neg, n_tokens, chunks, pooled, neg_pooled)
+
+
+def _plain(pieces: Sequence[tuple[str, float]]) -> str:
+    """The text of weighted pieces without their weights (the pooled embedding is unweighted)."""
+    return " ".join(t.strip() for t, _ in pieces if t.strip())
 
 
 def _pieces(text: str, parse_weights: bool) -> list[tuple[str, float]]:

@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .callbacks import CancelToken, StepCallback, StepProgress, chain
 from .character import Character, compose_prompt, is_character, load_character
-from .conditioning import PromptEncoder
 from .config import MAX_SEED, GenerationConfig
 from .errors import ConfigError, ModelLoadError
 from .limits import available_memory, check_picture_size
 from .models.device import configure_attention, pick_device
+from .models.family import PIPELINE_KINDS, detect_family
 from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
@@ -31,12 +31,6 @@ from .validation import check_float, check_text
 log = logging.getLogger(__name__)
 
 PipelineKind = Literal["txt2img", "controlnet", "img2img", "controlnet_img2img"]
-_PIPELINE_CLASSES = {
-    "txt2img": "StableDiffusionPipeline",
-    "controlnet": "StableDiffusionControlNetPipeline",
-    "img2img": "StableDiffusionImg2ImgPipeline",
-    "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline",
-}
 
 
 @dataclass
@@ -72,7 +66,9 @@ class Studio:
         self.allow_large = False
         self.allow_pickle = False
         self.base_scheduler_config = dict(self.components["scheduler"].config)
-        self.encoder = PromptEncoder(self.components["tokenizer"], self.components["text_encoder"])
+        # SD 1.x or SDXL, read from the parts themselves: it owns everything family-specific.
+        self.family = detect_family(self.components)
+        self.encoder = self.family.make_encoder(self.components)
         self._pipelines: dict[str, Any] = {}
         # The one record of adapter state: what is loaded, from where, and what is on at which
         # weight. charstudio.lora's functions keep none; every change goes through _apply_weights.
@@ -99,7 +95,7 @@ class Studio:
                 components[name].to(dev)
         preset = PRESETS.get(model)
         studio = cls(components, model_id=source.name, device=dev, dtype=dt,
-                     controlnet_source=controlnet or source.controlnet,
+                     controlnet_source=controlnet or source.controlnet or detect_family(components).openpose_controlnet,
                      default_size=native_size(components),
                      default_steps=preset.default_steps if preset else 25,
                      default_guidance=preset.default_guidance if preset else 7.0)
@@ -113,7 +109,7 @@ class Studio:
         if self.components.get("controlnet") is None:
             if not self.controlnet_source:
                 raise ModelLoadError(f"model {self.model_id!r} has no OpenPose ControlNet configured: "
-                                     "pass controlnet='lllyasviel/control_v11p_sd15_openpose' (or a folder)")
+                                     f"pass controlnet={self.family.openpose_controlnet!r} (or a folder)")
             net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle).to(self.device)
             self.components["controlnet"] = net
             self._pipelines = {k: v for k, v in self._pipelines.items() if "controlnet" not in k}
@@ -121,16 +117,13 @@ class Studio:
 
     def pipeline(self, kind: PipelineKind = "txt2img") -> Any:
         """The diffusers pipeline of `kind`, built once over the shared components."""
-        if kind not in _PIPELINE_CLASSES:
-            raise ConfigError("kind", kind, f"choose one of {', '.join(_PIPELINE_CLASSES)}")
+        if kind not in PIPELINE_KINDS:
+            raise ConfigError("kind", kind, f"choose one of {', '.join(PIPELINE_KINDS)}")
         if kind not in self._pipelines:
-            import diffusers
-
-            parts = {k: self.components[k] for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+            parts = {k: self.components[k] for k in self.family.component_names}
             if "controlnet" in kind:
                 parts["controlnet"] = self.controlnet
-            pipe = getattr(diffusers, _PIPELINE_CLASSES[kind])(
-                **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            pipe = self.family.build_pipeline(kind, parts)
             pipe.set_progress_bar_config(disable=True)  # progress goes through our callbacks
             self._pipelines[kind] = pipe
         return self._pipelines[kind]
@@ -319,9 +312,14 @@ class Studio:
             embeddings = style_mix_embeddings(self.encoder, config.style_mix, config.clip_skip)
         if embeddings is None:
             encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
-            prompt_embeds, negative_embeds = encoded.prompt_embeds, encoded.negative_prompt_embeds
+            embed_args = encoded.pipeline_kwargs()
+        elif self.family.name == "sdxl":
+            # Interpolation and style mixes hand over (prompt, negative) only; SDXL also needs
+            # their pooled embeddings, which those paths do not make yet.
+            raise ConfigError("embeddings", "(prompt, negative)", "SDXL needs pooled embeddings as well: "
+                              "interpolation and style mixes run on SD 1.x models for now")
         else:
-            prompt_embeds, negative_embeds = embeddings
+            embed_args = dict(prompt_embeds=embeddings[0], negative_prompt_embeds=embeddings[1])
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
 
@@ -345,8 +343,7 @@ class Studio:
             combined, tensor_inputs = chain(step_cbs)
             pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
             generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
-            out = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
-                       num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
+            out = pipe(**embed_args, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
                        generator=generator, output_type="latent",
                        callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
                        **extra_args)

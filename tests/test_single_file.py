@@ -143,7 +143,7 @@ def test_file_that_is_not_an_sd1_checkpoint(files, case):
     for part in expected:
         assert part in msg
     if case != "lora":
-        assert "A1111/civitai SD 1.x checkpoint" in msg  # says what would work
+        assert "A1111/civitai SD 1.x or SDXL checkpoint" in msg  # says what would work
 
 
 def test_pickled_checkpoint_needs_opt_in_and_then_loads(files):

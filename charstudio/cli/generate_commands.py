@@ -160,8 +160,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def print_model_note(studio, recipes) -> None:
     """Tell the user when the built-in model cannot have drawn what they asked for."""
-    if studio.model_id == "tiny":
-        print("note: the built-in 'tiny' model has random weights, so its images are noise; "
+    if studio.model_id in ("tiny", "tiny-sdxl"):
+        print(f"note: the built-in {studio.model_id!r} model has random weights, so its images are noise; "
               "use --model mini (the default) offline, or --model sd15 (or a checkpoint) on a GPU", file=sys.stderr)
     elif studio.model_id == "mini":
         import re
@@ -186,7 +186,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{p.name:8s} {p.description}")
         if p.repo:
             print(f"{'':8s}   base: {p.repo}; ControlNet: {p.controlnet}")
-    print("\nAlso accepted: any SD 1.x hub id (org/name), a diffusers folder, or a .safetensors file.")
+    print("\nAlso accepted: any SD 1.x or SDXL diffusers folder or .safetensors file (the family is read from the "
+          "model), or an SD 1.x hub id (org/name).")
     return 0
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from ..errors import ModelLoadError
-from .presets import PRESETS, SD15_OPENPOSE_CONTROLNET
+from .family import SD1, SDXL, ModelFamily, family_of_folder
+from .presets import PRESETS
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-COMPONENT_NAMES = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ModelSource:
     kind: Literal["builtin", "hub", "folder", "single_file"]
     location: str  # preset name, hub id or path
     name: str  # what the recipe records
-    controlnet: str | None = None
+    controlnet: str | None = None  # None: the model family's default OpenPose ControlNet
 
 
 def hub_offline() -> bool:
@@ -75,22 +75,21 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
             check_pickled_files(path, "model", allow_pickle)
             # A folder may carry its own ControlNet (as `mini` does); otherwise SD 1.5's OpenPose one.
             own = path / "controlnet"
-            return ModelSource("folder", str(path), model,
-                               str(own) if (own / "config.json").is_file() else SD15_OPENPOSE_CONTROLNET)
+            return ModelSource("folder", str(path), model, str(own) if (own / "config.json").is_file() else None)
         suffix = path.suffix.lower()
         if suffix == ".safetensors":
-            return ModelSource("single_file", str(path), model, SD15_OPENPOSE_CONTROLNET)
+            return ModelSource("single_file", str(path), model)
         if suffix in PICKLE_SUFFIXES:
             if not allow_pickle:
                 raise ModelLoadError(
                     f"model={model!r} is a pickled checkpoint, which can run code when loaded: "
                     "convert it to .safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle) if you trust it")
-            return ModelSource("single_file", str(path), model, SD15_OPENPOSE_CONTROLNET)
+            return ModelSource("single_file", str(path), model)
         raise ModelLoadError(f"model={model!r} is a file of unknown type: use .safetensors (or .ckpt with allow_pickle=True)")
     if looks_like_path:
         raise ModelLoadError(f"model={model!r}: no such file or folder")
     if model.count("/") == 1 and all(model.split("/")):
-        return ModelSource("hub", model, model, SD15_OPENPOSE_CONTROLNET)
+        return ModelSource("hub", model, model)
     raise ModelLoadError(
         f"model={model!r} is not a known preset ({', '.join(PRESETS)}), an existing path, or a hub id like 'org/name'")
 
@@ -151,14 +150,16 @@ def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"{what}={location!r} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
-# Key prefixes of the three SD 1.x parts in an A1111 / civitai (original LDM) single file.
-SD1_SINGLE_FILE_PARTS = {
-    "UNet": "model.diffusion_model.",
-    "VAE": "first_stage_model.",
-    "CLIP text encoder": "cond_stage_model.transformer.",
+# Key prefixes of each family's parts in an A1111 / civitai (original LDM / SGM) single file.
+SINGLE_FILE_PARTS = {
+    "sd1": {"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
+            "CLIP text encoder": "cond_stage_model.transformer."},
+    "sdxl": {"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
+             "CLIP ViT-L text encoder": "conditioner.embedders.0.", "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
 }
-# Where diffusers looks for the component configs of an SD 1.x single file when no config is given.
-SD1_DEFAULT_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Where diffusers looks for the component configs of a single file when no config is given.
+DEFAULT_CONFIGS = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+SD1_DEFAULT_CONFIG = DEFAULT_CONFIGS["sd1"]
 
 
 def checkpoint_keys(path: str) -> list[str]:
@@ -194,27 +195,27 @@ def checkpoint_keys(path: str) -> list[str]:
     return [k for k in state if isinstance(k, str)]
 
 
-def check_sd1_layout(path: str, keys: list[str]) -> None:
-    """Raise a one-line ModelLoadError unless `keys` are an SD 1.x checkpoint in the LDM layout."""
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise ModelLoadError(f"model={path!r} is an SDXL checkpoint, and charstudio runs SD 1.x models: "
-                             "use an SD 1.x .safetensors (an SD 1.5 fine-tune), a diffusers folder or a preset")
+def check_single_file_layout(path: str, keys: list[str]) -> ModelFamily:
+    """The family of a single-file checkpoint in the LDM/SGM layout (SD 1.x or SDXL), or a
+    one-line ModelLoadError naming the keys that decided it."""
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         raise ModelLoadError(f"model={path!r} is an SD 2.x checkpoint (OpenCLIP text encoder), and charstudio runs "
-                             "SD 1.x models: use an SD 1.x .safetensors (an SD 1.5 fine-tune), a diffusers folder or a preset")
-    missing = [f"{part} ({prefix}*)" for part, prefix in SD1_SINGLE_FILE_PARTS.items()
-               if not any(k.startswith(prefix) for k in keys)]
+                             "SD 1.x and SDXL models: use an SD 1.5 or SDXL .safetensors, a diffusers folder or a preset")
+    family = SDXL if any(k.startswith(SDXL.single_file_marker) for k in keys) else SD1
+    parts = SINGLE_FILE_PARTS[family.name]
+    missing = [f"{part} ({prefix}*)" for part, prefix in parts.items() if not any(k.startswith(prefix) for k in keys)]
     if not missing:
-        return
-    if not any(k.startswith(SD1_SINGLE_FILE_PARTS["UNet"]) for k in keys) and \
+        return family
+    if not any(k.startswith(parts["UNet"]) for k in keys) and \
             any(k.startswith(("lora_unet_", "lora_te")) or ".lora_" in k or "lora_A" in k for k in keys):
         raise ModelLoadError(f"model={path!r} is a LoRA adapter, not a full model: load a base model "
                              "and add the adapter to it with studio.load_lora")
     seen = sorted({k.split(".")[0] for k in keys})
     found = ", ".join(f"{p}.*" for p in seen[:4]) + (", ..." if len(seen) > 4 else "") if keys else "no tensors"
     raise ModelLoadError(
-        f"model={path!r} does not have the SD 1.x single-file layout: it lacks {', '.join(missing)} keys "
-        f"(it has {found}): use an A1111/civitai SD 1.x checkpoint, a diffusers folder (save_pretrained) or a preset")
+        f"model={path!r} does not have the {family.label} single-file layout: it lacks {', '.join(missing)} keys "
+        f"(it has {found}): use an A1111/civitai SD 1.x or SDXL checkpoint, a diffusers folder (save_pretrained) "
+        "or a preset")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -259,11 +260,13 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
 
 
 def load_components(source: ModelSource, *, dtype: Any, config: str | None = None) -> dict[str, Any]:
-    """Load the SD 1.x components (tokenizer, text_encoder, unet, vae, scheduler) for `source`.
+    """Load the components of `source` (its family's `component_names`: tokenizers, text
+    encoders, unet, vae, scheduler), SD 1.x or SDXL as the model itself says.
 
     `config` applies to single-file checkpoints only: a diffusers folder or hub id of the base
     model whose component configs (and tokenizer and scheduler) describe the file. Without it,
-    diffusers fetches the SD 1.5 configs from the hub, which fails offline unless they are cached.
+    diffusers fetches the family's base configs (SD 1.5's or SDXL base's) from the hub, which
+    fails offline unless they are cached.
     """
     if config is not None and source.kind != "single_file":
         raise ModelLoadError(f"config={config!r} only applies to single-file checkpoints (.safetensors): "
@@ -271,38 +274,46 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     if source.kind == "builtin":
         import torch
 
-        from .tiny import build_tiny_components
+        from .tiny import build_tiny_components, build_tiny_sdxl_components
 
-        comps = build_tiny_components()
+        comps = (build_tiny_sdxl_components if source.location == "tiny-sdxl" else build_tiny_components)()
         if dtype != torch.float32:  # built in fp32; casting a no-op makes diffusers warn needlessly
-            for name in ("text_encoder", "unet", "vae", "controlnet"):
-                comps[name].to(dtype=dtype)
+            for module in comps.values():
+                if isinstance(module, torch.nn.Module):
+                    module.to(dtype=dtype)
         return comps
 
-    # 1. A single file must be an SD 1.x checkpoint in the LDM layout; diffusers would otherwise
-    #    guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from `config`.
+    # 1. A single file must be an SD 1.x or SDXL checkpoint in the LDM/SGM layout; diffusers would
+    #    otherwise guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from
+    #    `config`. A folder names its pipeline class; a hub id is taken as SD 1.x unless a preset says.
     extra: dict[str, Any] = {}
+    family = SD1
     if source.kind == "single_file":
-        check_sd1_layout(source.location, checkpoint_keys(source.location))
+        family = check_single_file_layout(source.location, checkpoint_keys(source.location))
         if config is not None:
             extra["config"] = _check_config(config)
+    elif source.kind == "folder":
+        family = family_of_folder(source.location)
+    elif source.name in PRESETS and PRESETS[source.name].family == "sdxl":
+        family = SDXL
 
     import pickle
 
-    from diffusers import StableDiffusionPipeline
+    import diffusers
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     # 2. Load through the pipeline class so every component gets the right class and config.
-    common = dict(**dtype_kwarg(dtype), safety_checker=None, requires_safety_checker=False)
+    pipeline_class = getattr(diffusers, family.pipelines["txt2img"])
+    common = dict(**dtype_kwarg(dtype), **{k: v for k, v in family.pipeline_options.items() if k != "feature_extractor"})
     # An opted-in folder of pickled weights: diffusers first looks for .safetensors and logs
     # each miss at error level before it falls back; the user already chose the fallback.
     quiet = source.kind == "folder" and bool(pickled_weight_files(Path(source.location)))
     try:
         with _diffusers_log_level(logging.CRITICAL if quiet else None):
             if source.kind == "single_file":
-                pipe = StableDiffusionPipeline.from_single_file(source.location, **common, **extra)
+                pipe = pipeline_class.from_single_file(source.location, **common, **extra)
             else:
-                pipe = StableDiffusionPipeline.from_pretrained(source.location, **common)
+                pipe = pipeline_class.from_pretrained(source.location, **common)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, pickle.UnpicklingError) as exc:
         refused = _pickle_refused("model", source.location, exc)
         if refused is not None:
@@ -314,17 +325,18 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
                 why = "HF_HUB_OFFLINE=1 forbids downloading them" if hub_offline() else _first_line(exc)
                 raise ModelLoadError(
                     f"model={source.location!r} is a single file without component configs, and diffusers' default "
-                    f"({SD1_DEFAULT_CONFIG}) is not in the local Hugging Face cache ({why}): pass config= (CLI: --config) "
-                    f"pointing to a diffusers folder or hub id of the base model (e.g. {SD1_DEFAULT_CONFIG} once cached)") from exc
+                    f"({DEFAULT_CONFIGS[family.name]}) is not in the local Hugging Face cache ({why}): pass config= "
+                    f"(CLI: --config) pointing to a diffusers folder or hub id of the base model "
+                    f"(e.g. {DEFAULT_CONFIGS[family.name]} once cached)") from exc
             if not Path(config).expanduser().is_dir():
                 raise ModelLoadError(
                     f"config={config!r} is not in the local Hugging Face cache"
                     f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
                     "download it once with network access, or pass a local diffusers folder of the base model") from exc
-        raise ModelLoadError(f"model={source.location!r} could not be loaded as an SD 1.x checkpoint"
+        raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
-    return {name: getattr(pipe, name) for name in COMPONENT_NAMES}
+    return {name: getattr(pipe, name) for name in family.component_names}
 
 
 def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False):

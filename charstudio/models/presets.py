@@ -19,6 +19,7 @@ class ModelPreset:
     default_steps: int = 25
     default_guidance: float = 7.0  # classifier-free guidance scale when the caller gives none
     builtin: bool = False
+    family: str = "sd1"  # "sd1" or "sdxl" (charstudio.models.family); presets on the hub are not opened to check
     folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
     # What the apps start with: two cards and a prompt written in words the model knows.
     example_cards: tuple[str, str] = ("aiko", "bram")
@@ -34,6 +35,12 @@ PRESETS: dict[str, ModelPreset] = {
             repo=None, controlnet=None, default_steps=20, builtin=True,
         ),
         ModelPreset(
+            "tiny-sdxl",
+            "built-in SDXL-architecture model with random weights (two text encoders, text-time UNet); "
+            "offline, instant, draws noise (for tests and CI)",
+            repo=None, controlnet=None, default_steps=20, builtin=True, family="sdxl",
+        ),
+        ModelPreset(
             "mini",
             "built-in 64 px model trained by charstudio on its procedural character world; offline, "
             "draws real characters in seconds on a CPU, with its own OpenPose ControlNet",
@@ -47,6 +54,12 @@ PRESETS: dict[str, ModelPreset] = {
             "Stable Diffusion 1.5 with the OpenPose ControlNet v1.1 (needs a download; best on a GPU)",
             repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
             controlnet="lllyasviel/control_v11p_sd15_openpose",
+        ),
+        ModelPreset(
+            "sdxl",
+            "Stable Diffusion XL base 1.0 with xinsir's OpenPose ControlNet (needs a download and a GPU)",
+            repo="stabilityai/stable-diffusion-xl-base-1.0",
+            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=30, default_guidance=6.0, family="sdxl",
         ),
     )
 }

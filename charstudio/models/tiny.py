@@ -31,7 +31,7 @@ def _byte_symbols() -> list[str]:
     return symbols
 
 
-def build_tokenizer():
+def build_tokenizer(pad_token: str = "<|endoftext|>"):
     """A byte-level CLIP tokenizer built in memory (no files, no hub).
 
     The vocabulary is the 256 byte symbols, their end-of-word forms, and the two special
@@ -48,34 +48,27 @@ def build_tokenizer():
         vocab[s + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
+
+
+def _text_encoder(tokenizer: Any, seed: int, projection: bool = False) -> Any:
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=64,
+                            num_hidden_layers=3 if projection else 2, num_attention_heads=4,
+                            max_position_embeddings=77, projection_dim=TEXT_HIDDEN,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     """Build the tiny model's components, ready to hand to a diffusers pipeline."""
-    import torch
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     tokenizer = build_tokenizer()
-
     # Each module gets its own seed so that adding a module never changes the others.
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=TEXT_HIDDEN,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-
+    text_encoder = _text_encoder(tokenizer, seed)
     unet_blocks = dict(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -84,12 +77,50 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder,
+            **_unet_controlnet_vae(seed, unet_blocks), "scheduler": _sd_scheduler()}
+
+
+def build_tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
+    """The SDXL architecture at toy size: CLIP ViT-L's role (`text_encoder`) and OpenCLIP bigG's
+    with its projection (`text_encoder_2`, pad token ``!`` as SDXL's second tokenizer has), their
+    penultimate states concatenated (2 x 32 wide), and a UNet and ControlNet conditioned on the
+    pooled embedding plus six size/crop ids (``addition_embed_type="text_time"``)."""
+    tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer(pad_token="!")
+    text_encoder = _text_encoder(tokenizer, seed + 10)
+    text_encoder_2 = _text_encoder(tokenizer_2, seed + 11, projection=True)
+    time_dim = 8
+    unet_blocks = dict(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=2 * TEXT_HIDDEN,
+        attention_head_dim=(2, 4),
+        norm_num_groups=16,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # the UNet's own check: six time ids of time_dim each, plus the pooled embedding
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,
+        use_linear_projection=True,
+    )
+    return {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "text_encoder": text_encoder,
+            "text_encoder_2": text_encoder_2, **_unet_controlnet_vae(seed + 20, unet_blocks),
+            "scheduler": _sd_scheduler()}
+
+
+def _unet_controlnet_vae(seed: int, unet_blocks: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    up = tuple({"DownBlock2D": "UpBlock2D", "CrossAttnDownBlock2D": "CrossAttnUpBlock2D"}[b]
+               for b in reversed(unet_blocks["down_block_types"]))
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
         sample_size=TINY_SIZE // 8,
         in_channels=4,
         out_channels=4,
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        up_block_types=up,
         **unet_blocks,
     ).eval()
 
@@ -123,9 +154,14 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         norm_num_groups=8,
         sample_size=TINY_SIZE,
     ).eval()
+    return {"unet": unet, "vae": vae, "controlnet": controlnet}
 
-    # The same noise schedule as SD 1.x, so schedulers behave as they do on real models.
-    scheduler = DDIMScheduler(
+
+def _sd_scheduler() -> Any:
+    """The same noise schedule as SD 1.x and SDXL, so schedulers behave as on real models."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
@@ -134,11 +170,3 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    return {
-        "tokenizer": tokenizer,
-        "text_encoder": text_encoder,
-        "unet": unet,
-        "vae": vae,
-        "controlnet": controlnet,
-        "scheduler": scheduler,
-    }

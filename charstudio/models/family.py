@@ -1,0 +1,132 @@
+"""Model families: what differs between SD 1.x and SDXL, in one place.
+
+A `Studio` knows its family and asks it for everything family-specific: the diffusers pipeline
+classes, the parts a model is made of, the prompt encoder and the extra pipeline arguments it
+produces, the native size and the sizes the models were trained at, and the default OpenPose
+ControlNet. The family is detected from the model itself (`detect_family`,
+`family_of_folder`, `family_of_keys`), never from its name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+from ..errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+FamilyName = Literal["sd1", "sdxl"]
+PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img")
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything charstudio does differently for one family of Stable Diffusion models."""
+
+    name: FamilyName
+    label: str  # for messages: "SD 1.x", "SDXL"
+    pipelines: Mapping[str, str]  # pipeline kind -> diffusers class name
+    text_parts: tuple[tuple[str, str], ...]  # (tokenizer, text encoder) component names, in order
+    native_size: int  # what the family's base models were trained at (pixels a side)
+    sizes: tuple[tuple[int, int], ...]  # (width, height) the base models were trained at
+    openpose_controlnet: str  # hub id of the default OpenPose ControlNet
+    single_file_marker: str  # a key prefix only this family's single files have
+    pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """The parts every pipeline of this family is built from."""
+        names = [n for pair in self.text_parts for n in pair]
+        return ("vae", *names, "unet", "scheduler")
+
+    def make_encoder(self, components: Mapping[str, Any]) -> Any:
+        """The prompt encoder over this family's tokenizers and text encoders."""
+        from ..conditioning import PromptEncoder, SDXLPromptEncoder
+
+        if self.name == "sdxl":
+            (t1, e1), (t2, e2) = self.text_parts
+            return SDXLPromptEncoder(PromptEncoder(components[t1], components[e1], layer="penultimate"),
+                                     PromptEncoder(components[t2], components[e2], layer="penultimate"),
+                                     force_zeros_for_empty_prompt=True)
+        (tok, enc), = self.text_parts
+        return PromptEncoder(components[tok], components[enc])
+
+    def build_pipeline(self, kind: str, parts: Mapping[str, Any]) -> Any:
+        """The diffusers pipeline of ``kind`` over shared ``parts``."""
+        import diffusers
+
+        cls: Callable[..., Any] = getattr(diffusers, self.pipelines[kind])
+        return cls(**parts, **self.pipeline_options)
+
+
+SD1 = ModelFamily(
+    name="sd1", label="SD 1.x",
+    pipelines={"txt2img": "StableDiffusionPipeline", "controlnet": "StableDiffusionControlNetPipeline",
+               "img2img": "StableDiffusionImg2ImgPipeline",
+               "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline"},
+    text_parts=(("tokenizer", "text_encoder"),),
+    native_size=512, sizes=((512, 512), (512, 768), (768, 512)),
+    openpose_controlnet="lllyasviel/control_v11p_sd15_openpose",
+    single_file_marker="cond_stage_model.transformer.",
+    pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
+)
+
+SDXL = ModelFamily(
+    name="sdxl", label="SDXL",
+    pipelines={"txt2img": "StableDiffusionXLPipeline", "controlnet": "StableDiffusionXLControlNetPipeline",
+               "img2img": "StableDiffusionXLImg2ImgPipeline",
+               "controlnet_img2img": "StableDiffusionXLControlNetImg2ImgPipeline"},
+    text_parts=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
+    # The buckets SDXL and its anime fine-tunes (Illustrious, NoobAI, Pony, Animagine) train at.
+    native_size=1024, sizes=((1024, 1024), (832, 1216), (1216, 832), (896, 1152), (1152, 896), (768, 1344),
+                             (1344, 768)),
+    openpose_controlnet="xinsir/controlnet-openpose-sdxl-1.0",
+    single_file_marker="conditioner.embedders.",
+    # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
+    pipeline_options={"add_watermarker": False},
+)
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
+
+
+def detect_family(components: Mapping[str, Any]) -> ModelFamily:
+    """The family of loaded components: SDXL has a second text encoder and a text-time UNet."""
+    unet = components.get("unet")
+    time_conditioned = getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
+    if components.get("text_encoder_2") is not None or time_conditioned:
+        if not time_conditioned or components.get("text_encoder_2") is None:
+            raise ModelLoadError("the model has half of SDXL's parts (a second text encoder xor a UNet with "
+                                 "addition_embed_type='text_time'): it is neither SD 1.x nor SDXL")
+        return SDXL
+    return SD1
+
+
+def family_of_folder(folder: str | Path) -> ModelFamily:
+    """A diffusers folder's family, read from its model_index.json pipeline class."""
+    index = Path(folder) / "model_index.json"
+    try:
+        name = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model={str(folder)!r}: its model_index.json cannot be read ({exc})") from exc
+    return SDXL if "XL" in name else SD1
+
+
+def family_of_keys(keys: list[str], source: str) -> ModelFamily:
+    """A single-file checkpoint's family, from its tensor names; unknown layouts are refused
+    naming the keys that decided it."""
+    for fam in (SDXL, SD1):
+        if any(k.startswith(fam.single_file_marker) for k in keys):
+            return fam
+    seen = sorted({".".join(k.split(".")[:2]) for k in keys})
+    raise ModelLoadError(f"model={source!r} is neither SD 1.x (no {SD1.single_file_marker}* keys) nor SDXL "
+                         f"(no {SDXL.single_file_marker}* keys); it has {', '.join(seen[:4]) or 'no tensors'}"
+                         f"{', ...' if len(seen) > 4 else ''}")
+
+
+def is_v_prediction_file(keys: list[str]) -> bool:
+    """Whether a single file marks itself as v-prediction (NoobAI v-pred carries a ``v_pred`` key)."""
+    return "v_pred" in keys

@@ -1,0 +1,184 @@
+"""The SDXL family on `tiny-sdxl`: detected from the model, encoded with both text encoders,
+drawn through diffusers' own SDXL pipelines, pixel-equal to a plain pipeline call."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from charstudio.errors import ConfigError, ModelLoadError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "a girl with long red hair, blue dress"
+
+
+@pytest.fixture(scope="module")
+def xl():
+    from charstudio import Studio
+
+    return Studio.from_pretrained("tiny-sdxl", device="cpu")
+
+
+def _plain_pipeline(kind: str = "txt2img"):
+    from charstudio.models.family import SDXL
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    c = build_tiny_sdxl_components()
+    parts = {k: c[k] for k in SDXL.component_names}
+    if "controlnet" in kind:
+        parts["controlnet"] = c["controlnet"]
+    pipe = SDXL.build_pipeline(kind, parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_tiny_sdxl_has_sdxls_parts(xl):
+    c = xl.components
+    assert xl.family.name == "sdxl" and xl.family.label == "SDXL"
+    assert type(c["text_encoder"]).__name__ == "CLIPTextModel"
+    assert type(c["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
+    assert c["tokenizer_2"].pad_token == "!" and c["tokenizer"].pad_token == "<|endoftext|>"
+    unet = c["unet"].config
+    assert unet.addition_embed_type == "text_time"
+    # diffusers' own check: six time ids plus the pooled embedding feed the added embedding
+    pooled = c["text_encoder_2"].config.projection_dim
+    assert unet.addition_time_embed_dim * 6 + pooled == c["unet"].add_embedding.linear_1.in_features
+    assert unet.cross_attention_dim == c["text_encoder"].config.hidden_size + c["text_encoder_2"].config.hidden_size
+    assert type(xl.pipeline("txt2img")).__name__ == "StableDiffusionXLPipeline"
+    assert xl.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
+
+
+def test_generate_is_pixel_equal_to_a_plain_sdxl_pipeline(xl):
+    from charstudio.schedulers import make_scheduler
+
+    result = xl.generate(PROMPT, seed=11, num_inference_steps=3, width=64, height=64)
+    pipe = _plain_pipeline()
+    pipe.scheduler = make_scheduler(result.recipe.scheduler, dict(pipe.scheduler.config))
+    plain = pipe(PROMPT, num_inference_steps=3, width=64, height=64, guidance_scale=result.recipe.guidance_scale,
+                 generator=torch.Generator().manual_seed(11)).images[0]
+    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(plain))
+
+
+def test_same_seed_same_picture_and_a_png_reruns_exactly(xl, tmp_path):
+    from charstudio import Result
+
+    a = xl.generate(PROMPT, seed=5, num_inference_steps=2, width=64, height=64)
+    b = xl.generate(PROMPT, seed=5, num_inference_steps=2, width=64, height=64)
+    c = xl.generate(PROMPT, seed=6, num_inference_steps=2, width=64, height=64)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+    path = a.save(tmp_path)[0]
+    again = xl.run(Result.from_png(path).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(a.image))
+
+
+def test_both_encoders_condition_and_an_empty_negative_is_zeros(xl):
+    enc = xl.encoder
+    e = enc.encode(PROMPT, "")
+    assert tuple(e.prompt_embeds.shape) == (1, 77, 64) and tuple(e.pooled_prompt_embeds.shape) == (1, 32)
+    assert not e.negative_prompt_embeds.any() and not e.negative_pooled_prompt_embeds.any()  # force_zeros
+    n = enc.encode(PROMPT, "blurry")
+    assert n.negative_prompt_embeds.abs().sum() > 0 and n.negative_pooled_prompt_embeds.abs().sum() > 0
+    # each half of the 64-wide context is one encoder's penultimate layer, as diffusers builds it
+    ids = xl.components["tokenizer"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        first = xl.components["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(e.prompt_embeds[..., :32], first)
+
+
+def test_clip_skip_counts_back_from_sdxls_penultimate_layer(xl):
+    """SDXL already conditions on the penultimate layer (Pony's "clip skip 2" is clip_skip=None);
+    clip_skip=1 goes one layer further back in both encoders."""
+    ids = xl.components["tokenizer_2"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = xl.components["text_encoder_2"](ids, output_hidden_states=True).hidden_states
+    default = xl.encoder.encode(PROMPT, "", clip_skip=None).prompt_embeds[..., 32:]
+    skip1 = xl.encoder.encode(PROMPT, "", clip_skip=1).prompt_embeds[..., 32:]
+    torch.testing.assert_close(default, states[-2])
+    torch.testing.assert_close(skip1, states[-3])
+
+
+def test_long_prompts_are_chunked_in_both_encoders_and_weights_apply(xl):
+    long = ", ".join(["red hair"] * 20)  # about 180 byte-tokens on tiny's tokenizer
+    e = xl.encoder.encode(long, "")
+    assert e.num_chunks >= 2 and e.prompt_embeds.shape[1] == 77 * e.num_chunks
+    assert e.negative_prompt_embeds.shape == e.prompt_embeds.shape
+    weighted = xl.encoder.encode("(red hair:1.5), blue dress", "")
+    plain = xl.encoder.encode("red hair, blue dress", "")
+    assert not torch.equal(weighted.prompt_embeds, plain.prompt_embeds)
+    result = xl.generate(long, seed=1, num_inference_steps=2, width=64, height=64)
+    assert result.image.size == (64, 64)
+
+
+def test_a_pose_uses_the_sdxl_controlnet_pipeline(xl):
+    plain = xl.generate(PROMPT, seed=2, num_inference_steps=2, width=64, height=64)
+    posed = xl.generate(PROMPT, seed=2, num_inference_steps=2, width=64, height=64, pose="waving")
+    assert type(xl.pipeline("controlnet")).__name__ == "StableDiffusionXLControlNetPipeline"
+    assert posed.recipe.pose is not None
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(posed.image))
+
+
+def test_img2img_and_from_photo_on_sdxl(xl):
+    from PIL import Image
+
+    photo = Image.new("RGB", (64, 64), (200, 40, 40))
+    steps = []
+    result = xl.from_photo(PROMPT, photo, strength=0.5, pose=None, seed=3, num_inference_steps=4,
+                           progress=steps.append)
+    assert result.extras["kind"] == "img2img" and result.image.size == (64, 64)
+    assert type(xl.pipeline("img2img")).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert steps[-1].steps == 2 and steps[-1].step == 2  # diffusers runs int(4 * 0.5) steps
+
+
+def test_a_diffusers_folder_is_detected_as_sdxl(tmp_path, xl):
+    from charstudio import Studio
+
+    pipe = _plain_pipeline()
+    pipe.save_pretrained(tmp_path / "xl")
+    assert "XL" in json.loads((tmp_path / "xl" / "model_index.json").read_text())["_class_name"]
+    studio = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu")
+    assert studio.family.name == "sdxl" and studio.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
+    a = studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
+    b = xl.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_single_file_keys_decide_the_family():
+    from charstudio.models.family import family_of_keys
+    from charstudio.models.loading import check_single_file_layout
+
+    xl_keys = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight",
+               "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+               "conditioner.embedders.1.model.text_projection"]
+    sd1_keys = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight",
+                "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
+    assert family_of_keys(xl_keys, "x").name == "sdxl" and check_single_file_layout("x", xl_keys).name == "sdxl"
+    assert family_of_keys(sd1_keys, "x").name == "sd1" and check_single_file_layout("x", sd1_keys).name == "sd1"
+    with pytest.raises(ModelLoadError, match=r"neither SD 1.x .* nor SDXL .*it has encoder\.layer"):
+        family_of_keys(["encoder.layer.0.weight"], "x")
+    with pytest.raises(ModelLoadError, match=r"SDXL single-file layout: it lacks OpenCLIP bigG"):
+        check_single_file_layout("x", xl_keys[:3])
+
+
+def test_half_an_sdxl_is_refused():
+    from charstudio.models.family import detect_family
+    from charstudio.models.tiny import build_tiny_components, build_tiny_sdxl_components
+
+    parts = {**build_tiny_components(), "text_encoder_2": build_tiny_sdxl_components()["text_encoder_2"]}
+    with pytest.raises(ModelLoadError, match="neither SD 1.x nor SDXL"):
+        detect_family(parts)
+
+
+def test_sizes_are_bounded_by_the_families_native_size(xl):
+    assert xl.default_size == 128  # tiny-sdxl's latents are 16x16, as tiny's
+    with pytest.raises(ConfigError, match="trained at 128x128"):
+        xl.generate(PROMPT, width=512, height=512, num_inference_steps=1)
+
+
+def test_interpolation_says_it_is_not_on_sdxl_yet(xl):
+    with pytest.raises(ConfigError, match="SDXL needs pooled embeddings"):
+        xl.interpolate("a cat", "a dog", frames=2, num_inference_steps=1, width=64, height=64)
