@@ -40,6 +40,9 @@ class GenerationConfig:
     seed: int = 0
     num_inference_steps: int = 25
     guidance_scale: float = 7.0
+    # CFG rescale (diffusers' guidance_rescale, "phi" in the paper): 0 off; about 0.7 for
+    # v-prediction models with zero-terminal SNR (NoobAI v-pred), whose CFG over-exposes otherwise.
+    guidance_rescale: float = 0.0
     width: int = 512
     height: int = 512
     scheduler: str = DEFAULT_SCHEDULER
@@ -69,6 +72,7 @@ class GenerationConfig:
         self.seed = check_int("seed", self.seed, 0, MAX_SEED)
         self.num_inference_steps = check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
         self.guidance_scale = check_float("guidance_scale", self.guidance_scale, 0.0, 50.0)
+        self.guidance_rescale = check_float("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
         self.width = check_size("width", self.width)
         self.height = check_size("height", self.height)
         self.scheduler = scheduler_spec(self.scheduler).name

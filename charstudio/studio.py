@@ -26,7 +26,7 @@ from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
-from .validation import check_float, check_text
+from .validation import check_choice, check_float, check_text
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,28 @@ class Studio:
     @classmethod
     def from_pretrained(cls, model: str = "mini", *, device: str | None = None, dtype: str | None = None,
                         controlnet: str | None = None, allow_pickle: bool = False,
-                        attention: str = "auto", config: str | None = None) -> "Studio":
+                        attention: str = "auto", config: str | None = None,
+                        prediction_type: str | None = None) -> "Studio":
         """Load a model by preset name (`mini`, `tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
 
         `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
         Pickled `.ckpt` files load only with `allow_pickle=True`.
         `config` (single files only): diffusers folder or hub id of the base model whose configs,
         tokenizer and scheduler describe the file; needed offline unless SD 1.5's are cached.
+        `prediction_type` ("epsilon" or "v_prediction") overrides what the model says; a
+        v-prediction model also gets zero-terminal-SNR betas, trailing timesteps and, by
+        default, CFG rescale 0.7 in its recipes.
         """
         source = resolve_model(model, allow_pickle=allow_pickle)
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
         components = load_components(source, dtype=dt, config=config)
+        if prediction_type is not None:
+            from .models.family import prediction_scheduler_config
+
+            check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+            sched = components["scheduler"]
+            components["scheduler"] = type(sched).from_config(prediction_scheduler_config(sched.config, prediction_type))
         for name in ("text_encoder", "unet", "vae", "controlnet"):
             if components.get(name) is not None:
                 components[name].to(dev)
@@ -110,7 +120,8 @@ class Studio:
             if not self.controlnet_source:
                 raise ModelLoadError(f"model {self.model_id!r} has no OpenPose ControlNet configured: "
                                      f"pass controlnet={self.family.openpose_controlnet!r} (or a folder)")
-            net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle).to(self.device)
+            net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle,
+                                  family=self.family).to(self.device)
             self.components["controlnet"] = net
             self._pipelines = {k: v for k, v in self._pipelines.items() if "controlnet" not in k}
         return self.components["controlnet"]
@@ -129,6 +140,11 @@ class Studio:
         return self._pipelines[kind]
 
     @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: "epsilon" (most models) or "v_prediction" (NoobAI v-pred, ...)."""
+        return str(self.base_scheduler_config.get("prediction_type") or "epsilon")
+
+    @property
     def active_loras(self) -> dict[str, float]:
         """LoRA adapters in use, name -> weight (recorded in every recipe)."""
         return {name: rec.weight for name, rec in self._loras.items() if rec.weight is not None}
@@ -143,6 +159,7 @@ class Studio:
                  extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, width: int | None = None, height: int | None = None,
                  negative_prompt: str | None = None, scheduler: str = DEFAULT_SCHEDULER, num_images: int = 1,
+                 guidance_rescale: float | None = None,
                  clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
@@ -160,7 +177,7 @@ class Studio:
             control_image, pose = pose, None
         config = self.make_config(character_or_prompt, style=style, extra=extra, seed=seed,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                  width=width, height=height, negative_prompt=negative_prompt,
+                                  guidance_rescale=guidance_rescale, width=width, height=height, negative_prompt=negative_prompt,
                                   scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
                                   controlnet_conditioning_scale=controlnet_conditioning_scale,
                                   control_guidance_start=control_guidance_start,
@@ -202,6 +219,12 @@ class Studio:
             pose = self._pose_dict(pose, width, height)
         if settings.get("guidance_scale") is None:
             settings["guidance_scale"] = self.default_guidance
+        if settings.get("guidance_rescale") is None:
+            from .models.family import V_PREDICTION_GUIDANCE_RESCALE
+
+            # diffusers' ControlNet pipelines have no CFG rescale, so a posed picture goes without.
+            rescale = self.prediction_type == "v_prediction" and pose is None
+            settings["guidance_rescale"] = V_PREDICTION_GUIDANCE_RESCALE if rescale else 0.0
         return GenerationConfig(
             prompt=prompt, negative_prompt=negative, seed=seed,
             num_inference_steps=self.default_steps if num_inference_steps is None else num_inference_steps,
@@ -239,6 +262,9 @@ class Studio:
             log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
         check_picture_size(config.width, config.height, self.default_size, allow_large=self.allow_large,
                            memory_bytes=available_memory(self.device), model=repr(self.model_id))
+        small = self.family.size_warning(config.width, config.height, self.default_size, repr(self.model_id))
+        if small:
+            warnings.warn(small, UserWarning, stacklevel=2)
         missing = set(config.loras) - set(self._loras)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
@@ -304,6 +330,13 @@ class Studio:
                               control_guidance_start=config.control_guidance_start,
                               control_guidance_end=config.control_guidance_end)
         pipe = self.pipeline(kind)
+        if config.guidance_rescale:
+            import inspect
+
+            if "guidance_rescale" not in inspect.signature(pipe.__call__).parameters:
+                raise ConfigError("guidance_rescale", config.guidance_rescale,
+                                  f"diffusers' {type(pipe).__name__} has no CFG rescale: use 0 with poses or img2img here")
+            extra_args["guidance_rescale"] = config.guidance_rescale
 
         # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
         if embeddings is None and config.style_mix:

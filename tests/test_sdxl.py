@@ -182,3 +182,47 @@ def test_sizes_are_bounded_by_the_families_native_size(xl):
 def test_interpolation_says_it_is_not_on_sdxl_yet(xl):
     with pytest.raises(ConfigError, match="SDXL needs pooled embeddings"):
         xl.interpolate("a cat", "a dog", frames=2, num_inference_steps=1, width=64, height=64)
+
+
+def test_a_controlnet_of_the_other_family_is_refused_before_it_loads(tmp_path):
+    from charstudio import Studio
+    from charstudio.models.tiny import build_tiny_components, build_tiny_sdxl_components
+
+    build_tiny_components()["controlnet"].save_pretrained(tmp_path / "cn_sd1")
+    build_tiny_sdxl_components()["controlnet"].save_pretrained(tmp_path / "cn_xl")
+    _plain_pipeline().save_pretrained(tmp_path / "xl")
+    xl = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu", controlnet=str(tmp_path / "cn_sd1"))
+    with pytest.raises(ModelLoadError, match=r"is an SD 1.x ControlNet and the model is SDXL.*xinsir"):
+        xl.generate(PROMPT, pose="waving", num_inference_steps=1, width=64, height=64)
+    assert xl.components["controlnet"] is None
+    ok = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu", controlnet=str(tmp_path / "cn_xl"))
+    assert ok.generate(PROMPT, pose="waving", num_inference_steps=1, width=64, height=64).image.size == (64, 64)
+
+
+def test_a_small_picture_on_sdxl_warns_with_the_trained_sizes(xl):
+    with pytest.warns(UserWarning, match=r"SDXL model trained at 128x128, 104x152, 152x104.*64x64 gives poor"):
+        xl.generate(PROMPT, num_inference_steps=1, width=64, height=64)
+
+
+def test_v_prediction_models_get_their_schedule_and_cfg_rescale(xl):
+    from charstudio import Studio
+    from charstudio.models.family import is_v_prediction_file, prediction_scheduler_config
+
+    vp = Studio.from_pretrained("tiny-sdxl", device="cpu", prediction_type="v_prediction")
+    cfg = vp.base_scheduler_config
+    assert (vp.prediction_type, cfg["rescale_betas_zero_snr"], cfg["timestep_spacing"]) == ("v_prediction", True,
+                                                                                          "trailing")
+    assert xl.prediction_type == "epsilon"
+    a = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
+    assert a.recipe.guidance_rescale == 0.7  # the default for v-prediction, recorded in the recipe
+    b = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64, guidance_rescale=0.0)
+    e = xl.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))  # CFG rescale acts
+    assert not np.array_equal(np.asarray(b.image), np.asarray(e.image))  # so does the v-prediction schedule
+    assert np.array_equal(np.asarray(vp.run(a.recipe).image), np.asarray(a.image))
+    # with a pose (diffusers' ControlNet pipelines have no CFG rescale) the default is off, and asking is refused
+    assert vp.make_config(PROMPT, pose="waving", width=64, height=64).guidance_rescale == 0.0
+    with pytest.raises(ConfigError, match="guidance_rescale=0.5 .*has no CFG rescale"):
+        vp.generate(PROMPT, pose="waving", guidance_rescale=0.5, num_inference_steps=1, width=64, height=64)
+    assert is_v_prediction_file(["model.diffusion_model.x", "v_pred", "ztsnr"]) and not is_v_prediction_file(["x"])
+    assert prediction_scheduler_config({"prediction_type": "epsilon"}, "epsilon") == {"prediction_type": "epsilon"}

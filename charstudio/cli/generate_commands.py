@@ -16,6 +16,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
     p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                   help="override what the model predicts (v_prediction for NoobAI v-pred and the like; "
+                        "single files that carry a v_pred key are detected)")
     add_checkpoint_file_args(p)
 
 
@@ -65,6 +68,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
     p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 25 for SD)")
+    p.add_argument("--guidance-rescale", type=float, default=None,
+                   help="CFG rescale 0..1 (default: 0.7 for v-prediction models, else 0)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale (default: the model's; 7 for SD, 3 for mini)")
     p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
@@ -105,7 +110,8 @@ def load_studio(args: argparse.Namespace):
 
     studio = Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                     controlnet=args.controlnet, allow_pickle=args.allow_pickle,
-                                    config=getattr(args, "config", None))
+                                    config=getattr(args, "config", None),
+                                    prediction_type=getattr(args, "prediction_type", None))
     studio.allow_large = bool(getattr(args, "allow_large", False))
     return studio
 
@@ -147,7 +153,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     load_loras(studio, args)
     with StepBar("generating") as bar:
         result = studio.generate(args.subject, style=args.style, extra=args.add, seed=args.seed,
-                                 num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
+                                 num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                 guidance_rescale=args.guidance_rescale, width=args.width,
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
                                  num_images=args.num_images, pose=args.pose,
                                  controlnet_conditioning_scale=args.control_scale, progress=bar)

@@ -135,7 +135,8 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             ip_adapter_image=images.get("ip_adapter_image"), ip_adapter_scale=args.ip_adapter_scale,
             ip_adapter_weight_name=args.ip_adapter_weight_name,
             embedder=embedder, compute_score=True if embedder else None, style=args.style, extra=args.add,
-            num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width, height=args.height,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
+            width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
             controlnet_conditioning_scale=args.control_scale, progress=bar)
 

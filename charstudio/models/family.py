@@ -20,6 +20,7 @@ from ..errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 FamilyName = Literal["sd1", "sdxl"]
+SD1_MARK, SDXL_MARK = "sd1", "sdxl"
 PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img")
 
 
@@ -36,6 +37,9 @@ class ModelFamily:
     openpose_controlnet: str  # hub id of the default OpenPose ControlNet
     single_file_marker: str  # a key prefix only this family's single files have
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
+    # Below this share of the native size a side the family's models draw poorly (SDXL under
+    # about 768 px); None: no warning.
+    small_size_share: float | None = None
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -54,6 +58,24 @@ class ModelFamily:
                                      force_zeros_for_empty_prompt=True)
         (tok, enc), = self.text_parts
         return PromptEncoder(components[tok], components[enc])
+
+    def size_warning(self, width: int, height: int, native: int, model: str) -> str | None:
+        """A warning for a picture far below the sizes this family was trained at, else None."""
+        if self.small_size_share is None or max(width, height) >= self.small_size_share * native:
+            return None
+        scale = native / self.native_size
+        sizes = ", ".join(f"{round(w * scale)}x{round(h * scale)}" for w, h in self.sizes[:5])
+        return (f"{model} is an {self.label} model trained at {sizes}: {width}x{height} gives poor pictures; "
+                f"use one of those sizes")
+
+    def check_controlnet(self, config: Mapping[str, Any], source: str) -> None:
+        """Refuse a ControlNet of the other family (from its config, before its weights load)."""
+        other = SDXL_MARK if config.get("addition_embed_type") == "text_time" else SD1_MARK
+        if other != self.name:
+            theirs = FAMILIES[other]
+            raise ModelLoadError(f"controlnet={source!r} is an {theirs.label} ControlNet and the model is "
+                                 f"{self.label}: use an {self.label} OpenPose ControlNet, e.g. "
+                                 f"{self.openpose_controlnet!r}")
 
     def build_pipeline(self, kind: str, parts: Mapping[str, Any]) -> Any:
         """The diffusers pipeline of ``kind`` over shared ``parts``."""
@@ -88,6 +110,7 @@ SDXL = ModelFamily(
     single_file_marker="conditioner.embedders.",
     # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
     pipeline_options={"add_watermarker": False},
+    small_size_share=0.75,
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
@@ -130,3 +153,20 @@ def family_of_keys(keys: list[str], source: str) -> ModelFamily:
 def is_v_prediction_file(keys: list[str]) -> bool:
     """Whether a single file marks itself as v-prediction (NoobAI v-pred carries a ``v_pred`` key)."""
     return "v_pred" in keys
+
+
+PredictionType = Literal["epsilon", "v_prediction"]
+V_PREDICTION_GUIDANCE_RESCALE = 0.7  # the CFG rescale v-prediction + zero-terminal-SNR models are used with
+
+
+def prediction_scheduler_config(base: Mapping[str, Any], prediction_type: PredictionType) -> dict[str, Any]:
+    """A scheduler config for ``prediction_type``. v-prediction models of this kind (NoobAI
+    v-pred) are trained with zero terminal SNR, so they also get rescaled betas and trailing
+    timesteps (the schedule must reach pure noise at the first step)."""
+    # diffusers' from_config resets the keys listed in `_use_default_values` to the class
+    # defaults; every key here is meant as given.
+    config = {k: v for k, v in dict(base).items() if k != "_use_default_values"}
+    config["prediction_type"] = prediction_type
+    if prediction_type == "v_prediction":
+        config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return config

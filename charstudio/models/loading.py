@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from ..errors import ModelLoadError
-from .family import SD1, SDXL, ModelFamily, family_of_folder
+from .family import SD1, SDXL, ModelFamily, family_of_folder, is_v_prediction_file, prediction_scheduler_config
 from .presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -287,9 +287,10 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     #    otherwise guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from
     #    `config`. A folder names its pipeline class; a hub id is taken as SD 1.x unless a preset says.
     extra: dict[str, Any] = {}
-    family = SD1
+    family, v_pred = SD1, False
     if source.kind == "single_file":
-        family = check_single_file_layout(source.location, checkpoint_keys(source.location))
+        keys = checkpoint_keys(source.location)
+        family, v_pred = check_single_file_layout(source.location, keys), is_v_prediction_file(keys)
         if config is not None:
             extra["config"] = _check_config(config)
     elif source.kind == "folder":
@@ -336,18 +337,26 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
+    if v_pred:  # the file says so (NoobAI v-pred's `v_pred` key); its base config does not
+        log.info("%s marks itself as v-prediction: zero-terminal-SNR betas, trailing timesteps", source.location)
+        pipe.scheduler = type(pipe.scheduler).from_config(prediction_scheduler_config(pipe.scheduler.config,
+                                                                                     "v_prediction"))
     return {name: getattr(pipe, name) for name in family.component_names}
 
 
-def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False):
-    """Load an OpenPose ControlNet (hub id or local folder)."""
+def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False, family: ModelFamily | None = None):
+    """Load an OpenPose ControlNet (hub id or local folder); with `family`, one of another
+    family is refused from its config before its weights load."""
     import pickle
 
     from diffusers import ControlNetModel
 
-    if Path(location).expanduser().is_dir():
-        check_pickled_files(Path(location).expanduser(), "controlnet", allow_pickle)
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        check_pickled_files(folder, "controlnet", allow_pickle)
     try:
+        if family is not None:
+            family.check_controlnet(ControlNetModel.load_config(location), location)
         return ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype))
     except (OSError, EnvironmentError, ValueError, pickle.UnpicklingError) as exc:
         refused = _pickle_refused("controlnet", location, exc)
