@@ -54,6 +54,7 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.layer = layer
+        self.last_pooled: Any = None  # the pooled projection of the last encode_pieces call (SDXL's second encoder)
         self.window = int(getattr(tokenizer, "model_max_length", 77) or 77)
         if self.window > 1000:  # some tokenizers report a huge sentinel; CLIP's window is 77
             self.window = 77
@@ -89,7 +90,8 @@ class PromptEncoder:
             ids.extend(piece_ids)
             weights.extend([float(weight)] * len(piece_ids))
         chunks = max(num_chunks, (len(ids) + self.chunk_len - 1) // self.chunk_len, 1)
-        return self._encode_ids(ids, weights, chunks, clip_skip), len(ids)
+        embeds, self.last_pooled = self._encode_ids(ids, weights, chunks, clip_skip)
+        return embeds, len(ids)
 
     def _chunk_row(self, ids: list[int], c: int) -> tuple[list[int], int]:
         """Chunk `c` of a token list as one CLIP window: BOS, up to 75 tokens, EOS, padding;
@@ -104,41 +106,35 @@ class PromptEncoder:
         import torch
 
         device = self.text_encoder.device
-        out = []
+        out, pooled = [], None
         for c in range(num_chunks):
             row, n = self._chunk_row(ids, c)
             part_w = weights[c * self.chunk_len:c * self.chunk_len + n]
             row_w = [1.0] + part_w + [1.0] * (self.chunk_len - n + 1)
             input_ids = torch.tensor([row], device=device)
             with torch.no_grad():
-                hidden = self.hidden(input_ids, clip_skip)
+                hidden, chunk_pooled = self._forward(input_ids, clip_skip)
+            if c == 0:
+                pooled = chunk_pooled  # weights scale the states after the forward: this is unweighted
             if any(w != 1.0 for w in row_w):
                 w = torch.tensor(row_w, device=device, dtype=hidden.dtype)[None, :, None]
                 original_mean = hidden.float().mean()
                 hidden = hidden * w
                 hidden = hidden * (original_mean / hidden.float().mean()).to(hidden.dtype)
             out.append(hidden)
-        return torch.cat(out, dim=1)
+        return torch.cat(out, dim=1), pooled
 
-    def hidden(self, input_ids: Any, clip_skip: int | None = None) -> Any:
-        """The conditioning hidden states of a batch of token windows (see ``layer``)."""
+    def _forward(self, input_ids: Any, clip_skip: int | None = None) -> tuple[Any, Any]:
+        """The conditioning hidden states of token windows (see ``layer``), and the pooled
+        projection when the encoder has one (SDXL's second: ``text_embeds``), else None."""
         if self.layer == "penultimate":
-            states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
-            return states[-((clip_skip or 0) + 2)]
+            out = self.text_encoder(input_ids, output_hidden_states=True)
+            return out.hidden_states[-((clip_skip or 0) + 2)], (out[0] if out[0].ndim == 2 else None)
         if clip_skip is None:
-            return self.text_encoder(input_ids)[0]
+            return self.text_encoder(input_ids)[0], None
         # diffusers' convention: clip_skip=1 uses the penultimate layer, then the final norm.
         states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
-        return self._final_norm(states[-(clip_skip + 1)])
-
-    def pooled(self, text: str) -> Any:
-        """The projected pooled embedding (1, dim) of ``text``'s first window, as SDXL's second
-        encoder gives it (CLIPTextModelWithProjection's ``text_embeds``)."""
-        import torch
-
-        row, _ = self._chunk_row(self.tokenize(text), 0)
-        with torch.no_grad():
-            return self.text_encoder(torch.tensor([row], device=self.text_encoder.device))[0]
+        return self._final_norm(states[-(clip_skip + 1)]), None
 
     def encode_texts(self, texts: Sequence[str], *, grad: bool = False) -> Any:
         """Plain texts (no weight syntax, as captions are trained) as one batch (B, 77*k, hidden).
@@ -230,18 +226,13 @@ class SDXLPromptEncoder:
         n_neg = max(1, -(-sum(len(self.tokenize(t)) for t, _ in neg_pieces) // self.chunk_len))
         chunks = max(n_pos, n_neg)
         pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
-        pooled = self.second.pooled(_plain(pos_pieces))
+        pooled = self.second.last_pooled  # from the first chunk's forward: the unweighted projection
         if self.force_zeros_for_empty_prompt and not negative_prompt.strip():
             neg, neg_pooled = torch.zeros_like(pos), torch.zeros_like(pooled)
         else:
             neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
-            neg_pooled = self.second.pooled(_plain(neg_pieces))
+            neg_pooled = self.second.last_pooled
         return EncodedPrompt(pos, neg, n_tokens, chunks, pooled, neg_pooled)
-
-
-def _plain(pieces: Sequence[tuple[str, float]]) -> str:
-    """The text of weighted pieces without their weights (the pooled embedding is unweighted)."""
-    return " ".join(t.strip() for t, _ in pieces if t.strip())
 
 
 def _pieces(text: str, parse_weights: bool) -> list[tuple[str, float]]:
