@@ -170,11 +170,7 @@ class PromptEncoder:
         With `parse_weights`, A1111 emphasis syntax is honoured when the prompt-syntax module
         is available; otherwise the text is taken literally.
         """
-        pos_pieces = _pieces(prompt, parse_weights)
-        neg_pieces = _pieces(negative_prompt, parse_weights)
-        n_pos = max(1, -(-sum(len(self.tokenize(t)) for t, _ in pos_pieces) // self.chunk_len))
-        n_neg = max(1, -(-sum(len(self.tokenize(t)) for t, _ in neg_pieces) // self.chunk_len))
-        chunks = max(n_pos, n_neg)
+        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights)
         pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
         neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
         if chunks > 1:
@@ -220,11 +216,7 @@ class SDXLPromptEncoder:
         """Both encoders' embeddings of a prompt and its negative, with the pooled embeddings."""
         import torch
 
-        pos_pieces = _pieces(prompt, parse_weights)
-        neg_pieces = _pieces(negative_prompt, parse_weights)
-        n_pos = max(1, -(-sum(len(self.tokenize(t)) for t, _ in pos_pieces) // self.chunk_len))
-        n_neg = max(1, -(-sum(len(self.tokenize(t)) for t, _ in neg_pieces) // self.chunk_len))
-        chunks = max(n_pos, n_neg)
+        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights)
         pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
         pooled = self.second.last_pooled  # from the first chunk's forward: the unweighted projection
         if self.force_zeros_for_empty_prompt and not negative_prompt.strip():
@@ -233,6 +225,13 @@ class SDXLPromptEncoder:
             neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
             neg_pooled = self.second.last_pooled
         return EncodedPrompt(pos, neg, n_tokens, chunks, pooled, neg_pooled)
+
+
+def _split(encoder: Any, prompt: str, negative_prompt: str, parse_weights: bool) -> tuple[list, list, int]:
+    """A prompt and its negative as weighted pieces, and the chunk count both are padded to."""
+    pos, neg = _pieces(prompt, parse_weights), _pieces(negative_prompt, parse_weights)
+    counts = [max(1, -(-sum(len(encoder.tokenize(t)) for t, _ in p) // encoder.chunk_len)) for p in (pos, neg)]
+    return pos, neg, max(counts)
 
 
 def _pieces(text: str, parse_weights: bool) -> list[tuple[str, float]]:
