@@ -32,6 +32,17 @@ class EncodedPrompt:
     pooled_prompt_embeds: Any = None  # SDXL: (1, 1280) from the second encoder; None for SD 1.x
     negative_pooled_prompt_embeds: Any = None
 
+    def map(self, fn: Any, *others: "EncodedPrompt") -> "EncodedPrompt":
+        """A new EncodedPrompt whose tensors are ``fn(mine, theirs...)`` field by field (blends,
+        mixes); pooled fields stay None where this family has none."""
+        def field_of(name: str) -> Any:
+            mine = getattr(self, name)
+            return None if mine is None else fn(mine, *(getattr(o, name) for o in others))
+
+        return EncodedPrompt(field_of("prompt_embeds"), field_of("negative_prompt_embeds"), self.num_tokens,
+                             self.num_chunks, field_of("pooled_prompt_embeds"),
+                             field_of("negative_pooled_prompt_embeds"))
+
     def pipeline_kwargs(self) -> dict[str, Any]:
         """The embedding arguments of a diffusers pipeline call (pooled ones only where they exist)."""
         kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
@@ -164,13 +175,13 @@ class PromptEncoder:
         return norm(hidden)
 
     def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
-               parse_weights: bool = True) -> EncodedPrompt:
+               parse_weights: bool = True, min_chunks: int = 1) -> EncodedPrompt:
         """Encode a prompt and its negative to equal-length embeddings.
 
         With `parse_weights`, A1111 emphasis syntax is honoured when the prompt-syntax module
         is available; otherwise the text is taken literally.
         """
-        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights)
+        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights, min_chunks)
         pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
         neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
         if chunks > 1:
@@ -212,11 +223,11 @@ class SDXLPromptEncoder:
         return torch.cat([a, b.to(a.dtype)], dim=-1), n
 
     def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
-               parse_weights: bool = True) -> EncodedPrompt:
+               parse_weights: bool = True, min_chunks: int = 1) -> EncodedPrompt:
         """Both encoders' embeddings of a prompt and its negative, with the pooled embeddings."""
         import torch
 
-        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights)
+        pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights, min_chunks)
         pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
         pooled = self.second.last_pooled  # from the first chunk's forward: the unweighted projection
         if self.force_zeros_for_empty_prompt and not negative_prompt.strip():
@@ -227,11 +238,17 @@ class SDXLPromptEncoder:
         return EncodedPrompt(pos, neg, n_tokens, chunks, pooled, neg_pooled)
 
 
-def _split(encoder: Any, prompt: str, negative_prompt: str, parse_weights: bool) -> tuple[list, list, int]:
-    """A prompt and its negative as weighted pieces, and the chunk count both are padded to."""
+def _split(encoder: Any, prompt: str, negative_prompt: str, parse_weights: bool,
+           min_chunks: int = 1) -> tuple[list, list, int]:
+    """A prompt and its negative as weighted pieces, and the chunk count both are padded to
+    (at least ``min_chunks``, so that several prompts can be blended)."""
     pos, neg = _pieces(prompt, parse_weights), _pieces(negative_prompt, parse_weights)
-    counts = [max(1, -(-sum(len(encoder.tokenize(t)) for t, _ in p) // encoder.chunk_len)) for p in (pos, neg)]
-    return pos, neg, max(counts)
+    return pos, neg, max(min_chunks, *(chunk_count(encoder, p) for p in (pos, neg)))
+
+
+def chunk_count(encoder: Any, pieces: Sequence[tuple[str, float]]) -> int:
+    """How many 75-token chunks the pieces' tokens fill (at least one)."""
+    return max(1, -(-sum(len(encoder.tokenize(t)) for t, _ in pieces) // encoder.chunk_len))
 
 
 def _pieces(text: str, parse_weights: bool) -> list[tuple[str, float]]:

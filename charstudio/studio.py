@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .callbacks import CancelToken, StepCallback, StepProgress, chain
+from .conditioning import EncodedPrompt
 from .character import Character, compose_prompt, is_character, load_character
 from .config import MAX_SEED, GenerationConfig
 from .errors import ConfigError, ModelLoadError
@@ -250,7 +251,8 @@ class Studio:
             init_image: Any = None, strength: float = 0.6) -> Result:
         """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU).
 
-        `latents` (initial noise, unscaled) and `embeddings` ((prompt, negative) embeddings)
+        `latents` (initial noise, unscaled) and `embeddings` (an `EncodedPrompt`, or on SD 1.x a
+        (prompt, negative) pair of embeddings)
         override the seed's noise and the prompt encoding; interpolation and style mixes use
         them, and their own recipes record how to rebuild them.
 
@@ -346,11 +348,11 @@ class Studio:
         if embeddings is None:
             encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
             embed_args = encoded.pipeline_kwargs()
+        elif isinstance(embeddings, EncodedPrompt):
+            embed_args = embeddings.pipeline_kwargs()
         elif self.family.name == "sdxl":
-            # Interpolation and style mixes hand over (prompt, negative) only; SDXL also needs
-            # their pooled embeddings, which those paths do not make yet.
-            raise ConfigError("embeddings", "(prompt, negative)", "SDXL needs pooled embeddings as well: "
-                              "interpolation and style mixes run on SD 1.x models for now")
+            raise ConfigError("embeddings", "(prompt, negative)", "SDXL also needs pooled embeddings: pass the "
+                              "EncodedPrompt that studio.encoder.encode() returns")
         else:
             embed_args = dict(prompt_embeds=embeddings[0], negative_prompt_embeds=embeddings[1])
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).

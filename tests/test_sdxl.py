@@ -179,9 +179,34 @@ def test_sizes_are_bounded_by_the_families_native_size(xl):
         xl.generate(PROMPT, width=512, height=512, num_inference_steps=1)
 
 
-def test_interpolation_says_it_is_not_on_sdxl_yet(xl):
-    with pytest.raises(ConfigError, match="SDXL needs pooled embeddings"):
-        xl.interpolate("a cat", "a dog", frames=2, num_inference_steps=1, width=64, height=64)
+def test_interpolation_blends_pooled_embeddings_and_its_ends_are_the_ends_own_pictures(xl):
+    a = xl.make_config("a girl with red hair", seed=3, num_inference_steps=2, width=64, height=64)
+    b = xl.make_config("a boy with blue hair", seed=4, num_inference_steps=2, width=64, height=64)
+    frames = xl.interpolate(a, b, frames=3)
+    assert np.array_equal(np.asarray(frames.frames[0]), np.asarray(xl.run(a).image))
+    assert np.array_equal(np.asarray(frames.frames[-1]), np.asarray(xl.run(b).image))
+    middle = np.asarray(frames.frames[1], dtype=float)
+    assert not np.array_equal(middle, np.asarray(frames.frames[0])) and not np.array_equal(middle, frames.frames[2])
+    # the pooled embedding is blended too: halfway it is neither end's
+    from charstudio.interpolation import encode_to_one_length
+
+    enc_a, enc_b = encode_to_one_length(xl.encoder, [(a.prompt, ""), ("a boy with blue hair, " * 8, "")], None)
+    assert enc_a.pooled_prompt_embeds is not None and enc_a.prompt_embeds.shape == enc_b.prompt_embeds.shape
+    assert enc_a.num_chunks == 2  # padded to the longer prompt's chunks, so the two blend
+    assert not enc_a.negative_prompt_embeds.any()  # an empty negative stays zeros, as in a plain run
+
+
+def test_a_style_mix_on_sdxl_reruns_bit_identically(xl):
+    from charstudio import Result
+
+    mixed = xl.mix_styles("a girl", {"watercolor": 0.5, "cel-anime": 0.5}, seed=2, num_inference_steps=2,
+                          width=64, height=64)
+    recipe = mixed.recipe
+    assert len(recipe.style_mix) == 2
+    again = xl.run(Result([mixed.images[0]], [recipe]).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(mixed.images[0]))
+    single = xl.generate("a girl", style="watercolor", seed=2, num_inference_steps=2, width=64, height=64)
+    assert not np.array_equal(np.asarray(single.image), np.asarray(mixed.images[0]))
 
 
 def test_a_controlnet_of_the_other_family_is_refused_before_it_loads(tmp_path):

@@ -143,32 +143,31 @@ def _check_pair(studio: Any, a: Any, b: Any) -> None:
             log.warning("interpolation uses a's %s=%r (b has %r)", f, getattr(a, f), getattr(b, f))
 
 
-def encode_to_one_length(encoder: Any, groups: Sequence[Sequence[str]], clip_skip: int | None,
+def encode_to_one_length(encoder: Any, pairs: Sequence[tuple[str, str]], clip_skip: int | None,
                           contexts: Sequence[Any] | None = None) -> list[Any]:
-    """Embeddings of every text, all padded to the chunk count of the longest, so they blend.
-
-    Texts come in groups; group i is encoded inside ``contexts[i]`` (a LoRA setting, say).
-    """
+    """`EncodedPrompt`s of (prompt, negative) pairs, all padded to the chunk count of the longest
+    text so they blend; pair i is encoded inside ``contexts[i]`` (a LoRA setting, say). Each
+    family's encoder makes its own (SDXL: both encoders, pooled, zeros for an empty negative)."""
     import contextlib
 
+    from ..conditioning import chunk_count
     from ..prompt_syntax import parse_weighted
 
-    pieces = [[parse_weighted(x or "") for x in group] for group in groups]
-    chunks = max(max(1, -(-sum(encoder.count_tokens(t) for t, _ in p) // encoder.chunk_len))
-                 for group in pieces for p in group)
+    chunks = max(chunk_count(encoder, parse_weighted(x or "")) for pair in pairs for x in pair)
     out = []
-    for i, group in enumerate(pieces):
+    for i, (prompt, negative) in enumerate(pairs):
         with contexts[i] if contexts is not None else contextlib.nullcontext():
-            out += [encoder.encode_pieces(p, chunks, clip_skip)[0] for p in group]
+            out.append(encoder.encode(prompt, negative or "", clip_skip=clip_skip, min_chunks=chunks))
     return out
 
 
-def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any, Any, Any]:
-    """Prompt and negative embeddings of a and b, all padded to one chunk count; each end's
-    under its own LoRA weights (a text-encoder LoRA changes them)."""
-    groups = [[a.prompt, a.negative_prompt], [b.prompt, b.negative_prompt]]
+def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """The encoded prompts of a and b, padded to one chunk count; each end's under its own LoRA
+    weights (a text-encoder LoRA changes them)."""
     contexts = [studio.using_loras(a.loras), studio.using_loras(b.loras)]
-    return tuple(encode_to_one_length(studio.encoder, groups, a.clip_skip, contexts))  # type: ignore[return-value]
+    enc_a, enc_b = encode_to_one_length(studio.encoder, [(a.prompt, a.negative_prompt), (b.prompt, b.negative_prompt)],
+                                        a.clip_skip, contexts)
+    return enc_a, enc_b
 
 
 def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
@@ -189,9 +188,9 @@ class _FrameRenderer:
     def __init__(self, studio: Any, a: Any, b: Any, method: str, noise_method: str):
         self.studio, self.a, self.b = studio, a, b
         self.method, self.noise_method = method, noise_method
-        self.pos_a, self.neg_a, self.pos_b, self.neg_b = _encode_pair(studio, a, b)
+        self.enc_a, self.enc_b = _encode_pair(studio, a, b)
         shape = _latent_shape(studio, a)
-        dtype = self.pos_a.dtype
+        dtype = self.enc_a.prompt_embeds.dtype
         self.noise_a = seed_noise(a.seed, shape, dtype)
         self.noise_b = seed_noise(b.seed, shape, dtype)
         if _is_ancestral(a.scheduler):
@@ -205,15 +204,15 @@ class _FrameRenderer:
     def __call__(self, t: float) -> Any:
         t = check_t(t)
         noise = blend(self.noise_a, self.noise_b, t, self.noise_method)
-        pos = blend_embeddings(self.pos_a, self.pos_b, t, self.method)  # type: ignore[arg-type]
-        neg = blend_embeddings(self.neg_a, self.neg_b, t, self.method)  # type: ignore[arg-type]
+        # every embedding blends, the pooled ones (SDXL) too, per vector
+        encoded = self.enc_a.map(lambda x, y: blend_embeddings(x, y, t, self.method), self.enc_b)  # type: ignore[arg-type]
         end = self.a if t < 0.5 else self.b
         cfg = self.a.replace(
             guidance_scale=(1 - t) * self.a.guidance_scale + t * self.b.guidance_scale,
             seed=end.seed,  # only ancestral samplers draw from the generator after the start
             loras=blend_loras(self.a.loras, self.b.loras, t),  # run() applies them; the UNet's share moves with t
         )
-        result = self.studio.run(cfg, latents=noise, embeddings=(pos, neg))
+        result = self.studio.run(cfg, latents=noise, embeddings=encoded)
         return result.images[0]
 
 

@@ -40,10 +40,10 @@ def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float
     return StyleMix(result.images, result.recipes[0], dict(zip(names, weights)))
 
 
-def style_mix_embeddings(encoder: Any, style_mix: Sequence[Mapping[str, Any]], clip_skip: int | None) -> tuple[Any, Any]:
-    """(prompt, negative) embeddings of a recipe's style mix: each style's texts encoded to one
-    chunk count, then averaged with the weights."""
-    embeds = encode_to_one_length(encoder, [[part["prompt"], part["negative_prompt"]] for part in style_mix],
+def style_mix_embeddings(encoder: Any, style_mix: Sequence[Mapping[str, Any]], clip_skip: int | None) -> Any:
+    """The `EncodedPrompt` of a recipe's style mix: each style's texts encoded to one chunk
+    count, then every embedding (pooled ones too) averaged with the weights."""
+    encoded = encode_to_one_length(encoder, [(part["prompt"], part["negative_prompt"]) for part in style_mix],
                                    clip_skip)
     weights = [part["weight"] for part in style_mix]
-    return mix_embeddings(embeds[0::2], weights), mix_embeddings(embeds[1::2], weights)
+    return encoded[0].map(lambda *xs: mix_embeddings(xs, weights), *encoded[1:])
