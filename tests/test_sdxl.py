@@ -251,3 +251,21 @@ def test_v_prediction_models_get_their_schedule_and_cfg_rescale(xl):
         vp.generate(PROMPT, pose="waving", guidance_rescale=0.5, num_inference_steps=1, width=64, height=64)
     assert is_v_prediction_file(["model.diffusion_model.x", "v_pred", "ztsnr"]) and not is_v_prediction_file(["x"])
     assert prediction_scheduler_config({"prediction_type": "epsilon"}, "epsilon") == {"prediction_type": "epsilon"}
+
+
+def test_the_apps_offer_sdxl_models_and_sizes_and_draw_on_tiny_sdxl(xl, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from charstudio.ui.explore import ExploreApp
+
+    app = ExploreApp(xl, steps=1, output_dir=str(tmp_path / "out"))
+    assert {"sdxl", "tiny-sdxl", "sd15", "mini"} <= set(app.model.options)
+    sizes = {v for _, v in app.width.options}
+    assert {832, 1216, 896, 1152, 1344, 768} <= sizes  # SDXL's training buckets
+    app.prompt.value = PROMPT
+    app.width.value, app.height.value = 832, 1216
+    cfg = app.make_config()
+    assert (cfg.width, cfg.height) == (832, 1216)
+    app.width.value = app.height.value = 64
+    app.generate_button.click()
+    assert app.wait(120) and app.status.level == "ok", app.status.text
+    assert app.gallery.items[-1].recipe.model == "tiny-sdxl"

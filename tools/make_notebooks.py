@@ -22,16 +22,18 @@ SETUP = '''\
 # Pick the model. "mini" is built in: a 64 px model that charstudio trained on its own world of
 # flat-colour characters (charstudio/mini/world.py). It runs offline on any CPU in seconds and knows that
 # world's words: hair colours and styles, eye colours, outfits, hats, glasses, scarves, backgrounds.
-# ("tiny" is the test fixture: random weights, pictures of noise.) On a GPU use a real SD 1.5 model:
+# ("tiny" and "tiny-sdxl" are test fixtures: random weights, pictures of noise.) On a GPU use a real model:
 #   MODEL = "sd15"                                  # downloads SD 1.5 + the OpenPose ControlNet once
-#   MODEL = "/models/anything-v5.safetensors"       # an A1111/civitai single-file checkpoint
+#   MODEL = "/models/anything-v5.safetensors"       # an A1111/civitai SD 1.x single-file checkpoint
+#   MODEL = "/models/illustrious-xl.safetensors"    # an SDXL one (Illustrious, NoobAI, Pony, Animagine):
+#                                                   #   pictures at 1024x1024, 832x1216, 1216x832, ...
 MODEL = "mini"
 
 import os
 from pathlib import Path
 
 FAST = os.environ.get("CHARSTUDIO_FAST") == "1"  # CI runs every notebook with few steps
-if MODEL in ("mini", "tiny"):
+if MODEL in ("mini", "tiny", "tiny-sdxl"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the built-in models need no downloads
 SIZE = 64 if FAST else None  # CI: small pictures; None = the model's native size
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()  # the repository

@@ -359,6 +359,13 @@ def exclusive(studio: Any, token: CancelToken) -> Iterator[None]:
         lock.release()
 
 
+def model_choices() -> list[str]:
+    """The model pickers' list: every preset, SD 1.x and SDXL (any path or hub id can be typed too)."""
+    from ..models.presets import PRESETS
+
+    return list(PRESETS)
+
+
 class StudioSource:
     """The studio an app works with: one passed in, or loaded by model name on first use."""
 

@@ -15,6 +15,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from .common import (
+    model_choices,
     AppBase,
     Gallery,
     GalleryItem,
@@ -32,7 +33,9 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-SIZES = (64, 96, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024)
+# Pixel sizes offered for width and height: SD 1.x's, and SDXL's training buckets
+# (1024x1024, 832x1216, 896x1152, 768x1344 and their transposes).
+SIZES = (64, 96, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1216, 1344)
 POSE_THUMB = 72
 
 
@@ -71,7 +74,7 @@ class ExploreApp(AppBase):
         self.last_result: Any = None
 
         # 1. What to draw.
-        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False,
+        self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False,
                                 placeholder="tiny, sd15, hub id, folder or .safetensors")
         self.card = W.Dropdown(options=[("- none: use the prompt -", "")] + [(c, c) for c in list_characters()],
                                value="")

@@ -14,6 +14,7 @@ from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from ..models.presets import preset_examples
 from .common import (
+    model_choices,
     AppBase,
     DesignPicker,
     Gallery,
@@ -99,7 +100,7 @@ class InterpolateApp(AppBase):
         self.calls: list[tuple[str, dict]] = []  # (core function, its arguments), newest last
 
         # 1. Shared sampling settings. DDIM by default: it is deterministic, so frames change smoothly.
-        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False)
         self.steps = W.IntSlider(value=steps or default_steps(model), min=1, max=100)
         self.guidance = W.FloatSlider(value=default_guidance(model), min=0.0, max=20.0, step=0.5)
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value="ddim")

@@ -13,6 +13,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..models.presets import preset_examples
 from .common import (
+    model_choices,
     AppBase,
     DesignPicker,
     ProgressPanel,
@@ -56,7 +57,7 @@ class ProcessApp(AppBase):
         self._decoded: dict[tuple[int, str], Any] = {}
 
         # 1. The run to trace.
-        self.model = W.Combobox(value=model, options=["mini", "tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False)
         self.design = DesignPicker(prompt=prompt if prompt is not None else preset_examples(model)[1])
         self.style = W.Dropdown(options=[("(the card's own)", ""), ("none", "none")]
                                 + [(s, s) for s in sorted(load_styles())], value="")

@@ -16,6 +16,7 @@ import ipywidgets as W
 from ..callbacks import CancelToken
 from ..errors import ConfigError
 from .common import (
+    model_choices,
     AppBase,
     Gallery,
     ProgressPanel,
@@ -123,7 +124,7 @@ class TrainApp(AppBase):
         self.dataset = DatasetView()
 
         # 2. Options (the common ones; everything else keeps LoraTrainingConfig's defaults).
-        self.model = W.Combobox(value=self.source.model, options=["mini", "tiny", "sd15"], ensure_option=False)
+        self.model = W.Combobox(value=self.source.model, options=model_choices(), ensure_option=False)
         self.name = W.Text(value="my-character", layout=W.Layout(width="200px"))
         self.trigger = W.Text(value="sks", layout=W.Layout(width="120px"))
         self.class_word = W.Text(value="person", layout=W.Layout(width="120px"))
