@@ -57,6 +57,12 @@ class GenerationConfig:
     controlnet_conditioning_scale: float = 1.0
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
+    # SDXL's micro-conditioning, in diffusers' (height, width) / (top, left) order: the size the
+    # model is told the source picture had, the crop's top-left corner, and the target size.
+    # None on SD 1.x models, which have none; Studio.make_config fills them in for SDXL.
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
     # A style mix (Studio.mix_styles): each style's full prompt and negative with its weight
     # (normalised); the run conditions on the weighted mean of their embeddings. `prompt` and
     # `negative_prompt` then hold the heaviest style's, for readers that know no mixes.
@@ -93,6 +99,13 @@ class GenerationConfig:
         if self.control_guidance_start >= self.control_guidance_end:
             raise ConfigError("control_guidance_start", self.control_guidance_start,
                               f"must be below control_guidance_end ({self.control_guidance_end})")
+        for name, lo in (("original_size", 8), ("crops_coords_top_left", 0), ("target_size", 8)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or len(value) != 2:
+                raise ConfigError(name, value, "a pair of whole numbers, (height, width) or (top, left)")
+            setattr(self, name, tuple(check_int(f"{name}[{i}]", v, lo, 16384) for i, v in enumerate(value)))
         if not isinstance(self.style_mix, list):
             raise ConfigError("style_mix", self.style_mix, "expected a list of {style, weight, prompt, negative_prompt}")
         mix = []

@@ -44,6 +44,14 @@ def format_parameters(config: GenerationConfig) -> str:
     if config.clip_skip:
         # A1111 counts the last layer as 1; diffusers' clip_skip=1 is A1111's "Clip skip: 2".
         fields.append(("Clip skip", config.clip_skip + 1))
+    if config.guidance_rescale:
+        fields.append(("CFG rescale", _num(config.guidance_rescale)))
+    # SDXL's micro-conditioning, in A1111's WIDTHxHEIGHT order (the recipe keeps diffusers' (h, w)).
+    for key, name in (("original_size", "Original size"), ("crops_coords_top_left", "Crop"),
+                      ("target_size", "Target size")):
+        value = getattr(config, key)
+        if value is not None:
+            fields.append((name, f"{value[1]}x{value[0]}"))
     if config.pose is not None:
         fields.append(("ControlNet", f"openpose, weight {_num(config.controlnet_conditioning_scale)}, "
                                      f"guidance {_num(config.control_guidance_start)}-{_num(config.control_guidance_end)}"))
@@ -114,6 +122,13 @@ def parse_parameters(text: str) -> dict[str, Any]:
         out["width"], out["height"] = field("Size", size, "WIDTHxHEIGHT, e.g. 512x512")
     if "Model" in values:
         out["model"] = values["Model"]
+    if "CFG rescale" in values:
+        out["guidance_rescale"] = field("CFG rescale", float, "a number from 0 to 1, e.g. 0.7")
+    for key, name in (("original_size", "Original size"), ("crops_coords_top_left", "Crop"),
+                      ("target_size", "Target size")):
+        if name in values:
+            w, h = field(name, size, "WIDTHxHEIGHT, e.g. 1024x1024")
+            out[key] = (h, w)
     if "Clip skip" in values:
         clip_skip = field("Clip skip", int, "a whole number, e.g. 2")
         if clip_skip > 1:

@@ -160,7 +160,8 @@ class Studio:
                  extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, width: int | None = None, height: int | None = None,
                  negative_prompt: str | None = None, scheduler: str = DEFAULT_SCHEDULER, num_images: int = 1,
-                 guidance_rescale: float | None = None,
+                 guidance_rescale: float | None = None, original_size: tuple[int, int] | None = None,
+                 crops_coords_top_left: tuple[int, int] | None = None, target_size: tuple[int, int] | None = None,
                  clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
@@ -172,6 +173,8 @@ class Studio:
         `pose` (a pose name, `Pose`, pose JSON dict, or a ready control image of the output size)
         switches on the OpenPose ControlNet.
         `negative_prompt`, when given, replaces the card's and style's negatives.
+        SDXL only: `original_size`, `crops_coords_top_left`, `target_size` ((height, width) /
+        (top, left), diffusers' micro-conditioning) default to an uncropped picture of the output size.
         """
         control_image = None
         if hasattr(pose, "getbands"):  # a ready control image (PIL): used as is, not recorded in the recipe
@@ -179,6 +182,8 @@ class Studio:
         config = self.make_config(character_or_prompt, style=style, extra=extra, seed=seed,
                                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                   guidance_rescale=guidance_rescale, width=width, height=height, negative_prompt=negative_prompt,
+                                  original_size=original_size, crops_coords_top_left=crops_coords_top_left,
+                                  target_size=target_size,
                                   scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
                                   controlnet_conditioning_scale=controlnet_conditioning_scale,
                                   control_guidance_start=control_guidance_start,
@@ -226,6 +231,9 @@ class Studio:
             # diffusers' ControlNet pipelines have no CFG rescale, so a posed picture goes without.
             rescale = self.prediction_type == "v_prediction" and pose is None
             settings["guidance_rescale"] = V_PREDICTION_GUIDANCE_RESCALE if rescale else 0.0
+        for key, value in self.family.conditioning_defaults(width, height).items():
+            if settings.get(key) is None:
+                settings[key] = value
         return GenerationConfig(
             prompt=prompt, negative_prompt=negative, seed=seed,
             num_inference_steps=self.default_steps if num_inference_steps is None else num_inference_steps,
@@ -332,6 +340,7 @@ class Studio:
                               control_guidance_start=config.control_guidance_start,
                               control_guidance_end=config.control_guidance_end)
         pipe = self.pipeline(kind)
+        extra_args.update(self.family.call_arguments(config))
         if config.guidance_rescale:
             import inspect
 

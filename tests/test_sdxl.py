@@ -269,3 +269,26 @@ def test_the_apps_offer_sdxl_models_and_sizes_and_draw_on_tiny_sdxl(xl, tmp_path
     app.generate_button.click()
     assert app.wait(120) and app.status.level == "ok", app.status.text
     assert app.gallery.items[-1].recipe.model == "tiny-sdxl"
+
+
+def test_micro_conditioning_is_set_recorded_and_read_back_by_an_a1111_parser(xl, tmp_path):
+    from PIL import Image
+
+    from charstudio import Result
+    from charstudio.metadata import PARAMETERS_KEY, parse_parameters
+
+    plain = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48)
+    rec = plain.recipe
+    assert (rec.original_size, rec.crops_coords_top_left, rec.target_size) == ((48, 64), (0, 0), (48, 64))
+    told = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48, original_size=(1024, 512),
+                       crops_coords_top_left=(16, 0))
+    assert not np.array_equal(np.asarray(told.image), np.asarray(plain.image))  # the UNet sees it
+    path = told.save(tmp_path)[0]
+    text = Image.open(path).text[PARAMETERS_KEY]
+    assert "Original size: 512x1024" in text and "Crop: 0x16" in text and "Target size: 64x48" in text
+    parsed = parse_parameters(text)  # the A1111 reader alone, as another tool would read it
+    assert (parsed["original_size"], parsed["crops_coords_top_left"]) == ((1024, 512), (16, 0))
+    again = xl.run(Result.from_png(path).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(told.image))
+    sd1 = __import__("charstudio").Studio.from_pretrained("tiny", device="cpu")
+    assert sd1.make_config("a cat").original_size is None  # SD 1.x has no micro-conditioning

@@ -40,6 +40,7 @@ class ModelFamily:
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
     small_size_share: float | None = None
+    micro_conditioning: bool = False  # SDXL: original size, crop and target size condition the UNet
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -77,6 +78,20 @@ class ModelFamily:
                                  f"{self.label}: use an {self.label} OpenPose ControlNet, e.g. "
                                  f"{self.openpose_controlnet!r}")
 
+    def conditioning_defaults(self, width: int, height: int) -> dict[str, Any]:
+        """Recipe fields this family adds for a picture of width x height (SDXL: a full,
+        uncropped picture of that size, as diffusers assumes)."""
+        if not self.micro_conditioning:
+            return {}
+        return {"original_size": (height, width), "crops_coords_top_left": (0, 0), "target_size": (height, width)}
+
+    def call_arguments(self, config: Any) -> dict[str, Any]:
+        """Pipeline arguments that come from this family's recipe fields."""
+        if not self.micro_conditioning:
+            return {}
+        defaults = self.conditioning_defaults(config.width, config.height)
+        return {k: tuple(getattr(config, k) or defaults[k]) for k in defaults}
+
     def build_pipeline(self, kind: str, parts: Mapping[str, Any]) -> Any:
         """The diffusers pipeline of ``kind`` over shared ``parts``."""
         import diffusers
@@ -111,6 +126,7 @@ SDXL = ModelFamily(
     # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,
+    micro_conditioning=True,
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
