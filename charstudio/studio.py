@@ -95,6 +95,8 @@ class Studio:
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
         components = load_components(source, dtype=dt, config=config)
+        preset = PRESETS.get(model)
+        prediction_type = prediction_type or (preset.prediction_type if preset else None)
         if prediction_type is not None:
             from .models.family import prediction_scheduler_config
 
@@ -104,7 +106,6 @@ class Studio:
         for name in ("text_encoder", "unet", "vae", "controlnet"):
             if components.get(name) is not None:
                 components[name].to(dev)
-        preset = PRESETS.get(model)
         studio = cls(components, model_id=source.name, device=dev, dtype=dt,
                      controlnet_source=controlnet or source.controlnet or detect_family(components).openpose_controlnet,
                      default_size=native_size(components),

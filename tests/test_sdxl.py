@@ -292,3 +292,27 @@ def test_micro_conditioning_is_set_recorded_and_read_back_by_an_a1111_parser(xl,
     assert np.array_equal(np.asarray(again.image), np.asarray(told.image))
     sd1 = __import__("charstudio").Studio.from_pretrained("tiny", device="cpu")
     assert sd1.make_config("a cat").original_size is None  # SD 1.x has no micro-conditioning
+
+
+def test_the_anime_sdxl_presets(monkeypatch):
+    """illustrious / noobai-vpred / animagine are SDXL hub presets paired with xinsir's ControlNet;
+    offline they fail in one line naming the hub id; noobai-vpred loads as v-prediction."""
+    from charstudio import Studio
+    from charstudio.models import loading
+    from charstudio.models.presets import PRESETS
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    for name in ("illustrious", "noobai-vpred", "animagine", "sdxl"):
+        p = PRESETS[name]
+        assert p.family == "sdxl" and p.controlnet == "xinsir/controlnet-openpose-sdxl-1.0" and p.repo.count("/") == 1
+        with pytest.raises(ModelLoadError, match=f"{p.repo}.*HF_HUB_OFFLINE=1") as err:
+            Studio.from_pretrained(name, device="cpu")
+        assert "\n" not in str(err.value)
+    # The preset's prediction type is applied to what loads (here tiny-sdxl's parts stand in for the download).
+    seen = []
+    monkeypatch.setattr(loading, "load_components", lambda source, **kw: seen.append(source) or build_tiny_sdxl_components())
+    monkeypatch.setattr("charstudio.studio.load_components", loading.load_components)
+    vp = Studio.from_pretrained("noobai-vpred", device="cpu")
+    assert seen[0].location == "Laxhar/noobai-XL-Vpred-0.9r" and vp.prediction_type == "v_prediction"
+    assert vp.make_config("a girl", width=64, height=64).guidance_rescale == 0.7
+    assert Studio.from_pretrained("animagine", device="cpu").prediction_type == "epsilon"

@@ -190,9 +190,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from charstudio.models.presets import PRESETS
 
     for p in PRESETS.values():
-        print(f"{p.name:8s} {p.description}")
+        print(f"{p.name:13s} {p.description}")
         if p.repo:
-            print(f"{'':8s}   base: {p.repo}; ControlNet: {p.controlnet}")
+            print(f"{'':13s}   base: {p.repo}; ControlNet: {p.controlnet}")
     print("\nAlso accepted: any SD 1.x or SDXL diffusers folder or .safetensors file (the family is read from the "
           "model), or an SD 1.x hub id (org/name).")
     return 0

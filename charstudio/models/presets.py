@@ -20,6 +20,7 @@ class ModelPreset:
     default_guidance: float = 7.0  # classifier-free guidance scale when the caller gives none
     builtin: bool = False
     family: str = "sd1"  # "sd1" or "sdxl" (charstudio.models.family); presets on the hub are not opened to check
+    prediction_type: str | None = None  # "v_prediction" for v-prediction models; None: what the model says
     folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
     # What the apps start with: two cards and a prompt written in words the model knows.
     example_cards: tuple[str, str] = ("aiko", "bram")
@@ -60,6 +61,27 @@ PRESETS: dict[str, ModelPreset] = {
             "Stable Diffusion XL base 1.0 with xinsir's OpenPose ControlNet (needs a download and a GPU)",
             repo="stabilityai/stable-diffusion-xl-base-1.0",
             controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=30, default_guidance=6.0, family="sdxl",
+        ),
+        # The anime SDXL families, as diffusers folders on the hub (checked there: each is a
+        # StableDiffusionXLPipeline repo). Steps and CFG follow their cards' usual advice.
+        ModelPreset(
+            "illustrious",
+            "Illustrious XL (early release v0), the base of most anime SDXL merges, with xinsir's OpenPose ControlNet",
+            repo="OnomaAIResearch/Illustrious-xl-early-release-v0",
+            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
+        ),
+        ModelPreset(
+            "noobai-vpred",
+            "NoobAI XL v-prediction (0.9r), with xinsir's OpenPose ControlNet; v-prediction, CFG rescale 0.7",
+            repo="Laxhar/noobai-XL-Vpred-0.9r",
+            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
+            prediction_type="v_prediction",
+        ),
+        ModelPreset(
+            "animagine",
+            "Animagine XL 4.0, with xinsir's OpenPose ControlNet",
+            repo="cagliostrolab/animagine-xl-4.0",
+            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
         ),
     )
 }
