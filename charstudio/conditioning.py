@@ -65,7 +65,6 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.layer = layer
-        self.last_pooled: Any = None  # the pooled projection of the last encode_pieces call (SDXL's second encoder)
         self.window = int(getattr(tokenizer, "model_max_length", 77) or 77)
         if self.window > 1000:  # some tokenizers report a huge sentinel; CLIP's window is 77
             self.window = 77
@@ -94,6 +93,13 @@ class PromptEncoder:
         The pieces are tokenized separately and joined, so each token keeps its piece's weight.
         At least `num_chunks` chunks are produced (for padding a negative to its prompt).
         """
+        embeds, n, _ = self.encode_pieces_pooled(pieces, num_chunks, clip_skip)
+        return embeds, n
+
+    def encode_pieces_pooled(self, pieces: Sequence[tuple[str, float]], num_chunks: int = 1,
+                             clip_skip: int | None = None) -> tuple[Any, int, Any]:
+        """`encode_pieces` plus the pooled projection of the first chunk's forward (the encoder's
+        ``text_embeds``, unweighted: weights scale the states after it), or None without one."""
         ids: list[int] = []
         weights: list[float] = []
         for text, weight in pieces:
@@ -101,8 +107,8 @@ class PromptEncoder:
             ids.extend(piece_ids)
             weights.extend([float(weight)] * len(piece_ids))
         chunks = max(num_chunks, (len(ids) + self.chunk_len - 1) // self.chunk_len, 1)
-        embeds, self.last_pooled = self._encode_ids(ids, weights, chunks, clip_skip)
-        return embeds, len(ids)
+        embeds, pooled = self._encode_ids(ids, weights, chunks, clip_skip)
+        return embeds, len(ids), pooled
 
     def _chunk_row(self, ids: list[int], c: int) -> tuple[list[int], int]:
         """Chunk `c` of a token list as one CLIP window: BOS, up to 75 tokens, EOS, padding;
@@ -216,11 +222,17 @@ class SDXLPromptEncoder:
 
     def encode_pieces(self, pieces: Sequence[tuple[str, float]], num_chunks: int = 1,
                       clip_skip: int | None = None) -> tuple[Any, int]:
+        embeds, n, _ = self.encode_pieces_pooled(pieces, num_chunks, clip_skip)
+        return embeds, n
+
+    def encode_pieces_pooled(self, pieces: Sequence[tuple[str, float]], num_chunks: int = 1,
+                             clip_skip: int | None = None) -> tuple[Any, int, Any]:
+        """Both encoders' states concatenated (the same chunks in each), and the second's pooled."""
         import torch
 
         a, n = self.first.encode_pieces(pieces, num_chunks, clip_skip)
-        b, _ = self.second.encode_pieces(pieces, max(num_chunks, a.shape[1] // self.first.window), clip_skip)
-        return torch.cat([a, b.to(a.dtype)], dim=-1), n
+        b, _, pooled = self.second.encode_pieces_pooled(pieces, a.shape[1] // self.first.window, clip_skip)
+        return torch.cat([a, b.to(a.dtype)], dim=-1), n, pooled
 
     def encode(self, prompt: str, negative_prompt: str = "", *, clip_skip: int | None = None,
                parse_weights: bool = True, min_chunks: int = 1) -> EncodedPrompt:
@@ -228,13 +240,11 @@ class SDXLPromptEncoder:
         import torch
 
         pos_pieces, neg_pieces, chunks = _split(self, prompt, negative_prompt, parse_weights, min_chunks)
-        pos, n_tokens = self.encode_pieces(pos_pieces, chunks, clip_skip)
-        pooled = self.second.last_pooled  # from the first chunk's forward: the unweighted projection
+        pos, n_tokens, pooled = self.encode_pieces_pooled(pos_pieces, chunks, clip_skip)
         if self.force_zeros_for_empty_prompt and not negative_prompt.strip():
             neg, neg_pooled = torch.zeros_like(pos), torch.zeros_like(pooled)
         else:
-            neg, _ = self.encode_pieces(neg_pieces, chunks, clip_skip)
-            neg_pooled = self.second.last_pooled
+            neg, _, neg_pooled = self.encode_pieces_pooled(neg_pieces, chunks, clip_skip)
         return EncodedPrompt(pos, neg, n_tokens, chunks, pooled, neg_pooled)
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import CharstudioError, InputFileError, OutputError
+from .errors import CharstudioError, InputFileError, OutputError, describe
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -85,13 +85,8 @@ def open_image(source: Any, what: str = "picture", name: str | None = None) -> A
     except FileNotFoundError as exc:
         raise InputFileError(f"{what} {label!r}: no such file") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
-        reason = "not a picture PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else _short_reason(exc)
+        reason = "not a picture PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else describe(exc, 120)
         raise InputFileError(f"{what} {label!r} cannot be read: {reason}; use a PNG, JPEG or WebP file") from exc
-
-
-def _short_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:120]
 
 
 @contextmanager

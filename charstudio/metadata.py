@@ -153,7 +153,7 @@ def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"path={str(p)!r}: no such image file")
-    image = open_image(p, "path=")
+    image = open_image(p, "image")
     text = getattr(image, "text", {}) or {}
     broken = None
     try:

@@ -19,7 +19,7 @@ from .callbacks import CancelToken, StepCallback, StepProgress, chain
 from .conditioning import EncodedPrompt
 from .character import Character, compose_prompt, is_character, load_character
 from .config import MAX_SEED, GenerationConfig
-from .errors import ConfigError, ModelLoadError
+from .errors import ConfigError
 from .limits import available_memory, check_picture_size
 from .models.device import configure_attention, pick_device
 from .models.family import PIPELINE_KINDS, detect_family
@@ -27,7 +27,7 @@ from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
-from .validation import check_choice, check_float, check_text
+from .validation import check_float, check_text
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ class Studio:
         self.model_id = model_id
         self.device = device
         self.dtype = dtype
-        self.controlnet_source = controlnet_source
         self.default_size = default_size
         self.default_steps = default_steps
         self.default_guidance = default_guidance
@@ -70,6 +69,7 @@ class Studio:
         # SD 1.x or SDXL, read from the parts themselves: it owns everything family-specific.
         self.family = detect_family(self.components)
         self.encoder = self.family.make_encoder(self.components)
+        self.controlnet_source = controlnet_source or self.family.openpose_controlnet
         self._pipelines: dict[str, Any] = {}
         # The one record of adapter state: what is loaded, from where, and what is on at which
         # weight. charstudio.lora's functions keep none; every change goes through _apply_weights.
@@ -94,20 +94,13 @@ class Studio:
         source = resolve_model(model, allow_pickle=allow_pickle)
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
-        components = load_components(source, dtype=dt, config=config)
+        components = load_components(source, dtype=dt, config=config, prediction_type=prediction_type)
         preset = PRESETS.get(model)
-        prediction_type = prediction_type or (preset.prediction_type if preset else None)
-        if prediction_type is not None:
-            from .models.family import prediction_scheduler_config
-
-            check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-            sched = components["scheduler"]
-            components["scheduler"] = type(sched).from_config(prediction_scheduler_config(sched.config, prediction_type))
         for name in ("text_encoder", "unet", "vae", "controlnet"):
             if components.get(name) is not None:
                 components[name].to(dev)
         studio = cls(components, model_id=source.name, device=dev, dtype=dt,
-                     controlnet_source=controlnet or source.controlnet or detect_family(components).openpose_controlnet,
+                     controlnet_source=controlnet or source.controlnet,
                      default_size=native_size(components),
                      default_steps=preset.default_steps if preset else 25,
                      default_guidance=preset.default_guidance if preset else 7.0)
@@ -119,9 +112,6 @@ class Studio:
     def controlnet(self) -> Any:
         """The OpenPose ControlNet, loaded on first use for downloaded models."""
         if self.components.get("controlnet") is None:
-            if not self.controlnet_source:
-                raise ModelLoadError(f"model {self.model_id!r} has no OpenPose ControlNet configured: "
-                                     f"pass controlnet={self.family.openpose_controlnet!r} (or a folder)")
             net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle,
                                   family=self.family).to(self.device)
             self.components["controlnet"] = net
@@ -248,10 +238,7 @@ class Studio:
         from .pose import Pose, load_pose
 
         p = pose if isinstance(pose, Pose) else load_pose(pose)
-        if p.is_empty:
-            raise ConfigError("pose", pose if isinstance(pose, str) else "no keypoints",
-                              "it has no keypoints, so it would steer nothing: give a pose with at least one "
-                              "present keypoint")
+        p.require_keypoints(pose if isinstance(pose, str) else "no keypoints")
         return p.fit(width, height).to_dict()
 
     def run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback] = (),
@@ -260,8 +247,7 @@ class Studio:
             init_image: Any = None, strength: float = 0.6) -> Result:
         """Run a recipe. `studio.run(result.recipe)` rebuilds `result.image` exactly (on CPU).
 
-        `latents` (initial noise, unscaled) and `embeddings` (an `EncodedPrompt`, or on SD 1.x a
-        (prompt, negative) pair of embeddings)
+        `latents` (initial noise, unscaled) and `embeddings` (an `EncodedPrompt`)
         override the seed's noise and the prompt encoding; interpolation and style mixes use
         them, and their own recipes record how to rebuild them.
 
@@ -360,11 +346,9 @@ class Studio:
             embed_args = encoded.pipeline_kwargs()
         elif isinstance(embeddings, EncodedPrompt):
             embed_args = embeddings.pipeline_kwargs()
-        elif self.family.name == "sdxl":
-            raise ConfigError("embeddings", "(prompt, negative)", "SDXL also needs pooled embeddings: pass the "
-                              "EncodedPrompt that studio.encoder.encode() returns")
         else:
-            embed_args = dict(prompt_embeds=embeddings[0], negative_prompt_embeds=embeddings[1])
+            raise ConfigError("embeddings", type(embeddings).__name__, "an EncodedPrompt, as studio.encoder.encode() "
+                              "returns (SDXL's carries the pooled embeddings too)")
         # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
 

@@ -148,7 +148,6 @@ def test_a_diffusers_folder_is_detected_as_sdxl(tmp_path, xl):
 
 
 def test_single_file_keys_decide_the_family():
-    from charstudio.models.family import family_of_keys
     from charstudio.models.loading import check_single_file_layout
 
     xl_keys = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight",
@@ -156,10 +155,10 @@ def test_single_file_keys_decide_the_family():
                "conditioner.embedders.1.model.text_projection"]
     sd1_keys = ["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.decoder.conv_in.weight",
                 "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
-    assert family_of_keys(xl_keys, "x").name == "sdxl" and check_single_file_layout("x", xl_keys).name == "sdxl"
-    assert family_of_keys(sd1_keys, "x").name == "sd1" and check_single_file_layout("x", sd1_keys).name == "sd1"
-    with pytest.raises(ModelLoadError, match=r"neither SD 1.x .* nor SDXL .*it has encoder\.layer"):
-        family_of_keys(["encoder.layer.0.weight"], "x")
+    assert check_single_file_layout("x", xl_keys).name == "sdxl"
+    assert check_single_file_layout("x", sd1_keys).name == "sd1"
+    with pytest.raises(ModelLoadError, match=r"lacks UNet .* keys \(it has encoder\.\*\)"):
+        check_single_file_layout("x", ["encoder.layer.0.weight"])
     with pytest.raises(ModelLoadError, match=r"SDXL single-file layout: it lacks OpenCLIP bigG"):
         check_single_file_layout("x", xl_keys[:3])
 
@@ -310,9 +309,12 @@ def test_the_anime_sdxl_presets(monkeypatch):
         assert "\n" not in str(err.value)
     # The preset's prediction type is applied to what loads (here tiny-sdxl's parts stand in for the download).
     seen = []
-    monkeypatch.setattr(loading, "load_components", lambda source, **kw: seen.append(source) or build_tiny_sdxl_components())
-    monkeypatch.setattr("charstudio.studio.load_components", loading.load_components)
+    real_build = build_tiny_sdxl_components
+    monkeypatch.setattr("charstudio.models.tiny.build_tiny_sdxl_components", lambda: seen.append(1) or real_build())
+    monkeypatch.setattr(loading, "resolve_model", lambda model, **kw: loading.ModelSource(
+        "builtin", "tiny-sdxl", model, PRESETS[model].controlnet))
+    monkeypatch.setattr("charstudio.studio.resolve_model", loading.resolve_model)
     vp = Studio.from_pretrained("noobai-vpred", device="cpu")
-    assert seen[0].location == "Laxhar/noobai-XL-Vpred-0.9r" and vp.prediction_type == "v_prediction"
+    assert seen and vp.model_id == "noobai-vpred" and vp.prediction_type == "v_prediction"
     assert vp.make_config("a girl", width=64, height=64).guidance_rescale == 0.7
     assert Studio.from_pretrained("animagine", device="cpu").prediction_type == "epsilon"

@@ -104,7 +104,7 @@ def load_frame_recipe(path: str | os.PathLike) -> FrameRecipe:
 
     from ..io_utils import open_image
 
-    with open_image(path, "path=") as im:
+    with open_image(path, "frame PNG") as im:
         text = im.text.get(FRAME_RECIPE_KEY) if hasattr(im, "text") else None
     if text is None:
         raise ConfigError("path", str(path), "a frame PNG written by Interpolation.save (it has no frame recipe)")

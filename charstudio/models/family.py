@@ -4,7 +4,7 @@ A `Studio` knows its family and asks it for everything family-specific: the diff
 classes, the parts a model is made of, the prompt encoder and the extra pipeline arguments it
 produces, the native size and the sizes the models were trained at, and the default OpenPose
 ControlNet. The family is detected from the model itself (`detect_family`,
-`family_of_folder`, `family_of_keys`), never from its name.
+`family_of_folder`, `loading.check_single_file_layout`), never from its name.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from ..errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 FamilyName = Literal["sd1", "sdxl"]
-SD1_MARK, SDXL_MARK = "sd1", "sdxl"
 PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img")
 
 
@@ -36,6 +35,8 @@ class ModelFamily:
     sizes: tuple[tuple[int, int], ...]  # (width, height) the base models were trained at
     openpose_controlnet: str  # hub id of the default OpenPose ControlNet
     single_file_marker: str  # a key prefix only this family's single files have
+    single_file_parts: Mapping[str, str]  # part -> key prefix in an A1111 / civitai single file
+    default_config: str  # hub id whose component configs diffusers uses for a single file by default
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -52,7 +53,7 @@ class ModelFamily:
         """The prompt encoder over this family's tokenizers and text encoders."""
         from ..conditioning import PromptEncoder, SDXLPromptEncoder
 
-        if self.name == "sdxl":
+        if len(self.text_parts) == 2:  # SDXL: two encoders, penultimate layers, pooled from the second
             (t1, e1), (t2, e2) = self.text_parts
             return SDXLPromptEncoder(PromptEncoder(components[t1], components[e1], layer="penultimate"),
                                      PromptEncoder(components[t2], components[e2], layer="penultimate"),
@@ -71,9 +72,8 @@ class ModelFamily:
 
     def check_controlnet(self, config: Mapping[str, Any], source: str) -> None:
         """Refuse a ControlNet of the other family (from its config, before its weights load)."""
-        other = SDXL_MARK if config.get("addition_embed_type") == "text_time" else SD1_MARK
-        if other != self.name:
-            theirs = FAMILIES[other]
+        theirs = SDXL if config.get("addition_embed_type") == "text_time" else SD1
+        if theirs is not self:
             raise ModelLoadError(f"controlnet={source!r} is an {theirs.label} ControlNet and the model is "
                                  f"{self.label}: use an {self.label} OpenPose ControlNet, e.g. "
                                  f"{self.openpose_controlnet!r}")
@@ -109,6 +109,9 @@ SD1 = ModelFamily(
     native_size=512, sizes=((512, 512), (512, 768), (768, 512)),
     openpose_controlnet="lllyasviel/control_v11p_sd15_openpose",
     single_file_marker="cond_stage_model.transformer.",
+    single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
+                       "CLIP text encoder": "cond_stage_model.transformer."},
+    default_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
     pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
 )
 
@@ -123,6 +126,10 @@ SDXL = ModelFamily(
                              (1344, 768)),
     openpose_controlnet="xinsir/controlnet-openpose-sdxl-1.0",
     single_file_marker="conditioner.embedders.",
+    single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
+                       "CLIP ViT-L text encoder": "conditioner.embedders.0.",
+                       "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
+    default_config="stabilityai/stable-diffusion-xl-base-1.0",
     # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,
@@ -152,18 +159,6 @@ def family_of_folder(folder: str | Path) -> ModelFamily:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model={str(folder)!r}: its model_index.json cannot be read ({exc})") from exc
     return SDXL if "XL" in name else SD1
-
-
-def family_of_keys(keys: list[str], source: str) -> ModelFamily:
-    """A single-file checkpoint's family, from its tensor names; unknown layouts are refused
-    naming the keys that decided it."""
-    for fam in (SDXL, SD1):
-        if any(k.startswith(fam.single_file_marker) for k in keys):
-            return fam
-    seen = sorted({".".join(k.split(".")[:2]) for k in keys})
-    raise ModelLoadError(f"model={source!r} is neither SD 1.x (no {SD1.single_file_marker}* keys) nor SDXL "
-                         f"(no {SDXL.single_file_marker}* keys); it has {', '.join(seen[:4]) or 'no tensors'}"
-                         f"{', ...' if len(seen) > 4 else ''}")
 
 
 def is_v_prediction_file(keys: list[str]) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 from ..errors import ModelLoadError
-from .family import SD1, SDXL, ModelFamily, family_of_folder, is_v_prediction_file, prediction_scheduler_config
+from .family import FAMILIES, SD1, SDXL, ModelFamily, family_of_folder, is_v_prediction_file, prediction_scheduler_config
 from .presets import PRESETS
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def resolve_model(model: str, *, allow_pickle: bool = False) -> ModelSource:
                 raise ModelLoadError(f"model={model!r} is a folder without model_index.json: "
                                      "give a diffusers-format folder (save_pretrained) or a .safetensors file")
             check_pickled_files(path, "model", allow_pickle)
-            # A folder may carry its own ControlNet (as `mini` does); otherwise SD 1.5's OpenPose one.
+            # A folder may carry its own ControlNet (as `mini` does); otherwise its family's OpenPose one.
             own = path / "controlnet"
             return ModelSource("folder", str(path), model, str(own) if (own / "config.json").is_file() else None)
         suffix = path.suffix.lower()
@@ -119,12 +119,11 @@ def check_pickled_files(folder: Path, field: str, allow_pickle: bool) -> None:
     diffusers falls back to a component's pickled file when it has no .safetensors; torch then
     unpickles it. A component folder with both loads the safetensors and is fine.
     """
-    if allow_pickle:
-        return
-    for file in pickled_weight_files(folder)[:1]:
-        raise ModelLoadError(f"{field}={str(folder)!r}: {file.relative_to(folder)} holds pickled weights, which "
-                                 "can run code when loaded: pickled weights refused; pass --allow-pickle "
-                                 "(allow_pickle=True) if you trust the file, or convert it to .safetensors")
+    files = [] if allow_pickle else pickled_weight_files(folder)
+    if files:
+        raise ModelLoadError(f"{field}={str(folder)!r}: {files[0].relative_to(folder)} holds pickled weights, which "
+                             "can run code when loaded: pickled weights refused; pass --allow-pickle "
+                             "(allow_pickle=True) if you trust the file, or convert it to .safetensors")
 
 
 def _pickle_refused(field: str, location: str, exc: BaseException) -> ModelLoadError | None:
@@ -148,18 +147,6 @@ def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
             f"{what}={location!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
             "unset HF_HUB_OFFLINE (with network), or use a local folder / .safetensors file, or a built-in model ('mini', 'tiny')")
     return ModelLoadError(f"{what}={location!r} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-
-
-# Key prefixes of each family's parts in an A1111 / civitai (original LDM / SGM) single file.
-SINGLE_FILE_PARTS = {
-    "sd1": {"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
-            "CLIP text encoder": "cond_stage_model.transformer."},
-    "sdxl": {"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
-             "CLIP ViT-L text encoder": "conditioner.embedders.0.", "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
-}
-# Where diffusers looks for the component configs of a single file when no config is given.
-DEFAULT_CONFIGS = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
-SD1_DEFAULT_CONFIG = DEFAULT_CONFIGS["sd1"]
 
 
 def checkpoint_keys(path: str) -> list[str]:
@@ -202,7 +189,7 @@ def check_single_file_layout(path: str, keys: list[str]) -> ModelFamily:
         raise ModelLoadError(f"model={path!r} is an SD 2.x checkpoint (OpenCLIP text encoder), and charstudio runs "
                              "SD 1.x and SDXL models: use an SD 1.5 or SDXL .safetensors, a diffusers folder or a preset")
     family = SDXL if any(k.startswith(SDXL.single_file_marker) for k in keys) else SD1
-    parts = SINGLE_FILE_PARTS[family.name]
+    parts = family.single_file_parts
     missing = [f"{part} ({prefix}*)" for part, prefix in parts.items() if not any(k.startswith(prefix) for k in keys)]
     if not missing:
         return family
@@ -244,7 +231,7 @@ def _check_config(config: str) -> str:
         return str(path)
     if path.exists() or config.startswith((".", "/", "~")) or config.count("/") != 1 or not all(config.split("/")):
         raise ModelLoadError(f"config={config!r} is not a diffusers folder or a hub id like 'org/name': give the base "
-                             f"model's diffusers folder or hub id (e.g. {SD1_DEFAULT_CONFIG!r})")
+                             f"model's diffusers folder or hub id (e.g. {SD1.default_config!r} or {SDXL.default_config!r})")
     return config
 
 
@@ -259,7 +246,8 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
-def load_components(source: ModelSource, *, dtype: Any, config: str | None = None) -> dict[str, Any]:
+def load_components(source: ModelSource, *, dtype: Any, config: str | None = None,
+                    prediction_type: str | None = None) -> dict[str, Any]:
     """Load the components of `source` (its family's `component_names`: tokenizers, text
     encoders, unet, vae, scheduler), SD 1.x or SDXL as the model itself says.
 
@@ -267,7 +255,17 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     model whose component configs (and tokenizer and scheduler) describe the file. Without it,
     diffusers fetches the family's base configs (SD 1.5's or SDXL base's) from the hub, which
     fails offline unless they are cached.
+
+    `prediction_type` ("epsilon" | "v_prediction") overrides what the model says; without it a
+    preset's, else a single file's `v_pred` key, else the model's scheduler config decides. A
+    v-prediction model gets zero-terminal-SNR betas and trailing timesteps too.
     """
+    from ..validation import check_choice
+
+    if prediction_type is not None:
+        check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+    if prediction_type is None and source.name in PRESETS:
+        prediction_type = PRESETS[source.name].prediction_type
     if config is not None and source.kind != "single_file":
         raise ModelLoadError(f"config={config!r} only applies to single-file checkpoints (.safetensors): "
                              f"model={source.name!r} carries its own configs, so leave config unset")
@@ -281,22 +279,24 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             for module in comps.values():
                 if isinstance(module, torch.nn.Module):
                     module.to(dtype=dtype)
-        return comps
+        return _with_prediction_type(comps, prediction_type, source.location)
 
     # 1. A single file must be an SD 1.x or SDXL checkpoint in the LDM/SGM layout; diffusers would
     #    otherwise guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from
     #    `config`. A folder names its pipeline class; a hub id is taken as SD 1.x unless a preset says.
     extra: dict[str, Any] = {}
-    family, v_pred = SD1, False
+    family = SD1
     if source.kind == "single_file":
         keys = checkpoint_keys(source.location)
-        family, v_pred = check_single_file_layout(source.location, keys), is_v_prediction_file(keys)
+        family = check_single_file_layout(source.location, keys)
+        if prediction_type is None and is_v_prediction_file(keys):  # NoobAI v-pred's `v_pred` key
+            prediction_type = "v_prediction"
         if config is not None:
             extra["config"] = _check_config(config)
     elif source.kind == "folder":
         family = family_of_folder(source.location)
-    elif source.name in PRESETS and PRESETS[source.name].family == "sdxl":
-        family = SDXL
+    elif source.name in PRESETS:
+        family = FAMILIES[PRESETS[source.name].family]
 
     import pickle
 
@@ -326,9 +326,9 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
                 why = "HF_HUB_OFFLINE=1 forbids downloading them" if hub_offline() else _first_line(exc)
                 raise ModelLoadError(
                     f"model={source.location!r} is a single file without component configs, and diffusers' default "
-                    f"({DEFAULT_CONFIGS[family.name]}) is not in the local Hugging Face cache ({why}): pass config= "
+                    f"({family.default_config}) is not in the local Hugging Face cache ({why}): pass config= "
                     f"(CLI: --config) pointing to a diffusers folder or hub id of the base model "
-                    f"(e.g. {DEFAULT_CONFIGS[family.name]} once cached)") from exc
+                    f"(e.g. {family.default_config} once cached)") from exc
             if not Path(config).expanduser().is_dir():
                 raise ModelLoadError(
                     f"config={config!r} is not in the local Hugging Face cache"
@@ -337,11 +337,17 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
-    if v_pred:  # the file says so (NoobAI v-pred's `v_pred` key); its base config does not
-        log.info("%s marks itself as v-prediction: zero-terminal-SNR betas, trailing timesteps", source.location)
-        pipe.scheduler = type(pipe.scheduler).from_config(prediction_scheduler_config(pipe.scheduler.config,
-                                                                                     "v_prediction"))
-    return {name: getattr(pipe, name) for name in family.component_names}
+    return _with_prediction_type({name: getattr(pipe, name) for name in family.component_names}, prediction_type,
+                                 source.location)
+
+
+def _with_prediction_type(comps: dict[str, Any], prediction_type: str | None, source: str) -> dict[str, Any]:
+    """`comps` with its scheduler set up for `prediction_type` (None: as loaded)."""
+    if prediction_type is not None:
+        log.info("%s: %s scheduler", source, prediction_type)
+        sched = comps["scheduler"]
+        comps["scheduler"] = type(sched).from_config(prediction_scheduler_config(sched.config, prediction_type))
+    return comps
 
 
 def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False, family: ModelFamily | None = None):

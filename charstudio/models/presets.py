@@ -27,6 +27,13 @@ class ModelPreset:
     example_prompt: str = "a knight in silver armour, portrait"
 
 
+def _anime_sdxl(name: str, what: str, repo: str, **options: str) -> ModelPreset:
+    """An anime SDXL fine-tune from the hub, paired with xinsir's OpenPose ControlNet."""
+    return ModelPreset(name, f"{what}, with xinsir's OpenPose ControlNet", repo=repo,
+                       controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0,
+                       family="sdxl", **options)
+
+
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
     for p in (
@@ -64,25 +71,11 @@ PRESETS: dict[str, ModelPreset] = {
         ),
         # The anime SDXL families, as diffusers folders on the hub (checked there: each is a
         # StableDiffusionXLPipeline repo). Steps and CFG follow their cards' usual advice.
-        ModelPreset(
-            "illustrious",
-            "Illustrious XL (early release v0), the base of most anime SDXL merges, with xinsir's OpenPose ControlNet",
-            repo="OnomaAIResearch/Illustrious-xl-early-release-v0",
-            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
-        ),
-        ModelPreset(
-            "noobai-vpred",
-            "NoobAI XL v-prediction (0.9r), with xinsir's OpenPose ControlNet; v-prediction, CFG rescale 0.7",
-            repo="Laxhar/noobai-XL-Vpred-0.9r",
-            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
-            prediction_type="v_prediction",
-        ),
-        ModelPreset(
-            "animagine",
-            "Animagine XL 4.0, with xinsir's OpenPose ControlNet",
-            repo="cagliostrolab/animagine-xl-4.0",
-            controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0, family="sdxl",
-        ),
+        _anime_sdxl("illustrious", "Illustrious XL (early release v0), the base of most anime SDXL merges",
+                    "OnomaAIResearch/Illustrious-xl-early-release-v0"),
+        _anime_sdxl("noobai-vpred", "NoobAI XL v-prediction (0.9r); v-prediction, CFG rescale 0.7",
+                    "Laxhar/noobai-XL-Vpred-0.9r", prediction_type="v_prediction"),
+        _anime_sdxl("animagine", "Animagine XL 4.0", "cagliostrolab/animagine-xl-4.0"),
     )
 }
 

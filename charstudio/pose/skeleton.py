@@ -144,6 +144,13 @@ class Pose:
         """Whether no keypoint at all (body, hands, face) is present."""
         return not any(bool((p[:, 2] > 0).any()) for p in self._parts().values() if p is not None)
 
+    def require_keypoints(self, name: Any = "no keypoints") -> None:
+        """Refuse an empty pose (``name`` says which): it draws a black control image, which
+        steers nothing, so a picture "in that pose" would silently be in none."""
+        if self.is_empty:
+            raise ConfigError("pose", name, "it has no keypoints, so it would steer nothing: give a pose with "
+                              "at least one present keypoint")
+
     def bbox(self) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of all present points (body, hands, face)."""
         pts = np.concatenate([p[p[:, 2] > 0, :2] for p in self._parts().values() if p is not None])
@@ -385,9 +392,7 @@ class Pose:
                 height = max(1, round(width * self.canvas_height / self.canvas_width))
             pose = self.fit(width, height)
         _check_size(pose.canvas_width, pose.canvas_height)  # before allocating it
-        if pose.is_empty:
-            raise ConfigError("pose", "no keypoints", "a pose with at least one present keypoint: an empty pose "
-                              "draws a black control image, which steers nothing")
+        pose.require_keypoints()
         canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
         draw_body(canvas, pose.body)
         if hands:
