@@ -318,3 +318,39 @@ def test_the_anime_sdxl_presets(monkeypatch):
     assert seen and vp.model_id == "noobai-vpred" and vp.prediction_type == "v_prediction"
     assert vp.make_config("a girl", width=64, height=64).guidance_rescale == 0.7
     assert Studio.from_pretrained("animagine", device="cpu").prediction_type == "epsilon"
+
+
+def test_lora_training_on_sdxl_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """SDXL LoRA training is not built yet: it must say so, not fail deep inside the loop."""
+    from PIL import Image
+
+    from charstudio.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (60 * i, 90, 30)).save(data / f"img{i}.png")
+    assert main(["train-lora", str(data), "--name", "x", "--model", "tiny-sdxl", "--steps", "1", "--resolution",
+                 "64", "--output-dir", str(tmp_path / "lora")]) == 2
+    err = capsys.readouterr().err
+    assert "model='tiny-sdxl'" in err and "SDXL LoRA training is not built yet" in err and "Traceback" not in err
+    assert not (tmp_path / "lora").exists()
+
+
+def test_an_sd1_lora_on_sdxl_is_refused_naming_the_family(tmp_path):
+    from PIL import Image
+
+    from charstudio import Studio
+    from charstudio.errors import ConfigError
+    from charstudio.training import LoraTrainingConfig, train_lora
+
+    (tmp_path / "data").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (60 * i, 90, 30)).save(tmp_path / "data" / f"img{i}.png")
+    list(train_lora(LoraTrainingConfig(data_dir=str(tmp_path / "data"), name="sd1", model="tiny",
+                                       output_dir=str(tmp_path / "lora"), max_train_steps=1, resolution=64,
+                                       num_validation_images=0, rank=4)))
+    xl = Studio.from_pretrained("tiny-sdxl", device="cpu")
+    with pytest.raises(ConfigError, match=r"but the model is SDXL .*Nothing was loaded") as err:
+        xl.load_lora(tmp_path / "lora" / "sd1")
+    assert "\n" not in str(err.value) and not xl.loaded_loras

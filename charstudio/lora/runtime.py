@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 def _model_kind(unet: Any) -> str:
     width = getattr(unet.config, "cross_attention_dim", None)
     names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-    return f"{names.get(width, 'this model')} (cross-attention width {width})"
+    # A text-time UNet is SDXL whatever its width (tiny-sdxl is 64 wide), as the family seam decides.
+    name = "SDXL" if getattr(unet.config, "addition_embed_type", None) == "text_time" else names.get(width, "this model")
+    return f"{name} (cross-attention width {width})"
 
 
 def _base_module(module: Any) -> Any:

@@ -42,6 +42,7 @@ class ModelFamily:
     # about 768 px); None: no warning.
     small_size_share: float | None = None
     micro_conditioning: bool = False  # SDXL: original size, crop and target size condition the UNet
+    trains_lora: bool = True  # whether charstudio.training can train a LoRA on this family yet
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -134,6 +135,7 @@ SDXL = ModelFamily(
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,
     micro_conditioning=True,
+    trains_lora=False,  # SDXL LoRA training (time ids, pooled embeddings per sample) is the next issue
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}

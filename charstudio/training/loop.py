@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from ..errors import ConfigError
 from ..io_utils import atomic_write
 from ..limits import max_side
+from ..models.family import detect_family
 from ..lora import TEXT_ENCODER_TARGET_MODULES
 from .checkpoint import list_checkpoints, load_checkpoint, model_fingerprint, save_checkpoint, write_json
 from .config import ADAPTER_NAME, UNET_LORA_LAYERS, LoraTrainingConfig, TrainingStep
@@ -131,6 +132,10 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     # 3. Base model, frozen. Adapters are added below; only they train.
     own_components = components is None
     comps = _load_base(config, weight_dtype) if own_components else components
+    family = detect_family(comps)
+    if not family.trains_lora:
+        raise ConfigError("model", config.model, f"it is an {family.label} model, and LoRA training runs on "
+                          "SD 1.x models for now (SDXL LoRA training is not built yet): use an SD 1.x model")
     from .. import lora as lora_mod
 
     holder = _ModelPair(comps["unet"], comps["text_encoder"])
