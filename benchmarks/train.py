@@ -38,9 +38,9 @@ def sd15_random_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from charstudio.models.tiny import build_tokenizer
+    from charstudio.models.tokenizers import byte_level_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = byte_level_tokenizer()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
                                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)

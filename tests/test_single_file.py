@@ -1,7 +1,8 @@
 """Single-file SD 1.x checkpoints (A1111 / civitai style) load through charstudio's normal path.
 
 The tiny model is exported to the original LDM key layout (tests/ldm_export.py), written as a
-`.safetensors` file, and loaded back with `Studio.from_pretrained(file, config=folder)`. Its
+`.safetensors` file, and loaded back with `Studio.from_pretrained(file, config=folder)` (its shapes
+are not SD 1.5's, so it needs config=; tests/test_real_shapes.py loads a real-shape file without). Its
 pictures must be bit-identical to the tiny model's. The config folder is a *differently seeded*
 tiny model saved with its weights, so any component diffusers took from the folder instead of
 the file would change the picture.
@@ -101,21 +102,15 @@ def test_single_file_reproduces_the_tiny_model(files, reference_pixels):
     np.testing.assert_array_equal(_pixels(result), reference_pixels)
 
 
-def test_single_file_without_config_offline_says_what_to_pass(files):
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download("stable-diffusion-v1-5/stable-diffusion-v1-5", allow_patterns=["*.json"], local_files_only=True)
-    except Exception:
-        pass
-    else:
-        pytest.skip("SD 1.5 configs are in the local cache here, so no config= is needed")
+def test_a_resized_single_file_without_config_names_the_shapes_and_config(files):
+    """Without config= a file is read with SD 1.5's shipped configs; the tiny model's shapes are
+    not SD 1.5's, and the error names the first tensor that differs and the way out."""
     with pytest.raises(ModelLoadError) as err:
         Studio.from_pretrained(files["checkpoint"], device="cpu", dtype="fp32")
     msg = str(err.value)
     assert "\n" not in msg
     assert files["checkpoint"] in msg and "config=" in msg and "--config" in msg
-    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in msg
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in msg and "expected [77, 768], got [77, 32]" in msg
 
 
 @pytest.mark.parametrize("case", ["unrelated keys", "no text encoder", "lora"])

@@ -26,8 +26,9 @@ def add_checkpoint_file_args(p: argparse.ArgumentParser) -> None:
     """--allow-pickle/--config: what a single-file (A1111/civitai) checkpoint may need to load."""
     p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickled .ckpt you trust")
     p.add_argument("--config", default=None,
-                   help="for a single-file checkpoint: diffusers folder or hub id of its base model, whose configs "
-                        "to use (needed offline unless stable-diffusion-v1-5 is cached)")
+                   help="for a single-file checkpoint whose shapes are not SD 1.5's or SDXL's: diffusers folder or "
+                        "hub id of its base model (standard checkpoints load offline with the configs charstudio "
+                        "ships)")
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:

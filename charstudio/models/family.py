@@ -36,7 +36,9 @@ class ModelFamily:
     openpose_controlnet: str  # hub id of the default OpenPose ControlNet
     single_file_marker: str  # a key prefix only this family's single files have
     single_file_parts: Mapping[str, str]  # part -> key prefix in an A1111 / civitai single file
-    default_config: str  # hub id whose component configs diffusers uses for a single file by default
+    base_model: str  # hub id of the family's base model (its configs are the ones shipped in the package)
+    packaged_config: str  # charstudio/data/configs/<this>: the base model's configs, for single files
+    tokenizer_pads: tuple[str, ...]  # each tokenizer's pad token, in text_parts order
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -93,6 +95,19 @@ class ModelFamily:
         defaults = self.conditioning_defaults(config.width, config.height)
         return {k: tuple(getattr(config, k) or defaults[k]) for k in defaults}
 
+    def config_folder(self) -> Path:
+        """The base model's configs shipped in the package (a diffusers folder without weights):
+        what a single-file checkpoint of this family is read with, offline."""
+        from importlib import resources
+
+        return Path(str(resources.files("charstudio").joinpath("data", "configs", self.packaged_config)))
+
+    def real_tokenizers(self) -> dict[str, Any]:
+        """The family's CLIP tokenizers, built offline from open_clip_torch's vocabulary."""
+        from .tokenizers import clip_tokenizer
+
+        return {tok: clip_tokenizer(pad) for (tok, _), pad in zip(self.text_parts, self.tokenizer_pads)}
+
     def build_pipeline(self, kind: str, parts: Mapping[str, Any]) -> Any:
         """The diffusers pipeline of ``kind`` over shared ``parts``."""
         import diffusers
@@ -112,7 +127,8 @@ SD1 = ModelFamily(
     single_file_marker="cond_stage_model.transformer.",
     single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
                        "CLIP text encoder": "cond_stage_model.transformer."},
-    default_config="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", packaged_config="sd15",
+    tokenizer_pads=("<|endoftext|>",),
     pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
 )
 
@@ -130,7 +146,8 @@ SDXL = ModelFamily(
     single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
                        "CLIP ViT-L text encoder": "conditioner.embedders.0.",
                        "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
-    default_config="stabilityai/stable-diffusion-xl-base-1.0",
+    base_model="stabilityai/stable-diffusion-xl-base-1.0", packaged_config="sdxl",
+    tokenizer_pads=("<|endoftext|>", "!"),  # OpenCLIP bigG's tokenizer pads with "!"
     # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,

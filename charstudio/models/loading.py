@@ -210,6 +210,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _shape_mismatch(exc: BaseException) -> str | None:
+    """'<tensor>: expected [...], got [...]' when diffusers refused a weight of the wrong shape."""
+    import re
+
+    m = re.search(r"(\S+) expected shape torch\.Size\((\[[^]]*\])\), but got torch\.Size\((\[[^]]*\])\)", str(exc))
+    return f"{m[1]}: expected {m[2]}, got {m[3]}" if m else None
+
+
 def _is_hub_error(exc: BaseException) -> bool:
     """Whether a load failed for lack of hub files (offline, not cached, no network)."""
     seen: set[int] = set()
@@ -231,7 +239,7 @@ def _check_config(config: str) -> str:
         return str(path)
     if path.exists() or config.startswith((".", "/", "~")) or config.count("/") != 1 or not all(config.split("/")):
         raise ModelLoadError(f"config={config!r} is not a diffusers folder or a hub id like 'org/name': give the base "
-                             f"model's diffusers folder or hub id (e.g. {SD1.default_config!r} or {SDXL.default_config!r})")
+                             f"model's diffusers folder or hub id (e.g. {SD1.base_model!r} or {SDXL.base_model!r})")
     return config
 
 
@@ -253,8 +261,8 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
 
     `config` applies to single-file checkpoints only: a diffusers folder or hub id of the base
     model whose component configs (and tokenizer and scheduler) describe the file. Without it,
-    diffusers fetches the family's base configs (SD 1.5's or SDXL base's) from the hub, which
-    fails offline unless they are cached.
+    the family's base configs shipped in the package (SD 1.5's or SDXL base's) and the real CLIP
+    tokenizers built offline are used, so a standard checkpoint loads with no hub access.
 
     `prediction_type` ("epsilon" | "v_prediction") overrides what the model says; without it a
     preset's, else a single file's `v_pred` key, else the model's scheduler config decides. A
@@ -293,6 +301,8 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             prediction_type = "v_prediction"
         if config is not None:
             extra["config"] = _check_config(config)
+        else:  # the base model's configs shipped in the package, and the real CLIP tokenizers: no hub
+            extra = {"config": str(family.config_folder()), **family.real_tokenizers()}
     elif source.kind == "folder":
         family = family_of_folder(source.location)
     elif source.name in PRESETS:
@@ -321,19 +331,18 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             raise refused from exc
         if source.kind == "hub":
             raise _hub_error("model", source.location, exc) from exc
-        if source.kind == "single_file" and _is_hub_error(exc):
-            if config is None:
-                why = "HF_HUB_OFFLINE=1 forbids downloading them" if hub_offline() else _first_line(exc)
-                raise ModelLoadError(
-                    f"model={source.location!r} is a single file without component configs, and diffusers' default "
-                    f"({family.default_config}) is not in the local Hugging Face cache ({why}): pass config= "
-                    f"(CLI: --config) pointing to a diffusers folder or hub id of the base model "
-                    f"(e.g. {family.default_config} once cached)") from exc
-            if not Path(config).expanduser().is_dir():
-                raise ModelLoadError(
-                    f"config={config!r} is not in the local Hugging Face cache"
-                    f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
-                    "download it once with network access, or pass a local diffusers folder of the base model") from exc
+        if source.kind == "single_file" and config is not None and _is_hub_error(exc) \
+                and not Path(config).expanduser().is_dir():
+            raise ModelLoadError(
+                f"config={config!r} is not in the local Hugging Face cache"
+                f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
+                "download it once with network access, or pass a local diffusers folder of the base model") from exc
+        mismatch = _shape_mismatch(exc) if source.kind == "single_file" and config is None else None
+        if mismatch:
+            raise ModelLoadError(
+                f"model={source.location!r} has the {family.label} layout but not the shapes of {family.base_model} "
+                f"({mismatch}; a pruned or resized model?): pass config= (CLI: --config) naming a diffusers folder "
+                "of the model it was made from") from exc
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.

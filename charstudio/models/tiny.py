@@ -10,45 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .tokenizers import byte_level_tokenizer
+
 TINY_SIZE = 128  # default output size in pixels; latents are 16x16
 TEXT_HIDDEN = 32  # CLIP hidden size == UNet cross-attention dim
-
-
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins CLIP's byte-level BPE uses for raw bytes, in byte order.
-
-    Printable Latin-1 bytes stand for themselves; the rest are shifted past U+0100 so that
-    no symbol is whitespace or a control character.
-    """
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbols, shifted = [], 0
-    for b in range(256):
-        if b in printable:
-            symbols.append(chr(b))
-        else:
-            symbols.append(chr(256 + shifted))
-            shifted += 1
-    return symbols
-
-
-def build_tokenizer(pad_token: str = "<|endoftext|>"):
-    """A byte-level CLIP tokenizer built in memory (no files, no hub).
-
-    The vocabulary is the 256 byte symbols, their end-of-word forms, and the two special
-    tokens. With no merges every character is one token, which is enough for a tiny model
-    and still exercises CLIP's 77-token window.
-    """
-    from transformers import CLIPTokenizer
-
-    symbols = _byte_symbols()
-    vocab: dict[str, int] = {}
-    for s in symbols:
-        vocab[s] = len(vocab)
-    for s in symbols:
-        vocab[s + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token=pad_token)
 
 
 def _text_encoder(tokenizer: Any, seed: int, projection: bool = False) -> Any:
@@ -66,7 +31,7 @@ def _text_encoder(tokenizer: Any, seed: int, projection: bool = False) -> Any:
 
 def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     """Build the tiny model's components, ready to hand to a diffusers pipeline."""
-    tokenizer = build_tokenizer()
+    tokenizer = byte_level_tokenizer()
     # Each module gets its own seed so that adding a module never changes the others.
     text_encoder = _text_encoder(tokenizer, seed)
     unet_blocks = dict(
@@ -86,7 +51,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
     with its projection (`text_encoder_2`, pad token ``!`` as SDXL's second tokenizer has), their
     penultimate states concatenated (2 x 32 wide), and a UNet and ControlNet conditioned on the
     pooled embedding plus six size/crop ids (``addition_embed_type="text_time"``)."""
-    tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer(pad_token="!")
+    tokenizer, tokenizer_2 = byte_level_tokenizer(), byte_level_tokenizer(pad_token="!")
     text_encoder = _text_encoder(tokenizer, seed + 10)
     text_encoder_2 = _text_encoder(tokenizer_2, seed + 11, projection=True)
     time_dim = 8
