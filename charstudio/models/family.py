@@ -24,6 +24,17 @@ PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img")
 
 
 @dataclass(frozen=True)
+class IPAdapterFiles:
+    """Where a family's default IP-Adapter lives, in diffusers' `load_ip_adapter` terms."""
+
+    repo: str  # hub id (or a local folder laid out like it)
+    subfolder: str
+    weight_name: str
+    # the CLIP image encoder: a folder name inside `subfolder`, or a path from the repo root (has a "/")
+    image_encoder_folder: str
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """Everything charstudio does differently for one family of Stable Diffusion models."""
 
@@ -39,6 +50,7 @@ class ModelFamily:
     base_model: str  # hub id of the family's base model (its configs are the ones shipped in the package)
     packaged_config: str  # charstudio/data/configs/<this>: the base model's configs, for single files
     tokenizer_pads: tuple[str, ...]  # each tokenizer's pad token, in text_parts order
+    ip_adapter: IPAdapterFiles  # the default IP-Adapter for sheets
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -129,6 +141,7 @@ SD1 = ModelFamily(
                        "CLIP text encoder": "cond_stage_model.transformer."},
     base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", packaged_config="sd15",
     tokenizer_pads=("<|endoftext|>",),
+    ip_adapter=IPAdapterFiles("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors", "image_encoder"),
     pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
 )
 
@@ -148,6 +161,10 @@ SDXL = ModelFamily(
                        "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
     base_model="stabilityai/stable-diffusion-xl-base-1.0", packaged_config="sdxl",
     tokenizer_pads=("<|endoftext|>", "!"),  # OpenCLIP bigG's tokenizer pads with "!"
+    # The "plus" adapter (a resampler over the image encoder's patch features) with the ViT-H
+    # encoder of models/image_encoder; insightface Face-ID adapters fail on anime faces.
+    ip_adapter=IPAdapterFiles("h94/IP-Adapter", "sdxl_models", "ip-adapter-plus_sdxl_vit-h.safetensors",
+                              "models/image_encoder"),
     # No invisible watermark: it changes pixels after decoding, so a recipe would not re-run exactly.
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,
