@@ -354,3 +354,79 @@ def test_an_sd1_lora_on_sdxl_is_refused_naming_the_family(tmp_path):
     with pytest.raises(ConfigError, match=r"but the model is SDXL .*Nothing was loaded") as err:
         xl.load_lora(tmp_path / "lora" / "sd1")
     assert "\n" not in str(err.value) and not xl.loaded_loras
+
+
+def test_low_vram_offloads_each_part_and_draws_the_same_pictures(xl, monkeypatch):
+    """low_vram=True: the parts stay in CPU memory behind diffusers' model-offload hooks (moved to
+    the device only while they run), the VAE decodes in tiles, and pictures are unchanged."""
+    from charstudio import Studio
+    from charstudio.models import device
+
+    low = Studio.from_pretrained("tiny-sdxl", device="cpu", low_vram=True)
+    kw = dict(seed=3, num_inference_steps=2, width=64, height=64)
+    for pose in (None, "waving", None):  # switching pipelines re-installs the hooks
+        assert np.array_equal(np.asarray(low.generate(PROMPT, pose=pose, **kw).image),
+                              np.asarray(xl.generate(PROMPT, pose=pose, **kw).image))
+    assert low.low_vram and low.components["vae"].use_tiling
+    assert all(hasattr(low.components[n], "_hf_hook") for n in ("unet", "text_encoder", "text_encoder_2", "vae"))
+    assert not xl.low_vram and not hasattr(xl.components["unet"], "_hf_hook")
+    # Auto: chosen on a CUDA card with less memory than the model needs, never on the CPU.
+    parts = xl.components
+    need = device.estimated_gpu_bytes(parts, 1024)
+    assert device.choose_low_vram(None, torch.device("cpu"), parts, 1024) is False
+
+    class Card:
+        total_memory = int(need / device.LOW_VRAM_SHARE) - 1
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: Card)
+    assert device.choose_low_vram(None, torch.device("cuda"), parts, 1024) is True
+    Card.total_memory = 2 * need
+    assert device.choose_low_vram(None, torch.device("cuda"), parts, 1024) is False
+
+
+def test_the_real_sdxl_sizes_need_low_vram_on_a_12_gb_card():
+    """The estimate on SDXL's real shapes in fp16 (built on the meta device, no memory): with its
+    ControlNet it does not fit a 12 GB card, and fits a 24 GB one."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from charstudio.models.device import LOW_VRAM_SHARE, estimated_gpu_bytes
+    from charstudio.models.family import SDXL
+
+    folder = SDXL.config_folder()
+    with torch.device("meta"):
+        parts = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+                 "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+                 "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+                 "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))}
+        for m in parts.values():
+            m.to(torch.float16)
+    need = estimated_gpu_bytes(parts, 1024)
+    assert 12e9 * LOW_VRAM_SHARE < need < 24e9 * LOW_VRAM_SHARE
+
+
+def test_sdxl_presets_use_the_fp16_safe_vae_in_fp16_only(monkeypatch, tmp_path, caplog):
+    """In fp16 an SDXL preset's VAE is replaced by the fp16-fix one; in fp32 it is not; offline
+    without it the model's own VAE stays (decoded in fp32 on overflow) with a warning."""
+    import dataclasses
+    import logging
+
+    from charstudio.models import loading
+    from charstudio.models.presets import PRESETS, SDXL_FP16_VAE
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    assert all(PRESETS[n].fp16_vae == SDXL_FP16_VAE for n in ("sdxl", "illustrious", "noobai-vpred", "animagine"))
+    assert PRESETS["sd15"].fp16_vae is None
+    fixed = build_tiny_sdxl_components(seed=5)["vae"]
+    fixed.save_pretrained(tmp_path / "vae-fix")
+    monkeypatch.setitem(PRESETS, "tiny-sdxl", dataclasses.replace(PRESETS["tiny-sdxl"], fp16_vae=str(tmp_path / "vae-fix")))
+    source = loading.resolve_model("tiny-sdxl")
+    half = loading.load_components(source, dtype=torch.float16)
+    assert torch.equal(half["vae"].decoder.conv_out.weight, fixed.decoder.conv_out.weight.half())
+    full = loading.load_components(source, dtype=torch.float32)
+    assert not torch.equal(full["vae"].decoder.conv_out.weight, fixed.decoder.conv_out.weight)
+    monkeypatch.setitem(PRESETS, "tiny-sdxl", dataclasses.replace(PRESETS["tiny-sdxl"], fp16_vae=SDXL_FP16_VAE))
+    with caplog.at_level(logging.WARNING, logger="charstudio.models.loading"):
+        own = loading.load_components(source, dtype=torch.float16)
+    assert torch.equal(own["vae"].decoder.conv_out.weight, full["vae"].decoder.conv_out.weight.half())
+    assert SDXL_FP16_VAE in caplog.text and "fp32" in caplog.text

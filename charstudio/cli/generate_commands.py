@@ -19,6 +19,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
                    help="override what the model predicts (v_prediction for NoobAI v-pred and the like; "
                         "single files that carry a v_pred key are detected)")
+    p.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the model in CPU memory and move each part to the GPU only while it runs, and decode "
+                        "in tiles (SDXL on a 12 GB card); default: chosen from the GPU's memory")
     add_checkpoint_file_args(p)
 
 
@@ -112,7 +115,8 @@ def load_studio(args: argparse.Namespace):
     studio = Studio.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                     controlnet=args.controlnet, allow_pickle=args.allow_pickle,
                                     config=getattr(args, "config", None),
-                                    prediction_type=getattr(args, "prediction_type", None))
+                                    prediction_type=getattr(args, "prediction_type", None),
+                                    low_vram=getattr(args, "low_vram", None))
     studio.allow_large = bool(getattr(args, "allow_large", False))
     return studio
 

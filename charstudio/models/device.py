@@ -73,3 +73,46 @@ def configure_attention(pipe_or_unet: Any, attention: str = "auto") -> str:
         raise ConfigError("attention", attention, "xformers does not import or run here; use 'sdpa' or 'auto'")
     # diffusers uses SDPA (AttnProcessor2_0) by default on torch 2.x; nothing to change.
     return "sdpa"
+
+
+# An OpenPose ControlNet is about half its UNet (SD 1.5: 361M of 860M parameters; SDXL, xinsir's:
+# 1.25B of 2.57B); it loads on first use, so the estimate counts it before it is there.
+CONTROLNET_SHARE = 0.5
+ACTIVATION_ALLOWANCE = 2**30  # UNet activations with SDPA at the native size, batch 2 (CFG), fp16
+LOW_VRAM_SHARE = 0.85  # keep this much of the card for charstudio; the rest is CUDA's own and other work
+
+
+def estimated_gpu_bytes(components: dict[str, Any], native: int) -> int:
+    """GPU memory for a picture at the native size with every part on the GPU: the weights (the
+    ControlNet counted even before it loads), the VAE decode at full size, UNet activations."""
+    import torch
+
+    from ..limits import decode_bytes
+
+    def size(module: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+
+    weights = sum(size(m) for m in components.values())
+    if components.get("controlnet") is None and components.get("unet") is not None:
+        weights += int(CONTROLNET_SHARE * size(components["unet"]))
+    unet = components.get("unet")
+    itemsize = next(unet.parameters()).element_size() if unet is not None else 4
+    return weights + decode_bytes(native, native, itemsize=itemsize) + ACTIVATION_ALLOWANCE
+
+
+def choose_low_vram(requested: bool | None, device: Any, components: dict[str, Any], native: int) -> bool:
+    """Whether to keep parts in CPU memory and move each to the GPU only while it runs (model CPU
+    offload) and decode in tiles. `requested` True/False decides; None (auto) chooses it on a CUDA
+    device with less memory than `estimated_gpu_bytes` needs (e.g. SDXL on a 12 GB card)."""
+    if requested is not None:
+        return bool(requested)
+    if getattr(device, "type", str(device)) != "cuda":
+        return False
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    need = estimated_gpu_bytes(components, native)
+    if need > LOW_VRAM_SHARE * total:
+        log.info("low-VRAM mode: about %.1f GiB needed on a %.1f GiB GPU", need / 2**30, total / 2**30)
+        return True
+    return False

@@ -287,7 +287,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             for module in comps.values():
                 if isinstance(module, torch.nn.Module):
                     module.to(dtype=dtype)
-        return _with_prediction_type(comps, prediction_type, source.location)
+        return _with_prediction_type(_with_fp16_vae(comps, source, dtype), prediction_type, source.location)
 
     # 1. A single file must be an SD 1.x or SDXL checkpoint in the LDM/SGM layout; diffusers would
     #    otherwise guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from
@@ -346,8 +346,28 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
-    return _with_prediction_type({name: getattr(pipe, name) for name in family.component_names}, prediction_type,
-                                 source.location)
+    comps = _with_fp16_vae({name: getattr(pipe, name) for name in family.component_names}, source, dtype)
+    return _with_prediction_type(comps, prediction_type, source.location)
+
+
+def _with_fp16_vae(comps: dict[str, Any], source: ModelSource, dtype: Any) -> dict[str, Any]:
+    """`comps` with the preset's fp16-safe VAE when running in fp16 (SDXL's own overflows there).
+
+    Not in the cache offline: the model's own VAE stays, and `Studio.decode` retries in fp32."""
+    import torch
+
+    preset = PRESETS.get(source.name)
+    if preset is None or preset.fp16_vae is None or dtype != torch.float16:
+        return comps
+    from diffusers import AutoencoderKL
+
+    try:
+        comps["vae"] = AutoencoderKL.from_pretrained(preset.fp16_vae, **dtype_kwarg(dtype))
+        log.info("%s: fp16 VAE %s", source.name, preset.fp16_vae)
+    except (OSError, ValueError) as exc:
+        log.warning("the fp16-safe VAE %s could not be loaded (%s): using %s's own VAE, which is decoded in fp32 "
+                    "when fp16 overflows", preset.fp16_vae, _first_line(exc), source.name)
+    return comps
 
 
 def _with_prediction_type(comps: dict[str, Any], prediction_type: str | None, source: str) -> dict[str, Any]:

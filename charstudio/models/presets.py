@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MINI_GUIDANCE = 3.0
+# SDXL's VAE with its weights scaled so that its activations fit fp16 (same latents, near-equal pictures)
+SDXL_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class ModelPreset:
     family: str = "sd1"  # "sd1" or "sdxl" (charstudio.models.family); presets on the hub are not opened to check
     prediction_type: str | None = None  # "v_prediction" for v-prediction models; None: what the model says
     folder: str | None = None  # a diffusers folder shipped inside the package (under charstudio/data/)
+    # A VAE to use in fp16 instead of the model's own (SDXL's overflows to NaN in fp16)
+    fp16_vae: str | None = None
     # What the apps start with: two cards and a prompt written in words the model knows.
     example_cards: tuple[str, str] = ("aiko", "bram")
     example_prompt: str = "a knight in silver armour, portrait"
@@ -31,7 +35,7 @@ def _anime_sdxl(name: str, what: str, repo: str, **options: str) -> ModelPreset:
     """An anime SDXL fine-tune from the hub, paired with xinsir's OpenPose ControlNet."""
     return ModelPreset(name, f"{what}, with xinsir's OpenPose ControlNet", repo=repo,
                        controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=28, default_guidance=5.0,
-                       family="sdxl", **options)
+                       family="sdxl", fp16_vae=SDXL_FP16_VAE, **options)
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -68,6 +72,7 @@ PRESETS: dict[str, ModelPreset] = {
             "Stable Diffusion XL base 1.0 with xinsir's OpenPose ControlNet (needs a download and a GPU)",
             repo="stabilityai/stable-diffusion-xl-base-1.0",
             controlnet="xinsir/controlnet-openpose-sdxl-1.0", default_steps=30, default_guidance=6.0, family="sdxl",
+            fp16_vae=SDXL_FP16_VAE,
         ),
         # The anime SDXL families, as diffusers folders on the hub (checked there: each is a
         # StableDiffusionXLPipeline repo). Steps and CFG follow their cards' usual advice.
