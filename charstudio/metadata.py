@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import GenerationConfig
 from .errors import ConfigError, FileFieldError, InputFileError
+from .models.family import family_of_recipe
 from .schedulers import SCHEDULERS, scheduler_spec
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,9 @@ def format_parameters(config: GenerationConfig) -> str:
         ("Model", config.model or "unknown"),
     ]
     if config.clip_skip:
-        # A1111 counts the last layer as 1; diffusers' clip_skip=1 is A1111's "Clip skip: 2".
-        fields.append(("Clip skip", config.clip_skip + 1))
+        # A1111 counts the last layer as 1. SD 1.x: diffusers' clip_skip=1 is "Clip skip: 2"; SDXL
+        # already uses the penultimate layer ("Clip skip: 2"), so its clip_skip=1 is "Clip skip: 3".
+        fields.append(("Clip skip", config.clip_skip + family_of_recipe(config.to_dict()).a1111_clip_skip))
     if config.guidance_rescale:
         fields.append(("CFG rescale", _num(config.guidance_rescale)))
     # SDXL's micro-conditioning, in A1111's WIDTHxHEIGHT order (the recipe keeps diffusers' (h, w)).
@@ -72,8 +74,12 @@ def _quote(value: Any) -> str:
     return json.dumps(s) if ("," in s or ":" in s) and not re.fullmatch(r"\d+x\d+", s) else s
 
 
-def parse_parameters(text: str) -> dict[str, Any]:
-    """Parse A1111 `parameters` text into a dict of GenerationConfig fields (best effort)."""
+def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
+    """Parse A1111 `parameters` text into a dict of GenerationConfig fields (best effort).
+
+    `family` (a ModelFamily) says how to read "Clip skip": on SDXL, 2 (Pony's "clip skip 2") is
+    the default layer, on SD 1.x it is one layer back. None: SDXL when the text carries SDXL's
+    micro-conditioning (Original size / Target size), else SD 1.x."""
     lines = text.strip().split("\n")
     # The last line holding "Steps:" is the settings line; everything before is prompt/negative.
     idx = max((i for i, line in enumerate(lines) if re.match(r"\s*Steps:\s*\d+", line)), default=None)
@@ -131,8 +137,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
             out[key] = (h, w)
     if "Clip skip" in values:
         clip_skip = field("Clip skip", int, "a whole number, e.g. 2")
-        if clip_skip > 1:
-            out["clip_skip"] = clip_skip - 1
+        default = (family or family_of_recipe(out)).a1111_clip_skip
+        if clip_skip > default:
+            out["clip_skip"] = clip_skip - default
     return out
 
 
@@ -146,8 +153,9 @@ def png_info(config: GenerationConfig):
     return info
 
 
-def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
-    """Read an image and its recipe (our JSON chunk, else A1111 `parameters`)."""
+def read_recipe(path: str | Path, family: Any = None) -> tuple[Any, GenerationConfig]:
+    """Read an image and its recipe (our JSON chunk, else A1111 `parameters`, read for `family`:
+    see parse_parameters)."""
     from .io_utils import open_image
 
     p = Path(path)
@@ -164,7 +172,7 @@ def read_recipe(path: str | Path) -> tuple[Any, GenerationConfig]:
                 broken = f"its {RECIPE_KEY!r} recipe chunk is not valid JSON ({exc.msg} at character {exc.pos})"
                 log.warning("%s: %s; falling back to 'parameters'", p, broken)
         if PARAMETERS_KEY in text:
-            return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY]))
+            return image, GenerationConfig(**parse_parameters(text[PARAMETERS_KEY], family))
     except ConfigError as exc:
         # The same error, told about the file it came from.
         raise FileFieldError(f"{str(p)!r}: {exc.field}", exc.value, exc.expected) from exc

@@ -64,9 +64,10 @@ class Result:
             return paths
 
     @classmethod
-    def from_png(cls, path: str | os.PathLike) -> "Result":
-        """Read a saved image and its recipe (ours, or an A1111 `parameters` chunk)."""
-        image, recipe = read_recipe(path)
+    def from_png(cls, path: str | os.PathLike, family: Any = None) -> "Result":
+        """Read a saved image and its recipe (ours, or an A1111 `parameters` chunk; `family`, the
+        ModelFamily it is for, says how A1111's "Clip skip" reads: `studio.family`)."""
+        image, recipe = read_recipe(path, family)
         return cls([image.convert("RGB")], [recipe], {"path": str(path)})
 
     def grid(self, cols: int | None = None, labels: list[str] | None = None) -> Any:

@@ -430,3 +430,29 @@ def test_sdxl_presets_use_the_fp16_safe_vae_in_fp16_only(monkeypatch, tmp_path, 
         own = loading.load_components(source, dtype=torch.float16)
     assert torch.equal(own["vae"].decoder.conv_out.weight, full["vae"].decoder.conv_out.weight.half())
     assert SDXL_FP16_VAE in caplog.text and "fp32" in caplog.text
+
+
+def test_a1111_clip_skip_means_the_same_layer_on_each_family(xl, tmp_path):
+    """A1111 counts layers from the last as 1. SDXL's default is the penultimate layer, A1111's
+    "Clip skip: 2" (Pony's advice), so on SDXL clip_skip=1 is written "Clip skip: 3" and a civitai
+    recipe saying "Clip skip: 2" reads as the default; on SD 1.x "Clip skip: 2" is clip_skip=1."""
+    from charstudio import Result, Studio
+    from charstudio.metadata import format_parameters, parse_parameters
+    from charstudio.models.family import SD1, SDXL
+
+    sd1 = Studio.from_pretrained("tiny", device="cpu")
+    assert "Clip skip: 3" in format_parameters(xl.make_config(PROMPT, clip_skip=1, width=64, height=64))
+    assert "Clip skip: 2" in format_parameters(sd1.make_config(PROMPT, clip_skip=1, width=64, height=64))
+    assert "Clip skip" not in format_parameters(xl.make_config(PROMPT, width=64, height=64))
+    pony = "score_9, 1girl\nSteps: 25, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 832x1216, Clip skip: 2"
+    assert "clip_skip" not in parse_parameters(pony, SDXL)
+    assert parse_parameters(pony, SD1)["clip_skip"] == 1
+    assert parse_parameters(pony.replace("Clip skip: 2", "Clip skip: 3"), SDXL)["clip_skip"] == 1
+    # Our own SDXL text says it is SDXL (its Target size), so it reads back right without a family.
+    made = xl.generate(PROMPT, clip_skip=1, seed=4, num_inference_steps=2, width=64, height=64)
+    path = made.save(tmp_path)[0]
+    from PIL import Image
+
+    text = Image.open(path).text["parameters"]
+    assert parse_parameters(text)["clip_skip"] == 1
+    assert Result.from_png(path, family=SDXL).recipe.clip_skip == 1

@@ -51,6 +51,10 @@ class ModelFamily:
     packaged_config: str  # charstudio/data/configs/<this>: the base model's configs, for single files
     tokenizer_pads: tuple[str, ...]  # each tokenizer's pad token, in text_parts order
     ip_adapter: IPAdapterFiles  # the default IP-Adapter for sheets
+    # A1111's "Clip skip" number of the layer this family's prompts use by default (counted from the
+    # last layer as 1): SD 1.x the last layer (1), SDXL the penultimate (2: Pony's "clip skip 2").
+    # A recipe's clip_skip=N (diffusers' meaning, N layers further back) is A1111's N + this.
+    a1111_clip_skip: int = 1
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -169,10 +173,17 @@ SDXL = ModelFamily(
     pipeline_options={"add_watermarker": False},
     small_size_share=0.75,
     micro_conditioning=True,
+    a1111_clip_skip=2,
     trains_lora=False,  # SDXL LoRA training (time ids, pooled embeddings per sample) is the next issue
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
+
+
+def family_of_recipe(fields: Mapping[str, Any]) -> ModelFamily:
+    """The family a recipe (GenerationConfig fields, or parsed A1111 text) was drawn with: SDXL's
+    recipes carry micro-conditioning (target size), SD 1.x's never do."""
+    return SDXL if fields.get("target_size") is not None or fields.get("original_size") is not None else SD1
 
 
 def detect_family(components: Mapping[str, Any]) -> ModelFamily:

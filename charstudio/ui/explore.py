@@ -552,7 +552,8 @@ class ExploreApp(AppBase):
             with open(path, "wb") as f:
                 f.write(data)
             try:
-                result = Result.from_png(path)
+                loaded = self.source.loaded  # its family reads A1111's "Clip skip"; none loaded: guessed
+                result = Result.from_png(path, family=getattr(loaded, "family", None))
             except Exception as exc:
                 self.status.error(f"{filename}: {error_text(exc)}")
                 return None
