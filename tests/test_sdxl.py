@@ -456,3 +456,29 @@ def test_a1111_clip_skip_means_the_same_layer_on_each_family(xl, tmp_path):
     text = Image.open(path).text["parameters"]
     assert parse_parameters(text)["clip_skip"] == 1
     assert Result.from_png(path, family=SDXL).recipe.clip_skip == 1
+
+
+def test_trace_on_sdxl_maps_attention_over_both_encoders_and_previews_sdxl_latents(xl, tmp_path):
+    """A traced SDXL run: cross-attention maps per prompt token over the 2048-wide (here 64-wide)
+    context, the image unchanged by tracing, and previews through SDXL's own latent-to-RGB map
+    (TAESDXL when cached; offline "auto" falls back to that map)."""
+    from charstudio.models.family import SD1, SDXL
+    from charstudio.trace import LivePreview, decode_latents, plot_filmstrip, trace_run
+
+    kw = dict(seed=5, num_inference_steps=3, width=64, height=64)
+    shown = []
+    trace, result = trace_run(xl, PROMPT, callbacks=[LivePreview(lambda i, im: shown.append(im), every=1)], **kw)
+    assert trace.family == "sdxl" and len(trace.records) == 3 and trace.attention is not None
+    assert trace.attention.shape[0] >= len(trace.tokens) and trace.attention.shape[1:] == (8, 8)
+    assert float(trace.attention.sum(0).mean()) == pytest.approx(1.0, abs=1e-3)
+    assert np.array_equal(np.asarray(result.image), np.asarray(xl.generate(PROMPT, **kw).image))
+    assert len(shown) == 3 and shown[0].size == (8, 8)
+    z = trace.records[-1].pred_x0[:1]
+    expected = torch.einsum("bchw,cr->brhw", z.float(), torch.tensor(SDXL.latent_rgb)) + \
+        torch.tensor(SDXL.latent_rgb_bias)[None, :, None, None]
+    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(decode_latents(z, "approx", SDXL)[0]), expected)
+    assert np.array_equal(np.asarray(decode_latents(z, "auto", SDXL)[0]), expected)  # no TAESDXL offline
+    assert not np.array_equal(np.asarray(decode_latents(z, "approx", SD1)[0]), expected)
+    assert np.array_equal(np.asarray(shown[-1]), np.asarray(decode_latents(trace.records[-1].latents[:1], "auto", SDXL)[0]))
+    assert plot_filmstrip(trace, tmp_path / "strip.png").is_file()

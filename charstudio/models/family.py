@@ -55,6 +55,11 @@ class ModelFamily:
     # last layer as 1): SD 1.x the last layer (1), SDXL the penultimate (2: Pony's "clip skip 2").
     # A recipe's clip_skip=N (diffusers' meaning, N layers further back) is A1111's N + this.
     a1111_clip_skip: int = 1
+    # Previews without the VAE: a linear map from the 4 latent channels to RGB (plus a bias), and
+    # the tiny autoencoder (TAESD) that decodes this family's latents cheaply, used when cached.
+    latent_rgb: tuple[tuple[float, float, float], ...] = ()
+    latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    preview_vae: str | None = None
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -146,6 +151,9 @@ SD1 = ModelFamily(
     base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", packaged_config="sd15",
     tokenizer_pads=("<|endoftext|>",),
     ip_adapter=IPAdapterFiles("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors", "image_encoder"),
+    # A1111's "approx cheap" factors for SD 1.x latents
+    latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
+    preview_vae="madebyollin/taesd",
     pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
 )
 
@@ -174,6 +182,11 @@ SDXL = ModelFamily(
     small_size_share=0.75,
     micro_conditioning=True,
     a1111_clip_skip=2,
+    # SDXL's VAE was retrained: its latents need their own factors (ComfyUI's latent_formats.SDXL)
+    latent_rgb=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
+                (-0.3165, -0.2492, -0.2188)),
+    latent_rgb_bias=(0.1084, -0.0175, -0.0011),
+    preview_vae="madebyollin/taesdxl",
     trains_lora=False,  # SDXL LoRA training (time ids, pooled embeddings per sample) is the next issue
 )
 

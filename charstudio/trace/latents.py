@@ -2,35 +2,56 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from ..errors import ConfigError
 
-# Linear map from SD 1.x latent channels to RGB (the widely used "approx cheap" preview
-# factors), good enough to see composition forming at no cost.
-_SD15_LATENT_RGB = (
-    (0.298, 0.207, 0.208),
-    (0.187, 0.286, 0.173),
-    (-0.158, 0.189, 0.264),
-    (-0.184, -0.271, -0.473),
-)
+log = logging.getLogger(__name__)
+
+DECODERS = ("approx", "auto")
+_PREVIEW_VAES: dict[str, Any] = {}  # hub id -> AutoencoderTiny, or None when it is not available
 
 
-def decode_latents(latents: Any, decoder: Any) -> list[Any]:
+def preview_vae(family: Any) -> Any:
+    """The family's tiny autoencoder (TAESD / TAESDXL) from the local cache, or None when it is
+    not there (offline, never downloaded): previews then use the linear map."""
+    hub_id = family.preview_vae
+    if hub_id not in _PREVIEW_VAES:
+        from diffusers import AutoencoderTiny
+
+        try:
+            _PREVIEW_VAES[hub_id] = AutoencoderTiny.from_pretrained(hub_id, local_files_only=True).eval()
+        except (OSError, ValueError) as exc:
+            log.info("%s is not in the local cache (%s): previews use %s's linear latent-to-RGB map", hub_id,
+                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__, family.label)
+            _PREVIEW_VAES[hub_id] = None
+    return _PREVIEW_VAES[hub_id]
+
+
+def decode_latents(latents: Any, decoder: Any, family: Any = None) -> list[Any]:
     """Decode UNet-space latents (B, C, h, w) to PIL images.
 
-    `decoder` is an AutoencoderKL (full VAE), an AutoencoderTiny (TAESD: cheap previews), or
-    "approx" (a linear latent-to-RGB map: free, blurry, 1/8 size).
+    `decoder` is an AutoencoderKL (full VAE), an AutoencoderTiny (TAESD: cheap previews),
+    "approx" (the family's linear latent-to-RGB map: free, blurry, 1/8 size) or "auto" (the
+    family's TAESD/TAESDXL when it is in the local cache, else "approx"). `family` (a
+    ModelFamily; default SD 1.x) says whose latents these are.
     """
     import numpy as np
     import torch
     from PIL import Image
 
     if isinstance(decoder, str):
-        if decoder != "approx":
-            raise ConfigError("decoder", decoder, "a VAE, an AutoencoderTiny, or 'approx'")
-        return _approx_rgb(latents)
+        from ..models.family import SD1
+
+        family = family or SD1
+        if decoder not in DECODERS:
+            raise ConfigError("decoder", decoder, "a VAE, an AutoencoderTiny, 'approx' or 'auto'")
+        tiny = preview_vae(family) if decoder == "auto" else None
+        if tiny is None:
+            return _approx_rgb(latents, family)
+        decoder = tiny.to(latents.device)
     param = next(decoder.parameters())
     cfg = decoder.config
     z = latents.to(param.device, param.dtype) / getattr(cfg, "scaling_factor", 1.0)
@@ -43,14 +64,15 @@ def decode_latents(latents: Any, decoder: Any) -> list[Any]:
     return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
 
 
-def _approx_rgb(latents: Any) -> list[Any]:
+def _approx_rgb(latents: Any, family: Any) -> list[Any]:
     import numpy as np
     import torch
     from PIL import Image
 
     z = latents.detach().float().cpu()
-    if z.shape[1] == 4:
-        rgb = torch.einsum("bchw,cr->brhw", z, torch.tensor(_SD15_LATENT_RGB))
+    if z.shape[1] == len(family.latent_rgb):
+        rgb = torch.einsum("bchw,cr->brhw", z, torch.tensor(family.latent_rgb)) + \
+            torch.tensor(family.latent_rgb_bias)[None, :, None, None]
     else:  # unknown latent space: show the first three channels, each normalised
         rgb = z[:, :3]
         rgb = (rgb - rgb.mean(dim=(2, 3), keepdim=True)) / rgb.std(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 0.5

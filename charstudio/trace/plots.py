@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
+from ..models.family import FAMILIES
 from .latents import decode_latents
 from .recorder import Trace
 
@@ -64,7 +65,7 @@ def plot_filmstrip(trace: Trace, path: str | os.PathLike, decoder: Any = "approx
             shown = lat[:1]
             if row == 0 and r.alpha_bar is not None and r.sigma is not None and r.sigma > 1.5:
                 shown = shown * math.sqrt(r.alpha_bar)  # unit scale, so high-noise steps are visible
-            ax.imshow(decode_latents(shown, decoder)[0])
+            ax.imshow(decode_latents(shown, decoder, FAMILIES[trace.family])[0])
             if row == 0:
                 ax.set_title(f"step {r.step} (t={r.timestep:.0f})", fontsize=8)
         axes[0][0].text(-0.1, 0.5, "x_t", transform=axes[0][0].transAxes, ha="right", va="center")
@@ -169,7 +170,7 @@ def denoising_frames(trace: Trace, decoder: Any, which: str = "pred_x0") -> list
     for r in trace.records:
         lat = getattr(r, which)
         if lat is not None:
-            frames.append(decode_latents(lat[:1], decoder)[0])
+            frames.append(decode_latents(lat[:1], decoder, FAMILIES[trace.family])[0])
     return frames
 
 

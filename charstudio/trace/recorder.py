@@ -50,6 +50,7 @@ class Trace:
     scheduler: str | None = None
     image: Any | None = None  # the pipeline's final image, when known
     tokenizer: Any | None = field(default=None, repr=False)
+    family: str = "sd1"  # whose latents these are (charstudio.models.family.FAMILIES), for previews
 
     def __len__(self) -> int:
         return len(self.records)
@@ -332,6 +333,7 @@ def trace_run(studio: Any, character_or_prompt: Any = None, *, config: Any = Non
         cfg = cfg.replace(num_images=1)  # one record per step needs one image per run
     pipe = studio.pipeline("controlnet" if cfg.pose is not None else "txt2img")
     tracer = Tracer(prompt=cfg.prompt, attention=attention)
+    tracer.trace.family = studio.family.name
     with tracer.attach(pipe):
         result = studio.run(cfg, callbacks=[tracer, *callbacks])
     tracer.trace.image = result.images[0]

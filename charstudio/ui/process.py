@@ -68,7 +68,8 @@ class ProcessApp(AppBase):
         self.scheduler = W.Dropdown(options=list(SCHEDULERS), value=DEFAULT_SCHEDULER)
         size_options = [("model's native", 0)] + [(str(s), s) for s in SIZES]
         self.size = W.Dropdown(options=size_options, value=size or 0, layout=W.Layout(width="140px"))
-        self.decoder = W.Dropdown(options=[("VAE (exact)", "vae"), ("approx (free, blurry)", "approx")],
+        self.decoder = W.Dropdown(options=[("VAE (exact)", "vae"), ("TAESD if cached (cheap)", "auto"),
+                                           ("approx (free, blurry)", "approx")],
                                   value="vae")
         self.decoder.observe(lambda _c: self._show_step(), names="value")
         self.trace_button = W.Button(description="Trace", button_style="primary", icon="play")
@@ -185,7 +186,7 @@ class ProcessApp(AppBase):
         return self.runner.start("Trace", job, done)
 
     def _decoder(self) -> Any:
-        return self.studio.components["vae"] if self.decoder.value == "vae" else "approx"
+        return self.studio.components["vae"] if self.decoder.value == "vae" else self.decoder.value
 
     def _decode(self, index: int, which: str) -> Any:
         """Decode (and cache) x_t or predicted x0 of step `index`."""
@@ -204,7 +205,7 @@ class ProcessApp(AppBase):
                 std = float(lat.std())
                 if std > 1.5:
                     lat = lat / std
-            self._decoded[key] = decode_latents(lat, self._decoder())[0]
+            self._decoded[key] = decode_latents(lat, self._decoder(), self.studio.family)[0]
         return self._decoded[key]
 
     def _show_step(self) -> None:
