@@ -7,6 +7,7 @@ holding the images and their recipes comes out.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import warnings
@@ -100,6 +101,8 @@ class Studio:
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
         components = load_components(source, dtype=dt, config=config, prediction_type=prediction_type)
+        if controlnet is not None:  # the caller's ControlNet replaces a built-in model's own
+            components.pop("controlnet", None)
         preset = PRESETS.get(model)
         offload = choose_low_vram(low_vram, dev, components, native_size(components))
         if not offload:
@@ -349,18 +352,20 @@ class Studio:
                               strength=strength)
             if control_image is not None:
                 extra_args.update(width=config.width, height=config.height)
+        pipe = self.pipeline(kind)
+        self._offload_for(pipe, kind)
+        params = inspect.signature(pipe.__call__).parameters
         if control_image is not None:
-            extra_args[("control_image" if init_image is not None else "image")] = control_image
+            # diffusers' union pipelines take the pose as control_image, with a control mode
+            extra_args["control_image" if "control_image" in params else "image"] = control_image
+            if "control_mode" in params:
+                extra_args["control_mode"] = [self.family.union_openpose_mode]
             extra_args.update(controlnet_conditioning_scale=config.controlnet_conditioning_scale,
                               control_guidance_start=config.control_guidance_start,
                               control_guidance_end=config.control_guidance_end)
-        pipe = self.pipeline(kind)
-        self._offload_for(pipe, kind)
         extra_args.update(self.family.call_arguments(config))
         if config.guidance_rescale:
-            import inspect
-
-            if "guidance_rescale" not in inspect.signature(pipe.__call__).parameters:
+            if "guidance_rescale" not in params:
                 raise ConfigError("guidance_rescale", config.guidance_rescale,
                                   f"diffusers' {type(pipe).__name__} has no CFG rescale: use 0 with poses or img2img here")
             extra_args["guidance_rescale"] = config.guidance_rescale

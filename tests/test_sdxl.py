@@ -482,3 +482,50 @@ def test_trace_on_sdxl_maps_attention_over_both_encoders_and_previews_sdxl_laten
     assert not np.array_equal(np.asarray(decode_latents(z, "approx", SD1)[0]), expected)
     assert np.array_equal(np.asarray(shown[-1]), np.asarray(decode_latents(trace.records[-1].latents[:1], "auto", SDXL)[0]))
     assert plot_filmstrip(trace, tmp_path / "strip.png").is_file()
+
+
+def test_a_union_controlnet_draws_poses_in_its_openpose_mode(tmp_path):
+    """A ControlNetUnionModel (xinsir's union promax layout) given as controlnet= runs through
+    diffusers' SDXL union pipelines in OpenPose mode (0), for txt2img and img2img: the pose steers
+    the picture, and another mode would draw something else."""
+    from diffusers import ControlNetUnionModel
+
+    from charstudio import Studio
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    unet = build_tiny_sdxl_components()["unet"]
+    torch.manual_seed(0)
+    keep = ("down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
+            "norm_num_groups", "transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim", "use_linear_projection")
+    width = unet.config.block_out_channels[0]  # the union's task embedding is added to the first block's features
+    union = ControlNetUnionModel(**{k: unet.config[k] for k in keep}, conditioning_embedding_out_channels=(8, 16, 32, 32),
+                                 num_trans_channel=width, num_trans_head=4, num_proj_channel=width)
+    with torch.no_grad():  # a fresh ControlNet's zero convolutions would have no effect
+        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block, union.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+        for p in union.spatial_ch_projs.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+    union.save_pretrained(tmp_path / "union")
+    studio = Studio.from_pretrained("tiny-sdxl", device="cpu", controlnet=str(tmp_path / "union"))
+    kw = dict(seed=2, num_inference_steps=2, width=64, height=64)
+    waving = studio.generate(PROMPT, pose="waving", **kw)
+    assert type(studio.pipeline("controlnet")).__name__ == "StableDiffusionXLControlNetUnionPipeline"
+    assert type(studio.controlnet).__name__ == "ControlNetUnionModel"
+    plain = studio.generate(PROMPT, **kw)
+    sitting = studio.generate(PROMPT, pose="sitting", **kw)
+    assert not np.array_equal(np.asarray(waving.image), np.asarray(plain.image))
+    assert not np.array_equal(np.asarray(waving.image), np.asarray(sitting.image))
+    from charstudio.models.family import SDXL
+
+    import dataclasses
+
+    studio.family = dataclasses.replace(SDXL, union_openpose_mode=3)
+    try:
+        assert not np.array_equal(np.asarray(studio.generate(PROMPT, pose="waving", **kw).image),
+                                  np.asarray(waving.image))
+    finally:
+        studio.family = SDXL
+    photo = studio.from_photo(PROMPT, plain.image, pose="waving", strength=0.6, seed=2, num_inference_steps=2)
+    assert type(studio.pipeline("controlnet_img2img")).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
+    assert photo.image.size == (64, 64)

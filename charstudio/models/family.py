@@ -60,6 +60,10 @@ class ModelFamily:
     latent_rgb: tuple[tuple[float, float, float], ...] = ()
     latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
     preview_vae: str | None = None
+    # Pipelines for a union ControlNet (one model, several control types; xinsir's union for SDXL),
+    # run in its OpenPose mode; kinds not listed have none.
+    union_pipelines: Mapping[str, str] = field(default_factory=dict)
+    union_openpose_mode: int = 0
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -133,7 +137,14 @@ class ModelFamily:
         """The diffusers pipeline of ``kind`` over shared ``parts``."""
         import diffusers
 
-        cls: Callable[..., Any] = getattr(diffusers, self.pipelines[kind])
+        name = self.pipelines[kind]
+        if is_union_controlnet(parts.get("controlnet")):
+            if kind not in self.union_pipelines:
+                raise ModelLoadError(f"controlnet={type(parts['controlnet']).__name__}: a union ControlNet has no "
+                                     f"{self.label} {kind} pipeline in diffusers; use an OpenPose ControlNet, e.g. "
+                                     f"{self.openpose_controlnet!r}")
+            name = self.union_pipelines[kind]
+        cls: Callable[..., Any] = getattr(diffusers, name)
         return cls(**parts, **self.pipeline_options)
 
 
@@ -187,10 +198,18 @@ SDXL = ModelFamily(
                 (-0.3165, -0.2492, -0.2188)),
     latent_rgb_bias=(0.1084, -0.0175, -0.0011),
     preview_vae="madebyollin/taesdxl",
+    union_pipelines={"controlnet": "StableDiffusionXLControlNetUnionPipeline",
+                     "controlnet_img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline"},
+    union_openpose_mode=0,  # xinsir's union: openpose 0, depth 1, hed/scribble 2, canny/lineart 3, ...
     trains_lora=False,  # SDXL LoRA training (time ids, pooled embeddings per sample) is the next issue
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
+
+
+def is_union_controlnet(controlnet: Any) -> bool:
+    """Whether a ControlNet is a union one (several control types, chosen by a mode number)."""
+    return type(controlnet).__name__ == "ControlNetUnionModel"
 
 
 def family_of_recipe(fields: Mapping[str, Any]) -> ModelFamily:

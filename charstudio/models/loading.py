@@ -380,19 +380,22 @@ def _with_prediction_type(comps: dict[str, Any], prediction_type: str | None, so
 
 
 def load_controlnet(location: str, *, dtype: Any, allow_pickle: bool = False, family: ModelFamily | None = None):
-    """Load an OpenPose ControlNet (hub id or local folder); with `family`, one of another
-    family is refused from its config before its weights load."""
+    """Load an OpenPose ControlNet, or a union ControlNet (hub id or local folder); with
+    `family`, one of another family is refused from its config before its weights load."""
     import pickle
 
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
     folder = Path(location).expanduser()
     if folder.is_dir():
         check_pickled_files(folder, "controlnet", allow_pickle)
     try:
+        config = ControlNetModel.load_config(location)
         if family is not None:
-            family.check_controlnet(ControlNetModel.load_config(location), location)
-        return ControlNetModel.from_pretrained(location, **dtype_kwarg(dtype))
+            family.check_controlnet(config, location)
+        # A union ControlNet (xinsir's controlnet-union-sdxl-1.0) runs in its OpenPose mode.
+        cls = ControlNetUnionModel if config.get("_class_name") == "ControlNetUnionModel" else ControlNetModel
+        return cls.from_pretrained(location, **dtype_kwarg(dtype))
     except (OSError, EnvironmentError, ValueError, pickle.UnpicklingError) as exc:
         refused = _pickle_refused("controlnet", location, exc)
         if refused is not None:
