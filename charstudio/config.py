@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .schedulers import DEFAULT_SCHEDULER, scheduler_spec
-from .validation import check_float, check_int
+from .validation import check_choice, check_float, check_int
 
 RECIPE_VERSION = 1
 MAX_SEED = 2**32 - 1
@@ -57,6 +57,9 @@ class GenerationConfig:
     controlnet_conditioning_scale: float = 1.0
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
+    # How the pose's control image is drawn: "standard" (controlnet-aux's widths) or "thick"
+    # (xinsir's SDXL ControlNets: wider with the picture's size); see charstudio.pose.drawing.
+    pose_lines: str = "standard"
     # SDXL's micro-conditioning, in diffusers' (height, width) / (top, left) order: the size the
     # model is told the source picture had, the crop's top-left corner, and the target size.
     # None on SD 1.x models, which have none; Studio.make_config fills them in for SDXL.
@@ -96,6 +99,9 @@ class GenerationConfig:
             "controlnet_conditioning_scale", self.controlnet_conditioning_scale, 0.0, 5.0)
         self.control_guidance_start = check_float("control_guidance_start", self.control_guidance_start, 0.0, 1.0)
         self.control_guidance_end = check_float("control_guidance_end", self.control_guidance_end, 0.0, 1.0)
+        from .pose.drawing import POSE_LINES
+
+        self.pose_lines = check_choice("pose_lines", self.pose_lines, POSE_LINES)
         if self.control_guidance_start >= self.control_guidance_end:
             raise ConfigError("control_guidance_start", self.control_guidance_start,
                               f"must be below control_guidance_end ({self.control_guidance_end})")

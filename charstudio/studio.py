@@ -163,6 +163,14 @@ class Studio:
         return self._pipelines[kind]
 
     @property
+    def pose_lines(self) -> str:
+        """How poses are drawn for this studio's ControlNet: "thick" for xinsir's SDXL ones, which
+        were trained on thicker limbs, else "standard" (a recipe can say otherwise)."""
+        from .pose.drawing import THICK_LINE_CONTROLNETS
+
+        return "thick" if str(self.controlnet_source).startswith(THICK_LINE_CONTROLNETS) else "standard"
+
+    @property
     def prediction_type(self) -> str:
         """What the UNet predicts: "epsilon" (most models) or "v_prediction" (NoobAI v-pred, ...)."""
         return str(self.base_scheduler_config.get("prediction_type") or "epsilon")
@@ -186,6 +194,7 @@ class Studio:
                  crops_coords_top_left: tuple[int, int] | None = None, target_size: tuple[int, int] | None = None,
                  clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
+                 pose_lines: str | None = None,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
                  cancel: CancelToken | None = None) -> Result:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
@@ -193,7 +202,8 @@ class Studio:
         The card's seed and style are used unless given. Image i uses seed `seed + i`.
         Steps and guidance default to the model's (`default_steps`, `default_guidance`).
         `pose` (a pose name, `Pose`, pose JSON dict, or a ready control image of the output size)
-        switches on the OpenPose ControlNet.
+        switches on the OpenPose ControlNet; `pose_lines` ("standard" or "thick") says how it is
+        drawn (default: thick for xinsir's SDXL ControlNets, see `Studio.pose_lines`).
         `negative_prompt`, when given, replaces the card's and style's negatives.
         SDXL only: `original_size`, `crops_coords_top_left`, `target_size` ((height, width) /
         (top, left), diffusers' micro-conditioning) default to an uncropped picture of the output size.
@@ -209,7 +219,7 @@ class Studio:
                                   scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
                                   controlnet_conditioning_scale=controlnet_conditioning_scale,
                                   control_guidance_start=control_guidance_start,
-                                  control_guidance_end=control_guidance_end)
+                                  control_guidance_end=control_guidance_end, pose_lines=pose_lines)
         return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image)
 
     def make_config(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
@@ -256,6 +266,8 @@ class Studio:
         for key, value in self.family.conditioning_defaults(width, height).items():
             if settings.get(key) is None:
                 settings[key] = value
+        if settings.get("pose_lines") is None:
+            settings["pose_lines"] = self.pose_lines
         return GenerationConfig(
             prompt=prompt, negative_prompt=negative, seed=seed,
             num_inference_steps=self.default_steps if num_inference_steps is None else num_inference_steps,
@@ -447,7 +459,8 @@ class Studio:
     def _render_pose(self, config: GenerationConfig) -> Any:
         from .pose import Pose
 
-        return Pose.from_dict(config.pose).fit(config.width, config.height).render(config.width, config.height)
+        return Pose.from_dict(config.pose).fit(config.width, config.height).render(config.width, config.height,
+                                                                                 lines=config.pose_lines)
 
     def encode(self, images: Any) -> Any:
         """PIL image(s) -> latents scaled as the UNet sees them (the VAE's mean); `decode` inverts it."""

@@ -340,3 +340,31 @@ def test_from_image_without_weights_says_where_it_looked(tmp_path, monkeypatch):
         Pose.from_image(image)
     with pytest.raises(ModelLoadError, match="has no body_pose_model.pth"):
         Pose.from_image(image, weights=tmp_path)
+
+
+def test_thick_lines_for_xinsirs_controlnets_grow_with_the_picture():
+    """"thick" draws limbs and joints 4 px times xinsir's size factor (1 below 500 px a side, then
+    2, 3 ... up to 7); "standard" stays controlnet-aux's width (checked above). A studio picks
+    thick for xinsir's ControlNets, the recipe keeps the choice, and the control image follows it."""
+    from charstudio import Studio
+    from charstudio.errors import ConfigError
+    from charstudio.pose.drawing import limb_scale
+
+    assert [limb_scale(s, s, "thick") for s in (256, 499, 500, 832, 1024, 1216, 2048, 9000)] == [1, 1, 2, 2, 3, 3, 4, 7]
+    assert limb_scale(1024, 1024, "standard") == 1
+    pose = load_pose("walking")
+    standard = (np.asarray(pose.render(1024, 1024, hands=False, face=False)) > 0).any(-1).sum()
+    thick = (np.asarray(pose.render(1024, 1024, hands=False, face=False, lines="thick")) > 0).any(-1).sum()
+    assert 2.2 < thick / standard < 3.2  # three times the width, a little less at the limb ends
+    small = [np.asarray(pose.render(256, 256, lines=lines)) for lines in ("standard", "thick")]
+    assert np.array_equal(*small)  # below 500 px both are the same
+    with pytest.raises(ConfigError, match="lines"):
+        pose.render(64, 64, lines="bold")
+
+    studio = Studio.from_pretrained("tiny", device="cpu")
+    assert studio.make_config("a knight", pose="walking").pose_lines == "standard"
+    studio.controlnet_source = "xinsir/controlnet-openpose-sdxl-1.0"
+    config = studio.make_config("a knight", pose="walking", width=512, height=512)
+    assert config.pose_lines == "thick"
+    assert np.array_equal(np.asarray(studio._render_pose(config)), np.asarray(pose.fit(512, 512).render(512, 512, lines="thick")))
+    assert studio.make_config("a knight", pose="walking", pose_lines="standard").pose_lines == "standard"

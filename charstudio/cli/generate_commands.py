@@ -129,6 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sampling_args(g)
     g.add_argument("-n", "--num-images", type=int, default=1)
     g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file")
+    g.add_argument("--pose-lines", default=None, choices=["standard", "thick"],
+                   help="how the pose is drawn for the ControlNet (default: thick for xinsir's SDXL ControlNets, "
+                        "which were trained on thicker limbs, else standard)")
     g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
     g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     add_lora_args(g)
@@ -161,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  num_inference_steps=args.steps, guidance_scale=args.guidance,
                                  guidance_rescale=args.guidance_rescale, width=args.width,
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
-                                 num_images=args.num_images, pose=args.pose,
+                                 num_images=args.num_images, pose=args.pose, pose_lines=args.pose_lines,
                                  controlnet_conditioning_scale=args.control_scale, progress=bar)
     with output_named("--out", args.out):
         for path in result.save(args.out):

@@ -26,9 +26,23 @@ _HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
     (0 if j == 0 else 1 + 4 * f + j - 1, 1 + 4 * f + j) for f in range(5) for j in range(4)
 )
 _FACE_RADIUS = 3
+# Line styles: "standard" draws as controlnet-aux does (what SD 1.5's OpenPose ControlNet and
+# thibaud's SDXL one were trained on); "thick" as xinsir's SDXL OpenPose and union ControlNets ask
+# on their model cards: limbs and joints 4 px times a factor that grows with the picture's longer
+# side (1 below 500 px, then 2 up to 999, 3 up to 1999, ... at most 7).
+POSE_LINES = ("standard", "thick")
+THICK_LINE_CONTROLNETS = ("xinsir/",)  # hub ids (prefixes) whose ControlNets were trained on thick lines
 
 
-def draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
+def limb_scale(width: int, height: int, lines: str = "standard") -> int:
+    """How many times the standard 4 px the limbs and joints are drawn, for `lines` at this size."""
+    if lines == "standard":
+        return 1
+    side = max(int(width), int(height))
+    return 1 if side < 500 else min(2 + side // 1000, 7)
+
+
+def draw_body(canvas: np.ndarray, body: np.ndarray, scale: int = 1) -> None:
     import cv2
 
     present = body[:, 2] > 0
@@ -40,10 +54,10 @@ def draw_body(canvas: np.ndarray, body: np.ndarray) -> None:
         centre = (int((xa + xb) / 2), int((ya + yb) / 2))
         half_length = int(math.hypot(xa - xb, ya - yb) / 2)
         angle = int(math.degrees(math.atan2(ya - yb, xa - xb)))
-        polygon = cv2.ellipse2Poly(centre, (half_length, _STICK_HALF_WIDTH), angle, 0, 360, 1)
+        polygon = cv2.ellipse2Poly(centre, (half_length, _STICK_HALF_WIDTH * scale), angle, 0, 360, 1)
         cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in colour])
     for i in np.flatnonzero(present):
-        cv2.circle(canvas, (int(body[i, 0]), int(body[i, 1])), _JOINT_RADIUS, _COLORS[i], thickness=-1)
+        cv2.circle(canvas, (int(body[i, 0]), int(body[i, 1])), _JOINT_RADIUS * scale, _COLORS[i], thickness=-1)
 
 
 def draw_hand(canvas: np.ndarray, hand: np.ndarray) -> None:

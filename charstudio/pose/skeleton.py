@@ -17,7 +17,8 @@ from charstudio.errors import ConfigError
 from charstudio.limits import check_canvas
 
 from .detect import load_detector
-from .drawing import draw_body, draw_face, draw_hand
+from ..validation import check_choice
+from .drawing import POSE_LINES, draw_body, draw_face, draw_hand, limb_scale
 
 log = logging.getLogger(__name__)
 
@@ -376,11 +377,12 @@ class Pose:
 
     # -- rendering ------------------------------------------------------------------------
     def render(self, width: int | None = None, height: int | None = None, *, hands: bool = True,
-               face: bool = True):
+               face: bool = True, lines: str = "standard"):
         """Draw the OpenPose control image (black background, standard colours and limb order).
 
         With ``width``/``height`` the pose is first fitted (letterboxed) into that size; giving
-        only one keeps the canvas aspect ratio. Returns a PIL RGB image.
+        only one keeps the canvas aspect ratio. ``lines="thick"`` draws the body as xinsir's SDXL
+        ControlNets ask (wider with the picture's size; `drawing.limb_scale`). Returns a PIL RGB image.
         """
         from PIL import Image
 
@@ -394,7 +396,8 @@ class Pose:
         _check_size(pose.canvas_width, pose.canvas_height)  # before allocating it
         pose.require_keypoints()
         canvas = np.zeros((pose.canvas_height, pose.canvas_width, 3), dtype=np.uint8)
-        draw_body(canvas, pose.body)
+        check_choice("lines", lines, POSE_LINES)
+        draw_body(canvas, pose.body, limb_scale(pose.canvas_width, pose.canvas_height, lines))
         if hands:
             for hand in (pose.hand_left, pose.hand_right):
                 if hand is not None:
