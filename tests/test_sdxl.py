@@ -79,7 +79,7 @@ def test_same_seed_same_picture_and_a_png_reruns_exactly(xl, tmp_path):
 def test_both_encoders_condition_and_an_empty_negative_is_zeros(xl):
     enc = xl.encoder
     e = enc.encode(PROMPT, "")
-    assert tuple(e.prompt_embeds.shape) == (1, 77, 64) and tuple(e.pooled_prompt_embeds.shape) == (1, 32)
+    assert tuple(e.prompt_embeds.shape) == (1, 77, 80) and tuple(e.pooled_prompt_embeds.shape) == (1, 48)
     assert not e.negative_prompt_embeds.any() and not e.negative_pooled_prompt_embeds.any()  # force_zeros
     n = enc.encode(PROMPT, "blurry")
     assert n.negative_prompt_embeds.abs().sum() > 0 and n.negative_pooled_prompt_embeds.abs().sum() > 0
@@ -144,7 +144,10 @@ def test_a_diffusers_folder_is_detected_as_sdxl(tmp_path, xl):
     assert studio.family.name == "sdxl" and studio.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
     a = studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
     b = xl.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
-    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    # The same weights; a tensor read back from a file may sit at another memory alignment, and
+    # the CPU's matrix kernels then round a few last bits differently (measured: 2e-7 in the pooled
+    # embedding), so the pictures may differ by a level here and there.
+    assert np.abs(np.asarray(a.image, np.int16) - np.asarray(b.image, np.int16)).max() <= 2
 
 
 def test_single_file_keys_decide_the_family():
@@ -503,9 +506,9 @@ def test_a_union_controlnet_draws_poses_in_its_openpose_mode(tmp_path):
                                  num_trans_channel=width, num_trans_head=4, num_proj_channel=width)
     with torch.no_grad():  # a fresh ControlNet's zero convolutions would have no effect
         for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block, union.controlnet_cond_embedding.conv_out]:
-            torch.nn.init.normal_(conv.weight, std=0.05)
+            torch.nn.init.normal_(conv.weight, std=0.3)
         for p in union.spatial_ch_projs.parameters():
-            torch.nn.init.normal_(p, std=0.05)
+            torch.nn.init.normal_(p, std=0.3)
     union.save_pretrained(tmp_path / "union")
     studio = Studio.from_pretrained("tiny-sdxl", device="cpu", controlnet=str(tmp_path / "union"))
     kw = dict(seed=2, num_inference_steps=2, width=64, height=64)
@@ -529,3 +532,21 @@ def test_a_union_controlnet_draws_poses_in_its_openpose_mode(tmp_path):
     photo = studio.from_photo(PROMPT, plain.image, pose="waving", strength=0.6, seed=2, num_inference_steps=2)
     assert type(studio.pipeline("controlnet_img2img")).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
     assert photo.image.size == (64, 64)
+
+
+def test_cli_thick_pose_lines_and_low_vram(tmp_path, capsys):
+    from PIL import Image
+
+    from charstudio import Result
+    from charstudio.cli import main
+
+    for lines in ("standard", "thick"):
+        assert main(["pose", "render", "walking", "--width", "1024", "--height", "1024", "--lines", lines,
+                     "--out", str(tmp_path / f"{lines}.png")]) == 0
+    drawn = {k: (np.asarray(Image.open(tmp_path / f"{k}.png")) > 0).any(-1).sum() for k in ("standard", "thick")}
+    assert drawn["thick"] > 2 * drawn["standard"]
+    assert main(["generate", "a girl", "--model", "tiny-sdxl", "--pose", "waving", "--pose-lines", "thick",
+                 "--low-vram", "--steps", "2", "--width", "64", "--height", "64", "--seed", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    path = [line for line in capsys.readouterr().out.split() if "/out/" in line][0]
+    assert Result.from_png(path).recipe.pose_lines == "thick"

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--height", type=int, default=None, help="fit the pose into this height (default: its canvas)")
     r.add_argument("--mirror", action="store_true", help="flip left and right")
     r.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    r.add_argument("--lines", default="standard", choices=["standard", "thick"],
+                   help="limb width: standard (controlnet-aux's) or thick (for xinsir's SDXL ControlNets)")
     r.set_defaults(func=cmd_pose_render)
     pose.set_defaults(func=lambda args: (pose.print_help(), 0)[1])
 
@@ -38,11 +40,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--different-noise", action="store_true", help="seed + i per pose instead of the same noise")
     s.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
     add_lora_args(s)
-    s.add_argument("--ip-adapter", default=None, help="IP-Adapter weights (hub id or folder, e.g. h94/IP-Adapter)")
+    from charstudio.models.family import FAMILIES
+
+    def family_default(part: str) -> str:  # e.g. "SD 1.x: models, SDXL: sdxl_models"
+        return ", ".join(f"{f.label}: {getattr(f.ip_adapter, part)}" for f in FAMILIES.values())
+
+    s.add_argument("--ip-adapter", default=None,
+                   help="IP-Adapter weights: a hub id or folder laid out like h94/IP-Adapter, or a weight file")
     s.add_argument("--ip-adapter-image", default=None, help="reference image for the IP-Adapter")
     s.add_argument("--ip-adapter-scale", type=float, default=0.6)
-    s.add_argument("--ip-adapter-weight-name", default="ip-adapter_sd15.safetensors",
-                   help="weight file under models/ (default: ip-adapter_sd15.safetensors)")
+    s.add_argument("--ip-adapter-weight-name", default=None,
+                   help=f"weight file in --ip-adapter-subfolder (default: the model family's; {family_default('weight_name')})")
+    s.add_argument("--ip-adapter-subfolder", default=None,
+                   help=f"folder of the weight file (default: the model family's; {family_default('subfolder')})")
+    s.add_argument("--ip-adapter-image-encoder-folder", default=None,
+                   help="CLIP image encoder: a folder name inside the subfolder, or a path from the root with a / "
+                        f"(default: the model family's; {family_default('image_encoder_folder')})")
     s.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     s.add_argument("--embedder", default=None,
                    help="CLIP vision model (hub id or folder) for the consistency score "
@@ -76,7 +89,7 @@ def cmd_pose_render(args: argparse.Namespace) -> int:
     pose = load_pose(args.pose)
     if args.mirror:
         pose = pose.mirror()
-    image = pose.render(args.width, args.height)
+    image = pose.render(args.width, args.height, lines=args.lines)
     ensure_dir(out.parent if str(out.parent) else ".", field="--out's folder")  # only now that there is a picture
     with output_named("--out", args.out):
         path = atomic_write(Path(args.out), lambda tmp: image.save(tmp, format="PNG"), overwrite=args.overwrite)
@@ -133,7 +146,8 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             same_noise=not args.different_noise, reference_image=images.get("reference_image"),
             use_lora=not args.no_lora, ip_adapter_weights=args.ip_adapter,
             ip_adapter_image=images.get("ip_adapter_image"), ip_adapter_scale=args.ip_adapter_scale,
-            ip_adapter_weight_name=args.ip_adapter_weight_name,
+            ip_adapter_weight_name=args.ip_adapter_weight_name, ip_adapter_subfolder=args.ip_adapter_subfolder,
+            ip_adapter_image_encoder_folder=args.ip_adapter_image_encoder_folder,
             embedder=embedder, compute_score=True if embedder else None, style=args.style, extra=args.add,
             num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
             width=args.width, height=args.height,

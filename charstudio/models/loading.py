@@ -346,8 +346,21 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
                              f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
-    comps = _with_fp16_vae({name: getattr(pipe, name) for name in family.component_names}, source, dtype)
+    comps = {name: getattr(pipe, name) for name in family.component_names}
+    _check_all_loaded(comps, source.location, config)
+    comps = _with_fp16_vae(comps, source, dtype)
     return _with_prediction_type(comps, prediction_type, source.location)
+
+
+def _check_all_loaded(comps: dict[str, Any], location: str, config: str | None) -> None:
+    """Refuse a load that left weights unfilled (on the meta device): diffusers' single-file
+    loader does not always say when a part of the file did not fit a component."""
+    for name, module in comps.items():
+        empty = [n for n, p in getattr(module, "named_parameters", lambda: [])() if p.is_meta]
+        if empty:
+            raise ModelLoadError(f"model={location!r}: {len(empty)} weights of its {name} were not in the file "
+                                 f"(e.g. {empty[0]}){f' or do not match config={config!r}' if config else ''}: "
+                                 "the file is incomplete or of another architecture")
 
 
 def _with_fp16_vae(comps: dict[str, Any], source: ModelSource, dtype: Any) -> dict[str, Any]:

@@ -14,16 +14,19 @@ from .tokenizers import byte_level_tokenizer
 
 TINY_SIZE = 128  # default output size in pixels; latents are 16x16
 TEXT_HIDDEN = 32  # CLIP hidden size == UNet cross-attention dim
+# tiny-sdxl's second (OpenCLIP bigG's role) encoder is wider than its first, as in SDXL (768 and
+# 1280): single-file loaders tell the two apart by width.
+TEXT_HIDDEN_2 = 48
 
 
-def _text_encoder(tokenizer: Any, seed: int, projection: bool = False) -> Any:
+def _text_encoder(tokenizer: Any, seed: int, projection: bool = False, width: int = TEXT_HIDDEN) -> Any:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=64,
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64,
                             num_hidden_layers=3 if projection else 2, num_attention_heads=4,
-                            max_position_embeddings=77, projection_dim=TEXT_HIDDEN,
+                            max_position_embeddings=77, projection_dim=width,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
@@ -49,24 +52,24 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
 def build_tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
     """The SDXL architecture at toy size: CLIP ViT-L's role (`text_encoder`) and OpenCLIP bigG's
     with its projection (`text_encoder_2`, pad token ``!`` as SDXL's second tokenizer has), their
-    penultimate states concatenated (2 x 32 wide), and a UNet and ControlNet conditioned on the
+    penultimate states concatenated (32 + 48 wide), and a UNet and ControlNet conditioned on the
     pooled embedding plus six size/crop ids (``addition_embed_type="text_time"``)."""
     tokenizer, tokenizer_2 = byte_level_tokenizer(), byte_level_tokenizer(pad_token="!")
     text_encoder = _text_encoder(tokenizer, seed + 10)
-    text_encoder_2 = _text_encoder(tokenizer_2, seed + 11, projection=True)
+    text_encoder_2 = _text_encoder(tokenizer_2, seed + 11, projection=True, width=TEXT_HIDDEN_2)
     time_dim = 8
     unet_blocks = dict(
         block_out_channels=(32, 64),
         layers_per_block=2,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        cross_attention_dim=2 * TEXT_HIDDEN,
+        cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2,
         attention_head_dim=(2, 4),
         norm_num_groups=16,
         transformer_layers_per_block=(1, 2),
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         # the UNet's own check: six time ids of time_dim each, plus the pooled embedding
-        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN_2,
         use_linear_projection=True,
     )
     return {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2, "text_encoder": text_encoder,

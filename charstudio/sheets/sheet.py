@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 from ..result import Result
@@ -145,7 +145,9 @@ def make_sheet(
     ip_adapter_weights: str | None = None,
     ip_adapter_image: Any = None,
     ip_adapter_scale: float = 0.6,
-    ip_adapter_weight_name: str = "ip-adapter_sd15.safetensors",
+    ip_adapter_weight_name: str | None = None,
+    ip_adapter_subfolder: str | None = None,
+    ip_adapter_image_encoder_folder: str | None = None,
     embedder: Any = None,
     compute_score: bool | None = None,
     labels: Sequence[str] | None = None,
@@ -159,6 +161,8 @@ def make_sheet(
     ``settings`` are `Studio.make_config` arguments shared by every image (style, width, height,
     num_inference_steps, guidance_scale, controlnet_conditioning_scale, ...). ``compute_score``:
     True requires an embedder, False skips scoring, None scores when an embedder is available.
+    ``ip_adapter_weights``: a hub id, folder or weight file; the weight name, subfolder and image
+    encoder folder left as None are the model family's (`ModelFamily.ip_adapter`).
     """
     from ..character import Character, is_character, load_character
 
@@ -204,8 +208,10 @@ def make_sheet(
         done.append((i, res.images[0], res.recipes[0].to_dict()))
 
     # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
-    with _maybe(ip_adapter_weights is not None, lambda: ip_adapter(studio, ip_adapter_weights, ip_adapter_image,
-                                                                   ip_adapter_scale, weight_name=ip_adapter_weight_name)):
+    with ExitStack() as stack:
+        adapter = None if ip_adapter_weights is None else stack.enter_context(ip_adapter(
+            studio, ip_adapter_weights, ip_adapter_image, ip_adapter_scale, subfolder=ip_adapter_subfolder,
+            weight_name=ip_adapter_weight_name, image_encoder_folder=ip_adapter_image_encoder_folder))
         if reference_strength > 0:
             with reference_attention(studio.components["unet"], reference_strength, reference_offload) as bank:
                 if reference_image is not None:
@@ -235,7 +241,12 @@ def make_sheet(
         "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
         "same_noise": same_noise, "reference_strength": reference_strength,
         "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
-        "ip_adapter": ip_adapter_weights, "ip_adapter_scale": ip_adapter_scale if ip_adapter_weights else None,
+        # The IP-Adapter files as resolved (family defaults filled in; a weight file given by path
+        # as its root, subfolder and name), so the settings rebuild the sheet on any family.
+        "ip_adapter": adapter.repo if adapter else None, "ip_adapter_scale": ip_adapter_scale if adapter else None,
+        "ip_adapter_subfolder": adapter.subfolder if adapter else None,
+        "ip_adapter_weight_name": adapter.weight_name if adapter else None,
+        "ip_adapter_image_encoder_folder": adapter.image_encoder_folder if adapter else None,
         "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
     }
     result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
@@ -250,11 +261,3 @@ def make_sheet(
             log.info("no CLIP embedder available; the sheet has no consistency score")
     return result
 
-
-@contextmanager
-def _maybe(condition: bool, factory: Callable[[], Any]) -> Iterator[None]:
-    if condition:
-        with factory():
-            yield
-    else:
-        yield
