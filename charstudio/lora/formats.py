@@ -26,16 +26,24 @@ UNET_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 LoraFormat = Literal["diffusers", "diffusers_legacy", "kohya"]
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # SD 1.x has the first; SDXL both
+COMPONENTS = ("unet", *TEXT_COMPONENTS)
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+# kohya's component prefixes: SD 1.x names its one text encoder lora_te_, SDXL lora_te1_/lora_te2_
+# (what kohya sd-scripts writes, and what A1111 and ComfyUI's key maps look for).
+_KOHYA_COMPONENT = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
+_KOHYA_SDXL_COMPONENT = {**_KOHYA_COMPONENT, "text_encoder": "lora_te1_"}
 _KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
 
 
 def detect_format(state_dict: Mapping[str, Any], source: str = "state dict") -> LoraFormat:
     """Name the LoRA key convention of ``state_dict``, or raise saying which formats would work."""
     keys = list(state_dict)
-    if any(".hada_" in k or k.endswith((".hada_w1_a", ".lokr_w1")) or ".lokr_" in k for k in keys):
-        raise ConfigError("lora", source, "this is a LyCORIS LoHa/LoKr file, which charstudio does not load; "
-                          "use a plain LoRA (kohya lora_down/lora_up or diffusers lora_A/lora_B)")
+    for mark, name in ((".hada_", "LoHa"), (".lokr_", "LoKr"), (".oft_", "OFT"), (".glora_", "GLoRA")):
+        if any(mark in k for k in keys):
+            raise ConfigError("lora", source, f"this is a LyCORIS {name} file ({next(k for k in keys if mark in k)}), "
+                              "which diffusers and peft cannot load as a LoRA adapter; use a plain LoRA "
+                              "(kohya lora_down/lora_up or diffusers lora_A/lora_B)")
     if all(k.startswith(_KOHYA_PREFIXES) and k.endswith(_KOHYA_SUFFIXES) for k in keys):
         return "kohya"
     if all(".lora_A." in k or ".lora_B." in k or k.endswith(".lora_magnitude_vector") for k in keys):
@@ -62,18 +70,61 @@ class LoraWeights:
     format: LoraFormat
     configs: dict[str, dict] = field(default_factory=dict)
     network_alphas: dict[str, float] | None = None
-    extra_keys: list[str] = field(default_factory=list)  # keys for components SD 1.x does not have
+    extra_keys: list[str] = field(default_factory=list)  # keys for components the model family does not have
     file_metadata: dict[str, str] = field(default_factory=dict)
+    text_encoder_2: dict[str, Any] = field(default_factory=dict)  # SDXL's second text encoder
+    sdxl: bool = False  # read with SDXL's key conventions (lora_te1_/lora_te2_, SGM block names)
+
+    @property
+    def states(self) -> dict[str, dict[str, Any]]:
+        """The components this LoRA has weights for: name -> peft state dict."""
+        return {c: sd for c in COMPONENTS if (sd := getattr(self, c))}
 
     @property
     def rank(self) -> int | None:
-        ranks = [v.shape[0] for k, v in {**self.unet, **self.text_encoder}.items() if ".lora_A." in k]
+        ranks = [v.shape[0] for sd in self.states.values() for k, v in sd.items() if ".lora_A." in k]
         return collections.Counter(ranks).most_common(1)[0][0] if ranks else None
 
 
-def _kohya_module_name(component: str, module: str) -> str:
-    prefix = "lora_unet_" if component == "unet" else "lora_te_"
-    return prefix + module.replace(".", "_")
+def _kohya_module_name(component: str, module: str, sdxl: bool = False, layers_per_block: int = 2) -> str:
+    """kohya's name of a peft module: SDXL UNet modules in the SGM block naming kohya, A1111 and
+    ComfyUI use for SDXL (``input_blocks_4_1_...``), text encoders in Hugging Face naming."""
+    if component == "unet" and sdxl:
+        module = _sgm_unet_module(module, layers_per_block)
+    return (_KOHYA_SDXL_COMPONENT if sdxl else _KOHYA_COMPONENT)[component] + module.replace(".", "_")
+
+
+def _sgm_unet_module(module: str, layers_per_block: int) -> str:
+    """A diffusers UNet attention module's name in SGM (original SDXL) block numbering; other
+    modules keep their diffusers name, which A1111 and ComfyUI map as well."""
+    import re
+
+    step = layers_per_block + 1  # each level: its resnets (with attentions), then a down/upsampler
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", module):
+        return f"input_blocks.{1 + int(m[1]) * step + int(m[2])}.1.{m[3]}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", module):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", module):
+        return f"output_blocks.{int(m[1]) * step + int(m[2])}.1.{m[3]}"
+    return module
+
+
+def _frozen_config(config: dict) -> Any:
+    """A config dict readable as attributes too, as diffusers' converters read a model's config."""
+    from diffusers.configuration_utils import FrozenDict
+
+    return FrozenDict(config)
+
+
+def is_sdxl_lora(state_dict: Mapping[str, Any], unet_config: Any = None) -> bool:
+    """Whether to read a LoRA with SDXL's conventions: the model is SDXL (a text-time UNet), or,
+    with no model at hand, the file has SDXL's second text encoder or SGM block names."""
+    if unet_config is not None:
+        return (unet_config.get("addition_embed_type") if hasattr(unet_config, "get")
+                else getattr(unet_config, "addition_embed_type", None)) == "text_time"
+    marks = ("lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_",
+             "lora_unet_middle_block_")
+    return any(k.startswith(marks) for k in state_dict)
 
 
 def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] | None = None,
@@ -83,7 +134,7 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     The key conversion is diffusers' own (the one ``load_lora_weights`` applies), so what is
     checked here is exactly what would be loaded.
     """
-    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
@@ -92,24 +143,33 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     raw = dict(state_dict)
     # 1. diffusers drops DoRA scales with only a warning; refuse instead of loading something different.
     if any(k.endswith(".dora_scale") or "lora_magnitude_vector" in k for k in raw):
-        raise ConfigError("lora", source, "DoRA LoRAs are not supported; use a plain LoRA")
-    extra = [k for k in raw if k.startswith(("lora_te2_", "text_encoder_2."))]
-    # 2. Let diffusers rename kohya / legacy keys (it also maps LDM-style input_blocks names).
+        raise ConfigError("lora", source, "DoRA LoRAs (dora_scale) are not supported yet; use a plain LoRA")
+    sdxl = is_sdxl_lora(raw, unet_config)
+    if sdxl and unet_config is None:  # SGM block names map through the UNet's layout: SDXL base's
+        from diffusers import UNet2DConditionModel
+
+        from ..models.family import SDXL
+
+        unet_config = _frozen_config(UNet2DConditionModel.load_config(SDXL.config_folder() / "unet"))
+    # An SD 1.x model has no second text encoder: those keys are named, not loaded.
+    extra = [] if sdxl else [k for k in raw if k.startswith(("lora_te2_", "text_encoder_2."))]
+    # 2. Let diffusers rename kohya / legacy keys (SDXL's loader also maps SGM input_blocks names).
+    mixin = StableDiffusionXLLoraLoaderMixin if sdxl else StableDiffusionLoraLoaderMixin
     try:
-        converted, network_alphas = StableDiffusionLoraLoaderMixin.lora_state_dict(
+        converted, network_alphas = mixin.lora_state_dict(
             {k: v for k, v in raw.items() if k not in extra}, unet_config=unet_config)
     except (ValueError, KeyError, IndexError) as exc:
-        raise ConfigError("lora", source, f"its keys could not be mapped to an SD 1.x model ({describe(exc, 160)})") from exc
+        raise ConfigError("lora", source, f"its keys could not be mapped to an {'SDXL' if sdxl else 'SD 1.x'} "
+                          f"model ({describe(exc, 160)})") from exc
 
-    unet_sd = {k[len("unet."):]: v for k, v in converted.items() if k.startswith("unet.")}
-    te_sd = {k[len("text_encoder."):]: v for k, v in converted.items() if k.startswith("text_encoder.")}
-    extra += [k for k in converted if not k.startswith(("unet.", "text_encoder."))]
+    states = {c: {k[len(c) + 1:]: v for k, v in converted.items() if k.startswith(c + ".")} for c in COMPONENTS}
+    extra += [k for k in converted if not k.startswith(tuple(c + "." for c in COMPONENTS))]
+    unet_sd = states["unet"]
     # 3. Same normalisation as diffusers' load_lora_into_unet / _load_lora_into_text_encoder.
     if unet_sd and "lora_A" not in next(iter(unet_sd)):
         unet_sd = convert_unet_state_dict_to_peft(unet_sd)
-    if te_sd:
-        te_sd = convert_state_dict_to_peft(convert_state_dict_to_diffusers(te_sd))
-
+    texts = {c: convert_state_dict_to_peft(convert_state_dict_to_diffusers(states[c])) if states[c] else {}
+             for c in TEXT_COMPONENTS}
     _check_finite_tensors(raw, source)  # kohya's alphas are tensors too
     configs: dict[str, dict] = {}
     raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
@@ -120,12 +180,14 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
             raise ConfigError("lora", source, f"its {ADAPTER_METADATA_KEY} header is not valid JSON") from exc
         if not isinstance(flat, dict):
             raise ConfigError("lora", source, f"its {ADAPTER_METADATA_KEY} header is not a JSON object")
-        for comp, sd in (("unet", unet_sd), ("text_encoder", te_sd)):
+        for comp, sd in (("unet", unet_sd), *texts.items()):
+            # "text_encoder." would also match "text_encoder_2.": the dot after the name tells them apart
             sub = {k[len(comp) + 1:]: v for k, v in flat.items() if k.startswith(comp + ".")}
             if sub:
                 configs[comp] = _checked_header(comp, sub, sd, source)
-    return LoraWeights(unet=unet_sd, text_encoder=te_sd, format=fmt, configs=configs,
-                       network_alphas=network_alphas or None, extra_keys=extra, file_metadata=file_metadata)
+    return LoraWeights(unet=unet_sd, text_encoder=texts["text_encoder"], text_encoder_2=texts["text_encoder_2"],
+                       format=fmt, configs=configs, network_alphas=network_alphas or None, extra_keys=extra,
+                       file_metadata=file_metadata, sdxl=sdxl)
 
 
 def _check_finite_tensors(tensors: Mapping[str, Any], source: str) -> None:
@@ -198,9 +260,11 @@ def _checked_header(comp: str, header: dict, sd: Mapping[str, Any], source: str)
     return header
 
 
-def peft_to_kohya(unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
-                  alphas: Mapping[str, float]) -> dict[str, "torch.Tensor"]:
-    """kohya/A1111 keys from peft state dicts; ``alphas`` maps ``component.module`` to its alpha.
+def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, float], *, sdxl: bool = False,
+                  layers_per_block: int = 2) -> dict[str, "torch.Tensor"]:
+    """kohya/A1111 keys from peft state dicts (component -> state dict); ``alphas`` maps
+    ``component.module`` to its alpha. SDXL files use kohya's SDXL naming: ``lora_te1_`` /
+    ``lora_te2_`` and the UNet's SGM block numbers (see lora/README.md).
 
     Text-encoder modules get the ``text_model.`` prefix that A1111 and ComfyUI expect, even when
     the installed transformers no longer has that level.
@@ -208,15 +272,15 @@ def peft_to_kohya(unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any]
     import torch
 
     out: dict[str, torch.Tensor] = {}
-    for comp, sd in (("unet", unet_sd), ("text_encoder", text_encoder_sd)):
+    for comp, sd in states.items():
         for key, tensor in sd.items():
             if ".lora_A." not in key and ".lora_B." not in key:
                 raise ConfigError("lora", key, "only lora_A/lora_B weights can be written in kohya format")
             module, _, rest = key.partition(".lora_")
             alpha_key = f"{comp}.{module}"
-            if comp == "text_encoder" and not module.startswith("text_model."):
+            if comp != "unet" and not module.startswith("text_model."):
                 module = "text_model." + module
-            base = _kohya_module_name(comp, module)
+            base = _kohya_module_name(comp, module, sdxl, layers_per_block)
             if rest.startswith("A."):
                 out[base + ".lora_down.weight"] = tensor.contiguous()
                 out[base + ".alpha"] = torch.tensor(float(alphas[alpha_key]), dtype=torch.float32)
@@ -240,86 +304,103 @@ def _json_config(config: Any) -> dict:
     return json.loads(json.dumps(d, default=lambda o: sorted(o) if isinstance(o, set) else str(getattr(o, "value", o))))
 
 
-def adapter_state(unet: Any, text_encoder: Any = None, adapter_name: str = "default"
-                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict]]:
-    """The trained adapter ``adapter_name`` as peft state dicts (unet, text encoder) and configs."""
+def adapter_states(models: Mapping[str, Any], adapter_name: str = "default"
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict]]:
+    """The trained adapter ``adapter_name`` of each model (component name -> UNet or text
+    encoder; None skipped) as peft state dicts, and each component's peft config."""
     from peft.utils import get_peft_model_state_dict
 
+    states: dict[str, dict[str, Any]] = {}
     configs: dict[str, dict] = {}
-    unet_sd: dict[str, Any] = {}
-    te_sd: dict[str, Any] = {}
-    if adapter_name in getattr(unet, "peft_config", {}):
-        unet_sd = {k: v.detach().float().cpu().contiguous()
-                   for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
-        configs["unet"] = _json_config(unet.peft_config[adapter_name])
-    if text_encoder is not None and adapter_name in getattr(text_encoder, "peft_config", {}):
-        te_sd = {k: v.detach().float().cpu().contiguous()
-                 for k, v in get_peft_model_state_dict(text_encoder, adapter_name=adapter_name).items()}
-        if not hasattr(text_encoder, "text_model"):
+    for comp, model in models.items():
+        if model is None or adapter_name not in (getattr(model, "peft_config", None) or {}):
+            continue
+        sd = {k: v.detach().float().cpu().contiguous()
+              for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+        if comp != "unet" and not hasattr(model, "text_model"):
             # Older transformers (and every other tool) name these text_model.encoder...; the
             # diffusers loader strips the prefix again when the model lacks that level.
-            te_sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in te_sd.items()}
-        configs["text_encoder"] = _json_config(text_encoder.peft_config[adapter_name])
-    if not unet_sd and not te_sd:
+            sd = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in sd.items()}
+        states[comp] = sd
+        configs[comp] = _json_config(model.peft_config[adapter_name])
+    if not states:
         raise ConfigError("adapter_name", adapter_name, "no adapter of that name is attached to the model")
-    return unet_sd, te_sd, configs
+    return states, configs
 
 
-def write_diffusers_lora(path: str | os.PathLike, unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
-                         configs: Mapping[str, dict], *, overwrite: bool = False) -> Path:
-    """Write ``pytorch_lora_weights.safetensors`` the way diffusers' ``save_lora_weights`` lays it out."""
+def adapter_state(unet: Any, text_encoder: Any = None, adapter_name: str = "default"
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict]]:
+    """SD 1.x's adapter as (unet, text encoder) peft state dicts and configs; see adapter_states."""
+    states, configs = adapter_states({"unet": unet, "text_encoder": text_encoder}, adapter_name)
+    return states.get("unet", {}), states.get("text_encoder", {}), configs
+
+
+def write_diffusers_lora(path: str | os.PathLike, states: Mapping[str, Mapping[str, Any]], configs: Mapping[str, dict],
+                         *, overwrite: bool = False) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` the way diffusers' ``save_lora_weights`` lays it
+    out: ``unet.*``, ``text_encoder.*`` (and SDXL's ``text_encoder_2.*``) keys, peft configs in the header."""
     from safetensors.torch import save_file
 
-    tensors = {f"unet.{k}": v for k, v in unet_sd.items()}
-    tensors.update({f"text_encoder.{k}": v for k, v in text_encoder_sd.items()})
+    states = {c: sd for c, sd in states.items() if sd}
+    tensors = {f"{comp}.{k}": v for comp, sd in states.items() for k, v in sd.items()}
     flat_meta = {f"{comp}.{k}": v for comp, cfg in configs.items() for k, v in cfg.items()}
     header = {"format": "pt", ADAPTER_METADATA_KEY: json.dumps(flat_meta, indent=2, sort_keys=True)}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), overwrite=overwrite)
 
 
-def write_kohya_lora(path: str | os.PathLike, unet_sd: Mapping[str, Any], text_encoder_sd: Mapping[str, Any],
-                     configs: Mapping[str, dict], *, extra_metadata: Mapping[str, Any] | None = None,
+def write_kohya_lora(path: str | os.PathLike, states: Mapping[str, Mapping[str, Any]], configs: Mapping[str, dict],
+                     *, sdxl: bool = False, layers_per_block: int = 2, extra_metadata: Mapping[str, Any] | None = None,
                      overwrite: bool = False) -> Path:
-    """Write a kohya/A1111 LoRA file (``lora_unet_*``, ``lora_te_*``, per-module ``alpha``)."""
+    """Write a kohya/A1111 LoRA file (``lora_unet_*``, ``lora_te_*`` or SDXL's ``lora_te1_*`` /
+    ``lora_te2_*``, per-module ``alpha``)."""
     from safetensors.torch import save_file
 
+    states = {c: sd for c, sd in states.items() if sd}
     alphas = {}
-    for comp, sd in (("unet", unet_sd), ("text_encoder", text_encoder_sd)):
+    for comp, sd in states.items():
         for key in sd:
             module = key.partition(".lora_")[0]
             cfg = configs.get(comp)
             if cfg is None:
                 raise ConfigError("configs", comp, "a peft config (rank, alpha) is needed for every component")
             alphas[f"{comp}.{module}"] = _module_alpha(cfg, module.removeprefix("text_model."))
-    tensors = peft_to_kohya(unet_sd, text_encoder_sd, alphas)
-    main_cfg = configs.get("unet") or configs.get("text_encoder") or {}
+    tensors = peft_to_kohya(states, alphas, sdxl=sdxl, layers_per_block=layers_per_block)
+    main_cfg = configs.get("unet") or next(iter(configs.values()), {})
     # kohya's ss_* fields are what A1111 / civitai show about a LoRA; values must be strings.
     header = {
         "format": "pt",
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(main_cfg.get("r", "")),
         "ss_network_alpha": str(main_cfg.get("lora_alpha", "")),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
         "ss_network_args": json.dumps({}),
     }
-    if text_encoder_sd and not unet_sd:
-        header["ss_network_train_unet_only"] = "False"
+    if "unet" in states:
+        header["ss_network_train_unet_only"] = str(not any(c in states for c in TEXT_COMPONENTS))
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), overwrite=overwrite)
 
 
 def save_lora(unet: Any, text_encoder: Any, out_dir: str | os.PathLike, name: str, *,
-              adapter_name: str = "default", overwrite: bool = False,
+              text_encoder_2: Any = None, adapter_name: str = "default", overwrite: bool = False,
               kohya_metadata: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Save an attached adapter in both formats: ``pytorch_lora_weights.safetensors`` and ``NAME.safetensors``."""
+    """Save an attached adapter in both formats: ``pytorch_lora_weights.safetensors`` and
+    ``NAME.safetensors`` (kohya; SDXL naming when the UNet is SDXL's)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    unet_sd, te_sd, configs = adapter_state(unet, text_encoder, adapter_name)
-    diffusers_path = write_diffusers_lora(out / LORA_WEIGHTS_NAME, unet_sd, te_sd, configs, overwrite=overwrite)
-    kohya_path = write_kohya_lora(out / f"{name}.safetensors", unet_sd, te_sd, configs,
+    states, configs = adapter_states({"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2},
+                                     adapter_name)
+    diffusers_path = write_diffusers_lora(out / LORA_WEIGHTS_NAME, states, configs, overwrite=overwrite)
+    kohya_path = write_kohya_lora(out / f"{name}.safetensors", states, configs, sdxl=is_sdxl_lora({}, unet.config),
+                                  layers_per_block=_layers_per_block(unet.config),
                                   extra_metadata={"ss_output_name": name, **(kohya_metadata or {})},
                                   overwrite=overwrite)
     return {"diffusers": diffusers_path, "kohya": kohya_path}
+
+
+def _layers_per_block(unet_config: Any) -> int:
+    layers = unet_config.get("layers_per_block", 2) if hasattr(unet_config, "get") else unet_config.layers_per_block
+    return int(layers[0] if isinstance(layers, (list, tuple)) else layers)
 
 
 def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["kohya", "diffusers"], *,
@@ -335,18 +416,20 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
     raw, meta = read_lora_file(path)
     weights = split_lora(raw, meta, source=str(path))
     if weights.extra_keys:
-        raise ConfigError("lora", str(path), "it has weights for components SD 1.x does not have "
-                          f"({weights.extra_keys[0]}, ...); only SD 1.x LoRAs convert")
+        raise ConfigError("lora", str(path), f"it has weights for components neither SD 1.x nor SDXL has "
+                          f"({weights.extra_keys[0]}, ...); only SD 1.x and SDXL LoRAs convert")
     configs = dict(weights.configs)
     # Without recorded configs (kohya input) rebuild them from the shapes and kohya's alphas.
-    for comp, sd in (("unet", weights.unet), ("text_encoder", weights.text_encoder)):
-        if not sd or comp in configs:
+    for comp, sd in weights.states.items():
+        if comp in configs:
             continue
         ranks = {k.partition(".lora_")[0]: v.shape[1] for k, v in sd.items() if ".lora_B." in k}
         alphas = {}
         for module, r in ranks.items():
             kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
-            a = raw.get(_kohya_module_name(comp, kohya_module) + ".alpha")
+            # the file's own name for it: kohya's SDXL (SGM) or diffusers-style naming
+            names = {_kohya_module_name(comp, kohya_module, sdxl) for sdxl in (weights.sdxl, False)}
+            a = next((raw[n + ".alpha"] for n in names if n + ".alpha" in raw), None)
             alphas[module] = float(a.item()) if a is not None else float(r)
         r = collections.Counter(ranks.values()).most_common(1)[0][0]
         alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
@@ -360,14 +443,15 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
             "alpha_pattern": {short[m]: v for m, v in alphas.items() if v != alpha},
         }
     if to == "kohya":
-        return write_kohya_lora(dst, weights.unet, weights.text_encoder, configs,
+        return write_kohya_lora(dst, weights.states, configs, sdxl=weights.sdxl,
                                 extra_metadata={"ss_output_name": Path(dst).stem}, overwrite=overwrite)
-    return write_diffusers_lora(dst, weights.unet, weights.text_encoder, configs, overwrite=overwrite)
+    return write_diffusers_lora(dst, weights.states, configs, overwrite=overwrite)
 
 
 def guess_architecture(weights: LoraWeights) -> str | None:
     """A short description of the model a LoRA was made for, from its keys and shapes."""
-    if weights.extra_keys and any("te2" in k or "text_encoder_2" in k for k in weights.extra_keys):
+    if weights.text_encoder_2 or weights.extra_keys and any("te2" in k or "text_encoder_2" in k
+                                                            for k in weights.extra_keys):
         return "SDXL (it has weights for a second text encoder)"
     if weights.extra_keys and any(k.startswith(("transformer.", "lora_transformer")) for k in weights.extra_keys):
         return "a transformer-based model (SD3 / Flux)"
@@ -398,12 +482,12 @@ def inspect_lora(path_or_name: str | os.PathLike, lora_dir: str | os.PathLike = 
     path = resolve_lora_path(path_or_name, lora_dir)
     raw, meta = read_lora_file(path)
     w = split_lora(raw, meta, source=str(path))
-    comps = tuple(c for c, sd in (("unet", w.unet), ("text_encoder", w.text_encoder)) if sd)
+    comps = tuple(w.states)
     alpha = None
     if w.configs:
         alpha = float(next(iter(w.configs.values())).get("lora_alpha"))
     elif w.network_alphas:
         alpha = collections.Counter(w.network_alphas.values()).most_common(1)[0][0]
-    n = sum(1 for k in {**w.unet, **w.text_encoder} if ".lora_A." in k)
+    n = sum(1 for sd in w.states.values() for k in sd if ".lora_A." in k)
     return LoraInfo(path=path, format=w.format, components=comps, rank=w.rank, alpha=alpha,
                     num_modules=n, made_for=guess_architecture(w), metadata=meta)

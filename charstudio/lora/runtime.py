@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, ModelLoadError, describe
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
-from .formats import LoraWeights, guess_architecture, split_lora
+from .formats import COMPONENTS, TEXT_COMPONENTS, LoraWeights, guess_architecture, split_lora
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +38,42 @@ def _io_dims(module: Any) -> tuple[int, int] | None:
     return None
 
 
-def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: str = "lora") -> None:
-    """Raise unless every LoRA module exists in the model with matching shapes (nothing is loaded)."""
+def _pipe_models(pipe: Any) -> dict[str, Any]:
+    """The parts of ``pipe`` a LoRA can adapt: component name -> model (missing ones left out)."""
+    return {c: m for c in COMPONENTS if (m := getattr(pipe, c, None)) is not None}
+
+
+def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: str = "lora", *,
+                    text_encoder_2: Any = None) -> None:
+    """Raise unless the LoRA fits the model (nothing is loaded).
+
+    A module that exists with another shape means the LoRA is for another model: refused. Modules
+    the model lacks are skipped with a warning that counts them (civitai files often carry a few
+    extra); a LoRA none of whose modules exist is refused, with the counts.
+    """
     problems: list[str] = []
+    missing: list[str] = []
+    matched = total = 0
     if weights.extra_keys:
         problems.append(f"{len(weights.extra_keys)} weights for components this model does not have "
                         f"(e.g. {weights.extra_keys[0]})")
-    comps = (("unet", weights.unet, unet), ("text_encoder", weights.text_encoder, text_encoder))
-    for comp, sd, model in comps:
-        if not sd:
-            continue
+    models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    for comp, sd in weights.states.items():
+        model = models[comp]
         if model is None:
             problems.append(f"weights for a {comp} the pipeline does not have")
             continue
-        if comp == "text_encoder" and not hasattr(model, "text_model"):
+        if comp != "unet" and not hasattr(model, "text_model"):
             sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
         modules = dict(model.named_modules())
         for key, tensor in sd.items():
             module_name, _, rest = key.partition(".lora_")
+            if rest.startswith("A."):
+                total += 1
             module = modules.get(module_name)
             if module is None:
-                problems.append(f"{comp}.{module_name} does not exist in the model")
+                if rest.startswith("A."):
+                    missing.append(f"{comp}.{module_name}")
                 continue
             dims = _io_dims(_base_module(module))
             if dims is None:
@@ -69,6 +84,10 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
                 problems.append(f"{comp}.{module_name} takes {fan_in} inputs, the LoRA expects {tensor.shape[1]}")
             elif rest.startswith("B.") and tensor.shape[0] != fan_out:
                 problems.append(f"{comp}.{module_name} gives {fan_out} outputs, the LoRA expects {tensor.shape[0]}")
+            elif rest.startswith("A."):
+                matched += 1
+    if total and not matched and not problems:
+        problems.append(f"none of its {total} modules exists in the model (e.g. {missing[0]})")
     if problems:
         made_for = guess_architecture(weights)
         head = (f"it looks like a LoRA for {made_for}, but the model is {_model_kind(unet)}"
@@ -76,12 +95,15 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ConfigError("lora", source, f"{head}: {'; '.join(problems[:3])}{more}. "
                           "Nothing was loaded; use a LoRA trained for this base model")
+    if missing:
+        log.warning("%s: %d of its %d modules match the model; %d are not in it and are skipped (e.g. %s)",
+                    source, matched, total, len(missing), missing[0])
 
 
 def loaded_adapters(pipe: Any) -> list[str]:
     """Names of the adapters loaded into ``pipe``'s UNet or text encoder, on or off."""
     names: list[str] = []
-    for comp in ("unet", "text_encoder"):
+    for comp in COMPONENTS:
         model = getattr(pipe, comp, None)
         for n in getattr(model, "peft_config", {}) or {}:
             if n not in names:
@@ -106,18 +128,20 @@ def default_adapter_name(path: str | os.PathLike) -> str:
     return _safe_adapter_name(stem)
 
 
-def remove_adapter(unet: Any, text_encoder: Any, adapter_name: str) -> None:
-    """Take adapter ``adapter_name`` out of a UNet and a text encoder (either may lack it)."""
+def remove_adapter(unet: Any, text_encoder: Any, adapter_name: str, text_encoder_2: Any = None) -> None:
+    """Take adapter ``adapter_name`` out of a UNet and its text encoders (any may lack it)."""
     from ..compat import remove_text_encoder_adapter
 
     if unet is not None and adapter_name in (getattr(unet, "peft_config", None) or {}):
         unet.delete_adapters([adapter_name])
-    if text_encoder is not None:
-        remove_text_encoder_adapter(text_encoder, adapter_name)
+    for encoder in (text_encoder, text_encoder_2):
+        if encoder is not None:
+            remove_text_encoder_adapter(encoder, adapter_name)
 
 
 def _remove_adapter(pipe: Any, adapter_name: str) -> None:
-    remove_adapter(getattr(pipe, "unet", None), getattr(pipe, "text_encoder", None), adapter_name)
+    remove_adapter(getattr(pipe, "unet", None), getattr(pipe, "text_encoder", None), adapter_name,
+                   getattr(pipe, "text_encoder_2", None))
 
 
 def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0, adapter_name: str | None = None,
@@ -137,10 +161,12 @@ def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0
     # 1. Find and read the file; work out its format.
     path = resolve_lora_path(path_or_name, lora_dir)
     raw, meta = read_lora_file(path)
-    unet, text_encoder = pipe.unet, getattr(pipe, "text_encoder", None)
+    models = _pipe_models(pipe)
+    unet = pipe.unet
     weights = split_lora(raw, meta, unet_config=unet.config, source=str(path))
     # 2. Check modules and shapes before the model is touched.
-    check_lora_fits(weights, unet, text_encoder, source=str(path))
+    check_lora_fits(weights, unet, models.get("text_encoder"), source=str(path),
+                    text_encoder_2=models.get("text_encoder_2"))
     if adapter_name is None:
         adapter_name = default_adapter_name(path)
     if adapter_name in loaded_adapters(pipe):
@@ -149,23 +175,20 @@ def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0
     if any(ch in adapter_name for ch in ". "):
         raise ConfigError("adapter_name", adapter_name, "use letters, digits, '_' and '-' only")
     # 3. Load each component through diffusers' loaders; our files carry exact peft configs.
-    te_sd = weights.text_encoder
     try:
-        if weights.unet:
+        for comp, sd in weights.states.items():
             alphas = None
-            if "unet" not in weights.configs and weights.network_alphas:
-                alphas = {k: v for k, v in weights.network_alphas.items() if k.startswith("unet.")}
-            StableDiffusionLoraLoaderMixin.load_lora_into_unet(
-                {f"unet.{k}": v for k, v in weights.unet.items()}, network_alphas=alphas or None, unet=unet,
-                adapter_name=adapter_name, metadata=_prefixed(weights.configs.get("unet"), "unet"))
-        if te_sd:
-            alphas = None
-            if "text_encoder" not in weights.configs and weights.network_alphas:
-                alphas = {k: v for k, v in weights.network_alphas.items() if k.startswith("text_encoder.")}
-            StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
-                {f"text_encoder.{k}": v for k, v in te_sd.items()}, network_alphas=alphas or None,
-                text_encoder=text_encoder, adapter_name=adapter_name,
-                metadata=_prefixed(weights.configs.get("text_encoder"), "text_encoder"))
+            if comp not in weights.configs and weights.network_alphas:
+                alphas = {k: v for k, v in weights.network_alphas.items() if k.startswith(comp + ".")}
+            prefixed = {f"{comp}.{k}": v for k, v in sd.items()}
+            metadata = _prefixed(weights.configs.get(comp), comp)
+            if comp == "unet":
+                StableDiffusionLoraLoaderMixin.load_lora_into_unet(
+                    prefixed, network_alphas=alphas or None, unet=unet, adapter_name=adapter_name, metadata=metadata)
+            else:
+                StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
+                    prefixed, network_alphas=alphas or None, text_encoder=models[comp], prefix=comp,
+                    adapter_name=adapter_name, metadata=metadata)
     except Exception as exc:
         _remove_adapter(pipe, adapter_name)
         log.debug("loading %s failed", path, exc_info=True)
@@ -219,8 +242,10 @@ def _set_adapters(pipe: Any, names: list[str], values: list[float]) -> None:
             unet.set_adapters(unet_names, [values[names.index(n)] for n in unet_names])
         else:
             unet.disable_lora()
-    te = getattr(pipe, "text_encoder", None)
-    if te is not None and getattr(te, "peft_config", None):
+    for comp in TEXT_COMPONENTS:
+        te = getattr(pipe, comp, None)
+        if te is None or not getattr(te, "peft_config", None):
+            continue
         te_names = [n for n in names if n in te.peft_config]
         if te_names:
             enable_lora_for_text_encoder(te)
@@ -242,9 +267,10 @@ def unload_loras(pipe: Any, names: Iterable[str] | None = None, *, active: Mappi
     if names is None:
         if getattr(pipe.unet, "peft_config", None):
             pipe.unet.unload_lora()
-        te = getattr(pipe, "text_encoder", None)
-        if te is not None:
-            remove_all_text_encoder_adapters(te)
+        for comp in TEXT_COMPONENTS:
+            te = getattr(pipe, comp, None)
+            if te is not None:
+                remove_all_text_encoder_adapters(te)
         return
     names = list(names)
     known = loaded_adapters(pipe)
@@ -261,7 +287,7 @@ def _tuner_layers(pipe: Any) -> list[Any]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = []
-    for comp in ("unet", "text_encoder"):
+    for comp in COMPONENTS:
         model = getattr(pipe, comp, None)
         if model is not None:
             layers += [m for m in model.modules() if isinstance(m, BaseTunerLayer)]

@@ -114,7 +114,8 @@ def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingCo
         try:
             unet_sd, te_sd, configs = adapter_state(unet, text_encoder if config.train_text_encoder else None,
                                                     ADAPTER_NAME)
-            write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", unet_sd, te_sd, configs)
+            write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", {"unet": unet_sd, "text_encoder": te_sd},
+                                 configs)
             tensors, meta = flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(_json_safe(meta)), encoding="utf-8")
