@@ -63,6 +63,8 @@ class Character:
 
     `traits` maps an aspect (hair, eyes, outfit, ...) to the words that describe it. `lora` is
     the name (under lora/) or path of the character's LoRA, used with its `trigger` word.
+    `embeddings` names the textual-inversion embeddings its text writes (a name in embeddings/,
+    whose file name is the word, or a file path): generating the card loads them.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Character:
     lora: str | None = None
     lora_weight: float = 1.0
     trigger: str | None = None
+    embeddings: list[str] = field(default_factory=list)
     source: str | None = field(default=None, compare=False)  # file it was read from
 
     def __post_init__(self) -> None:
@@ -101,6 +104,10 @@ class Character:
         if (isinstance(self.lora_weight, bool) or not isinstance(self.lora_weight, (int, float))
                 or not -10 <= self.lora_weight <= 10):  # also refuses NaN, which compares false
             raise bad("lora_weight", self.lora_weight, "expected a number between -10 and 10, such as 0.8")
+        if isinstance(self.embeddings, str):  # one name written without the list brackets
+            self.embeddings = [self.embeddings]
+        if not isinstance(self.embeddings, list) or not all(isinstance(e, str) and e.strip() for e in self.embeddings):
+            raise bad("embeddings", self.embeddings, "expected a list of embedding names or files, e.g. [easynegative]")
 
     @property
     def subject(self) -> str:
@@ -111,7 +118,7 @@ class Character:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("source")
-        return {k: v for k, v in data.items() if v not in (None, {}, "") and not (k == "lora_weight" and v == 1.0)}
+        return {k: v for k, v in data.items() if v not in (None, {}, "", []) and not (k == "lora_weight" and v == 1.0)}
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the card as YAML (atomically; an existing file needs overwrite=True)."""

@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
+from .embeddings import expand_token_ids
+
 log = logging.getLogger(__name__)
 
 
@@ -76,7 +78,8 @@ class PromptEncoder:
         if not text:
             return []
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-        return list(ids)
+        # A multi-vector textual-inversion word stands for all of its tokens (charstudio.embeddings).
+        return expand_token_ids(self.tokenizer, list(ids))
 
     def token_strings(self, text: str) -> list[str]:
         """The prompt's tokens as strings (for picking attention maps, counting, ...)."""

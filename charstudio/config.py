@@ -70,6 +70,10 @@ class GenerationConfig:
     # (normalised); the run conditions on the weighted mean of their embeddings. `prompt` and
     # `negative_prompt` then hold the heaviest style's, for readers that know no mixes.
     style_mix: list[dict] = field(default_factory=list)
+    # Textual-inversion embeddings the prompts write: word -> the file it was loaded from
+    # (Studio.load_embedding). A re-run loads each from there (or by file name from the studio's
+    # embeddings folder) unless the word is loaded already.
+    embeddings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -125,6 +129,11 @@ class GenerationConfig:
         if mix and sum(p["weight"] for p in mix) <= 0:
             raise ConfigError("style_mix", self.style_mix, "at least one weight must be > 0")
         self.style_mix = mix
+        if not isinstance(self.embeddings, dict) or not all(
+                isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in self.embeddings.items()):
+            raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "
+                              "e.g. {'easynegative': 'embeddings/easynegative.safetensors'}")
+        self.embeddings = dict(self.embeddings)
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

@@ -20,6 +20,7 @@ from .callbacks import CancelToken, StepCallback, StepProgress, chain
 from .conditioning import EncodedPrompt
 from .character import Character, compose_prompt, is_character, load_character
 from .config import MAX_SEED, GenerationConfig
+from .embeddings import DEFAULT_EMBEDDINGS_DIR
 from .errors import ConfigError
 from .limits import available_memory, check_picture_size
 from .models.device import choose_low_vram, configure_attention, pick_device
@@ -41,6 +42,15 @@ class LoadedLora:
 
     source: Path
     weight: float | None = None  # None: loaded but off
+
+
+@dataclass
+class LoadedEmbedding:
+    """One textual-inversion embedding a Studio has loaded: its file, vector count and digest."""
+
+    source: Path
+    num_vectors: int
+    sha256: str
 
 
 class Studio:
@@ -75,6 +85,10 @@ class Studio:
         # The one record of adapter state: what is loaded, from where, and what is on at which
         # weight. charstudio.lora's functions keep none; every change goes through _apply_weights.
         self._loras: dict[str, LoadedLora] = {}
+        # Textual-inversion words loaded into the shared tokenizers/encoders (see load_embedding);
+        # names in cards and recipes are looked up in embeddings_dir (relative to the working folder).
+        self._embeddings: dict[str, LoadedEmbedding] = {}
+        self.embeddings_dir: str | Path = DEFAULT_EMBEDDINGS_DIR
         self.low_vram = False  # see enable_low_vram
         self._offloaded: str | None = None  # the pipeline kind whose offload hooks are installed
 
@@ -230,7 +244,9 @@ class Studio:
 
         It switches nothing on: the studio's active adapters are the same afterwards. A card that
         names a LoRA puts it in the recipe's `loras` at the card's weight (its file is loaded, off,
-        when it is not loaded yet); `run` uses the recipe's adapters for that run only.
+        when it is not loaded yet); `run` uses the recipe's adapters for that run only. A card's
+        `embeddings` are loaded (they only add words); the recipe's `embeddings` record the loaded
+        ones its prompts write.
         """
         if character_or_prompt is not None and not isinstance(character_or_prompt, (str, Character)):
             raise ConfigError("character_or_prompt", character_or_prompt,
@@ -246,9 +262,14 @@ class Studio:
         loras = self.active_loras
         if card is not None and card.lora:
             loras[self._load_off(card.lora)] = float(card.lora_weight)
+        for name in card.embeddings if card is not None else ():
+            self.load_embedding(name)  # a no-op when it is loaded already
         prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
         if negative_prompt is not None:
             negative = negative_prompt
+        settings["embeddings"] = self._embeddings_written(
+            [prompt, negative, *(p.get(k, "") for p in settings.get("style_mix") or () if isinstance(p, dict)
+                                 for k in ("prompt", "negative_prompt"))])
         if seed is None:
             seed = card.seed if card is not None and card.seed is not None else random.randint(0, MAX_SEED - 64)
         width = self.default_size if width is None else width
@@ -308,6 +329,7 @@ class Studio:
         missing = set(config.loras) - set(self._loras)
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
+        self._load_recipe_embeddings(config.embeddings)
         with self.using_loras(config.loras):
             return self._run(config, callbacks=callbacks, progress=progress, cancel=cancel,
                              control_image=control_image, latents=latents, embeddings=embeddings,
@@ -406,6 +428,8 @@ class Studio:
             1, min(int(config.num_inference_steps * strength), config.num_inference_steps))
 
         # 4. One pipeline call per image, so each image's recipe (seed + i) reproduces it alone.
+        used_embeddings = self._embeddings_written(
+            [config.prompt, config.negative_prompt, *(p[k] for p in config.style_mix for k in ("prompt", "negative_prompt"))])
         images, recipes, latents_out = [], [], []
         for i in range(config.num_images):
             if cancel is not None:
@@ -425,7 +449,7 @@ class Studio:
             images.extend(self.decode(out.images))
             latents_out.append(out.images)
             recipes.append(config.replace(seed=config.seed + i, num_images=1, model=self.model_id,
-                                          loras=self.active_loras))
+                                          loras=self.active_loras, embeddings=used_embeddings))
         extras: dict[str, Any] = {"latents": latents_out}
         if init_image is not None:
             extras.update(kind=kind, img2img_strength=strength)
@@ -534,6 +558,99 @@ class Studio:
 
         return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
                           same_noise=same_noise, **settings)
+
+    # -- textual-inversion embeddings (charstudio.embeddings) -----------------------------------
+    # Loaded once into the shared tokenizers and text encoders, so every pipeline sees the word.
+    @property
+    def loaded_embeddings(self) -> dict[str, Path]:
+        """The loaded embedding words and the files they came from."""
+        return {token: rec.source for token, rec in self._embeddings.items()}
+
+    def load_embedding(self, path_or_name: Any, token: str | None = None, *, allow_pickle: bool | None = None,
+                       embeddings_dir: Any = None) -> str:
+        """Load a textual-inversion embedding and return the word that writes it in prompts.
+
+        `path_or_name`: a .safetensors file (A1111's SD 1.x `emb_params` or SDXL `clip_l` +
+        `clip_g`, diffusers' learned_embeds), or a name in `embeddings_dir` (default
+        `studio.embeddings_dir`, "embeddings/"). `token` defaults to the file's name, as in
+        A1111. Pickled .pt/.bin files need `allow_pickle=True` (default: the studio's
+        `allow_pickle`) and are read with weights_only=True. Loading the same file under the same
+        word again does nothing. A file for the other family, of the wrong width, or a word the
+        tokenizer knows already is refused and leaves the model as it was.
+        """
+        from . import embeddings as ti
+
+        path = ti.resolve_embedding_path(path_or_name, embeddings_dir or self.embeddings_dir).resolve()
+        token = ti.default_token(path) if token is None else token
+        rec = self._embeddings.get(token) if isinstance(token, str) else None
+        if rec is not None:
+            if rec.source == path:
+                return token
+            raise ConfigError("token", token, f"already loaded from {str(rec.source)!r}: "
+                              f"studio.unload_embedding({token!r}) first, or choose another token")
+        parts = [(self.components[tok], self.components[enc]) for tok, enc in self.family.text_parts]
+        ti.check_token(token, [tok for tok, _ in parts])
+        emb = ti.read_embedding(path, allow_pickle=self.allow_pickle if allow_pickle is None else bool(allow_pickle))
+        vectors = ti.vectors_for(emb, self.family, [enc.get_input_embeddings().weight.shape[1] for _, enc in parts])
+        self._drop_offload_hooks()
+        ti.install(self.pipeline("txt2img"), token, [(tok, enc, v) for (tok, enc), v in zip(parts, vectors)])
+        self._embeddings[token] = LoadedEmbedding(path, emb.num_vectors, ti.file_digest(path))
+        log.info("loaded embedding %r (%d vectors) from %s", token, emb.num_vectors, path)
+        return token
+
+    def unload_embedding(self, token: str) -> None:
+        """Take a loaded embedding's word out of the tokenizers and text encoders."""
+        from . import embeddings as ti
+
+        rec = self._embeddings.get(token)
+        if rec is None:
+            raise ConfigError("token", token, "no embedding of that word is loaded; loaded: "
+                              + (", ".join(sorted(self._embeddings)) or "(none)"))
+        self._drop_offload_hooks()
+        ti.uninstall(self.pipeline("txt2img"), token, rec.num_vectors,
+                     [(self.components[tok], self.components[enc]) for tok, enc in self.family.text_parts])
+        del self._embeddings[token]
+
+    def _drop_offload_hooks(self) -> None:
+        # Low-VRAM mode: diffusers' loader would re-install the hooks on the text encoder's current
+        # device (the CPU); take them off instead, and the next run installs them again.
+        if self.low_vram and self._offloaded is not None:
+            self._pipelines[self._offloaded].remove_all_hooks()
+            self._offloaded = None
+
+    def _embeddings_written(self, texts: Iterable[str]) -> dict[str, str]:
+        """The loaded embeddings these texts write, word -> file (what a recipe records)."""
+        from .embeddings import tokens_in
+
+        tokenizer = self.components[self.family.text_parts[0][0]]
+        return {t: str(self._embeddings[t].source) for t in tokens_in(tokenizer, texts, self._embeddings)}
+
+    def _load_recipe_embeddings(self, wanted: dict[str, str]) -> None:
+        """Load a recipe's embeddings that are not loaded: from the recorded file, else by its file
+        name from `embeddings_dir`; a word loaded from a file of other content is refused."""
+        from .embeddings import file_digest
+
+        for token, source in wanted.items():
+            recorded = Path(source).expanduser()
+            rec = self._embeddings.get(token)
+            if rec is not None:
+                if rec.source == (recorded.resolve() if recorded.exists() else recorded):
+                    continue
+                if recorded.is_file() and file_digest(recorded) != rec.sha256:
+                    raise ConfigError("embeddings", {token: source}, f"the recipe's {token!r} is another file than "
+                                      f"the loaded {str(rec.source)!r}: studio.unload_embedding({token!r}) to run it "
+                                      "with the recipe's")
+                if not recorded.is_file():
+                    log.warning("the recipe's embedding %r came from %s (not here); using the loaded %s",
+                                token, source, rec.source)
+                continue
+            fallback = Path(self.embeddings_dir).expanduser() / recorded.name
+            path = recorded if recorded.is_file() else fallback if fallback.is_file() else None
+            if path is None:
+                raise ConfigError("embeddings", {token: source}, f"the recipe writes the embedding {token!r}, whose "
+                                  f"file {source!r} is missing (nor is {str(fallback)!r} there): put the file back, "
+                                  f"or load a copy with studio.load_embedding(path, token={token!r})")
+            self.load_embedding(path, token=token)
 
     # -- LoRA adapters (charstudio.lora) -------------------------------------------------------
     # All pipelines share one UNet and text encoder, so adapters loaded through the txt2img

@@ -183,15 +183,20 @@ def export_ldm_state_dict(components: dict[str, Any]) -> dict[str, Any]:
     ]
     if components.get("scheduler") is not None:
         parts.append(schedule_buffers(components["scheduler"].config))
+    return {k: v.detach().contiguous().clone() for k, v in merge_parts(parts, "LDM").items()}
+
+
+def merge_parts(parts: list[dict[str, Any]], layout: str) -> dict[str, Any]:
+    """The exported parts as one state dict; a key in two parts, or a lost key, is an error."""
     out: dict[str, Any] = {}
     for part in parts:
         clash = out.keys() & part.keys()
         if clash:
-            raise ValueError(f"duplicate LDM keys: {sorted(clash)[:3]}")
+            raise ValueError(f"duplicate {layout} keys: {sorted(clash)[:3]}")
         out.update(part)
     if len(out) != sum(len(p) for p in parts):
         raise AssertionError("keys were lost while exporting")
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+    return out
 
 
 def save_ldm_checkpoint(components: dict[str, Any], path: str | Path) -> Path:

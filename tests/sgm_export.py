@@ -35,7 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ldm_export import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, UnmappedKeyError, _unet_resnet, clip_to_ldm, vae_to_ldm
+from ldm_export import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, UnmappedKeyError, _unet_resnet, clip_to_ldm, merge_parts,
+                        vae_to_ldm)
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -192,14 +193,7 @@ def export_sgm_state_dict(components: dict[str, Any], dtype: Any = None) -> dict
         clip_l_to_sgm(components["text_encoder"].state_dict()),
         open_clip_to_sgm(components["text_encoder_2"].state_dict()),
     ]
-    out: dict[str, Any] = {}
-    for part in parts:
-        clash = out.keys() & part.keys()
-        if clash:
-            raise ValueError(f"duplicate SGM keys: {sorted(clash)[:3]}")
-        out.update(part)
-    if len(out) != sum(len(p) for p in parts):
-        raise AssertionError("keys were lost while exporting")
+    out = merge_parts(parts, "SGM")
     assert all(k.startswith((UNET_PREFIX, VAE_PREFIX, CLIP_L_PREFIX, OPEN_CLIP_PREFIX)) for k in out)
 
     def finish(t: Any) -> Any:

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import json
 
+import os
+import sys
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_sheets import ip_adapter_layers  # noqa: E402
 
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.models.family import IPAdapterFiles
@@ -56,13 +62,7 @@ def _tiny_plus_ip_adapter(unet, folder, weight_name: str = PLUS, seed: int = 0, 
         state[f"{block}0.to_out.weight"] = torch.randn(hidden, hidden) * 0.1
         state[f"{block}1.1.weight"] = torch.randn(4 * hidden, hidden) * 0.1
         state[f"{block}1.3.weight"] = torch.randn(hidden, 4 * hidden) * 0.1
-    key = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn2.processor"):
-            inner = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape[0]
-            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
-            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
-            key += 2
+    state.update(ip_adapter_layers(unet, cross))
     (folder / "sdxl_models").mkdir(parents=True, exist_ok=True)
     save_file(state, str(folder / "sdxl_models" / weight_name))
     return folder / "sdxl_models" / weight_name
@@ -223,7 +223,7 @@ def test_wrong_family_adapter_is_refused_before_loading(xl, tiny_studio, images,
         with ip_adapter(tiny_studio, str(sdxl_file), red):
             pass
     # As wide as the UNet, but made for other layers: refused too.
-    odd = _real_width_adapter(tmp_path / "odd" / "sdxl_models" / PLUS, 64)
+    odd = _real_width_adapter(tmp_path / "odd" / "sdxl_models" / PLUS, xl.components["unet"].config.cross_attention_dim)
     with pytest.raises(ModelLoadError, match="for 2 cross-attention layers and this SDXL UNet has 12"):
         with ip_adapter(xl, str(odd), red):
             pass

@@ -196,14 +196,23 @@ def _tiny_ip_adapter(unet, folder):
     state = {"image_proj.proj.weight": torch.randn(tokens * cross, 16) * 0.2,
              "image_proj.proj.bias": torch.zeros(tokens * cross),
              "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
-    key = 1
+    state.update(ip_adapter_layers(unet, cross))
+    save_file(state, str(folder / "models" / "ip-adapter_tiny.safetensors"))
+
+
+def ip_adapter_layers(unet, cross):
+    """Random ip_adapter.<k>.to_{k,v}_ip weights, k = 1, 3, 5, ... over the cross-attention
+    layers in processor order (h94's numbering)."""
+    import torch
+
+    state, key = {}, 1
     for name in unet.attn_processors:
         if name.endswith("attn2.processor"):
             inner = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape[0]
             state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
             state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
             key += 2
-    save_file(state, str(folder / "models" / "ip-adapter_tiny.safetensors"))
+    return state
 
 
 def test_ip_adapter_conditions_on_the_reference_image(fresh_studio, tmp_path):

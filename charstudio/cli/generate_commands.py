@@ -68,6 +68,30 @@ def load_loras(studio, args: argparse.Namespace) -> None:
         studio.load_lora(source, weight=weight, lora_dir=args.lora_dir)
 
 
+def add_embedding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embedding", action="append", default=[], metavar="[WORD=]FILE_OR_NAME",
+                   help="load a textual-inversion embedding (A1111 .safetensors, SD 1.x or SDXL): a name under "
+                        "--embeddings-dir or a file; prompts write it as its file name unless WORD= is given "
+                        "(easynegative, or neg=downloads/EasyNegative.safetensors); repeat for several")
+    p.add_argument("--embeddings-dir", default="embeddings",
+                   help="where named embeddings live, for --embedding and cards (default: embeddings/)")
+
+
+def parse_embeddings(specs: list[str]) -> list[tuple[str, str | None]]:
+    """`--embedding` values as (file or name, word or None); a leading 'WORD=' names the word."""
+    parsed = []
+    for spec in specs:
+        head, sep, tail = spec.partition("=")
+        parsed.append((tail, head) if sep and head.strip() and tail.strip() else (spec, None))
+    return parsed
+
+
+def load_embeddings(studio, args: argparse.Namespace) -> None:
+    studio.embeddings_dir = args.embeddings_dir
+    for source, token in parse_embeddings(args.embedding):
+        studio.load_embedding(source, token=token)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
     p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
@@ -103,6 +127,11 @@ def precheck(args: argparse.Namespace) -> None:
 
         for source, _ in parse_loras(args.lora):
             resolve_lora_path(source, args.lora_dir)  # a typo fails now, not after the model load
+    if getattr(args, "embedding", None):
+        from charstudio.embeddings import resolve_embedding_path
+
+        for source, _ in parse_embeddings(args.embedding):
+            resolve_embedding_path(source, args.embeddings_dir)
     if getattr(args, "style", None) not in (None, "", "none"):
         from charstudio.character import get_style
 
@@ -135,6 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
     g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     add_lora_args(g)
+    add_embedding_args(g)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -159,6 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_output_dir(args.out, field="--out")
     studio = load_studio(args)
     load_loras(studio, args)
+    load_embeddings(studio, args)
     with StepBar("generating") as bar:
         result = studio.generate(args.subject, style=args.style, extra=args.add, seed=args.seed,
                                  num_inference_steps=args.steps, guidance_scale=args.guidance,
