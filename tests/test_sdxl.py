@@ -323,23 +323,6 @@ def test_the_anime_sdxl_presets(monkeypatch):
     assert Studio.from_pretrained("animagine", device="cpu").prediction_type == "epsilon"
 
 
-def test_lora_training_on_sdxl_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
-    """SDXL LoRA training is not built yet: it must say so, not fail deep inside the loop."""
-    from PIL import Image
-
-    from charstudio.cli import main
-
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        Image.new("RGB", (64, 64), (60 * i, 90, 30)).save(data / f"img{i}.png")
-    assert main(["train-lora", str(data), "--name", "x", "--model", "tiny-sdxl", "--steps", "1", "--resolution",
-                 "64", "--output-dir", str(tmp_path / "lora")]) == 2
-    err = capsys.readouterr().err
-    assert "model='tiny-sdxl'" in err and "SDXL LoRA training is not built yet" in err and "Traceback" not in err
-    assert not (tmp_path / "lora").exists()
-
-
 def test_an_sd1_lora_on_sdxl_is_refused_naming_the_family(tmp_path):
     from PIL import Image
 

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "processes run it under `accelerate launch`.")
     t.add_argument("data_dir", metavar="DATA_DIR", help="folder of training images (+ optional .txt captions)")
     t.add_argument("--name", required=True, help="LoRA name; output goes to OUTPUT_DIR/NAME/")
-    t.add_argument("--model", default="mini", help="base model: preset (mini, tiny, sd15), hub id, folder or .safetensors")
+    t.add_argument("--model", default="mini",
+                   help="base model (SD 1.x or SDXL): preset (mini, tiny, sd15, sdxl, ...), hub id, folder or .safetensors")
     add_checkpoint_file_args(t)
     t.add_argument("--output-dir", default=D.output_dir, help=f"where LoRA folders go (default: {D.output_dir}/)")
     t.add_argument("--steps", type=int, default=D.max_train_steps, help=f"optimizer steps (default {D.max_train_steps})")
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"steps of linear learning-rate warmup (default {D.lr_warmup_steps})")
     t.add_argument("--text-encoder-lr", type=float, default=None,
                    help="learning rate of the text encoder's adapter (default: --lr)")
+    t.add_argument("--text-encoder-2-lr", type=float, default=None,
+                   help="SDXL: learning rate of the second text encoder's adapter (default: --text-encoder-lr, "
+                        "else --lr)")
     t.add_argument("--batch-size", type=int, default=D.batch_size,
                    help=f"images per step per process (default {D.batch_size})")
     t.add_argument("--resolution", type=int, default=None, help="training size (default: the model's, 512 for SD)")
@@ -56,9 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--crop", choices=["center", "buckets"], default=D.crop,
                    help="center-crop squares, or aspect-ratio buckets")
     t.add_argument("--flip", action="store_true", help="random horizontal flips")
-    t.add_argument("--train-text-encoder", action="store_true", help="also train LoRA on the text encoder")
+    t.add_argument("--train-text-encoder", action="store_true",
+                   help="also train LoRA on the text encoder (SDXL: the first, CLIP ViT-L)")
+    t.add_argument("--train-text-encoder-2", action="store_true",
+                   help="SDXL: also train LoRA on the second text encoder (OpenCLIP bigG)")
     t.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more compute")
     t.add_argument("--no-cache-latents", action="store_true", help="encode images at every step instead of once")
+    t.add_argument("--no-cache-text-embeddings", action="store_true",
+                   help="run the frozen text encoders at every step instead of encoding each caption once")
     t.add_argument("--snr-gamma", type=float, default=None, help="min-SNR loss weighting, e.g. 5.0")
     t.add_argument("--pose-conditioning", action="store_true",
                    help="run the OpenPose ControlNet in training, fed NAME.pose.json beside each image, so the "
@@ -109,6 +118,8 @@ def _config(args: argparse.Namespace):
         max_train_steps=args.steps, rank=args.rank, lora_layers=args.lora_layers,
         alpha=args.alpha, learning_rate=args.lr,
         lr_scheduler=args.lr_scheduler, lr_warmup_steps=args.warmup_steps, text_encoder_lr=args.text_encoder_lr,
+        text_encoder_2_lr=args.text_encoder_2_lr, train_text_encoder_2=args.train_text_encoder_2,
+        cache_text_embeddings=not args.no_cache_text_embeddings,
         batch_size=args.batch_size, resolution=args.resolution, trigger_word=args.trigger,
         class_word=args.class_word, instance_prompt=args.instance_prompt, seed=args.seed, crop=args.crop,
         flip=args.flip, train_text_encoder=args.train_text_encoder,

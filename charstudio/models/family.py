@@ -201,7 +201,7 @@ SDXL = ModelFamily(
     union_pipelines={"controlnet": "StableDiffusionXLControlNetUnionPipeline",
                      "controlnet_img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline"},
     union_openpose_mode=0,  # xinsir's union: openpose 0, depth 1, hed/scribble 2, canny/lineart 3, ...
-    trains_lora=False,  # SDXL LoRA training (time ids, pooled embeddings per sample) is the next issue
+    trains_lora=True,
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}

@@ -1,9 +1,15 @@
 """LoRA fine-tuning on a character: ``train_lora(config)`` is a generator of step records.
 
 It trains real peft LoRA adapters on the UNet attention projections (and optionally the text
-encoder) through accelerate, so one CPU, one GPU or several processes run the same code
+encoders) through accelerate, so one CPU, one GPU or several processes run the same code
 (``accelerate launch --num_processes N``). It never prints: the CLI draws a progress bar and
 the notebook a loss plot from the records it yields.
+
+SD 1.x and SDXL models train through the same code: what differs comes from the model's family
+(`charstudio.models.family`): its prompt encoder (SDXL: two encoders and a pooled embedding),
+whether its UNet takes size conditioning (SDXL's time ids: each picture's original size, crop
+and bucket), its bucket sizes and its sampling pipeline. The scheduler's ``prediction_type``
+picks the loss target (noise or velocity).
 
 Reproducibility is by construction rather than by saving generator states: every random draw
 of optimizer step ``s`` (which images, flips, noise, timesteps) comes from a generator seeded
@@ -12,8 +18,10 @@ optimizer and lr-scheduler states and the global torch RNG (used by LoRA dropout
 stopped at step k and resumed ends with the same weights as one that never stopped.
 
 Where things live: ``config`` (LoraTrainingConfig, the step record), ``data`` (the dataset,
-buckets and the batch plan), ``checkpoint`` (checkpoints and resume), ``output`` (the LoRA
-folder, staged overwrites) and ``loop`` (train_lora itself).
+buckets, crops and size conditioning, the batch plan), ``conditioning`` (captions to UNet
+conditioning, as generation makes it), ``objective`` (loss target, min-SNR weights),
+``checkpoint`` (checkpoints and resume), ``output`` (the LoRA folder, staged overwrites) and
+``loop`` (train_lora itself).
 
 Output layout (``lora/NAME/``)::
 
@@ -36,6 +44,7 @@ from .checkpoint import (
     write_json,
     write_loss_csv,
 )
+from .conditioning import TrainingConditioner
 from .config import ADAPTER_NAME, UNET_LORA_LAYERS, LoraTrainingConfig, TrainingStep
 from .data import (
     IMAGE_SUFFIXES,
@@ -45,6 +54,7 @@ from .data import (
     bucket_sizes,
     check_pose_files,
     class_image_seed,
+    cover_crop_box,
     list_dataset,
     load_controls,
     load_pixels,
@@ -52,9 +62,11 @@ from .data import (
     nearest_bucket,
     plan_seed,
     scan_dataset,
+    size_conditioning,
     step_seed,
 )
 from .loop import train_lora
+from .objective import loss_target, min_snr_weights
 from .output import (
     VALIDATION_DIR,
     OutputPlan,
@@ -74,12 +86,14 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "LoraTrainingConfig",
     "OutputPlan",
+    "TrainingConditioner",
     "TrainingExample",
     "TrainingStep",
     "UNET_LORA_LAYERS",
     "VALIDATION_DIR",
     "bucket_sizes",
     "check_pose_files",
+    "cover_crop_box",
     "final_files",
     "flatten_optimizer",
     "is_finished",
@@ -88,6 +102,8 @@ __all__ = [
     "load_checkpoint",
     "load_controls",
     "load_pixels",
+    "loss_target",
+    "min_snr_weights",
     "class_image_seed",
     "mix_seed",
     "plan_seed",
@@ -98,6 +114,7 @@ __all__ = [
     "save_checkpoint",
     "save_final",
     "scan_dataset",
+    "size_conditioning",
     "staging_dir",
     "train_lora",
     "unflatten_optimizer",

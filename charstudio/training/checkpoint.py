@@ -79,8 +79,9 @@ def write_loss_csv(path: Path, history: list[tuple[int, float, float, float]]) -
     return atomic_write(path, write, overwrite=True)
 
 
-def model_fingerprint(unet: Any, text_encoder: Any) -> str:
-    """A short hash of the base model's architecture and a few weights, to refuse mixing bases."""
+def model_fingerprint(unet: Any, text_encoder: Any, text_encoder_2: Any = None) -> str:
+    """A short hash of the base model's architecture and a few weights (of every text encoder:
+    SDXL's second too), to refuse mixing bases."""
     import torch
 
     h = hashlib.sha256()
@@ -89,19 +90,22 @@ def model_fingerprint(unet: Any, text_encoder: Any) -> str:
     # fp16 bytes so that fp32 and fp16 loads of the same checkpoint agree.
     with torch.no_grad():
         h.update(unet.conv_in.weight.detach().to("cpu", torch.float16).numpy().tobytes())
-        emb = text_encoder.get_input_embeddings().weight[:16]
-        h.update(emb.detach().to("cpu", torch.float16).numpy().tobytes())
+        for encoder in (text_encoder, text_encoder_2):
+            if encoder is not None:  # SD 1.x has no second encoder: its fingerprints stay as they were
+                emb = encoder.get_input_embeddings().weight[:16]
+                h.update(emb.detach().to("cpu", torch.float16).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingConfig, accelerator: Any,
                      unet: Any, text_encoder: Any, optimizer: Any, lr_scheduler: Any,
-                     history: list, elapsed: float) -> Path | None:
+                     history: list, elapsed: float, *, text_encoder_2: Any = None) -> Path | None:
     """Write ``checkpoints/checkpoint-STEP`` as a whole: build it under a temp name, then rename."""
     import torch
     from safetensors.torch import save_file
 
-    from ..lora import adapter_state, write_diffusers_lora
+    from ..lora import write_diffusers_lora
+    from ..lora.formats import adapter_states
 
     final = out / CHECKPOINT_DIR / f"checkpoint-{step:06d}"
     if accelerator.is_main_process:
@@ -112,10 +116,9 @@ def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingCo
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            unet_sd, te_sd, configs = adapter_state(unet, text_encoder if config.train_text_encoder else None,
-                                                    ADAPTER_NAME)
-            write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", {"unet": unet_sd, "text_encoder": te_sd},
-                                 configs)
+            models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+            states, configs = adapter_states({c: m for c, m in models.items() if config.trains(c)}, ADAPTER_NAME)
+            write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", states, configs)
             tensors, meta = flatten_optimizer(optimizer.state_dict())
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(_json_safe(meta)), encoding="utf-8")
@@ -149,7 +152,8 @@ def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingCo
 
 
 def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, accelerator: Any, unet: Any,
-                     text_encoder: Any, optimizer: Any, lr_scheduler: Any) -> tuple[int, float, list]:
+                     text_encoder: Any, optimizer: Any, lr_scheduler: Any, *,
+                     text_encoder_2: Any = None) -> tuple[int, float, list]:
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -161,9 +165,9 @@ def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acce
     saved = state.get("identity", {})
     # Checkpoints written before an identity field existed were made with its old behaviour; the
     # prompts were not recorded then, so those checkpoints are not checked on them.
-    before = {"pose_conditioning": False, "lora_layers": "attention"}
-    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "pose_conditioning", "lora_layers",
-                "trigger_word", "instance_prompt"):
+    before = {"pose_conditioning": False, "lora_layers": "attention", "train_text_encoder_2": False}
+    for key in ("model_fingerprint", "rank", "alpha", "train_text_encoder", "train_text_encoder_2",
+                "pose_conditioning", "lora_layers", "trigger_word", "instance_prompt"):
         if key not in saved and key not in before:
             continue
         if saved.get(key, before.get(key)) != identity[key]:
@@ -179,11 +183,11 @@ def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acce
                     "the data order will differ from an uninterrupted run")
     # 2. Adapter weights, exactly as saved.
     tensors, _ = read_lora_file(path / "pytorch_lora_weights.safetensors")
-    for comp, model in (("unet", unet), ("text_encoder", text_encoder)):
+    for comp, model in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         sd = {k[len(comp) + 1:]: v for k, v in tensors.items() if k.startswith(comp + ".")}
-        if not sd:
+        if not sd or model is None:
             continue
-        if comp == "text_encoder" and not hasattr(model, "text_model"):
+        if comp != "unet" and not hasattr(model, "text_model"):
             sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
         result = set_peft_model_state_dict(model, sd, adapter_name=ADAPTER_NAME)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]

@@ -31,7 +31,9 @@ class LoraTrainingConfig:
 
     Defaults follow common practice for SD 1.5 character LoRAs: rank 16, alpha 16, lr 1e-4,
     AdamW (8-bit when bitsandbytes works on a CUDA GPU), batch 1, and the model's native
-    resolution (512 for SD 1.5, 128 for ``tiny``).
+    resolution (512 for SD 1.5, 128 for ``tiny``). SDXL models train the same way at their native
+    1024 px, on the UNet only unless a text encoder is asked for, with aspect buckets at SDXL's
+    trained sizes and each picture's original size and crop as its size conditioning (time ids).
 
     Attributes:
         data_dir: Folder of training images (and optional ``.txt`` captions).
@@ -60,9 +62,13 @@ class LoraTrainingConfig:
             blocks' feed-forward layers and their proj_in/proj_out): more to learn a new object with.
         alpha: LoRA alpha; the update is scaled by alpha/rank. None (the default): equal to rank.
         lora_dropout: Dropout on the LoRA path.
-        train_text_encoder: Also train LoRA on the text encoder's attention projections.
+        train_text_encoder: Also train LoRA on the text encoder's attention projections (on SDXL:
+            the first, CLIP ViT-L). Off by default: UNet-only training is the usual choice.
+        train_text_encoder_2: SDXL only: also train LoRA on the second text encoder (OpenCLIP bigG).
         learning_rate: Peak learning rate for the UNet adapter.
         text_encoder_lr: Learning rate for the text-encoder adapter (None = learning_rate).
+        text_encoder_2_lr: Learning rate for the second text encoder's adapter (None = text_encoder_lr,
+            else learning_rate).
         lr_scheduler: Learning-rate schedule after warmup.
         lr_warmup_steps: Steps of linear warmup.
         optimizer: "auto" uses 8-bit AdamW when bitsandbytes works, else torch AdamW.
@@ -78,6 +84,11 @@ class LoraTrainingConfig:
             model's own (mini's bundled one; SD 1.5's OpenPose ControlNet for other models).
         gradient_checkpointing: Trade compute for memory in the UNet (and text encoder).
         cache_latents: Encode every image with the VAE once instead of at each step.
+        cache_text_embeddings: Encode every caption once with each frozen text encoder (both of
+            SDXL's, and its pooled embedding) instead of at each step. On a GPU, a part that the
+            caches leave idle (the VAE with ``cache_latents``, frozen text encoders) moves to CPU
+            memory while training and comes back only for validation images: with gradient
+            checkpointing and 8-bit AdamW, what lets SDXL train at 1024 px on a 12 GB GPU.
         mixed_precision: "no", "fp16" or "bf16"; None picks bf16/fp16 on CUDA and "no" on CPU.
         seed: Seeds adapter initialisation, data order, noise and timesteps.
         with_prior_preservation: Also train on class images made by the base model, so the
@@ -121,8 +132,10 @@ class LoraTrainingConfig:
     alpha: float | None = None
     lora_dropout: float = 0.0
     train_text_encoder: bool = False
+    train_text_encoder_2: bool = False
     learning_rate: float = 1e-4
     text_encoder_lr: float | None = None
+    text_encoder_2_lr: float | None = None
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = 0
     optimizer: Literal["auto", "adamw", "adamw8bit"] = "auto"
@@ -136,6 +149,7 @@ class LoraTrainingConfig:
     controlnet: str | None = None
     gradient_checkpointing: bool = False
     cache_latents: bool = True
+    cache_text_embeddings: bool = True
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None
     seed: int = 0
     with_prior_preservation: bool = False
@@ -189,8 +203,12 @@ class LoraTrainingConfig:
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout", self.lora_dropout, "use a value in [0, 1)")
         self.learning_rate = check_float("learning_rate", self.learning_rate, above=0)
-        if self.text_encoder_lr is not None:
-            self.text_encoder_lr = check_float("text_encoder_lr", self.text_encoder_lr, above=0)
+        for name in ("text_encoder_lr", "text_encoder_2_lr"):
+            if getattr(self, name) is not None:
+                setattr(self, name, check_float(name, getattr(self, name), above=0))
+        for name in ("train_text_encoder_2", "cache_text_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, getattr(self, name), "use True or False")
         self.lr_warmup_steps = check_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         for name in ("adam_beta1", "adam_beta2"):
             value = check_float(name, getattr(self, name))
@@ -213,6 +231,16 @@ class LoraTrainingConfig:
         self.checkpointing_steps = check_int("checkpointing_steps", self.checkpointing_steps, 1)
         if self.checkpoints_total_limit is not None:
             self.checkpoints_total_limit = check_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
+
+    def trains(self, component: str) -> bool:
+        """Whether this run trains an adapter on ``component`` ("unet", "text_encoder", "text_encoder_2")."""
+        return {"unet": True, "text_encoder": self.train_text_encoder,
+                "text_encoder_2": self.train_text_encoder_2}[component]
+
+    def learning_rate_of(self, component: str) -> float:
+        """The peak learning rate of ``component``'s adapter."""
+        te = self.text_encoder_lr or self.learning_rate
+        return {"unet": self.learning_rate, "text_encoder": te, "text_encoder_2": self.text_encoder_2_lr or te}[component]
 
     # Prompts derived from the trigger and class words.
     @property

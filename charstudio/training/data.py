@@ -121,10 +121,23 @@ def scan_dataset(data_dir: str | os.PathLike, *, instance_prompt: str, min_size:
     return DatasetReport(examples, skipped)
 
 
-def bucket_sizes(resolution: int, divisor: int, mode: str) -> list[tuple[int, int]]:
-    """(width, height) training sizes: one square, or aspect-ratio buckets of about resolution**2 pixels."""
+def bucket_sizes(resolution: int, divisor: int, mode: str, family: Any = None) -> list[tuple[int, int]]:
+    """(width, height) training sizes: one square, or aspect-ratio buckets of about resolution**2 pixels.
+
+    With ``family``, a family whose trained sizes are a set of buckets (several sizes of its native
+    area, as SDXL's 1024x1024, 832x1216, 1216x832, ...) buckets at those sizes, scaled to
+    ``resolution`` and rounded to ``divisor``; otherwise (SD 1.x) the buckets step the width by
+    ``divisor`` at about the same area.
+    """
     if mode == "center":
         return [(resolution, resolution)]
+    native = getattr(family, "native_size", None)
+    trained = [(w, h) for w, h in getattr(family, "sizes", ()) if abs(w * h / native ** 2 - 1) < 0.1] if native else []
+    if len(trained) >= 3:
+        def fit(side: int) -> int:
+            return max(divisor, round(side * resolution / native / divisor) * divisor)
+
+        return sorted({(fit(w), fit(h)) for w, h in trained} | {(resolution, resolution)})
     sizes = set()
     area = resolution * resolution
     w = max(divisor, (resolution // 2) // divisor * divisor)
@@ -142,15 +155,45 @@ def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> i
     return min(range(len(buckets)), key=lambda i: (abs(math.log(buckets[i][0] / buckets[i][1]) - ratio), i))
 
 
+def cover_crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """How a ``width`` x ``height`` picture is fitted to ``size`` (width, height): the size it is
+    resized to so that it covers ``size``, and the (left, top) corner of the centred crop."""
+    bw, bh = size
+    scale = max(bw / width, bh / height)
+    new = (max(bw, round(width * scale)), max(bh, round(height * scale)))
+    return new, ((new[0] - bw) // 2, (new[1] - bh) // 2)
+
+
+def size_conditioning(width: int, height: int, bucket: tuple[int, int], *,
+                      flipped: bool = False) -> tuple[int, int, int, int, int, int]:
+    """SDXL's six size-conditioning numbers (its UNet's ``time_ids``) for a ``width`` x ``height``
+    picture trained at ``bucket`` (width, height), in diffusers' layout: original size (height,
+    width, as the picture is on disk), the crop's top-left corner (top, left) in the resized
+    picture, and the target size (the bucket's height, width). A mirrored sample was cut from
+    the mirrored picture, so its crop's left edge is counted from the other side.
+    """
+    (new_w, _), (left, top) = cover_crop_box(width, height, bucket)
+    bw, bh = bucket
+    if flipped:
+        left = new_w - bw - left
+    return (height, width, top, left, bh, bw)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
 def _cover_crop(im: Any, size: tuple[int, int]) -> Any:
     """A PIL image resized to cover ``size`` and centre-cropped to it."""
     from PIL import Image
 
     bw, bh = size
-    scale = max(bw / im.width, bh / im.height)
-    new = (max(bw, round(im.width * scale)), max(bh, round(im.height * scale)))
+    new, (left, top) = cover_crop_box(im.width, im.height, size)
     im = im.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - bw) // 2, (new[1] - bh) // 2
     return im.crop((left, top, left + bw, top + bh))
 
 

@@ -178,14 +178,19 @@ def prepare_output(config: LoraTrainingConfig, is_main: bool) -> OutputPlan:
     return OutputPlan(out, out, None)
 
 
-def save_final(output: OutputPlan, config: LoraTrainingConfig, unet: Any, text_encoder: Any, history: list,
-                resolution: int) -> dict[str, Path]:
-    """Write the LoRA in both formats and the loss log; a staged overwrite then replaces the old folder."""
+def save_final(output: OutputPlan, config: LoraTrainingConfig, models: dict[str, Any], history: list,
+               resolution: int) -> dict[str, Path]:
+    """Write the LoRA in both formats and the loss log; a staged overwrite then replaces the old folder.
+
+    ``models`` maps component names ("unet", "text_encoder", "text_encoder_2") to the models
+    carrying the training adapter; the text encoders' adapters are written when they trained.
+    SDXL's kohya file gets kohya's SDXL naming (``save_lora`` tells from the UNet).
+    """
     from ..lora import save_lora
 
     out = output.work
-
-    files = save_lora(unet, text_encoder if config.train_text_encoder else None, out, config.name,
+    text = {c: models.get(c) if config.trains(c) else None for c in ("text_encoder", "text_encoder_2")}
+    files = save_lora(models["unet"], text["text_encoder"], out, config.name, text_encoder_2=text["text_encoder_2"],
                       adapter_name=ADAPTER_NAME, overwrite=True,
                       kohya_metadata={"ss_sd_model_name": config.model, "ss_resolution": f"({resolution}, {resolution})",
                                       "ss_steps": str(config.max_train_steps),

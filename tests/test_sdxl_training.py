@@ -1,0 +1,438 @@
+"""LoRA training on `tiny-sdxl`: both encoders and the pooled embedding condition it as they
+condition generation, each sample's time ids are its picture's size and crop, epsilon or
+v-prediction targets with min-SNR, text encoders only when asked, exact resume, caches."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from charstudio.errors import ConfigError  # noqa: E402
+from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
+
+WIDE = (96, 64)  # the non-square picture: its bucket at 64 px is 80x48, cut 2 px from the top
+
+
+def _make_images(folder: Path, sizes=((64, 64), (64, 64), WIDE)) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        arr = np.full((h, w, 3), 40, dtype=np.uint8)
+        arr[h // 5:h // 5 + 30, 10 + 5 * i:40 + 5 * i] = (200, 60 * i, 50)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = _make_images(tmp_path / "data")
+    (folder / "img0.txt").write_text("sks girl in a red coat\n")
+    return folder
+
+
+def _config(tmp_path: Path, data: Path, **overrides) -> LoraTrainingConfig:
+    settings = dict(model="tiny-sdxl", data_dir=str(data), name="xl", output_dir=str(tmp_path / "lora"),
+                    max_train_steps=2, rank=4, learning_rate=1e-2, batch_size=1, validation_steps=0,
+                    num_validation_images=0, checkpointing_steps=100, resolution=64, crop="buckets")
+    settings.update(overrides)
+    return LoraTrainingConfig(**settings)
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+def _components(**kwargs):
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    return build_tiny_sdxl_components(**kwargs)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    """A model's weights by their plain names (a removed peft adapter leaves its layer wrapped in base_layer)."""
+    return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ---- the run, its files, and the LoRA in a Studio ------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:.*gives poor pictures")  # 64 px keeps it fast
+def test_a_studio_trains_an_sdxl_lora_unet_only_and_loads_it_back(tmp_path, data):
+    """Studio.train_lora (the Train app's path) on SDXL: UNet only by default, both files written
+    (kohya's SDXL naming), validation through the SDXL pipeline, the text encoders untouched, and
+    the LoRA changes the picture when loaded back."""
+    from charstudio import Studio
+
+    xl = Studio.from_pretrained("tiny-sdxl", device="cpu")
+    before = {n: _state(xl.components[n]) for n in ("text_encoder", "text_encoder_2")}
+    cfg = _config(tmp_path, data, num_validation_images=1, validation_inference_steps=2)
+    records = list(xl.train_lora(cfg))
+    out = tmp_path / "lora" / "xl"
+    assert [r.step for r in records] == [1, 2] and records[-1].done and len(records[-1].images) == 1
+    assert set(records[-1].files) >= {"diffusers", "kohya"} and (out / "validation" / "step000002_0.png").is_file()
+    diffusers_file = _weights(out / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in diffusers_file} == {"unet"}
+    kohya = _weights(out / "xl.safetensors")
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    assert any(k.startswith("lora_unet_input_blocks_") for k in kohya)  # kohya's SDXL (SGM) block names
+    info = json.loads((out / "training_config.json").read_text())
+    assert info["resolved"]["family"] == "sdxl" and info["resolved"]["trained_components"] == ["unet"]
+    assert {tuple(b) for b in info["resolved"]["buckets"]} == {(64, 64), (80, 48)}
+    for name, state in before.items():  # not trained, and left without adapters
+        assert not getattr(xl.components[name], "peft_config", None)
+        after = _state(xl.components[name])
+        assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state), name
+
+    def draw():
+        return np.asarray(xl.generate("a picture of sks person", seed=3, num_inference_steps=2, width=64,
+                                      height=64).images[0], dtype=np.float64)
+
+    plain = draw()
+    xl.load_lora(out, weight=1.0)
+    assert np.abs(draw() - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
+    xl.unload_loras()
+    assert np.array_equal(draw(), plain)
+
+
+def test_the_cli_trains_on_sdxl(tmp_path, data, capsys):
+    from charstudio.cli import main
+
+    assert main(["train-lora", str(data), "--name", "x", "--model", "tiny-sdxl", "--steps", "1", "--resolution",
+                 "64", "--rank", "4", "--output-dir", str(tmp_path / "lora"), "--validation-images", "0",
+                 "--train-text-encoder-2", "--text-encoder-2-lr", "3e-4"]) == 0
+    kohya = _weights(tmp_path / "lora" / "x" / "x.safetensors")
+    assert any(k.startswith("lora_te2_") for k in kohya) and not any(k.startswith("lora_te1_") for k in kohya)
+    recorded = json.loads((tmp_path / "lora" / "x" / "training_config.json").read_text())
+    assert recorded["config"]["text_encoder_2_lr"] == 3e-4
+    assert recorded["resolved"]["learning_rates"] == {"unet": 1e-4, "text_encoder_2": 3e-4}
+
+
+# ---- conditioning: as generation, plus each sample's time ids --------------------------------------
+
+
+def test_time_ids_are_the_pictures_size_the_crop_applied_and_the_bucket(tmp_path):
+    """A 121x64 picture in a 64x64 bucket: no resize, cut 28 px from the left (the mirrored sample
+    29 px, counted in the mirrored picture); 96x64 in 80x48: resized to 80x53, cut 2 px from the top."""
+    from PIL import Image
+
+    from charstudio.training.data import cover_crop_box, load_pixels, size_conditioning
+
+    assert size_conditioning(121, 64, (64, 64)) == (64, 121, 0, 28, 64, 64)
+    assert size_conditioning(121, 64, (64, 64), flipped=True) == (64, 121, 0, 29, 64, 64)
+    assert size_conditioning(*WIDE, (80, 48)) == (64, 96, 2, 0, 48, 80)
+    assert size_conditioning(64, 130, (48, 80)) == (130, 64, 9, 0, 80, 48)  # tall: resized to 48x98
+    # The offsets are the crop load_pixels actually applies, unflipped and mirrored.
+    rng = np.random.RandomState(0)
+    picture = Image.fromarray(rng.randint(0, 255, (64, 121, 3), dtype=np.uint8))
+    picture.save(tmp_path / "wide.png")
+    pixels = load_pixels(tmp_path / "wide.png", (64, 64))
+    new, _ = cover_crop_box(121, 64, (64, 64))
+    for flipped in (False, True):
+        _, _, top, left, h, w = size_conditioning(121, 64, (64, 64), flipped=flipped)
+        source = picture.resize(new, Image.Resampling.BICUBIC)
+        if flipped:
+            source = source.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        expected = np.asarray(source.crop((left, top, left + w, top + h)), dtype=np.float32) / 127.5 - 1
+        got = (torch.flip(pixels, dims=[2]) if flipped else pixels).permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_each_step_conditions_the_unet_as_the_sdxl_pipeline_does(tmp_path, data):
+    """In a real run the UNet gets both encoders' penultimate states and the pooled embedding of
+    the sample's caption (exactly what generation's encoder makes of it as a prompt), and the
+    time ids of the sample's picture and bucket, in the layout of the pipeline's _get_add_time_ids."""
+    from charstudio.models.family import SDXL
+
+    comps = _components()
+    reference = _components()  # the same weights, never trained
+    encoder = SDXL.make_encoder(reference)
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append((args[2] if len(args) > 2 else kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]))
+
+    hook = comps["unet"].register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        list(train_lora(_config(tmp_path, data, max_train_steps=3), components=comps))
+    finally:
+        hook.remove()
+    assert len(seen) == 3  # batch 1, three pictures in two buckets: one epoch
+    pipe = SDXL.build_pipeline("txt2img", {k: reference[k] for k in SDXL.component_names})
+    expected = {
+        "img0.png": ("sks girl in a red coat", (64, 64, 0, 0, 64, 64)),
+        "img1.png": ("a picture of sks person", (64, 64, 0, 0, 64, 64)),
+        "img2.png": ("a picture of sks person", (64, 96, 2, 0, 48, 80)),
+    }
+    recorded = json.loads((tmp_path / "lora" / "xl" / "training_config.json").read_text())
+    assert {k: tuple(v) for k, v in recorded["dataset"]["size_conditioning"].items()} == \
+        {k: ids for k, (_, ids) in expected.items()}
+    prompts = {c: encoder.encode(c, parse_weights=False) for c in {c for c, _ in expected.values()}}
+    matched = set()
+    for hidden, added in seen:
+        time_ids = tuple(int(x) for x in added["time_ids"][0].tolist())
+        # the sample is the picture whose time ids and caption these are (img0 and img1 share their ids)
+        name = next(n for n, (c, ids) in expected.items() if ids == time_ids and n not in matched
+                    and torch.allclose(hidden, prompts[c].prompt_embeds, rtol=1e-5, atol=1e-6))
+        matched.add(name)
+        caption, ids = expected[name]
+        layout = pipe._get_add_time_ids(ids[:2], ids[2:4], ids[4:], dtype=torch.float32,
+                                        text_encoder_projection_dim=reference["text_encoder_2"].config.projection_dim)
+        assert torch.equal(added["time_ids"], layout)
+        torch.testing.assert_close(added["text_embeds"], prompts[caption].pooled_prompt_embeds, rtol=1e-5, atol=1e-6)
+        assert hidden.shape[-1] == 32 + 48  # both encoders' penultimate states, side by side
+    assert matched == set(expected)
+
+
+def test_captions_condition_training_as_prompts_condition_generation():
+    """Cached, uncached and trained (with gradients) encoders all give generation's embeddings of
+    a caption as a prompt, long ones (over 77 tokens) whole, a short one padded to its batch."""
+    from charstudio.models.family import SDXL
+    from charstudio.training.conditioning import TrainingConditioner
+
+    comps = _components()
+    encoder = SDXL.make_encoder(comps)
+    long = "sks girl, " + ", ".join(["red coat"] * 40) + ", blue hat"
+    short = "a picture of sks girl"
+    chunks = -(-encoder.count_tokens(long) // encoder.chunk_len)
+    assert chunks > 2
+    expected = [encoder.encode(t, parse_weights=False, min_chunks=chunks) for t in (long, short)]
+    for trained, cache in (((), True), ((), False), (("text_encoder", "text_encoder_2"), False)):
+        hidden, pooled = TrainingConditioner.for_family(SDXL, comps, trained, cache=cache).encode([long, short])
+        assert hidden.shape == (2, chunks * 77, 32 + 48) and hidden.requires_grad == bool(trained)
+        for i, e in enumerate(expected):
+            torch.testing.assert_close(hidden[i:i + 1], e.prompt_embeds, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(pooled[i:i + 1], e.pooled_prompt_embeds, rtol=1e-5, atol=1e-5)
+
+
+def test_buckets_are_the_familys_trained_sizes():
+    from charstudio.models.family import SD1, SDXL
+    from charstudio.training import bucket_sizes
+
+    assert bucket_sizes(1024, 32, "buckets", SDXL) == sorted(SDXL.sizes)
+    assert set(bucket_sizes(512, 32, "buckets", SDXL)) == {(512, 512), (416, 608), (608, 416), (448, 576),
+                                                           (576, 448), (384, 672), (672, 384)}
+    # SD 1.x's sizes are not a bucket set (one of its native area): the area buckets as before.
+    assert bucket_sizes(64, 16, "buckets", SD1) == bucket_sizes(64, 16, "buckets")
+    assert bucket_sizes(1024, 32, "center", SDXL) == [(1024, 1024)]
+
+
+# ---- the objective: epsilon or velocity, min-SNR in both -------------------------------------------
+
+
+def test_the_loss_target_is_noise_for_epsilon_and_velocity_for_v_prediction():
+    from diffusers import DDPMScheduler
+
+    from charstudio.models.family import prediction_scheduler_config
+    from charstudio.models.tiny import _sd_scheduler
+    from charstudio.training.objective import loss_target, min_snr_weights
+
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    base = dict(_sd_scheduler().config)
+    eps = DDPMScheduler.from_config(prediction_scheduler_config(base, "epsilon"))
+    vpred = DDPMScheduler.from_config(prediction_scheduler_config(base, "v_prediction"))  # zero terminal SNR
+    assert loss_target(eps, latents, noise, t) is noise
+    a = vpred.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - vpred.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    torch.testing.assert_close(loss_target(vpred, latents, noise, t), a * noise - s * latents)
+
+    snr = (vpred.alphas_cumprod[t] / (1 - vpred.alphas_cumprod[t])).float()
+    torch.testing.assert_close(min_snr_weights(vpred, t, 5.0), torch.clamp(snr, max=5.0) / (snr + 1))
+    snr_e = (eps.alphas_cumprod[t] / (1 - eps.alphas_cumprod[t])).float()
+    torch.testing.assert_close(min_snr_weights(eps, t, 5.0), torch.clamp(snr_e, max=5.0) / snr_e)
+    assert vpred.alphas_cumprod[999] == 0  # zero terminal SNR: epsilon weights stay finite there
+    assert torch.isfinite(min_snr_weights(DDPMScheduler.from_config({**dict(vpred.config),
+                                                                     "prediction_type": "epsilon"}), t, 5.0)).all()
+
+
+def test_a_v_prediction_sdxl_model_trains_on_velocity_with_min_snr(tmp_path, data):
+    from charstudio.models.loading import load_components, resolve_model
+
+    comps = load_components(resolve_model("tiny-sdxl"), dtype=torch.float32, prediction_type="v_prediction")
+    records = list(train_lora(_config(tmp_path, data, snr_gamma=5.0), components=comps))
+    assert all(np.isfinite(r.loss) for r in records)
+    info = json.loads((tmp_path / "lora" / "xl" / "training_config.json").read_text())
+    assert info["resolved"]["prediction_type"] == "v_prediction"
+
+
+# ---- text encoders: only when asked, each at its own learning rate ----------------------------------
+
+
+def test_text_encoders_train_only_when_asked_each_at_its_own_learning_rate(tmp_path, data):
+    comps = _components()
+    fresh = _components()
+    cfg = _config(tmp_path, data, name="te2", train_text_encoder_2=True, text_encoder_2_lr=3e-3, checkpointing_steps=1)
+    list(train_lora(cfg, components=comps))
+    out = tmp_path / "lora" / "te2"
+    assert {k.split(".")[0] for k in _weights(out / "pytorch_lora_weights.safetensors")} == {"unet", "text_encoder_2"}
+    kohya = _weights(out / "te2.safetensors")
+    assert any(k.startswith("lora_te2_") for k in kohya) and not any(k.startswith("lora_te1_") for k in kohya)
+    lrs = [g["lr"] for g in json.loads((list_checkpoints(out)[-1] / "optimizer.json").read_text())["param_groups"]]
+    assert lrs == [1e-2, 3e-3]
+    for name in ("text_encoder", "text_encoder_2"):  # the caller's base weights are as they came
+        assert not getattr(comps[name], "peft_config", None)
+        after = _state(comps[name])
+        for key, value in fresh[name].state_dict().items():
+            assert torch.equal(after[key], value), (name, key)
+
+    cfg = _config(tmp_path, data, name="both", train_text_encoder=True, text_encoder_lr=2e-3,
+                  train_text_encoder_2=True, text_encoder_2_lr=3e-3, checkpointing_steps=1, max_train_steps=1)
+    list(train_lora(cfg, components=comps))
+    lrs = [g["lr"] for g in json.loads((list_checkpoints(tmp_path / "lora" / "both")[-1] / "optimizer.json")
+                                       .read_text())["param_groups"]]
+    assert lrs == [1e-2, 2e-3, 3e-3]
+    assert _config(tmp_path, data, train_text_encoder=True, text_encoder_lr=2e-3).learning_rate_of("text_encoder_2") \
+        == 2e-3  # the second follows the first unless given
+
+
+def test_text_encoder_2_options_are_validated(tmp_path, data):
+    with pytest.raises(ConfigError, match=r"text_encoder_2_lr=0.0 .*> 0"):
+        _config(tmp_path, data, text_encoder_2_lr=0)
+    with pytest.raises(ConfigError, match=r"train_text_encoder_2='yes'.*True or False"):
+        _config(tmp_path, data, train_text_encoder_2="yes")
+    with pytest.raises(ConfigError, match=r"train_text_encoder_2=True .*SD 1.x.*one text encoder"):
+        list(train_lora(_config(tmp_path, data, model="tiny", train_text_encoder_2=True)))
+    assert not (tmp_path / "lora" / "xl" / "pytorch_lora_weights.safetensors").exists()
+
+
+# ---- resume ------------------------------------------------------------------------------------
+
+
+def test_stop_and_resume_gives_the_same_weights(tmp_path, data):
+    settings = dict(max_train_steps=4, checkpointing_steps=2, train_text_encoder_2=True, flip=True, batch_size=2)
+    list(train_lora(_config(tmp_path, data, name="straight", **settings)))
+    gen = train_lora(_config(tmp_path, data, name="broken", **settings))
+    for record in gen:
+        if record.step == 3:
+            with pytest.raises(KeyboardInterrupt):
+                gen.throw(KeyboardInterrupt)
+            break
+    out = tmp_path / "lora" / "broken"
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000002"]
+    assert any(k.startswith("text_encoder_2.") for k in
+               _weights(list_checkpoints(out)[-1] / "pytorch_lora_weights.safetensors"))
+    resumed = list(train_lora(_config(tmp_path, data, name="broken", resume=True, **settings)))
+    assert [r.step for r in resumed] == [3, 4]
+    a = _weights(tmp_path / "lora" / "straight" / "pytorch_lora_weights.safetensors")
+    b = _weights(out / "pytorch_lora_weights.safetensors")
+    assert set(a) == set(b) and any(k.startswith("text_encoder_2.") for k in a)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_mismatched_resume_is_refused(tmp_path, data):
+    from charstudio.training import model_fingerprint
+
+    gen = train_lora(_config(tmp_path, data, max_train_steps=3, checkpointing_steps=1))
+    for record in gen:
+        if record.step == 1:
+            gen.close()
+            break
+    with pytest.raises(ConfigError, match=r"resume=.*different train_text_encoder_2.*False.*True"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True, train_text_encoder_2=True)))
+    other = _components()
+    with torch.no_grad():  # only the second text encoder differs
+        other["text_encoder_2"].get_input_embeddings().weight[:16] += 0.01
+    with pytest.raises(ConfigError, match="different base model"):
+        list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True), components=other))
+    assert not getattr(other["unet"], "peft_config", None), "the caller's model must be left clean"
+    base = _components()
+    assert model_fingerprint(base["unet"], base["text_encoder"], base["text_encoder_2"]) != \
+        model_fingerprint(other["unet"], other["text_encoder"], other["text_encoder_2"])
+    assert list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True)))[-1].step == 3
+
+
+# ---- caches ------------------------------------------------------------------------------------------
+
+
+def test_cached_latents_and_text_embeddings_give_the_first_steps_loss(tmp_path, data):
+    """The caches hold exactly what an uncached step computes: one picture per step gives the same
+    first-step loss bit for bit. With two, an uncached step encodes both pictures in one VAE call,
+    whose float rounding differs from one at a time in the last bits (captions are encoded one at
+    a time either way)."""
+    from charstudio.models.family import SDXL
+    from charstudio.training.conditioning import TrainingConditioner
+
+    for batch in (1, 2):
+        settings = dict(max_train_steps=1, batch_size=batch, crop="center")
+        cached = list(train_lora(_config(tmp_path, data, name=f"cached{batch}", **settings)))
+        fresh = list(train_lora(_config(tmp_path, data, name=f"fresh{batch}", cache_latents=False,
+                                        cache_text_embeddings=False, **settings)))
+        if batch == 1:
+            assert cached[0].loss == fresh[0].loss
+        else:
+            assert cached[0].loss == pytest.approx(fresh[0].loss, rel=1e-5)
+    comps = _components()
+    # With the caches, frozen encoders never run after the first encoding (on a GPU they wait in CPU memory).
+    assert TrainingConditioner.for_family(SDXL, comps).idle_parts == ["text_encoder", "text_encoder_2"]
+    assert TrainingConditioner.for_family(SDXL, comps, ["text_encoder"]).idle_parts == ["text_encoder_2"]
+    assert TrainingConditioner.for_family(SDXL, comps, cache=False).idle_parts == []
+
+
+# ---- the rest of the options -----------------------------------------------------------------------
+
+
+def _save_poses(data: Path, names: list[str]) -> None:
+    from PIL import Image
+
+    from charstudio.pose import load_pose, pose_file
+
+    for image, name in zip(sorted(data.glob("*.png")), names):
+        with Image.open(image) as im:
+            size = im.size
+        load_pose(name).fit(*size).save(pose_file(image), overwrite=True)
+
+
+def test_pose_conditioning_runs_the_sdxl_controlnet(tmp_path, data):
+    from charstudio.pose import list_poses
+
+    _save_poses(data, list_poses()[:3])
+    list(train_lora(_config(tmp_path, data, name="plain")))
+    list(train_lora(_config(tmp_path, data, name="posed", pose_conditioning=True)))
+    plain, posed = (_weights(tmp_path / "lora" / n / "pytorch_lora_weights.safetensors") for n in ("plain", "posed"))
+    assert plain.keys() == posed.keys()
+    assert any(not np.allclose(posed[k], plain[k], atol=1e-6) for k in posed)
+
+
+def test_options_together_on_sdxl(tmp_path, data):
+    """Flips, min-SNR, gradient checkpointing, prior preservation (class images drawn by the SDXL
+    pipeline), both text encoders, accumulation, warmup."""
+    cfg = _config(tmp_path, data, flip=True, snr_gamma=5.0, gradient_checkpointing=True,
+                  with_prior_preservation=True, num_class_images=2, validation_inference_steps=2,
+                  train_text_encoder=True, train_text_encoder_2=True, gradient_accumulation_steps=2,
+                  lr_scheduler="cosine", lr_warmup_steps=2)
+    records = list(train_lora(cfg))
+    assert all(np.isfinite(r.loss) for r in records) and records[0].lr < records[1].lr
+    out = tmp_path / "lora" / "xl"
+    assert len(list((out / "class_images").glob("*.png"))) == 2
+    kohya = _weights(out / "xl.safetensors")
+    assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}
+
+
+def test_the_train_app_trains_on_an_sdxl_studio(tmp_path, data):
+    pytest.importorskip("ipywidgets")
+    from charstudio import Studio
+    from charstudio.ui.train import TrainApp
+
+    app = TrainApp(Studio.from_pretrained("tiny-sdxl", device="cpu"), data_dir=str(data), steps=2,
+                   output_dir=str(tmp_path / "lora"))
+    app.name.value, app.rank.value, app.resolution.value = "xl", 4, 64
+    app.validation_steps.value, app.validation_inference_steps.value = 0, 2
+    app.start_button.click()
+    assert app.wait(300), "the run did not finish"
+    assert app.status.level == "ok", app.status.text
+    assert (tmp_path / "lora" / "xl" / "xl.safetensors").is_file()
+    assert app.comparison is not None and len(app.comparison.images) == 3
