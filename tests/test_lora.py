@@ -454,7 +454,7 @@ def _nan_first(suffix):
 
 @pytest.mark.parametrize("name,edit,tensors_edit,expected", [
     ("huge_rank", _set("unet.r", 100000), None, r"says rank 100000 for unet\..*tensors have rank 4"),
-    ("dora", _set("unet.use_dora", True), None, "use_dora=true, but the file holds no DoRA tensors"),
+    ("dora", _set("unet.use_dora", True), None, "use_dora=true, but the file holds no DoRA magnitude tensors"),
     ("nan_alpha", _set("unet.lora_alpha", float("nan")), None, r"NaN or infinite number at unet\.lora_alpha"),
     ("inf_pattern", _set("text_encoder.alpha_pattern", {"q_proj": float("inf")}), None,
      r"NaN or infinite number at text_encoder\.alpha_pattern\.q_proj"),

@@ -179,3 +179,47 @@ def test_lycoris_files_are_refused_naming_the_format(tmp_path, kind):
               str(tmp_path / f"{kind}.safetensors"))
     with pytest.raises(ConfigError, match={"hada": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[kind]):
         _studio().load_lora(tmp_path / f"{kind}.safetensors")
+
+
+def test_a_dora_lora_loads_from_kohya_and_diffusers_files_as_peft_draws_it(tmp_path):
+    """DoRA (weight-decomposed LoRA): kohya's dora_scale (output axis, shape (out, 1)) becomes
+    peft's magnitude vector; both files draw what the peft model that made them draws. An
+    input-axis dora_scale, which peft cannot represent, is refused naming the module."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from charstudio.models.family import SDXL
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    c = build_tiny_sdxl_components()
+    torch.manual_seed(1)
+    c["unet"].add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, use_dora=True,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # a magnitude other than the weight norm, so DoRA visibly differs from LoRA
+        for name, p in c["unet"].named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.5)
+    files = lora.save_lora(c["unet"], None, tmp_path / "dora", "dora")
+    tensors, meta = lora.read_lora_file(files["kohya"])
+    assert any(k.endswith(".dora_scale") for k in tensors)
+    pipe = SDXL.build_pipeline("txt2img", {k: c[k] for k in SDXL.component_names})
+    pipe.set_progress_bar_config(disable=True)
+
+    def latents(p):
+        return p(PROMPT, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(5),
+                 output_type="latent").images
+
+    reference = latents(pipe)
+    for fmt in ("kohya", "diffusers"):
+        s = _studio()
+        s.load_lora(files[fmt])
+        torch.testing.assert_close(latents(s.pipeline("txt2img")), reference, atol=1e-4, rtol=1e-4)
+    plain = _studio()
+    assert not torch.allclose(latents(plain.pipeline("txt2img")), reference, atol=1e-3)
+
+    key = next(k for k in tensors if k.endswith(".dora_scale"))
+    down = tensors[key.replace(".dora_scale", ".lora_down.weight")]
+    bad = {**tensors, key: torch.ones(1, down.shape[1])}
+    save_file(bad, str(tmp_path / "input_axis.safetensors"), metadata=meta)
+    with pytest.raises(ConfigError, match=r"input axis, which peft's DoRA cannot represent"):
+        _studio().load_lora(tmp_path / "input_axis.safetensors")

@@ -141,9 +141,12 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     fmt = detect_format(state_dict, source)
     file_metadata = dict(file_metadata or {})
     raw = dict(state_dict)
-    # 1. diffusers drops DoRA scales with only a warning; refuse instead of loading something different.
-    if any(k.endswith(".dora_scale") or "lora_magnitude_vector" in k for k in raw):
-        raise ConfigError("lora", source, "DoRA LoRAs (dora_scale) are not supported yet; use a plain LoRA")
+    # 1. diffusers' kohya reader drops DoRA scales with only a warning: take them out here and
+    #    give them back to their modules as peft's magnitude vectors (below).
+    dora = {k[:-len(".dora_scale")]: raw.pop(k) for k in list(raw) if k.endswith(".dora_scale")}
+    if any("lora_magnitude_vector" in k for k in raw) and fmt != "diffusers":
+        raise ConfigError("lora", source, "its DoRA magnitudes are in a layout charstudio does not read; "
+                          "use a kohya (dora_scale) or diffusers/peft (lora_magnitude_vector) file")
     sdxl = is_sdxl_lora(raw, unet_config)
     if sdxl and unet_config is None:  # SGM block names map through the UNet's layout: SDXL base's
         from diffusers import UNet2DConditionModel
@@ -170,7 +173,9 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
         unet_sd = convert_unet_state_dict_to_peft(unet_sd)
     texts = {c: convert_state_dict_to_peft(convert_state_dict_to_diffusers(states[c])) if states[c] else {}
              for c in TEXT_COMPONENTS}
-    _check_finite_tensors(raw, source)  # kohya's alphas are tensors too
+    if dora:
+        _add_dora_magnitudes(dora, {"unet": unet_sd, **texts}, sdxl, _layers_per_block(unet_config or {}), source)
+    _check_finite_tensors({**raw, **{k + ".dora_scale": v for k, v in dora.items()}}, source)  # alphas too
     configs: dict[str, dict] = {}
     raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
     if raw_meta:
@@ -188,6 +193,33 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     return LoraWeights(unet=unet_sd, text_encoder=texts["text_encoder"], text_encoder_2=texts["text_encoder_2"],
                        format=fmt, configs=configs, network_alphas=network_alphas or None, extra_keys=extra,
                        file_metadata=file_metadata, sdxl=sdxl)
+
+
+def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any]], sdxl: bool,
+                         layers_per_block: int, source: str) -> None:
+    """Put kohya's ``dora_scale`` tensors into the peft state dicts as ``lora_magnitude_vector``.
+
+    peft's DoRA scales each *output* row of W + BA to its magnitude, which is kohya/LyCORIS's
+    decomposition along the output axis (``dora_scale`` of shape (out, 1, ...)). The input-axis
+    form (shape (1, in, ...)) has no peft equivalent: refused, naming the module.
+    """
+    for comp, sd in states.items():
+        for key in [k for k in sd if ".lora_B." in k]:
+            module = key.partition(".lora_B.")[0]
+            kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
+            names = {_kohya_module_name(comp, kohya_module, flag, layers_per_block) for flag in (sdxl, False)}
+            name = next((n for n in names if n in dora), None)
+            if name is None:
+                continue
+            scale, out = dora.pop(name), sd[key].shape[0]
+            if scale.shape[0] != out or scale.numel() != out:
+                raise ConfigError("lora", source, f"its DoRA scale for {name} has shape {tuple(scale.shape)}: "
+                                  "decomposed along the input axis, which peft's DoRA cannot represent; use a "
+                                  "DoRA trained with the output-axis decomposition (shape (out, 1)) or a plain LoRA")
+            sd[f"{module}.lora_magnitude_vector"] = scale.reshape(out).float()
+    if dora:
+        raise ConfigError("lora", source, f"its DoRA scale {next(iter(dora))}.dora_scale belongs to no LoRA module "
+                          "in the file; the file is inconsistent")
 
 
 def _check_finite_tensors(tensors: Mapping[str, Any], source: str) -> None:
@@ -226,9 +258,9 @@ def _checked_header(comp: str, header: dict, sd: Mapping[str, Any], source: str)
     bad = _non_finite(header, comp)
     if bad is not None:
         raise ConfigError("lora", source, f"{where} holds a NaN or infinite number at {bad}; use finite numbers")
-    if header.get("use_dora"):
+    if header.get("use_dora") and not any("lora_magnitude_vector" in k for k in sd):
         raise ConfigError("lora", source, f"{where} says {comp}.use_dora=true, but the file holds no DoRA "
-                          "tensors (and DoRA is not supported); use a plain LoRA")
+                          "magnitude tensors; the file is inconsistent")
     for key in ("r", "lora_alpha"):
         value = header.get(key)
         if key in header and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
@@ -274,8 +306,9 @@ def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, 
     out: dict[str, torch.Tensor] = {}
     for comp, sd in states.items():
         for key, tensor in sd.items():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                raise ConfigError("lora", key, "only lora_A/lora_B weights can be written in kohya format")
+            if ".lora_A." not in key and ".lora_B." not in key and not key.endswith(".lora_magnitude_vector"):
+                raise ConfigError("lora", key, "only lora_A/lora_B weights and DoRA magnitudes can be written "
+                                  "in kohya format")
             module, _, rest = key.partition(".lora_")
             alpha_key = f"{comp}.{module}"
             if comp != "unet" and not module.startswith("text_model."):
@@ -284,6 +317,8 @@ def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, 
             if rest.startswith("A."):
                 out[base + ".lora_down.weight"] = tensor.contiguous()
                 out[base + ".alpha"] = torch.tensor(float(alphas[alpha_key]), dtype=torch.float32)
+            elif rest == "magnitude_vector":  # kohya/LyCORIS DoRA, decomposed along the output axis
+                out[base + ".dora_scale"] = tensor.reshape(-1, 1).contiguous()
             else:
                 out[base + ".lora_up.weight"] = tensor.contiguous()
     return out
