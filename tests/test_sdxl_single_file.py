@@ -209,3 +209,31 @@ def test_real_sdxl_architecture_single_file_loads_without_config(request, tmp_pa
                 assert got[key].dtype == expected.dtype and torch.equal(got[key], expected), f"{name}: {key}"
     for name in ("tokenizer", "tokenizer_2"):
         assert loaded[name]("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407], name
+
+
+def test_train_lora_on_an_sdxl_single_file_writes_a_kohya_sdxl_lora(files, tmp_path):
+    """`train-lora --model FILE.safetensors` on an SDXL single file (tiny shapes, so --config)
+    trains on the file's own weights and writes a kohya file in SDXL naming (lora_unet_ SGM
+    blocks, as A1111 and ComfyUI read it), which then changes that checkpoint's pictures."""
+    from PIL import Image
+
+    from charstudio import lora
+    from charstudio.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        arr = np.full((64, 64, 3), 40, dtype=np.uint8)
+        arr[10:50, 8 + 6 * i:40 + 6 * i] = (220, 50 * i, 60)
+        Image.fromarray(arr).save(data / f"img{i}.png")
+    assert main(["train-lora", str(data), "--name", "xlhero", "--output-dir", str(tmp_path / "lora"), "--steps", "2",
+                 "--rank", "4", "--lr", "5e-2", "--resolution", "64", "--validation-images", "0",
+                 "--model", files["checkpoint"], "--config", files["config"]]) == 0
+    tensors, meta = lora.read_lora_file(tmp_path / "lora" / "xlhero" / "xlhero.safetensors")
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert any(k.startswith("lora_unet_input_blocks_") for k in tensors)
+    assert all(k.startswith("lora_unet_") for k in tensors)  # UNet only by default on SDXL
+    studio = Studio.from_pretrained(files["checkpoint"], config=files["config"], device="cpu")
+    plain = np.asarray(studio.generate(PROMPT, **SETTINGS).images[0], np.int16)
+    studio.load_lora(tmp_path / "lora" / "xlhero" / "xlhero.safetensors")
+    assert np.abs(np.asarray(studio.generate(PROMPT, **SETTINGS).images[0], np.int16) - plain).max() > 0
