@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 from ..errors import ModelLoadError
 from .family import FAMILIES, SD1, SDXL, ModelFamily, family_of_folder, is_v_prediction_file, prediction_scheduler_config
@@ -254,6 +254,29 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype": dtype}
 
 
+def _real_architecture(family_name: str) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        from .architectures import build_real_architecture
+
+        return build_real_architecture(FAMILIES[family_name])
+    return build
+
+
+def _tiny(sdxl: bool) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        from .tiny import build_tiny_components, build_tiny_sdxl_components
+
+        return (build_tiny_sdxl_components if sdxl else build_tiny_components)()
+    return build
+
+
+# The models built in code (no files): the toy ones and the real architectures with random weights.
+BUILTIN_BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
+    "tiny": _tiny(False), "tiny-sdxl": _tiny(True),
+    "sd15-arch": _real_architecture("sd1"), "sdxl-arch": _real_architecture("sdxl"),
+}
+
+
 def load_components(source: ModelSource, *, dtype: Any, config: str | None = None,
                     prediction_type: str | None = None) -> dict[str, Any]:
     """Load the components of `source` (its family's `component_names`: tokenizers, text
@@ -280,9 +303,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     if source.kind == "builtin":
         import torch
 
-        from .tiny import build_tiny_components, build_tiny_sdxl_components
-
-        comps = (build_tiny_sdxl_components if source.location == "tiny-sdxl" else build_tiny_components)()
+        comps = BUILTIN_BUILDERS[source.location]()
         if dtype != torch.float32:  # built in fp32; casting a no-op makes diffusers warn needlessly
             for module in comps.values():
                 if isinstance(module, torch.nn.Module):

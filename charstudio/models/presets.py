@@ -52,6 +52,20 @@ PRESETS: dict[str, ModelPreset] = {
             "offline, instant, draws noise (for tests and CI)",
             repo=None, controlnet=None, default_steps=20, builtin=True, family="sdxl",
         ),
+        # SD 1.5's and SDXL's exact architectures (UNet, VAE, text encoders, OpenPose ControlNet,
+        # real CLIP tokenizers) with seeded random weights: real shapes and real speed, no download.
+        ModelPreset(
+            "sd15-arch",
+            "built-in SD 1.5 architecture (860M UNet, OpenPose ControlNet) with random weights; offline, draws "
+            "noise at real speed (for shape tests and GPU benchmarks)",
+            repo=None, controlnet=None, builtin=True,
+        ),
+        ModelPreset(
+            "sdxl-arch",
+            "built-in SDXL architecture (2.6B UNet, OpenPose ControlNet) with random weights; offline, draws "
+            "noise at real speed (for GPU benchmarks; about 14 GB in fp32)",
+            repo=None, controlnet=None, builtin=True, family="sdxl", default_steps=30,
+        ),
         ModelPreset(
             "mini",
             "built-in 64 px model trained by charstudio on its procedural character world; offline, "
