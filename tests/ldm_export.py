@@ -44,6 +44,16 @@ _VAE_ATTN_PARTS = {
 }
 
 
+# The UNet's modules outside its blocks: diffusers name -> LDM / SGM name (the same in both layouts).
+UNET_TOP = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
 class UnmappedKeyError(KeyError):
     """A diffusers key this exporter has no LDM name for."""
 
@@ -62,13 +72,7 @@ def unet_to_ldm(state_dict: dict[str, Any], config: Any) -> dict[str, Any]:
     n_up = len(config["up_block_types"])
     if config.get("class_embed_type") or config.get("addition_embed_type") or config.get("num_class_embeds"):
         raise ValueError("class / addition embeddings are not part of SD 1.x; this exporter does not handle them")
-    top = {
-        "conv_in": "input_blocks.0.0",
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
+    top = dict(UNET_TOP)
     out: dict[str, Any] = {}
     for key, value in state_dict.items():
         module, _, param = key.rpartition(".")

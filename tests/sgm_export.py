@@ -35,8 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ldm_export import (CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, UnmappedKeyError, _unet_resnet, clip_to_ldm, merge_parts,
-                        vae_to_ldm)
+from ldm_export import (CLIP_PREFIX, UNET_PREFIX, UNET_TOP, VAE_PREFIX, UnmappedKeyError, _unet_resnet, clip_to_ldm,
+                        merge_parts, vae_to_ldm)
 
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
@@ -87,13 +87,7 @@ def unet_to_sgm(state_dict: dict[str, Any], config: Any) -> dict[str, Any]:
         raise ValueError("class embeddings and encoder_hid_proj are not part of SDXL; this exporter does not handle them")
     if config.get("addition_embed_type") not in (None, "text_time"):
         raise ValueError(f"addition_embed_type={config['addition_embed_type']!r}: only SDXL's 'text_time' is handled")
-    top = {
-        "conv_in": "input_blocks.0.0",
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
+    top = dict(UNET_TOP)
     if config.get("addition_embed_type") == "text_time":  # the pooled text + size/crop ids embedding
         top.update({"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"})
     # Up levels whose SGM blocks hold [resnet, attention(, upsampler)] rather than [resnet(, upsampler)].
