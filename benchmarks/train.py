@@ -14,7 +14,7 @@ the pipeline's own `encode_prompt`, and each sample's time ids from its `_get_ad
                                                     # gradient checkpointing and latent caching
 
 On a GPU the SD 1.5 rows use `--model sd15` when its weights are in the local cache; otherwise
-(`--arch sd15-random`, the default there) an SD 1.5-shaped model with random weights, which
+(`--arch sd15-random`, the default there) the built-in `sd15-arch`, SD 1.5 with random weights, which
 costs exactly the same compute per step. This is a benchmark, not a test: nothing asserts times.
 """
 
@@ -36,38 +36,12 @@ sys.path.insert(0, str(REPO))
 # ---- models -------------------------------------------------------------------------------------
 
 
-def sd15_random_components(seed: int = 0) -> dict:
-    """SD 1.5's architecture (UNet 860M, CLIP ViT-L/14 text encoder, VAE) with random weights."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from charstudio.models.tokenizers import byte_level_tokenizer
-
-    tokenizer = byte_level_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-                                                num_hidden_layers=12, num_attention_heads=12,
-                                                max_position_embeddings=77, hidden_act="quick_gelu"))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        sample_size=512)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae, "scheduler": scheduler}
-
-
 def load_components(arch: str, model: str, dtype):
-    if arch == "sd15-random":
-        comps = sd15_random_components()
-        for k in ("unet", "text_encoder", "vae"):
-            comps[k].to(dtype=dtype)
-        return comps
+    """The model's parts; `sd15-random` is the built-in `sd15-arch` (SD 1.5's exact architecture
+    with seeded random weights), which costs exactly the same compute per step."""
     from charstudio.models.loading import load_components as load, resolve_model
 
-    return load(resolve_model(model), dtype=dtype)
+    return load(resolve_model("sd15-arch" if arch == "sd15-random" else model), dtype=dtype)
 
 
 def make_dataset(folder: Path, n: int, size: int) -> Path:
