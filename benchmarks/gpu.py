@@ -83,13 +83,13 @@ def generation_rows(studio: Any, name: str, size: int, steps: int, batches: list
         for batch in batches:
             extra = {"image": pose_image} if use_cn else {}
 
-            def plain() -> None:
+            def plain(pipe: Any = pipe, batch: int = batch, extra: dict = extra) -> None:
                 pipe.scheduler = make_scheduler("dpm++2m-karras", studio.base_scheduler_config)
                 pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, width=size, height=size,
                      guidance_scale=studio.default_guidance, num_images_per_prompt=batch,
                      generator=torch.Generator("cpu").manual_seed(1), **extra)
 
-            def ours() -> None:
+            def ours(batch: int = batch, use_cn: bool = use_cn) -> None:
                 studio.generate(PROMPT, negative_prompt=NEGATIVE, seed=1, num_inference_steps=steps, width=size,
                                 height=size, num_images=batch, style="none", pose=pose_image if use_cn else None)
 
