@@ -16,6 +16,16 @@ def _blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
 
 
+def _embedding_the_readme_loads(path: Path, studio) -> None:
+    """The A1111 embedding the README's example loads (what a user downloads), sized for its studio."""
+    import torch
+    from safetensors.torch import save_file
+
+    width = studio.components["text_encoder"].config.hidden_size
+    path.parent.mkdir(parents=True)
+    save_file({"emb_params": torch.randn(2, width) * 0.02}, str(path))
+
+
 def test_using_it_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = _blocks("## Using it")
@@ -26,6 +36,8 @@ def test_using_it_examples_run(tmp_path, monkeypatch):
     for block in blocks:
         if "load_lora" in block:  # needs a trained LoRA under lora/; covered by tests/test_lora.py
             continue
+        if "load_embedding" in block:
+            _embedding_the_readme_loads(tmp_path / "embeddings" / "easynegative.safetensors", namespace["studio"])
         exec(compile(block.replace('"sd15"', '"tiny"'), "README.md", "exec"), namespace)
         if ran == 0:
             # The first example promises a bit-identical rebuild from the saved PNG.
