@@ -431,8 +431,13 @@ def test_the_train_app_trains_on_an_sdxl_studio(tmp_path, data):
                    output_dir=str(tmp_path / "lora"))
     app.name.value, app.rank.value, app.resolution.value = "xl", 4, 64
     app.validation_steps.value, app.validation_inference_steps.value = 0, 2
+    app.train_text_encoder_2.value = True  # the app's control for SDXL's second encoder
     app.start_button.click()
     assert app.wait(300), "the run did not finish"
     assert app.status.level == "ok", app.status.text
     assert (tmp_path / "lora" / "xl" / "xl.safetensors").is_file()
+    from charstudio import lora
+
+    tensors, _ = lora.read_lora_file(tmp_path / "lora" / "xl" / "xl.safetensors")
+    assert any(k.startswith("lora_te2_") for k in tensors) and not any(k.startswith("lora_te1_") for k in tensors)
     assert app.comparison is not None and len(app.comparison.images) == 3

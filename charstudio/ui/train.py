@@ -147,6 +147,8 @@ class TrainApp(AppBase):
                                                                                            640, 768, 1024)],
                                      value=0, layout=W.Layout(width="140px"))
         self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False)
+        self.train_text_encoder_2 = W.Checkbox(value=False, indent=False,
+                                               description="also train the second text encoder (SDXL)")
         self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False)
         # Ticked by Load when every image has a NAME.pose.json beside it.
         self.pose_conditioning = W.Checkbox(value=False, description="train with each image's pose (NAME.pose.json)",
@@ -197,7 +199,8 @@ class TrainApp(AppBase):
                           labelled("validate every", self.validation_steps),
                           labelled("sample steps", self.validation_inference_steps),
                           labelled("checkpoint every", self.checkpointing_steps), labelled("seed", self.seed),
-                          labelled("save under", self.output_dir), self.train_text_encoder, self.flip,
+                          labelled("save under", self.output_dir), self.train_text_encoder,
+                          self.train_text_encoder_2, self.flip,
                           self.pose_conditioning, self.prior_preservation,
                           labelled("class prompt", self.class_prompt),
                           labelled("class images", self.num_class_images), self.overwrite])
@@ -263,6 +266,7 @@ class TrainApp(AppBase):
     SETTING_CONTROLS = {"max_train_steps": "steps", "trigger_word": "trigger", "rank": "rank",
                         "lora_layers": "lora_layers", "learning_rate": "learning_rate", "lr_scheduler": "lr_scheduler",
                         "batch_size": "batch_size", "snr_gamma": "snr_gamma", "train_text_encoder": "train_text_encoder",
+                        "train_text_encoder_2": "train_text_encoder_2",
                         "pose_conditioning": "pose_conditioning", "flip": "flip", "seed": "seed",
                         "class_word": "class_word", "model": "model",
                         "with_prior_preservation": "prior_preservation", "class_prompt": "class_prompt",
@@ -324,6 +328,7 @@ class TrainApp(AppBase):
             lora_layers=self.lora_layers.value,
             learning_rate=float(self.learning_rate.value), lr_scheduler=self.lr_scheduler.value,
             train_text_encoder=bool(self.train_text_encoder.value),
+            train_text_encoder_2=bool(self.train_text_encoder_2.value),
             batch_size=int(self.batch_size.value), snr_gamma=float(self.snr_gamma.value) or None,
             flip=bool(self.flip.value), pose_conditioning=bool(self.pose_conditioning.value), seed=int(self.seed.value),
             with_prior_preservation=bool(self.prior_preservation.value),
