@@ -1,4 +1,4 @@
-"""LoRA adapters for SD 1.x: load, save, convert between formats, and mix.
+"""LoRA adapters for SD 1.x and SDXL: load, save, convert between formats, and mix.
 
 Two file formats are written and read:
 
@@ -14,8 +14,8 @@ Every file is checked against the model (module names and tensor shapes) *before
 loaded, so a LoRA for another architecture fails with a message that says so and leaves the
 model untouched. Only safetensors files are read: pickled LoRA files can run code when loaded.
 
-The functions that act on a model take ``pipe``: any diffusers SD 1.x pipeline (or object with
-``unet`` and ``text_encoder`` attributes). Pipelines that share one UNet share its adapters.
+The functions that act on a model take ``pipe``: any diffusers SD 1.x or SDXL pipeline (or object with
+``unet`` and ``text_encoder`` (and ``text_encoder_2``) attributes). Pipelines that share one UNet share its adapters.
 
 Where things live: ``files`` (finding and reading LoRA files), ``formats`` (the two formats,
 conversion and writing) and ``runtime`` (checking a file against a model, loading it as a

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from ..errors import ConfigError, describe
 from ..io_utils import atomic_write
+from ..models.family import FAMILIES
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,10 +30,9 @@ LoraFormat = Literal["diffusers", "diffusers_legacy", "kohya"]
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # SD 1.x has the first; SDXL both
 COMPONENTS = ("unet", *TEXT_COMPONENTS)
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
-# kohya's component prefixes: SD 1.x names its one text encoder lora_te_, SDXL lora_te1_/lora_te2_
-# (what kohya sd-scripts writes, and what A1111 and ComfyUI's key maps look for).
-_KOHYA_COMPONENT = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
-_KOHYA_SDXL_COMPONENT = {**_KOHYA_COMPONENT, "text_encoder": "lora_te1_"}
+# The families' kohya key layouts (ModelFamily.kohya_prefixes / kohya_sgm_unet): SD 1.x names its one
+# text encoder lora_te_, SDXL lora_te1_/lora_te2_ with SGM UNet blocks, as kohya sd-scripts writes and
+# A1111's and ComfyUI's key maps look for.
 _KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
 
 
@@ -73,7 +73,7 @@ class LoraWeights:
     extra_keys: list[str] = field(default_factory=list)  # keys for components the model family does not have
     file_metadata: dict[str, str] = field(default_factory=dict)
     text_encoder_2: dict[str, Any] = field(default_factory=dict)  # SDXL's second text encoder
-    sdxl: bool = False  # read with SDXL's key conventions (lora_te1_/lora_te2_, SGM block names)
+    family: str = "sd1"  # the family whose key layout it was read in (charstudio.models.family.FAMILIES)
 
     @property
     def states(self) -> dict[str, dict[str, Any]]:
@@ -86,12 +86,26 @@ class LoraWeights:
         return collections.Counter(ranks).most_common(1)[0][0] if ranks else None
 
 
-def _kohya_module_name(component: str, module: str, sdxl: bool = False, layers_per_block: int = 2) -> str:
-    """kohya's name of a peft module: SDXL UNet modules in the SGM block naming kohya, A1111 and
-    ComfyUI use for SDXL (``input_blocks_4_1_...``), text encoders in Hugging Face naming."""
-    if component == "unet" and sdxl:
+def _kohya_module_name(component: str, module: str, family: Any = None, layers_per_block: int = 2) -> str:
+    """kohya's name of a peft module in `family`'s layout (default SD 1.x): SDXL's UNet modules in
+    the SGM block naming kohya, A1111 and ComfyUI use (``input_blocks_4_1_...``), text encoders in
+    Hugging Face naming."""
+    from ..models.family import SD1
+
+    family = family or SD1
+    if component == "unet" and family.kohya_sgm_unet:
         module = _sgm_unet_module(module, layers_per_block)
-    return (_KOHYA_SDXL_COMPONENT if sdxl else _KOHYA_COMPONENT)[component] + module.replace(".", "_")
+    prefixes = {"text_encoder_2": "lora_te2_", **family.kohya_prefixes}
+    return prefixes[component] + module.replace(".", "_")
+
+
+def _kohya_names(component: str, module: str, family: Any, layers_per_block: int = 2) -> set[str]:
+    """The names a kohya file may give a module: the family's own layout, or diffusers-style UNet
+    block names with the family's prefixes (civitai files come in both)."""
+    import dataclasses
+
+    flat = dataclasses.replace(family, kohya_sgm_unet=False)
+    return {_kohya_module_name(component, module, f, layers_per_block) for f in (family, flat)}
 
 
 def _sgm_unet_module(module: str, layers_per_block: int) -> str:
@@ -116,15 +130,19 @@ def _frozen_config(config: dict) -> Any:
     return FrozenDict(config)
 
 
-def is_sdxl_lora(state_dict: Mapping[str, Any], unet_config: Any = None) -> bool:
-    """Whether to read a LoRA with SDXL's conventions: the model is SDXL (a text-time UNet), or,
-    with no model at hand, the file has SDXL's second text encoder or SGM block names."""
+def lora_family(state_dict: Mapping[str, Any], unet_config: Any = None) -> Any:
+    """The family whose key layout a LoRA is read in: the model's (from its UNet, as
+    `detect_family` tells), or with no model at hand, SDXL when the file has SDXL's second text
+    encoder or SGM block names, else SD 1.x."""
+    from ..models.family import SD1, SDXL
+
     if unet_config is not None:
-        return (unet_config.get("addition_embed_type") if hasattr(unet_config, "get")
-                else getattr(unet_config, "addition_embed_type", None)) == "text_time"
+        kind = (unet_config.get("addition_embed_type") if hasattr(unet_config, "get")
+                else getattr(unet_config, "addition_embed_type", None))
+        return SDXL if kind == "text_time" else SD1
     marks = ("lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_",
              "lora_unet_middle_block_")
-    return any(k.startswith(marks) for k in state_dict)
+    return SDXL if any(k.startswith(marks) for k in state_dict) else SD1
 
 
 def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] | None = None,
@@ -134,7 +152,6 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     The key conversion is diffusers' own (the one ``load_lora_weights`` applies), so what is
     checked here is exactly what would be loaded.
     """
-    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
@@ -147,22 +164,23 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     if any("lora_magnitude_vector" in k for k in raw) and fmt != "diffusers":
         raise ConfigError("lora", source, "its DoRA magnitudes are in a layout charstudio does not read; "
                           "use a kohya (dora_scale) or diffusers/peft (lora_magnitude_vector) file")
-    sdxl = is_sdxl_lora(raw, unet_config)
-    if sdxl and unet_config is None:  # SGM block names map through the UNet's layout: SDXL base's
+    family = lora_family(raw, unet_config)
+    if family.kohya_sgm_unet and unet_config is None:  # SGM block names map through the base UNet's layout
         from diffusers import UNet2DConditionModel
 
-        from ..models.family import SDXL
+        unet_config = _frozen_config(UNet2DConditionModel.load_config(family.config_folder() / "unet"))
+    # Keys for a text encoder the family does not have (SD 1.x: a second one) are named, not loaded.
+    has = {enc for _, enc in family.text_parts}
+    extra = [k for k in raw if "text_encoder_2" not in has and k.startswith(("lora_te2_", "text_encoder_2."))]
+    # 2. Let the family's diffusers loader rename kohya / legacy keys (SDXL's maps SGM block names too).
+    import diffusers.loaders.lora_pipeline as lora_pipeline
 
-        unet_config = _frozen_config(UNet2DConditionModel.load_config(SDXL.config_folder() / "unet"))
-    # An SD 1.x model has no second text encoder: those keys are named, not loaded.
-    extra = [] if sdxl else [k for k in raw if k.startswith(("lora_te2_", "text_encoder_2."))]
-    # 2. Let diffusers rename kohya / legacy keys (SDXL's loader also maps SGM input_blocks names).
-    mixin = StableDiffusionXLLoraLoaderMixin if sdxl else StableDiffusionLoraLoaderMixin
+    mixin = getattr(lora_pipeline, family.lora_loader)
     try:
         converted, network_alphas = mixin.lora_state_dict(
             {k: v for k, v in raw.items() if k not in extra}, unet_config=unet_config)
     except (ValueError, KeyError, IndexError) as exc:
-        raise ConfigError("lora", source, f"its keys could not be mapped to an {'SDXL' if sdxl else 'SD 1.x'} "
+        raise ConfigError("lora", source, f"its keys could not be mapped to an {family.label} "
                           f"model ({describe(exc, 160)})") from exc
 
     states = {c: {k[len(c) + 1:]: v for k, v in converted.items() if k.startswith(c + ".")} for c in COMPONENTS}
@@ -174,7 +192,7 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     texts = {c: convert_state_dict_to_peft(convert_state_dict_to_diffusers(states[c])) if states[c] else {}
              for c in TEXT_COMPONENTS}
     if dora:
-        _add_dora_magnitudes(dora, {"unet": unet_sd, **texts}, sdxl, _layers_per_block(unet_config or {}), source)
+        _add_dora_magnitudes(dora, {"unet": unet_sd, **texts}, family, _layers_per_block(unet_config or {}), source)
     _check_finite_tensors({**raw, **{k + ".dora_scale": v for k, v in dora.items()}}, source)  # alphas too
     configs: dict[str, dict] = {}
     raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
@@ -192,10 +210,10 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
                 configs[comp] = _checked_header(comp, sub, sd, source)
     return LoraWeights(unet=unet_sd, text_encoder=texts["text_encoder"], text_encoder_2=texts["text_encoder_2"],
                        format=fmt, configs=configs, network_alphas=network_alphas or None, extra_keys=extra,
-                       file_metadata=file_metadata, sdxl=sdxl)
+                       file_metadata=file_metadata, family=family.name)
 
 
-def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any]], sdxl: bool,
+def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any]], family: Any,
                          layers_per_block: int, source: str) -> None:
     """Put kohya's ``dora_scale`` tensors into the peft state dicts as ``lora_magnitude_vector``.
 
@@ -207,7 +225,7 @@ def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, An
         for key in [k for k in sd if ".lora_B." in k]:
             module = key.partition(".lora_B.")[0]
             kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
-            names = {_kohya_module_name(comp, kohya_module, flag, layers_per_block) for flag in (sdxl, False)}
+            names = _kohya_names(comp, kohya_module, family, layers_per_block)
             name = next((n for n in names if n in dora), None)
             if name is None:
                 continue
@@ -292,11 +310,11 @@ def _checked_header(comp: str, header: dict, sd: Mapping[str, Any], source: str)
     return header
 
 
-def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, float], *, sdxl: bool = False,
+def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, float], *, family: Any = None,
                   layers_per_block: int = 2) -> dict[str, "torch.Tensor"]:
     """kohya/A1111 keys from peft state dicts (component -> state dict); ``alphas`` maps
-    ``component.module`` to its alpha. SDXL files use kohya's SDXL naming: ``lora_te1_`` /
-    ``lora_te2_`` and the UNet's SGM block numbers (see lora/README.md).
+    ``component.module`` to its alpha. Keys follow `family`'s layout (default SD 1.x; SDXL:
+    ``lora_te1_`` / ``lora_te2_`` and the UNet's SGM block numbers, see lora/README.md).
 
     Text-encoder modules get the ``text_model.`` prefix that A1111 and ComfyUI expect, even when
     the installed transformers no longer has that level.
@@ -313,7 +331,7 @@ def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, 
             alpha_key = f"{comp}.{module}"
             if comp != "unet" and not module.startswith("text_model."):
                 module = "text_model." + module
-            base = _kohya_module_name(comp, module, sdxl, layers_per_block)
+            base = _kohya_module_name(comp, module, family, layers_per_block)
             if rest.startswith("A."):
                 out[base + ".lora_down.weight"] = tensor.contiguous()
                 out[base + ".alpha"] = torch.tensor(float(alphas[alpha_key]), dtype=torch.float32)
@@ -384,7 +402,7 @@ def write_diffusers_lora(path: str | os.PathLike, states: Mapping[str, Mapping[s
 
 
 def write_kohya_lora(path: str | os.PathLike, states: Mapping[str, Mapping[str, Any]], configs: Mapping[str, dict],
-                     *, sdxl: bool = False, layers_per_block: int = 2, extra_metadata: Mapping[str, Any] | None = None,
+                     *, family: Any = None, layers_per_block: int = 2, extra_metadata: Mapping[str, Any] | None = None,
                      overwrite: bool = False) -> Path:
     """Write a kohya/A1111 LoRA file (``lora_unet_*``, ``lora_te_*`` or SDXL's ``lora_te1_*`` /
     ``lora_te2_*``, per-module ``alpha``)."""
@@ -399,7 +417,10 @@ def write_kohya_lora(path: str | os.PathLike, states: Mapping[str, Mapping[str, 
             if cfg is None:
                 raise ConfigError("configs", comp, "a peft config (rank, alpha) is needed for every component")
             alphas[f"{comp}.{module}"] = _module_alpha(cfg, module.removeprefix("text_model."))
-    tensors = peft_to_kohya(states, alphas, sdxl=sdxl, layers_per_block=layers_per_block)
+    from ..models.family import SD1
+
+    family = family or SD1
+    tensors = peft_to_kohya(states, alphas, family=family, layers_per_block=layers_per_block)
     main_cfg = configs.get("unet") or next(iter(configs.values()), {})
     # kohya's ss_* fields are what A1111 / civitai show about a LoRA; values must be strings.
     header = {
@@ -407,7 +428,7 @@ def write_kohya_lora(path: str | os.PathLike, states: Mapping[str, Mapping[str, 
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(main_cfg.get("r", "")),
         "ss_network_alpha": str(main_cfg.get("lora_alpha", "")),
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_base_model_version": family.kohya_base_model,
         "ss_network_args": json.dumps({}),
     }
     if "unet" in states:
@@ -426,7 +447,7 @@ def save_lora(unet: Any, text_encoder: Any, out_dir: str | os.PathLike, name: st
     states, configs = adapter_states({"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2},
                                      adapter_name)
     diffusers_path = write_diffusers_lora(out / LORA_WEIGHTS_NAME, states, configs, overwrite=overwrite)
-    kohya_path = write_kohya_lora(out / f"{name}.safetensors", states, configs, sdxl=is_sdxl_lora({}, unet.config),
+    kohya_path = write_kohya_lora(out / f"{name}.safetensors", states, configs, family=lora_family({}, unet.config),
                                   layers_per_block=_layers_per_block(unet.config),
                                   extra_metadata={"ss_output_name": name, **(kohya_metadata or {})},
                                   overwrite=overwrite)
@@ -463,7 +484,7 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
         for module, r in ranks.items():
             kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
             # the file's own name for it: kohya's SDXL (SGM) or diffusers-style naming
-            names = {_kohya_module_name(comp, kohya_module, sdxl) for sdxl in (weights.sdxl, False)}
+            names = _kohya_names(comp, kohya_module, FAMILIES[weights.family])
             a = next((raw[n + ".alpha"] for n in names if n + ".alpha" in raw), None)
             alphas[module] = float(a.item()) if a is not None else float(r)
         r = collections.Counter(ranks.values()).most_common(1)[0][0]
@@ -478,7 +499,7 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
             "alpha_pattern": {short[m]: v for m, v in alphas.items() if v != alpha},
         }
     if to == "kohya":
-        return write_kohya_lora(dst, weights.states, configs, sdxl=weights.sdxl,
+        return write_kohya_lora(dst, weights.states, configs, family=FAMILIES[weights.family],
                                 extra_metadata={"ss_output_name": Path(dst).stem}, overwrite=overwrite)
     return write_diffusers_lora(dst, weights.states, configs, overwrite=overwrite)
 

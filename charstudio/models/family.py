@@ -64,6 +64,14 @@ class ModelFamily:
     # run in its OpenPose mode; kinds not listed have none.
     union_pipelines: Mapping[str, str] = field(default_factory=dict)
     union_openpose_mode: int = 0
+    # The LoRA key layout: kohya's prefix per component, whether kohya names the UNet's blocks the
+    # SGM way (SDXL: kohya trains on the original SDXL UNet) or the diffusers way, the kohya
+    # `ss_base_model_version`, and the diffusers loader mixin whose key conversion reads them.
+    kohya_prefixes: Mapping[str, str] = field(default_factory=lambda: {"unet": "lora_unet_",
+                                                                       "text_encoder": "lora_te_"})
+    kohya_sgm_unet: bool = False
+    kohya_base_model: str = "sd_v1"
+    lora_loader: str = "StableDiffusionLoraLoaderMixin"
     pipeline_options: Mapping[str, Any] = field(default_factory=dict)  # extra constructor arguments
     # Below this share of the native size a side the family's models draw poorly (SDXL under
     # about 768 px); None: no warning.
@@ -201,6 +209,10 @@ SDXL = ModelFamily(
     union_pipelines={"controlnet": "StableDiffusionXLControlNetUnionPipeline",
                      "controlnet_img2img": "StableDiffusionXLControlNetUnionImg2ImgPipeline"},
     union_openpose_mode=0,  # xinsir's union: openpose 0, depth 1, hed/scribble 2, canny/lineart 3, ...
+    kohya_prefixes={"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+    kohya_sgm_unet=True,
+    kohya_base_model="sdxl_base_v1-0",
+    lora_loader="StableDiffusionXLLoraLoaderMixin",
     trains_lora=True,
 )
 
