@@ -156,25 +156,31 @@ class PromptEncoder:
         states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
         return self._final_norm(states[-(clip_skip + 1)]), None
 
-    def encode_texts(self, texts: Sequence[str], *, grad: bool = False) -> Any:
-        """Plain texts (no weight syntax, as captions are trained) as one batch (B, 77*k, hidden).
+    def encode_texts(self, texts: Sequence[str], *, grad: bool = False, min_chunks: int = 1) -> tuple[Any, Any]:
+        """Plain texts (no weight syntax, as captions are trained) as one batch: the conditioning
+        states (B, 77*k, hidden) at this encoder's layer, and the pooled projection (B, width) when
+        the encoder has one (SDXL's second), else None.
 
         The same chunks as `encode`: a caption over 75 tokens is not cut, and shorter ones in the
         batch get empty chunks to match, as a negative prompt is padded to its prompt. Each chunk
         is one text-encoder call over the batch; with `grad` the encoder's adapter gets gradients.
+        The pooled projection is the first chunk's, as in `encode`.
         """
         import contextlib
 
         import torch
 
         ids = [self.tokenize(t) for t in texts]
-        chunks = max(1, max(-(-len(i) // self.chunk_len) for i in ids))
-        out = []
+        chunks = max(min_chunks, 1, max(-(-len(i) // self.chunk_len) for i in ids))
+        out, pooled = [], None
         for c in range(chunks):
             rows = [self._chunk_row(i, c)[0] for i in ids]
             with contextlib.nullcontext() if grad else torch.no_grad():
-                out.append(self.text_encoder(torch.tensor(rows, device=self.text_encoder.device))[0])
-        return out[0] if chunks == 1 else torch.cat(out, dim=1)
+                hidden, chunk_pooled = self._forward(torch.tensor(rows, device=self.text_encoder.device))
+            out.append(hidden)
+            if c == 0:
+                pooled = chunk_pooled
+        return (out[0] if chunks == 1 else torch.cat(out, dim=1)), pooled
 
     def _final_norm(self, hidden: Any) -> Any:
         # transformers 5 puts final_layer_norm on CLIPTextModel itself; 4.x had it under .text_model

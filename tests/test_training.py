@@ -681,7 +681,7 @@ def test_captions_over_77_tokens_are_trained_whole_as_generation_encodes_them(tm
     encoder = PromptEncoder(*(build_tiny_components(0)[k] for k in ("tokenizer", "text_encoder")))
     assert encoder.count_tokens(long_a) > 2 * encoder.chunk_len
     # The training encoding of a caption is generation's encoding of it as a prompt.
-    np.testing.assert_array_equal(encoder.encode_texts([long_a])[0].numpy(),
+    np.testing.assert_array_equal(encoder.encode_texts([long_a])[0][0].numpy(),
                                   encoder.encode(long_a).prompt_embeds[0].numpy())
     weights = []
     for name, caption in (("a", long_a), ("b", long_b)):

@@ -65,21 +65,9 @@ class TrainingConditioner:
 
     @staticmethod
     def _trained(part: Any, texts: Sequence[str], chunks: int) -> tuple[Any, Any]:
-        """A trained encoder over a batch, with gradients: the same token windows and layer as
-        `PromptEncoder.encode_pieces_pooled` (which runs without gradients), one call per chunk.
-        PromptEncoder.encode_texts has gradients but neither the family's layer nor the pooled
-        projection, so this goes through the window and layer helpers themselves."""
-        import torch
-
-        ids = [part.tokenize(t) for t in texts]
-        states, pooled = [], None
-        for c in range(chunks):
-            rows = torch.tensor([part._chunk_row(i, c)[0] for i in ids], device=part.text_encoder.device)
-            hidden, chunk_pooled = part._forward(rows)
-            states.append(hidden)
-            if c == 0:
-                pooled = chunk_pooled
-        return (states[0] if chunks == 1 else torch.cat(states, dim=1)), pooled
+        """A trained encoder over a batch, with gradients: the same token windows, layer and
+        pooled projection as generation's encoding."""
+        return part.encode_texts(texts, grad=True, min_chunks=chunks)
 
     def prepare(self, texts: Sequence[str]) -> None:
         """Encode every caption once with each frozen encoder (when caching), plus the empty
