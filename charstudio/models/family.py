@@ -77,7 +77,6 @@ class ModelFamily:
     # about 768 px); None: no warning.
     small_size_share: float | None = None
     micro_conditioning: bool = False  # SDXL: original size, crop and target size condition the UNet
-    trains_lora: bool = True  # whether charstudio.training can train a LoRA on this family yet
 
     @property
     def component_names(self) -> tuple[str, ...]:
@@ -213,7 +212,6 @@ SDXL = ModelFamily(
     kohya_sgm_unet=True,
     kohya_base_model="sdxl_base_v1-0",
     lora_loader="StableDiffusionXLLoraLoaderMixin",
-    trains_lora=True,
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, ModelLoadError, describe
 from ..models.family import FAMILIES, SD1, SDXL, IPAdapterFiles, ModelFamily
 
 FIELD = "ip_adapter_weights"
@@ -95,7 +95,7 @@ def _tensor_shapes(path: str, files: IPAdapterFiles) -> dict[str, tuple[int, ...
                 for k, v in part.items() if hasattr(v, "shape")}
     except Exception as exc:  # safetensors' SafetensorError, pickle's UnpicklingError, zip errors ...
         raise ModelLoadError(f"{FIELD}={files.repo!r}: {_file_label(files)} is not a readable IP-Adapter weight "
-                             f"file ({type(exc).__name__}: {exc}): re-download it or use another one") from exc
+                             f"file ({describe(exc, 160)}): re-download it or use another one") from exc
 
 
 @functools.lru_cache(maxsize=None)

@@ -142,9 +142,6 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     own_components = components is None
     comps = _load_base(config, weight_dtype) if own_components else components
     family = detect_family(comps)
-    if not family.trains_lora:
-        raise ConfigError("model", config.model, f"it is an {family.label} model, and LoRA training does not "
-                          f"support {family.label} models yet: use an SD 1.x or SDXL model")
     text_names = [enc for _, enc in family.text_parts]
     if config.train_text_encoder_2 and "text_encoder_2" not in text_names:
         raise ConfigError("train_text_encoder_2", True, f"the model is {family.label}, which has one text encoder; "
