@@ -45,7 +45,7 @@ def format_parameters(config: GenerationConfig) -> str:
     if config.clip_skip:
         # A1111 counts the last layer as 1. SD 1.x: diffusers' clip_skip=1 is "Clip skip: 2"; SDXL
         # already uses the penultimate layer ("Clip skip: 2"), so its clip_skip=1 is "Clip skip: 3".
-        fields.append(("Clip skip", config.clip_skip + family_of_recipe(config.to_dict()).a1111_clip_skip))
+        fields.append(("Clip skip", config.clip_skip + family_of_recipe(vars(config)).a1111_clip_skip))
     if config.guidance_rescale:
         fields.append(("CFG rescale", _num(config.guidance_rescale)))
     # SDXL's micro-conditioning, in A1111's WIDTHxHEIGHT order (the recipe keeps diffusers' (h, w)).
