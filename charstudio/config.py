@@ -74,6 +74,14 @@ class GenerationConfig:
     # (Studio.load_embedding). A re-run loads each from there (or by file name from the studio's
     # embeddings folder) unless the word is loaded already.
     embeddings: dict[str, str] = field(default_factory=dict)
+    # Character workflows (charstudio.workflows), each off when empty. `regions`: regional
+    # prompts (two characters in one picture, masked cross-attention); `hires`: the hires fix's
+    # upscale and second pass; `detail`: the detail pass over body parts; `inpaint`: redraw a
+    # masked part of a source picture. Each module's `check` validates and normalises its field.
+    regions: list[dict] = field(default_factory=list)
+    hires: dict | None = None
+    detail: dict | None = None
+    inpaint: dict | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -134,6 +142,9 @@ class GenerationConfig:
             raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "
                               "e.g. {'easynegative': 'embeddings/easynegative.safetensors'}")
         self.embeddings = dict(self.embeddings)
+        from .workflows import check_workflows
+
+        check_workflows(self)
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

@@ -208,7 +208,7 @@ class Studio:
                  crops_coords_top_left: tuple[int, int] | None = None, target_size: tuple[int, int] | None = None,
                  clip_skip: int | None = None, pose: Any = None, controlnet_conditioning_scale: float = 1.0,
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
-                 pose_lines: str | None = None,
+                 pose_lines: str | None = None, hires: Any = None, detail: Any = None, regions: Any = None,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
                  cancel: CancelToken | None = None) -> Result:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
@@ -221,6 +221,10 @@ class Studio:
         `negative_prompt`, when given, replaces the card's and style's negatives.
         SDXL only: `original_size`, `crops_coords_top_left`, `target_size` ((height, width) /
         (top, left), diffusers' micro-conditioning) default to an uncropped picture of the output size.
+        Workflows (charstudio.workflows), all recorded in the recipe: `hires` (an upscale factor
+        such as 1.5, or a dict of the hires fix's settings) draws at the native size and redraws
+        larger; `detail` (True, or a dict with `parts`) redraws the face and hands; `regions` (a
+        list of {prompt or card, box}) gives each region of the picture its own prompt.
         """
         control_image = None
         if hasattr(pose, "getbands"):  # a ready control image (PIL): used as is, not recorded in the recipe
@@ -233,7 +237,8 @@ class Studio:
                                   scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
                                   controlnet_conditioning_scale=controlnet_conditioning_scale,
                                   control_guidance_start=control_guidance_start,
-                                  control_guidance_end=control_guidance_end, pose_lines=pose_lines)
+                                  control_guidance_end=control_guidance_end, pose_lines=pose_lines,
+                                  hires=hires, detail=detail, regions=regions)
         return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image)
 
     def make_config(self, character_or_prompt: str | Character | None = None, *, style: str | None = None,
@@ -330,10 +335,25 @@ class Studio:
         if missing:
             raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
         self._load_recipe_embeddings(config.embeddings)
+        run_args = dict(callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image,
+                        latents=latents, embeddings=embeddings, init_image=init_image, strength=strength)
         with self.using_loras(config.loras):
-            return self._run(config, callbacks=callbacks, progress=progress, cancel=cancel,
-                             control_image=control_image, latents=latents, embeddings=embeddings,
-                             init_image=init_image, strength=strength)
+            # Workflows (charstudio.workflows): an inpainting recipe starts from its source
+            # picture; otherwise draw (regions inside), then the hires fix, then the detail pass.
+            if config.inpaint:
+                from .workflows.inpaint import run_inpaint
+
+                return run_inpaint(self, config, **run_args)
+            result = self._run(config, **run_args)
+            if config.hires:
+                from .workflows.hires import apply_hires
+
+                result = apply_hires(self, config, result, progress=progress, cancel=cancel)
+            if config.detail:
+                from .workflows.detail import apply_detail
+
+                result = apply_detail(self, config, result, progress=progress, cancel=cancel)
+            return result
 
     @contextmanager
     def using_loras(self, weights: dict[str, float]) -> Iterator[None]:
@@ -558,6 +578,35 @@ class Studio:
 
         return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
                           same_noise=same_noise, **settings)
+
+    # -- character workflows (charstudio.workflows) ---------------------------------------------
+    def inpaint(self, image_or_result: Any, mask: Any, prompt: Any = None, *, strength: float = 0.75,
+                seed: int | None = None, **settings: Any) -> Result:
+        """Redraw the masked part of a picture (a `Result`, a PNG path or a PIL image); see
+        workflows.inpaint.inpaint. `mask`: a picture, a box (left, top, right, bottom) or a body
+        region of the picture's pose ("face", "hands", "torso", "legs", "hair")."""
+        from .workflows.inpaint import inpaint
+
+        return inpaint(self, image_or_result, mask, prompt, strength=strength, seed=seed, **settings)
+
+    def detail(self, result: Any, parts: Iterable[str] = ("face", "hands"), **options: Any) -> Result:
+        """Redraw each part (face, hands, ...) of a picture at the model's size and paste it back;
+        see workflows.detail.detail."""
+        from .workflows.detail import detail
+
+        return detail(self, result, parts, **options)
+
+    def turnaround(self, character_or_prompt: Any, views: Any = None, **settings: Any) -> Any:
+        """The character from the front, three-quarter, side and back; see workflows.turnaround."""
+        from .workflows.turnaround import turnaround
+
+        return turnaround(self, character_or_prompt, views, **settings)
+
+    def expressions(self, character_or_prompt: Any, expressions: Any = None, **settings: Any) -> Any:
+        """One character with N expressions in one labelled grid; see workflows.expressions."""
+        from .workflows.expressions import expression_sheet
+
+        return expression_sheet(self, character_or_prompt, expressions, **settings)
 
     # -- textual-inversion embeddings (charstudio.embeddings) -----------------------------------
     # Loaded once into the shared tokenizers and text encoders, so every pipeline sees the word.
