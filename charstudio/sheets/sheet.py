@@ -151,6 +151,7 @@ def make_sheet(
     embedder: Any = None,
     compute_score: bool | None = None,
     labels: Sequence[str] | None = None,
+    extras: Sequence[str] | None = None,
     callbacks: Sequence[Callable] = (),
     progress: Callable | None = None,
     cancel: Any = None,
@@ -161,6 +162,8 @@ def make_sheet(
     ``settings`` are `Studio.make_config` arguments shared by every image (style, width, height,
     num_inference_steps, guidance_scale, controlnet_conditioning_scale, ...). ``compute_score``:
     True requires an embedder, False skips scoring, None scores when an embedder is available.
+    ``extras``: prompt words per pose, added to that pose's prompt (a turnaround's "from behind",
+    an expression sheet's "smiling"); the settings' own ``extra`` is kept before them.
     ``ip_adapter_weights``: a hub id, folder or weight file; the weight name, subfolder and image
     encoder folder left as None are the model family's (`ModelFamily.ip_adapter`).
     """
@@ -173,6 +176,10 @@ def make_sheet(
     labels = list(labels) if labels is not None else [_pose_label(p, i) for i, p in enumerate(poses)]
     if len(labels) != len(poses):
         raise ConfigError("labels", len(labels), f"one label per pose ({len(poses)})")
+    extras = [""] * len(poses) if extras is None else list(extras)
+    if len(extras) != len(poses) or not all(isinstance(e, str) for e in extras):
+        raise ConfigError("extras", extras, f"one string of prompt words per pose ({len(poses)})")
+    shared_extra = settings.pop("extra", "") or ""
     reference_strength = check_strength(reference_strength)
     if settings.get("num_images", 1) != 1:
         raise ConfigError("num_images", settings["num_images"], "1: a sheet draws one image per pose")
@@ -187,7 +194,10 @@ def make_sheet(
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
     state = distributed_state()
-    first = studio.make_config(card or character, seed=seed, pose=poses[0], **settings)
+    def words(i: int) -> str:
+        return ", ".join(w for w in (shared_extra.strip(), extras[i].strip()) if w)
+
+    first = studio.make_config(card or character, seed=seed, pose=poses[0], extra=words(0), **settings)
     if state is not None:
         # A seed drawn at random differs per process: rank 0's is the sheet's.
         from accelerate.utils import broadcast_object_list
@@ -195,7 +205,7 @@ def make_sheet(
         first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
     base_seed = first.seed
     configs = [first] + [studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
-                                            pose=p, **settings) for i, p in enumerate(poses[1:], start=1)]
+                                            pose=p, extra=words(i), **settings) for i, p in enumerate(poses[1:], start=1)]
 
     # 3. This process's share (all of it unless launched with several processes).
     indices = list(range(len(poses)))
@@ -239,6 +249,7 @@ def make_sheet(
     recipes = [GenerationConfig.from_dict(r) for _, _, r in gathered]
     sheet_settings = {
         "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
+        "extras": extras if any(extras) else None,
         "same_noise": same_noise, "reference_strength": reference_strength,
         "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
         # The IP-Adapter files as resolved (family defaults filled in; a weight file given by path
