@@ -4,8 +4,9 @@
     python benchmarks/sheet.py --model sd15         # on a GPU
 
 Prints the model load time, the median wall time of `Studio.sheet` (same noise, labelled grid,
-no embedder) and of four `StableDiffusionControlNetPipeline` calls on the same components,
-control images and seed, alternating runs, and their ratio.
+no embedder; its poses run as one UNet batch), of the same sheet one pose per call
+(`studio.max_batch = 1`), and of four `StableDiffusionControlNetPipeline` calls on the same
+components, control images and seed, alternating runs, and their ratios.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def main() -> None:
     controls = [load_pose(p).fit(size, size).render(size, size) for p in POSES]
 
     def ours() -> None:
+        studio.max_batch = 8
+        studio.sheet(card, POSES, seed=card.seed or 0, num_inference_steps=args.steps, compute_score=False)
+
+    def one_by_one() -> None:
+        studio.max_batch = 1
         studio.sheet(card, POSES, seed=card.seed or 0, num_inference_steps=args.steps, compute_score=False)
 
     def plain() -> None:
@@ -50,18 +56,20 @@ def main() -> None:
                  guidance_scale=studio.default_guidance, width=size, height=size,
                  generator=torch.Generator("cpu").manual_seed(card.seed or 0))
 
-    ours(), plain()  # warm-up
-    t_ours, t_plain = [], []
+    ours(), one_by_one(), plain()  # warm-up
+    t_ours, t_single, t_plain = [], [], []
     for _ in range(args.repeats):
-        for fn, out in ((ours, t_ours), (plain, t_plain)):
+        for fn, out in ((ours, t_ours), (one_by_one, t_single), (plain, t_plain)):
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
-    a, b = statistics.median(t_ours), statistics.median(t_plain)
+    a, c, b = statistics.median(t_ours), statistics.median(t_single), statistics.median(t_plain)
     print(f"model {args.model} on {studio.device}: load {load_s:.2f} s, {size} px, {args.steps} steps, {len(POSES)} poses")
-    print(f"Studio.sheet          {a:.2f} s per sheet")
-    print(f"plain diffusers x{len(POSES)}    {b:.2f} s")
-    print(f"ratio                 {a / b:.3f}x")
+    print(f"Studio.sheet (one batch)      {a:.2f} s per sheet")
+    print(f"Studio.sheet (max_batch=1)    {c:.2f} s")
+    print(f"plain diffusers x{len(POSES)} calls    {b:.2f} s")
+    print(f"batched / four plain calls    {a / b:.3f}x")
+    print(f"one-by-one / four plain calls {c / b:.3f}x")
 
 
 if __name__ == "__main__":

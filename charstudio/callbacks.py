@@ -21,16 +21,26 @@ StepCallback = Callable[[Any, int, Any, dict], dict]
 
 @dataclass(frozen=True)
 class StepProgress:
-    """Where a run is: image `image` of `images`, step `step` of `steps` (both 1-based)."""
+    """Where a run is: image `image` of `images`, step `step` of `steps` (both 1-based).
+
+    Images drawn together in one UNet batch report once per step: `image` is the batch's first
+    and `batch` how many it holds (images `image` .. `image + batch - 1` are all at `step`).
+    """
 
     image: int
     images: int
     step: int
     steps: int
+    batch: int = 1
+
+    @property
+    def done(self) -> int:
+        """Image-steps finished so far."""
+        return (self.image - 1) * self.steps + self.step * self.batch
 
     @property
     def fraction(self) -> float:
-        return ((self.image - 1) * self.steps + self.step) / (self.images * self.steps)
+        return self.done / (self.images * self.steps)
 
 
 class CancelToken:

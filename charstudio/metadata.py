@@ -42,6 +42,10 @@ def format_parameters(config: GenerationConfig) -> str:
         ("Size", f"{config.width}x{config.height}"),
         ("Model", config.model or "unknown"),
     ]
+    if config.hires:
+        # A1111 writes the hires fix's strength among its main fields, after "Model" (see
+        # hires_fields); "Size" stays the first pass's size, as A1111's does.
+        fields.append(("Denoising strength", _num(config.hires["strength"])))
     if config.clip_skip:
         # A1111 counts the last layer as 1. SD 1.x: diffusers' clip_skip=1 is "Clip skip: 2"; SDXL
         # already uses the penultimate layer ("Clip skip: 2"), so its clip_skip=1 is "Clip skip: 3".
@@ -54,6 +58,7 @@ def format_parameters(config: GenerationConfig) -> str:
         value = getattr(config, key)
         if value is not None:
             fields.append((name, f"{value[1]}x{value[0]}"))
+    fields.extend(hires_fields(config.hires))
     if config.pose is not None:
         fields.append(("ControlNet", f"openpose, weight {_num(config.controlnet_conditioning_scale)}, "
                                      f"guidance {_num(config.control_guidance_start)}-{_num(config.control_guidance_end)}"))
@@ -63,6 +68,23 @@ def format_parameters(config: GenerationConfig) -> str:
         text += ", Lora hashes: " + _quote(", ".join(f"{n}: {_num(w)}" for n, w in config.loras.items()))
     lines.append(text)
     return "\n".join(lines)
+
+
+def hires_fields(hires: dict | None) -> list[tuple[str, Any]]:
+    """The hires fix's own A1111 fields. Names and forms as A1111 writes them (read in
+    modules/processing.py of AUTOMATIC1111/stable-diffusion-webui, StableDiffusionProcessingTxt2Img:
+    "Hires upscale" is the factor, "Hires steps" appears only when the second pass's step count
+    was set, "Hires upscaler" names the upscaler: "Latent" is its bilinear latent mode, "Lanczos"
+    its PIL Lanczos resize)."""
+    if not hires:
+        return []
+    from .workflows.hires import A1111_UPSCALERS
+
+    fields: list[tuple[str, Any]] = [("Hires upscale", _num(hires["scale"]))]
+    if hires.get("steps"):
+        fields.append(("Hires steps", hires["steps"]))
+    fields.append(("Hires upscaler", A1111_UPSCALERS[hires["upscaler"]]))
+    return fields
 
 
 def _num(x: float) -> str:
@@ -140,7 +162,35 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
         default = (family or family_of_recipe(out)).a1111_clip_skip
         if clip_skip > default:
             out["clip_skip"] = clip_skip - default
+    if "Hires upscale" in values or "Hires resize" in values:
+        hires = _parse_hires(values, out, field, size)
+        if hires is not None:
+            out["hires"] = hires
     return out
+
+
+def _parse_hires(values: dict[str, str], out: dict[str, Any], field: Any, size: Any) -> dict[str, Any] | None:
+    """The recipe's `hires` from A1111's hires fields (see hires_fields); None (with a warning)
+    for a second pass at the first pass's size, which is no upscale."""
+    from .workflows.hires import DEFAULT_STRENGTH
+
+    if "Hires upscale" in values:
+        scale = field("Hires upscale", float, "an upscale factor, e.g. 1.5")
+    else:  # "Hires resize: WxH" (a target size instead of a factor); a 0 side follows the other
+        w, h = field("Hires resize", size, "WIDTHxHEIGHT, e.g. 1024x1536")
+        scale = w / out.get("width", 512) if w else h / out.get("height", 512)
+    if scale <= 1:
+        log.warning("the A1111 hires pass at %gx keeps the first pass's size; read without it", scale)
+        return None
+    steps = field("Hires steps", int, "a whole number of steps, e.g. 10") if "Hires steps" in values else 0
+    name = values.get("Hires upscaler", "Latent")  # A1111's default upscaler is "Latent"
+    upscaler = "latent" if name.lower().startswith("latent") else "pixel"
+    if name not in ("Latent", "Lanczos"):
+        log.warning("A1111's hires upscaler %r is read as charstudio's %r (%s)", name, upscaler,
+                    "bilinear latents" if upscaler == "latent" else "Lanczos, then the VAE")
+    strength = (field("Denoising strength", float, "a number from 0 to 1, e.g. 0.4")
+                if "Denoising strength" in values else DEFAULT_STRENGTH)
+    return {"scale": scale, "strength": strength, "steps": steps or None, "upscaler": upscaler}
 
 
 def png_info(config: GenerationConfig):

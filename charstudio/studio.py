@@ -24,7 +24,7 @@ from .embeddings import DEFAULT_EMBEDDINGS_DIR
 from .errors import ConfigError
 from .limits import available_memory, check_picture_size
 from .models.device import choose_low_vram, configure_attention, pick_device
-from .models.family import PIPELINE_KINDS, detect_family
+from .models.family import PIPELINE_KINDS, detect_family, is_union_controlnet
 from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
@@ -89,7 +89,11 @@ class Studio:
         # names in cards and recipes are looked up in embeddings_dir (relative to the working folder).
         self._embeddings: dict[str, LoadedEmbedding] = {}
         self.embeddings_dir: str | Path = DEFAULT_EMBEDDINGS_DIR
+        # The most images one UNet call draws (a recipe's num_images, a sheet's poses); 1 draws
+        # each image in its own call. Low-VRAM mode sets 1.
+        self.max_batch = 8
         self.low_vram = False  # see enable_low_vram
+        self.speed = "default"  # see set_speed: "default" or "max" (the fast path)
         self._offloaded: str | None = None  # the pipeline kind whose offload hooks are installed
 
     # -- construction --------------------------------------------------------------------------
@@ -97,7 +101,8 @@ class Studio:
     def from_pretrained(cls, model: str = "mini", *, device: str | None = None, dtype: str | None = None,
                         controlnet: str | None = None, allow_pickle: bool = False,
                         attention: str = "auto", config: str | None = None,
-                        prediction_type: str | None = None, low_vram: bool | None = None) -> "Studio":
+                        prediction_type: str | None = None, low_vram: bool | None = None,
+                        speed: str = "default") -> "Studio":
         """Load a model by preset name (`mini`, `tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
 
         `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
@@ -110,7 +115,11 @@ class Studio:
         `low_vram`: keep the parts in CPU memory, move each to the GPU only while it runs (model CPU
         offload) and decode in tiles; None chooses it when the GPU has too little memory for the
         model (SDXL with a ControlNet on a 12 GB card). Same pictures, slower.
+        `speed`: "default", or "max" for the fast path on a GPU (see `set_speed`).
         """
+        from .models.speed import check_speed
+
+        check_speed(speed)
         source = resolve_model(model, allow_pickle=allow_pickle)
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
@@ -132,6 +141,8 @@ class Studio:
         if offload:
             studio.enable_low_vram()
         studio.attention = configure_attention(studio.pipeline("txt2img"), attention)
+        if speed != "default":
+            studio.set_speed(speed)
         return studio
 
     def enable_low_vram(self) -> None:
@@ -143,8 +154,28 @@ class Studio:
                 self.components[name].to("cpu")
         self.components["vae"].enable_tiling()
         self.low_vram = True
+        self.max_batch = 1
         self._offloaded = None
         log.info("low-VRAM mode: model CPU offload to %s, tiled VAE decoding", self.device)
+
+    def set_speed(self, speed: str = "max", *, compile_backend: str | None = None, compile_mode: str | None = None,
+                  channels_last: bool | None = None, fused_qkv: bool | None = None,
+                  max_compiles: int | None = None) -> list[str]:
+        """The fast path: "max" switches on SDPA, fused QKV projections, channels_last and
+        torch.compile of the UNet, ControlNet and VAE decoder (on CUDA; on the CPU only fused QKV,
+        and compile when `compile_backend` or $CHARSTUDIO_COMPILE_BACKEND names a backend);
+        "default" undoes it all. `compile_mode` is inductor's ("reduce-overhead": CUDA graphs,
+        CUDA only); `channels_last`/`fused_qkv` None: the device's default; `max_compiles`: per
+        part, after which it runs uncompiled. Returns what was done (also logged); see
+        charstudio.models.speed."""
+        from .models.speed import MAX_COMPILES, apply_speed, plan_speed
+
+        plan = plan_speed(speed, self.device, low_vram=self.low_vram, compile_backend=compile_backend,
+                          compile_mode=compile_mode, channels_last=channels_last, fused_qkv=fused_qkv,
+                          max_compiles=MAX_COMPILES if max_compiles is None else max_compiles)
+        done = apply_speed(self, plan)
+        self.speed = plan.speed
+        return done
 
     def _offload_for(self, pipe: Any, kind: str) -> None:
         """Install `pipe`'s offload hooks on the shared parts (low-VRAM mode only)."""
@@ -304,9 +335,10 @@ class Studio:
 
     @staticmethod
     def _pose_dict(pose: Any, width: int, height: int) -> dict:
-        from .pose import Pose, load_pose
+        from .pose import Pose
+        from .pose.compose import load_people
 
-        p = pose if isinstance(pose, Pose) else load_pose(pose)
+        p = pose if isinstance(pose, Pose) else load_people(pose)  # several people: a PoseGroup
         p.require_keypoints(pose if isinstance(pose, str) else "no keypoints")
         return p.fit(width, height).to_dict()
 
@@ -324,17 +356,7 @@ class Studio:
         noised by `strength` (0..1] and denoised under the recipe's prompt (and pose).
         """
         # 1. Check the recipe fits this studio.
-        if config.model and config.model != self.model_id:
-            log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
-        check_picture_size(config.width, config.height, self.default_size, allow_large=self.allow_large,
-                           memory_bytes=available_memory(self.device), model=repr(self.model_id))
-        small = self.family.size_warning(config.width, config.height, self.default_size, repr(self.model_id))
-        if small:
-            warnings.warn(small, UserWarning, stacklevel=2)
-        missing = set(config.loras) - set(self._loras)
-        if missing:
-            raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
-        self._load_recipe_embeddings(config.embeddings)
+        self._check_recipe(config)
         run_args = dict(callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image,
                         latents=latents, embeddings=embeddings, init_image=init_image, strength=strength)
         with self.using_loras(config.loras):
@@ -344,16 +366,91 @@ class Studio:
                 from .workflows.inpaint import run_inpaint
 
                 return run_inpaint(self, config, **run_args)
-            result = self._run(config, **run_args)
-            if config.hires:
-                from .workflows.hires import apply_hires
+            return self._after_drawing(config, self._run(config, **run_args), progress, cancel)
 
-                result = apply_hires(self, config, result, progress=progress, cancel=cancel)
-            if config.detail:
-                from .workflows.detail import apply_detail
+    def run_batch(self, configs: Iterable[GenerationConfig], *, callbacks: Iterable[StepCallback] = (),
+                  progress: Callable[[StepProgress], None] | None = None,
+                  cancel: CancelToken | None = None) -> Result:
+        """Run several recipes, drawing those that differ only in seed, prompt and pose in one UNet
+        batch (up to `max_batch`); returns their images in order, each with its recipe.
 
-                result = apply_detail(self, config, result, progress=progress, cancel=cancel)
-            return result
+        Every image keeps its own seed's noise, so each equals its recipe run alone up to
+        floating-point rounding (bit-identical where the backend's batched kernels are; see the
+        README's "Batches"). A sheet's poses run this way.
+        """
+        configs = [c for conf in configs for c in
+                   ([conf] if conf.num_images == 1 else
+                    [conf.replace(seed=conf.seed + i, num_images=1) for i in range(conf.num_images)])]
+        if not configs:
+            raise ConfigError("configs", [], "at least one recipe")
+        for c in configs:
+            self._check_recipe(c)
+        shared = ("seed", "prompt", "negative_prompt", "pose", "character", "style", "embeddings")
+
+        def key(c: GenerationConfig) -> str:
+            import json
+
+            data = {k: v for k, v in c.to_dict().items() if k not in shared}
+            return json.dumps([data, c.pose is None], sort_keys=True, default=str)
+
+        results: dict[int, tuple[Any, GenerationConfig, Any]] = {}
+        order = list(range(len(configs)))
+        while order:
+            group = [i for i in order if key(configs[i]) == key(configs[order[0]])]
+            order = [i for i in order if i not in group]
+            config = configs[group[0]]
+
+            def report(p: StepProgress, offset: int = len(results)) -> None:
+                progress(StepProgress(image=p.image + offset, images=len(configs), step=p.step, steps=p.steps,
+                                      batch=p.batch))
+
+            with self.using_loras(config.loras):
+                if config.inpaint:
+                    parts = [self.run(configs[i], callbacks=callbacks, cancel=cancel) for i in group]
+                    done = Result([r.image for r in parts], [r.recipe for r in parts],
+                                  {"latents": [r.extras.get("latents", [None])[0] for r in parts]})
+                else:
+                    done = self._run(config, callbacks=callbacks, progress=report if progress else None,
+                                     cancel=cancel, control_image=None, latents=None, embeddings=None,
+                                     batch=[configs[i] for i in group])
+                    if config.hires or config.detail:
+                        done = _join([self._after_drawing(r, _one(done, j), None, cancel)
+                                      for j, r in enumerate(done.recipes)])
+            for j, i in enumerate(group):
+                results[i] = (done.images[j], done.recipes[j], (done.extras.get("latents") or [None] * len(group))[j])
+        ordered = [results[i] for i in range(len(configs))]
+        return Result([im for im, _, _ in ordered], [r for _, r, _ in ordered],
+                      {"latents": [lat for _, _, lat in ordered]})
+
+    def _after_drawing(self, config: GenerationConfig, result: Result, progress: Any, cancel: Any) -> Result:
+        """The workflows that follow the drawing: the hires fix, then the detail pass."""
+        if config.hires:
+            from .workflows.hires import apply_hires
+
+            result = apply_hires(self, config, result, progress=progress, cancel=cancel)
+        if config.detail:
+            from .workflows.detail import apply_detail
+
+            result = apply_detail(self, config, result, progress=progress, cancel=cancel)
+        return result
+
+    def _check_recipe(self, config: GenerationConfig) -> None:
+        """Refuse a recipe this studio cannot run (size, adapters), load its embeddings."""
+        if config.model and config.model != self.model_id:
+            log.warning("recipe was made with model %r; running it on %r", config.model, self.model_id)
+        check_picture_size(config.width, config.height, self.default_size, allow_large=self.allow_large,
+                           memory_bytes=available_memory(self.device), model=repr(self.model_id))
+        if config.hires:  # the picture the hires fix draws must fit too, before the first pass runs
+            from .workflows.hires import check_size as check_hires_size
+
+            check_hires_size(self, config)
+        small = self.family.size_warning(config.width, config.height, self.default_size, repr(self.model_id))
+        if small:
+            warnings.warn(small, UserWarning, stacklevel=3)
+        missing = set(config.loras) - set(self._loras)
+        if missing:
+            raise ConfigError("loras", config.loras, f"adapters {sorted(missing)} are not loaded; load them with studio.load_lora first")
+        self._load_recipe_embeddings(config.embeddings)
 
     @contextmanager
     def using_loras(self, weights: dict[str, float]) -> Iterator[None]:
@@ -384,35 +481,42 @@ class Studio:
 
     def _run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback], progress: Any, cancel: Any,
              control_image: Any, latents: Any, embeddings: Any, init_image: Any = None,
-             strength: float = 0.6) -> Result:
+             strength: float = 0.6, batch: list[GenerationConfig] | None = None) -> Result:
         import torch
+
+        # 1. The images to draw: the recipe's num_images (seed + i), or a batch of one-image
+        #    recipes that share everything but seed, prompt and pose (see run_batch).
+        wanted = batch or [config.replace(seed=config.seed + i, num_images=1) for i in range(config.num_images)]
 
         # 2. Pick the pipeline: the ControlNet one when there is a pose or control image, the
         #    img2img one when there is a starting picture.
+        controls = [control_image] * len(wanted)
         if control_image is None and config.pose is not None:
-            control_image = self._render_pose(config)
-        if control_image is not None and control_image.size != (config.width, config.height):
-            raise ConfigError("control_image", f"{control_image.size[0]}x{control_image.size[1]}",
+            controls = [self._render_pose(c) for c in wanted]
+        if controls[0] is not None and controls[0].size != (config.width, config.height):
+            raise ConfigError("control_image", f"{controls[0].size[0]}x{controls[0].size[1]}",
                               f"must match the output size {config.width}x{config.height}; "
                               "pass a Pose (fitted automatically) or resize the image")
-        kind: PipelineKind = "controlnet" if control_image is not None else "txt2img"
+        kind: PipelineKind = "controlnet" if controls[0] is not None else "txt2img"
         extra_args: dict[str, Any] = dict(width=config.width, height=config.height, latents=latents)
         if init_image is not None:
             strength = check_float("strength", strength, hi=1.0, above=0.0)
             if latents is not None:
                 raise ConfigError("latents", "given", "img2img starts from init_image's noised latents; pass one or the other")
-            kind = "controlnet_img2img" if control_image is not None else "img2img"
-            extra_args = dict(image=init_image.convert("RGB").resize((config.width, config.height)),
-                              strength=strength)
-            if control_image is not None:
+            kind = "controlnet_img2img" if controls[0] is not None else "img2img"
+            # A picture is resized to the recipe's size; a tensor is latents (the hires fix's upscaled
+            # first pass), which diffusers' img2img pipelines take as they are (4 channels).
+            image = init_image if hasattr(init_image, "shape") else init_image.convert("RGB").resize(
+                (config.width, config.height))
+            extra_args = dict(image=image, strength=strength)
+            if controls[0] is not None:
                 extra_args.update(width=config.width, height=config.height)
         pipe = self.pipeline(kind)
         self._offload_for(pipe, kind)
         params = inspect.signature(pipe.__call__).parameters
-        if control_image is not None:
-            # diffusers' union pipelines take the pose as control_image, with a control mode
-            extra_args["control_image" if "control_image" in params else "image"] = control_image
-            if "control_mode" in params:
+        control_key = "control_image" if "control_image" in params else "image"
+        if controls[0] is not None:
+            if "control_mode" in params:  # diffusers' union pipelines take a control mode too
                 extra_args["control_mode"] = [self.family.union_openpose_mode]
             extra_args.update(controlnet_conditioning_scale=config.controlnet_conditioning_scale,
                               control_guidance_start=config.control_guidance_start,
@@ -424,56 +528,95 @@ class Studio:
                                   f"diffusers' {type(pipe).__name__} has no CFG rescale: use 0 with poses or img2img here")
             extra_args["guidance_rescale"] = config.guidance_rescale
 
-        # 3. Encode the prompt once for all images (long prompts in 75-token chunks).
+        # 3. Encode each prompt once (long prompts in 75-token chunks).
         if embeddings is None and config.style_mix:
             from .interpolation import style_mix_embeddings
 
             embeddings = style_mix_embeddings(self.encoder, config.style_mix, config.clip_skip)
-        if embeddings is None:
-            encoded = self.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip)
-            embed_args = encoded.pipeline_kwargs()
-        elif isinstance(embeddings, EncodedPrompt):
-            embed_args = embeddings.pipeline_kwargs()
-        else:
+        if embeddings is not None and not isinstance(embeddings, EncodedPrompt):
             raise ConfigError("embeddings", type(embeddings).__name__, "an EncodedPrompt, as studio.encoder.encode() "
                               "returns (SDXL's carries the pooled embeddings too)")
-        # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
         from .prompt_syntax import schedule_callback
 
-        edit_cb = None if embeddings is not None else schedule_callback(
-            self.encoder, config.prompt, config.num_inference_steps, encoded.num_chunks, config.clip_skip)
+        encoded: dict[tuple[str, str], Any] = {}
+        edits: dict[tuple[str, str], Any] = {}
+        for c in wanted:
+            key = (c.prompt, c.negative_prompt)
+            if key not in encoded:
+                encoded[key] = embeddings or self.encoder.encode(c.prompt, c.negative_prompt, clip_skip=c.clip_skip)
+                # [from:to:when] prompt editing: swap the prompt embeddings mid-run (None when unused).
+                edits[key] = None if embeddings is not None else schedule_callback(
+                    self.encoder, c.prompt, c.num_inference_steps, encoded[key].num_chunks, c.clip_skip)
 
         # img2img starts part-way: diffusers runs int(steps * strength) of the steps.
         steps_run = config.num_inference_steps if init_image is None else max(
             1, min(int(config.num_inference_steps * strength), config.num_inference_steps))
 
-        # 4. One pipeline call per image, so each image's recipe (seed + i) reproduces it alone.
+        # 4. Group the images into UNet batches: one generator per image keeps each image's own
+        #    noise, so a batched image matches its recipe run alone (see README "Batches").
+        groups = self._batches(wanted, encoded, edits, controls, latents=latents)
         used_embeddings = self._embeddings_written(
-            [config.prompt, config.negative_prompt, *(p[k] for p in config.style_mix for k in ("prompt", "negative_prompt"))])
+            [config.prompt, config.negative_prompt, *(c.prompt for c in wanted), *(c.negative_prompt for c in wanted),
+             *(p[k] for p in config.style_mix for k in ("prompt", "negative_prompt"))])
+        from .workflows import drawing_context
+
         images, recipes, latents_out = [], [], []
-        for i in range(config.num_images):
+        for group in groups:
             if cancel is not None:
                 cancel.check()
-            step_cbs = list(callbacks) + ([edit_cb] if edit_cb is not None else [])
+            first = group[0]
+            key = (wanted[first].prompt, wanted[first].negative_prompt)
+            step_cbs = list(callbacks) + ([edits[key]] if edits[key] is not None else [])
             if cancel is not None:
                 step_cbs.insert(0, lambda p, s, t, kw: cancel.check() or {})
             if progress is not None:
-                step_cbs.append(_progress_callback(progress, i + 1, config.num_images, steps_run))
+                step_cbs.append(_progress_callback(progress, first + 1, len(wanted), steps_run, len(group)))
             combined, tensor_inputs = chain(step_cbs)
             pipe.scheduler = make_scheduler(config.scheduler, self.base_scheduler_config)
-            generator = torch.Generator("cpu").manual_seed(config.seed + i)  # CPU noise: same on every device
-            out = pipe(**embed_args, num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-                       generator=generator, output_type="latent",
-                       callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
-                       **extra_args)
-            images.extend(self.decode(out.images))
-            latents_out.append(out.images)
-            recipes.append(config.replace(seed=config.seed + i, num_images=1, model=self.model_id,
-                                          loras=self.active_loras, embeddings=used_embeddings))
-        extras: dict[str, Any] = {"latents": latents_out}
+            # CPU noise: the same on every device.
+            generators = [torch.Generator("cpu").manual_seed(wanted[i].seed) for i in group]
+            call_args = dict(extra_args)
+            if controls[0] is not None:
+                call_args[control_key] = controls[first] if len(group) == 1 else [controls[i] for i in group]
+            embed_args = _stack_embeddings([encoded[(wanted[i].prompt, wanted[i].negative_prompt)] for i in group])
+            with drawing_context(self, wanted[first]):
+                out = pipe(**embed_args, num_inference_steps=config.num_inference_steps,
+                           guidance_scale=config.guidance_scale,
+                           generator=generators[0] if len(group) == 1 else generators, output_type="latent",
+                           callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
+                           **call_args)
+            for row, i in enumerate(group):
+                image_latents = out.images[row:row + 1]
+                images.extend(self.decode(image_latents))
+                latents_out.append(image_latents)
+                recipes.append(wanted[i].replace(num_images=1, model=self.model_id, loras=self.active_loras,
+                                                 embeddings=used_embeddings))
+        extras: dict[str, Any] = {"latents": latents_out, "batches": [len(g) for g in groups]}
         if init_image is not None:
             extras.update(kind=kind, img2img_strength=strength)
         return Result(images, recipes, extras)
+
+    def _batches(self, wanted: list[GenerationConfig], encoded: dict, edits: dict, controls: list[Any],
+                 latents: Any) -> list[list[int]]:
+        """Which images share a UNet call: up to `max_batch` in order, all with prompts of one
+        length (chunk count) and no prompt editing; given latents, or a union ControlNet with
+        several poses, draw one image a call."""
+        size = 1 if latents is not None or self.max_batch <= 1 else self.max_batch
+        if controls[0] is not None and len({id(c) for c in controls}) > 1 and is_union_controlnet(self.controlnet):
+            size = 1
+        groups: list[list[int]] = []
+        for i, c in enumerate(wanted):
+            key = (c.prompt, c.negative_prompt)
+            last = groups[-1] if groups else None
+            fits = (last is not None and len(last) < size and edits[key] is None
+                    and edits[(wanted[last[0]].prompt, wanted[last[0]].negative_prompt)] is None
+                    and encoded[key].num_chunks == encoded[(wanted[last[0]].prompt,
+                                                            wanted[last[0]].negative_prompt)].num_chunks)
+            if fits:
+                last.append(i)
+            else:
+                groups.append([i])
+        return groups
 
     def from_photo(self, character: Any, photo: Any, *, strength: float = 0.6, pose: Any = "detect",
                    detector: Any = None, detector_weights: str | None = None, seed: int | None = None,
@@ -501,9 +644,9 @@ class Studio:
         return self.run(config, init_image=photo, strength=strength, progress=progress, cancel=cancel)
 
     def _render_pose(self, config: GenerationConfig) -> Any:
-        from .pose import Pose
+        from .pose.compose import load_people
 
-        return Pose.from_dict(config.pose).fit(config.width, config.height).render(config.width, config.height,
+        return load_people(config.pose).fit(config.width, config.height).render(config.width, config.height,
                                                                                  lines=config.pose_lines)
 
     def encode(self, images: Any) -> Any:
@@ -787,9 +930,32 @@ def vae_factor(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int) -> StepCallback:
+def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int,
+                       batch: int = 1) -> StepCallback:
     def report(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        progress(StepProgress(image=image, images=images, step=step + 1, steps=steps))
+        progress(StepProgress(image=image, images=images, step=step + 1, steps=steps, batch=batch))
         return {}
 
     return report
+
+
+def _one(result: Result, i: int) -> Result:
+    """Image i of a result, as a result of its own (with its latents)."""
+    latents = result.extras.get("latents")
+    return Result([result.images[i]], [result.recipes[i]], {"latents": [latents[i]] if latents else []})
+
+
+def _join(results: list[Result]) -> Result:
+    """One result from several one-image results, in order."""
+    return Result([r.image for r in results], [r.recipe for r in results],
+                  {"latents": [lat for r in results for lat in r.extras.get("latents") or [None]]})
+
+
+def _stack_embeddings(prompts: list[EncodedPrompt]) -> dict[str, Any]:
+    """One pipeline call's embedding arguments for a batch: each image's rows, in order."""
+    import torch
+
+    if len(prompts) == 1:
+        return prompts[0].pipeline_kwargs()
+    parts = [p.pipeline_kwargs() for p in prompts]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -21,6 +21,15 @@ def tiny_studio():
     return Studio.from_pretrained("tiny", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def mini_studio():
+    """One `mini` Studio for the whole session (the shipped 64 px model, fp32 on CPU); the same
+    rules as tiny_studio: put back whatever a test changes."""
+    from charstudio import Studio
+
+    return Studio.from_pretrained("mini", device="cpu")
+
+
 @pytest.fixture
 def fresh_studio():
     """A tiny Studio of the test's own, for tests that modify the model."""

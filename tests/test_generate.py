@@ -43,8 +43,10 @@ def test_batch_images_use_consecutive_seeds_and_each_recipe_rebuilds_its_image(t
     loaded = Result.from_png(paths[2])
     assert loaded.recipe == result.recipes[2]
     again = tiny_studio.run(loaded.recipe)
-    assert np.array_equal(pixels(again.image), pixels(result.images[2]))  # bit-identical on CPU
+    # The three were drawn in one UNet batch; alone, batched kernels' rounding differs by <= 1 level.
+    assert np.abs(pixels(again.image) - pixels(result.images[2])).max() <= 1
     assert np.array_equal(pixels(loaded.image), pixels(result.images[2]))  # PNG is lossless
+    assert np.array_equal(pixels(tiny_studio.run(again.recipe).image), pixels(again.image))  # bit-identical on CPU
 
 
 def test_saved_png_carries_a1111_parameters(tiny_studio, tmp_path):
@@ -134,6 +136,15 @@ def test_callback_that_edits_latents_changes_the_result(tiny_studio):
 def test_progress_reports_every_step_of_every_image(tiny_studio):
     events = []
     tiny_studio.generate("a fox", seed=4, num_images=2, progress=events.append, num_inference_steps=3)
+    # Both images share one UNet batch: one report per step covers images 1-2.
+    assert [(e.image, e.batch, e.step) for e in events] == [(1, 2, 1), (1, 2, 2), (1, 2, 3)]
+    assert events[-1].fraction == 1.0
+    tiny_studio.max_batch = 1
+    try:
+        events.clear()
+        tiny_studio.generate("a fox", seed=4, num_images=2, progress=events.append, num_inference_steps=3)
+    finally:
+        tiny_studio.max_batch = 8
     assert [(e.image, e.step) for e in events] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert events[-1].fraction == 1.0
 

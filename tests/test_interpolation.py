@@ -201,7 +201,8 @@ def test_pose_animation_keeps_the_seed_and_changes_the_pose(tiny_studio):
     assert len(res.images) == 3 and {r.seed for r in res.recipes} == {9}
     assert res.recipes[0].pose != res.recipes[1].pose
     again = tiny_studio.run(res.recipes[1])
-    assert np.array_equal(pixels(again.image), pixels(res.images[1]))
+    # The frames were drawn in one UNet batch: alone, within one level (batched kernels' rounding).
+    assert np.abs(pixels(again.image) - pixels(res.images[1])).max() <= 1
 
 
 # -- outputs -------------------------------------------------------------------------------------------------
@@ -270,9 +271,14 @@ def test_schedule_callback_replaces_only_the_positive_half():
 
 
 def test_pose_animation_reference_attention_keeps_the_first_frame(tiny_studio):
-    plain = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, **FAST)
-    ref = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, reference_strength=1.0,
-                                     **FAST)
+    # One frame a call, so both runs draw each frame with the same kernels: exact comparisons.
+    tiny_studio.max_batch = 1
+    try:
+        plain = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, **FAST)
+        ref = tiny_studio.pose_animation("a knight", "running", "jumping", frames=2, seed=9, reference_strength=1.0,
+                                         **FAST)
+    finally:
+        tiny_studio.max_batch = 8
     assert np.array_equal(pixels(ref.images[0]), pixels(plain.images[0]))  # the anchor frame itself
     assert not np.array_equal(pixels(ref.images[1]), pixels(plain.images[1]))
     assert ref.extras["ts"] == [0.0, 1.0]

@@ -182,4 +182,5 @@ def test_accelerate_two_processes_match_one(tiny_studio, tmp_path):
 
     for i, (name, image) in enumerate(zip(POSES, single.images)):
         saved = Image.open(out / f"{i:02d}-{name.replace('_', '-')}.png")
-        assert (px(saved) == px(image)).all(), name
+        # Each process batches its own share of the poses: batched kernels round within one level.
+        assert np.abs(px(saved) - px(image)).max() <= 1, name

@@ -60,7 +60,8 @@ def test_reference_attention_changes_only_the_non_anchor_images(tiny_studio, pla
     # are almost equal, so attending to the anchor would change little.
     off = plain_sheet
     on = tiny_studio.sheet("a knight", POSES[:2], seed=4, same_noise=False, reference_strength=1.0, **FAST)
-    assert (px(off.images[0]) == px(on.images[0])).all()  # the anchor is drawn as before
+    # The anchor is drawn as before (the plain sheet batched both poses: within one level).
+    assert np.abs(px(off.images[0]) - px(on.images[0])).max() <= 1
     for a, b in zip(off.images[1:], on.images[1:]):
         diff = np.abs(px(a) - px(b))
         assert diff.max() >= 2 and diff.mean() > 0.05

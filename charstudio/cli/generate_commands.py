@@ -22,6 +22,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the model in CPU memory and move each part to the GPU only while it runs, and decode "
                         "in tiles (SDXL on a 12 GB card); default: chosen from the GPU's memory")
+    p.add_argument("--speed", default="default", choices=["default", "max"],
+                   help="max: the fast path for a GPU (SDPA, fused QKV, channels_last, torch.compile of the UNet, "
+                        "ControlNet and VAE decoder; the first picture of each size compiles, about a minute); "
+                        "on the CPU only fused QKV. $CHARSTUDIO_COMPILE_BACKEND / $CHARSTUDIO_COMPILE_MODE choose "
+                        "torch.compile's backend and mode")
     add_checkpoint_file_args(p)
 
 
@@ -109,6 +114,60 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="allow pictures over twice the model's native size a side (slow, and models repeat themselves)")
 
 
+def add_hires_args(p: argparse.ArgumentParser) -> None:
+    """The hires fix (charstudio.workflows.hires): draw at the model's size, upscale, redraw."""
+    p.add_argument("--hires", type=float, default=None, metavar="FACTOR",
+                   help="hires fix: draw at the model's size, upscale by FACTOR (> 1, e.g. 1.5) and redraw the large "
+                        "picture with a second img2img pass; the saved PNG is the larger size")
+    p.add_argument("--hires-strength", type=float, default=None,
+                   help="how far the upscaled picture is noised before the redraw, 0..1 (default 0.4)")
+    p.add_argument("--hires-steps", type=int, default=None,
+                   help="steps the second pass runs (default: the same as --steps)")
+    p.add_argument("--hires-upscaler", default=None, choices=["pixel", "latent"],
+                   help="pixel: Lanczos on the picture, then the VAE (default); latent: bilinear on the latents")
+
+
+def hires_setting(args: argparse.Namespace) -> dict | None:
+    """The recipe's `hires` from the --hires flags (checked), or None without --hires."""
+    from charstudio.errors import ConfigError
+    from charstudio.workflows.hires import normalise
+
+    flags = {"scale": "--hires", "strength": "--hires-strength", "steps": "--hires-steps",
+             "upscaler": "--hires-upscaler"}
+    given = {key: getattr(args, flag[2:].replace("-", "_"), None) for key, flag in flags.items()}
+    given = {key: value for key, value in given.items() if value is not None}
+    if "scale" not in given:
+        if given:
+            key = next(iter(given))
+            raise ConfigError(flags[key], given[key], "needs --hires FACTOR (the upscale factor, e.g. --hires 1.5)")
+        return None
+    try:
+        return normalise(given)
+    except ConfigError as exc:  # name the flag the user typed
+        raise ConfigError(flags.get(exc.field.removeprefix("hires."), exc.field), exc.value, exc.expected) from None
+
+
+class TwoPassBar:
+    """Progress of a hires run: the first pass's steps on one bar, then the second pass's."""
+
+    def __init__(self) -> None:
+        from charstudio.cli.progress import StepBar
+
+        self.bars = [StepBar("drawing"), StepBar("hires pass")]
+        self.second = False
+
+    def __call__(self, p) -> None:
+        self.bars[self.second](p)
+        self.second = self.second or p.done >= p.images * p.steps
+
+    def __enter__(self) -> "TwoPassBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars:
+            bar.close()
+
+
 def precheck(args: argparse.Namespace) -> None:
     """Validate the numbers that don't depend on the model, so typos fail in a second."""
     from charstudio.config import check_size
@@ -136,6 +195,7 @@ def precheck(args: argparse.Namespace) -> None:
         from charstudio.character import get_style
 
         get_style(args.style)
+    hires_setting(args)  # --hires flags (when the command has them)
 
 
 def load_studio(args: argparse.Namespace):
@@ -145,7 +205,8 @@ def load_studio(args: argparse.Namespace):
                                     controlnet=args.controlnet, allow_pickle=args.allow_pickle,
                                     config=getattr(args, "config", None),
                                     prediction_type=getattr(args, "prediction_type", None),
-                                    low_vram=getattr(args, "low_vram", None))
+                                    low_vram=getattr(args, "low_vram", None),
+                                    speed=getattr(args, "speed", "default"))
     studio.allow_large = bool(getattr(args, "allow_large", False))
     return studio
 
@@ -157,11 +218,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a card name (see `charstudio cards`), a card .yaml file, or a prompt")
     add_sampling_args(g)
     g.add_argument("-n", "--num-images", type=int, default=1)
-    g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file")
+    g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file; "
+                   "A+B places poses side by side in one picture (two characters: add --region)")
+    g.add_argument("--region", action="append", default=[], metavar="BOX:PROMPT",
+                   help="regional prompt: this part of the picture drawn from its own prompt, the main prompt "
+                        "being the scene's; BOX is left, right, top, bottom or x0,y0,x1,y1 in pixels, PROMPT "
+                        "text or @card, e.g. 'left:a girl with red hair', 'right:@aiko'; repeat for each region")
     g.add_argument("--pose-lines", default=None, choices=["standard", "thick"],
                    help="how the pose is drawn for the ControlNet (default: thick for xinsir's SDXL ControlNets, "
                         "which were trained on thicker limbs, else standard)")
     g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
+    add_hires_args(g)
     g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
     add_lora_args(g)
     add_embedding_args(g)
@@ -186,17 +253,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # Fail on bad settings or a bad output folder before spending minutes on a model load; the
     # folder itself is made when the first picture is written.
     precheck(args)
+    from charstudio.workflows.regions import parse_region
+
+    regions = [parse_region(text) for text in args.region] or None  # typos fail before the model loads
+    if regions and args.width and args.height:
+        from types import SimpleNamespace
+
+        from charstudio.workflows.regions import check as check_regions
+
+        check_regions(regions, SimpleNamespace(width=args.width, height=args.height))  # boxes, overlaps, cards
     check_output_dir(args.out, field="--out")
     studio = load_studio(args)
     load_loras(studio, args)
     load_embeddings(studio, args)
-    with StepBar("generating") as bar:
+    pose = args.pose
+    if pose is not None and "+" in pose:  # two (or more) poses side by side in one control image
+        from charstudio.pose.compose import side_by_side
+
+        pose = side_by_side(*(p.strip() for p in pose.split("+")), width=args.width or studio.default_size,
+                            height=args.height or studio.default_size)
+    hires = hires_setting(args)
+    with (StepBar("generating") if hires is None else TwoPassBar()) as bar:
         result = studio.generate(args.subject, style=args.style, extra=args.add, seed=args.seed,
                                  num_inference_steps=args.steps, guidance_scale=args.guidance,
                                  guidance_rescale=args.guidance_rescale, width=args.width,
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
-                                 num_images=args.num_images, pose=args.pose, pose_lines=args.pose_lines,
-                                 controlnet_conditioning_scale=args.control_scale, progress=bar)
+                                 num_images=args.num_images, pose=pose, pose_lines=args.pose_lines,
+                                 controlnet_conditioning_scale=args.control_scale, hires=hires, regions=regions,
+                                 progress=bar)
     with output_named("--out", args.out):
         for path in result.save(args.out):
             print(path)

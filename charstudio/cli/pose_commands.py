@@ -7,7 +7,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from charstudio.cli.generate_commands import add_lora_args, add_model_args, add_sampling_args
+    from charstudio.cli.generate_commands import add_hires_args, add_lora_args, add_model_args, add_sampling_args
 
     p = sub.add_parser("poses", help="list the pose library")
     p.set_defaults(func=cmd_poses)
@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CLIP image encoder: a folder name inside the subfolder, or a path from the root with a / "
                         f"(default: the model family's; {family_default('image_encoder_folder')})")
     s.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
+    add_hires_args(s)
     s.add_argument("--embedder", default=None,
                    help="CLIP vision model (hub id or folder) for the consistency score "
                         "(default: openai/clip-vit-large-patch14 when available)")
@@ -104,7 +105,7 @@ def _is_main_process() -> bool:
 def cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.cli.generate_commands import load_loras, load_studio, precheck, print_model_note
+    from charstudio.cli.generate_commands import hires_setting, load_loras, load_studio, precheck, print_model_note
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError, OutputError
     from charstudio.io_utils import check_output_dir
@@ -152,7 +153,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
             width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
-            controlnet_conditioning_scale=args.control_scale, progress=bar)
+            controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args), progress=bar)
 
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():

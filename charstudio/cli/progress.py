@@ -18,8 +18,9 @@ class StepBar:
 
         if self.bar is None:
             self.bar = tqdm(total=p.images * p.steps, desc=self.desc, unit="step", disable=self.disable, leave=False)
-        self.bar.n = (p.image - 1) * p.steps + p.step
-        self.bar.set_postfix_str(f"image {p.image}/{p.images}", refresh=False)
+        self.bar.n = p.done
+        last = p.image + p.batch - 1
+        self.bar.set_postfix_str(f"image {p.image}{f'-{last}' if last > p.image else ''}/{p.images}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -261,6 +261,7 @@ def unload_loras(pipe: Any, names: Iterable[str] | None = None, *, active: Mappi
     dropped from it.
     """
     from ..compat import remove_all_text_encoder_adapters
+    from ..models.speed import refresh_fused_qkv
 
     if fused_loras(pipe):
         unfuse_loras(pipe)
@@ -271,6 +272,9 @@ def unload_loras(pipe: Any, names: Iterable[str] | None = None, *, active: Mappi
             te = getattr(pipe, comp, None)
             if te is not None:
                 remove_all_text_encoder_adapters(te)
+        # The fast path's fused q/k/v copies (speed="max"), when there are any, follow the base
+        # weights as the adapters left them (peft's unmerge is a rounding away from before).
+        refresh_fused_qkv(pipe.unet)
         return
     names = list(names)
     known = loaded_adapters(pipe)
@@ -281,6 +285,7 @@ def unload_loras(pipe: Any, names: Iterable[str] | None = None, *, active: Mappi
     for n in names:
         _remove_adapter(pipe, n)
     set_loras(pipe, remaining)
+    refresh_fused_qkv(pipe.unet)
 
 
 def _tuner_layers(pipe: Any) -> list[Any]:

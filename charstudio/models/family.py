@@ -20,7 +20,8 @@ from ..errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 FamilyName = Literal["sd1", "sdxl"]
-PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img")
+# "inpaint": diffusers' inpainting pipeline, for a 9-channel inpainting UNet (charstudio.workflows.inpaint)
+PIPELINE_KINDS = ("txt2img", "controlnet", "img2img", "controlnet_img2img", "inpaint")
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ SD1 = ModelFamily(
     name="sd1", label="SD 1.x",
     pipelines={"txt2img": "StableDiffusionPipeline", "controlnet": "StableDiffusionControlNetPipeline",
                "img2img": "StableDiffusionImg2ImgPipeline",
-               "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline"},
+               "controlnet_img2img": "StableDiffusionControlNetImg2ImgPipeline",
+               "inpaint": "StableDiffusionInpaintPipeline"},
     text_parts=(("tokenizer", "text_encoder"),),
     native_size=512, sizes=((512, 512), (512, 768), (768, 512)),
     openpose_controlnet="lllyasviel/control_v11p_sd15_openpose",
@@ -179,7 +181,8 @@ SDXL = ModelFamily(
     name="sdxl", label="SDXL",
     pipelines={"txt2img": "StableDiffusionXLPipeline", "controlnet": "StableDiffusionXLControlNetPipeline",
                "img2img": "StableDiffusionXLImg2ImgPipeline",
-               "controlnet_img2img": "StableDiffusionXLControlNetImg2ImgPipeline"},
+               "controlnet_img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+               "inpaint": "StableDiffusionXLInpaintPipeline"},
     text_parts=(("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")),
     # The buckets SDXL and its anime fine-tunes (Illustrious, NoobAI, Pony, Animagine) train at.
     native_size=1024, sizes=((1024, 1024), (832, 1216), (1216, 832), (896, 1152), (1152, 896), (768, 1344),

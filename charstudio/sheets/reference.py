@@ -38,6 +38,13 @@ class ReferenceBank:
             raise ConfigError("reference", "nothing recorded", "record an anchor run before reading")
         self.mode, self._calls = "read", {}
 
+    def rewind_at_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        """Step callback: after a run's last step the next run reads the anchor from step 0 again
+        (a sheet's poses may take several pipeline calls)."""
+        if step + 1 >= int(getattr(pipe, "num_timesteps", step + 1)):
+            self._calls = {}
+        return {}
+
     def off(self) -> None:
         """Behave exactly like the original processors."""
         self.mode = "off"
@@ -75,7 +82,7 @@ class ReferenceAttnProcessor:
                 bank.states.setdefault(self.name, []).append(
                     hidden_states.detach().to("cpu" if bank.offload else hidden_states.device, copy=True))
             elif bank.mode == "read":
-                ref = bank._next(self.name)
+                ref = _rows_for(bank._next(self.name), hidden_states.shape[0])
                 usable = (ref is not None and bank.strength > 0 and attention_mask is None
                           and attn.spatial_norm is None and attn.group_norm is None
                           and ref.shape == hidden_states.shape)
@@ -109,6 +116,15 @@ class ReferenceAttnProcessor:
         if attn.residual_connection:
             out = out + hidden
         return out / attn.rescale_output_factor
+
+
+def _rows_for(ref: Any, batch: int) -> Any:
+    """The anchor's recorded rows for a UNet batch of `batch` rows. The anchor ran alone: its rows
+    are [uncond, cond] (or [cond]); a batch of n images holds [uncond x n, cond x n], so each
+    anchor row repeats n times in place."""
+    if ref is None or ref.shape[0] == batch or batch % ref.shape[0]:
+        return ref
+    return ref.repeat_interleave(batch // ref.shape[0], dim=0)
 
 
 def check_strength(strength: Any, field_name: str = "reference_strength") -> float:

@@ -210,12 +210,23 @@ def make_sheet(
     # 3. This process's share (all of it unless launched with several processes).
     indices = list(range(len(poses)))
     mine = indices if state is None else indices[state.process_index::state.num_processes]
-    run_kwargs = dict(callbacks=callbacks, progress=progress, cancel=cancel)
     done: list[tuple[int, Any, dict]] = []
 
-    def run(i: int) -> None:
-        res = studio.run(configs[i], **run_kwargs)
-        done.append((i, res.images[0], res.recipes[0].to_dict()))
+    def report_from(offset: int) -> Callable | None:
+        # Progress over this process's whole share: the anchor run, then the batch.
+        if progress is None:
+            return None
+        from ..callbacks import StepProgress
+
+        return lambda p: progress(StepProgress(image=p.image + offset, images=len(mine), step=p.step, steps=p.steps,
+                                               batch=p.batch))
+
+    def run(todo: list[int], offset: int = 0, rewind: Callable | None = None) -> None:
+        # The poses share a UNet batch (Studio.run_batch), each with its own seed's noise.
+        if todo:
+            res = studio.run_batch([configs[i] for i in todo], callbacks=[*callbacks, *([rewind] if rewind else [])],
+                                   progress=report_from(offset), cancel=cancel)
+            done.extend((i, im, r.to_dict()) for i, im, r in zip(todo, res.images, res.recipes))
 
     # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
     with ExitStack() as stack:
@@ -230,16 +241,14 @@ def make_sheet(
                 else:
                     # Every process records the anchor (pose 0); only its owner keeps the image.
                     bank.record()
-                    res = studio.run(configs[0], **run_kwargs)
+                    res = studio.run(configs[0], callbacks=callbacks, progress=report_from(0), cancel=cancel)
                     if 0 in mine:
                         done.append((0, res.images[0], res.recipes[0].to_dict()))
                     todo = [i for i in mine if i != 0]
-                for i in todo:
-                    bank.read()
-                    run(i)
+                bank.read()
+                run(todo, offset=len(mine) - len(todo), rewind=bank.rewind_at_end)
         else:
-            for i in mine:
-                run(i)
+            run(mine)
 
     # 5. Collect (across processes), lay out, measure.
     from ..config import GenerationConfig

@@ -218,7 +218,9 @@ class ProgressPanel:
     def report(self, p: StepProgress) -> None:
         self.last = p
         self.bar.value = p.fraction
-        self.label.value = (f"image {p.image}/{p.images}, " if p.images > 1 else "") + f"step {p.step}/{p.steps}"
+        last = p.image + p.batch - 1
+        shown = f"{p.image}-{last}" if last > p.image else f"{p.image}"
+        self.label.value = (f"image {shown}/{p.images}, " if p.images > 1 else "") + f"step {p.step}/{p.steps}"
 
     def fraction(self, done: float, text: str) -> None:
         self.bar.value = max(0.0, min(1.0, done))

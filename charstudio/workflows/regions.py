@@ -1,0 +1,339 @@
+"""Regional prompts: several characters in one picture, each drawn from its own prompt.
+
+A recipe's ``regions`` is a list of regions, each a prompt (or a character card) and the part of
+the picture it owns::
+
+    [{"prompt": "a girl with red hair", "box": "left"},
+     {"character": "aiko", "box": [64, 0, 128, 64]}]
+
+The recipe's own prompt is the shared scene prompt. While the picture is drawn, every
+cross-attention layer of the UNet (``attn2``) computes its output for the scene prompt and for
+each region's prompt, and mixes them pixel by pixel with the regions' masks, shrunk to that
+layer's resolution: inside a box the region's prompt rules, outside every box the scene prompt.
+This is done for the conditional rows of the classifier-free-guidance batch only; the
+unconditional rows keep the negative prompt, unless a region gives its own ``negative_prompt``.
+
+Each region:
+
+- ``prompt`` (text) or ``character`` (a card name: its subject becomes the region's prompt,
+  resolved once when the recipe is made and recorded, so a re-run never depends on the card);
+- ``box``: ``"left"``, ``"right"``, ``"top"``, ``"bottom"`` (halves of the picture) or
+  ``[x0, y0, x1, y1]`` in pixels, x1/y1 exclusive, inside the picture; a pixel box is recorded
+  with the picture size it was given for (``canvas``: [width, height]), so that a pass at another
+  size (the hires fix) scales it with the picture;
+- ``negative_prompt`` (optional): used for the region's unconditional rows;
+- ``weight`` (optional, 0..1, default 1): how much the region's prompt replaces the scene's
+  inside its box (0.7 keeps 30% of the scene prompt there);
+- ``overlap`` (optional, default False): boxes may not overlap unless one of the two says
+  ``"overlap": True``; where they do, their prompts share the pixels by weight.
+
+Per-region LoRA weights are not offered: a LoRA (peft) scales whole layers, not pixels, so a
+LoRA always acts on the whole picture. Put it in the recipe's ``loras`` instead; a card's LoRA
+named by a region is not applied (a warning says so).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from ..errors import ConfigError
+from ..validation import check_float
+
+log = logging.getLogger(__name__)
+
+HALVES = ("left", "right", "top", "bottom")
+REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap")
+MAX_REGIONS = 8
+EXAMPLE = '[{"prompt": "a girl with red hair", "box": "left"}, {"prompt": "a boy with blue hair", "box": "right"}]'
+
+
+# -- the recipe field ------------------------------------------------------------------------------
+def check(value: Any, config: Any) -> list[dict]:
+    """Validate and normalise a recipe's ``regions`` (see the module docstring).
+
+    A region naming a ``character`` card without a ``prompt`` gets the card's subject as its
+    prompt here, so the recipe records the text it was drawn with. Raises `ConfigError` naming
+    the region and the field."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError("regions", value, f"a list of regions, each a prompt and a box, e.g. {EXAMPLE}")
+    if len(value) > MAX_REGIONS:
+        raise ConfigError("regions", f"{len(value)} regions", f"at most {MAX_REGIONS} regions")
+    regions = [_check_region(i, spec, config) for i, spec in enumerate(value)]
+    _check_overlaps(regions, config)
+    return regions
+
+
+def _check_region(i: int, spec: Any, config: Any) -> dict:
+    name = f"regions[{i}]"
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(name, spec, f"a dict with a prompt (or character) and a box, e.g. {EXAMPLE}")
+    unknown = sorted(set(spec) - set(REGION_KEYS))
+    if any(k in ("lora", "loras", "lora_weight") for k in unknown):
+        raise ConfigError(f"{name}.lora", spec.get("lora", spec.get("loras", spec.get("lora_weight"))),
+                          "per-region LoRA weights are not possible (a LoRA scales whole layers, not pixels): "
+                          "put the LoRA in the recipe's loras, where it acts on the whole picture")
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}", spec[unknown[0]], f"not a region field; use {', '.join(REGION_KEYS)}")
+    region: dict[str, Any] = {}
+    prompt, card = spec.get("prompt"), spec.get("character")
+    if card is not None and (not isinstance(card, str) or not card.strip()):
+        raise ConfigError(f"{name}.character", card, "a character card's name (see `charstudio cards`)")
+    if prompt is None and card is not None:
+        prompt = _card_prompt(name, card)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(f"{name}.prompt", prompt, "the region's prompt (text), or a character card's name as "
+                          "'character'")
+    region["prompt"] = prompt.strip()
+    negative = spec.get("negative_prompt", "")
+    if not isinstance(negative, str):
+        raise ConfigError(f"{name}.negative_prompt", negative, "text (or leave it out: the recipe's negative is used)")
+    if negative.strip():
+        region["negative_prompt"] = negative.strip()
+    if card is not None:
+        region["character"] = card.strip()
+    region["box"] = _check_box(f"{name}.box", spec.get("box"), spec.get("canvas"), config)
+    if not isinstance(region["box"], str):
+        # Pixel boxes keep the size they were given for, so that a pass at another size (the
+        # hires fix's second pass) scales them with the picture.
+        region["canvas"] = list(spec.get("canvas") or (config.width, config.height))
+    region["weight"] = check_float(f"{name}.weight", spec.get("weight", 1.0), 0.0, 1.0)
+    if region["weight"] == 0.0:
+        raise ConfigError(f"{name}.weight", 0, "a weight above 0 up to 1 (0 would leave the region's prompt unused)")
+    overlap = spec.get("overlap", False)
+    if not isinstance(overlap, bool):
+        raise ConfigError(f"{name}.overlap", overlap, "True or False")
+    if overlap:
+        region["overlap"] = True
+    return region
+
+
+def _card_prompt(name: str, card: str) -> str:
+    from ..character import load_character
+
+    character = load_character(card)  # a ConfigError naming the known cards when there is none
+    if character.lora:
+        log.warning("%s: card %r names the LoRA %r, which is not applied to one region (a LoRA acts on the "
+                    "whole picture); add it to the recipe's loras if you want it", name, card, character.lora)
+    return character.subject
+
+
+def _check_box(name: str, box: Any, canvas: Any, config: Any) -> Any:
+    if isinstance(box, str):
+        if box.strip().lower() not in HALVES:
+            raise ConfigError(name, box, f"one of {', '.join(HALVES)} or [x0, y0, x1, y1] in pixels")
+        return box.strip().lower()
+    width, height = config.width, config.height
+    if canvas is not None:  # the picture size the box was given for (recorded with pixel boxes)
+        if not isinstance(canvas, (list, tuple)) or len(canvas) != 2:
+            raise ConfigError(name.replace(".box", ".canvas"), canvas, "[width, height] in pixels")
+        width, height = (_whole(name.replace(".box", ".canvas"), v) for v in canvas)
+        if width < 8 or height < 8:
+            raise ConfigError(name.replace(".box", ".canvas"), canvas, "[width, height], at least 8 pixels each")
+    if not isinstance(box, (list, tuple)) or len(box) != 4:
+        raise ConfigError(name, box, f"'left', 'right', 'top', 'bottom' or [x0, y0, x1, y1] in pixels of the "
+                          f"{width}x{height} picture, e.g. [0, 0, {width // 2}, {height}]")
+    x0, y0, x1, y1 = (_whole(name, v) for v in box)
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ConfigError(name, list(box), f"a box inside the {width}x{height} picture with x0 < x1 <= {width} "
+                          f"and y0 < y1 <= {height}")
+    return [x0, y0, x1, y1]
+
+
+def _whole(name: str, v: Any) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(name, v, "whole numbers of pixels [x0, y0, x1, y1]")
+    return v
+
+
+def box_pixels(region: dict, width: int, height: int) -> tuple[int, int, int, int]:
+    """A region's box as (x0, y0, x1, y1) pixels of a width x height picture (a pixel box given
+    for another picture size, its ``canvas``, is scaled to this one)."""
+    box = region["box"]
+    if isinstance(box, str):
+        return {"left": (0, 0, width // 2, height), "right": (width // 2, 0, width, height),
+                "top": (0, 0, width, height // 2), "bottom": (0, height // 2, width, height)}[box]
+    cw, ch = region.get("canvas") or (width, height)
+    x0, y0, x1, y1 = box
+    return (round(x0 * width / cw), round(y0 * height / ch), round(x1 * width / cw), round(y1 * height / ch))
+
+
+def _check_overlaps(regions: list[dict], config: Any) -> None:
+    boxes = [box_pixels(r, config.width, config.height) for r in regions]
+    for i in range(len(boxes)):
+        for j in range(i):
+            a, b = boxes[i], boxes[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and not (
+                    regions[i].get("overlap") or regions[j].get("overlap")):
+                raise ConfigError(f"regions[{i}].box", regions[i]["box"],
+                                  f"overlaps regions[{j}]'s box {regions[j]['box']}: move it, or allow it with "
+                                  "\"overlap\": True")
+
+
+def region_masks(regions: list[dict], width: int, height: int) -> Any:
+    """The regions' weights per pixel, a float tensor (R, height, width): each region's weight in its
+    box, shared by weight where boxes overlap, so that no pixel sums to more than 1 (the scene
+    prompt gets the rest)."""
+    import torch
+
+    masks = torch.zeros(len(regions), height, width)
+    for k, region in enumerate(regions):
+        x0, y0, x1, y1 = box_pixels(region, width, height)
+        masks[k, y0:y1, x0:x1] = float(region["weight"])
+    total = masks.sum(0, keepdim=True)
+    return torch.where(total > 1, masks / total.clamp(min=1e-8), masks)
+
+
+# -- drawing -------------------------------------------------------------------------------------
+class _RegionState:
+    """What every wrapped cross-attention layer shares: the prompts' embeddings, the masks at the
+    latent resolution, the CFG layout and a cache of masks per layer size."""
+
+    def __init__(self, cond: list[Any], uncond: list[Any | None], masks: Any, cfg: bool):
+        self.cond, self.uncond, self.cfg = cond, uncond, cfg
+        self.masks = masks  # (R, h, w) at the latent resolution
+        self._sized: dict[tuple, Any] = {}
+
+    def masks_for(self, length: int, device: Any, dtype: Any) -> Any:
+        """The masks as (R, 1, length, 1) for a layer whose sequence has `length` positions: the
+        latent grid halved (rounding up, as the UNet's stride-2 convolutions do) until it fits."""
+        import torch.nn.functional as F
+
+        key = (length, device, dtype)
+        if key not in self._sized:
+            h, w = self.masks.shape[-2:]
+            while h * w > length and (h > 1 or w > 1):
+                h, w = -(-h // 2), -(-w // 2)
+            if h * w != length:
+                raise ConfigError("regions", f"a layer of {length} positions",
+                                  f"a UNet whose attention layers work on the latent grid {tuple(self.masks.shape[-2:])} "
+                                  "halved; this one does not, so regions cannot be placed")
+            small = F.interpolate(self.masks[:, None], size=(h, w), mode="area")
+            self._sized[key] = small.reshape(len(self.masks), 1, h * w, 1).to(device, dtype)
+        return self._sized[key]
+
+
+class RegionalAttnProcessor:
+    """Wraps a UNet cross-attention processor: the wrapped one runs for the batch as it came (the
+    scene prompt), then once per region on the rows that region changes, and the outputs are
+    mixed per pixel by the regions' masks. Wrapping keeps whatever the processor does (SDPA,
+    fused projections, IP-Adapter, attention recording)."""
+
+    def __init__(self, base: Any, state: _RegionState):
+        self.base = base
+        self.state = state
+
+    def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None,
+                 attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
+        out = self.base(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
+                        attention_mask=attention_mask, temb=temb, **kwargs)
+        if encoder_hidden_states is None or hidden_states.ndim != 3:
+            return out
+        state = self.state
+        batch = hidden_states.shape[0]
+        half = batch // 2 if state.cfg and batch % 2 == 0 else 0  # CFG batches are [uncond x n, cond x n]
+        masks = state.masks_for(hidden_states.shape[1], out.device, out.dtype)
+        groups = [(slice(half, batch), state.cond)]
+        if half and any(e is not None for e in state.uncond):
+            groups.append((slice(0, half), state.uncond))
+        out = out.clone()
+        for rows, embeds in groups:
+            mixed = out[rows]
+            base_share = 1.0 - masks.sum(0)  # (1, L, 1): where no region covers, the scene prompt
+            mixed = mixed * base_share
+            for k, emb in enumerate(embeds):
+                m = masks[k]
+                if emb is None:  # this region keeps the scene's negative: the scene's output
+                    mixed = mixed + out[rows] * m
+                    continue
+                region_out = self.base(attn, hidden_states[rows], *args,
+                                       encoder_hidden_states=_replace_text(encoder_hidden_states, rows, emb),
+                                       attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
+                mixed = mixed + region_out * m
+            out[rows] = mixed
+        return out
+
+
+def _replace_text(encoder_hidden_states: Any, rows: slice, emb: Any) -> Any:
+    """The layer's encoder states for `rows` with the text part replaced by `emb` (one row,
+    expanded); other parts (IP-Adapter image tokens in a tuple) are kept."""
+    if isinstance(encoder_hidden_states, tuple):
+        text, *rest = encoder_hidden_states
+        return (_replace_text(text, rows, emb), *[[r[rows] for r in part] if isinstance(part, list) else part[rows]
+                                                 for part in rest])
+    n = encoder_hidden_states[rows].shape[0]
+    return emb.to(encoder_hidden_states.device, encoder_hidden_states.dtype).expand(n, *emb.shape[1:])
+
+
+@contextmanager
+def regional_attention(studio: Any, config: Any) -> Iterator[None]:
+    """While inside, the studio's UNet draws the recipe's regions (see the module docstring).
+
+    Every cross-attention processor (attn2) is wrapped, not replaced, and the originals come
+    back on exit, even after an error. Works for any UNet batch (CFG rows [uncond x n, cond x n])
+    and on both families (SDXL's pooled and time conditioning stay the scene prompt's)."""
+    import torch
+
+    from ..studio import vae_factor
+
+    regions = config.regions
+    if not regions:
+        yield
+        return
+    unet = studio.components["unet"]
+    # 1. Each region's prompt (and negative, when it has one) as the encoder makes the scene's.
+    cond, uncond = [], []
+    for region in regions:
+        negative = region.get("negative_prompt", "")
+        encoded = studio.encoder.encode(region["prompt"], negative, clip_skip=config.clip_skip)
+        cond.append(encoded.prompt_embeds.detach())
+        uncond.append(encoded.negative_prompt_embeds.detach() if negative else None)
+    # 2. The masks on the latent grid; each layer shrinks them to its own size.
+    factor = vae_factor(studio.components["vae"])
+    pixels = region_masks(regions, config.width, config.height)[:, None]
+    latent = torch.nn.functional.interpolate(pixels, size=(config.height // factor, config.width // factor),
+                                             mode="area")[:, 0]
+    cfg = config.guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+    state = _RegionState(cond, uncond, latent, cfg)
+    # 3. Wrap the cross-attention processors; put the originals back whatever happens.
+    original = unet.attn_processors
+    wrapped = {name: RegionalAttnProcessor(proc, state) if name.endswith("attn2.processor") else proc
+               for name, proc in original.items()}
+    if not any(isinstance(p, RegionalAttnProcessor) for p in wrapped.values()):
+        raise ConfigError("regions", f"{len(regions)} regions", "a UNet with cross-attention layers (attn2)")
+    log.info("regional prompts: %d regions over the scene prompt", len(regions))
+    unet.set_attn_processor(wrapped)
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(dict(original))  # diffusers pops from the dict it is given
+
+
+def parse_region(text: str, field_name: str = "--region") -> dict:
+    """A region from the command line's form: ``BOX:PROMPT`` where BOX is left, right, top, bottom
+    or ``x0,y0,x1,y1`` (pixels), and PROMPT is text or ``@card`` (a character card), e.g.
+    ``left:a girl with red hair``, ``64,0,128,64:a boy with blue hair``, ``right:@aiko``."""
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(field_name, text, "BOX:PROMPT, e.g. 'left:a girl with red hair', "
+                          "'64,0,128,64:a boy with blue hair' or 'right:@aiko' (a card)")
+    box_text, prompt = (part.strip() for part in text.split(":", 1))
+    if box_text.lower() in HALVES:
+        box: Any = box_text.lower()
+    else:
+        try:
+            box = [int(v) for v in box_text.split(",")]
+        except ValueError:
+            box = None
+        if box is None or len(box) != 4:
+            raise ConfigError(field_name, text, f"a box before ':' that is one of {', '.join(HALVES)} or x0,y0,x1,y1 "
+                              "in whole pixels")
+    if not prompt or prompt == "@":
+        raise ConfigError(field_name, text, "a prompt (or @card) after ':'")
+    if prompt.startswith("@"):
+        return {"character": prompt[1:].strip(), "box": box}
+    return {"prompt": prompt, "box": box}
