@@ -637,6 +637,8 @@ class Studio:
         factor = vae_factor(self.components["vae"])
         settings.setdefault("width", photo.width // factor * factor)
         settings.setdefault("height", photo.height // factor * factor)
+        # diffusers' img2img pipelines have no CFG rescale: a v-prediction model goes without it here.
+        settings.setdefault("guidance_rescale", 0.0)
         if isinstance(pose, str) and pose == "detect":
             pose = Pose.from_image(photo, detector=detector, weights=detector_weights)
         config = self.make_config(character, seed=seed, pose=pose if pose is None else load_pose(pose),

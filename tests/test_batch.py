@@ -160,3 +160,14 @@ def test_prompts_of_other_lengths_and_prompt_editing_run_in_their_own_calls(tiny
     assert isinstance(result.recipes[0], GenerationConfig)
     for image, recipe in zip(result.images, result.recipes):
         assert largest_difference(image, tiny_studio.run(recipe).image) <= 1
+
+
+def test_from_photo_runs_on_a_v_prediction_model_without_a_pose(mini_studio):
+    """mini predicts v: its recipes default to CFG rescale, which img2img pipelines lack, so
+    from_photo goes without it instead of refusing its own recipe."""
+    from PIL import Image
+
+    assert mini_studio.prediction_type == "v_prediction"
+    photo = Image.new("RGB", (64, 64), (200, 100, 100))
+    result = mini_studio.from_photo("rin", photo, pose=None, num_inference_steps=3, seed=2)
+    assert result.recipe.guidance_rescale == 0.0 and result.image.size == (64, 64)

@@ -18,7 +18,9 @@ import warnings
 COMMAND_MODULES = [
     "charstudio.cli.generate_commands",
     "charstudio.cli.pose_commands",
+    "charstudio.cli.sheet_workflow_commands",
     "charstudio.cli.train_commands",
+    "charstudio.cli.inpaint_commands",
 ]
 
 

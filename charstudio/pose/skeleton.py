@@ -58,6 +58,8 @@ def _permutation(n: int, pairs: Sequence[tuple[int, int]]) -> np.ndarray:
 
 
 _BODY_MIRROR = _permutation(N_BODY, _BODY_SWAP_PAIRS)
+# Body points on the face (nose, right eye, left eye): hidden in a view from behind.
+_FACE_ON_BODY = (0, 14, 15)
 _FACE_MIRROR = _permutation(N_FACE, _FACE_SWAP_PAIRS)
 # Points are kept within [0, size - _EDGE] so int() in the renderer always lands on a pixel.
 _EDGE = 1e-3
@@ -245,6 +247,120 @@ class Pose:
         s = min(width / self.canvas_width, height / self.canvas_height)
         offset = np.array([(width - self.canvas_width * s) / 2, (height - self.canvas_height * s) / 2])
         return Pose(canvas_width=width, canvas_height=height, **self._map(lambda xy: xy * s + offset))
+
+    def back_view(self, axis: float | None = None) -> Pose:
+        """The same pose seen from behind: the figure turned half round about a vertical axis.
+
+        Every point is reflected about the vertical line x = ``axis`` (default: the neck's x;
+        without a neck, the middle of the shoulders or hips, else of the body's points). Unlike
+        `mirror`, the labels stay: the person's right hand, on the viewer's left from the front,
+        is on the viewer's right from behind, still labelled right, and each hand keeps its own
+        points. The face (nose, eyes and the 70 face points) is hidden and dropped; the ears stay.
+
+        This is the turn for views that show both sides of the body (front <-> back). A profile
+        turned round would keep the points of its now far side: use `mirror` for the other
+        profile. Points turned off the canvas are clipped (with a warning), as in `translate`.
+        """
+        if axis is None:
+            axis = self._body_axis()
+        elif not (isinstance(axis, (int, float, np.integer, np.floating)) and math.isfinite(axis)):
+            raise ConfigError("axis", axis, "an x position in pixels, or None for the neck's")
+        x2 = 2.0 * float(axis)
+
+        def turn(pts: np.ndarray | None) -> np.ndarray | None:
+            if pts is None:
+                return None
+            new = pts.copy()
+            present = new[:, 2] > 0
+            new[present, 0] = x2 - new[present, 0]
+            return new
+
+        body = turn(self.body)
+        body[list(_FACE_ON_BODY)] = 0.0  # nose and eyes face away; missing points are 0, 0, 0
+        return Pose(body=body, hand_left=turn(self.hand_left), hand_right=turn(self.hand_right), face=None,
+                    canvas_width=self.canvas_width, canvas_height=self.canvas_height)
+
+    def _body_axis(self) -> float:
+        """The x of the body's vertical axis: the neck, else mid-shoulders or mid-hips, else the
+        middle of the body points."""
+        ok = self.present
+        if ok[1]:
+            return float(self.body[1, 0])
+        for a, b in ((2, 5), (8, 11)):
+            if ok[a] and ok[b]:
+                return float(self.body[a, 0] + self.body[b, 0]) / 2
+        if not ok.any():
+            raise ConfigError("pose", "no body keypoints", "a pose with body keypoints to turn round")
+        xs = self.body[ok, 0]
+        return float(xs.min() + xs.max()) / 2
+
+    def crop(self, box: Sequence[float]) -> Pose:
+        """The part of the pose inside ``box`` = (left, top, right, bottom) in canvas pixels, as a
+        pose on a canvas of the box's size. Points outside the box are dropped (confidence 0),
+        not clipped: a wrist cropped out of the picture is not in it. The box may reach past
+        the canvas (the new canvas is then partly empty)."""
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise ConfigError("box", box, "(left, top, right, bottom) in pixels") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 - x0 < 1 or y1 - y0 < 1:
+            raise ConfigError("box", box, "(left, top, right, bottom) with right >= left + 1 and bottom >= top + 1")
+        width, height = max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0)))
+        _check_size(width, height)
+        origin = np.array([x0, y0])
+        out: dict[str, np.ndarray | None] = {}
+        for part, pts in self._parts().items():
+            if pts is None:
+                out[part] = None
+                continue
+            new = pts.copy()
+            present = new[:, 2] > 0
+            new[present, :2] -= origin
+            inside = (new[:, 0] >= 0) & (new[:, 0] < width) & (new[:, 1] >= 0) & (new[:, 1] < height)
+            new[present & ~inside] = 0.0
+            kept = present & inside
+            new[kept, 0] = np.minimum(new[kept, 0], width - _EDGE)
+            new[kept, 1] = np.minimum(new[kept, 1], height - _EDGE)
+            out[part] = new
+        return Pose(canvas_width=width, canvas_height=height, **out)
+
+    def portrait_box(self, aspect: float = 1.0, down_to: str = "chest") -> tuple[float, float, float, float]:
+        """A box (left, top, right, bottom) in canvas pixels around the head and shoulders
+        (``down_to="chest"``) or the upper body down to the hips (``"hips"``), ``aspect`` =
+        width / height.
+
+        It is sized from the distance d between the neck and the head's points (nose, eyes,
+        ears): from 1.9 d above the highest head point (room for hair, big anime heads and
+        hats) to 1.5 d below the neck (or 0.35 d below the hips), at least as wide as the
+        shoulders plus d. It is moved inside the canvas, and shrunk about the head if it is
+        larger than the canvas.
+        """
+        check_choice("down_to", down_to, ("chest", "hips"))
+        if isinstance(aspect, bool) or not isinstance(aspect, (int, float)) or not (math.isfinite(aspect) and aspect > 0):
+            raise ConfigError("aspect", aspect, "a positive width / height ratio, e.g. 1.0 or 0.75")
+        ok, p = self.present, self.body[:, :2]
+        head = [i for i in (0, 14, 15, 16, 17) if ok[i]]
+        if not ok[1] or not head:
+            raise ConfigError("pose", repr(self), "a pose with a neck and a nose, eye or ear to frame a portrait")
+        neck, head_pts = p[1], p[head]
+        d = max(float(np.linalg.norm(head_pts.mean(axis=0) - neck)), 1.0)
+        top = float(head_pts[:, 1].min()) - 1.9 * d
+        if down_to == "hips" and (ok[8] or ok[11]):
+            bottom = float(max(p[i, 1] for i in (8, 11) if ok[i])) + 0.35 * d
+        else:
+            bottom = float(neck[1]) + (1.5 if down_to == "chest" else 4.0) * d
+        min_width = (abs(float(p[5, 0] - p[2, 0])) if ok[2] and ok[5] else 0.0) + d
+        cx = (float(head_pts[:, 0].mean()) + float(neck[0])) / 2
+        height = bottom - top
+        width = max(min_width, height * aspect)
+        height = width / aspect
+        # Larger than the canvas: the largest box of this aspect that fits, about the head.
+        scale = min(1.0, self.canvas_width / width, self.canvas_height / height)
+        width, height = width * scale, height * scale
+        x0 = min(max(cx - width / 2, 0.0), self.canvas_width - width)
+        y0 = min(max(top if scale == 1.0 else float(head_pts[:, 1].mean()) - height / 2, 0.0),
+                 self.canvas_height - height)
+        return x0, y0, x0 + width, y0 + height
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""Turnaround sheets: one character from the front, three-quarter, side and back.
+
+A turnaround is a character sheet (`charstudio.sheets.make_sheet`) whose poses are views of the
+same standing figure from the pose library, each with its view words added to the prompt
+("from behind", "from side"). The views share the initial noise and reference attention to the
+first view, as every sheet can, so the outfit and colours carry over.
+
+The back view is an OpenPose skeleton seen from behind (`Pose.back_view`): no nose or eyes,
+and the person's right side on the viewer's right, so a one-sided accessory (a sword in the
+right hand) moves to the other side of the picture with the hand that holds it. Custom views
+(``(label, pose, words)``) build on the same: ``("back, waving", load_pose("waving").back_view(),
+"from behind")``.
+
+Each picture's recipe holds its view words (in the prompt) and its pose, so its PNG re-runs
+it; the sheet's settings record the views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_REFERENCE_STRENGTH = 0.5  # see README "Turnaround sheets": measured on mini
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of a turnaround: its label, its pose (a library name, a Pose or a pose dict) and
+    the words it adds to the prompt."""
+
+    label: str
+    pose: Any
+    words: str
+
+
+# The named views, in turnaround order: the figure turns away to the viewer's left.
+VIEWS: dict[str, View] = {
+    v.label: v for v in (
+        View("front", "standing_front", "front view, facing viewer"),
+        View("three-quarter", "standing_three_quarter", "three-quarter view"),
+        View("side", "standing_side", "from side, profile"),
+        View("back", "standing_back", "from behind, back view"),
+    )
+}
+DEFAULT_VIEWS = ("front", "three-quarter", "side", "back")
+
+
+def _key(name: str) -> str:
+    return " ".join(name.strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+_BY_KEY = {_key(name): view for name, view in VIEWS.items()}
+
+
+def resolve_views(views: Any = None) -> list[View]:
+    """The views asked for: None (front, three-quarter, side, back), names from `VIEWS` (a list
+    or one comma-separated string; "three_quarter" and "Three Quarter" work too), `View`s,
+    ``(label, pose, words)`` tuples or ``{"label", "pose", "words"}`` dicts, mixed freely."""
+    from ..pose import Pose
+
+    if views is None:
+        views = list(DEFAULT_VIEWS)
+    elif isinstance(views, str):
+        views = [v for v in views.split(",") if v.strip()]
+    elif isinstance(views, (View, dict, tuple)):
+        views = [views]
+    expected = (f"view names from {', '.join(VIEWS)}, or (label, pose, words) for a view of your own, "
+                "e.g. ('back, waving', load_pose('waving').back_view(), 'from behind')")
+    try:
+        items = list(views)
+    except TypeError:
+        raise ConfigError("views", views, expected) from None
+    if not items:
+        raise ConfigError("views", views, "at least one view: " + expected)
+    out: list[View] = []
+    for item in items:
+        if isinstance(item, View):
+            view = item
+        elif isinstance(item, str):
+            view = _BY_KEY.get(_key(item))
+            if view is None:
+                import difflib
+
+                close = difflib.get_close_matches(_key(item), list(_BY_KEY), n=2)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise ConfigError("views", item, f"one of {', '.join(VIEWS)}{hint}, or (label, pose, words)")
+        elif isinstance(item, dict) and set(item) <= {"label", "pose", "words"} and {"label", "pose"} <= set(item):
+            view = View(item["label"], item["pose"], item.get("words", ""))
+        elif isinstance(item, (tuple, list)) and len(item) == 3:
+            view = View(*item)
+        else:
+            raise ConfigError("views", item, expected)
+        if not isinstance(view.label, str) or not view.label.strip():
+            raise ConfigError("views", view.label, "a view label: non-empty text such as 'back'")
+        if not isinstance(view.words, str):
+            raise ConfigError("views", view.words, f"prompt words (text) for the view {view.label!r}")
+        if not isinstance(view.pose, (str, dict, list, Pose)):
+            raise ConfigError("views", type(view.pose).__name__,
+                              f"a pose name, Pose or pose dict for the view {view.label!r}")
+        out.append(view)
+    labels = [v.label for v in out]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ConfigError("views", labels, f"each view once; {', '.join(twice)} is asked for twice")
+    return out
+
+
+def turnaround(studio: Any, character_or_prompt: Any, views: Any = None, *,
+               reference_strength: float = DEFAULT_REFERENCE_STRENGTH, seed: int | None = None,
+               **settings: Any) -> Any:
+    """The character from several sides in one sheet: a `SheetResult` labelled by view.
+
+    ``views``: see `resolve_views` (default front, three-quarter, side, back). Each view draws
+    its own pose with its words added to the prompt; all share the seed's noise and reference
+    attention to the first view (``reference_strength``, 0 for none). ``settings`` go to
+    `charstudio.sheets.make_sheet` (style, width, height, num_inference_steps, same_noise,
+    compute_score, extra, ...). The sheet's settings record the views.
+    """
+    from ..sheets import make_sheet
+
+    for own in ("poses", "labels", "extras"):
+        if own in settings:
+            raise ConfigError(own, settings[own], "no value: a turnaround sets its poses, labels and prompt "
+                                                  "words from its views; give views=[(label, pose, words), ...]")
+    chosen = resolve_views(views)
+    sheet = make_sheet(studio, character_or_prompt, [v.pose for v in chosen], seed=seed,
+                       reference_strength=reference_strength, labels=[v.label for v in chosen],
+                       extras=[v.words for v in chosen], **settings)
+    sheet.settings["workflow"] = "turnaround"
+    sheet.settings["views"] = [
+        {"label": v.label, "pose": v.pose if isinstance(v.pose, str) else None, "words": v.words,
+         "custom": VIEWS.get(v.label) is not v}
+        for v in chosen]
+    return sheet
