@@ -22,10 +22,13 @@ EXPECTED = {
     "03_interpolate.ipynb": ["3 frames from 3 renders", "evenness", "3 frames from standing_front to jumping",
                              "'watercolor': 0.6"],
     "04_diffusion_process.ipynb": ["traced 6 steps", "step 2 of 6", "A: ddim x6  vs  B: euler-a x6"],
+    "05_character_workflows.ipynb": ["Inpaint a body region: done", "inpainted: hair", "detail parts: ['face', 'hands']", "hires size: (96, 96)",
+                                     "views: ['front', 'three-quarter', 'side', 'back']",
+                                     "expressions: ['neutral', 'smiling', 'angry']", "regions: ['left', 'right']"],
 }
 
 
-def test_the_four_notebooks_exist_and_are_stored_without_outputs():
+def test_the_notebooks_exist_and_are_stored_without_outputs():
     assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED)
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)

@@ -52,3 +52,8 @@ def test_using_it_examples_run(tmp_path, monkeypatch):
     for name in ("filmstrip.png", "schedule.png", "attention.png", "denoise.gif"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert previews  # live previews arrived
+    # The character workflows' example:
+    assert namespace["blue"].recipe.inpaint["mask"] and namespace["fixed"].recipe.detail["parts"] == ["face", "hands"]
+    assert namespace["big"].image.size == (96, 96) and namespace["big"].recipe.hires["scale"] == 1.5
+    assert namespace["views"].labels == ["front", "three-quarter", "side", "back"]
+    assert len(namespace["faces"].images) == 3 and [r["box"] for r in namespace["two"].recipe.regions]

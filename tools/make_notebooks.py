@@ -248,11 +248,96 @@ Image(filename=str(path))'''),
     ]
 
 
+def workflows() -> list:
+    return [
+        new_markdown_cell("""\
+# 05 · Character workflows
+
+Once a character is drawn, the usual next jobs are each one call here, and each result's recipe (saved in its
+PNG) re-runs the whole job:
+
+* **Inpainting**: redraw one part (a body region from the pose, a box or a mask picture), keep every other pixel.
+* **Detail pass**: redraw the face and hands at the model's size and paste them back.
+* **Hires fix**: draw at the native size, upscale, redraw larger.
+* **Turnaround**: front, three-quarter, side and back views of one card.
+* **Expression sheet**: one card, several expressions, one labelled grid.
+* **Two characters**: regional prompts, each side of the picture with its own description.
+
+The app below runs any of them on a card or prompt and shows the picture before and after; the cells after it
+make the same calls from code, each with a before/after picture. On `mini` (64 px) these are small; on SD 1.5 /
+SDXL the same calls work at full size."""),
+        new_code_cell(SETUP),
+        new_code_cell('''\
+from charstudio.ui import WorkflowsApp
+
+app = WorkflowsApp(model=MODEL, steps=6 if FAST else None)
+app'''),
+        new_code_cell('''\
+app.workflow.value = "inpaint"  # the same from code: pick a workflow, click Run, wait
+app.seed.value = 3
+app.run_button.click()
+app.wait()
+print(app.status.text)'''),
+        new_code_cell('''\
+from charstudio.imaging import image_grid
+
+studio = app.studio  # the app's model, loaded once
+STEPS = 6 if FAST else None  # None: the model's default
+girl = studio.generate("a girl with long red hair, a white dress", pose="standing_front", seed=1,
+                       num_inference_steps=STEPS)
+girl.image'''),
+        new_markdown_cell("## Inpainting: the hair, redrawn blue (the mask comes from the pose)"),
+        new_code_cell('''\
+blue = studio.inpaint(girl, mask="hair", prompt="a girl with long blue hair, a white dress", strength=0.8,
+                      num_inference_steps=STEPS)
+print("inpainted:", blue.recipe.inpaint["mask"]["region"])
+image_grid([girl.image, blue.image], labels=["before", "hair inpainted"])'''),
+        new_markdown_cell("## Detail pass: face and hands redrawn at the model's size"),
+        new_code_cell('''\
+fixed = studio.detail(girl, parts=("face", "hands"), steps=STEPS)
+print("detail parts:", fixed.recipe.detail["parts"])
+image_grid([girl.image, fixed.image], labels=["before", "detail pass"])'''),
+        new_markdown_cell("## Hires fix: 1.5x, with a second pass"),
+        new_code_cell('''\
+big = studio.generate("a girl with long red hair, a white dress", pose="standing_front", seed=1,
+                      num_inference_steps=STEPS, hires=1.5)
+print("hires size:", big.image.size, "recipe size:", (big.recipe.width, big.recipe.height))
+image_grid([girl.image.resize(big.image.size), big.image], labels=["resized", "hires fix"])'''),
+        new_markdown_cell("## Turnaround: front, three-quarter, side, back"),
+        new_code_cell('''\
+views = studio.turnaround("kai", seed=1, num_inference_steps=STEPS)
+print("views:", views.labels)
+views.grid_image'''),
+        new_markdown_cell("## Expression sheet"),
+        new_code_cell('''\
+faces = studio.expressions("kai", ["neutral", "smiling", "angry"], seed=3, num_inference_steps=STEPS)
+print("expressions:", faces.labels)
+faces.grid_image'''),
+        new_markdown_cell("## Two characters in one picture: regional prompts"),
+        new_code_cell('''\
+from charstudio.pose.compose import side_by_side
+
+w, h = (128, 64) if studio.default_size < 256 else (2 * studio.default_size, studio.default_size)
+scene = "a girl with red hair and a boy with blue hair"
+two_poses = side_by_side("standing_front", "waving", width=w, height=h)
+regions = [{"prompt": "a girl with red hair", "box": "left"}, {"prompt": "a boy with blue hair", "box": "right"}]
+plain = studio.generate(scene, pose=two_poses, width=w, height=h, seed=2, num_inference_steps=STEPS)
+two = studio.generate(scene, pose=two_poses, width=w, height=h, seed=2, num_inference_steps=STEPS, regions=regions)
+print("regions:", [r["box"] for r in two.recipe.regions])
+image_grid([plain.image, two.image], labels=["one prompt", "regional prompts"])'''),
+        new_markdown_cell("""\
+Save any of them with `.save("outputs")`: the PNG carries the recipe, and `studio.run(Result.from_png(path).recipe)`
+re-runs the workflow. The same jobs from the command line: `charstudio inpaint`, `charstudio detail`,
+`charstudio generate --hires 1.5`, `charstudio turnaround`, `charstudio expressions`, `charstudio generate --region`."""),
+    ]
+
+
 BUILDERS = {
     "01_explore_characters.ipynb": explore,
     "02_train_lora.ipynb": train,
     "03_interpolate.ipynb": interpolate,
     "04_diffusion_process.ipynb": process,
+    "05_character_workflows.ipynb": workflows,
 }
 
 

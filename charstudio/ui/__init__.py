@@ -14,6 +14,7 @@ _EXPORTS = {
     "TrainApp": "charstudio.ui.train",
     "InterpolateApp": "charstudio.ui.interpolate",
     "ProcessApp": "charstudio.ui.process",
+    "WorkflowsApp": "charstudio.ui.workflows",
     "Gallery": "charstudio.ui.common",
     "Runner": "charstudio.ui.common",
 }
