@@ -169,7 +169,9 @@ def test_regions_on_sd1_record_rebuild_and_batch(tiny_studio, one_thread, tmp_pa
     path = two.save(tmp_path)[0]
     back = Result.from_png(path)
     assert back.recipe.regions == two.recipes[0].regions
-    assert np.array_equal(pixels(tiny_studio.run(back.recipe).image), pixels(two.images[0]))
+    # Drawn in a batch of two, re-run alone: within the batch's rounding (README "Batches").
+    assert two.extras["batches"] == [2]
+    assert np.abs(pixels(tiny_studio.run(back.recipe).image) - pixels(two.images[0])).max() <= 1
 
 
 def test_region_negative_prompt_changes_only_with_one(tiny_studio, one_thread):

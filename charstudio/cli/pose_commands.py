@@ -105,7 +105,7 @@ def _is_main_process() -> bool:
 def cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.cli.generate_commands import hires_setting, load_loras, load_studio, precheck, print_model_note
+    from charstudio.cli.generate_commands import hires_setting, load_loras, load_studio, precheck
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError, OutputError
     from charstudio.io_utils import check_output_dir
@@ -158,6 +158,12 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():
         return 0
+    return write_sheet(result, studio, args, out)
+
+
+def write_sheet(result, studio, args: argparse.Namespace, out) -> int:
+    """Save a sheet into --out (refusing an existing one unless --overwrite) and print its files."""
+    from charstudio.cli.generate_commands import print_model_note
     from charstudio.io_utils import output_named
 
     with output_named("--out", args.out):

@@ -78,16 +78,9 @@ def _sheet_settings(args: argparse.Namespace, bar) -> dict:
 
 
 def _write(result, studio, args: argparse.Namespace, out) -> int:
-    from charstudio.cli.generate_commands import print_model_note
-    from charstudio.io_utils import output_named
+    from charstudio.cli.pose_commands import write_sheet
 
-    with output_named("--out", args.out):
-        for path in result.save(out, overwrite=args.overwrite):
-            print(path)
-    if result.score is not None:
-        print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")
-    print_model_note(studio, result.recipes)
-    return 0
+    return write_sheet(result, studio, args, out)
 
 
 def cmd_turnaround(args: argparse.Namespace) -> int:

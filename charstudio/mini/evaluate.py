@@ -120,11 +120,15 @@ def hair_colour_accuracy(studio: Any, colours: Sequence[str] = HAIR_TEST_COLOURS
     seeds = list(seeds)
     for colour in colours:
         hits, got_names = 0, []
+        jobs = []
         for seed in seeds:
             rng = random.Random(10_000 + seed)
             attrs = _subject(rng, hair_colour=colour)
             pose = random_pose(rng, size)
-            image = studio.generate(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps).images[0]
+            jobs.append((studio.make_config(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps), pose))
+        # One UNet batch per max_batch pictures (each with its own seed's noise).
+        images = studio.run_batch([config for config, _ in jobs]).images
+        for image, (_, pose) in zip(images, jobs):
             got = nearest_colour(region_colour(image, hair_region(pose)), HAIR_COLOURS)
             got_names.append(got)
             hits += got == colour
@@ -139,13 +143,17 @@ def pose_alignment(studio: Any, seeds: Iterable[int] = range(8), steps: int = 20
 
     names = list_poses()
     size, own, other = _size(studio), [], []
+    jobs = []
     for seed in seeds:
         rng = random.Random(20_000 + seed)
         attrs = _subject(rng)
         name, other_name = names[seed % len(names)], names[(seed + len(names) // 2) % len(names)]
         pose = random_pose(rng, size, names=[name])
         other_pose = random_pose(rng, size, names=[other_name])
-        image = studio.generate(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps).images[0]
+        jobs.append((studio.make_config(attrs.caption(), pose=pose, seed=seed, num_inference_steps=steps), pose,
+                     other_pose))
+    images = studio.run_batch([config for config, _, _ in jobs]).images
+    for image, (_, pose, other_pose) in zip(images, jobs):
         fg = foreground(image)
         own.append(iou(fg, skeleton_mask(pose, size, size)))
         other.append(iou(fg, skeleton_mask(other_pose, size, size)))

@@ -435,18 +435,36 @@ class RunHooks:
         return getattr(self._studio, name)
 
     def run(self, config: Any, **kwargs: Any) -> Any:
+        return self._studio.run(config, **self._hook(1, kwargs))
+
+    def run_batch(self, configs: Any, **kwargs: Any) -> Any:
+        """`Studio.run_batch` with the app's hooks; its images count as that many renders."""
+        configs = list(configs)
+        return self._studio.run_batch(configs, **self._hook(len(configs), kwargs))
+
+    def _hook(self, renders: int, kwargs: dict[str, Any]) -> dict[str, Any]:
         self._token.check()
-        self.runs += 1
+        first = self.runs + 1
+        self.runs += renders
         if self._on_run is not None:
             self._on_run(self.runs)
         # Core code may pass cancel=None / progress=None explicitly; those mean "not given".
         if kwargs.get("cancel") is None:
             kwargs["cancel"] = self._token
-        if self._progress is not None and kwargs.get("progress") is None:
-            kwargs["progress"] = self._progress
+        if self._progress is not None:
+            outer, report = kwargs.get("progress"), self._progress
+
+            def progress(p: StepProgress) -> None:
+                # Renders are counted over the whole job: this call's images start at `first`.
+                if outer is not None:
+                    outer(p)
+                report(StepProgress(image=first + p.image - 1, images=self.runs, step=p.step, steps=p.steps,
+                                    batch=p.batch))
+
+            kwargs["progress"] = progress
         if self._callbacks:
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or ()), *self._callbacks]
-        return self._studio.run(config, **kwargs)
+        return kwargs
 
 
 class DesignPicker:

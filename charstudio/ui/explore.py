@@ -508,14 +508,9 @@ class ExploreApp(AppBase):
         v = values or self.settings()
         from ..trace import LivePreview
 
-        pose_index = [0]
-
         def report(p: StepProgress) -> None:
-            # Every pose is its own run (image 1 of 1); count poses so the bar covers the sheet.
-            if p.step == 1:
-                pose_index[0] += 1
-            self._report(StepProgress(image=min(pose_index[0], len(names)), images=len(names), step=p.step,
-                                      steps=p.steps))
+            # The sheet reports over all its poses (those drawn in one batch together).
+            self._report(p)
 
         return dict(
             seed=int(v["seed"]), labels=[n.replace("_", " ") for n in names],

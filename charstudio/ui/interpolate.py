@@ -203,8 +203,12 @@ class InterpolateApp(AppBase):
         hooked: RunHooks
 
         def report(p: StepProgress) -> None:
-            done = (hooked.runs - 1 + p.step / p.steps) / max(total, hooked.runs)
-            self.progress.fraction(done, f"render {hooked.runs}/{max(total, hooked.runs)}, step {p.step}/{p.steps}")
+            # p.image .. p.image + p.batch - 1: the renders this UNet call draws together.
+            renders = max(total, p.images)
+            last = p.image + p.batch - 1
+            done = (p.image - 1 + p.step / p.steps * p.batch) / renders
+            shown = f"{p.image}-{last}" if last > p.image else f"{p.image}"
+            self.progress.fraction(done, f"render {shown}/{renders}, step {p.step}/{p.steps}")
 
         hooked = RunHooks(studio, token, progress=report)
         return hooked
