@@ -20,10 +20,8 @@ def arr(image):
 
 
 @pytest.fixture(scope="module")
-def mini():
-    from charstudio import Studio
-
-    return Studio.from_pretrained("mini", device="cpu")
+def mini(mini_studio):
+    return mini_studio
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +97,28 @@ def test_bad_parts_are_refused_before_anything_is_drawn(mini, drawn, monkeypatch
         assert info.value.field == "detail.parts" and "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="prompt"):
         mini.detail(drawn.image, parts="face")  # an outside picture needs its prompt
+
+
+def test_a_picture_without_a_recipe_gets_its_boxes_from_the_detector(mini, drawn):
+    """An outside picture (no recipe, no pose): the OpenPose detector finds the figure, and its
+    face box is what changes. controlnet-aux's detector weights cannot be downloaded here, so a
+    stand-in returns the "waving" pose in the detector's own result types."""
+    from charstudio.pose import load_pose
+    from test_sheets import Detector
+
+    picture = drawn.image.copy()  # pixels only: no recipe travels with it
+    out = mini.detail(picture, parts=("face",), prompt=PROMPT, detector=Detector(), seed=4, steps=STEPS)
+    (part, box), = out.extras["detail_boxes"][0]
+    assert part == "face" and box == M.region_boxes(load_pose("waving").fit(64, 64), "face", 64, 64, 0.15)[0]
+    outside = M.soft_mask(M.box_mask(box, 64, 64), 4) == 0
+    assert np.array_equal(arr(out.image)[outside], arr(picture)[outside])
+    assert np.abs(arr(out.image)[M.box_mask(box, 64, 64)] - arr(picture)[M.box_mask(box, 64, 64)]).mean() > 1
+    inpainted = mini.inpaint(picture, mask="hair", prompt="a girl with long blue hair, a blue dress",
+                             detector=Detector(), seed=4, num_inference_steps=STEPS)
+    hair = M.region_mask(load_pose("waving").fit(64, 64), "hair", 64, 64, 0.15)
+    keep = M.soft_mask(hair, 4) == 0
+    assert np.array_equal(arr(inpainted.image)[keep], arr(picture)[keep]) and inpainted.recipe.inpaint["source"]
+    # The detected pose is recorded: a re-run (with the picture) needs no detector.
+    assert load_pose(inpainted.recipe.pose).isclose(load_pose("waving").fit(64, 64), atol=1e-2)
+    again = mini.run(inpainted.recipe, init_image=picture)
+    assert np.array_equal(arr(again.image), arr(inpainted.image))

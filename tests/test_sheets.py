@@ -145,19 +145,22 @@ def test_missing_weights_give_clear_errors(tiny_studio, monkeypatch, tmp_path):
     assert all(type(p).__name__ != "ReferenceAttnProcessor" for p in tiny_studio.components["unet"].attn_processors.values())
 
 
+class Detector:
+    """Stands in for controlnet-aux's OpenposeDetector (its weights cannot be downloaded here):
+    finds the "waving" pose in any photo, in the detector's own result types."""
+
+    def detect_poses(self, image, include_hand=False, include_face=False):
+        from controlnet_aux.open_pose import PoseResult
+        from controlnet_aux.open_pose.body import BodyResult, Keypoint
+
+        pose = load_pose("waving").fit(image.shape[1], image.shape[0])
+        kps = [Keypoint(x / pose.canvas_width, y / pose.canvas_height) if c > 0 else None
+               for x, y, c in pose.body]
+        return [PoseResult(BodyResult(kps, 10.0, 18), None, None, None)]
+
+
 def test_photo_to_character_with_its_pose(tiny_studio):
     from charstudio.pose import Pose
-
-    class Detector:  # stands in for OpenposeDetector: finds the "waving" pose in any photo
-        def detect_poses(self, image, include_hand=False, include_face=False):
-            from controlnet_aux.open_pose import PoseResult
-            from controlnet_aux.open_pose.body import BodyResult, Keypoint
-
-            pose = load_pose("waving").fit(image.shape[1], image.shape[0])
-            kps = [Keypoint(x / pose.canvas_width, y / pose.canvas_height) if c > 0 else None
-                   for x, y, c in pose.body]
-            return [PoseResult(BodyResult(kps, 10.0, 18), None, None, None)]
-
     from PIL import Image
 
     rng = np.random.default_rng(1)

@@ -122,6 +122,10 @@ def inpaint(studio: Any, image_or_result: Any, mask: Any, prompt: Any = None, *,
     spec, mask_array = _mask_spec(mask, width, height, padding)
     if "region" in spec:
         pose = settings.get("pose") or (source_recipe.pose if source_recipe is not None else None)
+        if pose is None:
+            # Detected once: the pose goes into the recipe, so it guides the redraw and a re-run
+            # finds the region without the detector.
+            pose = settings["pose"] = picture_pose(image, None, detector)
         _resolve_mask(spec, width, height, image, pose, detector)  # a region the pose lacks fails here
     # 3. The recipe: the prompt (or card), the source's pose and seed unless given.
     if prompt is None:
