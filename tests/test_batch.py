@@ -171,3 +171,19 @@ def test_from_photo_runs_on_a_v_prediction_model_without_a_pose(mini_studio):
     photo = Image.new("RGB", (64, 64), (200, 100, 100))
     result = mini_studio.from_photo("rin", photo, pose=None, num_inference_steps=3, seed=2)
     assert result.recipe.guidance_rescale == 0.0 and result.image.size == (64, 64)
+
+
+def test_reference_bank_reads_the_anchor_at_the_nearest_recorded_timestep():
+    """Runs that start part-way (img2img: the hires fix, the detail pass) or a sheet's later
+    batches read the anchor's state of their own timestep, not of their call count."""
+    from charstudio.sheets.reference import ReferenceBank
+
+    bank = ReferenceBank(0.5)
+    bank.record()
+    for t, state in ((999, "a"), (500, "b"), (1, "c")):
+        bank.unet_called(t)
+        bank.states.setdefault("layer", []).append(state)
+    bank.read()
+    for t, want in ((480, "b"), (999, "a"), (30, "c"), (500, "b")):
+        bank.unet_called(t)
+        assert bank._next("layer") == want

@@ -16,8 +16,12 @@ class ReferenceBank:
     """Anchor self-attention inputs recorded per layer and per UNet call, and the read mode.
 
     ``record()`` starts a fresh recording; ``read()`` makes every following UNet call use the
-    recording of the same layer at the same call index (call index == denoising step, since the
-    pipelines call the UNet once per step with the CFG halves batched).
+    recording of the same layer at the same denoising timestep (the pipelines call the UNet once
+    per step, with the CFG halves batched). The timestep comes from a hook on the UNet
+    (`reference_attention` installs it), so any later run reads the right step: a sheet's poses
+    split over several calls, or an img2img pass (the hires fix, the detail pass) that starts
+    part-way, which reads the anchor's nearest recorded step. Without the hook, calls are
+    counted from ``read()`` instead.
     """
 
     def __init__(self, strength: float, offload: bool = False):
@@ -25,25 +29,20 @@ class ReferenceBank:
         self.offload = offload
         self.mode = "off"
         self.states: dict[str, list[Any]] = {}
+        self.timesteps: list[float] = []  # the anchor's timestep at each recorded UNet call
+        self.now: float | None = None  # the timestep of the UNet call running now (from the hook)
         self._calls: dict[str, int] = {}
         self._warned = False
 
     def record(self) -> None:
         """Record the next run as the anchor."""
-        self.mode, self.states, self._calls = "record", {}, {}
+        self.mode, self.states, self.timesteps, self._calls = "record", {}, [], {}
 
     def read(self) -> None:
-        """Share the recorded anchor into the next run(s); each run starts at step 0."""
+        """Share the recorded anchor into the next run(s)."""
         if not self.states:
             raise ConfigError("reference", "nothing recorded", "record an anchor run before reading")
         self.mode, self._calls = "read", {}
-
-    def rewind_at_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-        """Step callback: after a run's last step the next run reads the anchor from step 0 again
-        (a sheet's poses may take several pipeline calls)."""
-        if step + 1 >= int(getattr(pipe, "num_timesteps", step + 1)):
-            self._calls = {}
-        return {}
 
     def off(self) -> None:
         """Behave exactly like the original processors."""
@@ -53,16 +52,25 @@ class ReferenceBank:
     def recorded_steps(self) -> int:
         return max((len(v) for v in self.states.values()), default=0)
 
+    def unet_called(self, timestep: Any) -> None:
+        """The UNet hook: a call at `timestep` starts (recorded with the anchor's states)."""
+        self.now = float(timestep.flatten()[0]) if hasattr(timestep, "flatten") else float(timestep)
+        if self.mode == "record":
+            self.timesteps.append(self.now)
+
     def _next(self, name: str) -> Any:
+        states = self.states.get(name, [])
+        if self.now is not None and len(self.timesteps) == len(states) and states:
+            i = min(range(len(states)), key=lambda k: abs(self.timesteps[k] - self.now))
+            return states[i]
         i = self._calls.get(name, 0)
         self._calls[name] = i + 1
-        states = self.states.get(name, [])
         if i < len(states):
             return states[i]
         if not self._warned:
             self._warned = True
             log.warning("reference attention: the run has more UNet calls than the anchor recorded (%d); "
-                           "later steps run without the reference", len(states))
+                        "later steps run without the reference", len(states))
         return None
 
 
@@ -149,9 +157,17 @@ def reference_attention(unet: Any, strength: float, offload: bool = False) -> It
     if not any(isinstance(p, ReferenceAttnProcessor) for p in procs.values()):
         raise ConfigError("unet", type(unet).__name__, "a UNet with self-attention layers (attn1)")
     unet.set_attn_processor(procs)
+    handle = None
+    if hasattr(unet, "register_forward_pre_hook"):
+        def note_timestep(module: Any, args: tuple, kwargs: dict) -> None:
+            bank.unet_called(args[1] if len(args) > 1 else kwargs["timestep"])
+
+        handle = unet.register_forward_pre_hook(note_timestep, with_kwargs=True)
     try:
         yield bank
     finally:
+        if handle is not None:
+            handle.remove()
         unet.set_attn_processor(original)
 
 

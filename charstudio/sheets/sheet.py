@@ -221,11 +221,11 @@ def make_sheet(
         return lambda p: progress(StepProgress(image=p.image + offset, images=len(mine), step=p.step, steps=p.steps,
                                                batch=p.batch))
 
-    def run(todo: list[int], offset: int = 0, rewind: Callable | None = None) -> None:
+    def run(todo: list[int], offset: int = 0) -> None:
         # The poses share a UNet batch (Studio.run_batch), each with its own seed's noise.
         if todo:
-            res = studio.run_batch([configs[i] for i in todo], callbacks=[*callbacks, *([rewind] if rewind else [])],
-                                   progress=report_from(offset), cancel=cancel)
+            res = studio.run_batch([configs[i] for i in todo], callbacks=callbacks, progress=report_from(offset),
+                                   cancel=cancel)
             done.extend((i, im, r.to_dict()) for i, im, r in zip(todo, res.images, res.recipes))
 
     # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
@@ -246,7 +246,7 @@ def make_sheet(
                         done.append((0, res.images[0], res.recipes[0].to_dict()))
                     todo = [i for i in mine if i != 0]
                 bank.read()
-                run(todo, offset=len(mine) - len(todo), rewind=bank.rewind_at_end)
+                run(todo, offset=len(mine) - len(todo))
         else:
             run(mine)
 
