@@ -555,9 +555,12 @@ class Studio:
         # 4. Group the images into UNet batches: one generator per image keeps each image's own
         #    noise, so a batched image matches its recipe run alone (see README "Batches").
         groups = self._batches(wanted, encoded, edits, controls, latents=latents)
-        used_embeddings = self._embeddings_written(
-            [config.prompt, config.negative_prompt, *(c.prompt for c in wanted), *(c.negative_prompt for c in wanted),
-             *(p[k] for p in config.style_mix for k in ("prompt", "negative_prompt"))])
+        mix_texts = [p[k] for p in config.style_mix for k in ("prompt", "negative_prompt")]
+
+        def used_embeddings(c: GenerationConfig) -> dict[str, str]:
+            # Each recipe records the embeddings its own prompts write.
+            return self._embeddings_written([c.prompt, c.negative_prompt, *mix_texts])
+
         from .workflows import drawing_context
 
         images, recipes, latents_out = [], [], []
@@ -590,7 +593,7 @@ class Studio:
                 images.extend(self.decode(image_latents))
                 latents_out.append(image_latents)
                 recipes.append(wanted[i].replace(num_images=1, model=self.model_id, loras=self.active_loras,
-                                                 embeddings=used_embeddings))
+                                                 embeddings=used_embeddings(wanted[i])))
         extras: dict[str, Any] = {"latents": latents_out, "batches": [len(g) for g in groups]}
         if init_image is not None:
             extras.update(kind=kind, img2img_strength=strength)

@@ -93,6 +93,9 @@ def test_the_embedding_changes_the_picture_only_where_its_word_is_written(sd, tm
     assert plain_after.recipe.embeddings == {}
     assert word_after.recipe.embeddings == {"easyneg": str(path.resolve())}
     assert sd.load_embedding(path) == "easyneg"  # the same file again: nothing to do
+    # Drawn in one batch, each recipe records only the words its own prompts write.
+    both = sd.run_batch([plain_after.recipe, word_after.recipe])
+    assert both.extras["latents"] and [r.embeddings for r in both.recipes] == [{}, {"easyneg": str(path.resolve())}]
 
 
 def test_each_vector_of_a_multi_vector_word_is_its_token_embedding(sd, tmp_path):

@@ -307,21 +307,16 @@ class Pose:
             raise ConfigError("box", box, "(left, top, right, bottom) with right >= left + 1 and bottom >= top + 1")
         width, height = max(1, int(round(x1 - x0))), max(1, int(round(y1 - y0)))
         _check_size(width, height)
-        origin = np.array([x0, y0])
-        out: dict[str, np.ndarray | None] = {}
-        for part, pts in self._parts().items():
-            if pts is None:
-                out[part] = None
+        out = self._map(lambda xy: xy - np.array([x0, y0]))
+        for new in out.values():
+            if new is None:
                 continue
-            new = pts.copy()
             present = new[:, 2] > 0
-            new[present, :2] -= origin
             inside = (new[:, 0] >= 0) & (new[:, 0] < width) & (new[:, 1] >= 0) & (new[:, 1] < height)
             new[present & ~inside] = 0.0
             kept = present & inside
             new[kept, 0] = np.minimum(new[kept, 0], width - _EDGE)
             new[kept, 1] = np.minimum(new[kept, 1], height - _EDGE)
-            out[part] = new
         return Pose(canvas_width=width, canvas_height=height, **out)
 
     def portrait_box(self, aspect: float = 1.0, down_to: str = "chest") -> tuple[float, float, float, float]:
