@@ -224,3 +224,18 @@ def test_cli_refuses_bad_hires_flags_in_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert field in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_hires_png_is_detailed_and_inpainted_with_its_own_recipe(mini, tmp_path):
+    """A hires picture is larger than its recipe's first-pass size: it is still recognised as the
+    recipe's picture (no prompt needed), and the inpainting re-runs from its PNG."""
+    from charstudio import Result
+
+    big = mini.generate("a girl with long red hair", pose="standing_front", seed=1, num_inference_steps=4, hires=1.5)
+    path = str(big.save(tmp_path)[0])
+    detailed = mini.detail(path, parts=("face",), steps=4)
+    assert detailed.image.size == (96, 96) and detailed.recipe.hires == big.recipe.hires
+    inpainted = mini.inpaint(path, mask="hair", prompt="a girl with long blue hair", num_inference_steps=4)
+    assert inpainted.image.size == (96, 96) and "recipe" in inpainted.recipe.inpaint["source"]
+    again = mini.run(Result.from_png(inpainted.save(tmp_path / "again")[0]).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(inpainted.image))

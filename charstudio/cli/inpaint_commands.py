@@ -79,6 +79,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
     precheck(args)
     check_float("--strength", args.strength, hi=1.0, above=0.0)
+    check_float("--padding", args.padding, 0.0, 2.0)
     picture = _picture(args.image)
     _check_mask(args, picture.size)
     check_output_dir(args.out, field="--out")

@@ -25,6 +25,7 @@ from .common import (
     model_choices,
     png_bytes,
 )
+from ..workflows.masks import REGIONS
 from .explore import default_steps
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ VIEW = 256  # displayed size of the before and after pictures
 WORKFLOWS = [("Inpaint a body region", "inpaint"), ("Detail pass (face, hands)", "detail"),
              ("Hires fix", "hires"), ("Turnaround", "turnaround"), ("Expression sheet", "expressions"),
              ("Two characters (regions)", "regions")]
-REGIONS = ("hair", "face", "hands", "torso", "legs")
+TITLES = {value: title for title, value in WORKFLOWS}
 
 
 class WorkflowsApp(AppBase):
@@ -148,9 +149,9 @@ class WorkflowsApp(AppBase):
             if self.before is not None:
                 self.before_image.value = png_bytes(self.before, VIEW)
             self.after_image.value = png_bytes(shown, VIEW * 2 if shown.width > shown.height * 1.5 else VIEW)
-            self.status.ok(f"{dict((v, k) for k, v in WORKFLOWS)[workflow]}: done")
+            self.status.ok(f"{TITLES[workflow]}: done")
 
-        return self.runner.start(dict((v, k) for k, v in WORKFLOWS)[workflow], job, done)
+        return self.runner.start(TITLES[workflow], job, done)
 
     def _two_characters(self, studio: Any, design: Any, settings: dict, hooks: dict) -> tuple:
         """The design as the shared scene, two poses side by side, left and right prompts."""

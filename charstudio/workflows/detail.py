@@ -131,7 +131,9 @@ def _outside(item: Any) -> tuple[Any, Any]:
         recipe = Result.from_png(item).recipe
     except (InputFileError, ConfigError):
         return picture, None
-    return picture, recipe if (recipe.width, recipe.height) == picture.size else None
+    from .hires import picture_size
+
+    return picture, recipe if picture_size(recipe) == picture.size else None
 
 
 def part_boxes(picture: Any, recipe: Any, detector: Any = None) -> list[tuple[str, M.Box]]:

@@ -86,6 +86,12 @@ def normalise(value: Any) -> dict[str, Any]:
     return {"scale": scale, "strength": strength, "steps": steps, "upscaler": upscaler}
 
 
+def picture_size(config: Any) -> tuple[int, int]:
+    """(width, height) of the picture a recipe draws: the hires size when it has the hires fix
+    (its width/height are the first pass's), else its own."""
+    return hires_size(config) if config.hires else (config.width, config.height)
+
+
 def hires_size(config: Any, settings: dict | None = None) -> tuple[int, int]:
     """(width, height) of the hires picture: each side times the factor, rounded down to 8 px
     (as A1111 does: int(side * scale), then whole latent blocks)."""
@@ -145,18 +151,14 @@ def second_pass_config(studio: Any, recipe: Any) -> Any:
     changes: dict[str, Any] = dict(width=width, height=height, num_images=1, hires=None, detail=None,
                                    num_inference_steps=schedule_length(run, settings["strength"]))
     sy, sx = height / recipe.height, width / recipe.width
-    for key in ("original_size", "crops_coords_top_left", "target_size"):
+    for key in studio.family.conditioning_defaults(recipe.width, recipe.height):
         value = getattr(recipe, key)
         if value is not None:
             changes[key] = (round(value[0] * sy), round(value[1] * sx))
-    if recipe.guidance_rescale:
-        kind = "controlnet_img2img" if recipe.pose is not None else "img2img"
-        import inspect
+    from .inpaint import supported_rescale
 
-        if "guidance_rescale" not in inspect.signature(studio.pipeline(kind).__call__).parameters:
-            log.info("the hires pass runs without CFG rescale: diffusers' %s has none",
-                        type(studio.pipeline(kind)).__name__)
-            changes["guidance_rescale"] = 0.0
+    kind = "controlnet_img2img" if recipe.pose is not None else "img2img"
+    changes["guidance_rescale"] = supported_rescale(studio, kind, recipe.guidance_rescale)
     return recipe.replace(**changes)
 
 

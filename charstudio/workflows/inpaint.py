@@ -59,8 +59,10 @@ def check(value: Any, config: Any) -> dict:
         inner = GenerationConfig.from_dict(source["recipe"])
         if inner.num_images != 1:
             raise ConfigError("inpaint.source.recipe.num_images", inner.num_images, "1: one source picture")
-        if (inner.width, inner.height) != (config.width, config.height):
-            raise ConfigError("inpaint.source", f"{inner.width}x{inner.height}",
+        from .hires import picture_size
+
+        if picture_size(inner) != (config.width, config.height):
+            raise ConfigError("inpaint.source", "{}x{}".format(*picture_size(inner)),
                               f"a source the recipe's size, {config.width}x{config.height}")
         source = {"recipe": inner.to_dict()}
     elif (isinstance(source, dict) and set(source) == {"path", "sha256"} and isinstance(source["sha256"], str)
@@ -111,8 +113,6 @@ def inpaint(studio: Any, image_or_result: Any, mask: Any, prompt: Any = None, *,
     `Studio.make_config` arguments (steps, guidance, style, pose, ...); the source recipe's pose,
     when it has one, guides the redraw unless ``pose`` is given.
     """
-    from ..config import GenerationConfig
-
     # 1. The source picture and what records it.
     image, source_recipe, source = _read_source(image_or_result)
     width, height = image.size
@@ -146,7 +146,6 @@ def inpaint(studio: Any, image_or_result: Any, mask: Any, prompt: Any = None, *,
         log.info("inpainting %dx%d with a picture mask of %d pixels", width, height, int(mask_array.sum()))
     # 4. Run it as any recipe runs (Studio.run -> run_inpaint). The picture goes along, so a
     #    source with a recipe is not drawn again (a re-run from the PNG draws it).
-    assert isinstance(config, GenerationConfig)
     return studio.run(config, init_image=image, progress=progress, cancel=cancel)
 
 
@@ -185,7 +184,9 @@ def _read_source(item: Any) -> tuple[Any, Any, dict]:
             recipe = Result.from_png(path).recipe
         except (InputFileError, ConfigError):
             recipe = None  # an outside picture (or one whose recipe is unreadable): recorded by digest
-        if recipe is not None and (recipe.width, recipe.height) == image.size:
+        from .hires import picture_size
+
+        if recipe is not None and picture_size(recipe) == image.size:
             return image, recipe, {"recipe": recipe.to_dict()}
         return image, None, {"path": str(path.resolve()), "sha256": M.picture_sha256(image)}
     raise ConfigError("image", type(item).__name__, "a Result, a PNG path or a PIL image")
@@ -357,6 +358,7 @@ def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarr
                    guidance_scale=config.guidance_scale, output_type="latent",
                    generator=torch.Generator("cpu").manual_seed(config.seed + i),
                    callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
+                   **({"guidance_rescale": config.guidance_rescale} if config.guidance_rescale else {}),
                    **studio.family.call_arguments(config))
         images.extend(studio.decode(out.images))
         recipes.append(config.replace(seed=config.seed + i, num_images=1, model=studio.model_id,
