@@ -167,7 +167,7 @@ def write_sheet(result, studio, args: argparse.Namespace, out) -> int:
     from charstudio.io_utils import output_named
 
     with output_named("--out", args.out):
-        for path in result.save(out, overwrite=args.overwrite):
+        for path in result.save(out, overwrite=args.overwrite, field="--out"):  # swapped in whole
             print(path)
     if result.score is not None:
         print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")

@@ -65,34 +65,48 @@ class Interpolation:
     def save_mp4(self, path: str | os.PathLike, fps: float = 8.0, overwrite: bool = False) -> Path:
         return save_mp4(self.frames, path, fps=fps, overwrite=overwrite)
 
-    def save(self, directory: str | os.PathLike, prefix: str = "frame", overwrite: bool = False) -> list[Path]:
+    def save(self, directory: str | os.PathLike, prefix: str = "frame", overwrite: bool = False, *,
+             gif: str | None = None, fps: float = 8.0, field: str = "directory") -> list[Path]:
         """Frames as PNGs, each carrying its FrameRecipe as JSON (`load_frame_recipe` reads it),
-        plus `<prefix>s.json` with every t, recipe and the smoothness figures."""
+        plus `<prefix>s.json` with every t, recipe and the smoothness figures, and with ``gif``
+        (a file name) the animation too. The folder is built in a staging folder and swapped in
+        whole (`io_utils.staged_folder`): a kill or a full disk leaves all the frames or none."""
         import json
 
         from PIL.PngImagePlugin import PngInfo
 
-        from ..io_utils import atomic_write, writing_into
+        from ..errors import OutputError
+        from ..io_utils import atomic_write, refuse_package_path, staged_folder
 
-        with writing_into(directory, "directory") as out:
-            paths = [out / f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
-            index = out / f"{prefix}s.json"
-            taken = [str(p) for p in [*paths, index] if p.exists()]
-            if taken and not overwrite:
-                from ..errors import OutputError
+        target = refuse_package_path(directory, field)
+        names = [f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
+        index = f"{prefix}s.json"
+        taken = [n for n in [*names, index, *([gif] if gif else [])] if (target / n).exists()]
+        if taken and not overwrite:
+            raise OutputError(f"{field}={str(target)!r}: {str(target / taken[0])!r} already exists: pass "
+                              "overwrite=True or choose another directory")
 
-                raise OutputError(f"{taken[0]!r} already exists: pass overwrite=True or choose another directory")
-            for path, frame, recipe in zip(paths, self.frames, self.recipes):
+        def old_frames(old: Path) -> list[str]:
+            # The old index's frames go with it (it may have had more of them).
+            try:
+                count = len(json.loads((old / index).read_text(encoding="utf-8")).get("ts") or [])
+            except (OSError, ValueError, AttributeError, TypeError):
+                count = 0
+            return [index, *(f"{prefix}_{i:03d}.png" for i in range(count))]
+
+        with staged_folder(target, overwrite=overwrite, field=field, replaces=old_frames) as stage:
+            for name, frame, recipe in zip(names, self.frames, self.recipes):
                 info = PngInfo()
                 info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
                 img = to_pil(frame)
-                atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info),
-                             overwrite=overwrite)
+                atomic_write(stage / name, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info))
             summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
                        "smoothness": self.smoothness.to_dict(),
                        "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}
-            atomic_write(index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)), overwrite=overwrite)
-            return paths
+            atomic_write(stage / index, lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+            if gif:
+                self.save_gif(stage / gif, fps=fps)
+        return [target / n for n in names]
 
 
 FRAME_RECIPE_KEY = "charstudio_interpolation"

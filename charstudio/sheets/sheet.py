@@ -36,41 +36,44 @@ class SheetResult(Result):
         """The labelled grid (one cell per pose)."""
         return self.grid(cols=min(len(self.images), 4), labels=self.labels)
 
-    def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False) -> list[Path]:
+    def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False,
+             field: str = "directory") -> list[Path]:
         """Write ``NN-<pose>.png`` (each with its recipe in the metadata), ``grid.png`` and
-        ``sheet.json``. Existing files are never replaced unless ``overwrite``."""
-        from ..io_utils import atomic_write, writing_into
+        ``sheet.json``. Existing files are never replaced unless ``overwrite``; then the old
+        sheet's pictures go with it (those its sheet.json lists), the folder's other files stay.
+
+        The sheet is built in a staging folder and swapped in whole (`io_utils.staged_folder`):
+        a kill or a full disk leaves the complete old sheet or the complete new one. ``field``
+        names the setting in errors (the CLI's ``--out``)."""
+        from ..errors import OutputError
+        from ..io_utils import atomic_write, refuse_package_path, staged_folder
         from ..metadata import png_info
         from ..result import slug
 
-        with writing_into(directory) as out:
-            names = [f"{prefix + '-' if prefix else ''}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
-            grid_name, json_name = f"{prefix + '-' if prefix else ''}grid.png", f"{prefix + '-' if prefix else ''}sheet.json"
-            if not overwrite:  # check all names first so a refusal leaves no half-written sheet
-                taken = [n for n in [*names, grid_name, json_name] if (out / n).exists()]
-                if taken:
-                    from ..errors import OutputError
+        lead = prefix + "-" if prefix else ""
+        names = [f"{lead}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
+        grid_name, json_name = f"{lead}grid.png", f"{lead}sheet.json"
+        target = refuse_package_path(directory, field)
+        if not overwrite:  # check all names first so a refusal costs no writing
+            taken = [n for n in [*names, grid_name, json_name] if (target / n).exists()]
+            if taken:
+                raise OutputError(f"{field}={str(target)!r}: {str(target / taken[0])!r} already exists: pass "
+                                  "overwrite=True (CLI: --overwrite) or choose another folder")
 
-                    raise OutputError(f"{str(out / taken[0])!r} already exists: pass overwrite=True "
-                                      "(CLI: --overwrite) or choose another folder")
-            paths = []
-            sheet_json = json.dumps(self.summary(names), indent=2)
+        def old_sheet(old: Path) -> list[str]:
+            # The old sheet's own files go with it; only names its sheet.json lists in its folder.
+            return [grid_name, json_name, *_sheet_files(old / json_name)]
+
+        sheet_json = json.dumps(self.summary(names), indent=2)
+        with staged_folder(target, overwrite=overwrite, field=field, replaces=old_sheet) as stage:
             for name, image, recipe in zip(names, self.images, self.recipes):
                 info = png_info(recipe)
                 info.add_text("charstudio_sheet", json.dumps(self.settings))
-                paths.append(atomic_write(out / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
-                                          overwrite=overwrite))
+                atomic_write(stage / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi))
             grid = self.grid_image
-            paths.append(atomic_write(out / grid_name, lambda tmp: grid.save(tmp, format="PNG"), overwrite=overwrite))
-            old_files = _sheet_files(out / json_name) if overwrite else []
-            paths.append(atomic_write(out / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"),
-                                      overwrite=overwrite))
-            # The new sheet is complete: the old sheet's pictures it did not rewrite (it had more
-            # poses) go, so the folder holds one sheet. Only files the old sheet.json listed.
-            for name in old_files:
-                if name not in names:
-                    (out / name).unlink(missing_ok=True)
-            return paths
+            atomic_write(stage / grid_name, lambda tmp: grid.save(tmp, format="PNG"))
+            atomic_write(stage / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"))
+        return [target / n for n in [*names, grid_name, json_name]]
 
     def summary(self, files: list[str] | None = None) -> dict[str, Any]:
         """JSON-ready description: settings, labels, score, and each image's recipe."""

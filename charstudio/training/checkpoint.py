@@ -97,25 +97,28 @@ def model_fingerprint(unet: Any, text_encoder: Any, text_encoder_2: Any = None) 
     return h.hexdigest()[:16]
 
 
+def _every_name(folder: Path) -> list[str]:
+    """A checkpoint's files: all of the old one goes when one of the same step replaces it."""
+    return [p.name for p in folder.iterdir()]
+
+
 def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingConfig, accelerator: Any,
                      unet: Any, text_encoder: Any, optimizer: Any, lr_scheduler: Any,
                      history: list, elapsed: float, *, text_encoder_2: Any = None) -> Path | None:
-    """Write ``checkpoints/checkpoint-STEP`` as a whole: build it under a temp name, then rename."""
+    """Write ``checkpoints/checkpoint-STEP`` as a whole, through the one staging writer
+    (`io_utils.staged_folder`): a kill or a full disk leaves no half checkpoint, and a checkpoint
+    of the same step (a repeated resume) is replaced whole."""
     import torch
     from safetensors.torch import save_file
 
+    from ..io_utils import staged_folder
     from ..lora import write_diffusers_lora
     from ..lora.formats import adapter_states
 
     final = out / CHECKPOINT_DIR / f"checkpoint-{step:06d}"
     if accelerator.is_main_process:
-        # 1. Everything goes into a temp folder first; a crash leaves only that behind.
-        root = final.parent
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".tmp-{final.name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        # 1. Everything goes into a staging folder beside it first.
+        with staged_folder(final, overwrite=True, field="output_dir", replaces=_every_name) as tmp:
             models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
             states, configs = adapter_states({c: m for c, m in models.items() if config.trains(c)}, ADAPTER_NAME)
             write_diffusers_lora(tmp / "pytorch_lora_weights.safetensors", states, configs)
@@ -131,18 +134,7 @@ def save_checkpoint(out: Path, step: int, identity: dict, config: LoraTrainingCo
                      "gradient_accumulation_steps": config.gradient_accumulation_steps,
                      "lr_scheduler": _json_safe(lr_scheduler.state_dict())}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-            # 2. Swap into place. A checkpoint of the same step (a repeated resume) is replaced whole.
-            if final.exists():
-                old = root / f".old-{final.name}-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        # 3. Prune old checkpoints only after the new one is complete.
+        # 2. Prune old checkpoints only after the new one is complete.
         write_loss_csv(out / "loss.csv", history)
         if config.checkpoints_total_limit:
             for old_ckpt in list_checkpoints(out)[: -config.checkpoints_total_limit]:

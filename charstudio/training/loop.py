@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +14,7 @@ from ..io_utils import atomic_write
 from ..limits import max_side
 from ..models.family import V_PREDICTION_GUIDANCE_RESCALE, ModelFamily, detect_family, is_union_controlnet
 from ..lora import TEXT_ENCODER_TARGET_MODULES
-from .checkpoint import list_checkpoints, load_checkpoint, model_fingerprint, save_checkpoint, write_json
+from .checkpoint import load_checkpoint, model_fingerprint, save_checkpoint, write_json
 from .conditioning import TrainingConditioner
 from .config import ADAPTER_NAME, UNET_LORA_LAYERS, LoraTrainingConfig, TrainingStep
 from .data import (
@@ -158,10 +157,9 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     try:
         yield from _train(config, comps, family, accelerator, output, weight_dtype, mixed, own_components, parked)
     except BaseException:
-        # A staged overwrite that failed before its first checkpoint has nothing to resume:
-        # drop it. The old LoRA was never touched.
-        if output.staged and accelerator.is_main_process and not list_checkpoints(output.work):
-            shutil.rmtree(output.work, ignore_errors=True)
+        # A folder this run made that has no checkpoint has nothing to resume: it goes.
+        if accelerator.is_main_process:
+            output.discard_if_unused()
         raise
     finally:
         parked.restore()  # parts moved to CPU memory while idle go back to the device

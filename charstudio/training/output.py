@@ -67,7 +67,14 @@ def _clean_checkpoint_leftovers(lora_dir: Path) -> None:
     root = lora_dir / CHECKPOINT_DIR
     if not root.is_dir():
         return
-    for d in root.iterdir():
+    from ..io_utils import recover_folder
+
+    for d in list(root.iterdir()):
+        staged = re.match(r"^\.(checkpoint-\d+)\.(staging|backup)-\d+-[0-9a-f]+$", d.name)
+        if staged:  # the staging writer's own leftovers
+            recover_folder(root / staged.group(1))
+            continue
+        # The names an older version used.
         m = re.match(r"^\.(tmp|old)-(checkpoint-\d+)-(\d+)$", d.name)
         if not m or not d.is_dir() or _pid_alive(int(m.group(3))):
             continue
@@ -83,28 +90,30 @@ def _clean_checkpoint_leftovers(lora_dir: Path) -> None:
 
 
 def _swap_into_place(staged: Path, lora_dir: Path, name: str) -> None:
-    """Replace ``lora_dir`` by the complete ``staged`` folder.
+    """Replace ``lora_dir`` by the complete ``staged`` folder (a finished overwrite).
 
-    The user's own files in the old folder (class images, notes) move into the new one first.
-    Every step can be interrupted: `_recover_swap` finishes the job on the next run, because the
-    staged folder is complete before this starts.
+    Through the one staging writer (`io_utils.staged_folder`): the user's own files in the old
+    folder (class images, notes) are carried into the new one, the old run's outputs go, and a
+    kill at any moment leaves the complete old or new LoRA. ``staged`` is removed afterwards; a
+    kill before that leaves it finished, and `_recover_swap` swaps it in again (the same files).
     """
-    replaced = _replaced_dir(lora_dir)
-    if lora_dir.is_dir():
-        keep = _run_outputs(name)
-        for entry in lora_dir.iterdir():
-            if entry.name not in keep and not (staged / entry.name).exists():
-                os.replace(entry, staged / entry.name)
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(lora_dir, replaced)
-    os.replace(staged, lora_dir)
-    shutil.rmtree(replaced, ignore_errors=True)
+    from ..io_utils import link_tree, staged_folder
+
+    with staged_folder(lora_dir, overwrite=True, field="output_dir", replaces=_run_outputs(name)) as stage:
+        for entry in staged.iterdir():
+            link_tree(entry, stage / entry.name)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def _recover_swap(lora_dir: Path, name: str) -> None:
     """Finish an overwrite that a kill interrupted while it swapped folders."""
     staged, replaced = staging_dir(lora_dir), _replaced_dir(lora_dir)
-    if staged.is_dir() and is_finished(staged, name):
+    if replaced.is_dir() and not lora_dir.exists():  # left by an older version between its renames
+        os.replace(replaced, lora_dir)
+    if staged.is_dir() and _already_swapped(staged, lora_dir, name):
+        # Killed after the new LoRA was swapped in, before its working folder was removed.
+        shutil.rmtree(staged, ignore_errors=True)
+    elif staged.is_dir() and is_finished(staged, name):
         log.info("finishing an interrupted overwrite of %s", lora_dir)
         _swap_into_place(staged, lora_dir, name)
     elif replaced.is_dir():
@@ -114,6 +123,18 @@ def _recover_swap(lora_dir: Path, name: str) -> None:
             os.replace(replaced, lora_dir)
 
 
+def _already_swapped(staged: Path, lora_dir: Path, name: str) -> bool:
+    """Whether ``lora_dir`` is the finished LoRA that ``staged`` (an overwrite's working folder,
+    without final files) trained: the same last checkpoint."""
+    if is_finished(staged, name) or not is_finished(lora_dir, name):
+        return False
+    mine, there = list_checkpoints(staged), list_checkpoints(lora_dir)
+    if not mine or not there or mine[-1].name != there[-1].name:
+        return False
+    a, b = mine[-1] / "trainer_state.json", there[-1] / "trainer_state.json"
+    return a.read_bytes() == b.read_bytes()
+
+
 @dataclass
 class OutputPlan:
     """Where a run writes (``work``), where its LoRA ends up (``final``) and what it resumes."""
@@ -121,10 +142,19 @@ class OutputPlan:
     work: Path
     final: Path
     resume_from: Path | None
+    created: bool = False  # the run makes ``work``: nothing of the user's is in it
 
     @property
     def staged(self) -> bool:
         return self.work != self.final
+
+    def discard_if_unused(self) -> None:
+        """After a failed or stopped run: a folder this run made (a fresh run's ``lora/NAME``, an
+        overwrite's staging folder) that holds no checkpoint has nothing to resume, so it goes
+        (a full disk does not leave ``NAME/`` with only training_config.json). The old LoRA of
+        an overwrite was never touched."""
+        if (self.staged or self.created) and not list_checkpoints(self.work):
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def prepare_output(config: LoraTrainingConfig, is_main: bool) -> OutputPlan:
@@ -175,32 +205,46 @@ def prepare_output(config: LoraTrainingConfig, is_main: bool) -> OutputPlan:
         if is_main:
             shutil.rmtree(staged, ignore_errors=True)
         return OutputPlan(staged, out, None)
-    return OutputPlan(out, out, None)
+    return OutputPlan(out, out, None, created=not out.exists())
 
 
 def save_final(output: OutputPlan, config: LoraTrainingConfig, models: dict[str, Any], history: list,
                resolution: int) -> dict[str, Path]:
-    """Write the LoRA in both formats and the loss log; a staged overwrite then replaces the old folder.
+    """Write the LoRA in both formats and the loss log, and put the finished folder in place.
 
     ``models`` maps component names ("unet", "text_encoder", "text_encoder_2") to the models
     carrying the training adapter; the text encoders' adapters are written when they trained.
     SDXL's kohya file gets kohya's SDXL naming (``save_lora`` tells from the UNet).
+
+    The final files are written into a staging folder with (hard links to) the run's checkpoints
+    and config, which then replaces ``lora/NAME`` in one swap (`io_utils.staged_folder`): the
+    LoRA appears complete or not at all, and until then the old folder (with the checkpoints a
+    resume needs) is untouched.
     """
+    from ..io_utils import link_tree, staged_folder
     from ..lora import save_lora
 
-    out = output.work
+    work, final = output.work, output.final
+    # An overwrite drops every output of the old run; a run in place replaces only its final files.
+    replaces = _run_outputs(config.name) if output.staged else {p.name for p in weight_files(Path(), config.name)}
     text = {c: models.get(c) if config.trains(c) else None for c in ("text_encoder", "text_encoder_2")}
-    files = save_lora(models["unet"], text["text_encoder"], out, config.name, text_encoder_2=text["text_encoder_2"],
-                      adapter_name=ADAPTER_NAME, overwrite=True,
-                      kohya_metadata={"ss_sd_model_name": config.model, "ss_resolution": f"({resolution}, {resolution})",
-                                      "ss_steps": str(config.max_train_steps),
-                                      "ss_learning_rate": str(config.learning_rate),
-                                      "ss_seed": str(config.seed), "ss_trigger_word": config.trigger_word})
-    files["loss_csv"] = write_loss_csv(out / "loss.csv", history)
-    files["config"] = out / "training_config.json"
+    with staged_folder(final, overwrite=True, field="output_dir", replaces=replaces | {"loss.csv"}) as stage:
+        files = save_lora(models["unet"], text["text_encoder"], stage, config.name,
+                          text_encoder_2=text["text_encoder_2"], adapter_name=ADAPTER_NAME, overwrite=True,
+                          kohya_metadata={"ss_sd_model_name": config.model,
+                                          "ss_resolution": f"({resolution}, {resolution})",
+                                          "ss_steps": str(config.max_train_steps),
+                                          "ss_learning_rate": str(config.learning_rate),
+                                          "ss_seed": str(config.seed), "ss_trigger_word": config.trigger_word})
+        files["loss_csv"] = write_loss_csv(stage / "loss.csv", history)
+        files["config"] = stage / "training_config.json"
+        if output.staged:
+            # The overwrite's working folder (checkpoints, config, validation) becomes the LoRA's.
+            for entry in work.iterdir():
+                if not os.path.lexists(stage / entry.name):
+                    link_tree(entry, stage / entry.name)
+        files = {k: final / p.relative_to(stage) for k, p in files.items()}
     if output.staged:
-        # The new LoRA is complete: only now does it replace the old one.
-        _swap_into_place(output.work, output.final, config.name)
-        files = {k: output.final / p.relative_to(output.work) for k, p in files.items()}
-    log.info("saved LoRA %r to %s", config.name, output.final)
+        shutil.rmtree(work, ignore_errors=True)  # a kill before this: _recover_swap removes it
+    log.info("saved LoRA %r to %s", config.name, final)
     return files

@@ -256,8 +256,9 @@ class InterpolateApp(AppBase):
             n += 1
         folder = base / f"interpolation-{n:03d}"
         try:
-            paths = list(self.interpolation.save(folder))
-            paths.append(self.interpolation.save_gif(folder / "animation.gif"))
+            # Frames, index and GIF appear together or not at all (one staged folder).
+            paths = list(self.interpolation.save(folder, gif="animation.gif", field="output folder"))
+            paths.append(folder / "animation.gif")
         except Exception as exc:
             self.status.error(f"Save failed: {error_text(exc)}")
             return []
