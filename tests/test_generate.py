@@ -8,6 +8,7 @@ import torch
 
 from charstudio import CancelToken, GenerationCancelled, Result
 from charstudio.schedulers import SCHEDULERS, make_scheduler
+from a1111_oracle import assert_png_matches_recipe
 from conftest import pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
@@ -60,6 +61,22 @@ def test_saved_png_carries_a1111_parameters(tiny_studio, tmp_path):
     assert lines[0] == "a wizard"
     assert lines[1] == "Negative prompt: blurry"
     assert lines[2] == "Steps: 4, Sampler: Euler a, CFG scale: 5.5, Seed: 9, Size: 128x128, Model: tiny"
+    assert_png_matches_recipe(path, result.recipe, "sd1")
+
+
+@pytest.mark.parametrize("settings", [
+    dict(scheduler="dpm++2m-karras", clip_skip=1, guidance_scale=4.0, seed=12),
+    dict(scheduler="ddim", negative_prompt="lowres, bad hands", seed=2**31 + 5, width=96, height=64),
+    dict(scheduler="pndm", hires={"scale": 1.5, "strength": 0.45, "steps": 2, "upscaler": "pixel"}, seed=3),
+    dict(scheduler="unipc", hires={"scale": 2, "strength": 0.6, "upscaler": "latent"}, width=64, height=64),
+], ids=["karras-clip-skip", "ddim-wide", "hires-pixel", "hires-latent"])
+def test_an_independent_a1111_reader_reads_the_recipe_from_the_png(tiny_studio, tmp_path, settings):
+    """sd-parsers (not charstudio's own parser) reads size, seed, steps, sampler, CFG, clip skip
+    and the hires fields of a saved PNG as the recipe has them, in A1111's meanings."""
+    settings = {"num_inference_steps": 2, **settings}
+    result = tiny_studio.generate("a wizard, blue hat", **settings)
+    read = assert_png_matches_recipe(result.save(tmp_path)[0], result.recipe, "sd1")
+    assert read["Size"] == f"{settings.get('width', 128)}x{settings.get('height', 128)}"  # the first pass's size
 
 
 def test_save_never_overwrites(tiny_studio, tmp_path):

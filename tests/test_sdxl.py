@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from a1111_oracle import assert_png_matches_recipe
 from charstudio.errors import ConfigError, ModelLoadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -288,7 +289,11 @@ def test_micro_conditioning_is_set_recorded_and_read_back_by_an_a1111_parser(xl,
     path = told.save(tmp_path)[0]
     text = Image.open(path).text[PARAMETERS_KEY]
     assert "Original size: 512x1024" in text and "Crop: 0x16" in text and "Target size: 64x48" in text
-    parsed = parse_parameters(text)  # the A1111 reader alone, as another tool would read it
+    # An independent A1111 reader (sd-parsers) reads the recipe's fields, the micro-conditioning
+    # among them in A1111's WIDTHxHEIGHT / x-by-y order (the recipe keeps diffusers' (h, w), (top, left)).
+    read = assert_png_matches_recipe(path, told.recipe, "sdxl")
+    assert (read["Original size"], read["Crop"], read["Target size"]) == ("512x1024", "0x16", "64x48")
+    parsed = parse_parameters(text)  # and our own reader, from the text alone, agrees
     assert (parsed["original_size"], parsed["crops_coords_top_left"]) == ((1024, 512), (16, 0))
     again = xl.run(Result.from_png(path).recipe)
     assert np.array_equal(np.asarray(again.image), np.asarray(told.image))
@@ -440,6 +445,7 @@ def test_a1111_clip_skip_means_the_same_layer_on_each_family(xl, tmp_path):
     from PIL import Image
 
     text = Image.open(path).text["parameters"]
+    assert assert_png_matches_recipe(path, made.recipe, "sdxl")["Clip skip"] == "3"  # an independent reader
     assert parse_parameters(text)["clip_skip"] == 1
     assert Result.from_png(path, family=SDXL).recipe.clip_skip == 1
 
