@@ -121,11 +121,59 @@ def test_short_prompt_embedding_matches_diffusers_encode_prompt(tiny_studio):
     assert torch.equal(ref, ours)
 
 
+# The diffusers class and options each name must run (written out here, not read from SCHEDULERS).
+EXPECTED_SCHEDULERS = {
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}), "unipc": ("UniPCMultistepScheduler", {}), "lcm": ("LCMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}), "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+
+
+def _timesteps_run(studio, name, **settings):
+    """The scheduler class that ran, and the timestep of every UNet step, as the step callback saw them."""
+    seen = []
+    result = studio.generate("a robot", seed=3, scheduler=name, num_inference_steps=3, width=64, height=64,
+                             callbacks=[lambda pipe, step, t, kw: seen.append(int(t)) or {}], **settings)
+    return result, studio.pipeline("txt2img").scheduler, seen
+
+
+def _reference_timesteps(base_config, name, steps=3):
+    import diffusers
+
+    cls_name, options = EXPECTED_SCHEDULERS[name]
+    reference = getattr(diffusers, cls_name).from_config(dict(base_config), **options)
+    reference.set_timesteps(steps)
+    return [int(t) for t in reference.timesteps]
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_runs_and_is_recorded(tiny_studio, name):
-    result = tiny_studio.generate("a robot", seed=3, scheduler=name, num_inference_steps=3)
+    """Each name runs its own diffusers class, Karras sigmas only where the name says so, on the
+    model's noise schedule: the timesteps run are those of that class built by hand."""
+    assert set(SCHEDULERS) == set(EXPECTED_SCHEDULERS)
+    result, used, seen = _timesteps_run(tiny_studio, name)
     assert result.recipe.scheduler == name
-    assert np.isfinite(pixels(result.image)).all()
+    assert type(used).__name__ == EXPECTED_SCHEDULERS[name][0]
+    assert bool(used.config.get("use_karras_sigmas")) == name.endswith("karras")
+    assert seen == _reference_timesteps(tiny_studio.base_scheduler_config, name)
+    if name == "dpm++2m-karras":  # Karras sigmas put the steps elsewhere than the plain schedule
+        assert seen != _reference_timesteps(tiny_studio.base_scheduler_config, "dpm++2m")
+
+
+@pytest.mark.parametrize("name", ["euler-a", "dpm++2m-karras", "ddim", "heun"])
+def test_a_v_prediction_model_keeps_trailing_zero_snr_timesteps_under_every_scheduler(name):
+    """A v-prediction model's schedule (zero terminal SNR, trailing spacing) survives the change of
+    scheduler: the first step is the last training timestep (999), which leading spacing never is."""
+    from charstudio import Studio
+
+    vp = Studio.from_pretrained("tiny", device="cpu", prediction_type="v_prediction")
+    _, used, seen = _timesteps_run(vp, name, guidance_rescale=0.0)
+    assert (used.config.prediction_type, used.config.timestep_spacing, used.config.rescale_betas_zero_snr) == \
+        ("v_prediction", "trailing", True)
+    assert seen[0] == 999 and seen == _reference_timesteps(vp.base_scheduler_config, name)
 
 
 def test_schedulers_differ(tiny_studio):
