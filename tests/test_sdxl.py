@@ -185,14 +185,33 @@ def test_sizes_are_bounded_by_the_families_native_size(xl):
 def test_interpolation_blends_pooled_embeddings_and_its_ends_are_the_ends_own_pictures(xl):
     a = xl.make_config("a girl with red hair", seed=3, num_inference_steps=2, width=64, height=64)
     b = xl.make_config("a boy with blue hair", seed=4, num_inference_steps=2, width=64, height=64)
-    frames = xl.interpolate(a, b, frames=3)
+    seen = []  # the pooled embedding (the UNet's text_embeds) of the prompt row of every UNet call
+
+    def spy(module, args, kwargs):
+        seen.append(kwargs["added_cond_kwargs"]["text_embeds"][-1].detach().clone())
+
+    hook = xl.components["unet"].register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        frames = xl.interpolate(a, b, frames=3)
+    finally:
+        hook.remove()
     assert np.array_equal(np.asarray(frames.frames[0]), np.asarray(xl.run(a).image))
     assert np.array_equal(np.asarray(frames.frames[-1]), np.asarray(xl.run(b).image))
     middle = np.asarray(frames.frames[1], dtype=float)
     assert not np.array_equal(middle, np.asarray(frames.frames[0])) and not np.array_equal(middle, frames.frames[2])
-    # the pooled embedding is blended too: halfway it is neither end's
+    # the pooled embedding is blended too: halfway the UNet gets the spherical midpoint of the ends'
+    # pooled vectors (their directions' bisector at their mean length), far from either end's
     from charstudio.interpolation import encode_to_one_length
 
+    ends = encode_to_one_length(xl.encoder, [(a.prompt, ""), (b.prompt, "")], None)
+    pa, pb = (e.pooled_prompt_embeds[0].double() for e in ends)
+    mid = (pa / pa.norm() + pb / pb.norm())
+    mid = (mid / mid.norm() * (pa.norm() + pb.norm()) / 2).float()
+    assert (pa - pb).norm() > 0.5 * pa.norm()  # the two prompts' pooled vectors are far apart
+    for target in (pa.float(), pb.float(), mid):
+        closest = min(float((x - target).norm()) for x in seen)
+        assert closest < 1e-4 * float(target.norm()), (closest, float(target.norm()))
+    assert len(seen) == 3 * 2  # three frames of two steps, the middle one conditioned on the midpoint
     enc_a, enc_b = encode_to_one_length(xl.encoder, [(a.prompt, ""), ("a boy with blue hair, " * 8, "")], None)
     assert enc_a.pooled_prompt_embeds is not None and enc_a.prompt_embeds.shape == enc_b.prompt_embeds.shape
     assert enc_a.num_chunks == 2  # padded to the longer prompt's chunks, so the two blend
