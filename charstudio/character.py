@@ -170,19 +170,25 @@ def list_characters() -> list[str]:
     return sorted(_card_files())
 
 
-def load_character(name_or_path: str | os.PathLike | Character) -> Character:
-    """A card by name (searched in the prompt folders) or by path to a YAML file."""
+def load_character(name_or_path: str | os.PathLike | Character, *, field: str = "character") -> Character:
+    """A card by name (searched in the prompt folders) or by path to a YAML file.
+
+    The one card resolver: wherever a value must be a card (a ``--card`` option, a region's
+    ``@card``), it comes here and a name that is no card is refused, never read as a prompt.
+    `field` is the name the user gave the value under, for the error.
+    """
     if isinstance(name_or_path, Character):
         return name_or_path
     text = str(name_or_path)
     p = Path(text).expanduser()
     if p.suffix.lower() in (".yaml", ".yml") or p.is_file():
         if not p.is_file():
-            raise CardError(f"card={text!r}: no such file")
+            raise CardError(f"{field}={text!r}: no such file")
         return Character.load(p)
     files = _card_files()
     if text not in files:
-        raise ConfigError("character", text, f"no such card; known cards: {', '.join(sorted(files)) or '(none)'}")
+        raise ConfigError(field, text, f"no such card; known cards: {', '.join(sorted(files)) or '(none)'} "
+                                       "(or a card .yaml file)")
     return Character.load(files[text])
 
 

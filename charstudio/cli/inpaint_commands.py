@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'left,top,right,bottom' in pixels, or a mask picture (white = redraw) of the same size")
     what = i.add_mutually_exclusive_group()
     what.add_argument("--prompt", default=None, help="what to draw there (default: the picture's own prompt)")
-    what.add_argument("--card", default=None, help="a character card to draw there instead of a prompt")
+    what.add_argument("--card", default=None, help="a character card (a name from `charstudio cards`, or a card "
+                                                   ".yaml) to draw there instead of a prompt")
     i.add_argument("--strength", type=float, default=0.75, help="how far the masked part is re-noised, 0..1 "
                                                                  "(default 0.75)")
     i.add_argument("--seed", type=int, default=None, help="default: the picture's seed, else random")
@@ -73,6 +74,7 @@ def _check_mask(args: argparse.Namespace, size: tuple[int, int]) -> None:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
+    from charstudio.character import load_character
     from charstudio.cli.progress import StepBar
     from charstudio.io_utils import check_output_dir, output_named
     from charstudio.validation import check_float
@@ -82,13 +84,15 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     check_float("--padding", args.padding, 0.0, 2.0)
     picture = _picture(args.image)
     _check_mask(args, picture.size)
+    # --card names a card, never a prompt: an unknown name is refused here, before the model loads.
+    card = None if args.card is None else load_character(args.card, field="--card")
     check_output_dir(args.out, field="--out")
     studio = load_studio(args)
     load_loras(studio, args)
     load_embeddings(studio, args)
     settings = {} if args.steps is None else {"num_inference_steps": args.steps}
     with StepBar("inpainting") as bar:
-        result = studio.inpaint(args.image, mask=args.mask, prompt=args.card or args.prompt, strength=args.strength,
+        result = studio.inpaint(args.image, mask=args.mask, prompt=card or args.prompt, strength=args.strength,
                                 seed=args.seed, padding=args.padding, progress=bar, **settings)
     with output_named("--out", args.out):
         for path in result.save(args.out, prefix="inpaint"):
