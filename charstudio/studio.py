@@ -29,7 +29,7 @@ from .models.loading import load_components, load_controlnet, resolve_model
 from .models.presets import PRESETS
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
-from .validation import check_float, check_text
+from .validation import check_float, check_int, check_text
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,20 @@ class Studio:
         # names in cards and recipes are looked up in embeddings_dir (relative to the working folder).
         self._embeddings: dict[str, LoadedEmbedding] = {}
         self.embeddings_dir: str | Path = DEFAULT_EMBEDDINGS_DIR
-        # The most images one UNet call draws (a recipe's num_images, a sheet's poses); 1 draws
-        # each image in its own call. Low-VRAM mode sets 1.
-        self.max_batch = 8
+        self.max_batch = 8  # see the max_batch property
         self.low_vram = False  # see enable_low_vram
         self.speed = "default"  # see set_speed: "default" or "max" (the fast path)
         self._offloaded: str | None = None  # the pipeline kind whose offload hooks are installed
+
+    @property
+    def max_batch(self) -> int:
+        """The most images one UNet call draws (a recipe's num_images, a sheet's poses); 1 draws
+        each image in its own call. Low-VRAM mode sets 1. Checked when set: a whole number >= 1."""
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: Any) -> None:
+        self._max_batch = check_int("max_batch", value, lo=1)
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
