@@ -49,6 +49,15 @@ def _file_label(files: IPAdapterFiles) -> str:
     return f"{files.subfolder}/{files.weight_name}" if files.subfolder else files.weight_name
 
 
+def _named(files: IPAdapterFiles, weights: Any = None) -> str:
+    """How a message names the adapter: a weight file given by path as the user wrote it (not
+    split into the root, subfolder and name it is read as), else the folder or hub id given
+    and the file inside it."""
+    if weights is not None and Path(str(weights)).expanduser().is_file():
+        return f"{FIELD}={str(weights)!r}"
+    return f"{FIELD}={files.repo!r} (file {_file_label(files)})"
+
+
 def _not_available(files: IPAdapterFiles, err: BaseException, family: ModelFamily) -> ModelLoadError:
     default = family.ip_adapter
     return ModelLoadError(
@@ -79,7 +88,7 @@ def _weight_file(files: IPAdapterFiles) -> str:
                            local_files_only=hub_offline())
 
 
-def _tensor_shapes(path: str, files: IPAdapterFiles) -> dict[str, tuple[int, ...]]:
+def _tensor_shapes(path: str, files: IPAdapterFiles, weights: Any = None) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, as ``image_proj.<k>`` / ``ip_adapter.<k>`` (only the header of a .safetensors)."""
     try:
         if path.endswith(".safetensors"):
@@ -94,8 +103,8 @@ def _tensor_shapes(path: str, files: IPAdapterFiles) -> dict[str, tuple[int, ...
         return {f"{group}.{k}": tuple(v.shape) for group, part in state.items() if isinstance(part, Mapping)
                 for k, v in part.items() if hasattr(v, "shape")}
     except Exception as exc:  # safetensors' SafetensorError, pickle's UnpicklingError, zip errors ...
-        raise ModelLoadError(f"{FIELD}={files.repo!r}: {_file_label(files)} is not a readable IP-Adapter weight "
-                             f"file ({describe(exc, 160)}): re-download it or use another one") from exc
+        raise ModelLoadError(f"{_named(files, weights)} is not a readable IP-Adapter weight file "
+                             f"({describe(exc, 160)}): re-download it or use another one") from exc
 
 
 @functools.lru_cache(maxsize=None)
@@ -130,29 +139,37 @@ def _ip_layers(unet: Any) -> list[str]:
             if not name.endswith("attn1.processor") and "motion_modules" not in name]
 
 
-def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Any, files: IPAdapterFiles) -> None:
+def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Any, files: IPAdapterFiles,
+                          weights: Any = None) -> None:
     """Refuse an IP-Adapter that does not fit the Studio's UNet, from its weights' shapes alone.
 
     The rule is diffusers' loading rule: the cross-attention layers are taken in processor order
     and layer i gets ``ip_adapter.<2i+1>.to_{k,v}_ip.weight``, of shape (layer width, UNet
     cross-attention width). The second number tells the families apart (SD 1.5: 768, SDXL: 2048).
+    ``weights``: what the user gave as ip_adapter_weights, for the messages.
     """
     family: ModelFamily = studio.family
     unet = studio.components["unet"]
     width = unet.config.cross_attention_dim
-    name = _file_label(files)
+    name = _named(files, weights)
     default = family.ip_adapter
     hint = (f"e.g. {FIELD}={default.repo!r} with no weight_name or subfolder "
             f"({default.subfolder}/{default.weight_name})")
     first = shapes.get("ip_adapter.1.to_k_ip.weight")
     if first is None or len(first) != 2:
-        raise ModelLoadError(f"{FIELD}={files.repo!r}: {name} is not an IP-Adapter weight file (it has no "
+        raise ModelLoadError(f"{name} is not an IP-Adapter weight file (it has no "
                              f"ip_adapter.1.to_k_ip.weight): use an {family.label} IP-Adapter, {hint}")
     theirs = first[1]
     if theirs != width:
         label = _family_of_width(theirs, studio)
+        if label == family.label:
+            # Same family, other width (a resized or toy model): "SD 1.x adapter, SD 1.x model" says nothing.
+            raise ModelLoadError(f"{name} is an {label} IP-Adapter for {theirs}-wide text features (its to_k_ip "
+                                 f"layers), and this {family.label} model's UNet takes {width}-wide ones: use an "
+                                 f"IP-Adapter made for this model (its to_k_ip layers {width} wide), or the "
+                                 f"adapter with a model whose text features are {theirs} wide")
         what = f"an {label} IP-Adapter" if label else "an IP-Adapter for another model"
-        raise ModelLoadError(f"{FIELD}={files.repo!r}: {name} is {what} (its to_k_ip layers take {theirs}-wide "
+        raise ModelLoadError(f"{name} is {what} (its to_k_ip layers take {theirs}-wide "
                              f"text features) and the model is {family.label} ({width} wide): use an "
                              f"{family.label} IP-Adapter, {hint}")
     layers = _ip_layers(unet)
@@ -163,7 +180,7 @@ def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Any, fi
             key = f"ip_adapter.{2 * i + 1}.{proj}.weight"
             if count != len(layers) or shapes.get(key) != (inner, width):
                 raise ModelLoadError(
-                    f"{FIELD}={files.repo!r}: {name} has IP-Adapter weights for {count} cross-attention layers "
+                    f"{name} has IP-Adapter weights for {count} cross-attention layers "
                     f"and this {family.label} UNet has {len(layers)} ({key} should be {inner}x{width}, it is "
                     f"{'missing' if key not in shapes else 'x'.join(map(str, shapes[key]))}): use an IP-Adapter "
                     f"made for this model's architecture, {hint}")
@@ -219,8 +236,8 @@ def ip_adapter(studio: Any, weights: str | None, image: Any, scale: float = 0.6,
         path = _weight_file(files)
     except Exception as err:  # missing file, offline hub, unknown repo: huggingface_hub raises several classes
         raise _not_available(files, err, studio.family) from None
-    shapes = _tensor_shapes(path, files)
-    check_ip_adapter_fits(shapes, studio, files)
+    shapes = _tensor_shapes(path, files, weights)
+    check_ip_adapter_fits(shapes, studio, files, weights)
     try:
         from transformers import CLIPVisionConfig
 
