@@ -12,29 +12,95 @@ DEFAULT_EMBEDDER = "openai/clip-vit-large-patch14"
 
 def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: Any = None, download: bool = True) -> Any:
     """A CLIPVisionModelWithProjection from a local folder or the local hub cache; a clear
-    `ModelLoadError` when it is not there.
+    `ModelLoadError` when it is not there, or when a folder is not such a model (saying what is
+    wrong with it).
 
     It downloads only with `download=True` and without ``HF_HUB_OFFLINE=1``: work that merely
     *reports* a score (a sheet) must not stall on a 1.7 GB download or on network retries.
     """
     from ..models.loading import hub_offline
 
+    name_or_path = str(name_or_path)
+    folder = _local_folder(name_or_path)
     offline = not download or hub_offline()
-    problem = f"CLIP image embedder {name_or_path!r} is not available locally or from the hub"
-    advice = "download it once, or pass embedder= a loaded CLIPVisionModelWithProjection or a local folder"
-    if offline and not Path(name_or_path).is_dir():
+    if folder is not None:
+        _check_folder(name_or_path, folder)
+    elif offline:
         from huggingface_hub import try_to_load_from_cache
 
         # Answer at once instead of letting from_pretrained walk every fallback (seconds).
         if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-            raise ModelLoadError(f"{problem} (HF_HUB_OFFLINE=1 and it is not in the cache); {advice}")
+            why = "HF_HUB_OFFLINE=1 forbids downloading it" if hub_offline() else "it is not downloaded for this"
+            raise ModelLoadError(f"{FIELD}={name_or_path!r} is not available locally (not in the cache, and "
+                                 f"{why}): {ADVICE}")
     from transformers import CLIPVisionModelWithProjection
 
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, local_files_only=offline)
-    except Exception as err:  # OSError / EnvironmentError variants for "not found"
-        raise ModelLoadError(f"{problem} ({type(err).__name__}); {advice}") from None
+        model = CLIPVisionModelWithProjection.from_pretrained(folder or name_or_path, local_files_only=offline)
+    except Exception as err:  # OSError / EnvironmentError variants for "not found", SafetensorError, ...
+        if folder is not None:
+            raise ModelLoadError(f"{FIELD}={name_or_path!r}: {_load_problem(err)}: {FOLDER_ADVICE}") from err
+        raise ModelLoadError(f"{FIELD}={name_or_path!r} is not available locally or from the hub "
+                             f"({type(err).__name__}): {ADVICE}") from None
     return model.to(device) if device is not None else model
+
+
+FIELD = "embedder"
+FOLDER_ADVICE = ("give a folder saved with CLIPVisionModelWithProjection.save_pretrained (or a CLIP model's, "
+                 "e.g. a download of openai/clip-vit-large-patch14), or a hub id")
+ADVICE = "download it once, or pass embedder= a loaded CLIPVisionModelWithProjection or a local folder"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
+
+
+def _local_folder(name: str) -> Path | None:
+    """The path `name` means on disk, or None for a hub id. A value that exists, or that cannot
+    be a hub id ('org/name'), is a path."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return path
+    return None
+
+
+def _check_folder(name: str, path: Path) -> None:
+    """Say what is wrong with a local embedder folder before transformers is asked to read it."""
+    import json
+
+    def broken(problem: str) -> ModelLoadError:
+        return ModelLoadError(f"{FIELD}={name!r}: {problem}: {FOLDER_ADVICE}")
+
+    if not path.exists():
+        raise broken("no such folder")
+    if not path.is_dir():
+        raise broken("is a file, not a model folder (config.json with the weights beside it)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise broken("the folder has no config.json, so it is not a saved Hugging Face model")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise broken(f"its config.json cannot be read as JSON ({str(exc).splitlines()[0]})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CLIP_MODEL_TYPES:
+        raise broken(f"its config.json says model_type {model_type!r}, and a CLIP vision model "
+                     f"({' or '.join(map(repr, CLIP_MODEL_TYPES))}) is needed")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise broken(f"the folder has config.json but no weights ({' or '.join(WEIGHT_FILES[::2])})")
+
+
+def _load_problem(err: BaseException) -> str:
+    """What went wrong reading a folder that looked right, without transformers' internal advice."""
+    text = str(err).strip()
+    if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+        return "its weights do not have the shapes its config.json describes (another model's weights?)"
+    first = text.splitlines()[0] if text else ""
+    return f"its weights cannot be read ({type(err).__name__}{': ' + first[:160] if first else ''})"
 
 
 def embed_images(images: Sequence[Any], embedder: Any) -> Any:
