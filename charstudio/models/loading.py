@@ -218,6 +218,71 @@ def _shape_mismatch(exc: BaseException) -> str | None:
     return f"{m[1]}: expected {m[2]}, got {m[3]}" if m else None
 
 
+def _without_internal_advice(text: str) -> str:
+    """diffusers' message without its advice about its own loading options (`low_cpu_mem_usage`,
+    `ignore_mismatched_sizes`), which a charstudio user cannot pass, and its issue links."""
+    import re
+
+    sentences = re.split(r"(?<=\.)\s+", text)
+    kept = [s for s in sentences if not re.search(r"low_cpu_mem_usage|ignore_mismatched_sizes|see also|https?://", s)]
+    return " ".join(kept).strip() or "its weights do not fit the configs it is read with"
+
+
+# The tensor whose last dimension diffusers matches to each text encoder's hidden_size when it
+# reads a single file (diffusers' CHECKPOINT_KEY_NAMES "clip", "clip_sdxl", "open_clip_sdxl").
+_TEXT_WIDTH_KEYS = {
+    "sd1": {"text_encoder": "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"},
+    "sdxl": {"text_encoder": "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+             "text_encoder_2": "conditioner.embedders.1.model.positional_embedding"},
+}
+
+
+def _text_width_mismatch(path: str, family: ModelFamily, config_dir: str | None) -> str | None:
+    """'<tensor> is N wide and <encoder> in the config has hidden_size M' for the first text
+    encoder the file and the config folder disagree on; None when it cannot tell (a hub config,
+    a pickled file)."""
+    import json
+
+    if config_dir is None or not Path(config_dir).is_dir() or not path.lower().endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            for encoder, key in _TEXT_WIDTH_KEYS[family.name].items():
+                try:
+                    config = json.loads((Path(config_dir) / encoder / "config.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                hidden = config.get("hidden_size") if isinstance(config, dict) else None
+                width = f.get_slice(key).get_shape()[-1] if key in keys else None
+                if hidden is not None and width is not None and width != hidden:
+                    return f"{key} is {width} wide and the configs' {encoder} has hidden_size {hidden}"
+    except Exception:  # a header that cannot be read was reported before loading began
+        return None
+    return None
+
+
+def _config_advice(family: ModelFamily, config: str | None) -> str:
+    """What a user can do when a single file does not fit the configs it was read with."""
+    standard = (f" (or leave it out for a standard {family.label} file: {family.base_model}'s configs are built in)"
+                if config else "")
+    return (f"pass --config (config=) naming the diffusers folder or hub id of the {family.label} model the file was "
+            f"made from{standard}, or use a different file")
+
+
+def _check_config_family(config: str, family: ModelFamily, location: str) -> None:
+    """Refuse a local config folder of the other family before diffusers reads the file with it
+    (it would fail on a missing key, e.g. 'label_emb.0.0.weight')."""
+    if not Path(config).is_dir():
+        return
+    theirs = family_of_folder(config)
+    if theirs is not family:
+        raise ModelLoadError(f"config={config!r} is an {theirs.label} model's folder and model={location!r} is an "
+                             f"{family.label} checkpoint: {_config_advice(family, config)}")
+
+
 def _is_hub_error(exc: BaseException) -> bool:
     """Whether a load failed for lack of hub files (offline, not cached, no network)."""
     seen: set[int] = set()
@@ -322,6 +387,7 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             prediction_type = "v_prediction"
         if config is not None:
             extra["config"] = _check_config(config)
+            _check_config_family(extra["config"], family, source.location)
         else:  # the base model's configs shipped in the package, and the real CLIP tokenizers: no hub
             extra = {"config": str(family.config_folder()), **family.real_tokenizers()}
     elif source.kind == "folder":
@@ -358,14 +424,30 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
                 f"config={config!r} is not in the local Hugging Face cache"
                 f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
                 "download it once with network access, or pass a local diffusers folder of the base model") from exc
-        mismatch = _shape_mismatch(exc) if source.kind == "single_file" and config is None else None
-        if mismatch:
+        if source.kind == "single_file":
+            # diffusers' own words name its loading options; say what a user can change instead.
+            read_with = f"config={config!r}" if config else f"{family.base_model}'s configs"
+            mismatch = _shape_mismatch(exc)
+            if mismatch:
+                raise ModelLoadError(
+                    f"model={source.location!r} has the {family.label} layout but not the shapes of {read_with} "
+                    f"({mismatch}; a pruned or resized model, or a config of another model?): "
+                    f"{_config_advice(family, config)}") from exc
+            if "valid CLIP model" in str(exc):
+                detail = _text_width_mismatch(source.location, family, extra.get("config"))
+                raise ModelLoadError(
+                    f"model={source.location!r}: its CLIP text encoder does not fit {read_with} "
+                    f"({detail or 'diffusers found none of the width those configs give'}): "
+                    f"{_config_advice(family, config)}") from exc
+            if isinstance(exc, KeyError) and exc.args:
+                raise ModelLoadError(
+                    f"model={source.location!r} lacks the tensor {exc.args[0]!r} that {read_with} expect: "
+                    f"{_config_advice(family, config)}") from exc
             raise ModelLoadError(
-                f"model={source.location!r} has the {family.label} layout but not the shapes of {family.base_model} "
-                f"({mismatch}; a pruned or resized model?): pass config= (CLI: --config) naming a diffusers folder "
-                "of the model it was made from") from exc
-        raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} checkpoint"
-                             f"{f' with config={config!r}' if config else ''}: {_first_line(exc)}") from exc
+                f"model={source.location!r} could not be loaded as an {family.label} checkpoint with {read_with}: "
+                f"{_without_internal_advice(_first_line(exc))}: {_config_advice(family, config)}") from exc
+        raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} model: "
+                             f"{_without_internal_advice(_first_line(exc))}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
     comps = {name: getattr(pipe, name) for name in family.component_names}
     _check_all_loaded(comps, source.location, config)
