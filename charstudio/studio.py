@@ -361,7 +361,10 @@ class Studio:
         them, and their own recipes record how to rebuild them.
 
         `init_image` makes it img2img (SDEdit): the picture, resized to the recipe's size, is
-        noised by `strength` (0..1] and denoised under the recipe's prompt (and pose).
+        noised by `strength` (0..1] and denoised under the recipe's prompt (and pose). As in
+        diffusers, the recipe's steps set the schedule and the last int(steps * strength) of them
+        run; where that is none, one runs and the result's recipe records 1 step, which re-runs
+        the same picture (`workflows.hires.img2img_steps`, the one guard of every img2img pass).
         """
         # 1. Check the recipe fits this studio.
         self._check_recipe(config)
@@ -507,8 +510,19 @@ class Studio:
                               "pass a Pose (fitted automatically) or resize the image")
         kind: PipelineKind = "controlnet" if controls[0] is not None else "txt2img"
         extra_args: dict[str, Any] = dict(width=config.width, height=config.height, latents=latents)
+        schedule = config.num_inference_steps
         if init_image is not None:
+            from .workflows.hires import img2img_steps
+
+            # The one steps guard: at least one step runs, and the recipe records the steps that ran.
             strength = check_float("strength", strength, hi=1.0, above=0.0)
+            guard = img2img_steps(config.num_inference_steps, strength)
+            schedule = guard.schedule
+            if guard.recorded != config.num_inference_steps:
+                log.info("%d steps at strength %g run none: running 1 (a %d-step schedule) and recording 1",
+                         config.num_inference_steps, strength, schedule)
+                config = config.replace(num_inference_steps=guard.recorded)
+                wanted = [c.replace(num_inference_steps=guard.recorded) for c in wanted]
             if latents is not None:
                 raise ConfigError("latents", "given", "img2img starts from init_image's noised latents; pass one or the other")
             kind = "controlnet_img2img" if controls[0] is not None else "img2img"
@@ -556,9 +570,8 @@ class Studio:
                 edits[key] = None if embeddings is not None else schedule_callback(
                     self.encoder, c.prompt, c.num_inference_steps, encoded[key].num_chunks, c.clip_skip)
 
-        # img2img starts part-way: diffusers runs int(steps * strength) of the steps.
-        steps_run = config.num_inference_steps if init_image is None else max(
-            1, min(int(config.num_inference_steps * strength), config.num_inference_steps))
+        # img2img starts part-way: diffusers runs the last int(schedule * strength) steps.
+        steps_run = config.num_inference_steps if init_image is None else guard.run
 
         # 4. Group the images into UNet batches: one generator per image keeps each image's own
         #    noise, so a batched image matches its recipe run alone (see README "Batches").
@@ -591,7 +604,7 @@ class Studio:
                 call_args[control_key] = controls[first] if len(group) == 1 else [controls[i] for i in group]
             embed_args = _stack_embeddings([encoded[(wanted[i].prompt, wanted[i].negative_prompt)] for i in group])
             with drawing_context(self, wanted[first]):
-                out = pipe(**embed_args, num_inference_steps=config.num_inference_steps,
+                out = pipe(**embed_args, num_inference_steps=schedule,
                            guidance_scale=config.guidance_scale,
                            generator=generators[0] if len(group) == 1 else generators, output_type="latent",
                            callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,

@@ -10,7 +10,10 @@ pasted with a soft seam (`masks.soft_mask`). Outside each part's box, beyond the
 changes.
 
 The recipe's ``detail`` field is ``{"parts": [...], "strength": 0.35, "steps": N, "padding":
-0.15, "seam": 4}`` (``True`` means these defaults, steps being the recipe's). `Studio.run`
+0.15, "seam": 4}`` (``True`` means these defaults, steps being the recipe's). Each redraw is an
+img2img run of ``steps`` at ``strength``: the last int(steps * strength) steps run, and at least
+one; where steps * strength is under 1 the field records ``steps: 1``, the step that ran (the
+guard `hires.img2img_steps`), which re-runs the same picture. `Studio.run`
 applies it after drawing, so a PNG re-runs it. In a sheet with reference attention the redraws
 are ordinary runs made while the sheet's reference attention is on: a layer uses the anchor's
 recording where its shapes match and runs plain where they do not. The pass adds no reference of
@@ -42,10 +45,14 @@ def check(value: Any, config: Any) -> dict:
     unknown = set(value) - {"parts", "strength", "steps", "padding", "seam"}
     if unknown:
         raise ConfigError("detail", sorted(unknown), "only the keys parts, strength, steps, padding, seam")
+    from .hires import img2img_steps
+
     parts = check_parts(value.get("parts", DEFAULT_PARTS))
-    spec = {"parts": parts,
-            "strength": check_float("detail.strength", value.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0),
-            "steps": check_int("detail.steps", value.get("steps", config.num_inference_steps), 1, 1000),
+    strength = check_float("detail.strength", value.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0)
+    steps = check_int("detail.steps", value.get("steps", config.num_inference_steps), 1, 1000)
+    spec = {"parts": parts, "strength": strength,
+            # The steps that run: at least one (the one img2img steps guard; see the module docstring).
+            "steps": img2img_steps(steps, strength, "detail.strength").recorded,
             "padding": check_float("detail.padding", value.get("padding", M.DEFAULT_PADDING), 0.0, 2.0),
             "seam": check_int("detail.seam", value.get("seam", M.DEFAULT_SEAM), 0, 64)}
     if config.pose is not None:

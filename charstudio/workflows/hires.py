@@ -18,12 +18,16 @@ The recipe's ``width``/``height`` stay the first pass's size (A1111's "Size" doe
 saved picture is ``hires_size(recipe)``. ``steps`` counts the steps the second pass actually runs,
 as A1111's "Hires steps" does: the scheduler is set up for ``ceil(steps / strength)`` steps and
 the last ``steps`` of them run.
+
+`img2img_steps` (beside `schedule_length`) is the one steps guard every img2img-like pass shares
+(from_photo, inpainting, the detail pass, this second pass): at least one step runs.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import ConfigError
@@ -46,21 +50,29 @@ SIZE_STEP = 8
 # Schedulers are set up for at most this many steps (GenerationConfig's own limit).
 MAX_SCHEDULE = 1000
 KEYS = ("scale", "strength", "steps", "upscaler")
+# A recipe's sides are MIN_SIDE..MAX_SIDE px (config.check_size): no factor above MAX_SCALE
+# makes a picture any recipe may have.
+MIN_SIDE, MAX_SIDE = 8, 8192
+MAX_SCALE = MAX_SIDE / MIN_SIDE
 
 
 def check(value: Any, config: Any) -> dict[str, Any]:
     """Validate the recipe's ``hires`` field: a factor or a dict of KEYS; returns the full dict."""
     settings = normalise(value)
     width, height = hires_size(config, settings)
+    if max(width, height) > MAX_SIDE:
+        raise ConfigError("hires.scale", settings["scale"], f"{config.width}x{config.height} times "
+                          f"{settings['scale']:g} is {width}x{height}, over the largest size ({MAX_SIDE} px a side): "
+                          f"use a factor up to {math.floor(MAX_SIDE / max(config.width, config.height) * 100) / 100:g}")
     if (width, height) == (config.width, config.height):
         raise ConfigError("hires.scale", settings["scale"], f"{config.width}x{config.height} times "
                           f"{settings['scale']:g} rounds down to the same size (sides are multiples of {SIZE_STEP}): "
                           "use a larger factor")
     run = second_pass_steps(config, settings)
-    schedule = schedule_length(run, settings["strength"])
-    if schedule > MAX_SCHEDULE:
+    if int(MAX_SCHEDULE * settings["strength"]) < run:  # (a tiny strength: run / strength may be infinite)
         raise ConfigError("hires.strength", settings["strength"], f"running {run} steps at this strength needs a "
-                          f"{schedule}-step schedule (at most {MAX_SCHEDULE}): raise the strength or lower hires.steps")
+                          f"schedule of more than {MAX_SCHEDULE} steps (the most there are): raise the strength or "
+                          "lower hires.steps")
     return settings
 
 
@@ -77,6 +89,9 @@ def normalise(value: Any) -> dict[str, Any]:
     if "scale" not in data:
         raise ConfigError("hires.scale", None, "the upscale factor, e.g. 1.5 (the picture grows 1.5x a side)")
     scale = check_float("hires.scale", data["scale"], above=1.0)
+    if scale > MAX_SCALE:  # (1e308 would overflow the size arithmetic)
+        raise ConfigError("hires.scale", scale, f"at most {MAX_SCALE:g}: even an {MIN_SIDE} px picture grows past "
+                          f"the largest size, {MAX_SIDE} px a side; e.g. 1.5 or 2")
     strength = check_float("hires.strength", data.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0)
     steps = data.get("steps")
     if steps is not None:
@@ -115,6 +130,44 @@ def schedule_length(steps: int, strength: float) -> int:
     while length > steps and int((length - 1) * strength) >= steps:
         length -= 1
     return length
+
+
+@dataclass(frozen=True)
+class Img2ImgSteps:
+    """How an img2img-like pass runs (`img2img_steps`)."""
+
+    schedule: int  # the num_inference_steps handed to diffusers (with the strength unchanged)
+    run: int  # the denoising steps that run: the last `run` steps of that schedule
+    recorded: int  # the recipe's step count: the one asked for, or `run` when the guard raised it
+
+
+def img2img_steps(steps: int, strength: float, field: str = "strength") -> Img2ImgSteps:
+    """The one steps guard of every img2img-like pass: `Studio.run` with a starting picture
+    (from_photo, inpainting, the detail pass's redraws, the hires fix's second pass, and these
+    inside sheets) and diffusers' inpainting pipeline go through it.
+
+    diffusers' img2img and inpainting pipelines set the scheduler up for ``steps`` steps and run
+    the last ``min(int(steps * strength), steps)`` of them; below one they fail on an empty
+    schedule. As in A1111 (``max(1, int(steps * strength))``) at least one step runs: the schedule
+    is then the shortest whose last step diffusers starts at ``strength``
+    (``schedule_length(1, strength)``, about ``1 / strength`` steps), so the picture is noised as
+    far as asked and no further, and the recipe records 1, the step that ran. Re-run, that recipe
+    (1 step at this strength) gets the same schedule, so the same picture. Whenever
+    ``int(steps * strength) >= 1`` nothing changes (schedule and record are ``steps``): those
+    recipes re-run bit-identically.
+
+    A strength so low that even a `MAX_SCHEDULE`-step schedule runs no step is refused with a
+    one-line ConfigError naming ``field``.
+    """
+    steps = check_int("num_inference_steps", steps, 1, MAX_SCHEDULE)
+    strength = check_float(field, strength, hi=1.0, above=0.0)
+    run = min(int(steps * strength), steps)  # diffusers' own rule (get_timesteps)
+    if run >= 1:
+        return Img2ImgSteps(schedule=steps, run=run, recorded=steps)
+    if int(MAX_SCHEDULE * strength) < 1:
+        raise ConfigError(field, strength, f"at least {1 / MAX_SCHEDULE:g}: below it not one step of a "
+                                           f"{MAX_SCHEDULE}-step schedule runs")
+    return Img2ImgSteps(schedule=schedule_length(1, strength), run=1, recorded=1)
 
 
 def check_size(studio: Any, config: Any) -> tuple[int, int]:

@@ -17,6 +17,10 @@ refusing it when it is gone or its pixels changed), resolves the mask, and redra
 - a 9-channel inpainting UNet (``unet.config.in_channels == 9``) runs diffusers' inpainting
   pipeline (the family's ``"inpaint"`` kind).
 
+On both, the last int(steps * strength) of the recipe's steps run, and at least one: where
+that is none, one runs and the recipe records 1 step, which re-runs the same picture (the one
+img2img steps guard, `hires.img2img_steps`).
+
 Either way the decoded picture is pasted over the source with a soft seam (`masks.soft_mask`):
 inside the mask the redrawn pixels, then a ``seam``-pixel fade, and beyond it the source's
 pixels exactly. A picture mask is stored in the recipe itself (a 1-bit PNG, base64), so the PNG
@@ -72,6 +76,9 @@ def check(value: Any, config: Any) -> dict:
         raise ConfigError("inpaint.source", source, "{'recipe': {...}} (a charstudio picture) or "
                                                     "{'path': ..., 'sha256': ...} (an outside picture)")
     strength = check_float("inpaint.strength", value.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0)
+    from .hires import img2img_steps
+
+    img2img_steps(config.num_inference_steps, strength, "inpaint.strength")  # a strength too low for one step
     seam = check_int("inpaint.seam", value.get("seam", M.DEFAULT_SEAM), 0, 64)
     mask = check_mask_spec(value.get("mask"), config.width, config.height)
     return {"source": source, "mask": mask, "strength": strength, "seam": seam}
@@ -333,9 +340,13 @@ def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarr
     from ..callbacks import chain
     from ..result import Result
     from ..schedulers import make_scheduler
+    from .hires import img2img_steps
 
     if config.pose is not None:
         log.info("the inpainting pipeline runs without the ControlNet: the pose is not used")
+    # The one steps guard, as on the img2img path: at least one step runs; the recipe records the steps.
+    guard = img2img_steps(config.num_inference_steps, strength, "inpaint.strength")
+    config = config.replace(num_inference_steps=guard.recorded)
     pipe = studio.pipeline("inpaint")
     studio._offload_for(pipe, "inpaint")
     mask_image = Image.fromarray(((alpha > 0) * 255).astype(np.uint8), "L")
@@ -348,13 +359,12 @@ def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarr
         if progress is not None:
             from ..callbacks import StepProgress
 
-            steps = max(1, int(config.num_inference_steps * strength))
-            step_cbs.append(lambda p, s, t, kw, i=i, n=steps: progress(
+            step_cbs.append(lambda p, s, t, kw, i=i, n=guard.run: progress(
                 StepProgress(image=i + 1, images=config.num_images, step=s + 1, steps=n)) or {})
         combined, tensor_inputs = chain(step_cbs)
         pipe.scheduler = make_scheduler(config.scheduler, studio.base_scheduler_config)
         out = pipe(**embed_args, image=source, mask_image=mask_image, strength=strength,
-                   width=config.width, height=config.height, num_inference_steps=config.num_inference_steps,
+                   width=config.width, height=config.height, num_inference_steps=guard.schedule,
                    guidance_scale=config.guidance_scale, output_type="latent",
                    generator=torch.Generator("cpu").manual_seed(config.seed + i),
                    callback_on_step_end=combined, callback_on_step_end_tensor_inputs=tensor_inputs,
