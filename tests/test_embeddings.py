@@ -15,6 +15,7 @@ from charstudio.config import GenerationConfig
 from charstudio.errors import CardError, ConfigError
 from charstudio.schedulers import make_scheduler
 from conftest import pixels
+from offload_spy import count_offload_hooks, count_tiled_decodes
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*gives poor pictures:UserWarning")]  # tiny-sdxl at 64 px
@@ -212,15 +213,33 @@ def test_a_failure_in_the_second_encoder_takes_the_first_back_out(xl, tmp_path, 
     assert calls == [xl.components["text_encoder"], xl.components["text_encoder_2"]]
 
 
-def test_low_vram_mode_loads_between_runs_and_draws_the_same(tmp_path):
+def test_low_vram_mode_loads_between_runs_and_draws_the_same(tmp_path, monkeypatch):
+    """An embedding loaded between low-VRAM runs (the loader takes the offload hooks off): the next
+    run puts them back, every part runs behind its hook, and the picture (decoded in tiles, as
+    low-VRAM mode decodes) is the one a studio without offloading draws with the embedding."""
     sd1_file(tmp_path / "neg.safetensors", n=2)
     plain, low = Studio.from_pretrained("tiny", device="cpu"), Studio.from_pretrained("tiny", device="cpu")
+    plain.components["vae"].enable_tiling()  # the same decode, without offloading
     low.enable_low_vram()
-    low.generate("a girl", seed=1, **FAST)  # installs the offload hooks
+    hooks = count_offload_hooks(monkeypatch, low.components)
+    tiles = count_tiled_decodes(monkeypatch, low.components["vae"])
+    big = dict(FAST, width=192, height=160)  # 24x20 latents, past the VAE's 16-latent tile
+    low.generate("a girl", seed=1, **big)  # installs the offload hooks
+    assert hooks["unet"] == 2 and hooks["text_encoder"] >= 1 and hooks["vae"] == 1, hooks
     for studio in (plain, low):
         studio.load_embedding(tmp_path / "neg.safetensors")
-    a, b = (s.generate("a girl, neg", seed=1, **FAST) for s in (plain, low))
+    assert not hasattr(low.components["text_encoder"], "_hf_hook")  # the loader's turn: hooks off
+    before = hooks.copy()
+    a, b = (s.generate("a girl, neg", seed=1, **big) for s in (plain, low))
+    ran = hooks - before
+    assert ran["unet"] == 2 and ran["text_encoder"] >= 1 and ran["vae"] == 1, ran  # back on, all parts
+    assert {torch.device(d).type for d in hooks.devices} == {"cpu"} and hasattr(low.components["unet"], "_hf_hook")
+    assert len(tiles) == 2 and tiles[-1][-2:] == (20, 24)
     assert np.array_equal(pixels(a.image), pixels(b.image)) and b.recipe.embeddings == a.recipe.embeddings
+    without = Studio.from_pretrained("tiny", device="cpu")
+    without.load_embedding(tmp_path / "neg.safetensors")
+    untiled = without.generate("a girl, neg", seed=1, **big)
+    assert 0.3 < np.abs(pixels(untiled.image) - pixels(b.image)).mean() < 8  # tiling did change the decode
 
 
 # -- cards, recipes, PNGs -----------------------------------------------------------------------

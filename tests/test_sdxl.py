@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from a1111_oracle import assert_png_matches_recipe
+from offload_spy import count_offload_hooks, count_tiled_decodes
 from charstudio.errors import ConfigError, ModelLoadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -373,10 +374,26 @@ def test_low_vram_offloads_each_part_and_draws_the_same_pictures(xl, monkeypatch
     from charstudio.models import device
 
     low = Studio.from_pretrained("tiny-sdxl", device="cpu", low_vram=True)
-    kw = dict(seed=3, num_inference_steps=2, width=64, height=64)
-    for pose in (None, "waving", None):  # switching pipelines re-installs the hooks
-        assert np.array_equal(np.asarray(low.generate(PROMPT, pose=pose, **kw).image),
-                              np.asarray(xl.generate(PROMPT, pose=pose, **kw).image))
+    tiled = Studio.from_pretrained("tiny-sdxl", device="cpu")
+    tiled.components["vae"].enable_tiling()  # the same decode, without offloading
+    hooks = count_offload_hooks(monkeypatch, low.components)
+    tiles = count_tiled_decodes(monkeypatch, low.components["vae"])
+    # 192x160 is 24x20 latents, past the VAE's 16-latent tile: the decode runs in tiles
+    kw = dict(seed=3, num_inference_steps=2, width=192, height=160)
+    for i, pose in enumerate((None, "waving", None)):  # switching pipelines re-installs the hooks
+        before = hooks.copy()
+        picture = np.asarray(low.generate(PROMPT, pose=pose, **kw).image, np.int16)
+        ran = hooks - before
+        # every part ran behind its hook, moved to the studio's device: the UNet (and the
+        # ControlNet) once a step, the VAE once, each text encoder at least once
+        assert ran["unet"] == 2 and ran["controlnet"] == (2 if pose else 0) and ran["vae"] == 1, ran
+        assert ran["text_encoder"] >= 1 and ran["text_encoder_2"] >= 1, ran
+        assert {torch.device(d).type for d in hooks.devices} == {low.device.type}
+        assert len(tiles) == i + 1 and tiles[-1][-2:] == (20, 24)
+        assert np.array_equal(picture, np.asarray(tiled.generate(PROMPT, pose=pose, **kw).image, np.int16))
+        # and tiling is a real change: the untiled decode differs, by a level or two on average
+        plain = np.asarray(xl.generate(PROMPT, pose=pose, **kw).image, np.int16)
+        assert 0.3 < np.abs(picture - plain).mean() < 8
     assert low.low_vram and low.components["vae"].use_tiling
     assert all(hasattr(low.components[n], "_hf_hook") for n in ("unet", "text_encoder", "text_encoder_2", "vae"))
     assert not xl.low_vram and not hasattr(xl.components["unet"], "_hf_hook")
