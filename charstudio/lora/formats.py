@@ -152,10 +152,12 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     The key conversion is diffusers' own (the one ``load_lora_weights`` applies), so what is
     checked here is exactly what would be loaded.
     """
-    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
     from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 
     fmt = detect_format(state_dict, source)
+    # Every tensor of the file, whatever it is for (DoRA scales, alphas, magnitudes, keys for parts
+    # the model lacks): one NaN turns every picture black.
+    _check_finite_tensors(state_dict, source)
     file_metadata = dict(file_metadata or {})
     raw = dict(state_dict)
     # 1. diffusers' kohya reader drops DoRA scales with only a warning: take them out here and
@@ -189,12 +191,20 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     # 3. Same normalisation as diffusers' load_lora_into_unet / _load_lora_into_text_encoder.
     if unet_sd and "lora_A" not in next(iter(unet_sd)):
         unet_sd = convert_unet_state_dict_to_peft(unet_sd)
-    texts = {c: convert_state_dict_to_peft(convert_state_dict_to_diffusers(states[c])) if states[c] else {}
-             for c in TEXT_COMPONENTS}
+    texts = {c: _text_state_to_peft(states[c]) for c in TEXT_COMPONENTS}
+    layers_per_block = _layers_per_block(unet_config or {})
     if dora:
-        _add_dora_magnitudes(dora, {"unet": unet_sd, **texts}, family, _layers_per_block(unet_config or {}), source)
-    _check_finite_tensors({**raw, **{k + ".dora_scale": v for k, v in dora.items()}}, source)  # alphas too
+        _add_dora_magnitudes(dora, {"unet": unet_sd, **texts}, family, layers_per_block, source)
     configs: dict[str, dict] = {}
+    if fmt == "kohya":
+        # 4. Exact peft configs from the file itself: diffusers names kohya's alphas after its own
+        #    intermediate keys (``...processor.to_q_lora.down.weight.alpha``), which its config builder
+        #    then fails to match to modules, so per-module alphas (LoCon's conv_alpha, per-block
+        #    alphas) were lost; and its text-encoder config would not ask for DoRA either.
+        for comp, sd in (("unet", unet_sd), *texts.items()):
+            if sd:
+                configs[comp] = _kohya_config(comp, sd, raw, family, layers_per_block)
+        network_alphas = None
     raw_meta = file_metadata.get(ADAPTER_METADATA_KEY)
     if raw_meta:
         try:
@@ -213,13 +223,56 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
                        file_metadata=file_metadata, family=family.name)
 
 
+def _text_state_to_peft(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A text encoder's LoRA keys in peft naming, from whichever naming diffusers' converters left
+    (old ``to_q_lora.down``, new ``lora_linear_layer.down``, ``text_projection.lora.down``, peft).
+
+    The layout is given, not guessed: diffusers guesses it from marks only some modules leave
+    (``to_out_lora``, ``lora_linear_layer``), so a LoRA without ``out_proj`` (q/k/v only, or the
+    MLP only as peft keys) failed with "Could not automatically infer state dict type"."""
+    from diffusers.utils import convert_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    if not state_dict:
+        return {}
+    old = convert_state_dict_to_peft(dict(state_dict), original_type=StateDictType.DIFFUSERS_OLD)
+    return convert_state_dict_to_peft(old, original_type=StateDictType.DIFFUSERS)
+
+
+def _kohya_config(comp: str, sd: Mapping[str, Any], raw: Mapping[str, Any], family: Any,
+                  layers_per_block: int = 2) -> dict:
+    """A component's peft ``LoraConfig`` arguments rebuilt from a kohya file: each module's rank
+    from its shapes, its alpha from its own ``.alpha`` (none: alpha = rank, kohya's rule), DoRA
+    when the file has magnitudes. Target and pattern names leave out ``text_model.``: peft matches
+    them as suffixes, so they fit text encoders with and without that level."""
+    ranks = {k.partition(".lora_")[0]: int(v.shape[1]) for k, v in sd.items() if ".lora_B." in k}
+    alphas = {}
+    for module, r in ranks.items():
+        kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
+        # the file's own name for it: kohya's SDXL (SGM) or diffusers-style naming
+        names = _kohya_names(comp, kohya_module, family, layers_per_block)
+        a = next((raw[n + ".alpha"] for n in names if n + ".alpha" in raw), None)
+        alphas[module] = float(a.item()) if a is not None else float(r)
+    r = collections.Counter(ranks.values()).most_common(1)[0][0]
+    alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
+    short = {m: m.removeprefix("text_model.") for m in ranks}
+    return {
+        "r": r, "lora_alpha": alpha,
+        "target_modules": sorted(short.values()),
+        "rank_pattern": {short[m]: v for m, v in ranks.items() if v != r},
+        "alpha_pattern": {short[m]: v for m, v in alphas.items() if v != alpha},
+        "use_dora": any(k.endswith(".lora_magnitude_vector") for k in sd),
+    }
+
+
 def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any]], family: Any,
                          layers_per_block: int, source: str) -> None:
     """Put kohya's ``dora_scale`` tensors into the peft state dicts as ``lora_magnitude_vector``.
 
     peft's DoRA scales each *output* row of W + BA to its magnitude, which is kohya/LyCORIS's
-    decomposition along the output axis (``dora_scale`` of shape (out, 1, ...)). The input-axis
-    form (shape (1, in, ...)) has no peft equivalent: refused, naming the module.
+    decomposition along the output axis (``wd_on_out``, LyCORIS's default: ``dora_scale`` of shape
+    (out, 1, ...)). The input-axis form (shape (1, in, ...)) has no peft equivalent: refused,
+    naming the module.
     """
     for comp, sd in states.items():
         for key in [k for k in sd if ".lora_B." in k]:
@@ -234,7 +287,10 @@ def _add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, An
                 raise ConfigError("lora", source, f"its DoRA scale for {name} has shape {tuple(scale.shape)}: "
                                   "decomposed along the input axis, which peft's DoRA cannot represent; use a "
                                   "DoRA trained with the output-axis decomposition (shape (out, 1)) or a plain LoRA")
-            sd[f"{module}.lora_magnitude_vector"] = scale.reshape(out).float()
+            up = sd[key]
+            # peft's magnitude: (out,) for a linear layer, (1, out, 1, 1) for a convolution
+            shape = (out,) if up.ndim <= 2 else (1, out) + (1,) * (up.ndim - 2)
+            sd[f"{module}.lora_magnitude_vector"] = scale.reshape(shape).float()
     if dora:
         raise ConfigError("lora", source, f"its DoRA scale {next(iter(dora))}.dora_scale belongs to no LoRA module "
                           "in the file; the file is inconsistent")
@@ -279,6 +335,10 @@ def _checked_header(comp: str, header: dict, sd: Mapping[str, Any], source: str)
     if header.get("use_dora") and not any("lora_magnitude_vector" in k for k in sd):
         raise ConfigError("lora", source, f"{where} says {comp}.use_dora=true, but the file holds no DoRA "
                           "magnitude tensors; the file is inconsistent")
+    if not header.get("use_dora") and (mag := next((k for k in sd if k.endswith("lora_magnitude_vector")), None)):
+        # peft would build plain LoRA layers and drop the magnitudes without a word
+        raise ConfigError("lora", source, f"{where} does not say {comp}.use_dora=true, but the file holds DoRA "
+                          f"magnitudes ({comp}.{mag}); the file is inconsistent")
     for key in ("r", "lora_alpha"):
         value = header.get(key)
         if key in header and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
@@ -336,7 +396,10 @@ def peft_to_kohya(states: Mapping[str, Mapping[str, Any]], alphas: Mapping[str, 
                 out[base + ".lora_down.weight"] = tensor.contiguous()
                 out[base + ".alpha"] = torch.tensor(float(alphas[alpha_key]), dtype=torch.float32)
             elif rest == "magnitude_vector":  # kohya/LyCORIS DoRA, decomposed along the output axis
-                out[base + ".dora_scale"] = tensor.reshape(-1, 1).contiguous()
+                # LyCORIS's shape: (out, 1) for a linear layer, (out, 1, 1, 1) for a convolution
+                # (peft's (1, out, 1, 1)), as ComfyUI's weight_decompose broadcasts it
+                scale = tensor.reshape(-1, 1) if tensor.ndim <= 1 else tensor.transpose(0, 1)
+                out[base + ".dora_scale"] = scale.contiguous()
             else:
                 out[base + ".lora_up.weight"] = tensor.contiguous()
     return out
@@ -475,29 +538,11 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
         raise ConfigError("lora", str(path), f"it has weights for components neither SD 1.x nor SDXL has "
                           f"({weights.extra_keys[0]}, ...); only SD 1.x and SDXL LoRAs convert")
     configs = dict(weights.configs)
-    # Without recorded configs (kohya input) rebuild them from the shapes and kohya's alphas.
+    # split_lora rebuilt kohya files' configs; older diffusers files (no header) get them from their shapes.
     for comp, sd in weights.states.items():
         if comp in configs:
             continue
-        ranks = {k.partition(".lora_")[0]: v.shape[1] for k, v in sd.items() if ".lora_B." in k}
-        alphas = {}
-        for module, r in ranks.items():
-            kohya_module = module if comp == "unet" or module.startswith("text_model.") else "text_model." + module
-            # the file's own name for it: kohya's SDXL (SGM) or diffusers-style naming
-            names = _kohya_names(comp, kohya_module, FAMILIES[weights.family])
-            a = next((raw[n + ".alpha"] for n in names if n + ".alpha" in raw), None)
-            alphas[module] = float(a.item()) if a is not None else float(r)
-        r = collections.Counter(ranks.values()).most_common(1)[0][0]
-        alpha = collections.Counter(alphas.values()).most_common(1)[0][0]
-        # peft matches target names as suffixes, so names without text_model. fit both old
-        # transformers (text_model.encoder...) and new (encoder...).
-        short = {m: m.removeprefix("text_model.") for m in ranks}
-        configs[comp] = {
-            "r": r, "lora_alpha": alpha,
-            "target_modules": sorted(short.values()),
-            "rank_pattern": {short[m]: v for m, v in ranks.items() if v != r},
-            "alpha_pattern": {short[m]: v for m, v in alphas.items() if v != alpha},
-        }
+        configs[comp] = _kohya_config(comp, sd, raw, FAMILIES[weights.family])
     if to == "kohya":
         return write_kohya_lora(dst, weights.states, configs, family=FAMILIES[weights.family],
                                 extra_metadata={"ss_output_name": Path(dst).stem}, overwrite=overwrite)

@@ -54,6 +54,8 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
     problems: list[str] = []
     missing: list[str] = []
     matched = total = 0
+    _check_tensor_shapes(weights, {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2},
+                         source)
     if weights.extra_keys:
         problems.append(f"{len(weights.extra_keys)} weights for components this model does not have "
                         f"(e.g. {weights.extra_keys[0]})")
@@ -98,6 +100,83 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
     if missing:
         log.warning("%s: %d of its %d modules match the model; %d are not in it and are skipped (e.g. %s)",
                     source, matched, total, len(missing), missing[0])
+
+
+def _check_tensor_shapes(weights: LoraWeights, models: Mapping[str, Any], source: str) -> None:
+    """Refuse a file whose tensors disagree with each other: a DoRA magnitude that is not one
+    number per output of its layer, a lora_A and lora_B of different ranks. peft would stop at
+    "Error(s) in loading state_dict for UNet2DConditionModel:" (the details on later lines), and
+    transformers may skip such a tensor with only its load report."""
+    for comp, sd in weights.states.items():
+        model = models.get(comp)
+        if model is None:
+            continue
+        if comp != "unet" and not hasattr(model, "text_model"):
+            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+        modules = dict(model.named_modules())
+        for key, tensor in sd.items():
+            module_name, _, rest = key.partition(".lora_")
+            if rest.startswith("A.") and tensor.ndim >= 2:
+                up = sd.get(f"{module_name}.lora_B.{rest[2:]}")
+                if up is not None and up.ndim >= 2 and up.shape[1] != tensor.shape[0]:
+                    raise ConfigError("lora", source, f"its tensors {comp}.{key} (rank {tensor.shape[0]}) and "
+                                      f"{comp}.{module_name}.lora_B.{rest[2:]} (rank {up.shape[1]}) disagree; "
+                                      "the file is inconsistent. Nothing was loaded")
+            if rest != "magnitude_vector" or module_name not in modules:
+                continue
+            weight = getattr(_base_module(modules[module_name]), "weight", None)
+            if weight is None:
+                continue  # not a layer: check_lora_fits says so
+            # peft's DoRA magnitude: one per output, (out,) for a linear layer, (1, out, 1, 1) for a convolution
+            out = weight.shape[0]
+            want = (out,) if weight.ndim <= 2 else (1, out) + (1,) * (weight.ndim - 2)
+            if tuple(tensor.shape) != want:
+                raise ConfigError("lora", source, f"its tensor {comp}.{key} has shape {tuple(tensor.shape)}, but "
+                                  f"{comp}.{module_name} needs a DoRA magnitude of shape {want}; the file is "
+                                  "inconsistent. Nothing was loaded")
+
+
+def _text_encoder_state(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """A text encoder's peft state dict as diffusers' text-encoder loader takes it for any module.
+
+    That loader re-guesses the key layout from marks only q/k/v/out_proj keys leave, so an MLP-only
+    LoRA failed ("Could not automatically infer state dict type"); diffusers' own naming
+    (``lora_linear_layer.down`` / ``.up``) is read back for every module. DoRA magnitudes get the
+    ``.weight`` of their peft parameter: transformers 5's adapter loader does not add it (peft's own
+    loader does, and leaves a key that has it as it is), and reported them MISSING."""
+    out = {}
+    for key, tensor in sd.items():
+        key = key.replace(".lora_A.", ".lora_linear_layer.down.").replace(".lora_B.", ".lora_linear_layer.up.")
+        out[key + ".weight" if key.endswith(".lora_magnitude_vector") else key] = tensor
+    return out
+
+
+def _put_dora_magnitudes(model: Any, comp: str, sd: Mapping[str, Any], adapter_name: str) -> None:
+    """Write the file's DoRA magnitudes into the adapter's layers, whatever the loaders did with them.
+
+    transformers 5 dropped text encoders' magnitudes, leaving peft's starting values (the base
+    weight's row norms) with only a load report; so each one is written here, and a layer the
+    loaders gave no magnitude is an error, not a plain LoRA."""
+    import torch
+
+    if comp != "unet" and not hasattr(model, "text_model"):
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    modules = dict(model.named_modules())
+    for key, tensor in sd.items():
+        if not key.endswith(".lora_magnitude_vector"):
+            continue
+        name = key.removesuffix(".lora_magnitude_vector")
+        if name not in modules:
+            continue  # a module the model lacks: skipped, as check_lora_fits warned
+        layers = getattr(modules[name], "lora_magnitude_vector", None)
+        if layers is None or adapter_name not in layers:
+            raise ModelLoadError(f"peft built no DoRA layer for {comp}.{name}, whose magnitude the file holds")
+        param = layers[adapter_name].weight
+        if tuple(param.shape) != tuple(tensor.shape):
+            raise ModelLoadError(f"{comp}.{name}'s DoRA magnitude has shape {tuple(param.shape)} in the model and "
+                                 f"{tuple(tensor.shape)} in the file")
+        with torch.no_grad():
+            param.copy_(tensor.to(device=param.device, dtype=param.dtype))
 
 
 def loaded_adapters(pipe: Any) -> list[str]:
@@ -186,9 +265,11 @@ def load_lora(pipe: Any, path_or_name: str | os.PathLike, *, weight: float = 1.0
                 StableDiffusionLoraLoaderMixin.load_lora_into_unet(
                     prefixed, network_alphas=alphas or None, unet=unet, adapter_name=adapter_name, metadata=metadata)
             else:
+                prefixed = {f"{comp}.{k}": v for k, v in _text_encoder_state(sd).items()}
                 StableDiffusionLoraLoaderMixin.load_lora_into_text_encoder(
                     prefixed, network_alphas=alphas or None, text_encoder=models[comp], prefix=comp,
                     adapter_name=adapter_name, metadata=metadata)
+            _put_dora_magnitudes(models[comp], comp, sd, adapter_name)
     except Exception as exc:
         _remove_adapter(pipe, adapter_name)
         log.debug("loading %s failed", path, exc_info=True)
