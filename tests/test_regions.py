@@ -162,7 +162,9 @@ def test_regions_on_sd1_record_rebuild_and_batch(tiny_studio, one_thread, tmp_pa
     # The scene's own prompt as a region covering everything draws the same picture.
     assert np.abs(pixels(same.image) - pixels(plain.image)).max() <= 2
     two = tiny_studio.generate("a red fox", regions=TWO, num_images=2, **settings)
-    assert np.abs(pixels(two.images[0]) - pixels(plain.image)).max() > 10
+    # two regions move the picture by about 8-10 levels on average (measured, seeds 2, 4, 5, 9) where
+    # the full-picture region of the scene's prompt moves it by at most 2 levels anywhere
+    assert np.abs(pixels(two.images[0]) - pixels(plain.image)).mean() > 3
     assert two.recipes[1].regions == [{**r, "weight": 1.0} for r in TWO]
     alone = tiny_studio.run(two.recipes[1])  # an image of the batch, run alone
     assert np.abs(pixels(alone.image) - pixels(two.images[1])).max() <= 2
@@ -174,11 +176,16 @@ def test_regions_on_sd1_record_rebuild_and_batch(tiny_studio, one_thread, tmp_pa
     assert np.abs(pixels(tiny_studio.run(back.recipe).image) - pixels(two.images[0])).max() <= 1
 
 
-def test_region_negative_prompt_changes_only_with_one(tiny_studio, one_thread):
-    settings = dict(seed=2, num_inference_steps=2, width=64, height=64, negative_prompt="blurry")
+@pytest.mark.parametrize("seed", [2, 5])
+def test_region_negative_prompt_changes_only_with_one(tiny_studio, one_thread, seed):
+    """A region's own negative prompt moves the picture by about 5 levels on average (measured on
+    seeds 2, 5, 9: 4.6-5.4); the same regions drawn again move it by none."""
+    settings = dict(seed=seed, num_inference_steps=2, width=64, height=64, negative_prompt="blurry")
     without = tiny_studio.generate("a red fox", regions=TWO, **settings)
+    again = tiny_studio.generate("a red fox", regions=[{**TWO[0], "negative_prompt": ""}, TWO[1]], **settings)
     with_neg = tiny_studio.generate("a red fox", regions=[{**TWO[0], "negative_prompt": "green"}, TWO[1]], **settings)
-    assert np.abs(pixels(with_neg.image) - pixels(without.image)).max() > 0
+    assert np.array_equal(pixels(again.image), pixels(without.image))  # an empty one is no negative of its own
+    assert np.abs(pixels(with_neg.image) - pixels(without.image)).mean() > 1.5
 
 
 def test_regions_on_sdxl_run_and_change_the_picture(one_thread):
@@ -190,7 +197,7 @@ def test_regions_on_sdxl_run_and_change_the_picture(one_thread):
     settings = dict(seed=3, num_inference_steps=2, width=64, height=64)
     plain = studio.generate("a red fox", **settings)
     regional = studio.generate("a red fox", regions=TWO, **settings)
-    assert np.abs(pixels(regional.image) - pixels(plain.image)).max() > 10
+    assert np.abs(pixels(regional.image) - pixels(plain.image)).mean() > 1  # measured 2.8-3.5 (seeds 2, 3, 5, 9)
     assert unet.attn_processors == before
     assert np.array_equal(pixels(studio.run(regional.recipe).image), pixels(regional.image))
 
