@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .limits import check_count
 from .schedulers import DEFAULT_SCHEDULER, scheduler_spec
 from .validation import check_choice, check_float, check_int
 
@@ -104,6 +105,7 @@ class GenerationConfig:
             self.clip_skip = check_int("clip_skip", self.clip_skip, 1, 12)
         if not isinstance(self.loras, dict):
             raise ConfigError("loras", self.loras, "expected a mapping of adapter name to weight")
+        check_count("loras", len(self.loras), what="LoRAs")
         self.loras = {str(k): check_float(f"loras[{k!r}]", v, -10.0, 10.0) for k, v in self.loras.items()}
         if self.pose is not None and not isinstance(self.pose, dict):
             raise ConfigError("pose", type(self.pose).__name__, "expected pose-editor JSON (a dict); use Pose.to_dict()")
@@ -126,6 +128,7 @@ class GenerationConfig:
             setattr(self, name, tuple(check_int(f"{name}[{i}]", v, lo, 16384) for i, v in enumerate(value)))
         if not isinstance(self.style_mix, list):
             raise ConfigError("style_mix", self.style_mix, "expected a list of {style, weight, prompt, negative_prompt}")
+        check_count("style_mix", len(self.style_mix), what="styles")
         mix = []
         for i, part in enumerate(self.style_mix):
             if not isinstance(part, dict) or not isinstance(part.get("prompt"), str) or not isinstance(
@@ -137,6 +140,8 @@ class GenerationConfig:
         if mix and sum(p["weight"] for p in mix) <= 0:
             raise ConfigError("style_mix", self.style_mix, "at least one weight must be > 0")
         self.style_mix = mix
+        if isinstance(self.embeddings, dict):
+            check_count("embeddings", len(self.embeddings), what="embeddings")
         if not isinstance(self.embeddings, dict) or not all(
                 isinstance(k, str) and k.strip() and isinstance(v, str) and v.strip() for k, v in self.embeddings.items()):
             raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "

@@ -1,4 +1,4 @@
-"""How big one job may be: picture sizes per model, frame counts, pose canvases.
+"""How big one job may be: picture sizes per model, list lengths, frame counts, pose canvases.
 
 A size is bounded by what the model was trained at and by the memory the machine has, not by
 what the arithmetic allows: SD 1.5 at 8192x8192 is an hours-long run that gives no usable
@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 # (4x the pixels: room for hires-fix passes and wide formats). Beyond it models repeat their
 # subject and time grows with the square of the pixel count.
 LARGE_FACTOR = 2
-# Frames of one interpolation or pose animation: 10 s at 24 fps. An uneven (`uniform`) run
-# renders up to 3x as many pictures to map its path.
-MAX_FRAMES = 240
+# Items in any one list a user gives (sheet poses, turnaround views, expressions, regions,
+# frames, LoRAs, embeddings, sweep weights): the one bound every list shares (`check_list`).
+# Real requests stay far below it: an expression pack is 20-60 expressions, a turnaround 4-8
+# views, a sheet a few dozen poses, a recipe a handful of LoRAs and embeddings, an animation
+# 10 s at 24 fps (240 frames). Past it a job is hours of drawing, and the work done per item
+# before the first picture appears (a recipe, a pose and a prompt encoding each) grows with
+# it: 10,000 expressions spent minutes on that before drawing anything.
+MAX_ITEMS = 240
+# Frames of one interpolation or pose animation: the shared list bound (10 s at 24 fps). An
+# uneven (`uniform`) run renders up to 3x as many pictures to map its path.
+MAX_FRAMES = MAX_ITEMS
 # The largest side of a drawn pose (a control image larger than any model's output).
 MAX_CANVAS = 8192
 # Share of the free memory one decode may plan to use.
@@ -77,13 +85,47 @@ def available_memory(device: Any = None) -> int | None:
     return None
 
 
+SHARED = f"the bound every list shares, charstudio.limits.MAX_ITEMS = {MAX_ITEMS}"
+
+
+SPLIT = "split it into several runs"
+
+
+def check_count(name: str, count: int, limit: int = MAX_ITEMS, what: str = "items", why: str = SHARED,
+                advice: str = SPLIT) -> int:
+    """Refuse `count` items in the list `name` beyond `limit` (default `MAX_ITEMS`), in one line
+    that names the field, the count, the bound (and `why`) and what to do instead."""
+    if count > limit:
+        raise ConfigError(name, f"{count} {what}", f"at most {limit} {what} in one run ({why}); {advice}")
+    return count
+
+
+def check_list(name: str, items: Any, limit: int = MAX_ITEMS, what: str = "items", why: str = SHARED,
+               advice: str = SPLIT) -> list:
+    """`items` as a list, refused by `check_count` when longer than `limit`. Call it before any
+    per-item work (checking, composing, drawing), so an oversized list costs nothing.
+
+    A string or a dict stays one item; an iterable without a length is read at most `limit` + 1
+    items deep, so an endless generator is refused rather than expanded."""
+    if isinstance(items, (str, bytes, dict)):
+        return [items]
+    if not hasattr(items, "__len__"):
+        import itertools
+
+        try:
+            items = list(itertools.islice(iter(items), limit + 1))
+        except TypeError:
+            raise ConfigError(name, type(items).__name__, f"a list of {what}") from None
+        if len(items) > limit:
+            check_count(name, len(items), limit, what, why, advice)  # "241 items": at least that many
+        return items
+    check_count(name, len(items), limit, what, why, advice)
+    return list(items)
+
+
 def check_frames(frames: Any, name: str = "frames") -> int:
-    """A frame count between 2 (the two ends) and `MAX_FRAMES`."""
-    frames = check_int(name, frames, 2)
-    if frames > MAX_FRAMES:
-        raise ConfigError(name, frames, f"at most {MAX_FRAMES} frames in one run (10 s at 24 fps); "
-                          "render longer sequences in parts")
-    return frames
+    """A frame count between 2 (the two ends) and `MAX_FRAMES` (the shared list bound)."""
+    return check_count(name, check_int(name, frames, 2), MAX_FRAMES, "frames")
 
 
 def check_canvas(width: Any, height: Any) -> tuple[int, int]:

@@ -181,6 +181,18 @@ def precheck(args: argparse.Namespace) -> None:
         check_int("steps", args.steps, 1, 1000)
     if getattr(args, "scheduler", None):
         scheduler_spec(args.scheduler)
+    # Every list a flag gives (repeated --lora, --embedding, --region; --pose A+B) is bounded
+    # first (limits.check_list), before any per-item work.
+    from charstudio.limits import check_list
+
+    for flag, what in (("lora", "LoRAs"), ("embedding", "embeddings")):
+        check_list(f"--{flag}", getattr(args, flag, None) or [], what=what)
+    if getattr(args, "region", None):
+        from charstudio.workflows.regions import check_region_list
+
+        check_region_list(args.region, "--region")
+    if isinstance(getattr(args, "pose", None), str) and "+" in args.pose:
+        check_list("--pose", args.pose.split("+"), what="poses")
     if getattr(args, "lora", None):
         from charstudio.lora import resolve_lora_path
 

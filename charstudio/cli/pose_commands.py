@@ -112,7 +112,9 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
-    poses = [p.strip() for p in args.poses.split(",") if p.strip()]
+    from charstudio.limits import check_list
+
+    poses = check_list("--poses", [p.strip() for p in args.poses.split(",") if p.strip()], what="poses")
     if not poses:
         raise ConfigError("--poses", args.poses, "comma-separated pose names, e.g. standing_front,walking")
     from charstudio.pose import load_pose

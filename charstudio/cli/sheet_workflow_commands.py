@@ -91,7 +91,7 @@ def cmd_turnaround(args: argparse.Namespace) -> int:
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
-    views = resolve_views(args.views)
+    views = resolve_views(args.views, field="--views")
     for view in views:
         load_pose(view.pose)
     out = _check_out(args)
@@ -111,7 +111,7 @@ def cmd_expressions(args: argparse.Namespace) -> int:
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
-    expressions = resolve_expressions(args.expressions)
+    expressions = resolve_expressions(args.expressions, field="--expressions")
     if args.pose is not None and args.pose.strip().lower() != PORTRAIT:
         load_pose(args.pose)  # a typo fails now, not after the model load
     out = _check_out(args)

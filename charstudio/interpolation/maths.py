@@ -150,7 +150,9 @@ def mix_embeddings(embeddings: Sequence[Any], weights: Sequence[float]) -> Any:
 def check_weights(weights: Sequence[float] | Mapping[str, float], n: int | None = None,
                   field_name: str = "weights") -> list[float]:
     """Validate blend weights and return them normalised to sum to 1."""
-    values = list(weights.values()) if isinstance(weights, Mapping) else list(weights)
+    from ..limits import check_list
+
+    values = check_list(field_name, weights.values() if isinstance(weights, Mapping) else weights, what="weights")
     if n is not None and len(values) != n:
         raise ConfigError(field_name, values, f"expected {n} weights, one per component")
     if not values:

@@ -39,6 +39,9 @@ def lora_sweep(studio: Any, character_or_prompt: Any, adapter: str, weights: Seq
     LoRA weights, which `Studio.run` applies for that run only, so the studio's weights are
     untouched afterwards.
     """
+    from ..limits import check_list
+
+    weights = check_list("weights", weights, what="LoRA weights")  # before any drawing
     if not weights:
         raise ConfigError("weights", weights, "give at least one LoRA weight")
     before = dict(studio.active_loras)

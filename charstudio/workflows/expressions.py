@@ -14,10 +14,12 @@ re-runs it; the sheet's settings record the expressions, the pose and the crop.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import check_list
 from ..sheets.sheet import SheetResult
 
 DEFAULT_REFERENCE_STRENGTH = 0.5
@@ -56,7 +58,7 @@ def portrait_pose() -> Any:
     return front.crop(front.portrait_box(down_to="hips"))
 
 
-def resolve_expressions(expressions: Any = None) -> list[tuple[str, str]]:
+def resolve_expressions(expressions: Any = None, field: str = "expressions") -> list[tuple[str, str]]:
     """(label, prompt words) per expression: None (`DEFAULT_EXPRESSIONS`), names (a list or one
     comma-separated string; `EXPRESSION_WORDS` gives known names their words), ``(label, words)``
     pairs, or a dict {label: words}."""
@@ -68,12 +70,11 @@ def resolve_expressions(expressions: Any = None) -> list[tuple[str, str]]:
         expressions = list(expressions.items())
     expected = (f"expression names ({', '.join(DEFAULT_EXPRESSIONS)}, or any words such as 'winking'), "
                 "(label, words) pairs or a dict {label: words}")
-    try:
-        items = list(expressions)
-    except TypeError:
-        raise ConfigError("expressions", expressions, expected) from None
+    if not hasattr(expressions, "__iter__"):
+        raise ConfigError(field, expressions, expected)
+    items = check_list(field, expressions, what="expressions")  # before any per-expression work
     if not items:
-        raise ConfigError("expressions", expressions, "at least one: " + expected)
+        raise ConfigError(field, expressions, "at least one: " + expected)
     out: list[tuple[str, str]] = []
     for item in items:
         if isinstance(item, str):
@@ -82,14 +83,14 @@ def resolve_expressions(expressions: Any = None) -> list[tuple[str, str]]:
         elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
             label, words = item[0].strip(), item[1].strip()
         else:
-            raise ConfigError("expressions", item, expected)
+            raise ConfigError(field, item, expected)
         if not label or not words:
-            raise ConfigError("expressions", item, "a non-empty label and prompt words")
+            raise ConfigError(field, item, "a non-empty label and prompt words")
         out.append((label, words))
     labels = [label for label, _ in out]
-    twice = sorted({x for x in labels if labels.count(x) > 1})
+    twice = sorted(x for x, n in Counter(labels).items() if n > 1)
     if twice:
-        raise ConfigError("expressions", labels, f"each expression once; {', '.join(twice)} is asked for twice")
+        raise ConfigError(field, labels, f"each expression once; {', '.join(twice)} is asked for twice")
     return out
 
 

@@ -39,17 +39,26 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..errors import ConfigError
+from ..limits import check_list
 from ..validation import check_float
 
 log = logging.getLogger(__name__)
 
 HALVES = ("left", "right", "top", "bottom")
 REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap")
+# Tighter than the bound every other list shares (limits.MAX_ITEMS): each region costs one more
+# cross-attention pass in every layer at every step, and two to four characters is the use.
 MAX_REGIONS = 8
 EXAMPLE = '[{"prompt": "a girl with red hair", "box": "left"}, {"prompt": "a boy with blue hair", "box": "right"}]'
 
 
 # -- the recipe field ------------------------------------------------------------------------------
+def check_region_list(regions: Any, name: str = "regions") -> list:
+    """The regions as a list, at most `MAX_REGIONS` (`limits.check_list`, before any per-region work)."""
+    return check_list(name, regions, MAX_REGIONS, "regions", why="each region adds a cross-attention pass to "
+                      "every layer at every step", advice="merge regions that share a prompt")
+
+
 def check(value: Any, config: Any) -> list[dict]:
     """Validate and normalise a recipe's ``regions`` (see the module docstring).
 
@@ -60,8 +69,7 @@ def check(value: Any, config: Any) -> list[dict]:
         value = [value]
     if not isinstance(value, (list, tuple)) or not value:
         raise ConfigError("regions", value, f"a list of regions, each a prompt and a box, e.g. {EXAMPLE}")
-    if len(value) > MAX_REGIONS:
-        raise ConfigError("regions", f"{len(value)} regions", f"at most {MAX_REGIONS} regions")
+    value = check_region_list(value)
     regions = [_check_region(i, spec, config) for i, spec in enumerate(value)]
     _check_overlaps(regions, config)
     return regions

@@ -17,10 +17,12 @@ it; the sheet's settings record the views.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import check_list
 
 DEFAULT_REFERENCE_STRENGTH = 0.5  # see README "Turnaround sheets": measured on mini
 
@@ -54,7 +56,7 @@ def _key(name: str) -> str:
 _BY_KEY = {_key(name): view for name, view in VIEWS.items()}
 
 
-def resolve_views(views: Any = None) -> list[View]:
+def resolve_views(views: Any = None, field: str = "views") -> list[View]:
     """The views asked for: None (front, three-quarter, side, back), names from `VIEWS` (a list
     or one comma-separated string; "three_quarter" and "Three Quarter" work too), `View`s,
     ``(label, pose, words)`` tuples or ``{"label", "pose", "words"}`` dicts, mixed freely."""
@@ -68,12 +70,11 @@ def resolve_views(views: Any = None) -> list[View]:
         views = [views]
     expected = (f"view names from {', '.join(VIEWS)}, or (label, pose, words) for a view of your own, "
                 "e.g. ('back, waving', load_pose('waving').back_view(), 'from behind')")
-    try:
-        items = list(views)
-    except TypeError:
-        raise ConfigError("views", views, expected) from None
+    if not hasattr(views, "__iter__"):
+        raise ConfigError(field, views, expected)
+    items = check_list(field, views, what="views")  # before any per-view work
     if not items:
-        raise ConfigError("views", views, "at least one view: " + expected)
+        raise ConfigError(field, views, "at least one view: " + expected)
     out: list[View] = []
     for item in items:
         if isinstance(item, View):
@@ -85,25 +86,25 @@ def resolve_views(views: Any = None) -> list[View]:
 
                 close = difflib.get_close_matches(_key(item), list(_BY_KEY), n=2)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ConfigError("views", item, f"one of {', '.join(VIEWS)}{hint}, or (label, pose, words)")
+                raise ConfigError(field, item, f"one of {', '.join(VIEWS)}{hint}, or (label, pose, words)")
         elif isinstance(item, dict) and set(item) <= {"label", "pose", "words"} and {"label", "pose"} <= set(item):
             view = View(item["label"], item["pose"], item.get("words", ""))
         elif isinstance(item, (tuple, list)) and len(item) == 3:
             view = View(*item)
         else:
-            raise ConfigError("views", item, expected)
+            raise ConfigError(field, item, expected)
         if not isinstance(view.label, str) or not view.label.strip():
-            raise ConfigError("views", view.label, "a view label: non-empty text such as 'back'")
+            raise ConfigError(field, view.label, "a view label: non-empty text such as 'back'")
         if not isinstance(view.words, str):
-            raise ConfigError("views", view.words, f"prompt words (text) for the view {view.label!r}")
+            raise ConfigError(field, view.words, f"prompt words (text) for the view {view.label!r}")
         if not isinstance(view.pose, (str, dict, list, Pose)):
-            raise ConfigError("views", type(view.pose).__name__,
+            raise ConfigError(field, type(view.pose).__name__,
                               f"a pose name, Pose or pose dict for the view {view.label!r}")
         out.append(view)
     labels = [v.label for v in out]
-    twice = sorted({x for x in labels if labels.count(x) > 1})
+    twice = sorted(x for x, n in Counter(labels).items() if n > 1)
     if twice:
-        raise ConfigError("views", labels, f"each view once; {', '.join(twice)} is asked for twice")
+        raise ConfigError(field, labels, f"each view once; {', '.join(twice)} is asked for twice")
     return out
 
 
