@@ -173,7 +173,9 @@ def make_sheet(
     from ..character import Character, is_character, load_character
 
     # 1. Check the request before any model work.
-    poses = list(poses) if not isinstance(poses, (str, dict)) else [poses]
+    from ..limits import check_list
+
+    poses = check_list("poses", poses, what="poses")  # the shared bound, before any per-pose work
     if not poses:
         raise ConfigError("poses", [], "at least one pose: names (see `charstudio poses`), Pose objects or pose dicts")
     labels = list(labels) if labels is not None else [_pose_label(p, i) for i, p in enumerate(poses)]
@@ -196,6 +198,11 @@ def make_sheet(
     card, lora_used = _card_lora(card, use_lora)
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
+    #    Cancel is honoured between any two pictures' work, not only inside a denoising loop.
+    def check_cancel() -> None:
+        if cancel is not None:
+            cancel.check()
+
     state = distributed_state()
     def words(i: int) -> str:
         return ", ".join(w for w in (shared_extra.strip(), extras[i].strip()) if w)
@@ -207,8 +214,11 @@ def make_sheet(
 
         first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
     base_seed = first.seed
-    configs = [first] + [studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
-                                            pose=p, extra=words(i), **settings) for i, p in enumerate(poses[1:], start=1)]
+    configs = [first]
+    for i, p in enumerate(poses[1:], start=1):
+        check_cancel()
+        configs.append(studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
+                                          pose=p, extra=words(i), **settings))
 
     # 3. This process's share (all of it unless launched with several processes).
     indices = list(range(len(poses)))
@@ -225,11 +235,17 @@ def make_sheet(
                                                batch=p.batch))
 
     def run(todo: list[int], offset: int = 0) -> None:
-        # The poses share a UNet batch (Studio.run_batch), each with its own seed's noise.
-        if todo:
-            res = studio.run_batch([configs[i] for i in todo], callbacks=callbacks, progress=report_from(offset),
-                                   cancel=cancel)
-            done.extend((i, im, r.to_dict()) for i, im, r in zip(todo, res.images, res.recipes))
+        # The poses share UNet batches (Studio.run_batch), each with its own seed's noise. One
+        # batch per call: a call prepares (renders poses, encodes prompts) only the pictures it
+        # draws, so the first picture does not wait for every pose's preparation, and Cancel
+        # between two batches stops before any of the next batch's work.
+        size = max(1, int(getattr(studio, "max_batch", 1)))
+        for start in range(0, len(todo), size):
+            check_cancel()
+            part = todo[start:start + size]
+            res = studio.run_batch([configs[i] for i in part], callbacks=callbacks,
+                                   progress=report_from(offset + start), cancel=cancel)
+            done.extend((i, im, r.to_dict()) for i, im, r in zip(part, res.images, res.recipes))
 
     # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
     with ExitStack() as stack:
@@ -244,6 +260,7 @@ def make_sheet(
                 else:
                     # Every process records the anchor (pose 0); only its owner keeps the image.
                     bank.record()
+                    check_cancel()
                     res = studio.run(configs[0], callbacks=callbacks, progress=report_from(0), cancel=cancel)
                     if 0 in mine:
                         done.append((0, res.images[0], res.recipes[0].to_dict()))

@@ -349,8 +349,10 @@ _RUN_LOCKS: dict[int, threading.Lock] = {}
 def exclusive(studio: Any, token: CancelToken) -> Iterator[None]:
     """One run at a time per studio, across apps: the apps share its pipelines and schedulers.
 
-    A second app waits here (and can still be cancelled while it waits).
+    A second app waits here (and can still be cancelled while it waits). A job cancelled before
+    it gets here (between two pictures of a job that draws several) stops here.
     """
+    token.check()
     with _STUDIO_LOCK:
         lock = _RUN_LOCKS.setdefault(id(studio), threading.Lock())
     while not lock.acquire(timeout=0.2):
@@ -419,8 +421,15 @@ class RunHooks:
 
     Core functions such as `interpolation.interpolate` call `studio.run` several times but
     take no cancel token or progress callback themselves; handing them this wrapper lets
-    Cancel stop them at the next step and lets the bar count frames.
+    Cancel stop them at the next step and lets the bar count frames. The Studio methods in
+    `ROUTED` run on the wrapper too (``hooked.expressions(...)``), so every picture a workflow
+    draws, and the start of each, passes the token: a cancelled job stops within one denoising
+    step, or before its next picture's preparation when it is between pictures.
     """
+
+    # Studio methods that draw only through `make_config`, `run` and `run_batch`.
+    ROUTED = ("generate", "sheet", "turnaround", "expressions", "interpolate", "mix_styles", "pose_animation",
+              "lora_sweep", "inpaint", "detail")
 
     def __init__(self, studio: Any, token: CancelToken, on_run: Callable[[int], None] | None = None,
                  progress: Callable[[StepProgress], None] | None = None, callbacks: Sequence[Any] = ()):
@@ -432,7 +441,16 @@ class RunHooks:
         self.runs = 0
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._studio, name)
+        studio = self.__dict__.get("_studio")
+        if studio is None:
+            raise AttributeError(name)
+        if name in RunHooks.ROUTED:
+            method = getattr(type(studio), name, None)
+            if callable(method):  # the Studio's own method, bound to this wrapper
+                import types
+
+                return types.MethodType(method, self)
+        return getattr(studio, name)
 
     def run(self, config: Any, **kwargs: Any) -> Any:
         return self._studio.run(config, **self._hook(1, kwargs))

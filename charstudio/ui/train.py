@@ -20,6 +20,7 @@ from .common import (
     AppBase,
     Gallery,
     ProgressPanel,
+    RunHooks,
     Runner,
     StatusLine,
     StudioSource,
@@ -444,8 +445,9 @@ class TrainApp(AppBase):
         adapter = adapter if isinstance(adapter, str) else config.name
         size = config.resolution or None
         prompt = self._validation_prompt(config)
-        sweep = studio.lora_sweep(prompt, adapter, list(SWEEP_WEIGHTS), seed=config.seed,
-                                  width=size, height=size, num_inference_steps=config.validation_inference_steps)
+        # Through the app's cancel token (RunHooks): Stop also ends the before/after pictures.
+        sweep = RunHooks(studio, token).lora_sweep(prompt, adapter, list(SWEEP_WEIGHTS), seed=config.seed, width=size,
+                                                   height=size, num_inference_steps=config.validation_inference_steps)
         self.comparison = sweep
         labels = [f"weight {w:g}" + (" (before)" if w == 0 else "") for w in SWEEP_WEIGHTS]
         self.comparison_images.children = tuple(

@@ -16,6 +16,7 @@ from .common import (
     AppBase,
     DesignPicker,
     ProgressPanel,
+    RunHooks,
     Runner,
     StatusLine,
     StudioSource,
@@ -118,11 +119,14 @@ class WorkflowsApp(AppBase):
         workflow = self.workflow.value
 
         def job(token: CancelToken) -> Any:
-            studio = self.studio
+            loaded = self.studio
+            # Every picture the workflow draws, and the start of each, goes through the app's
+            # cancel token (RunHooks), so Cancel stops within one step or between two pictures.
+            studio = RunHooks(loaded, token)
             design, pose = self.design.value(), self.pose.value
             hooks = dict(progress=self.progress.report, cancel=token)
             settings = self._base_settings()
-            with exclusive(studio, token):
+            with exclusive(loaded, token):
                 if workflow == "regions":
                     return self._two_characters(studio, design, settings, hooks)
                 if workflow == "turnaround":
