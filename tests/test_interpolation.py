@@ -163,9 +163,15 @@ def test_respacing_evens_out_a_path_that_moves_fast_at_one_end():
     assert len(set(round(c, 9) for c in calls)) == len(calls) == res.renders  # cached, no re-renders
 
 
-def test_studio_uniform_interpolation_reports_before_and_after(tiny_studio):
-    res = tiny_studio.interpolate("a red cat", "a blue dog", frames=3, uniform=True, seed=1, max_renders=5, **FAST)
-    assert res.before is not None and res.smoothness.evenness >= res.before.evenness
+@pytest.mark.parametrize("seed", [1, 2])
+def test_studio_uniform_interpolation_reports_before_and_after(tiny_studio, seed):
+    """On tiny the even-t path is already nearly even (evenness 0.997 and 0.992 on seeds 1 and 2);
+    re-spacing cuts what unevenness there is 26- and 52-fold (measured; 2.4- to 52-fold over seeds
+    1-4): here at least 5-fold, by moving the middle frame off t=0.5."""
+    res = tiny_studio.interpolate("a red cat", "a blue dog", frames=3, uniform=True, seed=seed, max_renders=5, **FAST)
+    assert res.before is not None and res.before.evenness < 0.999
+    assert 1 - res.smoothness.evenness <= (1 - res.before.evenness) / 5, (res.before.evenness, res.smoothness.evenness)
+    assert abs(res.ts[1] - 0.5) > 0.001
     assert len(res.frames) == 3 and res.ts[0] == 0 and res.ts[-1] == 1 and res.renders <= 6
 
 
