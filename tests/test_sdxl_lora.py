@@ -28,8 +28,8 @@ COMFY_CLIP = {"mlp.fc1": "mlp_fc1", "mlp.fc2": "mlp_fc2", "self_attn.k_proj": "s
 
 
 @pytest.fixture(scope="module")
-def xl_lora(tmp_path_factory):
-    """A random LoRA on all three parts of tiny-sdxl, saved as charstudio saves trained ones."""
+def xl_lora_model():
+    """tiny-sdxl with a random LoRA on all three parts (the model that writes the files)."""
     from peft import LoraConfig
 
     from charstudio.models.tiny import build_tiny_sdxl_components
@@ -41,9 +41,39 @@ def xl_lora(tmp_path_factory):
     for name in ("text_encoder", "text_encoder_2"):
         c[name].add_adapter(LoraConfig(r=4, lora_alpha=2, init_lora_weights=False,
                                        target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]))
+    return c
+
+
+@pytest.fixture(scope="module")
+def xl_lora(xl_lora_model, tmp_path_factory):
+    """The LoRA of xl_lora_model, saved as charstudio saves trained ones."""
+    c = xl_lora_model
     out = tmp_path_factory.mktemp("lora") / "heroxl"
     files = lora.save_lora(c["unet"], c["text_encoder"], out, "heroxl", text_encoder_2=c["text_encoder_2"])
     return files
+
+
+def _lora_deltas(model, adapter: str) -> dict[str, torch.Tensor]:
+    """Every adapted layer of `model`: its name -> the weight change its LoRA adds (peft's B @ A * scale)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m.get_delta_weight(adapter).detach().float() for name, m in model.named_modules()
+            if isinstance(m, LoraLayer) and adapter in m.lora_A}
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_every_adapted_layer_loads_as_the_model_that_wrote_the_file_has_it(xl_lora_model, xl_lora, fmt):
+    """Layer by layer, in all three parts: the model that loaded the file adapts exactly the layers
+    the writing model adapted, each by the same weight change (not just via diffusers' converter,
+    which charstudio itself reads with, and not a subset of the key names)."""
+    s = _studio()
+    name = s.load_lora(xl_lora[fmt])
+    for part in ("unet", "text_encoder", "text_encoder_2"):
+        wrote, loaded = _lora_deltas(xl_lora_model[part], "default"), _lora_deltas(s.components[part], name)
+        assert wrote and set(loaded) == set(wrote), (part, sorted(set(wrote) ^ set(loaded))[:5])
+        for layer, delta in wrote.items():
+            assert delta.abs().max() > 1e-3  # a real change, so equality means something
+            torch.testing.assert_close(loaded[layer], delta, atol=1e-6, rtol=1e-5, msg=f"{part}.{layer}")
 
 
 def _studio():
