@@ -26,7 +26,9 @@ from .limits import available_memory, check_picture_size
 from .models.device import choose_low_vram, configure_attention, pick_device
 from .models.family import PIPELINE_KINDS, detect_family, is_union_controlnet
 from .models.loading import load_components, load_controlnet, resolve_model
+from .models import vae as vae_codec
 from .models.presets import PRESETS
+from .models.vae import native_size, vae_factor  # noqa: F401  (re-exported for old imports)
 from .result import Result
 from .schedulers import DEFAULT_SCHEDULER, make_scheduler
 from .validation import check_float, check_int, check_text
@@ -185,7 +187,7 @@ class Studio:
         self.speed = plan.speed
         return done
 
-    def _offload_for(self, pipe: Any, kind: str) -> None:
+    def offload_for(self, pipe: Any, kind: str) -> None:
         """Install `pipe`'s offload hooks on the shared parts (low-VRAM mode only)."""
         if self.low_vram and self._offloaded != kind:
             pipe.enable_model_cpu_offload(device=self.device)
@@ -377,7 +379,7 @@ class Studio:
                 from .workflows.inpaint import run_inpaint
 
                 return run_inpaint(self, config, **run_args)
-            return self._after_drawing(config, self._run(config, **run_args), progress, cancel)
+            return self._after_drawing(config, self.draw(config, **run_args), progress, cancel)
 
     def run_batch(self, configs: Iterable[GenerationConfig], *, callbacks: Iterable[StepCallback] = (),
                   progress: Callable[[StepProgress], None] | None = None,
@@ -421,7 +423,7 @@ class Studio:
                     done = Result([r.image for r in parts], [r.recipe for r in parts],
                                   {"latents": [r.extras.get("latents", [None])[0] for r in parts]})
                 else:
-                    done = self._run(config, callbacks=callbacks, progress=report if progress else None,
+                    done = self.draw(config, callbacks=callbacks, progress=report if progress else None,
                                      cancel=cancel, control_image=None, latents=None, embeddings=None,
                                      batch=[configs[i] for i in group])
                     if config.hires or config.detail:
@@ -490,9 +492,12 @@ class Studio:
         for name, rec in self._loras.items():
             rec.weight = float(weights[name]) if name in weights else None
 
-    def _run(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback], progress: Any, cancel: Any,
+    def draw(self, config: GenerationConfig, *, callbacks: Iterable[StepCallback], progress: Any, cancel: Any,
              control_image: Any, latents: Any, embeddings: Any, init_image: Any = None,
              strength: float = 0.6, batch: list[GenerationConfig] | None = None) -> Result:
+        """The drawing engine: one recipe (or a batch of one-image recipes) through the diffusers
+        pipeline it needs, with no workflow passes; `run` adds hires/detail/inpaint around it.
+        Workflows call this for their own passes (`init_image` + `strength` make it img2img)."""
         import torch
 
         # 1. The images to draw: the recipe's num_images (seed + i), or a batch of one-image
@@ -503,7 +508,7 @@ class Studio:
         #    img2img one when there is a starting picture.
         controls = [control_image] * len(wanted)
         if control_image is None and config.pose is not None:
-            controls = [self._render_pose(c) for c in wanted]
+            controls = [self.render_pose(c) for c in wanted]
         if controls[0] is not None and controls[0].size != (config.width, config.height):
             raise ConfigError("control_image", f"{controls[0].size[0]}x{controls[0].size[1]}",
                               f"must match the output size {config.width}x{config.height}; "
@@ -534,7 +539,7 @@ class Studio:
             if controls[0] is not None:
                 extra_args.update(width=config.width, height=config.height)
         pipe = self.pipeline(kind)
-        self._offload_for(pipe, kind)
+        self.offload_for(pipe, kind)
         params = inspect.signature(pipe.__call__).parameters
         control_key = "control_image" if "control_image" in params else "image"
         if controls[0] is not None:
@@ -669,7 +674,8 @@ class Studio:
                                   controlnet_conditioning_scale=controlnet_conditioning_scale, **settings)
         return self.run(config, init_image=photo, strength=strength, progress=progress, cancel=cancel)
 
-    def _render_pose(self, config: GenerationConfig) -> Any:
+    def render_pose(self, config: GenerationConfig) -> Any:
+        """The recipe's pose drawn as the ControlNet's control image at the recipe's size."""
         from .pose.compose import load_people
 
         return load_people(config.pose).fit(config.width, config.height).render(config.width, config.height,
@@ -677,34 +683,11 @@ class Studio:
 
     def encode(self, images: Any) -> Any:
         """PIL image(s) -> latents scaled as the UNet sees them (the VAE's mean); `decode` inverts it."""
-        import torch
-
-        vae = self.components["vae"]
-        pixels = self.pipeline("txt2img").image_processor.preprocess(images).to(vae.device, vae.dtype)
-        with torch.no_grad():
-            return vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+        return vae_codec.encode(self.components["vae"], self.pipeline("txt2img").image_processor, images)
 
     def decode(self, latents: Any) -> list[Any]:
         """Latents -> PIL images with the VAE. NaNs (fp16 overflow) trigger an fp32 retry and a warning."""
-        import torch
-
-        vae = self.components["vae"]
-        with torch.no_grad():
-            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-            if not torch.isfinite(pixels).all() and vae.dtype != torch.float32:
-                warnings.warn(f"the VAE produced NaNs in {vae.dtype}; upcasting it to float32 for this model",
-                              RuntimeWarning, stacklevel=3)
-                vae.to(torch.float32)
-                pixels = vae.decode(latents.to(torch.float32) / vae.config.scaling_factor, return_dict=False)[0]
-            if not torch.isfinite(pixels).all():
-                warnings.warn("the image contains NaNs and will be black: try fp32 (dtype='fp32'), fewer steps "
-                              "with another scheduler, or a lower guidance_scale", RuntimeWarning, stacklevel=3)
-                pixels = torch.nan_to_num(pixels, nan=-1.0)
-        images = self.pipeline("txt2img").image_processor.postprocess(pixels.float(), output_type="pil")
-        for im in images:
-            if im.getextrema() == ((0, 0), (0, 0), (0, 0)):
-                warnings.warn("generated an all-black image", RuntimeWarning, stacklevel=3)
-        return images
+        return vae_codec.decode(self.components["vae"], self.pipeline("txt2img").image_processor, latents)
 
     # -- interpolation, style mixes, tracing (charstudio.interpolation / charstudio.trace) ---------
     def interpolate(self, a: Any, b: Any, frames: int = 8, method: str = "slerp", uniform: bool = False,
@@ -944,16 +927,6 @@ class Studio:
 
         with self.using_loras({}):
             yield from train_lora(config, components=self.components)
-
-
-def native_size(components: dict[str, Any]) -> int:
-    """The resolution the UNet was trained at: its latent size times the VAE's factor (512 for SD 1.5)."""
-    return int(components["unet"].config.sample_size) * vae_factor(components["vae"])
-
-
-def vae_factor(vae: Any) -> int:
-    """How many pixels one latent spans per side (8 for SD 1.5's VAE, 4 for mini's)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _progress_callback(progress: Callable[[StepProgress], None], image: int, images: int, steps: int,

@@ -82,7 +82,7 @@ def test_bad_parts_are_refused_before_anything_is_drawn(mini, drawn, monkeypatch
     def no_drawing(*a, **k):
         raise AssertionError("the model ran")
 
-    monkeypatch.setattr(mini, "_run", no_drawing)
+    monkeypatch.setattr(mini, "draw", no_drawing)
     body = load_pose("standing_front").fit(64, 64).body.copy()
     body[[3, 4, 6, 7], 2] = 0  # no elbows or wrists, no hand points: no hands
     handless = Pose(body, 64, 64)

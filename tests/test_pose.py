@@ -366,5 +366,5 @@ def test_thick_lines_for_xinsirs_controlnets_grow_with_the_picture():
     studio.controlnet_source = "xinsir/controlnet-openpose-sdxl-1.0"
     config = studio.make_config("a knight", pose="walking", width=512, height=512)
     assert config.pose_lines == "thick"
-    assert np.array_equal(np.asarray(studio._render_pose(config)), np.asarray(pose.fit(512, 512).render(512, 512, lines="thick")))
+    assert np.array_equal(np.asarray(studio.render_pose(config)), np.asarray(pose.fit(512, 512).render(512, 512, lines="thick")))
     assert studio.make_config("a knight", pose="walking", pose_lines="standard").pose_lines == "standard"

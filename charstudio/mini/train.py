@@ -421,7 +421,7 @@ def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict
     """Write the diffusers folder (atomically: a temporary folder, then a rename)."""
     from diffusers import StableDiffusionPipeline
 
-    from ..studio import vae_factor
+    from ..models.vae import vae_factor
 
     comps["vae"].register_to_config(scaling_factor=float(state.scaling_factor), sample_size=recipe.size)
     # The configs carry the training size, so the studio's default size is the one trained at.

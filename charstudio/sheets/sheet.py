@@ -290,7 +290,7 @@ def make_sheet(
         "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
     }
     result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
-                         control_images=[studio._render_pose(c) for c in configs])
+                         control_images=[studio.render_pose(c) for c in configs])
     if compute_score is not False and len(images) > 1:
         try:
             # Only an embedder that is asked for may be downloaded; the automatic score uses one on disk.

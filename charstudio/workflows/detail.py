@@ -180,7 +180,7 @@ def redraw_box(studio: Any, recipe: Any, picture: Any, box: M.Box, progress: Any
     settings) and paste it back; pixels beyond the seam around ``box`` are kept exactly."""
     from PIL import Image
 
-    from ..studio import vae_factor
+    from ..models.vae import vae_factor
     from .inpaint import supported_rescale
 
     spec = recipe.detail

@@ -230,7 +230,7 @@ def upscale(studio: Any, image: Any, latents: Any, settings: dict, size: tuple[i
             return image.convert("RGB").resize((width, height), Image.LANCZOS)
     import torch
 
-    from ..studio import vae_factor
+    from ..models.vae import vae_factor
 
     factor = vae_factor(studio.components["vae"])
     with torch.no_grad():
@@ -266,7 +266,7 @@ def apply_hires(studio: Any, config: Any, result: Any, progress: Callable | None
         log.info("hires pass %d/%d: %dx%d -> %dx%d, %d steps at strength %g (%s upscaler)", i + 1, count,
                  recipe.width, recipe.height, second.width, second.height, second_pass_steps(recipe),
                  recipe.hires["strength"], recipe.hires["upscaler"])
-        out = studio._run(second, callbacks=(), progress=report if progress is not None else None, cancel=cancel,
+        out = studio.draw(second, callbacks=(), progress=report if progress is not None else None, cancel=cancel,
                           control_image=None, latents=None, embeddings=None, init_image=start,
                           strength=recipe.hires["strength"])
         images.append(out.image)

@@ -305,7 +305,7 @@ def _run_latent_blend(studio: Any, config: Any, source: Any, alpha: np.ndarray, 
     each step's level (a 4-channel UNet)."""
     import torch
 
-    from ..studio import vae_factor
+    from ..models.vae import vae_factor
 
     original = studio.encode(source)  # (1, 4, h, w), scaled as the UNet sees it
     cells = M.latent_mask(alpha, vae_factor(studio.components["vae"]))
@@ -348,7 +348,7 @@ def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarr
     guard = img2img_steps(config.num_inference_steps, strength, "inpaint.strength")
     config = config.replace(num_inference_steps=guard.recorded)
     pipe = studio.pipeline("inpaint")
-    studio._offload_for(pipe, "inpaint")
+    studio.offload_for(pipe, "inpaint")
     mask_image = Image.fromarray(((alpha > 0) * 255).astype(np.uint8), "L")
     embed_args = studio.encoder.encode(config.prompt, config.negative_prompt, clip_skip=config.clip_skip).pipeline_kwargs()
     images, recipes = [], []

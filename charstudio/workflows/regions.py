@@ -287,7 +287,7 @@ def regional_attention(studio: Any, config: Any) -> Iterator[None]:
     and on both families (SDXL's pooled and time conditioning stay the scene prompt's)."""
     import torch
 
-    from ..studio import vae_factor
+    from ..models.vae import vae_factor
 
     regions = config.regions
     if not regions:
