@@ -281,12 +281,20 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     img = Image.new("RGB", (width * s, height * s), BACKGROUNDS[attrs.background])
     d = ImageDraw.Draw(img)
     f = Figure(pose, s)
-    p = f.p
-    hair, skin = HAIR_COLOURS[attrs.hair_colour], SKIN_TONES[attrs.skin]
-    outfit = OUTFIT_COLOURS[attrs.outfit_colour]
-    kind = attrs.outfit_type
+    # Back to front: each step paints over the ones before it.
+    _draw_behind(d, f, attrs)  # 1. a cape, then hair, that hang behind the body
+    _draw_legs(d, f, attrs)  # 2. legs, then the skirt or robe over them
+    _draw_torso(d, f, attrs)  # 3. torso
+    _draw_arms(d, f, attrs)  # 4. arms and hands
+    _draw_neck_and_head(d, f, attrs)  # 5. neck, scarf, head
+    _draw_hair_on_top(d, f, attrs)  # 6. hair on top of the head
+    _draw_eyes_and_hat(d, f, attrs)  # 7. eyes (and glasses), hat
+    return img.resize((width, height), Image.BOX)
 
-    # 1. A cape, then hair, that hang behind the body.
+
+def _draw_behind(d: Any, f: Figure, attrs: Attributes) -> None:
+    """A cape, then hair, that hang behind the body."""
+    hair = HAIR_COLOURS[attrs.hair_colour]
     if attrs.accessory == "red cape":
         cape = f.cape()
         if cape:
@@ -298,7 +306,11 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
             d.polygon([f.local(side * (1.0 + 0.45 * math.sin(t)), -0.9 + 1.4 * math.cos(t))
                        for t in np.linspace(0, 2 * math.pi, 20)], fill=hair)
 
-    # 2. Legs, then the skirt or robe over them.
+
+def _draw_legs(d: Any, f: Figure, attrs: Attributes) -> None:
+    """Legs, then the skirt or robe over them."""
+    p, kind = f.p, attrs.outfit_type
+    skin, outfit = SKIN_TONES[attrs.skin], OUTFIT_COLOURS[attrs.outfit_colour]
     leg_colour = {"dress": skin, "shirt and trousers": TROUSERS, "armour": STEEL, "robe": outfit}[kind]
     for hip, knee, ankle in ((8, 9, 10), (11, 12, 13)):
         chain = [p[i] for i in (hip, knee, ankle) if f.ok[i]]
@@ -322,11 +334,13 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
         d.polygon([(min(p[8][0], p[11][0]) - 0.15 * f.torso, top), (max(p[8][0], p[11][0]) + 0.15 * f.torso, top),
                    (max(xs) + spread, hem), (min(xs) - spread, hem)], fill=outfit)
 
-    # 3. Torso.
-    if shoulders_ok and hips_ok:
+
+def _draw_torso(d: Any, f: Figure, attrs: Attributes) -> None:
+    p, outfit = f.p, OUTFIT_COLOURS[attrs.outfit_colour]
+    if f.has(2, 5) and f.has(8, 11):
         torso = _expand([p[2], p[5], p[11], p[8]], 1.12)
         d.polygon(torso, fill=outfit)
-        if kind == "armour":
+        if attrs.outfit_type == "armour":
             mid_top, mid_bottom = (p[2] + p[5]) / 2, (p[8] + p[11]) / 2
             limb(d, [mid_top + (mid_bottom - mid_top) * 0.15, mid_bottom - (mid_bottom - mid_top) * 0.1],
                   0.18 * f.torso, STEEL)
@@ -334,8 +348,11 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     elif f.ok[1]:
         disc(d, p[1], 0.4 * f.torso, outfit)
 
-    # 4. Arms and hands.
-    arm_colour = skin if kind == "dress" else outfit
+
+def _draw_arms(d: Any, f: Figure, attrs: Attributes) -> None:
+    """Arms and hands."""
+    p, kind, skin = f.p, attrs.outfit_type, SKIN_TONES[attrs.skin]
+    arm_colour = skin if kind == "dress" else OUTFIT_COLOURS[attrs.outfit_colour]
     for shoulder, elbow, wrist in ((2, 3, 4), (5, 6, 7)):
         chain = [p[i] for i in (shoulder, elbow, wrist) if f.ok[i]]
         if len(chain) >= 2:
@@ -345,7 +362,10 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
         if f.ok[wrist]:
             disc(d, p[wrist], f.arm_w * 0.6, skin)
 
-    # 5. Neck, scarf, head.
+
+def _draw_neck_and_head(d: Any, f: Figure, attrs: Attributes) -> None:
+    """Neck, scarf, head."""
+    p, skin = f.p, SKIN_TONES[attrs.skin]
     if f.ok[1]:
         limb(d, [p[1], p[1] + (f.head - p[1]) * 0.5], 0.22 * f.torso, skin)
     if attrs.accessory in ("scarf", "orange striped scarf") and f.ok[1]:
@@ -358,28 +378,35 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
         if attrs.accessory == "scarf":
             limb(d, path, sw, SCARF)
         else:
-            limb(d, path, sw, ORANGE)
-            # White stripes across the scarf, evenly spaced along its length.
-            pts = [np.asarray(q, dtype=np.float64) for q in path]
-            for a, b in zip(pts, pts[1:]):
-                seg = b - a
-                n = np.linalg.norm(seg)
-                if n < 1e-6:
-                    continue
-                normal = np.array([-seg[1], seg[0]]) / n
-                for t in np.arange(0.25, 1.0, 0.5):
-                    c = a + seg * t
-                    d.line([tuple(c - normal * sw * 0.5), tuple(c + normal * sw * 0.5)], fill=STRIPE_WHITE,
-                           width=max(1, int(sw * 0.3)))
-            # Hanging end.
-            tail = pts[1] - f.up * 0.45 * f.torso + f.right * 0.15 * f.torso
-            limb(d, [pts[1], tail], sw * 0.8, ORANGE)
-            mid = (pts[1] + tail) / 2
-            d.line([tuple(mid - f.right * sw * 0.4), tuple(mid + f.right * sw * 0.4)], fill=STRIPE_WHITE,
-                   width=max(1, int(sw * 0.3)))
+            _draw_striped_scarf(d, f, path, sw)
     disc(d, f.head, f.head_r, skin)
 
-    # 6. Hair on top of the head.
+
+def _draw_striped_scarf(d: Any, f: Figure, path: list[Any], sw: float) -> None:
+    """The held-out orange scarf along ``path`` (``sw`` wide), with white stripes and a hanging end."""
+    limb(d, path, sw, ORANGE)
+    # White stripes across the scarf, evenly spaced along its length.
+    pts = [np.asarray(q, dtype=np.float64) for q in path]
+    for a, b in zip(pts, pts[1:]):
+        seg = b - a
+        n = np.linalg.norm(seg)
+        if n < 1e-6:
+            continue
+        normal = np.array([-seg[1], seg[0]]) / n
+        for t in np.arange(0.25, 1.0, 0.5):
+            c = a + seg * t
+            d.line([tuple(c - normal * sw * 0.5), tuple(c + normal * sw * 0.5)], fill=STRIPE_WHITE,
+                   width=max(1, int(sw * 0.3)))
+    # Hanging end.
+    tail = pts[1] - f.up * 0.45 * f.torso + f.right * 0.15 * f.torso
+    limb(d, [pts[1], tail], sw * 0.8, ORANGE)
+    mid = (pts[1] + tail) / 2
+    d.line([tuple(mid - f.right * sw * 0.4), tuple(mid + f.right * sw * 0.4)], fill=STRIPE_WHITE,
+           width=max(1, int(sw * 0.3)))
+
+
+def _draw_hair_on_top(d: Any, f: Figure, attrs: Attributes) -> None:
+    hair = HAIR_COLOURS[attrs.hair_colour]
     cap = f.arc(1.12, -82, 82)
     d.polygon(cap, fill=hair)
     if attrs.hair_style == "spiky":
@@ -392,7 +419,10 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
             d.polygon([f.local(side * 0.8, 0.6), f.local(side * 1.12, 0.3), f.local(side * 1.12, -0.7),
                        f.local(side * 0.85, -0.6)], fill=hair)
 
-    # 7. Eyes (and glasses), hat.
+
+def _draw_eyes_and_hat(d: Any, f: Figure, attrs: Attributes) -> None:
+    """Eyes (and glasses), hat."""
+    p = f.p
     for i in (14, 15):
         if f.ok[i]:
             disc(d, p[i], 0.075 * f.torso, EYE_COLOURS[attrs.eye_colour])
@@ -406,8 +436,6 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     if attrs.accessory == "hat":
         d.polygon([f.local(-1.5, 0.72), f.local(1.5, 0.72), f.local(1.5, 0.95), f.local(-1.5, 0.95)], fill=HAT)
         d.polygon([f.local(-0.85, 0.9), f.local(0.85, 0.9), f.local(0.7, 1.75), f.local(-0.7, 1.75)], fill=HAT)
-
-    return img.resize((width, height), Image.BOX)
 
 
 SCARF_CHARACTER = Attributes(hair_colour="black", hair_style="short", eye_colour="brown", outfit_colour="white",
