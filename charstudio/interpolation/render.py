@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..media import contact_sheet, save_gif, save_mp4, to_pil
+from ..models.vae import vae_factor
 from .maths import Method, blend, blend_embeddings, blend_loras, check_t, frame_ts, noise_shape, seed_noise
 from .smoothness import Smoothness, respace, smoothness
 
@@ -186,7 +187,7 @@ def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any]:
 
 def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
     unet, vae = studio.components["unet"], studio.components["vae"]
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_factor(vae)
     return noise_shape(cfg.width, cfg.height, int(unet.config.in_channels), factor)
 
 

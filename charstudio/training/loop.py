@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..io_utils import atomic_write
 from ..limits import max_side
 from ..models.family import V_PREDICTION_GUIDANCE_RESCALE, ModelFamily, detect_family, is_union_controlnet
+from ..models.vae import vae_factor as factor_of
 from ..lora import TEXT_ENCODER_TARGET_MODULES
 from .checkpoint import load_checkpoint, model_fingerprint, save_checkpoint, write_json
 from .conditioning import TrainingConditioner
@@ -202,7 +203,7 @@ def _train(config: LoraTrainingConfig, comps: dict[str, Any], family: ModelFamil
     _move(vae, device, torch.float32 if own_components else next(vae.parameters()).dtype)
     noise_scheduler = DDPMScheduler.from_config(comps["scheduler"].config)
     prediction_type = check_prediction_type(noise_scheduler, config.model)
-    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae_factor = factor_of(vae)
     native = int(unet.config.sample_size) * vae_factor
     resolution = config.resolution or native
     if resolution > max_side(native):
