@@ -23,15 +23,18 @@ Reading (`Pose.from_dict`, `Pose.from_json`, `load_pose`) accepts:
 
 Writing (`Pose.to_dict`, `Pose.save`) produces the editor format, in pixels.
 
-Where things live: ``skeleton`` (the Pose: keypoint layouts, reading, geometry, writing),
-``drawing`` (rendering in the ControlNet's conventions), ``library`` (the shipped poses and
-``NAME.pose.json`` files) and ``detect`` (controlnet-aux's OpenPose detector).
+Where things live: ``skeleton`` (the Pose: geometry, and the methods that read, write, draw
+and detect it), ``keypoints`` (the keypoint layouts and their check), ``pose_json`` (reading
+and writing the JSON), ``drawing`` (rendering in the ControlNet's conventions), ``library``
+(the shipped poses and ``NAME.pose.json`` files) and ``detect`` (controlnet-aux's OpenPose
+detector).
 """
 
 from .detect import DEFAULT_DETECTOR_REPO, load_detector
 from .drawing import LIMBS, draw_body, draw_face, draw_hand
 from .library import POSE_SUFFIX, list_poses, load_pose, pose_file
-from .skeleton import BODY25_TO_COCO18, COCO18_NAMES, N_BODY, N_FACE, N_HAND, Pose, PoseLike
+from .keypoints import BODY25_TO_COCO18, COCO18_NAMES, N_BODY, N_FACE, N_HAND
+from .skeleton import Pose, PoseLike
 
 __all__ = [
     "BODY25_TO_COCO18",

@@ -16,24 +16,14 @@ import numpy as np
 from charstudio.errors import ConfigError
 from charstudio.limits import check_canvas
 
-from .detect import load_detector
+from .detect import detect_keypoints
 from ..validation import check_choice
 from .drawing import POSE_LINES, draw_body, draw_face, draw_hand, limb_scale
+from .keypoints import COCO18_NAMES, N_BODY, N_FACE, N_HAND, as_points
+from .pose_json import pose_to_dict, read_json_source, read_pose_dict
 
 log = logging.getLogger(__name__)
 
-COCO18_NAMES: tuple[str, ...] = (
-    "nose", "neck",
-    "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle",
-    "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)
-N_BODY, N_HAND, N_FACE = 18, 21, 70
-
-# BODY_25 has a mid-hip point (8) and six foot points (19-24) that COCO-18 lacks.
-BODY25_TO_COCO18: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 
 # Left/right pairs; mirroring swaps them. Each table is an involution (applying it twice is
 # the identity), which is what makes mirror().mirror() the identity.
@@ -90,10 +80,10 @@ class Pose:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(name, value, "a positive whole number of pixels")
             setattr(self, name, int(value))
-        self.body = _as_points(self.body, N_BODY, "pose_keypoints_2d")
-        self.hand_left = None if self.hand_left is None else _as_points(self.hand_left, N_HAND, "hand_left_keypoints_2d")
-        self.hand_right = None if self.hand_right is None else _as_points(self.hand_right, N_HAND, "hand_right_keypoints_2d")
-        self.face = None if self.face is None else _as_points(self.face, N_FACE, "face_keypoints_2d")
+        self.body = as_points(self.body, N_BODY, "pose_keypoints_2d")
+        self.hand_left = None if self.hand_left is None else as_points(self.hand_left, N_HAND, "hand_left_keypoints_2d")
+        self.hand_right = None if self.hand_right is None else as_points(self.hand_right, N_HAND, "hand_right_keypoints_2d")
+        self.face = None if self.face is None else as_points(self.face, N_FACE, "face_keypoints_2d")
         self._clip_to_canvas()
 
     # -- small helpers --------------------------------------------------------------------
@@ -360,12 +350,7 @@ class Pose:
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The sd-webui-openpose-editor / ComfyUI JSON for this pose (pixels, one person)."""
-        person: dict[str, Any] = {"pose_keypoints_2d": _flat(self.body)}
-        for key, pts in (("hand_left_keypoints_2d", self.hand_left), ("hand_right_keypoints_2d", self.hand_right),
-                         ("face_keypoints_2d", self.face)):
-            if pts is not None:
-                person[key] = _flat(pts)
-        return {"canvas_width": self.canvas_width, "canvas_height": self.canvas_height, "people": [person]}
+        return pose_to_dict(self.canvas_width, self.canvas_height, self._parts())
 
     def to_json(self) -> str:
         """`to_dict` as a JSON string."""
@@ -396,95 +381,14 @@ class Pose:
         among several frames (default: the first). ``canvas_width``/``canvas_height`` override or
         supply the canvas size.
         """
-        # 1. Frames: the ComfyUI editor saves a list of per-frame dicts.
-        if isinstance(data, list):
-            if not data:
-                raise ConfigError("frames", [], "a list with at least one frame (a dict with 'people')")
-            index = 0 if frame is None else frame
-            if not isinstance(index, int) or not 0 <= index < len(data):
-                raise ConfigError("frame", frame, f"an index from 0 to {len(data) - 1}; this JSON has {len(data)} frames")
-            data = data[index]
-        elif frame not in (None, 0):
-            raise ConfigError("frame", frame, "0 or None; this JSON has a single frame")
-        if not isinstance(data, dict) or "people" not in data:
-            raise ConfigError("pose", _short(data), "a dict with a 'people' list (OpenPose or pose-editor JSON)")
-
-        # 2. The person.
-        people = data["people"]
-        if not isinstance(people, list) or not people:
-            raise ConfigError("people", people, "at least one person; this pose JSON has no people")
-        if person is None:
-            if len(people) > 1:
-                raise ConfigError("person", None,
-                                  f"an index from 0 to {len(people) - 1}: this pose JSON has {len(people)} people, choose one with person=")
-            person = 0
-        if isinstance(person, bool) or not isinstance(person, int) or not 0 <= person < len(people):
-            raise ConfigError("person", person, f"an index from 0 to {len(people) - 1}; this pose JSON has {len(people)} people")
-        entry = people[person]
-        if not isinstance(entry, dict) or "pose_keypoints_2d" not in entry:
-            raise ConfigError(f"people[{person}]", _short(entry), "a dict with 'pose_keypoints_2d'")
-
-        # 3. Keypoint arrays, BODY_25 reduced to COCO-18.
-        body = _read_array(entry["pose_keypoints_2d"], "pose_keypoints_2d", {N_BODY: "COCO-18", 25: "BODY_25"})
-        if len(body) == 25:
-            body = body[list(BODY25_TO_COCO18)]
-        parts: dict[str, np.ndarray | None] = {"body": body}
-        for key, part, n in (("hand_left_keypoints_2d", "hand_left", N_HAND), ("hand_right_keypoints_2d", "hand_right", N_HAND),
-                             ("face_keypoints_2d", "face", N_FACE)):
-            raw = entry.get(key)
-            parts[part] = None if not raw else _read_array(raw, key, {n: f"{n} points"})
-
-        # 4. Canvas size and coordinate units.
-        present = np.concatenate([p[p[:, 2] > 0, :2] for p in parts.values() if p is not None])
-        if normalized is None:
-            normalized = bool(len(present)) and bool(np.all((present >= 0) & (present <= 1.0)))
-        width = canvas_width if canvas_width is not None else data.get("canvas_width")
-        height = canvas_height if canvas_height is not None else data.get("canvas_height")
-        if (width is None) != (height is None):
-            raise ConfigError("canvas_width" if width is None else "canvas_height", None,
-                              "both canvas_width and canvas_height, or neither")
-        if width is None:
-            if normalized:
-                raise ConfigError("canvas_width", None,
-                                  "a canvas size: these coordinates are normalised to 0..1 and the JSON stores no canvas "
-                                  "size; pass canvas_width= and canvas_height= (the image size)")
-            if not len(present):
-                raise ConfigError("people", _short(entry), "at least one present keypoint to infer a canvas size from")
-            width = int(math.ceil(present[:, 0].max() * 1.1)) or 1
-            height = int(math.ceil(present[:, 1].max() * 1.1)) or 1
-            log.info("pose JSON has no canvas size; inferred %dx%d from the keypoints' extent "
-                        "(pass canvas_width/canvas_height for the original image size)", width, height)
-        for name, value in (("canvas_width", width), ("canvas_height", height)):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "a positive whole number of pixels")
-        width, height = int(width), int(height)
-        if normalized:
-            scale = np.array([width, height], dtype=np.float64)
-            for pts in parts.values():
-                if pts is not None:
-                    pts[pts[:, 2] > 0, :2] *= scale
+        parts, width, height = read_pose_dict(data, person=person, frame=frame, canvas_width=canvas_width,
+                                              canvas_height=canvas_height, normalized=normalized)
         return cls(canvas_width=width, canvas_height=height, **parts)
 
     @classmethod
     def from_json(cls, source: str | Path, **kwargs: Any) -> Pose:
         """Read a pose from a JSON file path or a JSON string; keyword arguments as `from_dict`."""
-        text: str
-        if isinstance(source, Path) or not str(source).lstrip().startswith(("{", "[")):
-            path = Path(source)
-            if not path.is_file():
-                raise ConfigError("pose", str(source), "an existing pose JSON file, a pose name, or a JSON string")
-            from ..io_utils import read_text
-
-            text = read_text(path, "pose file")
-        else:
-            text = str(source)
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError("pose", str(source)[:80], f"valid JSON ({err})") from None
-        return cls.from_dict(data, **kwargs)
+        return cls.from_dict(read_json_source(source), **kwargs)
 
     # -- rendering ------------------------------------------------------------------------
     def render(self, width: int | None = None, height: int | None = None, *, hands: bool = True,
@@ -537,81 +441,10 @@ class Pose:
         ``face``), or a hub repo id (default ``lllyasviel/Annotators``). With several people the
         most confident one is returned unless ``person`` picks one (people sorted by score).
         """
-        from PIL import Image
-
-        from ..io_utils import open_image
-
-        if isinstance(image, (str, Path, bytes)):
-            image = open_image(image, "image")
-        if not isinstance(image, Image.Image):
-            raise ConfigError("image", type(image).__name__, "a PIL image or a path to an image file")
-        rgb = np.asarray(image.convert("RGB"))
-        h, w = rgb.shape[:2]
-        if detector is None:
-            detector = load_detector(weights, hands=hands, face=face)
-        results = detector.detect_poses(rgb, include_hand=hands, include_face=face)
-        if not results:
-            raise ConfigError("image", f"{w}x{h} image", "a picture with a visible person: the detector found no person")
-        # Most confident person first, so person=0 is "the main subject".
-        results = sorted(results, key=lambda r: -float(r.body.total_score))
-        index = 0 if person is None else person
-        if not isinstance(index, int) or not 0 <= index < len(results):
-            raise ConfigError("person", person, f"an index from 0 to {len(results) - 1}; {len(results)} people were found")
-        found = results[index]
-
-        def to_pixels(points, n: int) -> np.ndarray | None:
-            if points is None:
-                return None
-            arr = np.zeros((n, 3))
-            for i, kp in enumerate(points[:n]):
-                # controlnet-aux marks undetected hand/face points with negative coordinates.
-                if kp is not None and kp.x >= 0 and kp.y >= 0:
-                    arr[i] = (kp.x * w, kp.y * h, max(float(getattr(kp, "score", 1.0)), 1e-3))
-            return arr
-
-        return cls(body=to_pixels(found.body.keypoints, N_BODY), hand_left=to_pixels(found.left_hand, N_HAND),
-                   hand_right=to_pixels(found.right_hand, N_HAND), face=to_pixels(found.face, N_FACE),
-                   canvas_width=w, canvas_height=h)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        parts, width, height = detect_keypoints(image, detector, weights, person=person, hands=hands, face=face)
+        return cls(canvas_width=width, canvas_height=height, **parts)
 
 
 def _check_size(width: Any, height: Any) -> None:
     """A canvas of 1..MAX_CANVAS whole pixels a side (`limits.check_canvas`), numpy ints too."""
     check_canvas(*(int(v) if isinstance(v, np.integer) else v for v in (width, height)))
-
-
-def _read_array(raw: Any, field: str, layouts: dict[int, str]) -> np.ndarray:
-    """A flat [x, y, c, x, y, c, ...] list to an (n, 3) float array, checking length and NaN."""
-    expected = " or ".join(f"{n * 3} numbers ({name}: {n} points x (x, y, confidence))" for n, name in layouts.items())
-    try:
-        arr = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError(field, _short(raw), f"a flat list of numbers: {expected}") from None
-    if arr.ndim == 2 and arr.shape[1] == 3:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1 or len(arr) % 3 or len(arr) // 3 not in layouts:
-        raise ConfigError(field, f"{arr.size} numbers", expected)
-    return _as_points(arr.reshape(-1, 3), len(arr) // 3, field)
-
-
-def _as_points(pts: Any, n: int, field: str) -> np.ndarray:
-    arr = np.array(pts, dtype=np.float64)  # always a copy: Poses never share arrays
-    if arr.shape != (n, 3):
-        raise ConfigError(field, f"array of shape {arr.shape}", f"shape ({n}, 3): {n} points x (x, y, confidence)")
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        label = COCO18_NAMES[i] if n == N_BODY else str(i)
-        raise ConfigError(f"{field}[{label}]", tuple(arr[i].tolist()),
-                          "finite numbers; mark a missing point with confidence 0 (x=0, y=0, c=0) instead of NaN")
-    # Missing points are stored as exactly 0, 0, 0 so that equality and JSON are canonical.
-    arr[arr[:, 2] <= 0] = 0.0
-    return arr
-
-
-def _flat(pts: np.ndarray) -> list[float]:
-    return [float(round(v, 3)) for v in pts.reshape(-1)]
