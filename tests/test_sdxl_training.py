@@ -258,12 +258,49 @@ def test_the_loss_target_is_noise_for_epsilon_and_velocity_for_v_prediction():
                                                                      "prediction_type": "epsilon"}), t, 5.0)).all()
 
 
-def test_a_v_prediction_sdxl_model_trains_on_velocity_with_min_snr(tmp_path, data):
+def _spy_objective(monkeypatch, unet) -> list[dict]:
+    """Per UNet call in training: the clean latents, noise and timesteps it was noised with
+    (diffusers' DDPMScheduler.add_noise) and the UNet's prediction."""
+    from diffusers import DDPMScheduler
+
+    calls: list[dict] = []
+    real = DDPMScheduler.add_noise
+
+    def add_noise(self, latents, noise, t):
+        calls.append(dict(latents=latents.detach().clone(), noise=noise.detach().clone(), t=t.clone(),
+                          alphas_cumprod=self.alphas_cumprod.clone()))
+        return real(self, latents, noise, t)
+
+    monkeypatch.setattr(DDPMScheduler, "add_noise", add_noise)
+    hook = unet.register_forward_hook(lambda m, args, out: calls[-1].__setitem__("pred", out.sample.detach().float()))
+    return calls, hook
+
+
+def test_a_v_prediction_sdxl_model_trains_on_velocity_with_min_snr(tmp_path, data, monkeypatch):
+    """Each step's loss is min-SNR-weighted (gamma 5, velocity form min(SNR, 5) / (SNR + 1)) mean
+    squared error against the velocity alpha_t * noise - sigma_t * latents, written out here from
+    the noise and latents the step drew, on the zero-terminal-SNR schedule."""
     from charstudio.models.loading import load_components, resolve_model
 
     comps = load_components(resolve_model("tiny-sdxl"), dtype=torch.float32, prediction_type="v_prediction")
-    records = list(train_lora(_config(tmp_path, data, snr_gamma=5.0), components=comps))
-    assert all(np.isfinite(r.loss) for r in records)
+    calls, hook = _spy_objective(monkeypatch, comps["unet"])
+    try:
+        records = list(train_lora(_config(tmp_path, data, snr_gamma=5.0), components=comps))
+    finally:
+        hook.remove()
+    assert len(calls) == len(records) == 2  # batch 1, no accumulation: one UNet call a step
+    for call, record in zip(calls, records):
+        ac = call["alphas_cumprod"][call["t"]].double()
+        assert call["alphas_cumprod"][-1] == 0  # zero terminal SNR
+        a, s = ac.sqrt().view(-1, 1, 1, 1), (1 - ac).sqrt().view(-1, 1, 1, 1)
+        velocity = a * call["noise"].double() - s * call["latents"].double()
+        mse = ((call["pred"].double() - velocity) ** 2).mean(dim=(1, 2, 3))
+        snr = ac / (1 - ac)
+        expected = (torch.clamp(snr, max=5.0) / (snr + 1) * mse).mean().item()
+        assert record.loss == pytest.approx(expected, rel=1e-4)
+        # and it is neither the unweighted loss nor the loss against the noise
+        assert abs(mse.mean().item() - expected) > 1e-3 * expected or snr.item() < 1e-6
+        assert ((call["pred"].double() - call["noise"].double()) ** 2).mean().item() != pytest.approx(expected, rel=1e-2)
     info = json.loads((tmp_path / "lora" / "xl" / "training_config.json").read_text())
     assert info["resolved"]["prediction_type"] == "v_prediction"
 
