@@ -167,6 +167,13 @@ class LoraTrainingConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        self._check_names_and_paths()
+        self._check_choices()
+        self._check_sizes_and_steps()
+        self._check_optimizer()
+        self._check_extras()
+
+    def _check_names_and_paths(self) -> None:
         # Paths may arrive as Path objects from notebooks; the JSON record wants strings.
         self.data_dir = str(self.data_dir)
         self.output_dir = str(self.output_dir)
@@ -183,11 +190,15 @@ class LoraTrainingConfig:
                               "single-file checkpoint's base model, or leave it unset")
         if not self.trigger_word or any(c.isspace() for c in self.trigger_word):
             raise ConfigError("trigger_word", self.trigger_word, "use one word without spaces, e.g. 'sks'")
+
+    def _check_choices(self) -> None:
         check_choice("crop", self.crop, ("center", "buckets"))
         check_choice("lora_layers", self.lora_layers, tuple(UNET_LORA_LAYERS))
         check_choice("lr_scheduler", self.lr_scheduler, ("constant", "constant_with_warmup", "linear", "cosine"))
         check_choice("optimizer", self.optimizer, ("auto", "adamw", "adamw8bit"))
         check_choice("mixed_precision", self.mixed_precision, (None, "no", "fp16", "bf16"))
+
+    def _check_sizes_and_steps(self) -> None:
         if self.resolution is not None:
             self.resolution = check_int("resolution", self.resolution, 16)
             if self.resolution % 8:
@@ -202,6 +213,8 @@ class LoraTrainingConfig:
         self.lora_dropout = check_float("lora_dropout", self.lora_dropout)
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError("lora_dropout", self.lora_dropout, "use a value in [0, 1)")
+
+    def _check_optimizer(self) -> None:
         self.learning_rate = check_float("learning_rate", self.learning_rate, above=0)
         for name in ("text_encoder_lr", "text_encoder_2_lr"):
             if getattr(self, name) is not None:
@@ -220,6 +233,9 @@ class LoraTrainingConfig:
         self.max_grad_norm = check_float("max_grad_norm", self.max_grad_norm, 0)
         if self.snr_gamma is not None:
             self.snr_gamma = check_float("snr_gamma", self.snr_gamma, above=0)
+
+    def _check_extras(self) -> None:
+        """Pose conditioning, prior preservation, validation and checkpoints."""
         if self.controlnet is not None and not self.pose_conditioning:
             raise ConfigError("controlnet", self.controlnet, "set pose_conditioning=True to use it, or leave it unset")
         self.seed = check_int("seed", self.seed, 0)
