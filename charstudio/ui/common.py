@@ -1,5 +1,6 @@
 """Pieces every app shares: a background runner, a status line, a progress bar with a live
-preview, a gallery that remembers recipes, and small image helpers.
+preview, a gallery that remembers recipes, the design picker, and small image helpers. The
+shared Studio (loading, one run at a time, `RunHooks`) is in `session`.
 
 Threads: long work runs on a worker thread so the notebook stays responsive (the Cancel button
 must be clickable while a run is going). ipywidgets sends state changes from any thread, so
@@ -9,19 +10,23 @@ only works on the kernel's main thread.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import io
 import logging
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import ipywidgets as W
 
 from ..callbacks import CancelToken, StepProgress
 from ..errors import GenerationCancelled
+# Re-exported: notebooks and scripts import these from here (`from charstudio.ui.common import get_studio`).
+from .session import RunHooks, StudioSource, exclusive, get_studio, model_choices  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -324,73 +329,6 @@ class Gallery:
                           f"{self.max_items}); pick another")
 
 
-# --------------------------------------------------------------------------------------------
-# the model
-# --------------------------------------------------------------------------------------------
-_STUDIOS: dict[tuple[str, str | None], Any] = {}
-_STUDIO_LOCK = threading.Lock()
-
-
-def get_studio(model: str, device: str | None = None) -> Any:
-    """A Studio for `model`, loaded once per kernel and shared by every app (models are big)."""
-    from ..studio import Studio
-
-    key = (model.strip(), device)
-    with _STUDIO_LOCK:
-        if key not in _STUDIOS:
-            _STUDIOS[key] = Studio.from_pretrained(key[0], device=device)
-        return _STUDIOS[key]
-
-
-_RUN_LOCKS: dict[int, threading.Lock] = {}
-
-
-@contextlib.contextmanager
-def exclusive(studio: Any, token: CancelToken) -> Iterator[None]:
-    """One run at a time per studio, across apps: the apps share its pipelines and schedulers.
-
-    A second app waits here (and can still be cancelled while it waits). A job cancelled before
-    it gets here (between two pictures of a job that draws several) stops here.
-    """
-    token.check()
-    with _STUDIO_LOCK:
-        lock = _RUN_LOCKS.setdefault(id(studio), threading.Lock())
-    while not lock.acquire(timeout=0.2):
-        token.check()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def model_choices() -> list[str]:
-    """The model pickers' list: every preset, SD 1.x and SDXL (any path or hub id can be typed too)."""
-    from ..models.presets import PRESETS
-
-    return list(PRESETS)
-
-
-class StudioSource:
-    """The studio an app works with: one passed in, or loaded by model name on first use."""
-
-    def __init__(self, studio: Any = None, model: str = "mini", device: str | None = None):
-        self._studio = studio
-        self.model = model if studio is None else studio.model_id
-        self.device = device
-
-    def get(self, model: str | None = None) -> Any:
-        """The studio for `model` (default: the current one); loads it when it changed."""
-        model = (model or self.model).strip()
-        if self._studio is None or (model != self.model and model != getattr(self._studio, "model_id", None)):
-            self._studio = get_studio(model, self.device)
-            self.model = model
-        return self._studio
-
-    @property
-    def loaded(self) -> Any:
-        return self._studio
-
-
 class AppBase:
     """What every app shares: notebook display, waiting for its run, and its model.
 
@@ -411,78 +349,9 @@ class AppBase:
         return self.runner.wait(timeout)
 
     @property
-    def studio(self) -> Any:
+    def studio(self) -> Studio:
         """The loaded studio, loading the model named in the controls if needed."""
         return self.source.get(self.model.value)
-
-
-class RunHooks:
-    """A Studio seen through the app: every `run` gets the app's cancel token and progress.
-
-    Core functions such as `interpolation.interpolate` call `studio.run` several times but
-    take no cancel token or progress callback themselves; handing them this wrapper lets
-    Cancel stop them at the next step and lets the bar count frames. The Studio methods in
-    `ROUTED` run on the wrapper too (``hooked.expressions(...)``), so every picture a workflow
-    draws, and the start of each, passes the token: a cancelled job stops within one denoising
-    step, or before its next picture's preparation when it is between pictures.
-    """
-
-    # Studio methods that draw only through `make_config`, `run` and `run_batch`.
-    ROUTED = ("generate", "sheet", "turnaround", "expressions", "interpolate", "mix_styles", "pose_animation",
-              "lora_sweep", "inpaint", "detail")
-
-    def __init__(self, studio: Any, token: CancelToken, on_run: Callable[[int], None] | None = None,
-                 progress: Callable[[StepProgress], None] | None = None, callbacks: Sequence[Any] = ()):
-        self._studio = studio
-        self._token = token
-        self._on_run = on_run
-        self._progress = progress
-        self._callbacks = list(callbacks)
-        self.runs = 0
-
-    def __getattr__(self, name: str) -> Any:
-        studio = self.__dict__.get("_studio")
-        if studio is None:
-            raise AttributeError(name)
-        if name in RunHooks.ROUTED:
-            method = getattr(type(studio), name, None)
-            if callable(method):  # the Studio's own method, bound to this wrapper
-                import types
-
-                return types.MethodType(method, self)
-        return getattr(studio, name)
-
-    def run(self, config: Any, **kwargs: Any) -> Any:
-        return self._studio.run(config, **self._hook(1, kwargs))
-
-    def run_batch(self, configs: Any, **kwargs: Any) -> Any:
-        """`Studio.run_batch` with the app's hooks; its images count as that many renders."""
-        configs = list(configs)
-        return self._studio.run_batch(configs, **self._hook(len(configs), kwargs))
-
-    def _hook(self, renders: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-        self._token.check()
-        first = self.runs + 1
-        self.runs += renders
-        if self._on_run is not None:
-            self._on_run(self.runs)
-        # Core code may pass cancel=None / progress=None explicitly; those mean "not given".
-        if kwargs.get("cancel") is None:
-            kwargs["cancel"] = self._token
-        if self._progress is not None:
-            outer, report = kwargs.get("progress"), self._progress
-
-            def progress(p: StepProgress) -> None:
-                # Renders are counted over the whole job: this call's images start at `first`.
-                if outer is not None:
-                    outer(p)
-                report(StepProgress(image=first + p.image - 1, images=self.runs, step=p.step, steps=p.steps,
-                                    batch=p.batch))
-
-            kwargs["progress"] = progress
-        if self._callbacks:
-            kwargs["callbacks"] = [*(kwargs.get("callbacks") or ()), *self._callbacks]
-        return kwargs
 
 
 class DesignPicker:
@@ -522,7 +391,7 @@ class DesignPicker:
 
         choice = self.source.value or "prompt"
         if choice.startswith("card:"):
-            return choice[5:]
+            return picked_card(choice[5:])
         if choice.startswith("recipe:"):
             return self.gallery.recipe(int(choice[7:]))  # type: ignore[union-attr]
         text = self.prompt.value.strip()
@@ -533,6 +402,16 @@ class DesignPicker:
     def extra(self) -> str:
         """Extra words typed for a card (empty for prompts and recipes)."""
         return self.prompt.value.strip() if (self.source.value or "").startswith("card:") else ""
+
+
+def picked_card(name: str) -> str:
+    """A card name from a picker, checked when it is used: the picker listed the cards when the
+    app started, and a card deleted or renamed since must be refused by name (`load_character`),
+    not drawn as a prompt of its name."""
+    from ..character import load_character
+
+    load_character(name, field="card")
+    return name
 
 
 def labelled(label: str, widget: W.Widget, width: str = "110px") -> W.HBox:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import logging
 import os
 import random
@@ -15,45 +14,22 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from .common import (
-    model_choices,
     AppBase,
     Gallery,
     GalleryItem,
     ProgressPanel,
-    RunHooks,
     Runner,
     StatusLine,
-    StudioSource,
     blank_png,
     error_text,
-    exclusive,
     labelled,
+    picked_card,
     png_bytes,
 )
+from .pose_picker import PosePicker
+from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
 log = logging.getLogger(__name__)
-
-# Pixel sizes offered for width and height: SD 1.x's, and SDXL's training buckets
-# (1024x1024, 832x1216, 896x1152, 768x1344 and their transposes).
-SIZES = (64, 96, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832, 896, 960, 1024, 1152, 1216, 1344)
-POSE_THUMB = 72
-
-
-def _preset_defaults(model: str) -> tuple[int, float]:
-    """(steps, guidance) a model's preset suggests; SD's 25 and 7 for anything else."""
-    from ..models.presets import PRESETS
-
-    preset = PRESETS.get(model)
-    return (preset.default_steps, preset.default_guidance) if preset else (25, 7.0)
-
-
-def default_steps(model: str) -> int:
-    return _preset_defaults(model)[0]
-
-
-def default_guidance(model: str) -> float:
-    return _preset_defaults(model)[1]
-
 
 class ExploreApp(AppBase):
     """Controls -> `GenerationConfig` -> `studio.run`, with previews, Cancel and a gallery.
@@ -90,19 +66,11 @@ class ExploreApp(AppBase):
                                        tooltip="weight of the second style")
 
         # 2. Pose: thumbnails of the library, plus uploads (a pose JSON, or a picture to detect a pose in).
-        self.custom_poses: dict[str, Any] = {}
-        self.pose_order: list[str] = []  # selected poses in the order they were clicked
-        self.pose_buttons: dict[str, W.ToggleButton] = {}
-        self.pose_grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {POSE_THUMB + 36}px)",
-                                                   max_height="250px", overflow="auto", width="560px"))
-        self.pose_upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
-                                        description="pose file/picture")
-        self.pose_upload.observe(self._on_upload, names="value")
-        self.pose_label = W.HTML(value="selected: none (no ControlNet)")
+        self.status = StatusLine()
+        self.poses = PosePicker(self.status, lambda *a, **k: self.runner.start(*a, **k))
         self.pose_strength = W.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, readout_format=".2f")
         self.consistency = W.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, readout_format=".2f",
                                          tooltip="Sheet: reference attention to the first pose (0 = off)")
-        self._build_pose_grid()
 
         # 3. Sampling.
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
@@ -139,7 +107,6 @@ class ExploreApp(AppBase):
         self.sheet_button = W.Button(description="Sheet", icon="th", tooltip="the card across the selected poses")
         self.save_button = W.Button(description="Save", icon="save", tooltip="save the selected picture as PNG")
         self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
-        self.status = StatusLine()
         self.progress = ProgressPanel()
         self.image = W.Image(value=blank_png(), format="png", layout=W.Layout(width="320px"))
         self.recipe_view = W.HTML(value="")
@@ -163,7 +130,8 @@ class ExploreApp(AppBase):
         ])
         poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
                                "Sheet all of them)"),
-                        self.pose_label, self.pose_grid, W.HBox([self.pose_upload, W.Label("pose strength"), self.pose_strength]),
+                        self.poses.label, self.poses.grid,
+                        W.HBox([self.poses.upload, W.Label("pose strength"), self.pose_strength]),
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view])
@@ -173,96 +141,30 @@ class ExploreApp(AppBase):
                         (self.status.widget, "status"), (self.recipe_view, "recipe"), (self.prompt, "prompt")):
             w.add_class(f"charstudio-{name}")
 
-    # -- display ---------------------------------------------------------------------------------
+    # -- poses (the picker: `pose_picker.PosePicker`) ------------------------------------------
+    @property
+    def pose_order(self) -> list[str]:
+        """The selected poses in the order they were clicked."""
+        return self.poses.order
 
-    # -- poses -----------------------------------------------------------------------------------
-    def _build_pose_grid(self) -> None:
-        from ..pose import list_poses, load_pose
-
-        cells = []
-        for name in list_poses():
-            try:
-                thumb = load_pose(name).render(POSE_THUMB, POSE_THUMB)
-            except Exception as exc:  # one broken library file must not hide the others
-                log.warning("pose %s cannot be shown: %s", name, exc)
-                continue
-            cells.append(self._pose_cell(name, thumb))
-        self.pose_grid.children = tuple(cells)
-
-    def _pose_cell(self, name: str, thumb: Any) -> W.VBox:
-        button = W.ToggleButton(value=False, description=name.replace("_", " ")[:16], tooltip=name,
-                                layout=W.Layout(width=f"{POSE_THUMB + 30}px"))
-        button.observe(lambda ch, n=name: self._pose_toggled(n, ch["new"]), names="value")
-        self.pose_buttons[name] = button
-        return W.VBox([W.Image(value=png_bytes(thumb), format="png", layout=W.Layout(width=f"{POSE_THUMB}px")),
-                       button])
-
-    def _pose_toggled(self, name: str, on: bool) -> None:
-        if on and name not in self.pose_order:
-            self.pose_order.append(name)
-        elif not on and name in self.pose_order:
-            self.pose_order.remove(name)
-        chosen = ", ".join(n.replace("_", " ") for n in self.pose_order)
-        self.pose_label.value = f"selected: {html.escape(chosen)}" if chosen else "selected: none (no ControlNet)"
+    @property
+    def pose_buttons(self) -> dict[str, W.ToggleButton]:
+        return self.poses.buttons
 
     def select_poses(self, names: list[str]) -> None:
         """Select exactly these poses (library names or uploaded/restored ones), in this order."""
-        unknown = [n for n in names if n not in self.pose_buttons]
-        if unknown:
-            raise ConfigError("pose", unknown[0], f"choose from {', '.join(self.pose_buttons)}")
-        for n, b in self.pose_buttons.items():
-            if n not in names:
-                b.value = False
-        self.pose_order = []
-        for n in names:
-            self.pose_buttons[n].value = False
-            self.pose_buttons[n].value = True
+        self.poses.select(names)
 
     def add_pose(self, name: str, pose: Any, select: bool = True) -> str:
         """Add a pose (a `Pose`) to the picker under `name` (made unique) and select it."""
-        base, i = name, 1
-        while name in self.pose_buttons:
-            i += 1
-            name = f"{base}-{i}"
-        self.custom_poses[name] = pose
-        cell = self._pose_cell(name, pose.render(POSE_THUMB, POSE_THUMB))
-        self.pose_grid.children = (cell, *self.pose_grid.children)
-        if select:
-            self.pose_buttons[name].value = True
-        return name
-
-    def _pose(self, name: str) -> Any:
-        from ..pose import load_pose
-
-        return self.custom_poses[name] if name in self.custom_poses else load_pose(name)
-
-    def _on_upload(self, change: dict) -> None:
-        for f in change["new"] or ():
-            self.load_pose_file(f["name"], bytes(f["content"]))
+        return self.poses.add(name, pose, select)
 
     def load_pose_file(self, filename: str, data: bytes) -> None:
         """A pose JSON is read at once; a picture goes to the pose detector in the background."""
-        from ..pose import Pose, load_pose
+        self.poses.load_file(filename, data)
 
-        stem = os.path.splitext(os.path.basename(filename))[0] or "upload"
-        if filename.lower().endswith(".json"):
-            try:
-                pose = load_pose(json.loads(data.decode("utf-8")))
-            except Exception as exc:
-                self.status.error(f"pose file {filename}: {error_text(exc)}")
-                return
-            self.add_pose(stem, pose)
-            self.status.ok(f"added pose {stem!r} from {filename}")
-            return
-
-        def detect(token: CancelToken) -> Any:
-            from ..io_utils import open_image
-
-            return Pose.from_image(open_image(data, "pose picture", filename))
-
-        self.runner.start(f"detecting the pose in {filename}", detect,
-                          on_done=lambda pose: (self.add_pose(stem, pose),
-                                                self.status.ok(f"added pose {stem!r} detected in {filename}")))
+    def _pose(self, name: str) -> Any:
+        return self.poses.get(name)
 
     # -- controls <-> recipe ----------------------------------------------------------------------
     def controls(self) -> dict[str, Any]:
@@ -358,7 +260,7 @@ class ExploreApp(AppBase):
     def _subject(values: dict[str, Any]) -> tuple[str, str]:
         """(card name or prompt, extra words)."""
         if values["card"]:
-            return values["card"], values["prompt"].strip()
+            return picked_card(values["card"]), values["prompt"].strip()
         return values["prompt"].strip(), ""
 
     @staticmethod
@@ -451,7 +353,7 @@ class ExploreApp(AppBase):
                 raise ConfigError("style", style_a or "(card's own)", "pick a first style to mix with the second")
             from ..character import load_character
 
-            style_a = load_character(values["card"]).style
+            style_a = load_character(values["card"], field="card").style
             if not style_a:
                 raise ConfigError("style", "(card's own)", f"card {values['card']!r} has no style; pick one")
         if style_a == style_b:

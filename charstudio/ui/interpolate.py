@@ -14,24 +14,20 @@ from ..config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
 from ..models.presets import preset_examples
 from .common import (
-    model_choices,
     AppBase,
     DesignPicker,
     Gallery,
     ProgressPanel,
-    RunHooks,
     Runner,
     StatusLine,
-    StudioSource,
     TempFiles,
     blank_png,
     error_text,
-    exclusive,
     figure_png,
     labelled,
     png_bytes,
 )
-from .explore import SIZES, default_guidance, default_steps
+from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
 log = logging.getLogger(__name__)
 

@@ -13,22 +13,19 @@ from ..callbacks import CancelToken, StepProgress
 from ..config import MAX_SEED, GenerationConfig
 from ..models.presets import preset_examples
 from .common import (
-    model_choices,
     AppBase,
     DesignPicker,
     ProgressPanel,
     Runner,
     StatusLine,
-    StudioSource,
     TempFiles,
     blank_png,
     error_text,
-    exclusive,
     labelled,
     png_bytes,
     step_hook,
 )
-from .explore import SIZES, default_guidance, default_steps
+from .session import SIZES, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
 log = logging.getLogger(__name__)
 

@@ -16,21 +16,18 @@ import ipywidgets as W
 from ..callbacks import CancelToken
 from ..errors import ConfigError
 from .common import (
-    model_choices,
     AppBase,
     Gallery,
     ProgressPanel,
-    RunHooks,
     Runner,
     StatusLine,
-    StudioSource,
     blank_png,
     error_text,
-    exclusive,
     figure_png,
     labelled,
     png_bytes,
 )
+from .session import RunHooks, StudioSource, exclusive, model_choices
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,14 @@ from .common import (
     AppBase,
     DesignPicker,
     ProgressPanel,
-    RunHooks,
     Runner,
     StatusLine,
-    StudioSource,
     blank_png,
-    exclusive,
     labelled,
-    model_choices,
     png_bytes,
 )
+from .session import RunHooks, StudioSource, default_steps, exclusive, model_choices
 from ..workflows.masks import REGIONS
-from .explore import default_steps
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,132 @@
+"""The Explore app's pose picker: the pose library as toggle thumbnails, plus uploads (a pose
+JSON, read at once, or a picture the OpenPose detector reads in the background)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from typing import Any, Callable
+
+import ipywidgets as W
+
+from ..callbacks import CancelToken
+from ..errors import ConfigError
+from .common import StatusLine, error_text, png_bytes
+
+log = logging.getLogger(__name__)
+
+POSE_THUMB = 72
+
+
+class PosePicker:
+    """Pose thumbnails to toggle, selected in the order they were clicked.
+
+    `order` holds the selected names; `get(name)` gives the Pose. `start(label, job, on_done)`
+    runs the detection of an uploaded picture (the app's `Runner.start`), and `status` shows
+    what an upload did.
+    """
+
+    def __init__(self, status: StatusLine, start: Callable[..., bool]):
+        self.status = status
+        self._start = start
+        self.custom: dict[str, Any] = {}
+        self.order: list[str] = []  # selected poses in the order they were clicked
+        self.buttons: dict[str, W.ToggleButton] = {}
+        self.grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {POSE_THUMB + 36}px)",
+                                              max_height="250px", overflow="auto", width="560px"))
+        self.upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
+                                   description="pose file/picture")
+        self.upload.observe(self._on_upload, names="value")
+        self.label = W.HTML(value="selected: none (no ControlNet)")
+        self._build_grid()
+
+    def _build_grid(self) -> None:
+        from ..pose import list_poses, load_pose
+
+        cells = []
+        for name in list_poses():
+            try:
+                thumb = load_pose(name).render(POSE_THUMB, POSE_THUMB)
+            except Exception as exc:  # one broken library file must not hide the others
+                log.warning("pose %s cannot be shown: %s", name, exc)
+                continue
+            cells.append(self._cell(name, thumb))
+        self.grid.children = tuple(cells)
+
+    def _cell(self, name: str, thumb: Any) -> W.VBox:
+        button = W.ToggleButton(value=False, description=name.replace("_", " ")[:16], tooltip=name,
+                                layout=W.Layout(width=f"{POSE_THUMB + 30}px"))
+        button.observe(lambda ch, n=name: self._toggled(n, ch["new"]), names="value")
+        self.buttons[name] = button
+        return W.VBox([W.Image(value=png_bytes(thumb), format="png", layout=W.Layout(width=f"{POSE_THUMB}px")),
+                       button])
+
+    def _toggled(self, name: str, on: bool) -> None:
+        if on and name not in self.order:
+            self.order.append(name)
+        elif not on and name in self.order:
+            self.order.remove(name)
+        chosen = ", ".join(n.replace("_", " ") for n in self.order)
+        self.label.value = f"selected: {html.escape(chosen)}" if chosen else "selected: none (no ControlNet)"
+
+    def select(self, names: list[str]) -> None:
+        """Select exactly these poses (library names or uploaded/restored ones), in this order."""
+        unknown = [n for n in names if n not in self.buttons]
+        if unknown:
+            raise ConfigError("pose", unknown[0], f"choose from {', '.join(self.buttons)}")
+        for n, b in self.buttons.items():
+            if n not in names:
+                b.value = False
+        self.order = []
+        for n in names:
+            self.buttons[n].value = False
+            self.buttons[n].value = True
+
+    def add(self, name: str, pose: Any, select: bool = True) -> str:
+        """Add a pose (a `Pose`) to the picker under `name` (made unique) and select it."""
+        base, i = name, 1
+        while name in self.buttons:
+            i += 1
+            name = f"{base}-{i}"
+        self.custom[name] = pose
+        cell = self._cell(name, pose.render(POSE_THUMB, POSE_THUMB))
+        self.grid.children = (cell, *self.grid.children)
+        if select:
+            self.buttons[name].value = True
+        return name
+
+    def get(self, name: str) -> Any:
+        """The Pose shown under `name`: an uploaded or restored one, else the library's."""
+        from ..pose import load_pose
+
+        return self.custom[name] if name in self.custom else load_pose(name)
+
+    def _on_upload(self, change: dict) -> None:
+        for f in change["new"] or ():
+            self.load_file(f["name"], bytes(f["content"]))
+
+    def load_file(self, filename: str, data: bytes) -> None:
+        """A pose JSON is read at once; a picture goes to the pose detector in the background."""
+        from ..pose import Pose, load_pose
+
+        stem = os.path.splitext(os.path.basename(filename))[0] or "upload"
+        if filename.lower().endswith(".json"):
+            try:
+                pose = load_pose(json.loads(data.decode("utf-8")))
+            except Exception as exc:
+                self.status.error(f"pose file {filename}: {error_text(exc)}")
+                return
+            self.add(stem, pose)
+            self.status.ok(f"added pose {stem!r} from {filename}")
+            return
+
+        def detect(token: CancelToken) -> Any:
+            from ..io_utils import open_image
+
+            return Pose.from_image(open_image(data, "pose picture", filename))
+
+        self._start(f"detecting the pose in {filename}", detect,
+                    on_done=lambda pose: (self.add(stem, pose),
+                                          self.status.ok(f"added pose {stem!r} detected in {filename}")))
