@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
-from .limits import check_count
-from .schedulers import DEFAULT_SCHEDULER, scheduler_spec
-from .validation import check_choice, check_float, check_int
+from ..errors import ConfigError
+from ..limits import check_count
+from ..schedulers import DEFAULT_SCHEDULER, scheduler_spec
+from ..validation import check_choice, check_float, check_int
+from .workflow_fields import check_workflow_fields
 
 RECIPE_VERSION = 1
 MAX_SEED = 2**32 - 1
@@ -78,7 +79,8 @@ class GenerationConfig:
     # Character workflows (charstudio.workflows), each off when empty. `regions`: regional
     # prompts (two characters in one picture, masked cross-attention); `hires`: the hires fix's
     # upscale and second pass; `detail`: the detail pass over body parts; `inpaint`: redraw a
-    # masked part of a source picture. Each module's `check` validates and normalises its field.
+    # masked part of a source picture. Each field's schema (charstudio.recipe.<field>, registered
+    # in recipe.workflow_fields) validates and normalises it.
     regions: list[dict] = field(default_factory=list)
     hires: dict | None = None
     detail: dict | None = None
@@ -113,7 +115,7 @@ class GenerationConfig:
             "controlnet_conditioning_scale", self.controlnet_conditioning_scale, 0.0, 5.0)
         self.control_guidance_start = check_float("control_guidance_start", self.control_guidance_start, 0.0, 1.0)
         self.control_guidance_end = check_float("control_guidance_end", self.control_guidance_end, 0.0, 1.0)
-        from .pose.drawing import POSE_LINES
+        from ..pose.drawing import POSE_LINES
 
         self.pose_lines = check_choice("pose_lines", self.pose_lines, POSE_LINES)
         if self.control_guidance_start >= self.control_guidance_end:
@@ -147,9 +149,7 @@ class GenerationConfig:
             raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "
                               "e.g. {'easynegative': 'embeddings/easynegative.safetensors'}")
         self.embeddings = dict(self.embeddings)
-        from .workflows import check_workflows
-
-        check_workflows(self)
+        check_workflow_fields(self)
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import GenerationConfig
-from .errors import ConfigError, FileFieldError, InputFileError
-from .models.family import family_of_recipe
-from .schedulers import SCHEDULERS, scheduler_spec
+from ..errors import ConfigError, FileFieldError, InputFileError
+from ..models.family import family_of_recipe
+from ..schedulers import SCHEDULERS, scheduler_spec
+from .hires import A1111_UPSCALERS, DEFAULT_STRENGTH
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,6 @@ def hires_fields(hires: dict | None) -> list[tuple[str, Any]]:
     its PIL Lanczos resize)."""
     if not hires:
         return []
-    from .workflows.hires import A1111_UPSCALERS
-
     fields: list[tuple[str, Any]] = [("Hires upscale", _num(hires["scale"]))]
     if hires.get("steps"):
         fields.append(("Hires steps", hires["steps"]))
@@ -172,8 +171,6 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
 def _parse_hires(values: dict[str, str], out: dict[str, Any], field: Any, size: Any) -> dict[str, Any] | None:
     """The recipe's `hires` from A1111's hires fields (see hires_fields); None (with a warning)
     for a second pass at the first pass's size, which is no upscale."""
-    from .workflows.hires import DEFAULT_STRENGTH
-
     if "Hires upscale" in values:
         scale = field("Hires upscale", float, "an upscale factor, e.g. 1.5")
     else:  # "Hires resize: WxH" (a target size instead of a factor); a 0 side follows the other
@@ -206,7 +203,7 @@ def png_info(config: GenerationConfig):
 def read_recipe(path: str | Path, family: Any = None) -> tuple[Any, GenerationConfig]:
     """Read an image and its recipe (our JSON chunk, else A1111 `parameters`, read for `family`:
     see parse_parameters)."""
-    from .io_utils import open_image
+    from ..io_utils import open_image
 
     p = Path(path)
     if not p.is_file():

@@ -9,75 +9,40 @@ card, LoRA weights, seed; no pose: the ControlNet was trained on whole figures),
 pasted with a soft seam (`masks.soft_mask`). Outside each part's box, beyond the seam, no pixel
 changes.
 
-The recipe's ``detail`` field is ``{"parts": [...], "strength": 0.35, "steps": N, "padding":
-0.15, "seam": 4}`` (``True`` means these defaults, steps being the recipe's). Each redraw is an
-img2img run of ``steps`` at ``strength``: the last int(steps * strength) steps run, and at least
-one; where steps * strength is under 1 the field records ``steps: 1``, the step that ran (the
-guard `hires.img2img_steps`), which re-runs the same picture. `Studio.run`
-applies it after drawing, so a PNG re-runs it. In a sheet with reference attention the redraws
-are ordinary runs made while the sheet's reference attention is on: a layer uses the anchor's
-recording where its shapes match and runs plain where they do not. The pass adds no reference of
-its own (its effect on a sheet's consistency is not measured).
+The recipe's ``detail`` field (checked and normalised by `charstudio.recipe.detail`) is
+``{"parts": [...], "strength": 0.35, "steps": N, "padding": 0.15, "seam": 4}`` (``True`` means
+these defaults, steps being the recipe's). Each redraw is an img2img run of ``steps`` at
+``strength``: the last int(steps * strength) steps run, and at least one; where steps * strength
+is under 1 the field records ``steps: 1``, the step that ran (the guard
+`recipe.steps.img2img_steps`), which re-runs the same picture. `Studio.run`
+(`workflows.run.run_recipe`) applies it after drawing, so a PNG re-runs it. In a sheet with
+reference attention the redraws are ordinary runs made while the sheet's reference attention is
+on: a layer uses the anchor's recording where its shapes match and runs plain where they do not.
+The pass adds no reference of its own (its effect on a sheet's consistency is not measured).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import ConfigError
-from ..validation import check_float, check_int
-from . import masks as M
+from ..recipe.detail import DEFAULT_PARTS, DEFAULT_STRENGTH, check, check_parts  # noqa: F401 - importable here
+from ..recipe.hires import picture_size
+from .masks import Box, DEFAULT_PADDING, DEFAULT_SEAM, box_mask, paste, pose_boxes, soft_mask
+from .shared import picture_pose, supported_rescale
+
+if TYPE_CHECKING:
+    from ..recipe.config import GenerationConfig
+    from ..result import Result
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PARTS = ("face", "hands")
-DEFAULT_STRENGTH = 0.35
 
-
-def check(value: Any, config: Any) -> dict:
-    """Validate and normalise a recipe's ``detail`` field; parts the recipe's pose lacks are
-    refused here, before anything is drawn."""
-    if value is True:
-        value = {}
-    if not isinstance(value, dict):
-        raise ConfigError("detail", value, "True, or a dict with parts, strength, steps, padding, seam")
-    unknown = set(value) - {"parts", "strength", "steps", "padding", "seam"}
-    if unknown:
-        raise ConfigError("detail", sorted(unknown), "only the keys parts, strength, steps, padding, seam")
-    from .hires import img2img_steps
-
-    parts = check_parts(value.get("parts", DEFAULT_PARTS))
-    strength = check_float("detail.strength", value.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0)
-    steps = check_int("detail.steps", value.get("steps", config.num_inference_steps), 1, 1000)
-    spec = {"parts": parts, "strength": strength,
-            # The steps that run: at least one (the one img2img steps guard; see the module docstring).
-            "steps": img2img_steps(steps, strength, "detail.strength").recorded,
-            "padding": check_float("detail.padding", value.get("padding", M.DEFAULT_PADDING), 0.0, 2.0),
-            "seam": check_int("detail.seam", value.get("seam", M.DEFAULT_SEAM), 0, 64)}
-    if config.pose is not None:
-        for part in parts:
-            M.pose_boxes(config.pose, part, config.width, config.height, spec["padding"], "detail.parts")
-    return spec
-
-
-def check_parts(parts: Any) -> list[str]:
-    """Part names as a list: from a list or ``"face,hands"``; each one of `masks.REGIONS`, once."""
-    if isinstance(parts, str):
-        parts = [p.strip() for p in parts.split(",") if p.strip()]
-    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, str) for p in parts):
-        raise ConfigError("detail.parts", parts, f"one or more of {', '.join(M.REGIONS)}, e.g. ['face', 'hands']")
-    for part in parts:
-        if part not in M.REGIONS:
-            raise ConfigError("detail.parts", part, f"one of {', '.join(M.REGIONS)}")
-    if len(set(parts)) != len(parts):
-        raise ConfigError("detail.parts", list(parts), "each part once")
-    return list(parts)
-
-
-def detail(studio: Any, result: Any, parts: Iterable[str] | str = DEFAULT_PARTS, *,
-           strength: float = DEFAULT_STRENGTH, steps: int | None = None, padding: float = M.DEFAULT_PADDING,
-           seam: int = M.DEFAULT_SEAM, prompt: Any = None, seed: int | None = None, detector: Any = None,
+def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PARTS, *,
+           strength: float = DEFAULT_STRENGTH, steps: int | None = None, padding: float = DEFAULT_PADDING,
+           seam: int = DEFAULT_SEAM, prompt: Any = None, seed: int | None = None, detector: Any = None,
            progress: Any = None, cancel: Any = None) -> Any:
     """Redraw ``parts`` of each picture of ``result`` (a `Result`, a PNG path or a PIL image) and
     return a `Result` whose recipes record the pass (``detail``).
@@ -138,23 +103,19 @@ def _outside(item: Any) -> tuple[Any, Any]:
         recipe = Result.from_png(item).recipe
     except (InputFileError, ConfigError):
         return picture, None
-    from .hires import picture_size
-
     return picture, recipe if picture_size(recipe) == picture.size else None
 
 
-def part_boxes(picture: Any, recipe: Any, detector: Any = None) -> list[tuple[str, M.Box]]:
+def part_boxes(picture: Any, recipe: GenerationConfig, detector: Any = None) -> list[tuple[str, Box]]:
     """(part, box) for each of the recipe's detail parts, from its pose or the detector."""
-    from .inpaint import picture_pose
-
     spec = recipe.detail
     pose = picture_pose(picture, recipe.pose, detector)
     return [(part, box) for part in spec["parts"]
-            for box in M.pose_boxes(pose, part, picture.width, picture.height, spec["padding"], "detail.parts")]
+            for box in pose_boxes(pose, part, picture.width, picture.height, spec["padding"], "detail.parts")]
 
 
-def apply_detail(studio: Any, config: Any, result: Any, progress: Any = None, cancel: Any = None,
-                 boxes: list[list[tuple[str, M.Box]]] | None = None, detector: Any = None) -> Any:
+def apply_detail(studio: Studio, config: GenerationConfig, result: Result, progress: Any = None, cancel: Any = None,
+                 boxes: list[list[tuple[str, Box]]] | None = None, detector: Any = None) -> Result:
     """Run the recipe's detail pass over each picture of ``result`` (`Studio.run` calls this after
     drawing); the recipes keep their ``detail`` field. ``boxes``: per picture, (part, box) pairs
     already placed (else from each recipe's pose, or the detector)."""
@@ -175,13 +136,13 @@ def apply_detail(studio: Any, config: Any, result: Any, progress: Any = None, ca
     return Result(images, recipes, {**result.extras, "before_detail": list(result.images), "detail_boxes": placed})
 
 
-def redraw_box(studio: Any, recipe: Any, picture: Any, box: M.Box, progress: Any = None, cancel: Any = None) -> Any:
+def redraw_box(studio: Studio, recipe: GenerationConfig, picture: Any, box: Box, progress: Any = None,
+               cancel: Any = None) -> Any:
     """Redraw one box of ``picture`` at the model's native size with ``recipe`` (its ``detail``
     settings) and paste it back; pixels beyond the seam around ``box`` are kept exactly."""
     from PIL import Image
 
     from ..models.vae import vae_factor
-    from .inpaint import supported_rescale
 
     spec = recipe.detail
     width, height = picture.size
@@ -210,5 +171,5 @@ def redraw_box(studio: Any, recipe: Any, picture: Any, box: M.Box, progress: Any
     # 4. Back to the crop's size, pasted with the soft seam around the box.
     candidate = picture.copy()
     candidate.paste(redrawn.resize((cw, ch), Image.LANCZOS), crop[:2])
-    alpha = M.soft_mask(M.box_mask(box, width, height), spec["seam"])
-    return M.paste(picture, candidate, alpha)
+    alpha = soft_mask(box_mask(box, width, height), spec["seam"])
+    return paste(picture, candidate, alpha)

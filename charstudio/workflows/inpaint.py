@@ -1,6 +1,7 @@
 """Inpainting: redraw the masked part of a picture under a prompt (or a card), keep the rest.
 
-The recipe's ``inpaint`` field records everything a re-run needs::
+The recipe's ``inpaint`` field (checked and normalised by `charstudio.recipe.inpaint`) records
+everything a re-run needs::
 
     {"source": {"recipe": {...}}                       # a charstudio picture: its own recipe
             or {"path": "...", "sha256": "..."},        # an outside picture: file and pixel digest
@@ -9,7 +10,7 @@ The recipe's ``inpaint`` field records everything a re-run needs::
           or {"picture": "<base64 1-bit PNG>", "sha256": "..."},
      "strength": 0.75, "seam": 4}
 
-`Studio.run` on such a recipe re-draws the source from its recipe (or reads the outside file,
+`Studio.run` on such a recipe (`workflows.run.run_recipe`) re-draws the source from its recipe (or reads the outside file,
 refusing it when it is gone or its pixels changed), resolves the mask, and redraws:
 
 - a 4-channel UNet runs the img2img path with a step callback that puts the source's latents,
@@ -19,7 +20,7 @@ refusing it when it is gone or its pixels changed), resolves the mask, and redra
 
 On both, the last int(steps * strength) of the recipe's steps run, and at least one: where
 that is none, one runs and the recipe records 1 step, which re-runs the same picture (the one
-img2img steps guard, `hires.img2img_steps`).
+img2img steps guard, `recipe.steps.img2img_steps`).
 
 Either way the decoded picture is pasted over the source with a soft seam (`masks.soft_mask`):
 inside the mask the redrawn pixels, then a ``seam``-pixel fade, and beyond it the source's
@@ -33,81 +34,47 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, InputFileError
+from ..recipe.config import GenerationConfig
+from ..recipe.hires import picture_size
+from ..recipe.inpaint import DEFAULT_STRENGTH, check, check_mask_spec  # noqa: F401 - importable here
+from ..recipe.steps import img2img_steps
 from ..validation import check_float, check_int
-from . import masks as M
+from .masks import (
+    DEFAULT_PADDING,
+    DEFAULT_SEAM,
+    REGIONS,
+    box_mask,
+    check_box,
+    check_not_empty,
+    decode_mask,
+    encode_mask,
+    latent_mask,
+    mask_from_picture,
+    mask_sha256,
+    paste,
+    picture_sha256,
+    region_mask,
+    soft_mask,
+)
+from .shared import picture_pose, supported_rescale
+
+if TYPE_CHECKING:
+    from ..result import Result
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRENGTH = 0.75
-
-
-# -- the recipe field ----------------------------------------------------------------------
-def check(value: Any, config: Any) -> dict:
-    """Validate and normalise a recipe's ``inpaint`` field (see the module docstring)."""
-    if not isinstance(value, dict):
-        raise ConfigError("inpaint", type(value).__name__, "a dict with source, mask, strength and seam")
-    unknown = set(value) - {"source", "mask", "strength", "seam"}
-    if unknown:
-        raise ConfigError("inpaint", sorted(unknown), "only the keys source, mask, strength, seam")
-    if config.hires:
-        raise ConfigError("hires", config.hires, "none on an inpainting recipe: it keeps its source picture's size")
-    source = value.get("source")
-    if isinstance(source, dict) and isinstance(source.get("recipe"), dict) and len(source) == 1:
-        from ..config import GenerationConfig
-
-        inner = GenerationConfig.from_dict(source["recipe"])
-        if inner.num_images != 1:
-            raise ConfigError("inpaint.source.recipe.num_images", inner.num_images, "1: one source picture")
-        from .hires import picture_size
-
-        if picture_size(inner) != (config.width, config.height):
-            raise ConfigError("inpaint.source", "{}x{}".format(*picture_size(inner)),
-                              f"a source the recipe's size, {config.width}x{config.height}")
-        source = {"recipe": inner.to_dict()}
-    elif (isinstance(source, dict) and set(source) == {"path", "sha256"} and isinstance(source["sha256"], str)
-          and (source["path"] is None or isinstance(source["path"], str))):
-        source = {"path": source["path"], "sha256": source["sha256"]}
-    else:
-        raise ConfigError("inpaint.source", source, "{'recipe': {...}} (a charstudio picture) or "
-                                                    "{'path': ..., 'sha256': ...} (an outside picture)")
-    strength = check_float("inpaint.strength", value.get("strength", DEFAULT_STRENGTH), hi=1.0, above=0.0)
-    from .hires import img2img_steps
-
-    img2img_steps(config.num_inference_steps, strength, "inpaint.strength")  # a strength too low for one step
-    seam = check_int("inpaint.seam", value.get("seam", M.DEFAULT_SEAM), 0, 64)
-    mask = check_mask_spec(value.get("mask"), config.width, config.height)
-    return {"source": source, "mask": mask, "strength": strength, "seam": seam}
-
-
-def check_mask_spec(spec: Any, width: int, height: int, field: str = "inpaint.mask") -> dict:
-    """A recorded mask: exactly one of ``box``, ``region`` (with ``padding``) or ``picture``."""
-    if not isinstance(spec, dict) or len({"box", "region", "picture"} & set(spec)) != 1:
-        raise ConfigError(field, spec, "{'box': [l, t, r, b]}, {'region': 'face', 'padding': 0.15} or "
-                                       "{'picture': <base64 PNG>}")
-    if "box" in spec:
-        return {"box": list(M.check_box(spec["box"], width, height, field))}
-    if "region" in spec:
-        if spec["region"] not in M.REGIONS:
-            raise ConfigError(field, spec["region"], f"one of {', '.join(M.REGIONS)}")
-        padding = check_float(f"{field}.padding", spec.get("padding", M.DEFAULT_PADDING), 0.0, 2.0)
-        return {"region": spec["region"], "padding": padding}
-    mask = M.decode_mask(spec["picture"], field)
-    if mask.shape != (height, width):
-        raise ConfigError(field, f"{mask.shape[1]}x{mask.shape[0]} picture", f"a mask of {width}x{height}")
-    M.check_not_empty(mask, field)
-    return {"picture": spec["picture"], "sha256": M.mask_sha256(mask)}
-
 
 # -- the public call -----------------------------------------------------------------------
-def inpaint(studio: Any, image_or_result: Any, mask: Any, prompt: Any = None, *,
-            strength: float = DEFAULT_STRENGTH, seed: int | None = None, seam: int = M.DEFAULT_SEAM,
-            padding: float = M.DEFAULT_PADDING, detector: Any = None, progress: Any = None, cancel: Any = None,
-            **settings: Any) -> Any:
+def inpaint(studio: Studio, image_or_result: Any, mask: Any, prompt: Any = None, *,
+            strength: float = DEFAULT_STRENGTH, seed: int | None = None, seam: int = DEFAULT_SEAM,
+            padding: float = DEFAULT_PADDING, detector: Any = None, progress: Any = None, cancel: Any = None,
+            **settings: Any) -> Result:
     """Redraw the masked part of a picture; everything beyond ``seam`` pixels outside the mask
     keeps the picture's pixels exactly.
 
@@ -156,17 +123,6 @@ def inpaint(studio: Any, image_or_result: Any, mask: Any, prompt: Any = None, *,
     return studio.run(config, init_image=image, progress=progress, cancel=cancel)
 
 
-def supported_rescale(studio: Any, kind: str, value: float) -> float:
-    """``value``, or 0 when the pipeline of ``kind`` has no CFG rescale (diffusers' SD 1.x img2img
-    pipelines; a v-prediction model's recipe asks for 0.7 by default)."""
-    import inspect
-
-    if value and "guidance_rescale" not in inspect.signature(studio.pipeline(kind).__call__).parameters:
-        log.info("%s has no CFG rescale: guidance_rescale %.2f -> 0", kind, value)
-        return 0.0
-    return value
-
-
 def _read_source(item: Any) -> tuple[Any, Any, dict]:
     """(picture, its charstudio recipe or None, the recipe's `source` record)."""
     from PIL import Image
@@ -183,7 +139,7 @@ def _read_source(item: Any) -> tuple[Any, Any, dict]:
         return item.images[0].convert("RGB"), recipe, {"recipe": recipe.to_dict()}
     if isinstance(item, Image.Image):
         image = item.convert("RGB")
-        return image, None, {"path": None, "sha256": M.picture_sha256(image)}
+        return image, None, {"path": None, "sha256": picture_sha256(image)}
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
         image = open_image(path, "image").convert("RGB")
@@ -191,11 +147,9 @@ def _read_source(item: Any) -> tuple[Any, Any, dict]:
             recipe = Result.from_png(path).recipe
         except (InputFileError, ConfigError):
             recipe = None  # an outside picture (or one whose recipe is unreadable): recorded by digest
-        from .hires import picture_size
-
         if recipe is not None and picture_size(recipe) == image.size:
             return image, recipe, {"recipe": recipe.to_dict()}
-        return image, None, {"path": str(path.resolve()), "sha256": M.picture_sha256(image)}
+        return image, None, {"path": str(path.resolve()), "sha256": picture_sha256(image)}
     raise ConfigError("image", type(item).__name__, "a Result, a PNG path or a PIL image")
 
 
@@ -203,43 +157,34 @@ def _mask_spec(mask: Any, width: int, height: int, padding: float) -> tuple[dict
     """The recipe's mask record for what the caller gave, and the mask array for a picture."""
     from PIL import Image
 
-    if isinstance(mask, str) and mask in M.REGIONS:
+    if isinstance(mask, str) and mask in REGIONS:
         return {"region": mask, "padding": check_float("padding", padding, 0.0, 2.0)}, None
     is_file = isinstance(mask, (str, os.PathLike)) and Path(mask).is_file()
     if isinstance(mask, (tuple, list)) or (isinstance(mask, str) and "," in mask and not is_file):
-        return {"box": list(M.check_box(mask, width, height))}, None
+        return {"box": list(check_box(mask, width, height))}, None
     if isinstance(mask, (Image.Image, np.ndarray, os.PathLike)) or isinstance(mask, str):
         if not is_file and not isinstance(mask, (Image.Image, np.ndarray)):
-            raise ConfigError("mask", mask, f"one of {', '.join(M.REGIONS)}, a box 'left,top,right,bottom' or "
+            raise ConfigError("mask", mask, f"one of {', '.join(REGIONS)}, a box 'left,top,right,bottom' or "
                                             "a mask picture file")
-        array = M.mask_from_picture(mask, width, height)
-        return {"picture": M.encode_mask(array), "sha256": M.mask_sha256(array)}, array
+        array = mask_from_picture(mask, width, height)
+        return {"picture": encode_mask(array), "sha256": mask_sha256(array)}, array
     raise ConfigError("mask", type(mask).__name__, f"a mask picture, a box (left, top, right, bottom) or one of "
-                                                   f"{', '.join(M.REGIONS)}")
+                                                   f"{', '.join(REGIONS)}")
 
 
 def _resolve_mask(spec: dict, width: int, height: int, image: Any, pose: Any, detector: Any = None) -> np.ndarray:
     if "box" in spec:
-        return M.box_mask(tuple(spec["box"]), width, height)
+        return box_mask(tuple(spec["box"]), width, height)
     if "picture" in spec:
-        return M.check_not_empty(M.decode_mask(spec["picture"]))
-    return M.region_mask(picture_pose(image, pose, detector), spec["region"], width, height, spec["padding"])
-
-
-def picture_pose(image: Any, pose: Any = None, detector: Any = None) -> Any:
-    """The pose of a picture: the one it was drawn with (a Pose, a group or pose-editor JSON,
-    fitted to the picture by `masks.region_boxes`), else the OpenPose detector's
-    (`Pose.from_image`; ``detector`` as it takes)."""
-    from ..pose import Pose
-
-    return pose if pose is not None else Pose.from_image(image, detector=detector)
+        return check_not_empty(decode_mask(spec["picture"]))
+    return region_mask(picture_pose(image, pose, detector), spec["region"], width, height, spec["padding"])
 
 
 # -- running a recipe ----------------------------------------------------------------------
-def run_inpaint(studio: Any, config: Any, *, callbacks: Any = (), progress: Any = None, cancel: Any = None,
-                control_image: Any = None, latents: Any = None, embeddings: Any = None, init_image: Any = None,
-                strength: float = 0.6) -> Any:
-    """Run an inpainting recipe (`Studio.run` calls this): get the source, redraw the mask, paste."""
+def run_inpaint(studio: Studio, config: GenerationConfig, *, callbacks: Any = (), progress: Any = None,
+                cancel: Any = None, control_image: Any = None, latents: Any = None, embeddings: Any = None,
+                init_image: Any = None, strength: float = 0.6) -> Result:
+    """Run an inpainting recipe (`workflows.run.run_recipe` calls this): get the source, redraw the mask, paste."""
     from ..result import Result
 
     spec = config.inpaint
@@ -251,28 +196,22 @@ def run_inpaint(studio: Any, config: Any, *, callbacks: Any = (), progress: Any 
     source_pose = spec["source"].get("recipe", {}).get("pose") if "recipe" in spec["source"] else None
     # 2. The mask and its soft seam.
     mask = _resolve_mask(spec["mask"], config.width, config.height, source, config.pose or source_pose)
-    alpha = M.soft_mask(mask, spec["seam"])
+    alpha = soft_mask(mask, spec["seam"])
     # 3. Redraw, then paste over the source.
     plain = config.replace(inpaint=None, detail=None)
     if int(studio.components["unet"].config.in_channels) == 9:
         drawn = _run_inpaint_pipeline(studio, plain, source, alpha, spec["strength"], callbacks, progress, cancel)
     else:
         drawn = _run_latent_blend(studio, plain, source, alpha, spec["strength"], callbacks, progress, cancel)
-    images = [M.paste(source, im, alpha) for im in drawn.images]
+    images = [paste(source, im, alpha) for im in drawn.images]
     recipes = [r.replace(inpaint=spec, detail=config.detail) for r in drawn.recipes]
-    result = Result(images, recipes, {**drawn.extras, "source_image": source, "mask": alpha})
-    # 4. A detail pass recorded with it comes after.
-    if config.detail:
-        from .detail import apply_detail
-
-        result = apply_detail(studio, config, result, progress=progress, cancel=cancel)
-    return result
+    # (A detail pass recorded with it comes after: run_recipe runs it.)
+    return Result(images, recipes, {**drawn.extras, "source_image": source, "mask": alpha})
 
 
-def _source_picture(studio: Any, source: dict, given: Any, progress: Any, cancel: Any) -> Any:
+def _source_picture(studio: Studio, source: dict, given: Any, progress: Any, cancel: Any) -> Any:
     """The source picture: ``given`` (checked against an outside picture's digest), else drawn
     again from its recipe, else read from its file and checked."""
-    from ..config import GenerationConfig
     from ..io_utils import open_image
 
     if "recipe" in source and given is not None:
@@ -293,14 +232,14 @@ def _source_picture(studio: Any, source: dict, given: Any, progress: Any, cancel
                                  "pass it with studio.run(recipe, init_image=picture)")
         picture = open_image(path, "inpaint source").convert("RGB")
         where = repr(path)
-    if M.picture_sha256(picture) != source["sha256"]:
+    if picture_sha256(picture) != source["sha256"]:
         raise InputFileError(f"inpaint.source.sha256={source['sha256'][:12]}...: {where} is not the picture this "
                              "recipe inpainted (its pixels changed)")
     return picture
 
 
-def _run_latent_blend(studio: Any, config: Any, source: Any, alpha: np.ndarray, strength: float,
-                      callbacks: Any, progress: Any, cancel: Any) -> Any:
+def _run_latent_blend(studio: Studio, config: GenerationConfig, source: Any, alpha: np.ndarray, strength: float,
+                      callbacks: Any, progress: Any, cancel: Any) -> Result:
     """img2img from the source with the latents outside the mask reset to the source's, noised to
     each step's level (a 4-channel UNet)."""
     import torch
@@ -308,7 +247,7 @@ def _run_latent_blend(studio: Any, config: Any, source: Any, alpha: np.ndarray, 
     from ..models.vae import vae_factor
 
     original = studio.encode(source)  # (1, 4, h, w), scaled as the UNet sees it
-    cells = M.latent_mask(alpha, vae_factor(studio.components["vae"]))
+    cells = latent_mask(alpha, vae_factor(studio.components["vae"]))
     keep_new = torch.from_numpy(cells).to(original.device, original.dtype)[None, None]
     noise = torch.randn(original.shape, generator=torch.Generator("cpu").manual_seed(config.seed),
                         dtype=torch.float32).to(original.device, original.dtype)
@@ -330,8 +269,8 @@ def _run_latent_blend(studio: Any, config: Any, source: Any, alpha: np.ndarray, 
                       progress=progress, cancel=cancel)
 
 
-def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarray, strength: float,
-                          callbacks: Any, progress: Any, cancel: Any) -> Any:
+def _run_inpaint_pipeline(studio: Studio, config: GenerationConfig, source: Any, alpha: np.ndarray, strength: float,
+                          callbacks: Any, progress: Any, cancel: Any) -> Result:
     """diffusers' inpainting pipeline (a 9-channel UNet): the UNet sees the mask and the masked
     source itself. One call per image, image i with seed + i."""
     import torch
@@ -340,7 +279,6 @@ def _run_inpaint_pipeline(studio: Any, config: Any, source: Any, alpha: np.ndarr
     from ..callbacks import chain
     from ..result import Result
     from ..schedulers import make_scheduler
-    from .hires import img2img_steps
 
     if config.pose is not None:
         log.info("the inpainting pipeline runs without the ControlNet: the pose is not used")

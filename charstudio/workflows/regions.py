@@ -13,7 +13,8 @@ layer's resolution: inside a box the region's prompt rules, outside every box th
 This is done for the conditional rows of the classifier-free-guidance batch only; the
 unconditional rows keep the negative prompt, unless a region gives its own ``negative_prompt``.
 
-Each region:
+The field (each region's keys below) is checked and normalised by `charstudio.recipe.regions`;
+its names stay importable from here. Each region:
 
 - ``prompt`` (text) or ``character`` (a card name: its subject becomes the region's prompt,
   resolved once when the recipe is made and recorded, so a re-run never depends on the card);
@@ -36,153 +37,28 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import ConfigError
-from ..limits import check_list
-from ..validation import check_float
+from ..recipe.regions import (  # noqa: F401 - the field's names, importable from here as before
+    EXAMPLE,
+    HALVES,
+    MAX_REGIONS,
+    REGION_KEYS,
+    box_pixels,
+    check,
+    check_region_list,
+    parse_region,
+)
+
+if TYPE_CHECKING:
+    from ..recipe.config import GenerationConfig
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
-HALVES = ("left", "right", "top", "bottom")
-REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap")
-# Tighter than the bound every other list shares (limits.MAX_ITEMS): each region costs one more
-# cross-attention pass in every layer at every step, and two to four characters is the use.
-MAX_REGIONS = 8
-EXAMPLE = '[{"prompt": "a girl with red hair", "box": "left"}, {"prompt": "a boy with blue hair", "box": "right"}]'
 
-
-# -- the recipe field ------------------------------------------------------------------------------
-def check_region_list(regions: Any, name: str = "regions") -> list:
-    """The regions as a list, at most `MAX_REGIONS` (`limits.check_list`, before any per-region work)."""
-    return check_list(name, regions, MAX_REGIONS, "regions", why="each region adds a cross-attention pass to "
-                      "every layer at every step", advice="merge regions that share a prompt")
-
-
-def check(value: Any, config: Any) -> list[dict]:
-    """Validate and normalise a recipe's ``regions`` (see the module docstring).
-
-    A region naming a ``character`` card without a ``prompt`` gets the card's subject as its
-    prompt here, so the recipe records the text it was drawn with. Raises `ConfigError` naming
-    the region and the field."""
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ConfigError("regions", value, f"a list of regions, each a prompt and a box, e.g. {EXAMPLE}")
-    value = check_region_list(value)
-    regions = [_check_region(i, spec, config) for i, spec in enumerate(value)]
-    _check_overlaps(regions, config)
-    return regions
-
-
-def _check_region(i: int, spec: Any, config: Any) -> dict:
-    name = f"regions[{i}]"
-    if not isinstance(spec, dict) or not spec:
-        raise ConfigError(name, spec, f"a dict with a prompt (or character) and a box, e.g. {EXAMPLE}")
-    unknown = sorted(set(spec) - set(REGION_KEYS))
-    if any(k in ("lora", "loras", "lora_weight") for k in unknown):
-        raise ConfigError(f"{name}.lora", spec.get("lora", spec.get("loras", spec.get("lora_weight"))),
-                          "per-region LoRA weights are not possible (a LoRA scales whole layers, not pixels): "
-                          "put the LoRA in the recipe's loras, where it acts on the whole picture")
-    if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}", spec[unknown[0]], f"not a region field; use {', '.join(REGION_KEYS)}")
-    region: dict[str, Any] = {}
-    prompt, card = spec.get("prompt"), spec.get("character")
-    if card is not None and (not isinstance(card, str) or not card.strip()):
-        raise ConfigError(f"{name}.character", card, "a character card's name (see `charstudio cards`)")
-    if prompt is None and card is not None:
-        prompt = _card_prompt(name, card)
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ConfigError(f"{name}.prompt", prompt, "the region's prompt (text), or a character card's name as "
-                          "'character'")
-    region["prompt"] = prompt.strip()
-    negative = spec.get("negative_prompt", "")
-    if not isinstance(negative, str):
-        raise ConfigError(f"{name}.negative_prompt", negative, "text (or leave it out: the recipe's negative is used)")
-    if negative.strip():
-        region["negative_prompt"] = negative.strip()
-    if card is not None:
-        region["character"] = card.strip()
-    region["box"] = _check_box(f"{name}.box", spec.get("box"), spec.get("canvas"), config)
-    if not isinstance(region["box"], str):
-        # Pixel boxes keep the size they were given for, so that a pass at another size (the
-        # hires fix's second pass) scales them with the picture.
-        region["canvas"] = list(spec.get("canvas") or (config.width, config.height))
-    region["weight"] = check_float(f"{name}.weight", spec.get("weight", 1.0), 0.0, 1.0)
-    if region["weight"] == 0.0:
-        raise ConfigError(f"{name}.weight", 0, "a weight above 0 up to 1 (0 would leave the region's prompt unused)")
-    overlap = spec.get("overlap", False)
-    if not isinstance(overlap, bool):
-        raise ConfigError(f"{name}.overlap", overlap, "True or False")
-    if overlap:
-        region["overlap"] = True
-    return region
-
-
-def _card_prompt(name: str, card: str) -> str:
-    from ..character import load_character
-
-    character = load_character(card)  # a ConfigError naming the known cards when there is none
-    if character.lora:
-        log.warning("%s: card %r names the LoRA %r, which is not applied to one region (a LoRA acts on the "
-                    "whole picture); add it to the recipe's loras if you want it", name, card, character.lora)
-    return character.subject
-
-
-def _check_box(name: str, box: Any, canvas: Any, config: Any) -> Any:
-    if isinstance(box, str):
-        if box.strip().lower() not in HALVES:
-            raise ConfigError(name, box, f"one of {', '.join(HALVES)} or [x0, y0, x1, y1] in pixels")
-        return box.strip().lower()
-    width, height = config.width, config.height
-    if canvas is not None:  # the picture size the box was given for (recorded with pixel boxes)
-        if not isinstance(canvas, (list, tuple)) or len(canvas) != 2:
-            raise ConfigError(name.replace(".box", ".canvas"), canvas, "[width, height] in pixels")
-        width, height = (_whole(name.replace(".box", ".canvas"), v) for v in canvas)
-        if width < 8 or height < 8:
-            raise ConfigError(name.replace(".box", ".canvas"), canvas, "[width, height], at least 8 pixels each")
-    if not isinstance(box, (list, tuple)) or len(box) != 4:
-        raise ConfigError(name, box, f"'left', 'right', 'top', 'bottom' or [x0, y0, x1, y1] in pixels of the "
-                          f"{width}x{height} picture, e.g. [0, 0, {width // 2}, {height}]")
-    x0, y0, x1, y1 = (_whole(name, v) for v in box)
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ConfigError(name, list(box), f"a box inside the {width}x{height} picture with x0 < x1 <= {width} "
-                          f"and y0 < y1 <= {height}")
-    return [x0, y0, x1, y1]
-
-
-def _whole(name: str, v: Any) -> int:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(name, v, "whole numbers of pixels [x0, y0, x1, y1]")
-    return v
-
-
-def box_pixels(region: dict, width: int, height: int) -> tuple[int, int, int, int]:
-    """A region's box as (x0, y0, x1, y1) pixels of a width x height picture (a pixel box given
-    for another picture size, its ``canvas``, is scaled to this one)."""
-    box = region["box"]
-    if isinstance(box, str):
-        return {"left": (0, 0, width // 2, height), "right": (width // 2, 0, width, height),
-                "top": (0, 0, width, height // 2), "bottom": (0, height // 2, width, height)}[box]
-    cw, ch = region.get("canvas") or (width, height)
-    x0, y0, x1, y1 = box
-    return (round(x0 * width / cw), round(y0 * height / ch), round(x1 * width / cw), round(y1 * height / ch))
-
-
-def _check_overlaps(regions: list[dict], config: Any) -> None:
-    boxes = [box_pixels(r, config.width, config.height) for r in regions]
-    for i in range(len(boxes)):
-        for j in range(i):
-            a, b = boxes[i], boxes[j]
-            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and not (
-                    regions[i].get("overlap") or regions[j].get("overlap")):
-                raise ConfigError(f"regions[{i}].box", regions[i]["box"],
-                                  f"overlaps regions[{j}]'s box {regions[j]['box']}: move it, or allow it with "
-                                  "\"overlap\": True")
-
-
+# -- drawing -------------------------------------------------------------------------------------
 def region_masks(regions: list[dict], width: int, height: int) -> Any:
     """The regions' weights per pixel, a float tensor (R, height, width): each region's weight in its
     box, shared by weight where boxes overlap, so that no pixel sums to more than 1 (the scene
@@ -197,7 +73,6 @@ def region_masks(regions: list[dict], width: int, height: int) -> Any:
     return torch.where(total > 1, masks / total.clamp(min=1e-8), masks)
 
 
-# -- drawing -------------------------------------------------------------------------------------
 class _RegionState:
     """What every wrapped cross-attention layer shares: the prompts' embeddings, the masks at the
     latent resolution, the CFG layout and a cache of masks per layer size."""
@@ -279,7 +154,7 @@ def _replace_text(encoder_hidden_states: Any, rows: slice, emb: Any) -> Any:
 
 
 @contextmanager
-def regional_attention(studio: Any, config: Any) -> Iterator[None]:
+def regional_attention(studio: Studio, config: GenerationConfig) -> Iterator[None]:
     """While inside, the studio's UNet draws the recipe's regions (see the module docstring).
 
     Every cross-attention processor (attn2) is wrapped, not replaced, and the originals come
@@ -320,28 +195,3 @@ def regional_attention(studio: Any, config: Any) -> Iterator[None]:
         yield
     finally:
         unet.set_attn_processor(dict(original))  # diffusers pops from the dict it is given
-
-
-def parse_region(text: str, field_name: str = "--region") -> dict:
-    """A region from the command line's form: ``BOX:PROMPT`` where BOX is left, right, top, bottom
-    or ``x0,y0,x1,y1`` (pixels), and PROMPT is text or ``@card`` (a character card), e.g.
-    ``left:a girl with red hair``, ``64,0,128,64:a boy with blue hair``, ``right:@aiko``."""
-    if not isinstance(text, str) or ":" not in text:
-        raise ConfigError(field_name, text, "BOX:PROMPT, e.g. 'left:a girl with red hair', "
-                          "'64,0,128,64:a boy with blue hair' or 'right:@aiko' (a card)")
-    box_text, prompt = (part.strip() for part in text.split(":", 1))
-    if box_text.lower() in HALVES:
-        box: Any = box_text.lower()
-    else:
-        try:
-            box = [int(v) for v in box_text.split(",")]
-        except ValueError:
-            box = None
-        if box is None or len(box) != 4:
-            raise ConfigError(field_name, text, f"a box before ':' that is one of {', '.join(HALVES)} or x0,y0,x1,y1 "
-                              "in whole pixels")
-    if not prompt or prompt == "@":
-        raise ConfigError(field_name, text, "a prompt (or @card) after ':'")
-    if prompt.startswith("@"):
-        return {"character": prompt[1:].strip(), "box": box}
-    return {"prompt": prompt, "box": box}

@@ -1,0 +1,56 @@
+"""Running a recipe's workflows, in their one order: draw -> hires -> detail, or inpaint.
+
+`Studio.run` checks the recipe against its model and switches the recipe's LoRAs on, then hands
+it here. An inpainting recipe starts from its source picture (`inpaint.run_inpaint`); any other is
+drawn by the engine (`studio.draw`, with the regions' attention in place: `drawing_context`),
+then the hires fix upscales and redraws it. A recorded detail pass runs last, on either. So a
+recipe read back from a PNG re-runs the whole workflow.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, ContextManager
+
+if TYPE_CHECKING:
+    from ..recipe.config import GenerationConfig
+    from ..result import Result
+    from ..studio import Studio
+
+
+def run_recipe(studio: Studio, config: GenerationConfig, **run_args: Any) -> Result:
+    """Run `config`'s workflows on `studio`: inpaint, or draw then the hires fix; then the detail
+    pass. `run_args` are `Studio.run`'s (callbacks, progress, cancel, control_image, latents,
+    embeddings, init_image, strength), handed to the first pass."""
+    if config.inpaint:  # (never with the hires fix: recipe.inpaint refuses it)
+        from .inpaint import run_inpaint
+
+        first = run_inpaint(studio, config, **run_args)
+    else:
+        first = studio.draw(config, **run_args)
+    return after_drawing(studio, config, first, run_args.get("progress"), run_args.get("cancel"))
+
+
+def after_drawing(studio: Studio, config: GenerationConfig, result: Result, progress: Any = None,
+                  cancel: Any = None) -> Result:
+    """The workflows that follow a drawn `result` of `config`: the hires fix, then the detail pass
+    (`Studio.run_batch` calls this on each picture of a batch)."""
+    if config.hires:
+        from .hires import apply_hires
+
+        result = apply_hires(studio, config, result, progress=progress, cancel=cancel)
+    if config.detail:
+        from .detail import apply_detail
+
+        result = apply_detail(studio, config, result, progress=progress, cancel=cancel)
+    return result
+
+
+def drawing_context(studio: Studio, config: GenerationConfig) -> ContextManager[Any]:
+    """What must be in place while the recipe's picture is drawn: the regional prompts' attention
+    processors when the recipe has regions, else nothing."""
+    if not config.regions:
+        return nullcontext()
+    from .regions import regional_attention
+
+    return regional_attention(studio, config)
