@@ -16,7 +16,9 @@ same command again resumes where an interrupted run stopped:
 5. export - write a diffusers folder (plus ``controlnet/``) of safetensors to ``--out``, with
            ``mini_report.json`` holding the losses and the behaviour scores.
 
-Nothing here is pickled: weights and optimizer state are safetensors, the rest JSON.
+Nothing here is pickled: weights and optimizer state are safetensors, the rest JSON. The data
+(``mini.dataset``), the schedules (``mini.schedule``) and the export (``mini.export``) live
+beside this module.
 """
 
 from __future__ import annotations
@@ -24,10 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,11 @@ import numpy as np
 
 from ..io_utils import atomic_write
 from ..training import write_json
+from .dataset import add_strokes, figure_mask, make_dataset, sample_attributes, to_tensor
+from .dataset import latent_weight as _latent_weight
+from .export import export
+from .schedule import apply_snr_shift, loss_weight, lr_factor
+from .schedule import shifted_betas  # noqa: F401  (public here since the recipe began)
 
 log = logging.getLogger(__name__)
 
@@ -134,34 +138,6 @@ def _load_optimizer(path: Path, opt: Any) -> None:
     opt.load_state_dict(current)
 
 
-def _sample_seed(recipe: MiniRecipe, i: int) -> int:
-    return recipe.seed * 1_000_003 + i
-
-
-def sample_attributes(recipe: MiniRecipe, i: int) -> Any:
-    """The attributes of training sample ``i`` (the same draw `make_dataset` makes, without drawing)."""
-    from .world import random_attributes
-
-    return random_attributes(random.Random(_sample_seed(recipe, i)))
-
-
-def make_dataset(recipe: MiniRecipe) -> dict[str, np.ndarray]:
-    """Pictures, control images and captions of ``recipe.samples`` world characters."""
-    from .world import random_character, render
-
-    images = np.zeros((recipe.samples, recipe.size, recipe.size, 3), np.uint8)
-    controls = np.zeros_like(images)
-    captions = []
-    for i in range(recipe.samples):
-        attrs, pose = random_character(_sample_seed(recipe, i), recipe.size)
-        images[i] = np.asarray(render(attrs, pose))
-        controls[i] = np.asarray(pose.render(recipe.size, recipe.size))
-        captions.append(attrs.caption())
-        if i % 2000 == 0:
-            log.info("data: %d/%d", i, recipe.samples)
-    return {"images": images, "controls": controls, "captions": np.array(captions)}
-
-
 class _Bookkeeper:
     """Per-step bookkeeping of a phase: the mean loss every 10 steps, and every
     ``checkpoint_every`` steps (and at the end) a checkpoint, the state and a log line."""
@@ -187,62 +163,6 @@ class _Bookkeeper:
                      state.seconds[self.phase] / state.step)
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _to_tensor(batch: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def add_strokes(images: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
-    """A copy of an (N, H, W, 3) uint8 batch where about ``share`` of the pictures carry 1-3 thin
-    striped strokes (1-3 px wide, 2-6 stripes, a saturated colour of any hue against any other)."""
-    import colorsys
-
-    from PIL import Image, ImageDraw
-
-    out = images.copy()
-    size = images.shape[1]
-    for i in np.flatnonzero(rng.random(len(images)) < share):
-        im = Image.fromarray(out[i])
-        draw = ImageDraw.Draw(im)
-        for _ in range(int(rng.integers(1, 4))):
-            hsv = ((rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0)),
-                   (rng.random(), rng.random(), rng.uniform(0.2, 1.0)))
-            colours = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(*v)) for v in hsv]
-            start = rng.uniform(0, size, 2)
-            angle = rng.uniform(0, 2 * np.pi)
-            step = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(4, 20) * size / 64
-            stripes, width = int(rng.integers(2, 7)), int(rng.choice([1, 2, 2, 3]))
-            for k in range(stripes):
-                a0, a1 = start + step * k / stripes, start + step * (k + 1) / stripes
-                draw.line([tuple(a0), tuple(a1)], fill=colours[k % 2], width=width)
-        out[i] = np.asarray(im)
-    return out
-
-
-def _figure_mask(x: Any) -> Any:
-    """1 where a picture (N, 3, H, W in [-1, 1]) differs from its top-left (background) colour."""
-    background = x[:, :, :1, :1]
-    return ((x - background).abs().sum(dim=1, keepdim=True) > 0.15).float()
-
-
-def _latent_weight(images: np.ndarray, latent_size: int, foreground_weight: float) -> Any:
-    """Per-latent-cell loss weight: 1 + ``foreground_weight`` x the share of the cell's pixels
-    that belong to the figure, normalised to mean 1 per picture (so the loss keeps its scale)."""
-    import torch.nn.functional as F
-
-    mask = _figure_mask(_to_tensor(images))
-    w = 1.0 + foreground_weight * F.adaptive_avg_pool2d(mask, latent_size)
-    return w / w.mean(dim=(1, 2, 3), keepdim=True)
-
-
 def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: dict) -> None:
     import torch
 
@@ -261,16 +181,16 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: 
         batch = data["images"][rng.integers(0, n, recipe.vae_batch)]
         if recipe.vae_stroke_share > 0:
             batch = add_strokes(batch, rng, recipe.vae_stroke_share)
-        x = _to_tensor(batch)
+        x = to_tensor(batch)
         for g in opt.param_groups:
-            g["lr"] = recipe.vae_lr * _lr_factor(step, recipe.vae_steps, recipe.warmup)
+            g["lr"] = recipe.vae_lr * lr_factor(step, recipe.vae_steps, recipe.warmup)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
         out = vae.decode(z).sample
         # The figure is a small part of a flat background: weight its pixels up, or the VAE learns
         # the background well and the character's colours badly.
-        w = 1.0 + recipe.vae_foreground_weight * _figure_mask(x)
+        w = 1.0 + recipe.vae_foreground_weight * figure_mask(x)
         loss = (w * (out - x).abs()).mean() + (w * (out - x) ** 2).mean() + 1e-6 * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -293,7 +213,7 @@ def encode_latents(recipe: MiniRecipe, work: Path, data: dict, comps: dict) -> d
     means, stds = [], []
     with torch.no_grad():
         for i in range(0, len(data["images"]), 256):
-            dist = vae.encode(_to_tensor(data["images"][i:i + 256])).latent_dist
+            dist = vae.encode(to_tensor(data["images"][i:i + 256])).latent_dist
             means.append(dist.mean)
             stds.append(dist.std)
     out = {"mean": torch.cat(means), "std": torch.cat(stds)}
@@ -323,25 +243,14 @@ def _encode_text(comps: dict, captions: list[str]) -> Any:
     return comps["text_encoder"](ids)[0]
 
 
-def _loss_weight(snr: Any, gamma: float) -> Any:
-    """Per-sample weight of the v-prediction loss: the picture's (x0) error counts min(SNR, gamma) + 1.
-
-    Min-SNR alone (x0 weight min(SNR, gamma)) makes the noisiest steps, where the prompt decides
-    the colours, count ~0.01; the +1 floor lets them count as much as any picture error, and the
-    cap keeps the nearly clean steps from drowning the rest. For v, x0 error = v error / (SNR + 1).
-    """
-    return (snr.clamp(max=gamma) + 1) / (snr + 1)
-
-
-def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: _State, comps: dict) -> dict:
-    import torch
-    from diffusers import DDPMScheduler
-
-    te, unet, cn = comps["text_encoder"], comps["unet"], comps["controlnet"]
-    parts = {"text_encoder": te, "unet": unet, "controlnet": cn}
+def _resume_unet_parts(recipe: MiniRecipe, work: Path, parts: dict) -> tuple[list, list]:
+    """Load the UNet phase's parts (text encoder, UNet, ControlNet) from ``work`` where saved;
+    return their parameters and the EMA copies (saved ones, else fresh), spreading the token
+    embeddings (and their EMA copy) to ``token_embedding_std``."""
     for name, m in parts.items():
         if (work / f"{name}.safetensors").exists():
             m.load_state_dict(_load_tensors(work / f"{name}.safetensors"))
+    te = parts["text_encoder"]
     factor = _spread_token_embeddings(te, recipe.token_embedding_std)
     params = [p for m in parts.values() for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
@@ -352,6 +261,16 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         for i, p in enumerate(params):
             if p is embedding:
                 ema[i] = ema[i] * factor
+    return params, ema
+
+
+def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: _State, comps: dict) -> dict:
+    import torch
+    from diffusers import DDPMScheduler
+
+    te, unet, cn = comps["text_encoder"], comps["unet"], comps["controlnet"]
+    parts = {"text_encoder": te, "unet": unet, "controlnet": cn}
+    params, ema = _resume_unet_parts(recipe, work, parts)
     text_params = list(te.parameters())
     other = [p for m in (unet, cn) for p in m.parameters()]
     opt = torch.optim.AdamW([{"params": text_params, "lr_scale": recipe.text_lr_scale},
@@ -386,10 +305,10 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         noisy = sched.add_noise(z, noise, t)
         words = random.Random(int(rng.integers(2**31)))
         captions = [("" if rng.random() < recipe.caption_dropout else attrs[i].caption_variant(words)) for i in idx]
-        cond = _to_tensor(data["controls"][idx]) * 0.5 + 0.5  # the pipelines feed control images in [0, 1]
+        cond = to_tensor(data["controls"][idx]) * 0.5 + 0.5  # the pipelines feed control images in [0, 1]
         keep = torch.from_numpy(rng.random(len(idx)) >= recipe.control_dropout).float()
         for g in opt.param_groups:
-            g["lr"] = recipe.unet_lr * g["lr_scale"] * _lr_factor(step, recipe.unet_steps, recipe.warmup)
+            g["lr"] = recipe.unet_lr * g["lr_scale"] * lr_factor(step, recipe.unet_steps, recipe.warmup)
         text = _encode_text(comps, captions)
         down, mid = cn(noisy, t, text, cond, return_dict=False)
         k = keep.view(-1, 1, 1, 1)
@@ -398,7 +317,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
         err = (pred - target(z, noise, t)) ** 2
         if recipe.unet_foreground_weight > 0:
             err = err * _latent_weight(data["images"][idx], err.shape[-1], recipe.unet_foreground_weight)
-        loss = (_loss_weight(snr[t], recipe.snr_gamma) * err.mean(dim=(1, 2, 3))).mean()
+        loss = (loss_weight(snr[t], recipe.snr_gamma) * err.mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -415,50 +334,6 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
     for m in parts.values():
         m.eval()
     return parts
-
-
-def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict) -> Path:
-    """Write the diffusers folder (atomically: a temporary folder, then a rename)."""
-    from diffusers import StableDiffusionPipeline
-
-    from ..models.vae import vae_factor
-
-    comps["vae"].register_to_config(scaling_factor=float(state.scaling_factor), sample_size=recipe.size)
-    # The configs carry the training size, so the studio's default size is the one trained at.
-    comps["unet"].register_to_config(sample_size=recipe.size // vae_factor(comps["vae"]))
-    pipe = StableDiffusionPipeline(
-        vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
-        scheduler=comps["scheduler"], safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    comps["controlnet"].save_pretrained(tmp / "controlnet", safe_serialization=True)
-    report = {
-        "recipe": asdict(recipe),
-        "scaling_factor": state.scaling_factor,
-        "train_seconds": {k: round(v, 1) for k, v in state.seconds.items()},
-        "vae_loss": state.vae_losses,
-        "unet_loss": state.unet_losses,
-    }
-    if (work / "init_report.json").exists():  # a fine-tuning stage: keep the lineage
-        report["init"] = json.loads((work / "init_report.json").read_text())
-    (tmp / "mini_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    mask = os.umask(0)
-    os.umask(mask)
-    for f in tmp.rglob("*"):  # safetensors writes 0600 files; a shipped model must be readable by all
-        os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-    return out
 
 
 _INIT_FILES = {"vae": "vae/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
@@ -508,30 +383,6 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
     log.info("starting from %s: VAE phase skipped, fine-tuning the UNet phase", folder)
 
 
-def shifted_betas(alphas_cumprod: Any, shift: float) -> list[float]:
-    """Betas whose cumulative alphas have ``1/shift`` times the SNR of ``alphas_cumprod`` at every step."""
-    import torch
-
-    if not shift > 0:
-        from ..errors import ConfigError
-
-        raise ConfigError("snr_shift", shift, "a positive number (1 keeps the schedule; 4 for twice the size)")
-    ab = alphas_cumprod.double()
-    shifted = ab / (ab + shift * (1 - ab))
-    previous = torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
-    return (1 - shifted / previous).tolist()
-
-
-def _apply_snr_shift(recipe: MiniRecipe, comps: dict) -> None:
-    if recipe.snr_shift == 1.0:
-        return
-    sched = comps["scheduler"]
-    betas = shifted_betas(sched.alphas_cumprod, recipe.snr_shift)
-    comps["scheduler"] = type(sched).from_config(sched.config, trained_betas=betas)
-    log.info("noise schedule: SNR divided by %g (terminal SNR %.2e)", recipe.snr_shift,
-             float(comps["scheduler"].alphas_cumprod[-1] / (1 - comps["scheduler"].alphas_cumprod[-1])))
-
-
 def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     """Run (or resume) every phase; return the exported folder."""
     import torch
@@ -552,7 +403,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
     state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
-    _apply_snr_shift(recipe, comps)
+    apply_snr_shift(recipe, comps)
 
     if recipe.init_from and not (work / "state.json").exists():
         _start_from(recipe, work, state, comps)
