@@ -5,45 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from charstudio.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model/--device/--dtype/--allow-pickle, shared by every command that loads a model."""
-    p.add_argument("--model", default="mini",
-                   help="preset (mini, tiny, sd15), hub id, diffusers folder or .safetensors file "
-                        "(default: mini, the built-in 64 px model; tiny draws noise)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--controlnet", default=None, help="OpenPose ControlNet hub id or folder (default: the model's)")
-    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
-                   help="override what the model predicts (v_prediction for NoobAI v-pred and the like; "
-                        "single files that carry a v_pred key are detected)")
-    p.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the model in CPU memory and move each part to the GPU only while it runs, and decode "
-                        "in tiles (SDXL on a 12 GB card); default: chosen from the GPU's memory")
-    p.add_argument("--speed", default="default", choices=["default", "max"],
-                   help="max: the fast path for a GPU (SDPA, fused QKV, channels_last, torch.compile of the UNet, "
-                        "ControlNet and VAE decoder; the first picture of each size compiles, about a minute); "
-                        "on the CPU only fused QKV. $CHARSTUDIO_COMPILE_BACKEND / $CHARSTUDIO_COMPILE_MODE choose "
-                        "torch.compile's backend and mode")
-    add_checkpoint_file_args(p)
-
-
-def add_checkpoint_file_args(p: argparse.ArgumentParser) -> None:
-    """--allow-pickle/--config: what a single-file (A1111/civitai) checkpoint may need to load."""
-    p.add_argument("--allow-pickle", action="store_true", help="allow loading a pickled .ckpt you trust")
-    p.add_argument("--config", default=None,
-                   help="for a single-file checkpoint whose shapes are not SD 1.5's or SDXL's: diffusers folder or "
-                        "hub id of its base model (standard checkpoints load offline with the configs charstudio "
-                        "ships)")
-
-
-def add_lora_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora", action="append", default=[], metavar="NAME[:WEIGHT]",
-                   help="load a LoRA: a name under --lora-dir, a folder or a .safetensors file, at weight 1 unless "
-                        "given (zorbi:0.8); repeat the flag for several")
-    p.add_argument("--lora-dir", default="lora", help="where named LoRAs live (default: lora/)")
+from charstudio.cli.options import (add_control_scale_arg, add_embedding_args, add_hires_args, add_lora_args,
+                                    add_model_args, add_out_arg, add_sampling_args)
 
 
 def parse_loras(specs: list[str]) -> list[tuple[str, float]]:
@@ -73,15 +36,6 @@ def load_loras(studio, args: argparse.Namespace) -> None:
         studio.load_lora(source, weight=weight, lora_dir=args.lora_dir)
 
 
-def add_embedding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embedding", action="append", default=[], metavar="[WORD=]FILE_OR_NAME",
-                   help="load a textual-inversion embedding (A1111 .safetensors, SD 1.x or SDXL): a name under "
-                        "--embeddings-dir or a file; prompts write it as its file name unless WORD= is given "
-                        "(easynegative, or neg=downloads/EasyNegative.safetensors); repeat for several")
-    p.add_argument("--embeddings-dir", default="embeddings",
-                   help="where named embeddings live, for --embedding and cards (default: embeddings/)")
-
-
 def parse_embeddings(specs: list[str]) -> list[tuple[str, str | None]]:
     """`--embedding` values as (file or name, word or None); a leading 'WORD=' names the word."""
     parsed = []
@@ -95,36 +49,6 @@ def load_embeddings(studio, args: argparse.Namespace) -> None:
     studio.embeddings_dir = args.embeddings_dir
     for source, token in parse_embeddings(args.embedding):
         studio.load_embedding(source, token=token)
-
-
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--style", default=None, help="style preset (see `charstudio styles`); 'none' for no style")
-    p.add_argument("--seed", type=int, default=None, help="default: the card's seed, else random")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's, 25 for SD)")
-    p.add_argument("--guidance-rescale", type=float, default=None,
-                   help="CFG rescale 0..1 (default: 0.7 for v-prediction models, else 0)")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the model's; 7 for SD, 3 for mini)")
-    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
-    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's, 512 for SD)")
-    p.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help=f"one of {', '.join(SCHEDULERS)}")
-    p.add_argument("--negative", default=None, help="negative prompt (replaces the card's and style's)")
-    p.add_argument("--add", default="", help="extra words appended to the card's prompt, e.g. 'smiling, in a forest'")
-    p.add_argument("--allow-large", action="store_true",
-                   help="allow pictures over twice the model's native size a side (slow, and models repeat themselves)")
-
-
-def add_hires_args(p: argparse.ArgumentParser) -> None:
-    """The hires fix (charstudio.workflows.hires): draw at the model's size, upscale, redraw."""
-    p.add_argument("--hires", type=float, default=None, metavar="FACTOR",
-                   help="hires fix: draw at the model's size, upscale by FACTOR (> 1, e.g. 1.5) and redraw the large "
-                        "picture with a second img2img pass; the saved PNG is the larger size")
-    p.add_argument("--hires-strength", type=float, default=None,
-                   help="how far the upscaled picture is noised before the redraw, 0..1 (default 0.4)")
-    p.add_argument("--hires-steps", type=int, default=None,
-                   help="steps the second pass runs (default: the same as --steps)")
-    p.add_argument("--hires-upscaler", default=None, choices=["pixel", "latent"],
-                   help="pixel: Lanczos on the picture, then the VAE (default); latent: bilinear on the latents")
 
 
 def hires_setting(args: argparse.Namespace) -> dict | None:
@@ -208,6 +132,20 @@ def precheck(args: argparse.Namespace) -> None:
 
         get_style(args.style)
     hires_setting(args)  # --hires flags (when the command has them)
+    if getattr(args, "embedder", None):
+        check_embedder_folder(args.embedder)  # the sheet commands' score, computed after every picture
+
+
+def check_embedder_folder(name: str) -> None:
+    """A local --embedder folder, checked with the sheets' own folder check (`sheets.similarity`)
+    before the model loads: the score that needs it is computed only after the sheet is drawn. A
+    hub id is looked up when the score is computed."""
+    from charstudio.sheets import similarity
+
+    # similarity keeps these two private; a public folder check there would replace this pair.
+    folder = similarity._local_folder(name)
+    if folder is not None:
+        similarity._check_folder(name, folder)
 
 
 def load_studio(args: argparse.Namespace):
@@ -239,9 +177,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pose-lines", default=None, choices=["standard", "thick"],
                    help="how the pose is drawn for the ControlNet (default: thick for xinsir's SDXL ControlNets, "
                         "which were trained on thicker limbs, else standard)")
-    g.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale (with --pose)")
+    add_control_scale_arg(g, " (with --pose)")
     add_hires_args(g)
-    g.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    add_out_arg(g)
     add_lora_args(g)
     add_embedding_args(g)
     add_model_args(g)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from charstudio.cli.generate_commands import (add_embedding_args, add_lora_args, add_model_args, load_embeddings,
-                                              load_loras, load_studio, precheck)
+from charstudio.cli.generate_commands import load_embeddings, load_loras, load_studio, precheck
+from charstudio.cli.options import add_embedding_args, add_lora_args, add_model_args, add_out_arg, add_seed_arg, add_steps_arg
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", help="a PNG (a charstudio PNG re-runs from its recipe) or any picture")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    p.add_argument("--out", default="outputs", help="output folder (default: outputs)")
+    add_steps_arg(p)
+    add_out_arg(p)
     add_lora_args(p)
     add_embedding_args(p)
     add_model_args(p)
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    ".yaml) to draw there instead of a prompt")
     i.add_argument("--strength", type=float, default=0.75, help="how far the masked part is re-noised, 0..1 "
                                                                  "(default 0.75)")
-    i.add_argument("--seed", type=int, default=None, help="default: the picture's seed, else random")
+    add_seed_arg(i, "the picture's seed")
     i.add_argument("--padding", type=float, default=0.15, help="a body region's padding, a share of its size")
     i.set_defaults(func=cmd_inpaint)
 
@@ -51,6 +51,14 @@ def _picture(path: str):
     from charstudio.io_utils import open_image
 
     return open_image(path, "image")
+
+
+def _check_strength(args: argparse.Namespace) -> None:
+    """--strength by the recipe's own rule (`recipe.steps.img2img_steps`, which the detail and
+    inpaint fields' schemas apply): 0 < strength <= 1, and high enough that one step runs."""
+    from charstudio.recipe.steps import img2img_steps
+
+    img2img_steps(args.steps or 1, args.strength, field="--strength")
 
 
 def _check_mask(args: argparse.Namespace, size: tuple[int, int]) -> None:
@@ -80,7 +88,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from charstudio.validation import check_float
 
     precheck(args)
-    check_float("--strength", args.strength, hi=1.0, above=0.0)
+    _check_strength(args)
     check_float("--padding", args.padding, 0.0, 2.0)
     picture = _picture(args.image)
     _check_mask(args, picture.size)
@@ -103,11 +111,10 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_detail(args: argparse.Namespace) -> int:
     from charstudio.cli.progress import StepBar
     from charstudio.io_utils import check_output_dir, output_named
-    from charstudio.validation import check_float
     from charstudio.workflows.detail import check_parts
 
     precheck(args)
-    check_float("--strength", args.strength, hi=1.0, above=0.0)
+    _check_strength(args)
     parts = check_parts(args.parts)
     _picture(args.image)
     if args.prompt is None:  # a picture without a recipe needs its prompt: say so before the model loads

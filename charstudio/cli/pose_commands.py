@@ -7,7 +7,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from charstudio.cli.generate_commands import add_hires_args, add_lora_args, add_model_args, add_sampling_args
+    from charstudio.cli.options import add_hires_args, add_model_args, add_overwrite_arg, add_sampling_args, add_sheet_args
 
     p = sub.add_parser("poses", help="list the pose library")
     p.set_defaults(func=cmd_poses)
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--width", type=int, default=None, help="fit the pose into this width (default: its canvas)")
     r.add_argument("--height", type=int, default=None, help="fit the pose into this height (default: its canvas)")
     r.add_argument("--mirror", action="store_true", help="flip left and right")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    add_overwrite_arg(r, "an existing file")
     r.add_argument("--lines", default="standard", choices=["standard", "thick"],
                    help="limb width: standard (controlnet-aux's) or thick (for xinsir's SDXL ControlNets)")
     r.set_defaults(func=cmd_pose_render)
@@ -34,12 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("card", metavar="CARD_OR_PROMPT", help="a card name (see `charstudio cards`), a card .yaml, or a prompt")
     s.add_argument("--poses", required=True, help="comma-separated pose names or JSON files, e.g. standing_front,walking")
     add_sampling_args(s)
-    s.add_argument("--reference-strength", type=float, default=0.0,
-                   help="reference attention to the first pose (or --reference-image), 0..1 (default 0: off)")
+    add_sheet_args(s, reference_default=0.0, first="pose (or --reference-image)", each="pose")
     s.add_argument("--reference-image", default=None, help="image whose look the poses share (needs --reference-strength)")
-    s.add_argument("--different-noise", action="store_true", help="seed + i per pose instead of the same noise")
-    s.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
-    add_lora_args(s)
     from charstudio.models.family import FAMILIES
 
     def family_default(part: str) -> str:  # e.g. "SD 1.x: models, SDXL: sdxl_models"
@@ -56,13 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ip-adapter-image-encoder-folder", default=None,
                    help="CLIP image encoder: a folder name inside the subfolder, or a path from the root with a / "
                         f"(default: the model family's; {family_default('image_encoder_folder')})")
-    s.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
     add_hires_args(s)
-    s.add_argument("--embedder", default=None,
-                   help="CLIP vision model (hub id or folder) for the consistency score "
-                        "(default: openai/clip-vit-large-patch14 when available)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     add_model_args(s)
     s.set_defaults(func=cmd_sheet)
 
@@ -107,8 +97,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
     from charstudio.cli.generate_commands import hires_setting, load_loras, load_studio, precheck
     from charstudio.cli.progress import StepBar
-    from charstudio.errors import ConfigError, OutputError
-    from charstudio.io_utils import check_output_dir
+    from charstudio.errors import ConfigError
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
@@ -121,9 +110,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
     for p in poses:
         load_pose(p)  # fail on a typo now, not after the model load
-    out = check_output_dir(args.out, field="--out")  # made when the first picture is written
-    if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
-        raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
+    out = check_sheet_out(args)
     images = {}
     for flag in ("reference_image", "ip_adapter_image"):
         if getattr(args, flag):
@@ -161,6 +148,18 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     if not _is_main_process():
         return 0
     return write_sheet(result, studio, args, out)
+
+
+def check_sheet_out(args: argparse.Namespace):
+    """--out of a sheet command, checked before the model loads (the folder is made when the first
+    picture is written); a folder that holds a sheet already needs --overwrite."""
+    from charstudio.errors import OutputError
+    from charstudio.io_utils import check_output_dir
+
+    out = check_output_dir(args.out, field="--out")
+    if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
+        raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
+    return out
 
 
 def write_sheet(result, studio, args: argparse.Namespace, out) -> int:

@@ -7,20 +7,10 @@ import argparse
 
 def _add_sheet_args(p: argparse.ArgumentParser, reference_default: float) -> None:
     """What every sheet command shares with `charstudio sheet`: sampling, consistency, output, model."""
-    from charstudio.cli.generate_commands import add_lora_args, add_model_args, add_sampling_args
+    from charstudio.cli.options import add_model_args, add_sampling_args, add_sheet_args
 
     add_sampling_args(p)
-    p.add_argument("--reference-strength", type=float, default=reference_default,
-                   help=f"reference attention to the first picture, 0..1 (default {reference_default}; 0: off)")
-    p.add_argument("--different-noise", action="store_true", help="seed + i per picture instead of the same noise")
-    p.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
-    add_lora_args(p)
-    p.add_argument("--control-scale", type=float, default=1.0, help="ControlNet conditioning scale")
-    p.add_argument("--embedder", default=None,
-                   help="CLIP vision model (hub id or folder) for the consistency score "
-                        "(default: openai/clip-vit-large-patch14 when available)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    add_sheet_args(p, reference_default=reference_default, first="picture", each="picture")
     add_model_args(p)
 
 
@@ -58,16 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_expressions)
 
 
-def _check_out(args: argparse.Namespace):
-    from charstudio.errors import OutputError
-    from charstudio.io_utils import check_output_dir
-
-    out = check_output_dir(args.out, field="--out")  # made when the first picture is written
-    if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
-        raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
-    return out
-
-
 def _sheet_settings(args: argparse.Namespace, bar) -> dict:
     return dict(seed=args.seed, reference_strength=args.reference_strength, same_noise=not args.different_noise,
                 use_lora=not args.no_lora, embedder=args.embedder, compute_score=True if args.embedder else None,
@@ -85,6 +65,7 @@ def _write(result, studio, args: argparse.Namespace, out) -> int:
 
 def cmd_turnaround(args: argparse.Namespace) -> int:
     from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
     from charstudio.pose import load_pose
     from charstudio.workflows.turnaround import resolve_views
@@ -94,7 +75,7 @@ def cmd_turnaround(args: argparse.Namespace) -> int:
     views = resolve_views(args.views, field="--views")
     for view in views:
         load_pose(view.pose)
-    out = _check_out(args)
+    out = check_sheet_out(args)
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)
@@ -105,6 +86,7 @@ def cmd_turnaround(args: argparse.Namespace) -> int:
 
 def cmd_expressions(args: argparse.Namespace) -> int:
     from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
     from charstudio.pose import load_pose
     from charstudio.workflows.expressions import PORTRAIT, resolve_expressions
@@ -114,7 +96,7 @@ def cmd_expressions(args: argparse.Namespace) -> int:
     expressions = resolve_expressions(args.expressions, field="--expressions")
     if args.pose is not None and args.pose.strip().lower() != PORTRAIT:
         load_pose(args.pose)  # a typo fails now, not after the model load
-    out = _check_out(args)
+    out = check_sheet_out(args)
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 import types
 
-from charstudio.cli.generate_commands import add_checkpoint_file_args
+from charstudio.cli.options import add_checkpoint_file_args, add_lora_dir_arg, add_overwrite_arg
 
 
 def _training_defaults() -> types.SimpleNamespace:
@@ -92,20 +92,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                    help="default: bf16/fp16 on CUDA, no on CPU")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint of NAME")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing LoRA of the same name")
+    add_overwrite_arg(t, "an existing LoRA of the same name")
     t.set_defaults(func=cmd_train_lora)
 
     i = sub.add_parser("lora-info", help="describe a LoRA file (format, rank, alpha, base model)")
     i.add_argument("lora", metavar="FILE_OR_NAME")
-    i.add_argument("--lora-dir", default="lora")
+    add_lora_dir_arg(i)
     i.set_defaults(func=cmd_lora_info)
 
     c = sub.add_parser("lora-convert", help="rewrite a LoRA in kohya/A1111 or diffusers format")
     c.add_argument("src", metavar="FILE_OR_NAME")
     c.add_argument("dst", metavar="OUT.safetensors")
     c.add_argument("--to", choices=["kohya", "diffusers"], required=True)
-    c.add_argument("--overwrite", action="store_true")
-    c.add_argument("--lora-dir", default="lora")
+    add_overwrite_arg(c, "an existing OUT.safetensors")
+    add_lora_dir_arg(c)
     c.set_defaults(func=cmd_lora_convert)
 
 
