@@ -62,9 +62,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def pixels(image):
-    import numpy as np
-
-    return np.asarray(image.convert("RGB"), dtype=np.int16)

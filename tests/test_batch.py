@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 
 from test_sheets import _tiny_ip_adapter
+from helpers import pixels as px
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(num_inference_steps=3, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping", "waving"]
-
-
-def px(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def unet_batches(studio):

@@ -8,15 +8,12 @@ import pytest
 from charstudio.errors import ConfigError
 from charstudio.models.loading import packaged_model_dir
 from charstudio.workflows import masks as M
+from helpers import pixels as arr
 
 MINI = packaged_model_dir("mini")
 pytestmark = pytest.mark.skipif(not (MINI / "model_index.json").is_file(), reason="mini weights not built")
 STEPS = 8
 PROMPT = "a girl with long red hair, a blue dress"
-
-
-def arr(image):
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from charstudio.character import Character
 from charstudio.config import GenerationConfig
 from charstudio.errors import CardError, ConfigError
 from charstudio.schedulers import make_scheduler
-from conftest import pixels
+from helpers import pixels
 from offload_spy import count_offload_hooks, count_tiled_decodes
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),

@@ -9,7 +9,7 @@ import torch
 from charstudio import CancelToken, GenerationCancelled, Result
 from charstudio.schedulers import SCHEDULERS, make_scheduler
 from a1111_oracle import assert_png_matches_recipe
-from conftest import pixels
+from helpers import pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 

@@ -9,15 +9,12 @@ import pytest
 from charstudio.errors import ConfigError, InputFileError
 from charstudio.models.loading import packaged_model_dir
 from charstudio.workflows import masks as M
+from helpers import pixels as arr
 
 MINI = packaged_model_dir("mini")
 needs_mini = pytest.mark.skipif(not (MINI / "model_index.json").is_file(), reason="mini weights not built")
 STEPS = 12
 SEEDS = range(10)
-
-
-def arr(image):
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

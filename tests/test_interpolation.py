@@ -12,7 +12,7 @@ from charstudio import interpolation as ip
 from charstudio import media
 from charstudio.errors import ConfigError, OutputError
 from charstudio.prompt_syntax import PromptScheduleCallback, parse_weighted, prompt_schedule
-from conftest import pixels
+from helpers import pixels
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,15 +6,11 @@ once per module on the tiny model and reused by every test here.
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from charstudio import lora  # noqa: E402
-from charstudio.errors import ConfigError  # noqa: E402
+from charstudio import lora
+from charstudio.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 

@@ -8,17 +8,14 @@ transformers' own loading options).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from ldm_export import save_ldm_checkpoint  # noqa: E402
-from sgm_export import save_sgm_checkpoint  # noqa: E402
+from ldm_export import save_ldm_checkpoint
+from sgm_export import save_sgm_checkpoint
 
-from charstudio.errors import ConfigError, ModelLoadError  # noqa: E402
+from charstudio.errors import ConfigError, ModelLoadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

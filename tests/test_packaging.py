@@ -42,7 +42,7 @@ def test_environment_yml_matches_pyproject():
 
 def test_diffusers_folder_loads_through_the_same_path(tiny_studio, tmp_path):
     from charstudio import Studio
-    from conftest import pixels
+    from helpers import pixels
 
     tiny_studio.pipeline("txt2img").save_pretrained(tmp_path / "tiny-folder")
     studio = Studio.from_pretrained(str(tmp_path / "tiny-folder"), device="cpu")

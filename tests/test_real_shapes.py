@@ -12,12 +12,10 @@ loads a real-size SDXL single file (tests/test_sdxl_single_file.py).
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from ldm_export import export_ldm_state_dict  # noqa: E402
+from ldm_export import export_ldm_state_dict
 
 # Published parameter counts of the real models (SD 1.5 and SDXL base model cards / diffusers).
 PARAMETERS = {

@@ -10,7 +10,7 @@ import pytest
 from charstudio.config import GenerationConfig
 from charstudio.errors import ConfigError
 from charstudio.workflows.regions import RegionalAttnProcessor, parse_region, region_masks
-from conftest import pixels
+from helpers import pixels
 
 TWO = [{"prompt": "a girl with red hair", "box": "left"}, {"prompt": "a boy with blue hair", "box": "right"}]
 

@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import json
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_sheets import ip_adapter_layers  # noqa: E402
+from test_sheets import ip_adapter_layers
 
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.models.family import IPAdapterFiles
+from helpers import pixels as px
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:.*gives poor pictures:UserWarning")]  # 64 px on tiny-sdxl
 
 FAST = dict(num_inference_steps=2, width=64, height=64)
 PLUS = "ip-adapter-plus_sdxl_vit-h.safetensors"  # SDXL's default, in sdxl_models/
-
-
-def px(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def _tiny_plus_ip_adapter(unet, folder, weight_name: str = PLUS, seed: int = 0, encoder: bool = True):

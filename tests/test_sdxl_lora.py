@@ -5,18 +5,15 @@ expect (kohya's SDXL naming: lora_unet_ in SGM block numbers, lora_te1_ / lora_t
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from sgm_export import unet_to_sgm  # noqa: E402
+from sgm_export import unet_to_sgm
 
-from charstudio import lora  # noqa: E402
-from charstudio.errors import ConfigError  # noqa: E402
+from charstudio import lora
+from charstudio.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = "a girl with long red hair"

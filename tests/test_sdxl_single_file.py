@@ -9,19 +9,12 @@ SDXL fine-tune would load (charstudio's packaged SDXL configs and the real CLIP 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it as well; this file relies on it
-
-import sys
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from sgm_export import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, export_sgm_state_dict, save_sgm_checkpoint  # noqa: E402
+from sgm_export import CLIP_L_PREFIX, OPEN_CLIP_PREFIX, export_sgm_state_dict, save_sgm_checkpoint
 
-from charstudio import Studio  # noqa: E402
+from charstudio import Studio
 
 WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2")
 SETTINGS = dict(seed=77, num_inference_steps=2, width=64, height=64)

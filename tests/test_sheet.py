@@ -14,13 +14,10 @@ import pytest
 from charstudio.errors import ConfigError, OutputError
 from charstudio.pose import load_pose
 from charstudio.result import Result
+from helpers import pixels as px
 
 FAST = dict(num_inference_steps=2, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping"]
-
-
-def px(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def test_a_different_pose_gives_a_different_image(tiny_studio):

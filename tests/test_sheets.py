@@ -10,15 +10,12 @@ import pytest
 from charstudio.sheets import reference_attention, score
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.pose import load_pose
+from helpers import pixels as px
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 
 FAST = dict(num_inference_steps=2, width=32, height=32)
 POSES = ["standing_front", "walking", "jumping"]
-
-
-def px(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,15 @@ the file would change the picture.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it as well; this file relies on it
-
 import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-from ldm_export import CLIP_PREFIX, export_ldm_state_dict, save_ldm_checkpoint  # noqa: E402
+from ldm_export import CLIP_PREFIX, export_ldm_state_dict, save_ldm_checkpoint
 
-from charstudio import Studio  # noqa: E402
-from charstudio.errors import ModelLoadError  # noqa: E402
+from charstudio import Studio
+from charstudio.errors import ModelLoadError
 
 SETTINGS = dict(seed=1234, num_inference_steps=2, width=64, height=64, guidance_scale=7.0,
                 negative_prompt="blurry")

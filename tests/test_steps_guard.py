@@ -10,12 +10,9 @@ from PIL import Image
 
 from charstudio.config import GenerationConfig
 from charstudio.errors import ConfigError
+from helpers import pixels as arr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def arr(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 class Steps:

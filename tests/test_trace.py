@@ -9,7 +9,7 @@ import torch
 from charstudio import trace as tr
 from charstudio.errors import ConfigError, OutputError
 from charstudio.schedulers import make_scheduler
-from conftest import pixels
+from helpers import pixels
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
