@@ -9,13 +9,16 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 from ..result import Result
 from .ip_adapter import ip_adapter
 from .reference import check_strength, record_reference_image, reference_attention
 from .similarity import score
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +173,55 @@ def make_sheet(
     ``ip_adapter_weights``: a hub id, folder or weight file; the weight name, subfolder and image
     encoder folder left as None are the model family's (`ModelFamily.ip_adapter`).
     """
-    from ..character import Character, is_character, load_character
-
     # 1. Check the request before any model work.
+    poses, labels, extras = _check_lists(poses, labels, extras)
+    shared_extra = settings.pop("extra", "") or ""
+    reference_strength = _check_options(settings, reference_strength, reference_image, ip_adapter_weights,
+                                        ip_adapter_image)
+    card, lora_used = _card_lora(_card_of(character), use_lora)
+
+    # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
+    #    Cancel is honoured between any two pictures' work, not only inside a denoising loop.
+    state = distributed_state()
+    sheet = _SheetRun(studio, callbacks, progress, cancel, state)
+    configs = sheet.recipes(card or character, poses, extras, shared_extra, seed, same_noise, settings)
+    first, base_seed = configs[0], configs[0].seed
+
+    # 3. Generate this process's share (sheet.mine: all of it unless launched with several
+    #    processes), with (d) IP-Adapter and (c) reference attention when asked for.
+    with ExitStack() as stack:
+        adapter = None if ip_adapter_weights is None else stack.enter_context(ip_adapter(
+            studio, ip_adapter_weights, ip_adapter_image, ip_adapter_scale, subfolder=ip_adapter_subfolder,
+            weight_name=ip_adapter_weight_name, image_encoder_folder=ip_adapter_image_encoder_folder))
+        if reference_strength > 0:
+            sheet.draw_with_reference(reference_strength, reference_image, reference_offload)
+        else:
+            sheet.run(sheet.mine)
+
+    # 4. Collect (across processes), lay out, measure.
+    from ..config import GenerationConfig
+
+    gathered = sorted(_gather(sheet.done, state), key=lambda item: item[0])
+    images = [im for _, im, _ in gathered]
+    recipes = [GenerationConfig.from_dict(r) for _, _, r in gathered]
+    sheet_settings = {
+        "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
+        "extras": extras if any(extras) else None,
+        "same_noise": same_noise, "reference_strength": reference_strength,
+        "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
+        **_ip_adapter_settings(adapter, ip_adapter_scale),
+        "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
+    }
+    result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
+                         control_images=[studio.render_pose(c) for c in configs])
+    if compute_score is not False and len(images) > 1:
+        result.score = _score(images, embedder, compute_score)
+    return result
+
+
+def _check_lists(poses: Sequence[Any], labels: Sequence[str] | None,
+                 extras: Sequence[str] | None) -> tuple[list[Any], list[str], list[str]]:
+    """The poses (bounded), one label and one string of extra prompt words per pose."""
     from ..limits import check_list
 
     poses = check_list("poses", poses, what="poses")  # the shared bound, before any per-pose work
@@ -184,7 +233,12 @@ def make_sheet(
     extras = [""] * len(poses) if extras is None else list(extras)
     if len(extras) != len(poses) or not all(isinstance(e, str) for e in extras):
         raise ConfigError("extras", extras, f"one string of prompt words per pose ({len(poses)})")
-    shared_extra = settings.pop("extra", "") or ""
+    return poses, labels, extras
+
+
+def _check_options(settings: dict[str, Any], reference_strength: float, reference_image: Any,
+                   ip_adapter_weights: str | None, ip_adapter_image: Any) -> float:
+    """Refuse settings a sheet cannot honour; returns the checked reference strength."""
     reference_strength = check_strength(reference_strength)
     if settings.get("num_images", 1) != 1:
         raise ConfigError("num_images", settings["num_images"], "1: a sheet draws one image per pose")
@@ -193,111 +247,116 @@ def make_sheet(
     if (ip_adapter_weights is None) != (ip_adapter_image is None):
         raise ConfigError("ip_adapter_image" if ip_adapter_image is None else "ip_adapter_weights", None,
                           "both ip_adapter_weights and ip_adapter_image, or neither")
-    card = character if isinstance(character, Character) else (
+    return reference_strength
+
+
+def _card_of(character: Any) -> Any:
+    """The Character card ``character`` is or names, else None (a plain prompt)."""
+    from ..character import Character, is_character, load_character
+
+    return character if isinstance(character, Character) else (
         load_character(character) if isinstance(character, str) and is_character(character) else None)
-    card, lora_used = _card_lora(card, use_lora)
 
-    # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
-    #    Cancel is honoured between any two pictures' work, not only inside a denoising loop.
-    def check_cancel() -> None:
-        if cancel is not None:
-            cancel.check()
 
-    state = distributed_state()
-    def words(i: int) -> str:
-        return ", ".join(w for w in (shared_extra.strip(), extras[i].strip()) if w)
+class _SheetRun:
+    """The drawing of one sheet: its recipes, this process's share of them, and the pictures
+    drawn so far as (index, image, recipe dict)."""
 
-    first = studio.make_config(card or character, seed=seed, pose=poses[0], extra=words(0), **settings)
-    if state is not None:
-        # A seed drawn at random differs per process: rank 0's is the sheet's.
-        from accelerate.utils import broadcast_object_list
+    def __init__(self, studio: Studio, callbacks: Sequence[Callable], progress: Callable | None, cancel: Any,
+                 state: Any):
+        self.studio, self.callbacks, self.progress, self.cancel, self.state = studio, callbacks, progress, cancel, state
+        self.configs: list[Any] = []
+        self.mine: list[int] = []
+        self.done: list[tuple[int, Any, dict]] = []
 
-        first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
-    base_seed = first.seed
-    configs = [first]
-    for i, p in enumerate(poses[1:], start=1):
-        check_cancel()
-        configs.append(studio.make_config(card or character, seed=base_seed if same_noise else base_seed + i,
-                                          pose=p, extra=words(i), **settings))
+    def check_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.check()
 
-    # 3. This process's share (all of it unless launched with several processes).
-    indices = list(range(len(poses)))
-    mine = indices if state is None else indices[state.process_index::state.num_processes]
-    done: list[tuple[int, Any, dict]] = []
+    def recipes(self, character: Any, poses: list[Any], extras: list[str], shared_extra: str, seed: int | None,
+                same_noise: bool, settings: dict[str, Any]) -> list[Any]:
+        """One recipe per pose (the first one's seed is the sheet's); sets this process's share."""
+        def words(i: int) -> str:
+            return ", ".join(w for w in (shared_extra.strip(), extras[i].strip()) if w)
 
-    def report_from(offset: int) -> Callable | None:
+        first = self.studio.make_config(character, seed=seed, pose=poses[0], extra=words(0), **settings)
+        if self.state is not None:
+            # A seed drawn at random differs per process: rank 0's is the sheet's.
+            from accelerate.utils import broadcast_object_list
+
+            first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
+        base_seed = first.seed
+        configs = [first]
+        for i, p in enumerate(poses[1:], start=1):
+            self.check_cancel()
+            configs.append(self.studio.make_config(character, seed=base_seed if same_noise else base_seed + i,
+                                                   pose=p, extra=words(i), **settings))
+        indices = list(range(len(poses)))
+        state = self.state
+        self.mine = indices if state is None else indices[state.process_index::state.num_processes]
+        self.configs = configs
+        return configs
+
+    def report_from(self, offset: int) -> Callable | None:
         # Progress over this process's whole share: the anchor run, then the batch.
-        if progress is None:
+        if self.progress is None:
             return None
         from ..callbacks import StepProgress
 
-        return lambda p: progress(StepProgress(image=p.image + offset, images=len(mine), step=p.step, steps=p.steps,
+        progress, images = self.progress, len(self.mine)
+        return lambda p: progress(StepProgress(image=p.image + offset, images=images, step=p.step, steps=p.steps,
                                                batch=p.batch))
 
-    def run(todo: list[int], offset: int = 0) -> None:
+    def run(self, todo: list[int], offset: int = 0) -> None:
         # The poses share UNet batches (Studio.run_batch), each with its own seed's noise. One
         # batch per call: a call prepares (renders poses, encodes prompts) only the pictures it
         # draws, so the first picture does not wait for every pose's preparation, and Cancel
         # between two batches stops before any of the next batch's work.
-        size = max(1, int(getattr(studio, "max_batch", 1)))
+        size = max(1, int(getattr(self.studio, "max_batch", 1)))
         for start in range(0, len(todo), size):
-            check_cancel()
+            self.check_cancel()
             part = todo[start:start + size]
-            res = studio.run_batch([configs[i] for i in part], callbacks=callbacks,
-                                   progress=report_from(offset + start), cancel=cancel)
-            done.extend((i, im, r.to_dict()) for i, im, r in zip(part, res.images, res.recipes))
+            res = self.studio.run_batch([self.configs[i] for i in part], callbacks=self.callbacks,
+                                        progress=self.report_from(offset + start), cancel=self.cancel)
+            self.done.extend((i, im, r.to_dict()) for i, im, r in zip(part, res.images, res.recipes))
 
-    # 4. Generate, with (d) IP-Adapter and (c) reference attention when asked for.
-    with ExitStack() as stack:
-        adapter = None if ip_adapter_weights is None else stack.enter_context(ip_adapter(
-            studio, ip_adapter_weights, ip_adapter_image, ip_adapter_scale, subfolder=ip_adapter_subfolder,
-            weight_name=ip_adapter_weight_name, image_encoder_folder=ip_adapter_image_encoder_folder))
-        if reference_strength > 0:
-            with reference_attention(studio.components["unet"], reference_strength, reference_offload) as bank:
-                if reference_image is not None:
-                    record_reference_image(studio, reference_image, configs[0], bank)
-                    todo = mine
-                else:
-                    # Every process records the anchor (pose 0); only its owner keeps the image.
-                    bank.record()
-                    check_cancel()
-                    res = studio.run(configs[0], callbacks=callbacks, progress=report_from(0), cancel=cancel)
-                    if 0 in mine:
-                        done.append((0, res.images[0], res.recipes[0].to_dict()))
-                    todo = [i for i in mine if i != 0]
-                bank.read()
-                run(todo, offset=len(mine) - len(todo))
-        else:
-            run(mine)
+    def draw_with_reference(self, strength: float, reference_image: Any, offload: bool) -> None:
+        """(c) Reference attention: every picture reads the anchor's (pose 0's, or
+        ``reference_image``'s) self-attention."""
+        studio, mine = self.studio, self.mine
+        with reference_attention(studio.components["unet"], strength, offload) as bank:
+            if reference_image is not None:
+                record_reference_image(studio, reference_image, self.configs[0], bank)
+                todo = mine
+            else:
+                # Every process records the anchor (pose 0); only its owner keeps the image.
+                bank.record()
+                self.check_cancel()
+                res = studio.run(self.configs[0], callbacks=self.callbacks, progress=self.report_from(0),
+                                 cancel=self.cancel)
+                if 0 in mine:
+                    self.done.append((0, res.images[0], res.recipes[0].to_dict()))
+                todo = [i for i in mine if i != 0]
+            bank.read()
+            self.run(todo, offset=len(mine) - len(todo))
 
-    # 5. Collect (across processes), lay out, measure.
-    from ..config import GenerationConfig
 
-    gathered = sorted(_gather(done, state), key=lambda item: item[0])
-    images = [im for _, im, _ in gathered]
-    recipes = [GenerationConfig.from_dict(r) for _, _, r in gathered]
-    sheet_settings = {
-        "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
-        "extras": extras if any(extras) else None,
-        "same_noise": same_noise, "reference_strength": reference_strength,
-        "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
-        # The IP-Adapter files as resolved (family defaults filled in; a weight file given by path
-        # as its root, subfolder and name), so the settings rebuild the sheet on any family.
-        "ip_adapter": adapter.repo if adapter else None, "ip_adapter_scale": ip_adapter_scale if adapter else None,
-        "ip_adapter_subfolder": adapter.subfolder if adapter else None,
-        "ip_adapter_weight_name": adapter.weight_name if adapter else None,
-        "ip_adapter_image_encoder_folder": adapter.image_encoder_folder if adapter else None,
-        "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
-    }
-    result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
-                         control_images=[studio.render_pose(c) for c in configs])
-    if compute_score is not False and len(images) > 1:
-        try:
-            # Only an embedder that is asked for may be downloaded; the automatic score uses one on disk.
-            result.score = score(images, embedder, download=bool(compute_score) or embedder is not None)
-        except ModelLoadError:
-            if compute_score:
-                raise
-            log.info("no CLIP embedder available; the sheet has no consistency score")
-    return result
+def _ip_adapter_settings(adapter: Any, scale: float) -> dict[str, Any]:
+    # The IP-Adapter files as resolved (family defaults filled in; a weight file given by path
+    # as its root, subfolder and name), so the settings rebuild the sheet on any family.
+    return {"ip_adapter": adapter.repo if adapter else None, "ip_adapter_scale": scale if adapter else None,
+            "ip_adapter_subfolder": adapter.subfolder if adapter else None,
+            "ip_adapter_weight_name": adapter.weight_name if adapter else None,
+            "ip_adapter_image_encoder_folder": adapter.image_encoder_folder if adapter else None}
 
+
+def _score(images: list[Any], embedder: Any, compute_score: bool | None) -> float | None:
+    """The sheet's consistency score; None when no embedder is available and none was asked for."""
+    try:
+        # Only an embedder that is asked for may be downloaded; the automatic score uses one on disk.
+        return score(images, embedder, download=bool(compute_score) or embedder is not None)
+    except ModelLoadError:
+        if compute_score:
+            raise
+        log.info("no CLIP embedder available; the sheet has no consistency score")
+        return None
