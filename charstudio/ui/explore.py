@@ -6,7 +6,7 @@ import html
 import logging
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -29,6 +29,9 @@ from .common import (
 from .pose_picker import PosePicker
 from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
+if TYPE_CHECKING:
+    from ..studio import Studio
+
 log = logging.getLogger(__name__)
 
 class ExploreApp(AppBase):
@@ -38,7 +41,7 @@ class ExploreApp(AppBase):
     >>> app.prompt.value = "a knight"; app.generate_button.click(); app.wait()
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
+    def __init__(self, studio: Studio | None = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, size: int | None = None, preview_every: int = 5,
                  output_dir: str = "outputs", lora_dir: str = "lora"):
         from ..character import list_characters, load_styles
@@ -271,7 +274,7 @@ class ExploreApp(AppBase):
                     negative_prompt=values["negative"].strip() or None, scheduler=values["scheduler"],
                     controlnet_conditioning_scale=float(values["pose_strength"]))
 
-    def make_config(self, studio: Any = None, poses: list[str] | None = None,
+    def make_config(self, studio: Studio | None = None, poses: list[str] | None = None,
                     values: dict[str, Any] | None = None) -> GenerationConfig:
         """The recipe the controls (or a `settings()` snapshot) describe, for the first selected
         pose or `poses[0]`."""
@@ -342,7 +345,7 @@ class ExploreApp(AppBase):
 
         return self.runner.start("Generate", job, done)
 
-    def _mix(self, studio: Any, token: CancelToken, preview: Any, values: dict[str, Any]) -> Any:
+    def _mix(self, studio: Studio, token: CancelToken, preview: Any, values: dict[str, Any]) -> Any:
         """Two styles mixed in embedding space (charstudio.interpolation.mix_styles)."""
         from ..interpolation import mix_styles
         from ..result import Result
@@ -431,7 +434,7 @@ class ExploreApp(AppBase):
         self.lora.options = [("none", "")] + [(n, n) for n in names]
         self.lora.value = current if current in names else ""
 
-    def _apply_lora(self, studio: Any, values: dict[str, Any]) -> None:
+    def _apply_lora(self, studio: Studio, values: dict[str, Any]) -> None:
         """Switch the chosen LoRA on at its weight (or ours off); recipes then record it."""
         name, weight = values["lora"], float(values["lora_weight"])
         if self._app_lora and self._app_lora != name and self._app_lora in studio.active_loras:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import random
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ipywidgets as W
 
@@ -28,6 +28,9 @@ from .common import (
     png_bytes,
 )
 from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class InterpolateApp(AppBase):
     Pass `gallery=explore_app.gallery` to interpolate between pictures made in the Explore app.
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
+    def __init__(self, studio: Studio | None = None, *, model: str = "mini", device: str | None = None,
                  gallery: Gallery | None = None, steps: int | None = None, size: int | None = None,
                  frames: int = 6, output_dir: str = "outputs"):
         from ..character import load_styles
@@ -187,14 +190,14 @@ class InterpolateApp(AppBase):
         return dict(num_inference_steps=int(self.steps.value), guidance_scale=float(self.guidance.value),
                     scheduler=self.scheduler.value, width=size, height=size)
 
-    def end_recipe(self, picker: DesignPicker, seed: int, studio: Any = None) -> GenerationConfig:
+    def end_recipe(self, picker: DesignPicker, seed: int, studio: Studio | None = None) -> GenerationConfig:
         """One end of the morph as a recipe: gallery recipes as they are, cards/prompts with our settings."""
         design = picker.value()
         if isinstance(design, GenerationConfig):
             return design
         return (studio or self.studio).make_config(design, extra=picker.extra(), seed=int(seed), **self.settings())
 
-    def _hooked(self, studio: Any, token: CancelToken, total: int) -> RunHooks:
+    def _hooked(self, studio: Studio, token: CancelToken, total: int) -> RunHooks:
         """The studio with Cancel and a progress bar that counts renders and their steps."""
         hooked: RunHooks
 

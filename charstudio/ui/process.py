@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -27,6 +27,9 @@ from .common import (
 )
 from .session import SIZES, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
+if TYPE_CHECKING:
+    from ..studio import Studio
+
 log = logging.getLogger(__name__)
 
 VIEW = 256  # displayed size of the step images
@@ -39,7 +42,7 @@ class ProcessApp(AppBase):
     >>> app.trace_button.click(); app.wait(); app.step.value = 3
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
+    def __init__(self, studio: Studio | None = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, size: int | None = None,
                  prompt: str | None = None):
         from ..character import load_styles
@@ -131,7 +134,7 @@ class ProcessApp(AppBase):
         self.widget = W.HBox([settings, self.tabs])
 
 
-    def make_config(self, studio: Any = None, **changes: Any) -> Any:
+    def make_config(self, studio: Studio | None = None, **changes: Any) -> Any:
         """The recipe the controls describe (`changes` override fields, e.g. scheduler)."""
         studio = studio or self.studio
         design = self.design.value()

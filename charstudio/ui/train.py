@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -28,6 +28,9 @@ from .common import (
     png_bytes,
 )
 from .session import RunHooks, StudioSource, exclusive, model_choices
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ class TrainApp(AppBase):
     Pass `gallery=explore_app.gallery` to train on the pictures ticked there.
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
+    def __init__(self, studio: Studio | None = None, *, model: str = "mini", device: str | None = None,
                  gallery: Gallery | None = None, data_dir: str = "", steps: int = 200,
                  output_dir: str = "lora"):
         self.source = StudioSource(studio, model, device)
@@ -425,7 +428,7 @@ class TrainApp(AppBase):
                 return str(recorded)
         return config.resolved_validation_prompt()
 
-    def _before_after(self, studio: Any, config: Any, token: CancelToken) -> Any:
+    def _before_after(self, studio: Studio, config: Any, token: CancelToken) -> Any:
         """The validation prompt at LoRA weights 0 (before), 0.5 and 1 (after), one seed."""
         if not hasattr(studio, "load_lora") or not hasattr(studio, "set_loras"):
             self.comparison_info.value = ("<small>before/after needs Studio.load_lora and Studio.set_loras, which "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 
@@ -25,6 +25,9 @@ from .common import (
 from .session import RunHooks, StudioSource, default_steps, exclusive, model_choices
 from ..workflows.masks import REGIONS
 
+if TYPE_CHECKING:
+    from ..studio import Studio
+
 log = logging.getLogger(__name__)
 
 VIEW = 256  # displayed size of the before and after pictures
@@ -41,7 +44,7 @@ class WorkflowsApp(AppBase):
     >>> app.workflow.value = "inpaint"; app.run_button.click(); app.wait()
     """
 
-    def __init__(self, studio: Any = None, *, model: str = "mini", device: str | None = None,
+    def __init__(self, studio: Studio | None = None, *, model: str = "mini", device: str | None = None,
                  steps: int | None = None, prompt: str | None = None):
         from ..pose import list_poses
 
@@ -153,7 +156,7 @@ class WorkflowsApp(AppBase):
 
         return self.runner.start(TITLES[workflow], job, done)
 
-    def _two_characters(self, studio: Any, design: Any, settings: dict, hooks: dict) -> tuple:
+    def _two_characters(self, studio: RunHooks, design: Any, settings: dict, hooks: dict) -> tuple:
         """The design as the shared scene, two poses side by side, left and right prompts."""
         from ..pose.compose import side_by_side
 
