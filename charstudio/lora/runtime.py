@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, ModelLoadError, describe
+from ..models.family import architecture_of_unet
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
 from .formats import COMPONENTS, TEXT_COMPONENTS, LoraWeights, guess_architecture, split_lora
 
 log = logging.getLogger(__name__)
 
+
 def _model_kind(unet: Any) -> str:
-    width = getattr(unet.config, "cross_attention_dim", None)
-    names = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-    # A text-time UNet is SDXL whatever its width (tiny-sdxl is 64 wide), as the family seam decides.
-    name = "SDXL" if getattr(unet.config, "addition_embed_type", None) == "text_time" else names.get(width, "this model")
-    return f"{name} (cross-attention width {width})"
+    return architecture_of_unet(unet.config)
 
 
 def _base_module(module: Any) -> Any:
@@ -289,6 +287,10 @@ def _prefixed(config: Mapping[str, Any] | None, prefix: str) -> dict | None:
 def set_loras(pipe: Any, weights: Mapping[str, float]) -> None:
     """Use exactly the adapters in ``weights`` (name -> weight); others stay loaded but off.
 
+    An adapter at weight 0 is off as well: peft's DoRA layers apply their magnitudes whatever the
+    scale, so a DoRA "at weight 0" would still change the model (a LoRA sweep's 0 must be the base
+    model's picture). The caller's record (a Studio's, a recipe's) keeps the 0.
+
     Refused while adapters are fused: their weights are baked into the base weights then.
     """
     import math
@@ -299,7 +301,7 @@ def set_loras(pipe: Any, weights: Mapping[str, float]) -> None:
             raise ConfigError("loras", name, f"no adapter of that name is loaded (loaded: {known or 'none'})")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ConfigError(f"loras[{name!r}]", w, "use a finite number (1.0 = full strength, 0 = off)")
-    names = list(weights)
+    names = [n for n in weights if float(weights[n]) != 0.0]
     values = [float(weights[n]) for n in names]
     if fused_loras(pipe):
         raise ConfigError("loras", dict(weights), "the active adapters are fused into the model; "
@@ -395,7 +397,7 @@ def fuse_loras(pipe: Any, active: Mapping[str, float]) -> list[str]:
     """
     if not active:
         raise ConfigError("loras", {}, "no adapter is active; load one with load_lora first")
-    names = list(active)
+    names = [n for n, w in active.items() if float(w) != 0.0]  # off at weight 0, as set_loras leaves them
     # The weights set by set_loras already live in each layer's scaling, so merging uses them.
     for layer in _tuner_layers(pipe):
         present = [n for n in names if n in getattr(layer, "lora_A", {})]
