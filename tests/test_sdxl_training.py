@@ -433,30 +433,116 @@ def _save_poses(data: Path, names: list[str]) -> None:
         load_pose(name).fit(*size).save(pose_file(image), overwrite=True)
 
 
-def test_pose_conditioning_runs_the_sdxl_controlnet(tmp_path, data):
+def test_pose_conditioning_runs_the_sdxl_controlnet_with_each_images_pose(tmp_path, data, monkeypatch):
+    """As on SD 1.x: every step runs the SDXL ControlNet on the control image of that step's own
+    picture (cut to its bucket) and feeds its residuals to the UNet, and the poses matter by a
+    measured margin: swapping them between pictures changes the first step's prediction and loss
+    and the trained adapter."""
+    from test_training import _check_controls_fed, _pose_run, _pose_sensitive, _relative
+
     from charstudio.pose import list_poses
 
-    _save_poses(data, list_poses()[:3])
-    list(train_lora(_config(tmp_path, data, name="plain")))
-    list(train_lora(_config(tmp_path, data, name="posed", pose_conditioning=True)))
-    plain, posed = (_weights(tmp_path / "lora" / n / "pytorch_lora_weights.safetensors") for n in ("plain", "posed"))
-    assert plain.keys() == posed.keys()
-    assert any(not np.allclose(posed[k], plain[k], atol=1e-6) for k in posed)
+    def run(name: str, **settings) -> dict:
+        return _pose_run(tmp_path, data, monkeypatch, lambda: _pose_sensitive(_components()), _config, name,
+                         **settings)
+
+    def size_of(path: Path) -> tuple[int, int]:
+        return (80, 48) if path.name == "img2.png" else (64, 64)
+
+    poses = list_poses()[:3]
+    _save_poses(data, poses)
+    plain = run("plain")
+    posed = run("posed", pose_conditioning=True)
+    _check_controls_fed(posed, data, size_of)
+    _save_poses(data, poses[1:] + poses[:1])  # the same poses, each on another picture
+    swapped = run("swapped", pose_conditioning=True)
+    _check_controls_fed(swapped, data, size_of)
+    assert plain["controlnet"] == [] and all(c["kwargs"].get("down_block_additional_residuals") is None
+                                             for c in plain["unet"])
+    assert plain["weights"].keys() == posed["weights"].keys()
+    first = [r["unet"][0] for r in (plain, posed, swapped)]
+    assert all(torch.equal(first[0][k], f[k]) for f in first for k in ("pixels", "noise", "t"))
+    pred = [f["pred"] for f in first]
+
+    def moved(a, b):
+        return ((a - b).abs().mean() / a.abs().mean()).item()
+
+    assert moved(pred[1], pred[2]) > 0.1  # measured 0.30
+    assert moved(pred[1], pred[0]) > 0.1  # measured 0.42: the ControlNet's residuals, against none
+    loss = [r["records"][0].loss for r in (plain, posed, swapped)]
+    assert abs(loss[1] - loss[2]) > 2e-3 * loss[1]  # measured 1.1e-2
+    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.060 (0.068 from the plain one)
 
 
-def test_options_together_on_sdxl(tmp_path, data):
-    """Flips, min-SNR, gradient checkpointing, prior preservation (class images drawn by the SDXL
-    pipeline), both text encoders, accumulation, warmup."""
-    cfg = _config(tmp_path, data, flip=True, snr_gamma=5.0, gradient_checkpointing=True,
-                  with_prior_preservation=True, num_class_images=2, validation_inference_steps=2,
-                  train_text_encoder=True, train_text_encoder_2=True, gradient_accumulation_steps=2,
-                  lr_scheduler="cosine", lr_warmup_steps=2)
-    records = list(train_lora(cfg))
-    assert all(np.isfinite(r.loss) for r in records) and records[0].lr < records[1].lr
+def test_options_together_on_sdxl(tmp_path, data, monkeypatch):
+    """Flips, min-SNR, gradient checkpointing, no latent cache, prior preservation (class images
+    drawn by the SDXL pipeline), both text encoders, accumulation, warmup, all in one run, each
+    doing its part: every step's loss is the average over its two micro-batches of the
+    min-SNR-weighted instance loss plus the weighted class-image loss (written out here from each
+    batch's own noise, timesteps and prediction); each batch is its picture (sometimes mirrored)
+    or a class image, encoded afresh; the UNet runs with gradient checkpointing on text states and
+    a pooled embedding that carry gradients; both text encoders' adapters learned."""
+    from test_training import _min_snr_loss, _spy_training
+
+    from charstudio.training import load_pixels
+
+    gamma = 1.0  # low, so that some of the run's 8 timesteps are weighed down (5.0 spares SNRs under 5)
+    # seed 1: the flips' coin mirrors two of the four instance batches (seed 0 happens to mirror none)
+    cfg = _config(tmp_path, data, seed=1, flip=True, snr_gamma=gamma, gradient_checkpointing=True,
+                  cache_latents=False, with_prior_preservation=True, num_class_images=2,
+                  validation_inference_steps=2, train_text_encoder=True, train_text_encoder_2=True,
+                  gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2)
+    comps = _components()
+    calls, hook = _spy_training(monkeypatch, comps)
+    try:
+        records = list(train_lora(cfg, components=comps))
+    finally:
+        hook.remove()
+    # 2 steps x 2 micro-batches x (instance + class) batches, each noised once and denoised once.
+    assert len(records) == 2 and len(calls) == 8 and all("pred" in c for c in calls)
+    instance, classes = calls[0::2], calls[1::2]
+    for i, record in enumerate(records):
+        micro = [_min_snr_loss(instance[j], gamma) + cfg.prior_loss_weight * _min_snr_loss(classes[j], gamma)
+                 for j in (2 * i, 2 * i + 1)]
+        assert record.loss == pytest.approx(sum(micro) / 2, rel=1e-4)
+    snr = torch.cat([c["alphas_cumprod"][c["t"]] / (1 - c["alphas_cumprod"][c["t"]]) for c in calls])
+    assert (snr > gamma).any() and (snr < gamma).any()  # the weights bite in this run
+    plain = [sum(((c["pred"] - c["noise"]) ** 2).mean().item() for c in calls[4 * i:4 * i + 4]) / 2 for i in (0, 1)]
+    assert [r.loss for r in records] != pytest.approx(plain, rel=1e-2)
+    assert [r.lr for r in records] == pytest.approx([cfg.learning_rate / 2, cfg.learning_rate])  # the warmup
+
     out = tmp_path / "lora" / "xl"
-    assert len(list((out / "class_images").glob("*.png"))) == 2
+    candidates = {}
+    for path in sorted(data.glob("*.png")):
+        px = load_pixels(path, (80, 48) if path.name == "img2.png" else (64, 64))
+        candidates[(path.name, False)], candidates[(path.name, True)] = px, torch.flip(px, dims=[2])
+    seen = []
+    for call in instance:
+        match = [k for k, px in candidates.items() if px.shape == call["pixels"].shape[1:]
+                 and torch.allclose(px, call["pixels"][0], atol=1e-6)]
+        assert len(match) == 1, "a batch is one training picture, as it is or mirrored"
+        seen.append(match[0])
+    assert {name for name, _ in seen} == {"img0.png", "img1.png", "img2.png"}
+    assert {flipped for _, flipped in seen} == {False, True}
+    class_files = sorted((out / "class_images").glob("*.png"))
+    assert len(class_files) == 2
+    class_px = [load_pixels(p, (64, 64)) for p in class_files]
+    for call in classes:
+        assert any(torch.allclose(px, call["pixels"][0], atol=1e-6) for px in class_px)
+        assert call["kwargs"]["added_cond_kwargs"]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]]
+    # Checkpointing in every UNet call; both encoders' states and the pooled embedding carry gradients.
+    assert all(c["checkpointing"] and c["hidden_grad"] for c in calls)
+    assert all(c["kwargs"]["added_cond_kwargs"]["text_embeds"].requires_grad for c in calls)
     kohya = _weights(out / "xl.safetensors")
     assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}
+    # B starts at zero: each text encoder's adapter learned in every layer whose output reaches the
+    # UNet. The UNet reads the first encoder's penultimate states, so its last layer's adapter never
+    # gets a gradient; the second's last layer makes the pooled embedding.
+    last = {"te1": comps["text_encoder"].config.num_hidden_layers - 1, "te2": None}
+    for part in ("te1", "te2"):
+        up = {k: v for k, v in kohya.items() if k.startswith(f"lora_{part}_") and k.endswith("lora_up.weight")}
+        learned = {k for k, v in up.items() if np.abs(v).max() > 0}
+        assert learned and learned == {k for k in up if f"_layers_{last[part]}_" not in k}, part
 
 
 def test_the_train_app_trains_on_an_sdxl_studio(tmp_path, data):

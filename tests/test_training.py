@@ -227,25 +227,124 @@ def test_existing_lora_is_not_overwritten(tmp_path, data):
     assert any(not np.array_equal(first[k], second[k]) for k in first)
 
 
-def test_options_together(tmp_path):
-    """Buckets, flips, min-SNR, checkpointing, no latent cache, prior preservation, text encoder, accumulation."""
+def _spy_training(monkeypatch, comps: dict) -> list[dict]:
+    """Per noised batch of a training run, in order: the pixels the VAE encoded for it (the run
+    must not cache latents), the clean latents, noise and timesteps it was noised with
+    (diffusers' DDPMScheduler.add_noise), and what the UNet got and predicted."""
+    from diffusers import DDPMScheduler
+
+    calls: list[dict] = []
+    encoded: list = []
+    real_noise, real_encode = DDPMScheduler.add_noise, comps["vae"].encode
+
+    def encode(pixels, *args, **kwargs):
+        encoded.append(pixels.detach().clone())
+        return real_encode(pixels, *args, **kwargs)
+
+    def add_noise(self, latents, noise, t):
+        calls.append(dict(pixels=encoded.pop() if encoded else None, latents=latents.detach().clone(),
+                          noise=noise.detach().clone(), t=t.clone(), alphas_cumprod=self.alphas_cumprod.clone()))
+        return real_noise(self, latents, noise, t)
+
+    def seen(module, args, kwargs, out):
+        if calls and "pred" not in calls[-1]:  # class images are drawn by a pipeline before training
+            hidden = args[2] if len(args) > 2 else kwargs["encoder_hidden_states"]
+            calls[-1].update(pred=out.sample.detach().float(), hidden_grad=hidden.requires_grad,
+                             checkpointing=module.is_gradient_checkpointing, kwargs=kwargs)
+
+    monkeypatch.setattr(DDPMScheduler, "add_noise", add_noise)
+    monkeypatch.setattr(comps["vae"], "encode", encode)
+    hook = comps["unet"].register_forward_hook(seen, with_kwargs=True)
+    return calls, hook
+
+
+def _min_snr_loss(call: dict, gamma: float) -> float:
+    """Min-SNR-gamma weighted MSE against the noise (an epsilon model), written out from a call's own draws."""
+    import torch
+
+    ac = call["alphas_cumprod"][call["t"]].double()
+    snr = ac / (1 - ac)
+    mse = ((call["pred"].double() - call["noise"].double()) ** 2).mean(dim=(1, 2, 3))
+    return (torch.clamp(snr, max=gamma) / snr * mse).mean().item()
+
+
+def test_options_together(tmp_path, monkeypatch):
+    """Buckets, flips, min-SNR, checkpointing, no latent cache, prior preservation, text encoder,
+    accumulation, cosine warmup, all in one run, each doing its part: every step's loss is the
+    average over its two micro-batches of the min-SNR-weighted instance loss plus the weighted
+    class-image loss (written out here from each batch's own noise, timesteps and prediction);
+    every batch is encoded afresh from its picture, cut to its own aspect bucket and sometimes
+    mirrored; the UNet runs with gradient checkpointing on text states that carry gradients; the
+    text encoder's adapter learned; the warmup ramps the learning rate."""
+    import torch
+
+    from charstudio.models.tiny import build_tiny_components
+    from charstudio.training import load_pixels
+
     data = _make_images(tmp_path / "wide", n=3, size=(160, 80))
     _make_images(tmp_path / "wide_sq", n=1)
     (tmp_path / "wide_sq" / "img0.png").rename(data / "square.png")
-    cfg = _config(tmp_path, data, max_train_steps=2, crop="buckets", flip=True, snr_gamma=5.0,
+    gamma = 1.0  # low, so that some of the run's 8 timesteps are weighed down (5.0 spares SNRs under 5)
+    # seed 1: the flips' coin mirrors two of the four pictures (seed 0 happens to mirror none)
+    cfg = _config(tmp_path, data, seed=1, max_train_steps=2, crop="buckets", flip=True, snr_gamma=gamma,
                   gradient_checkpointing=True, cache_latents=False, with_prior_preservation=True,
                   num_class_images=2, validation_inference_steps=2, train_text_encoder=True,
                   gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2, batch_size=1)
-    records = list(train_lora(cfg))
+    comps = build_tiny_components()
+    calls, hook = _spy_training(monkeypatch, comps)
+    try:
+        records = list(train_lora(cfg, components=comps))
+    finally:
+        hook.remove()
     out = tmp_path / "lora" / "aiko"
-    assert all(np.isfinite(r.loss) for r in records)
-    assert records[0].lr < records[1].lr  # warmup
-    assert len(list((out / "class_images").glob("*.png"))) == 2
+    # 2 steps x 2 micro-batches x (instance + class) batches, each noised once and denoised once.
+    assert len(records) == 2 and len(calls) == 8 and all("pred" in c for c in calls)
+    instance, classes = calls[0::2], calls[1::2]
+    for i, record in enumerate(records):
+        micro = [_min_snr_loss(instance[j], gamma) + cfg.prior_loss_weight * _min_snr_loss(classes[j], gamma)
+                 for j in (2 * i, 2 * i + 1)]
+        assert record.loss == pytest.approx(sum(micro) / 2, rel=1e-4)
+    # min-SNR weighs down the low-noise draws (SNR over gamma) of this run: its loss is not the plain MSE.
+    snr = torch.cat([c["alphas_cumprod"][c["t"]] / (1 - c["alphas_cumprod"][c["t"]]) for c in calls])
+    assert (snr > gamma).any() and (snr < gamma).any()
+    plain = [sum(((c["pred"] - c["noise"]) ** 2).mean().item() for c in calls[4 * i:4 * i + 4]) / 2 for i in (0, 1)]
+    assert [r.loss for r in records] != pytest.approx(plain, rel=1e-2)
+    # The warmup ramps the learning rate to its peak (1/2, then 2/2 of it) and the cosine starts from there.
+    assert [r.lr for r in records] == pytest.approx([cfg.learning_rate / 2, cfg.learning_rate])
+
+    # No latent cache: each batch is its picture, encoded just before it is noised, at its bucket's
+    # size; one epoch shows every picture once, and the flips mirror some of them.
     info = json.loads((out / "training_config.json").read_text())
     buckets = {tuple(b) for b in info["resolved"]["buckets"]}
-    assert any(w > h for w, h in buckets) and (64, 64) in buckets
+    wide = next(b for b in buckets if b[0] > b[1])
+    assert buckets == {wide, (64, 64)}
+    candidates = {}
+    for path in sorted(data.glob("*.png")):
+        px = load_pixels(path, (64, 64) if path.name == "square.png" else wide)
+        candidates[(path.name, False)], candidates[(path.name, True)] = px, torch.flip(px, dims=[2])
+    seen = []
+    for call in instance:
+        assert call["pixels"] is not None and call["pixels"].shape[0] == 1
+        match = [k for k, px in candidates.items() if px.shape == call["pixels"].shape[1:]
+                 and torch.allclose(px, call["pixels"][0], atol=1e-6)]
+        assert len(match) == 1, "a batch is one training picture, as it is or mirrored"
+        seen.append(match[0])
+        w, h = (64, 64) if match[0][0] == "square.png" else wide
+        assert call["latents"].shape[2:] == (h // 8, w // 8)
+    assert sorted(name for name, _ in seen) == sorted(p.name for p in data.glob("*.png"))
+    assert {flipped for _, flipped in seen} == {False, True}
+    # Prior preservation: the class batches are the class images (never mirrored), encoded afresh too.
+    class_files = sorted((out / "class_images").glob("*.png"))
+    assert len(class_files) == 2
+    class_px = [load_pixels(p, (64, 64)) for p in class_files]
+    for call in classes:
+        assert any(torch.allclose(px, call["pixels"][0], atol=1e-6) for px in class_px)
+    # Gradient checkpointing in every UNet call; the text states carry gradients (the text encoder trains).
+    assert all(c["checkpointing"] and c["hidden_grad"] for c in calls)
     kohya = _weights(out / "aiko.safetensors")
-    assert any(k.startswith("lora_te_") for k in kohya) and any(k.startswith("lora_unet_") for k in kohya)
+    assert any(k.startswith("lora_unet_") for k in kohya)
+    te_up = [v for k, v in kohya.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
+    assert te_up and all(np.abs(v).max() > 0 for v in te_up)  # B starts at zero: the text encoder's adapter learned
 
 
 def test_cached_and_uncached_latents_train_alike(tmp_path, data):
@@ -305,20 +404,115 @@ def _save_poses(data: Path, names: list[str]) -> None:
         load_pose(name).fit(*size).save(pose_file(image), overwrite=True)
 
 
-def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(tmp_path, data):
+def _spy_controlnet(comps: dict) -> tuple[list[dict], object]:
+    """Per ControlNet call: the control images it was given and the residuals it returned."""
+    calls: list[dict] = []
+
+    def seen(module, args, kwargs, out):
+        cond = args[3] if len(args) > 3 else kwargs["controlnet_cond"]
+        calls.append(dict(cond=cond.detach().clone(), down=[d.detach().clone() for d in out[0]],
+                          mid=out[1].detach().clone()))
+
+    return calls, comps["controlnet"].register_forward_hook(seen, with_kwargs=True)
+
+
+def _pose_run(tmp_path, data, monkeypatch, build, configure, name: str, **settings) -> dict:
+    """Train ``name`` on freshly built components, spying on the UNet, VAE and ControlNet; the
+    run's records, its UNet and ControlNet calls, and its adapter's weights."""
+    comps = build()
+    unet_calls, unet_hook = _spy_training(monkeypatch, comps)
+    net_calls, net_hook = _spy_controlnet(comps)
+    try:
+        records = list(train_lora(configure(tmp_path, data, name=name, cache_latents=False, **settings),
+                                  components=comps))
+    finally:
+        unet_hook.remove()
+        net_hook.remove()
+        monkeypatch.undo()
+    return dict(records=records, unet=unet_calls, controlnet=net_calls,
+                weights=_weights(tmp_path / "lora" / name / "pytorch_lora_weights.safetensors"))
+
+
+def _check_controls_fed(run: dict, data: Path, size_of) -> None:
+    """Each UNet call got the ControlNet's residuals, and the ControlNet got the control image of
+    the very pictures in that batch (their NAME.pose.json, as on disk now)."""
+    import torch
+
+    from charstudio.training import load_pixels
+    from charstudio.training.data import load_controls
+
+    paths = sorted(data.glob("*.png"))
+    pictures = {p: load_pixels(p, size_of(p)) for p in paths}
+    assert len(run["controlnet"]) == len(run["unet"]) > 0
+    for call, net in zip(run["unet"], run["controlnet"]):
+        for got, want in zip(call["kwargs"]["down_block_additional_residuals"], net["down"]):
+            assert torch.equal(got, want)
+        assert torch.equal(call["kwargs"]["mid_block_additional_residual"], net["mid"])
+        for row, px in enumerate(call["pixels"]):
+            path = next(p for p, q in pictures.items() if q.shape == px.shape and torch.allclose(q, px, atol=1e-6))
+            torch.testing.assert_close(net["cond"][row], load_controls(path, size_of(path), False)[False])
+
+
+def _pose_sensitive(comps: dict) -> dict:
+    """A tiny model whose ControlNet reads its control image. tiny's random ControlNet answers
+    almost only its biases: swapping the poses of a run moved the first prediction by 4e-5 of
+    its size (measured), where a trained one is driven by the pose. With no biases in its
+    conditioning embedding and that embedding's output scaled up 10000-fold (to about half the
+    size of the latent features it is added to), one pose for another moves it by about a third."""
+    import torch
+
+    embedding = comps["controlnet"].controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in [embedding.conv_in, *embedding.blocks, embedding.conv_out]:
+            conv.bias.zero_()
+        embedding.conv_out.weight.mul_(1e4)
+    return comps
+
+
+def _relative(a: dict, b: dict) -> float:
+    """How far adapter b is from adapter a, relative to a's size (all tensors together)."""
+    return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a) / sum((a[k] ** 2).sum() for k in a)))
+
+
+def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(tmp_path, data, monkeypatch):
+    """Every step runs the ControlNet on the control images of that step's own pictures and feeds
+    its residuals to the UNet; so the poses matter by a measured margin: with the same pictures
+    and draws, swapping the poses between pictures changes the first step's prediction and loss
+    and the trained adapter."""
+    import torch
+
+    from charstudio.models.tiny import build_tiny_components
     from charstudio.pose import list_poses
+
+    def run(name: str, **settings) -> dict:
+        return _pose_run(tmp_path, data, monkeypatch, lambda: _pose_sensitive(build_tiny_components()), _config,
+                         name, max_train_steps=3, **settings)
 
     poses = list_poses()[:4]
     _save_poses(data, poses)
-    list(train_lora(_config(tmp_path, data, name="plain", max_train_steps=3)))
-    list(train_lora(_config(tmp_path, data, name="posed", max_train_steps=3, pose_conditioning=True)))
+    plain = run("plain")
+    posed = run("posed", pose_conditioning=True)
+    _check_controls_fed(posed, data, lambda p: (64, 64))
     _save_poses(data, poses[::-1])  # the same poses on other pictures
-    list(train_lora(_config(tmp_path, data, name="swapped", max_train_steps=3, pose_conditioning=True)))
-    plain, posed, swapped = (_weights(tmp_path / "lora" / n / "pytorch_lora_weights.safetensors")
-                             for n in ("plain", "posed", "swapped"))
-    assert plain.keys() == posed.keys()  # the same adapter layout: a ControlNet adds no weights to the LoRA
-    for other in (plain, swapped):
-        assert any(not np.allclose(posed[k], other[k], atol=1e-6) for k in posed)
+    swapped = run("swapped", pose_conditioning=True)
+    _check_controls_fed(swapped, data, lambda p: (64, 64))
+    assert plain["controlnet"] == [] and all(c["kwargs"].get("down_block_additional_residuals") is None
+                                             for c in plain["unet"])
+    assert plain["weights"].keys() == posed["weights"].keys()  # a ControlNet adds no weights to the LoRA
+    first = [r["unet"][0] for r in (plain, posed, swapped)]
+    assert all(torch.equal(first[0][k], f[k]) for f in first for k in ("pixels", "noise", "t"))
+    # Same pictures, noise and timesteps, same starting adapter: the first step differs only by the poses.
+    pred = [f["pred"] for f in first]
+
+    def moved(a, b):
+        return ((a - b).abs().mean() / a.abs().mean()).item()
+
+    assert moved(pred[1], pred[2]) > 0.1  # measured 0.30
+    assert moved(pred[1], pred[0]) > 0.1  # measured 0.41: the ControlNet's residuals, against none
+    loss = [r["records"][0].loss for r in (plain, posed, swapped)]
+    assert abs(loss[1] - loss[2]) > 1e-3 * loss[1]  # measured 4.9e-3
+    # and so does what the adapter learns in three steps
+    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.059 (0.072 from the plain one)
     info = json.loads((tmp_path / "lora" / "posed" / "training_config.json").read_text())
     assert info["config"]["pose_conditioning"] is True
 
