@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from .embeddings import expand_token_ids
+from .embedding_tokens import expand_token_ids
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import ConfigError, FileFieldError, describe
-from .models.loading import PICKLE_SUFFIXES
+from .embedding_tokens import expand_token_ids  # noqa: F401  (its home before; conditioning reads it there)
+from .errors import ConfigError, FileFieldError
+from .models.family import DEFAULT_FAMILY, FAMILIES, ModelFamily, architecture_of_width, family_of_keys
+from .weights import PICKLE_SUFFIXES, read_tensors
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,16 @@ class EmbeddingFile:
     """An embedding file's vectors, checked for shape but not yet matched to a model.
 
     ``vectors`` maps ``emb_params`` (one tensor: SD 1.x layout) or ``clip_l`` and ``clip_g``
-    (SDXL layout) to float32 tensors of shape (n, width).
+    (SDXL layout) to float32 tensors of shape (n, width): a family's ``embedding_keys``.
     """
 
     path: Path
     vectors: dict[str, Any]
 
     @property
-    def layout(self) -> str:
-        return "sdxl" if "clip_g" in self.vectors else "sd1"
+    def family(self) -> ModelFamily:
+        """The family whose layout the file has (its tensors' names)."""
+        return family_of_keys(self.vectors, "embedding", str(self.path)) or DEFAULT_FAMILY
 
     @property
     def num_vectors(self) -> int:
@@ -122,18 +125,15 @@ def read_embedding(path: str | os.PathLike, *, allow_pickle: bool = False) -> Em
     """Read an embedding file's vectors (safetensors; pickles only with ``allow_pickle``)."""
     p = Path(path)
     where = str(p)
-    suffix = p.suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ConfigError("embedding", where, "a pickled file (.pt/.bin) can run code when loaded: "
-                              "convert it to .safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle) "
-                              "if you trust it")
-        tensors = _flatten(_read_pickle(p), where)
-    elif suffix == ".safetensors":
-        tensors = _read_safetensors(p)
-    else:
+    if p.suffix.lower() not in SUFFIXES:
         raise ConfigError("embedding", where, "not an embedding file: use .safetensors (or .pt/.bin with "
                           "allow_pickle=True)")
+    pickled = p.suffix.lower() in PICKLE_SUFFIXES
+    # A1111's pickles ({"string_to_param": {"*": t}}) come back as string_to_param.*, a bare tensor as emb_params.
+    tensors = read_tensors(p, "embedding", allow_pickle=allow_pickle, what="embedding file",
+                           advice="use a .safetensors copy from a source you trust",
+                           check=None if pickled else lambda shapes: _check_header(where, shapes),
+                           bare_tensor="emb_params")
     return EmbeddingFile(p, _pick_vectors(tensors, where))
 
 
@@ -145,51 +145,14 @@ def _check_shape(where: str, key: str, shape: Sequence[int]) -> None:
                              "write them; the file is not a textual-inversion embedding")
 
 
-def _read_safetensors(p: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError, safe_open
-
-    tensors: dict[str, Any] = {}
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            if len(keys) > 16:
-                raise FileFieldError(f"embedding {p}", f"{len(keys)} tensors",
-                                     "an embedding holds one tensor (emb_params) or two (clip_l, clip_g); is it a "
-                                     "model or a LoRA?")
-            for key in keys:
-                _check_shape(str(p), key, f.get_slice(key).get_shape())  # before reading the data
-                tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError) as exc:
-        raise FileFieldError("embedding", str(p), f"cannot be read as a safetensors file "
-                             f"({describe(exc, 160)})") from exc
-    return tensors
-
-
-def _read_pickle(p: Path) -> Any:
-    import pickle
-    import zipfile
-
-    import torch
-
-    try:
-        return torch.load(str(p), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise FileFieldError("embedding", str(p), "cannot be read with torch.load(weights_only=True) "
-                             f"({describe(exc, 160)}): use a .safetensors copy from a source you trust") from exc
-
-
-def _flatten(obj: Any, where: str) -> dict[str, Any]:
-    """A pickled embedding's tensors under safetensors-style names: A1111's {"string_to_param":
-    {"*": t}, "name": ...} becomes string_to_param.*; diffusers' {token: t} stays as it is."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return {"emb_params": obj}
-    if not isinstance(obj, dict):
-        raise FileFieldError("embedding", where, f"holds a {type(obj).__name__}, not a dict of tensors")
-    if isinstance(obj.get("string_to_param"), dict):
-        return {f"string_to_param.{k}": v for k, v in obj["string_to_param"].items() if isinstance(v, torch.Tensor)}
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+def _check_header(where: str, shapes: Mapping[str, Sequence[int]]) -> None:
+    """A safetensors embedding's tensors, checked from its header before their data is read."""
+    if len(shapes) > 16:
+        raise FileFieldError(f"embedding {where}", f"{len(shapes)} tensors",
+                             "an embedding holds one tensor (emb_params) or two (clip_l, clip_g); is it a "
+                             "model or a LoRA?")
+    for key, shape in shapes.items():
+        _check_shape(where, key, shape)
 
 
 def _pick_vectors(tensors: dict[str, Any], where: str) -> dict[str, Any]:
@@ -197,11 +160,14 @@ def _pick_vectors(tensors: dict[str, Any], where: str) -> dict[str, Any]:
     import torch
 
     keys = sorted(tensors)
-    if "clip_l" in tensors or "clip_g" in tensors:
-        if not {"clip_l", "clip_g"} <= set(tensors):
+    # A family with one tensor per encoder (SDXL's clip_l + clip_g) needs all of them.
+    several = [f for f in FAMILIES.values() if len(f.embedding_keys) > 1 and set(f.embedding_keys) & set(tensors)]
+    if several:
+        names = several[0].embedding_keys
+        if not set(names) <= set(tensors):
             raise FileFieldError(f"embedding {where}", ", ".join(keys),
-                                 "an SDXL embedding holds both clip_l and clip_g")
-        chosen = {"clip_l": tensors["clip_l"], "clip_g": tensors["clip_g"]}
+                                 f"an {several[0].label} embedding holds both {' and '.join(names)}")
+        chosen = {k: tensors[k] for k in names}
     else:
         params = [k for k in keys if k.startswith("string_to_param.")]
         if "emb_params" in tensors:
@@ -212,7 +178,9 @@ def _pick_vectors(tensors: dict[str, Any], where: str) -> dict[str, Any]:
             chosen = {"emb_params": tensors[keys[0]]}
         else:
             raise FileFieldError(f"embedding {where}", ", ".join(keys[:6]) or "no tensors",
-                                 "expected emb_params (A1111, SD 1.x), string_to_param.*, or clip_l + clip_g (SDXL)")
+                                 "expected emb_params (A1111, SD 1.x), string_to_param.*, or "
+                                 + " or ".join(f"{' + '.join(f.embedding_keys)} ({f.label})"
+                                               for f in FAMILIES.values() if len(f.embedding_keys) > 1))
     out = {}
     for key, t in chosen.items():
         _check_shape(where, key, tuple(t.shape))
@@ -229,40 +197,32 @@ def _pick_vectors(tensors: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 # -- matching a file to a model --------------------------------------------------------------------
-def vectors_for(emb: EmbeddingFile, family: Any, widths: Sequence[int]) -> list[Any]:
+def vectors_for(emb: EmbeddingFile, family: ModelFamily, widths: Sequence[int]) -> list[Any]:
     """The file's vectors for each of the model's text encoders (in ``family.text_parts`` order),
     or a one-line ConfigError saying which family the file is for and what this model needs.
 
-    A clip_l + clip_g file is SDXL; a single tensor is SD 1.x when it is as wide as an SD 1.x
-    text encoder (SDXL's first encoder has that width too, so it is refused there).
+    The file's layout (its tensors' names) tells its family. A file of another family is named as
+    such when it is that family's by its widths too (SD 1.x's encoder is as wide as SDXL's first),
+    or has more encoders than this model; otherwise its widths are named.
     """
     where = str(emb.path)
-    sd1_width = widths[0]  # SD 1.x's encoder and SDXL's first (CLIP ViT-L) are equally wide
-    if len(widths) == 1:
-        if emb.layout == "sdxl":
-            raise ConfigError("embedding", where, f"it is an SDXL embedding ({emb.describe()}) and this model is "
-                              f"{family.label}: use an SD 1.x embedding (one emb_params tensor {sd1_width} wide)")
-        width = emb.vectors["emb_params"].shape[1]
-        if width != widths[0]:
-            raise ConfigError("embedding", where, f"its vectors are {width} wide and fit neither this {family.label} "
-                              f"model's text encoder ({widths[0]} wide) nor SDXL's two: it was made for another "
-                              "model (SD 2.x's are 1024 wide)")
-        return [emb.vectors["emb_params"]]
-    if emb.layout == "sd1":
-        width = emb.vectors["emb_params"].shape[1]
-        if width == sd1_width:
-            raise ConfigError("embedding", where, f"it is an SD 1.x embedding ({emb.describe()}) and this model is "
-                              f"{family.label}: use an {family.label} embedding (clip_l {widths[0]} wide + "
-                              f"clip_g {widths[1]} wide)")
-        raise ConfigError("embedding", where, f"its one tensor of vectors {width} wide fits neither of this "
-                          f"{family.label} model's text encoders ({widths[0]} and {widths[1]} wide): use an "
-                          f"{family.label} embedding (clip_l + clip_g)")
-    got = [emb.vectors["clip_l"].shape[1], emb.vectors["clip_g"].shape[1]]
-    if got != list(widths):
-        raise ConfigError("embedding", where, f"its clip_l is {got[0]} wide and its clip_g {got[1]} wide, which fit neither "
-                          f"of this {family.label} model's text encoders ({widths[0]} and {widths[1]} wide): it was "
-                          "made for another model")
-    return [emb.vectors["clip_l"], emb.vectors["clip_g"]]
+    theirs = emb.family
+    got = [int(emb.vectors[k].shape[1]) for k in theirs.embedding_keys]
+    has = " + ".join(f"{k} {w} wide" for k, w in zip(theirs.embedding_keys, got))
+    need = " + ".join(f"{k} {w} wide" for k, w in zip(family.embedding_keys, widths))
+    encoders = f"text encoder{'s' if len(widths) > 1 else ''} ({' and '.join(map(str, widths))} wide)"
+    if theirs is family:
+        if got == list(widths):
+            return [emb.vectors[k] for k in family.embedding_keys]
+        known = architecture_of_width(got[0])
+        hint = f" ({known}'s are {got[0]} wide)" if known and known != family.label else ""
+        raise ConfigError("embedding", where, f"its vectors ({has}) fit none of this {family.label} model's "
+                          f"{encoders}: it was made for another model{hint}")
+    if got[0] == widths[0] or len(got) > len(widths):
+        raise ConfigError("embedding", where, f"it is an {theirs.label} embedding ({emb.describe()}) and this model is "
+                          f"{family.label}: use an {family.label} embedding ({need})")
+    raise ConfigError("embedding", where, f"its vectors ({has}) fit none of this {family.label} model's {encoders}: "
+                      f"use an {family.label} embedding ({need})")
 
 
 def check_token(token: Any, tokenizers: Iterable[Any]) -> str:
@@ -336,27 +296,6 @@ def _remove(pipe: Any, token: str, num_vectors: int, tokenizer: Any, text_encode
         # diffusers builds a new nn.Embedding (trainable); the encoder's was as the model left it
         text_encoder.get_input_embeddings().weight.requires_grad_(requires_grad)
         text_encoder.config.vocab_size = text_encoder.get_input_embeddings().weight.shape[0]
-
-
-def expand_token_ids(tokenizer: Any, ids: list[int]) -> list[int]:
-    """Put a multi-vector embedding's extra tokens after its word: ``word`` -> ``word word_1 ...``,
-    as diffusers' ``maybe_convert_prompt`` does to the text (but on ids, so that a word written
-    in capitals, which the CLIP tokenizer lower-cases, is expanded too)."""
-    added = getattr(tokenizer, "added_tokens_encoder", None)
-    if not added or len(added) <= 2:  # CLIP's BOS and EOS only
-        return ids
-    by_id = {i: t for t, i in added.items()}
-    if not any(i in by_id for i in ids):
-        return ids
-    out: list[int] = []
-    for i in ids:
-        out.append(i)
-        word = by_id.get(i)
-        k = 1
-        while word is not None and f"{word}_{k}" in added:
-            out.append(added[f"{word}_{k}"])
-            k += 1
-    return out
 
 
 def tokens_in(tokenizer: Any, texts: Iterable[str], tokens: Iterable[str]) -> list[str]:

@@ -168,7 +168,7 @@ def test_a_civitai_style_file_in_diffusers_naming_loads_and_unknown_modules_are_
     modules exist is refused with the counts."""
     from safetensors.torch import save_file
 
-    from charstudio.lora.formats import _sgm_unet_module
+    from charstudio.lora.kohya import _sgm_unet_module
 
     tensors, meta = lora.read_lora_file(xl_lora["kohya"])
     ours = lora.split_lora(tensors, meta, unet_config=_studio().components["unet"].config)

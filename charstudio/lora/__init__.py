@@ -18,7 +18,7 @@ The functions that act on a model take ``pipe``: any diffusers SD 1.x or SDXL pi
 ``unet`` and ``text_encoder`` (and ``text_encoder_2``) attributes). Pipelines that share one UNet share its adapters.
 
 Where things live: ``files`` (finding and reading LoRA files), ``formats`` (the two formats,
-conversion and writing) and ``runtime`` (checking a file against a model, loading it as a
+conversion and writing), ``kohya`` (the kohya/A1111 key layout, read and written) and ``runtime`` (checking a file against a model, loading it as a
 peft adapter, weights, unloading and fusing).
 """
 
@@ -34,12 +34,11 @@ from .formats import (
     convert_lora,
     detect_format,
     inspect_lora,
-    peft_to_kohya,
     save_lora,
     split_lora,
     write_diffusers_lora,
-    write_kohya_lora,
 )
+from .kohya import peft_to_kohya, write_kohya_lora
 from .runtime import (
     check_lora_fits,
     default_adapter_name,

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, describe
-from ..models.loading import PICKLE_SUFFIXES  # one list for models and LoRAs
+from ..errors import ConfigError
+from ..weights import PICKLE_SUFFIXES, read_metadata, read_tensors  # one reader and one list for every weight file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -59,18 +59,14 @@ def list_loras(lora_dir: str | os.PathLike = DEFAULT_LORA_DIR) -> list[str]:
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
-    """The tensors and the header metadata of a safetensors LoRA file."""
-    from safetensors import SafetensorError, safe_open
+    """The tensors and the header metadata of a safetensors LoRA file.
 
+    Every tensor is checked for NaN and inf, whatever it is for (DoRA scales, alphas, magnitudes,
+    keys for parts the model lacks): one such value turns every picture black."""
     p = Path(path)
-    tensors: dict[str, Any] = {}
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError("lora", str(p), f"cannot be read as a safetensors file ({describe(exc, 160)})") from exc
+    what = dict(what="LoRA file", advice="re-download it or use another one")
+    metadata = read_metadata(p, "lora", **what)
+    tensors: dict[str, Any] = read_tensors(p, "lora", finite=True, **what)
     if not tensors:
         raise ConfigError("lora", str(p), "the file holds no tensors")
     return tensors, metadata

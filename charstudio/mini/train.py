@@ -107,9 +107,9 @@ def _save_tensors(path: Path, tensors: dict[str, Any]) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from ..weights import read_tensors
 
-    return load_file(str(path))
+    return read_tensors(path, "work", what="training work file", advice="start the run again in a new --work folder")
 
 
 def _save_state(work: Path, state: _State) -> None:
@@ -344,9 +344,8 @@ _INIT_FILES = {"vae": "vae/diffusion_pytorch_model.safetensors", "text_encoder":
 def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> None:
     """Seed a fresh work folder with the weights of ``recipe.init_from`` as if the VAE phase had
     just finished: the UNet phase then fine-tunes them (and resumes like any run)."""
-    from safetensors.torch import load_file
-
     from ..errors import ConfigError
+    from ..weights import read_tensors
 
     folder = Path(recipe.init_from).expanduser()
     missing = [rel for rel in [*_INIT_FILES.values(), "vae/config.json", "tokenizer/tokenizer.json"]
@@ -366,7 +365,8 @@ def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> N
         # still the world), and the UNet and ControlNet learn the larger latents in this stage.
         log.info("fine-tuning at %d px from a model trained at %d px", recipe.size, trained)
     for name, rel in _INIT_FILES.items():
-        weights = load_file(str(folder / rel))
+        weights = read_tensors(folder / rel, "init_from", what=f"{name} weight file",
+                               advice="export the model again, or start from another one")
         try:
             comps[name].load_state_dict(weights)
         except RuntimeError as e:

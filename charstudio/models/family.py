@@ -3,8 +3,10 @@
 A `Studio` knows its family and asks it for everything family-specific: the diffusers pipeline
 classes, the parts a model is made of, the prompt encoder and the extra pipeline arguments it
 produces, the native size and the sizes the models were trained at, and the default OpenPose
-ControlNet. The family is detected from the model itself (`detect_family`,
-`family_of_folder`, `loading.check_single_file_layout`), never from its name.
+ControlNet. The family is detected from the model or file itself, never from its name, and only
+here: every detector (`family_of_unet`, `family_of_keys`, `family_of_lora`, `family_of_width`,
+`detect_family`, `family_of_folder`) asks each family in `FAMILIES` whether it matches
+(`ModelFamily.matches_unet`, `ModelFamily.matches_keys`), so a third family is one more entry.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ class ModelFamily:
     native_size: int  # what the family's base models were trained at (pixels a side)
     sizes: tuple[tuple[int, int], ...]  # (width, height) the base models were trained at
     openpose_controlnet: str  # hub id of the default OpenPose ControlNet
-    single_file_marker: str  # a key prefix only this family's single files have
     single_file_parts: Mapping[str, str]  # part -> key prefix in an A1111 / civitai single file
     base_model: str  # hub id of the family's base model (its configs are the ones shipped in the package)
     packaged_config: str  # charstudio/data/configs/<this>: the base model's configs, for single files
@@ -78,12 +79,34 @@ class ModelFamily:
     # about 768 px); None: no warning.
     small_size_share: float | None = None
     micro_conditioning: bool = False  # SDXL: original size, crop and target size condition the UNet
+    # Detection (the detectors below): the UNet's cross-attention width in the family's base models,
+    # the UNet's addition_embed_type (SDXL's "text_time": pooled text and size ids; None: no extra
+    # inputs), and key prefixes only this family's files have, in single-file checkpoints, LoRA files
+    # and textual-inversion embeddings.
+    cross_attention_dim: int = 768
+    unet_addition_embed_type: str | None = None
+    key_marks: tuple[str, ...] = ()
+    # A textual-inversion file's tensor per text encoder, in text_parts order (A1111's names).
+    embedding_keys: tuple[str, ...] = ("emb_params",)
+    # Per text encoder, the single-file tensor whose last dimension diffusers matches to its
+    # hidden_size (diffusers' CHECKPOINT_KEY_NAMES "clip", "clip_sdxl", "open_clip_sdxl").
+    single_file_text_width_keys: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def component_names(self) -> tuple[str, ...]:
         """The parts every pipeline of this family is built from."""
         names = [n for pair in self.text_parts for n in pair]
         return ("vae", *names, "unet", "scheduler")
+
+    def matches_unet(self, unet_config: Any) -> bool:
+        """Whether a UNet (or ControlNet) config has this family's conditioning inputs."""
+        return _config_value(unet_config, "addition_embed_type") == self.unet_addition_embed_type
+
+    def matches_keys(self, keys: Iterable[str]) -> bool:
+        """Whether a file's tensor names carry one of this family's own marks (a single-file
+        checkpoint's text encoder, a LoRA's second text encoder or SGM block names, an SDXL
+        embedding's clip_g)."""
+        return bool(self.key_marks) and any(str(k).startswith(self.key_marks) for k in keys)
 
     def make_encoder(self, components: Mapping[str, Any]) -> Any:
         """The prompt encoder over this family's tokenizers and text encoders."""
@@ -108,7 +131,7 @@ class ModelFamily:
 
     def check_controlnet(self, config: Mapping[str, Any], source: str) -> None:
         """Refuse a ControlNet of the other family (from its config, before its weights load)."""
-        theirs = SDXL if config.get("addition_embed_type") == "text_time" else SD1
+        theirs = family_of_unet(config, f"controlnet={source!r}")
         if theirs is not self:
             raise ModelLoadError(f"controlnet={source!r} is an {theirs.label} ControlNet and the model is "
                                  f"{self.label}: use an {self.label} OpenPose ControlNet, e.g. "
@@ -165,7 +188,6 @@ SD1 = ModelFamily(
     text_parts=(("tokenizer", "text_encoder"),),
     native_size=512, sizes=((512, 512), (512, 768), (768, 512)),
     openpose_controlnet="lllyasviel/control_v11p_sd15_openpose",
-    single_file_marker="cond_stage_model.transformer.",
     single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
                        "CLIP text encoder": "cond_stage_model.transformer."},
     base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", packaged_config="sd15",
@@ -175,6 +197,12 @@ SD1 = ModelFamily(
     latent_rgb=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473)),
     preview_vae="madebyollin/taesd",
     pipeline_options={"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
+    cross_attention_dim=768,
+    # a kohya file's lora_te_ and a diffusers SD 1.x LoRA's keys are SDXL's too (less text_encoder_2):
+    # a LoRA with no family's marks is read as DEFAULT_FAMILY's, which is this one
+    key_marks=("cond_stage_model.transformer.", "emb_params"),
+    single_file_text_width_keys={
+        "text_encoder": "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"},
 )
 
 SDXL = ModelFamily(
@@ -188,7 +216,6 @@ SDXL = ModelFamily(
     native_size=1024, sizes=((1024, 1024), (832, 1216), (1216, 832), (896, 1152), (1152, 896), (768, 1344),
                              (1344, 768)),
     openpose_controlnet="xinsir/controlnet-openpose-sdxl-1.0",
-    single_file_marker="conditioner.embedders.",
     single_file_parts={"UNet": "model.diffusion_model.", "VAE": "first_stage_model.",
                        "CLIP ViT-L text encoder": "conditioner.embedders.0.",
                        "OpenCLIP bigG text encoder": "conditioner.embedders.1."},
@@ -215,6 +242,17 @@ SDXL = ModelFamily(
     kohya_sgm_unet=True,
     kohya_base_model="sdxl_base_v1-0",
     lora_loader="StableDiffusionXLLoraLoaderMixin",
+    cross_attention_dim=2048,  # CLIP ViT-L's 768 and OpenCLIP bigG's 1280 side by side
+    unet_addition_embed_type="text_time",
+    key_marks=("conditioner.embedders.",  # single files
+               # LoRA files: kohya's second text encoder and SGM block names, diffusers' second encoder
+               "lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_",
+               "lora_unet_middle_block_",
+               "clip_g"),  # embeddings
+    embedding_keys=("clip_l", "clip_g"),
+    single_file_text_width_keys={
+        "text_encoder": "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+        "text_encoder_2": "conditioner.embedders.1.model.positional_embedding"},
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD1, SDXL)}
@@ -225,32 +263,130 @@ def is_union_controlnet(controlnet: Any) -> bool:
     return type(controlnet).__name__ == "ControlNetUnionModel"
 
 
+# The family assumed where nothing tells (a hub id without a preset, a file with no family's
+# marks): SD 1.x, whose layouts are the ones the later family extends.
+DEFAULT_FAMILY = SD1
+# Cross-attention widths of base models of architectures charstudio does not run, to name them in messages.
+OTHER_WIDTHS = {1024: "SD 2.x"}
+
+
+def _config_value(config: Any, key: str) -> Any:
+    """A config entry, whether the config is a dict, diffusers' FrozenDict or a config object."""
+    if config is None:
+        return None
+    return config.get(key) if hasattr(config, "get") else getattr(config, key, None)
+
+
 def family_of_recipe(fields: Mapping[str, Any]) -> ModelFamily:
     """The family a recipe (GenerationConfig fields, or parsed A1111 text) was drawn with: SDXL's
     recipes carry micro-conditioning (target size), SD 1.x's never do."""
-    return SDXL if fields.get("target_size") is not None or fields.get("original_size") is not None else SD1
+    sized = fields.get("target_size") is not None or fields.get("original_size") is not None
+    return next((f for f in FAMILIES.values() if f.micro_conditioning == sized), DEFAULT_FAMILY)
+
+
+def family_of_unet(unet_config: Any, what: str = "model") -> ModelFamily:
+    """The family whose conditioning inputs a UNet (or ControlNet) config has; a ModelLoadError
+    naming ``what`` when it has none of theirs."""
+    for family in FAMILIES.values():
+        if family.matches_unet(unet_config):
+            return family
+    kind = _config_value(unet_config, "addition_embed_type")
+    raise ModelLoadError(f"{what}: its UNet has addition_embed_type={kind!r}, which no family charstudio runs has "
+                         f"({', '.join(f'{f.label}: {f.unet_addition_embed_type!r}' for f in FAMILIES.values())}): "
+                         "use an SD 1.x or SDXL model")
+
+
+def family_of_keys(keys: Iterable[str], field: str = "model", source: str = "file") -> ModelFamily | None:
+    """The family whose marks a file's tensor names carry (`ModelFamily.matches_keys`), None when
+    no family's do; a file with two families' marks is refused (ConfigError naming ``field``)."""
+    keys = list(keys)
+    found = [f for f in FAMILIES.values() if f.matches_keys(keys)]
+    if len(found) > 1:
+        examples = ", ".join(f"{next(k for k in keys if k.startswith(f.key_marks))} ({f.label})" for f in found)
+        raise ConfigError(field, source, f"its tensors carry the marks of {' and of '.join(f.label for f in found)} "
+                          f"({examples}); the file is inconsistent")
+    return found[0] if found else None
+
+
+def family_of_lora(keys: Iterable[str], unet_config: Any = None, source: str = "state dict") -> ModelFamily:
+    """The family whose key layout a LoRA is read in: the model's (from its UNet config) when
+    there is one, else the file's marks (SDXL's second text encoder or SGM block names), else
+    DEFAULT_FAMILY's."""
+    if unet_config is not None:
+        return family_of_unet(unet_config)
+    return family_of_keys(keys, "lora", source) or DEFAULT_FAMILY
+
+
+def family_of_width(width: int, components: Mapping[str, Any] | None = None) -> ModelFamily | None:
+    """The family whose base UNet takes ``width``-wide text features, else None.
+
+    With a loaded model's ``components``, also the one-encoder family whose text encoder is as
+    wide as that model's first one: SDXL's first encoder is SD 1.x's (CLIP ViT-L), so an SD 1.x
+    part of a toy model is as wide as tiny-sdxl's first encoder."""
+    for family in FAMILIES.values():
+        if family.cross_attention_dim == width:
+            return family
+    if components is not None:
+        model = detect_family(components)
+        (_, first), *others = model.text_parts
+        hidden = getattr(getattr(components.get(first), "config", None), "hidden_size", None)
+        if others and hidden == width:
+            return next((f for f in FAMILIES.values() if f.text_parts == model.text_parts[:1]), None)
+    return None
+
+
+def architecture_of_width(width: Any) -> str | None:
+    """How messages name the architecture a cross-attention width belongs to: a family's base
+    models, or another known architecture (SD 2.x), else None."""
+    family = family_of_width(width) if isinstance(width, int) else None
+    return family.label if family is not None else OTHER_WIDTHS.get(width)
+
+
+def architecture_of_unet(unet_config: Any) -> str:
+    """'SDXL (cross-attention width 2048)', for messages: a UNet whose family has inputs of its
+    own (SDXL's text-time, whatever its width: tiny-sdxl is 64 wide) is named by them; other
+    UNets by their width (SD 1.x 768, SD 2.x 1024), else 'this model'."""
+    width = _config_value(unet_config, "cross_attention_dim")
+    marked = next((f for f in FAMILIES.values() if f.unet_addition_embed_type is not None
+                   and f.matches_unet(unet_config)), None)
+    name = marked.label if marked is not None else architecture_of_width(width) or "this model"
+    return f"{name} (cross-attention width {width})"
 
 
 def detect_family(components: Mapping[str, Any]) -> ModelFamily:
-    """The family of loaded components: SDXL has a second text encoder and a text-time UNet."""
+    """The family of loaded components: the one their UNet's inputs match, with exactly that
+    family's text encoders (SDXL: a second text encoder and a text-time UNet)."""
     unet = components.get("unet")
-    time_conditioned = getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
-    if components.get("text_encoder_2") is not None or time_conditioned:
-        if not time_conditioned or components.get("text_encoder_2") is None:
-            raise ModelLoadError("the model has half of SDXL's parts (a second text encoder xor a UNet with "
-                                 "addition_embed_type='text_time'): it is neither SD 1.x nor SDXL")
-        return SDXL
-    return SD1
+    config = getattr(unet, "config", None)
+    labels = " nor ".join(f.label for f in FAMILIES.values())
+    try:
+        family = family_of_unet(config)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}: it is neither {labels}") from None
+    # Compared beyond the encoders every family has: SD 1.x's one is SDXL's first.
+    shared = set.intersection(*({enc for _, enc in f.text_parts} for f in FAMILIES.values()))
+    encoders = {enc for f in FAMILIES.values() for _, enc in f.text_parts} - shared
+    have = sorted(e for e in encoders if components.get(e) is not None)
+    need = sorted(enc for _, enc in family.text_parts if enc not in shared)
+    if have != need:
+        raise ModelLoadError(f"the model's parts are of two families: its UNet is {family.label}'s "
+                             f"(addition_embed_type={family.unet_addition_embed_type!r}), which takes "
+                             f"{'the text encoders ' + ', '.join(need) if need else 'no ' + ', '.join(encoders)}, "
+                             f"and it has {', '.join(have) or 'none'}: it is neither {labels}")
+    return family
 
 
 def family_of_folder(folder: str | Path) -> ModelFamily:
-    """A diffusers folder's family, read from its model_index.json pipeline class."""
+    """A diffusers folder's family, read from its model_index.json pipeline class (the family
+    whose txt2img class name is the longest start of it: StableDiffusionXL... is SDXL's)."""
     index = Path(folder) / "model_index.json"
     try:
         name = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model={str(folder)!r}: its model_index.json cannot be read ({exc})") from exc
-    return SDXL if "XL" in name else SD1
+    stems = [(f.pipelines["txt2img"].removesuffix("Pipeline"), f) for f in FAMILIES.values()]
+    found = [(len(stem), f) for stem, f in stems if name.startswith(stem)]
+    return max(found, key=lambda pair: pair[0])[1] if found else DEFAULT_FAMILY
 
 
 def is_v_prediction_file(keys: list[str]) -> bool:

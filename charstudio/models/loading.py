@@ -16,12 +16,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from ..errors import ModelLoadError
-from .family import FAMILIES, SD1, SDXL, ModelFamily, family_of_folder, is_v_prediction_file, prediction_scheduler_config
+from ..weights import PICKLE_SUFFIXES
+from .family import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    ModelFamily,
+    family_of_folder,
+    is_v_prediction_file,
+    prediction_scheduler_config,
+)
+from .hub import first_line as _first_line
+from .hub import hub_offline
+from .hub import without_internal_advice as _without_internal_advice
 from .presets import PRESETS
+from .single_file import check_single_file_layout, checkpoint_keys, single_file_error, single_file_setup
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+__all__ = ["PICKLE_SUFFIXES", "ModelSource", "check_single_file_layout", "checkpoint_keys", "hub_offline",
+           "load_components", "load_controlnet", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +45,6 @@ class ModelSource:
     location: str  # preset name, hub id or path
     name: str  # what the recipe records
     controlnet: str | None = None  # None: the model family's default OpenPose ControlNet
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` forbids downloads (the one place charstudio reads it)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -149,165 +157,6 @@ def _hub_error(what: str, location: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(f"{what}={location!r} could not be loaded: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
 
 
-def checkpoint_keys(path: str) -> list[str]:
-    """The tensor names in a single-file checkpoint, read without loading its weights.
-
-    `.safetensors`: only the header is read. Pickled files are opened as diffusers opens them,
-    with `weights_only=True` (memory-mapped, so tensors are not read), after the caller opted in.
-    """
-    name = Path(path).name
-    if path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                return list(f.keys())
-        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
-            raise ModelLoadError(f"model={path!r} is not a readable .safetensors file ({_first_line(exc)}): "
-                                 f"re-download {name} or use another checkpoint") from exc
-    import zipfile
-
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # UnpicklingError for anything but tensors and plain containers
-        raise ModelLoadError(f"model={path!r} cannot be read with weights_only=True ({_first_line(exc)}): "
-                             f"convert {name} to .safetensors where you trust it, or use a .safetensors file") from exc
-    while isinstance(state, dict) and "state_dict" in state:  # as diffusers unwraps Lightning checkpoints
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"model={path!r} holds a {type(state).__name__}, not a dict of tensors: "
-                             "use an SD 1.x .safetensors checkpoint")
-    return [k for k in state if isinstance(k, str)]
-
-
-def check_single_file_layout(path: str, keys: list[str]) -> ModelFamily:
-    """The family of a single-file checkpoint in the LDM/SGM layout (SD 1.x or SDXL), or a
-    one-line ModelLoadError naming the keys that decided it."""
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        raise ModelLoadError(f"model={path!r} is an SD 2.x checkpoint (OpenCLIP text encoder), and charstudio runs "
-                             "SD 1.x and SDXL models: use an SD 1.5 or SDXL .safetensors, a diffusers folder or a preset")
-    family = SDXL if any(k.startswith(SDXL.single_file_marker) for k in keys) else SD1
-    parts = family.single_file_parts
-    missing = [f"{part} ({prefix}*)" for part, prefix in parts.items() if not any(k.startswith(prefix) for k in keys)]
-    if not missing:
-        return family
-    if not any(k.startswith(parts["UNet"]) for k in keys) and \
-            any(k.startswith(("lora_unet_", "lora_te")) or ".lora_" in k or "lora_A" in k for k in keys):
-        raise ModelLoadError(f"model={path!r} is a LoRA adapter, not a full model: load a base model "
-                             "and add the adapter to it with studio.load_lora")
-    seen = sorted({k.split(".")[0] for k in keys})
-    found = ", ".join(f"{p}.*" for p in seen[:4]) + (", ..." if len(seen) > 4 else "") if keys else "no tensors"
-    raise ModelLoadError(
-        f"model={path!r} does not have the {family.label} single-file layout: it lacks {', '.join(missing)} keys "
-        f"(it has {found}): use an A1111/civitai SD 1.x or SDXL checkpoint, a diffusers folder (save_pretrained) "
-        "or a preset")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _shape_mismatch(exc: BaseException) -> str | None:
-    """'<tensor>: expected [...], got [...]' when diffusers refused a weight of the wrong shape."""
-    import re
-
-    m = re.search(r"(\S+) expected shape torch\.Size\((\[[^]]*\])\), but got torch\.Size\((\[[^]]*\])\)", str(exc))
-    return f"{m[1]}: expected {m[2]}, got {m[3]}" if m else None
-
-
-def _without_internal_advice(text: str) -> str:
-    """diffusers' message without its advice about its own loading options (`low_cpu_mem_usage`,
-    `ignore_mismatched_sizes`), which a charstudio user cannot pass, and its issue links."""
-    import re
-
-    sentences = re.split(r"(?<=\.)\s+", text)
-    kept = [s for s in sentences if not re.search(r"low_cpu_mem_usage|ignore_mismatched_sizes|see also|https?://", s)]
-    return " ".join(kept).strip() or "its weights do not fit the configs it is read with"
-
-
-# The tensor whose last dimension diffusers matches to each text encoder's hidden_size when it
-# reads a single file (diffusers' CHECKPOINT_KEY_NAMES "clip", "clip_sdxl", "open_clip_sdxl").
-_TEXT_WIDTH_KEYS = {
-    "sd1": {"text_encoder": "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"},
-    "sdxl": {"text_encoder": "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
-             "text_encoder_2": "conditioner.embedders.1.model.positional_embedding"},
-}
-
-
-def _text_width_mismatch(path: str, family: ModelFamily, config_dir: str | None) -> str | None:
-    """'<tensor> is N wide and <encoder> in the config has hidden_size M' for the first text
-    encoder the file and the config folder disagree on; None when it cannot tell (a hub config,
-    a pickled file)."""
-    import json
-
-    if config_dir is None or not Path(config_dir).is_dir() or not path.lower().endswith(".safetensors"):
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            keys = set(f.keys())
-            for encoder, key in _TEXT_WIDTH_KEYS[family.name].items():
-                try:
-                    config = json.loads((Path(config_dir) / encoder / "config.json").read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    continue
-                hidden = config.get("hidden_size") if isinstance(config, dict) else None
-                width = f.get_slice(key).get_shape()[-1] if key in keys else None
-                if hidden is not None and width is not None and width != hidden:
-                    return f"{key} is {width} wide and the configs' {encoder} has hidden_size {hidden}"
-    except Exception:  # a header that cannot be read was reported before loading began
-        return None
-    return None
-
-
-def _config_advice(family: ModelFamily, config: str | None) -> str:
-    """What a user can do when a single file does not fit the configs it was read with."""
-    standard = (f" (or leave it out for a standard {family.label} file: {family.base_model}'s configs are built in)"
-                if config else "")
-    return (f"pass --config (config=) naming the diffusers folder or hub id of the {family.label} model the file was "
-            f"made from{standard}, or use a different file")
-
-
-def _check_config_family(config: str, family: ModelFamily, location: str) -> None:
-    """Refuse a local config folder of the other family before diffusers reads the file with it
-    (it would fail on a missing key, e.g. 'label_emb.0.0.weight')."""
-    if not Path(config).is_dir():
-        return
-    theirs = family_of_folder(config)
-    if theirs is not family:
-        raise ModelLoadError(f"config={config!r} is an {theirs.label} model's folder and model={location!r} is an "
-                             f"{family.label} checkpoint: {_config_advice(family, config)}")
-
-
-def _is_hub_error(exc: BaseException) -> bool:
-    """Whether a load failed for lack of hub files (offline, not cached, no network)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__module__.split(".")[0] in ("huggingface_hub", "requests", "httpx", "urllib3"):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _check_config(config: str) -> str:
-    """A `config=` for a single file: a diffusers folder (returned as a path) or a hub id."""
-    path = Path(config).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"config={config!r} is a folder without model_index.json: give the base model's "
-                                 "diffusers-format folder (save_pretrained) or its hub id")
-        return str(path)
-    if path.exists() or config.startswith((".", "/", "~")) or config.count("/") != 1 or not all(config.split("/")):
-        raise ModelLoadError(f"config={config!r} is not a diffusers folder or a hub id like 'org/name': give the base "
-                             f"model's diffusers folder or hub id (e.g. {SD1.base_model!r} or {SDXL.base_model!r})")
-    return config
-
-
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """The ``from_pretrained`` keyword for a torch dtype in the installed diffusers.
 
@@ -375,21 +224,14 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
                     module.to(dtype=dtype)
         return _with_prediction_type(_with_fp16_vae(comps, source, dtype), prediction_type, source.location)
 
-    # 1. A single file must be an SD 1.x or SDXL checkpoint in the LDM/SGM layout; diffusers would
-    #    otherwise guess "SD 1.x" for any keys and fail somewhere deep, or quietly take parts from
-    #    `config`. A folder names its pipeline class; a hub id is taken as SD 1.x unless a preset says.
+    # 1. A single file's keys tell its family (models.single_file). A folder names its pipeline
+    #    class; a hub id is taken as the default family's unless a preset says.
     extra: dict[str, Any] = {}
-    family = SD1
+    family = DEFAULT_FAMILY
     if source.kind == "single_file":
-        keys = checkpoint_keys(source.location)
-        family = check_single_file_layout(source.location, keys)
+        family, extra, keys = single_file_setup(source.location, config)
         if prediction_type is None and is_v_prediction_file(keys):  # NoobAI v-pred's `v_pred` key
             prediction_type = "v_prediction"
-        if config is not None:
-            extra["config"] = _check_config(config)
-            _check_config_family(extra["config"], family, source.location)
-        else:  # the base model's configs shipped in the package, and the real CLIP tokenizers: no hub
-            extra = {"config": str(family.config_folder()), **family.real_tokenizers()}
     elif source.kind == "folder":
         family = family_of_folder(source.location)
     elif source.name in PRESETS:
@@ -418,34 +260,8 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             raise refused from exc
         if source.kind == "hub":
             raise _hub_error("model", source.location, exc) from exc
-        if source.kind == "single_file" and config is not None and _is_hub_error(exc) \
-                and not Path(config).expanduser().is_dir():
-            raise ModelLoadError(
-                f"config={config!r} is not in the local Hugging Face cache"
-                f"{' and HF_HUB_OFFLINE=1 forbids downloading it' if hub_offline() else f' ({_first_line(exc)})'}: "
-                "download it once with network access, or pass a local diffusers folder of the base model") from exc
         if source.kind == "single_file":
-            # diffusers' own words name its loading options; say what a user can change instead.
-            read_with = f"config={config!r}" if config else f"{family.base_model}'s configs"
-            mismatch = _shape_mismatch(exc)
-            if mismatch:
-                raise ModelLoadError(
-                    f"model={source.location!r} has the {family.label} layout but not the shapes of {read_with} "
-                    f"({mismatch}; a pruned or resized model, or a config of another model?): "
-                    f"{_config_advice(family, config)}") from exc
-            if "valid CLIP model" in str(exc):
-                detail = _text_width_mismatch(source.location, family, extra.get("config"))
-                raise ModelLoadError(
-                    f"model={source.location!r}: its CLIP text encoder does not fit {read_with} "
-                    f"({detail or 'diffusers found none of the width those configs give'}): "
-                    f"{_config_advice(family, config)}") from exc
-            if isinstance(exc, KeyError) and exc.args:
-                raise ModelLoadError(
-                    f"model={source.location!r} lacks the tensor {exc.args[0]!r} that {read_with} expect: "
-                    f"{_config_advice(family, config)}") from exc
-            raise ModelLoadError(
-                f"model={source.location!r} could not be loaded as an {family.label} checkpoint with {read_with}: "
-                f"{_without_internal_advice(_first_line(exc))}: {_config_advice(family, config)}") from exc
+            raise single_file_error(exc, source.location, family, config, extra) from exc
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} model: "
                              f"{_without_internal_advice(_first_line(exc))}") from exc
     # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.

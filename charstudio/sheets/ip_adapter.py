@@ -8,15 +8,13 @@ checked against the UNet, so an adapter of the other family is refused in one li
 
 from __future__ import annotations
 
-import functools
-import json
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ..errors import ConfigError, ModelLoadError, describe
-from ..models.family import FAMILIES, SD1, SDXL, IPAdapterFiles, ModelFamily
+from ..errors import ConfigError, ModelLoadError
+from ..models.family import IPAdapterFiles, ModelFamily, family_of_width
+from ..weights import read_shapes
 
 FIELD = "ip_adapter_weights"
 
@@ -49,13 +47,17 @@ def _file_label(files: IPAdapterFiles) -> str:
     return f"{files.subfolder}/{files.weight_name}" if files.subfolder else files.weight_name
 
 
-def _named(files: IPAdapterFiles, weights: Any = None) -> str:
+def _shown(files: IPAdapterFiles, weights: Any = None) -> str:
     """How a message names the adapter: a weight file given by path as the user wrote it (not
     split into the root, subfolder and name it is read as), else the folder or hub id given
     and the file inside it."""
     if weights is not None and Path(str(weights)).expanduser().is_file():
-        return f"{FIELD}={str(weights)!r}"
-    return f"{FIELD}={files.repo!r} (file {_file_label(files)})"
+        return repr(str(weights))
+    return f"{files.repo!r} (file {_file_label(files)})"
+
+
+def _named(files: IPAdapterFiles, weights: Any = None) -> str:
+    return f"{FIELD}={_shown(files, weights)}"
 
 
 def _not_available(files: IPAdapterFiles, err: BaseException, family: ModelFamily) -> ModelLoadError:
@@ -69,7 +71,7 @@ def _not_available(files: IPAdapterFiles, err: BaseException, family: ModelFamil
 
 def _weight_file(files: IPAdapterFiles) -> str:
     """The weight file on disk: in a local folder, or the Hugging Face cache (downloaded unless offline)."""
-    from ..models.loading import hub_offline
+    from ..models.hub import hub_offline
 
     root = Path(files.repo).expanduser()
     if root.is_dir():
@@ -89,48 +91,12 @@ def _weight_file(files: IPAdapterFiles) -> str:
 
 
 def _tensor_shapes(path: str, files: IPAdapterFiles, weights: Any = None) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape, as ``image_proj.<k>`` / ``ip_adapter.<k>`` (only the header of a .safetensors)."""
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
+    """Every tensor's shape, as ``image_proj.<k>`` / ``ip_adapter.<k>`` (only the header of a .safetensors).
 
-            with safe_open(path, framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        import torch
-
-        # As diffusers reads a pickled adapter: weights_only, memory-mapped so tensors stay on disk.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        return {f"{group}.{k}": tuple(v.shape) for group, part in state.items() if isinstance(part, Mapping)
-                for k, v in part.items() if hasattr(v, "shape")}
-    except Exception as exc:  # safetensors' SafetensorError, pickle's UnpicklingError, zip errors ...
-        raise ModelLoadError(f"{_named(files, weights)} is not a readable IP-Adapter weight file "
-                             f"({describe(exc, 160)}): re-download it or use another one") from exc
-
-
-@functools.lru_cache(maxsize=None)
-def _base_width(family_name: str) -> int | None:
-    """The cross-attention width of the family's base model (SD 1.5: 768, SDXL: 2048), from the
-    base model's config shipped in the package."""
-    folder = FAMILIES[family_name].config_folder()
-    try:
-        config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("cross_attention_dim")
-
-
-def _family_of_width(width: int, studio: Any) -> str | None:
-    """The family an adapter whose to_k_ip layers take ``width``-wide text features was made for."""
-    for family in FAMILIES.values():
-        if _base_width(family.name) == width:
-            return family.label
-    # SDXL's first text encoder is SD 1.x's (CLIP ViT-L), so an SD 1.x UNet (and its adapter) is
-    # exactly as wide as it; this names tiny SD 1.x adapters on tiny-sdxl too.
-    if studio.family is SDXL:
-        encoder = studio.components.get(SDXL.text_parts[0][1])
-        if getattr(getattr(encoder, "config", None), "hidden_size", None) == width:
-            return SD1.label
-    return None
+    h94/IP-Adapter's older files are pickles (``.bin``), which diffusers' ``load_ip_adapter`` reads
+    with weights_only=True; they are read here the same way."""
+    return read_shapes(path, FIELD, allow_pickle=True, what="IP-Adapter weight file",
+                       advice="re-download it or use another one", label=_shown(files, weights))
 
 
 def _ip_layers(unet: Any) -> list[str]:
@@ -161,7 +127,8 @@ def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Any, fi
                              f"ip_adapter.1.to_k_ip.weight): use an {family.label} IP-Adapter, {hint}")
     theirs = first[1]
     if theirs != width:
-        label = _family_of_width(theirs, studio)
+        named = family_of_width(theirs, studio.components)
+        label = named.label if named is not None else None
         if label == family.label:
             # Same family, other width (a resized or toy model): "SD 1.x adapter, SD 1.x model" says nothing.
             raise ModelLoadError(f"{name} is an {label} IP-Adapter for {theirs}-wide text features (its to_k_ip "
@@ -227,7 +194,7 @@ def ip_adapter(studio: Any, weights: str | None, image: Any, scale: float = 0.6,
     """
     import torch
 
-    from ..models.loading import hub_offline
+    from ..models.hub import hub_offline
 
     # 1. Which files, and do they fit, before anything loads.
     files = resolve_ip_adapter(studio, weights, subfolder=subfolder, weight_name=weight_name,

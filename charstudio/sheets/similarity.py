@@ -18,7 +18,7 @@ def load_embedder(name_or_path: str = DEFAULT_EMBEDDER, device: Any = None, down
     It downloads only with `download=True` and without ``HF_HUB_OFFLINE=1``: work that merely
     *reports* a score (a sheet) must not stall on a 1.7 GB download or on network retries.
     """
-    from ..models.loading import hub_offline
+    from ..models.hub import hub_offline
 
     name_or_path = str(name_or_path)
     folder = _local_folder(name_or_path)

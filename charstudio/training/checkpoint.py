@@ -148,9 +148,12 @@ def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acce
                      text_encoder_2: Any = None) -> tuple[int, float, list]:
     import torch
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    from ..lora import read_lora_file
+    from ..weights import read_tensors
+
+    def read(name: str) -> dict[str, Any]:
+        return read_tensors(path / name, "resume", what="checkpoint file",
+                            advice="resume from another checkpoint, or pass overwrite=True without resume to start over")
 
     state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     # 1. Refuse checkpoints of another base model or adapter shape: they cannot continue this run.
@@ -174,7 +177,7 @@ def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acce
         log.warning("resuming with a different number of processes, batch size or accumulation: "
                     "the data order will differ from an uninterrupted run")
     # 2. Adapter weights, exactly as saved.
-    tensors, _ = read_lora_file(path / "pytorch_lora_weights.safetensors")
+    tensors = read("pytorch_lora_weights.safetensors")
     for comp, model in (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2)):
         sd = {k[len(comp) + 1:]: v for k, v in tensors.items() if k.startswith(comp + ".")}
         if not sd or model is None:
@@ -186,11 +189,11 @@ def load_checkpoint(path: Path, identity: dict, config: LoraTrainingConfig, acce
         if unexpected:
             raise ConfigError("resume", str(path), f"its adapter does not fit this model ({unexpected[0]}, ...)")
     # 3. Optimizer, scheduler and global RNG.
-    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_tensors = read("optimizer.safetensors")
     opt_meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
     optimizer.load_state_dict(unflatten_optimizer(opt_tensors, opt_meta))
     lr_scheduler.load_state_dict(state["lr_scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = read("rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda_"))]
