@@ -142,31 +142,87 @@ def test_missing_weights_give_clear_errors(tiny_studio, monkeypatch, tmp_path):
     assert all(type(p).__name__ != "ReferenceAttnProcessor" for p in tiny_studio.components["unet"].attn_processors.values())
 
 
+def dot_colour(joint: int, person: int = 0) -> tuple[int, int, int]:
+    """The colour of body joint ``joint`` (COCO-18) of person ``person`` in a picture `Detector` reads."""
+    return (250 - 7 * joint, 19 + 97 * person, 3 + 11 * joint)
+
+
+def paint_pose(picture, pose, person: int = 0, drop: tuple[int, ...] = ()):
+    """``picture`` with ``pose``'s body joints (all but ``drop``) painted as one-pixel dots of
+    person ``person``'s colours, and the pose `Detector` must read from it: those joints at
+    their dots' pixels, the dropped and absent ones missing."""
+    from PIL import Image
+
+    from charstudio.pose import Pose
+
+    arr = np.array(picture.convert("RGB"))
+    body = np.zeros((18, 3))
+    for j, (x, y, c) in enumerate(pose.body):
+        if c > 0 and j not in drop:
+            body[j] = (min(int(round(x)), arr.shape[1] - 1), min(int(round(y)), arr.shape[0] - 1), 1.0)
+            arr[int(body[j, 1]), int(body[j, 0])] = dot_colour(j, person)
+    dots = [tuple(p[:2]) for p in body if p[2] > 0]
+    assert len(set(dots)) == len(dots), "two joints on one pixel: use a larger picture"
+    return Image.fromarray(arr), Pose(body, arr.shape[1], arr.shape[0])
+
+
 class Detector:
-    """Stands in for controlnet-aux's OpenposeDetector (its weights cannot be downloaded here):
-    finds the "waving" pose in any photo, in the detector's own result types."""
+    """Stands in for controlnet-aux's OpenposeDetector (its weights cannot be downloaded here)
+    and answers from the picture it is given, in the detector's own result types: joint j of
+    person p is the centroid of the pixels of colour ``dot_colour(j, p)``, as a fraction of the
+    picture's width and height (OpenposeDetector's normalised coordinates); a joint whose
+    colour is absent is missing (None). People come in the order of p, each scored by the number
+    of joints found (OpenPose sums its joints' scores), so it is charstudio that must pick the
+    most confident one. ``seen`` records the shape of each array it was given."""
+
+    def __init__(self, people: int = 2):
+        self.people = people
+        self.seen: list[tuple[int, ...]] = []
 
     def detect_poses(self, image, include_hand=False, include_face=False):
         from controlnet_aux.open_pose import PoseResult
         from controlnet_aux.open_pose.body import BodyResult, Keypoint
 
-        pose = load_pose("waving").fit(image.shape[1], image.shape[0])
-        kps = [Keypoint(x / pose.canvas_width, y / pose.canvas_height) if c > 0 else None
-               for x, y, c in pose.body]
-        return [PoseResult(BodyResult(kps, 10.0, 18), None, None, None)]
+        self.seen.append(image.shape)
+        h, w = image.shape[:2]
+        results = []
+        for person in range(self.people):
+            keypoints = []
+            for joint in range(18):
+                ys, xs = np.nonzero((image == np.array(dot_colour(joint, person))).all(axis=-1))
+                keypoints.append(Keypoint(xs.mean() / w, ys.mean() / h) if len(xs) else None)
+            found = sum(k is not None for k in keypoints)
+            if found:
+                results.append(PoseResult(BodyResult(keypoints, float(found), found), None, None, None))
+        return results
 
 
 def test_photo_to_character_with_its_pose(tiny_studio):
+    """from_photo detects the photo's pose (here: read by the stand-in detector from dots painted
+    into a wide photo) and records it: in the photo's pixels (x by its width, y by its height),
+    the most confident person's, with the joints the detector did not find missing."""
     from charstudio.pose import Pose
     from PIL import Image
 
     rng = np.random.default_rng(1)
-    photo, other = (Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2))
-    res = tiny_studio.from_photo("aiko", photo, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
-    assert res.image.size == (32, 32) and res.extras["kind"] == "controlnet_img2img"
-    assert Pose.from_dict(res.recipe.pose).isclose(load_pose("waving").fit(32, 32), atol=1e-2)
-    # The photo is the starting point (the tiny VAE cannot reconstruct it, so compare two photos).
+    photo, other = (Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(2))
+    # Person 0: a few joints of one pose (listed first, less confident); person 1: another pose,
+    # wide, without its left ankle (13) and left ear (17).
+    photo, _ = paint_pose(photo, load_pose("standing_front").fit(64, 48), person=0, drop=tuple(range(5, 18)))
+    photo, expected = paint_pose(photo, load_pose("reaching_up").fit(64, 48), person=1, drop=(13, 17))
+    other, expected_other = paint_pose(other, load_pose("jumping").fit(64, 48), person=0)
+    detector = Detector()
+    res = tiny_studio.from_photo("aiko", photo, strength=0.5, detector=detector, seed=3, num_inference_steps=4)
+    assert detector.seen == [(48, 64, 3)]  # the photo as rows x columns x RGB
+    assert res.image.size == (64, 48) and res.extras["kind"] == "controlnet_img2img"
+    recorded = Pose.from_dict(res.recipe.pose)
+    assert recorded.isclose(expected, atol=1e-6)
+    assert not recorded.present[13] and not recorded.present[17] and recorded.present.sum() == expected.present.sum()
+    # Another photo, another pose: the recipe's pose is the photo's, and the photo is the starting
+    # point (the tiny VAE cannot reconstruct it, so compare two photos).
     res_other = tiny_studio.from_photo("aiko", other, strength=0.5, detector=Detector(), seed=3, num_inference_steps=4)
+    assert Pose.from_dict(res_other.recipe.pose).isclose(expected_other, atol=1e-6)
+    assert not expected_other.isclose(expected, atol=1.0)
     assert (px(res.image) != px(res_other.image)).any()
     seen = []
     plain = tiny_studio.from_photo("aiko", photo, strength=0.5, pose=None, seed=3, num_inference_steps=4,
