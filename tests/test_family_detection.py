@@ -19,7 +19,7 @@ def test_each_familys_detection_facts_are_its_base_models_own(name):
     family = fam.FAMILIES[name]
     config = json.loads((family.config_folder() / "unet" / "config.json").read_text(encoding="utf-8"))
     assert family.cross_attention_dim == config["cross_attention_dim"]
-    assert family.unet_addition_embed_type == config.get("addition_embed_type")
+    assert config.get("addition_embed_type") in family.unet_addition_embed_types
     assert family.matches_unet(config) and fam.family_of_unet(config) is family
     assert fam.family_of_width(config["cross_attention_dim"]) is family
 
@@ -28,7 +28,7 @@ def test_each_familys_detection_facts_are_its_base_models_own(name):
 def third(monkeypatch):
     """A made-up third family, registered the way a real one would be: one more FAMILIES entry."""
     xl3 = dataclasses.replace(fam.SDXL, name="xl3", label="XL3", cross_attention_dim=4096,
-                              unet_addition_embed_type="text_time_3", key_marks=("mmx.", "lora_te3_"))
+                              unet_addition_embed_types=("text_time_3",), key_marks=("mmx.", "lora_te3_"))
     monkeypatch.setitem(fam.FAMILIES, "xl3", xl3)
     return xl3
 
@@ -54,8 +54,9 @@ def test_every_detector_loops_over_the_families(third):
 
 
 def test_a_unet_of_no_family_is_named_not_taken_for_sd1():
-    with pytest.raises(ModelLoadError, match=r"addition_embed_type='image'.*SD 1\.x: None, SDXL: 'text_time'"):
+    with pytest.raises(ModelLoadError, match=r"addition_embed_type='image'.*SD 1\.x: None or 'text'; SDXL: 'text_time'"):
         fam.family_of_unet({"addition_embed_type": "image"})
+    assert fam.family_of_unet({"addition_embed_type": "text"}) is fam.SD1  # mini's: a pooling of the prompt
 
 
 def test_keys_of_two_families_are_refused_naming_both():

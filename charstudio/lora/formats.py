@@ -32,7 +32,8 @@ UNET_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 LoraFormat = Literal["diffusers", "diffusers_legacy", "kohya"]
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # SD 1.x has the first; SDXL both
+# Every family's text encoders, in order (SD 1.x has the first; SDXL both): the parts a LoRA can adapt.
+TEXT_COMPONENTS = tuple(dict.fromkeys(enc for f in FAMILIES.values() for _, enc in f.text_parts))
 COMPONENTS = ("unet", *TEXT_COMPONENTS)
 
 

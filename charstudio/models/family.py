@@ -80,11 +80,12 @@ class ModelFamily:
     small_size_share: float | None = None
     micro_conditioning: bool = False  # SDXL: original size, crop and target size condition the UNet
     # Detection (the detectors below): the UNet's cross-attention width in the family's base models,
-    # the UNet's addition_embed_type (SDXL's "text_time": pooled text and size ids; None: no extra
-    # inputs), and key prefixes only this family's files have, in single-file checkpoints, LoRA files
-    # and textual-inversion embeddings.
+    # the UNet addition_embed_types its pipelines drive (SDXL's "text_time": pooled text and size
+    # ids; SD 1.x: none, or "text", a pooling of the prompt's own hidden states, as mini has), and
+    # key prefixes only this family's files have, in single-file checkpoints, LoRA files and
+    # textual-inversion embeddings.
     cross_attention_dim: int = 768
-    unet_addition_embed_type: str | None = None
+    unet_addition_embed_types: tuple[str | None, ...] = (None, "text")
     key_marks: tuple[str, ...] = ()
     # A textual-inversion file's tensor per text encoder, in text_parts order (A1111's names).
     embedding_keys: tuple[str, ...] = ("emb_params",)
@@ -100,7 +101,7 @@ class ModelFamily:
 
     def matches_unet(self, unet_config: Any) -> bool:
         """Whether a UNet (or ControlNet) config has this family's conditioning inputs."""
-        return _config_value(unet_config, "addition_embed_type") == self.unet_addition_embed_type
+        return _config_value(unet_config, "addition_embed_type") in self.unet_addition_embed_types
 
     def matches_keys(self, keys: Iterable[str]) -> bool:
         """Whether a file's tensor names carry one of this family's own marks (a single-file
@@ -243,7 +244,7 @@ SDXL = ModelFamily(
     kohya_base_model="sdxl_base_v1-0",
     lora_loader="StableDiffusionXLLoraLoaderMixin",
     cross_attention_dim=2048,  # CLIP ViT-L's 768 and OpenCLIP bigG's 1280 side by side
-    unet_addition_embed_type="text_time",
+    unet_addition_embed_types=("text_time",),
     key_marks=("conditioner.embedders.",  # single files
                # LoRA files: kohya's second text encoder and SGM block names, diffusers' second encoder
                "lora_te1_", "lora_te2_", "text_encoder_2.", "lora_unet_input_blocks_", "lora_unet_output_blocks_",
@@ -292,7 +293,7 @@ def family_of_unet(unet_config: Any, what: str = "model") -> ModelFamily:
             return family
     kind = _config_value(unet_config, "addition_embed_type")
     raise ModelLoadError(f"{what}: its UNet has addition_embed_type={kind!r}, which no family charstudio runs has "
-                         f"({', '.join(f'{f.label}: {f.unet_addition_embed_type!r}' for f in FAMILIES.values())}): "
+                         f"({'; '.join(f'{f.label}: ' + ' or '.join(map(repr, f.unet_addition_embed_types)) for f in FAMILIES.values())}): "
                          "use an SD 1.x or SDXL model")
 
 
@@ -347,7 +348,7 @@ def architecture_of_unet(unet_config: Any) -> str:
     own (SDXL's text-time, whatever its width: tiny-sdxl is 64 wide) is named by them; other
     UNets by their width (SD 1.x 768, SD 2.x 1024), else 'this model'."""
     width = _config_value(unet_config, "cross_attention_dim")
-    marked = next((f for f in FAMILIES.values() if f.unet_addition_embed_type is not None
+    marked = next((f for f in FAMILIES.values() if None not in f.unet_addition_embed_types
                    and f.matches_unet(unet_config)), None)
     name = marked.label if marked is not None else architecture_of_width(width) or "this model"
     return f"{name} (cross-attention width {width})"
@@ -370,7 +371,7 @@ def detect_family(components: Mapping[str, Any]) -> ModelFamily:
     need = sorted(enc for _, enc in family.text_parts if enc not in shared)
     if have != need:
         raise ModelLoadError(f"the model's parts are of two families: its UNet is {family.label}'s "
-                             f"(addition_embed_type={family.unet_addition_embed_type!r}), which takes "
+                             f"(addition_embed_type={_config_value(config, 'addition_embed_type')!r}), which takes "
                              f"{'the text encoders ' + ', '.join(need) if need else 'no ' + ', '.join(encoders)}, "
                              f"and it has {', '.join(have) or 'none'}: it is neither {labels}")
     return family
