@@ -20,8 +20,9 @@ stopped at step k and resumed ends with the same weights as one that never stopp
 Where things live: ``config`` (LoraTrainingConfig, the step record), ``data`` (the dataset,
 buckets, crops and size conditioning, the batch plan), ``conditioning`` (captions to UNet
 conditioning, as generation makes it), ``objective`` (loss target, min-SNR weights),
-``checkpoint`` (checkpoints and resume), ``output`` (the LoRA folder, staged overwrites) and
-``loop`` (train_lora itself).
+``checkpoint`` (checkpoints and resume), ``output`` (the LoRA folder, staged overwrites),
+``optimizer`` (the optimizer and lr schedule), ``samples`` (validation and class images), ``run``
+(`TrainingRun`: a run's set-up steps and its loop) and ``loop`` (train_lora itself).
 
 Output layout (``lora/NAME/``)::
 

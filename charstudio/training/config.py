@@ -253,6 +253,10 @@ class LoraTrainingConfig:
         return {"unet": True, "text_encoder": self.train_text_encoder,
                 "text_encoder_2": self.train_text_encoder_2}[component]
 
+    def trained_parts(self) -> list[str]:
+        """The components this run trains an adapter on (the UNet, and the text encoders asked for)."""
+        return [name for name in ("unet", "text_encoder", "text_encoder_2") if self.trains(name)]
+
     def learning_rate_of(self, component: str) -> float:
         """The peak learning rate of ``component``'s adapter."""
         te = self.text_encoder_lr or self.learning_rate
