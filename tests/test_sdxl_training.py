@@ -5,17 +5,14 @@ v-prediction targets with min-SNR, text encoders only when asked, exact resume, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
+import torch
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from charstudio.errors import ConfigError  # noqa: E402
-from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora  # noqa: E402
+from charstudio.errors import ConfigError
+from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 

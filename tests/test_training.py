@@ -10,13 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from charstudio.errors import ConfigError, OutputError  # noqa: E402
-from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora  # noqa: E402
+from charstudio.errors import ConfigError, OutputError
+from charstudio.training import LoraTrainingConfig, list_checkpoints, train_lora
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 
