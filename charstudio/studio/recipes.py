@@ -1,0 +1,99 @@
+"""Recipe building: a card or prompt, a style and the model's defaults resolved into a validated
+`GenerationConfig`, without running anything."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from ..character import Character, compose_prompt, is_character, load_character
+from ..recipe.config import MAX_SEED, GenerationConfig
+from ..errors import ConfigError
+from ..validation import check_text
+
+if TYPE_CHECKING:
+    from . import Studio
+
+
+def make_config(studio: Studio, character_or_prompt: str | Character | None = None, *, style: str | None = None,
+                extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
+                width: int | None = None, height: int | None = None, negative_prompt: str | None = None,
+                pose: Any = None, **settings: Any) -> GenerationConfig:
+    """See `Studio.make_config`."""
+    # 1. Check the free-text inputs and resolve the card.
+    if character_or_prompt is not None and not isinstance(character_or_prompt, (str, Character)):
+        raise ConfigError("character_or_prompt", character_or_prompt,
+                          "a card name, a prompt (str) or a Character, got " + type(character_or_prompt).__name__)
+    check_text("style", style, "a style preset name", optional=True)
+    check_text("extra", extra, "extra prompt words")
+    check_text("negative_prompt", negative_prompt, "a negative prompt", optional=True)
+    card = None
+    if isinstance(character_or_prompt, Character):
+        card = character_or_prompt
+    elif isinstance(character_or_prompt, str) and is_character(character_or_prompt):
+        card = load_character(character_or_prompt)
+
+    # 2. The card's adapters: its LoRA goes into the recipe (loaded, off), its embeddings are loaded.
+    loras = studio.active_loras
+    if card is not None and card.lora:
+        loras[studio.lora_set.load_off(card.lora)] = float(card.lora_weight)
+    for name in card.embeddings if card is not None else ():
+        studio.load_embedding(name)  # a no-op when it is loaded already
+
+    # 3. The prompt, and the embeddings it writes.
+    prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
+    if negative_prompt is not None:
+        negative = negative_prompt
+    settings["embeddings"] = studio.embedding_set.written(
+        [prompt, negative, *(p.get(k, "") for p in settings.get("style_mix") or () if isinstance(p, dict)
+                             for k in ("prompt", "negative_prompt"))])
+
+    # 4. Defaults: the card's seed, the model's size, guidance and conditioning, the ControlNet's lines.
+    if seed is None:
+        seed = card.seed if card is not None and card.seed is not None else random.randint(0, MAX_SEED - 64)
+    width = studio.default_size if width is None else width
+    height = studio.default_size if height is None else height
+    if pose is not None:
+        pose = pose_dict(pose, width, height)
+    _fill_defaults(studio, settings, width, height, posed=pose is not None)
+    return GenerationConfig(
+        prompt=prompt, negative_prompt=negative, seed=seed,
+        num_inference_steps=studio.default_steps if num_inference_steps is None else num_inference_steps,
+        width=width, height=height, model=studio.model_id,
+        character=card.name if card else None,
+        style=style if style is not None else (card.style if card else None),
+        loras=loras, pose=pose, **settings)
+
+
+def _fill_defaults(studio: Studio, settings: dict[str, Any], width: int, height: int, *, posed: bool) -> None:
+    if settings.get("guidance_scale") is None:
+        settings["guidance_scale"] = studio.default_guidance
+    if settings.get("guidance_rescale") is None:
+        from ..models.family import V_PREDICTION_GUIDANCE_RESCALE
+
+        # diffusers' ControlNet pipelines have no CFG rescale, so a posed picture goes without.
+        rescale = studio.prediction_type == "v_prediction" and not posed
+        settings["guidance_rescale"] = V_PREDICTION_GUIDANCE_RESCALE if rescale else 0.0
+    for key, value in studio.family.conditioning_defaults(width, height).items():
+        if settings.get(key) is None:
+            settings[key] = value
+    if settings.get("pose_lines") is None:
+        settings["pose_lines"] = studio.pose_lines
+
+
+def pose_dict(pose: Any, width: int, height: int) -> dict:
+    """A pose (name, file, Pose, several people) as the recipe's JSON, fitted to the picture."""
+    from ..pose import Pose
+    from ..pose.compose import load_people
+
+    p = pose if isinstance(pose, Pose) else load_people(pose)  # several people: a PoseGroup
+    p.require_keypoints(pose if isinstance(pose, str) else "no keypoints")
+    return p.fit(width, height).to_dict()
+
+
+def render_pose(config: GenerationConfig) -> Any:
+    """The recipe's pose drawn as the ControlNet's control image at the recipe's size."""
+    from ..pose.compose import load_people
+
+    return load_people(config.pose).fit(config.width, config.height).render(config.width, config.height,
+                                                                             lines=config.pose_lines)
