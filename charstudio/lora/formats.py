@@ -119,7 +119,10 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
         unet_config = _frozen_config(UNet2DConditionModel.load_config(family.config_folder() / "unet"))
     # Keys for a text encoder the family does not have (SD 1.x: a second one) are named, not loaded.
     has = {enc for _, enc in family.text_parts}
-    extra = [k for k in raw if "text_encoder_2" not in has and k.startswith(("lora_te2_", "text_encoder_2."))]
+    lacks = [c for c in TEXT_COMPONENTS if c not in has]
+    marks = tuple({f"{c}." for c in lacks} | {f.kohya_prefixes[c] for f in FAMILIES.values() for c in lacks
+                                              if c in f.kohya_prefixes})
+    extra = [k for k in raw if marks and k.startswith(marks)]
     # 2. Let the family's diffusers loader rename kohya / legacy keys (SDXL's maps SGM block names too).
     import diffusers.loaders.lora_pipeline as lora_pipeline
 

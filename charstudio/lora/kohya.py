@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import ConfigError
 from ..io_utils import atomic_write
-from ..models.family import DEFAULT_FAMILY
+from ..models.family import DEFAULT_FAMILY, FAMILIES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,7 +32,8 @@ def _kohya_module_name(component: str, module: str, family: Any = None, layers_p
     family = family or DEFAULT_FAMILY
     if component == "unet" and family.kohya_sgm_unet:
         module = _sgm_unet_module(module, layers_per_block)
-    prefixes = {"text_encoder_2": "lora_te2_", **family.kohya_prefixes}
+    # the family's own prefixes, and another family's for a part it lacks (SD 1.x: SDXL's lora_te2_)
+    prefixes = {c: p for f in FAMILIES.values() for c, p in f.kohya_prefixes.items()} | dict(family.kohya_prefixes)
     return prefixes[component] + module.replace(".", "_")
 
 
