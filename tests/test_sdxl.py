@@ -341,7 +341,7 @@ def test_the_anime_sdxl_presets(monkeypatch):
     monkeypatch.setattr("charstudio.models.tiny.build_tiny_sdxl_components", lambda: seen.append(1) or real_build())
     monkeypatch.setattr(loading, "resolve_model", lambda model, **kw: loading.ModelSource(
         "builtin", "tiny-sdxl", model, PRESETS[model].controlnet))
-    monkeypatch.setattr("charstudio.studio.resolve_model", loading.resolve_model)
+    monkeypatch.setattr("charstudio.studio.session.resolve_model", loading.resolve_model)
     vp = Studio.from_pretrained("noobai-vpred", device="cpu")
     assert seen and vp.model_id == "noobai-vpred" and vp.prediction_type == "v_prediction"
     assert vp.make_config("a girl", width=64, height=64).guidance_rescale == 0.7
