@@ -62,3 +62,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_studio():
+    """One tiny-sdxl Studio for the whole session (fp32 on CPU); the same rules as tiny_studio."""
+    from charstudio import Studio
+
+    return Studio.from_pretrained("tiny-sdxl", device="cpu")
+
+
+@pytest.fixture(scope="session", params=["sd1", "sdxl"])
+def family(request):
+    """The model family a family-parametrized test runs on (ids sd1 and sdxl): a helpers.TinyFamily.
+    Session-scoped, so module fixtures built per family (LoRA files, checkpoints) are built once each."""
+    from helpers import TinyFamily
+
+    return TinyFamily(request.param)
+
+
+@pytest.fixture(scope="session")
+def family_studio(family, request):
+    """The session's Studio of `family`'s tiny model: tiny_studio or tiny_sdxl_studio (same rules)."""
+    return request.getfixturevalue("tiny_sdxl_studio" if family.is_sdxl else "tiny_studio")

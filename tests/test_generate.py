@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from charstudio import CancelToken, GenerationCancelled, Result
+from charstudio.errors import ConfigError
 from charstudio.schedulers import SCHEDULERS, make_scheduler
 from a1111_oracle import assert_png_matches_recipe
 from helpers import pixels
@@ -14,24 +15,34 @@ from helpers import pixels
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 
 FAST = dict(num_inference_steps=4)
+PROMPT = "a girl with long red hair, blue dress"
 
 
-def test_same_seed_same_image_and_different_seed_differs(tiny_studio):
-    a = tiny_studio.generate("a knight in red armour", seed=11, **FAST)
-    b = tiny_studio.generate("a knight in red armour", seed=11, **FAST)
-    c = tiny_studio.generate("a knight in red armour", seed=12, **FAST)
+def test_same_seed_same_image_different_seed_differs_and_a_png_reruns_exactly(family_studio, tmp_path):
+    a = family_studio.generate("a knight in red armour", seed=11, **FAST)
+    b = family_studio.generate("a knight in red armour", seed=11, **FAST)
+    c = family_studio.generate("a knight in red armour", seed=12, **FAST)
     assert np.array_equal(pixels(a.image), pixels(b.image))
     assert not np.array_equal(pixels(a.image), pixels(c.image))
+    path = a.save(tmp_path)[0]
+    again = family_studio.run(Result.from_png(path).recipe)
+    assert np.array_equal(pixels(again.image), pixels(a.image))
 
 
-def test_matches_plain_diffusers_on_the_same_model(tiny_studio):
-    """Our path (own prompt encoding, own decode) gives the very pixels diffusers gives."""
-    ours = tiny_studio.generate("a girl with red hair", negative_prompt="blurry", seed=5, guidance_scale=6.0,
-                                scheduler="euler", **FAST)
-    pipe = tiny_studio.pipeline("txt2img")
-    pipe.scheduler = make_scheduler("euler", tiny_studio.base_scheduler_config)
+def test_matches_plain_diffusers_on_the_same_model(family, family_studio):
+    """Our path (own prompt encoding, own decode) gives the very pixels the family's own diffusers
+    pipeline gives, built on fresh parts without charstudio."""
+    ours = family_studio.generate("a girl with red hair", negative_prompt="blurry", seed=5, guidance_scale=6.0,
+                                  scheduler="euler", width=64, height=64, **FAST)
+    pipe = family.plain_pipeline()
+    pipe.scheduler = make_scheduler("euler", dict(pipe.scheduler.config))
     plain = pipe("a girl with red hair", negative_prompt="blurry", num_inference_steps=4, guidance_scale=6.0,
-                 width=128, height=128, generator=torch.Generator().manual_seed(5)).images[0]
+                 width=64, height=64, generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(pixels(ours.image), pixels(plain))
+    # and with no negative prompt (SDXL's empty negative is zeros, as diffusers' force_zeros_for_empty_prompt)
+    ours = family_studio.generate(PROMPT, seed=11, scheduler="euler", width=64, height=64, **FAST)
+    plain = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=ours.recipe.guidance_scale,
+                 generator=torch.Generator().manual_seed(11)).images[0]
     assert np.array_equal(pixels(ours.image), pixels(plain))
 
 
@@ -98,27 +109,66 @@ def test_card_seed_and_style_are_used(tiny_studio):
     assert "anime style" in result.recipe.prompt and card.traits["hair"] in result.recipe.prompt
 
 
-def test_long_prompt_is_chunked_not_truncated(tiny_studio):
-    enc = tiny_studio.encoder
+def test_long_prompt_is_chunked_not_truncated_in_every_encoder_and_weights_apply(family_studio):
+    enc = family_studio.encoder
     short = "a girl with red hair"
     long = short + ", " + ", ".join(f"detail number {i}" for i in range(20))
     assert enc.count_tokens(long) > 150  # the tiny tokenizer is per character
     e = enc.encode(long, "blurry")
-    assert e.num_chunks == -(-enc.count_tokens(long) // 75)
+    assert e.num_chunks == -(-enc.count_tokens(long) // 75) and e.num_chunks >= 2
     assert e.prompt_embeds.shape[1] == 77 * e.num_chunks == e.negative_prompt_embeds.shape[1]
+    assert e.negative_prompt_embeds.shape == e.prompt_embeds.shape
     # Words past token 75 change the conditioning (they would be silently dropped by truncation).
     e2 = enc.encode(long[:-1] + "X", "blurry")
     assert not torch.equal(e.prompt_embeds, e2.prompt_embeds)
+    # A1111 weights reach the conditioning.
+    weighted = enc.encode("(red hair:1.5), blue dress", "")
+    plain = enc.encode("red hair, blue dress", "")
+    assert not torch.equal(weighted.prompt_embeds, plain.prompt_embeds)
     # And the long prompt generates.
-    out = tiny_studio.generate(long, seed=1, **FAST)
+    out = family_studio.generate(long, seed=1, **FAST)
     assert out.image.size == (128, 128)
 
 
-def test_short_prompt_embedding_matches_diffusers_encode_prompt(tiny_studio):
-    pipe = tiny_studio.pipeline("txt2img")
-    ref, _ = pipe.encode_prompt("red scarf", "cpu", 1, False)
-    ours = tiny_studio.encoder.encode("red scarf").prompt_embeds
-    assert torch.equal(ref, ours)
+def test_short_prompt_embedding_matches_diffusers_encode_prompt(family, family_studio):
+    pipe = family_studio.pipeline("txt2img")
+    ref = pipe.encode_prompt("red scarf", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+    ours = family_studio.encoder.encode("red scarf")
+    assert torch.equal(ref[0], ours.prompt_embeds)
+    if family.is_sdxl:  # SDXL's pooled embedding, from the second encoder
+        assert torch.equal(ref[2], ours.pooled_prompt_embeds)
+
+
+def test_tiny_sdxl_has_sdxls_parts(tiny_sdxl_studio):
+    xl = tiny_sdxl_studio
+    c = xl.components
+    assert xl.family.name == "sdxl" and xl.family.label == "SDXL"
+    assert type(c["text_encoder"]).__name__ == "CLIPTextModel"
+    assert type(c["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
+    assert c["tokenizer_2"].pad_token == "!" and c["tokenizer"].pad_token == "<|endoftext|>"
+    unet = c["unet"].config
+    assert unet.addition_embed_type == "text_time"
+    # diffusers' own check: six time ids plus the pooled embedding feed the added embedding
+    pooled = c["text_encoder_2"].config.projection_dim
+    assert unet.addition_time_embed_dim * 6 + pooled == c["unet"].add_embedding.linear_1.in_features
+    assert unet.cross_attention_dim == c["text_encoder"].config.hidden_size + c["text_encoder_2"].config.hidden_size
+    assert type(xl.pipeline("txt2img")).__name__ == "StableDiffusionXLPipeline"
+    assert xl.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
+
+
+def test_sdxls_two_encoders_condition_and_an_empty_negative_is_zeros(tiny_sdxl_studio):
+    xl = tiny_sdxl_studio
+    enc = xl.encoder
+    e = enc.encode(PROMPT, "")
+    assert tuple(e.prompt_embeds.shape) == (1, 77, 80) and tuple(e.pooled_prompt_embeds.shape) == (1, 48)
+    assert not e.negative_prompt_embeds.any() and not e.negative_pooled_prompt_embeds.any()  # force_zeros
+    n = enc.encode(PROMPT, "blurry")
+    assert n.negative_prompt_embeds.abs().sum() > 0 and n.negative_pooled_prompt_embeds.abs().sum() > 0
+    # each half of the 64-wide context is one encoder's penultimate layer, as diffusers builds it
+    ids = xl.components["tokenizer"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        first = xl.components["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(e.prompt_embeds[..., :32], first)
 
 
 # The diffusers class and options each name must run (written out here, not read from SCHEDULERS).
@@ -176,6 +226,31 @@ def test_a_v_prediction_model_keeps_trailing_zero_snr_timesteps_under_every_sche
     assert seen[0] == 999 and seen == _reference_timesteps(vp.base_scheduler_config, name)
 
 
+def test_v_prediction_models_get_their_schedule_and_cfg_rescale(tiny_sdxl_studio):
+    from charstudio import Studio
+    from charstudio.models.family import is_v_prediction_file, prediction_scheduler_config
+
+    xl = tiny_sdxl_studio
+    vp = Studio.from_pretrained("tiny-sdxl", device="cpu", prediction_type="v_prediction")
+    cfg = vp.base_scheduler_config
+    assert (vp.prediction_type, cfg["rescale_betas_zero_snr"], cfg["timestep_spacing"]) == ("v_prediction", True,
+                                                                                          "trailing")
+    assert xl.prediction_type == "epsilon"
+    a = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
+    assert a.recipe.guidance_rescale == 0.7  # the default for v-prediction, recorded in the recipe
+    b = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64, guidance_rescale=0.0)
+    e = xl.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))  # CFG rescale acts
+    assert not np.array_equal(np.asarray(b.image), np.asarray(e.image))  # so does the v-prediction schedule
+    assert np.array_equal(np.asarray(vp.run(a.recipe).image), np.asarray(a.image))
+    # with a pose (diffusers' ControlNet pipelines have no CFG rescale) the default is off, and asking is refused
+    assert vp.make_config(PROMPT, pose="waving", width=64, height=64).guidance_rescale == 0.0
+    with pytest.raises(ConfigError, match="guidance_rescale=0.5 .*has no CFG rescale"):
+        vp.generate(PROMPT, pose="waving", guidance_rescale=0.5, num_inference_steps=1, width=64, height=64)
+    assert is_v_prediction_file(["model.diffusion_model.x", "v_pred", "ztsnr"]) and not is_v_prediction_file(["x"])
+    assert prediction_scheduler_config({"prediction_type": "epsilon"}, "epsilon") == {"prediction_type": "epsilon"}
+
+
 def test_schedulers_differ(tiny_studio):
     a = tiny_studio.generate("a robot", seed=3, scheduler="euler", num_inference_steps=6)
     b = tiny_studio.generate("a robot", seed=3, scheduler="ddim", num_inference_steps=6)
@@ -229,15 +304,78 @@ def test_cancel_stops_at_the_next_step(tiny_studio):
     assert steps == [0, 1]  # the cancel check runs first at step 2 and stops the run
 
 
-def test_pose_switches_on_controlnet_and_changes_the_image(tiny_studio):
-    plain = tiny_studio.generate("a fox", seed=4, **FAST)
+def test_pose_switches_on_the_familys_controlnet_pipeline_and_changes_the_image(family, family_studio):
+    plain = family_studio.generate("a fox", seed=4, **FAST)
     from PIL import Image, ImageDraw
 
     control = Image.new("RGB", (128, 128))
     ImageDraw.Draw(control).line([(64, 10), (64, 120)], fill=(255, 0, 0), width=6)
-    config = tiny_studio.make_config("a fox", seed=4, **FAST)
-    posed = tiny_studio.run(config, control_image=control)
+    config = family_studio.make_config("a fox", seed=4, **FAST)
+    posed = family_studio.run(config, control_image=control)
     assert not np.array_equal(pixels(plain.image), pixels(posed.image))
+    waving = family_studio.generate("a fox", seed=4, pose="waving", **FAST)
+    assert type(family_studio.pipeline("controlnet")).__name__ == family.family.pipelines["controlnet"]
+    assert waving.recipe.pose is not None
+    assert not np.array_equal(pixels(plain.image), pixels(waving.image))
+
+
+def test_img2img_and_from_photo_run_the_familys_img2img_pipeline(family, family_studio):
+    from PIL import Image
+
+    photo = Image.new("RGB", (64, 64), (200, 40, 40))
+    steps = []
+    result = family_studio.from_photo(PROMPT, photo, strength=0.5, pose=None, seed=3, num_inference_steps=4,
+                                      progress=steps.append)
+    assert result.extras["kind"] == "img2img" and result.image.size == (64, 64)
+    assert type(family_studio.pipeline("img2img")).__name__ == family.family.pipelines["img2img"]
+    assert steps[-1].steps == 2 and steps[-1].step == 2  # diffusers runs int(4 * 0.5) steps
+
+
+def test_a_union_controlnet_draws_poses_in_its_openpose_mode(tmp_path):
+    """A ControlNetUnionModel (xinsir's union promax layout) given as controlnet= runs through
+    diffusers' SDXL union pipelines in OpenPose mode (0), for txt2img and img2img: the pose steers
+    the picture, and another mode would draw something else."""
+    from diffusers import ControlNetUnionModel
+
+    from charstudio import Studio
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    unet = build_tiny_sdxl_components()["unet"]
+    torch.manual_seed(0)
+    keep = ("down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
+            "norm_num_groups", "transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim", "use_linear_projection")
+    width = unet.config.block_out_channels[0]  # the union's task embedding is added to the first block's features
+    union = ControlNetUnionModel(**{k: unet.config[k] for k in keep}, conditioning_embedding_out_channels=(8, 16, 32, 32),
+                                 num_trans_channel=width, num_trans_head=4, num_proj_channel=width)
+    with torch.no_grad():  # a fresh ControlNet's zero convolutions would have no effect
+        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block, union.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(conv.weight, std=0.3)
+        for p in union.spatial_ch_projs.parameters():
+            torch.nn.init.normal_(p, std=0.3)
+    union.save_pretrained(tmp_path / "union")
+    studio = Studio.from_pretrained("tiny-sdxl", device="cpu", controlnet=str(tmp_path / "union"))
+    kw = dict(seed=2, num_inference_steps=2, width=64, height=64)
+    waving = studio.generate(PROMPT, pose="waving", **kw)
+    assert type(studio.pipeline("controlnet")).__name__ == "StableDiffusionXLControlNetUnionPipeline"
+    assert type(studio.controlnet).__name__ == "ControlNetUnionModel"
+    plain = studio.generate(PROMPT, **kw)
+    sitting = studio.generate(PROMPT, pose="sitting", **kw)
+    assert not np.array_equal(np.asarray(waving.image), np.asarray(plain.image))
+    assert not np.array_equal(np.asarray(waving.image), np.asarray(sitting.image))
+    from charstudio.models.family import SDXL
+
+    import dataclasses
+
+    studio.family = dataclasses.replace(SDXL, union_openpose_mode=3)
+    try:
+        assert not np.array_equal(np.asarray(studio.generate(PROMPT, pose="waving", **kw).image),
+                                  np.asarray(waving.image))
+    finally:
+        studio.family = SDXL
+    photo = studio.from_photo(PROMPT, plain.image, pose="waving", strength=0.6, seed=2, num_inference_steps=2)
+    assert type(studio.pipeline("controlnet_img2img")).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
+    assert photo.image.size == (64, 64)
 
 
 def test_fp16_nan_decode_upcasts_the_vae_with_a_warning(fresh_studio):
@@ -274,6 +412,75 @@ def test_clip_skip_uses_the_penultimate_layer_and_a1111_clip_skip_replays(tiny_s
     assert recipe.clip_skip == 1
     out = tiny_studio.run(recipe)
     assert out.recipe.clip_skip == 1 and out.image.size == (64, 64)
+
+
+def test_clip_skip_counts_back_from_sdxls_penultimate_layer(tiny_sdxl_studio):
+    """SDXL already conditions on the penultimate layer (Pony's "clip skip 2" is clip_skip=None);
+    clip_skip=1 goes one layer further back in both encoders."""
+    xl = tiny_sdxl_studio
+    ids = xl.components["tokenizer_2"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        states = xl.components["text_encoder_2"](ids, output_hidden_states=True).hidden_states
+    default = xl.encoder.encode(PROMPT, "", clip_skip=None).prompt_embeds[..., 32:]
+    skip1 = xl.encoder.encode(PROMPT, "", clip_skip=1).prompt_embeds[..., 32:]
+    torch.testing.assert_close(default, states[-2])
+    torch.testing.assert_close(skip1, states[-3])
+
+
+def test_a1111_clip_skip_means_the_same_layer_on_each_family(tiny_sdxl_studio, tiny_studio, tmp_path):
+    """A1111 counts layers from the last as 1. SDXL's default is the penultimate layer, A1111's
+    "Clip skip: 2" (Pony's advice), so on SDXL clip_skip=1 is written "Clip skip: 3" and a civitai
+    recipe saying "Clip skip: 2" reads as the default; on SD 1.x "Clip skip: 2" is clip_skip=1."""
+    from charstudio import Result
+    from charstudio.metadata import format_parameters, parse_parameters
+    from charstudio.models.family import SD1, SDXL
+
+    xl = tiny_sdxl_studio
+    sd1 = tiny_studio
+    assert "Clip skip: 3" in format_parameters(xl.make_config(PROMPT, clip_skip=1, width=64, height=64))
+    assert "Clip skip: 2" in format_parameters(sd1.make_config(PROMPT, clip_skip=1, width=64, height=64))
+    assert "Clip skip" not in format_parameters(xl.make_config(PROMPT, width=64, height=64))
+    pony = "score_9, 1girl\nSteps: 25, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 832x1216, Clip skip: 2"
+    assert "clip_skip" not in parse_parameters(pony, SDXL)
+    assert parse_parameters(pony, SD1)["clip_skip"] == 1
+    assert parse_parameters(pony.replace("Clip skip: 2", "Clip skip: 3"), SDXL)["clip_skip"] == 1
+    # Our own SDXL text says it is SDXL (its Target size), so it reads back right without a family.
+    made = xl.generate(PROMPT, clip_skip=1, seed=4, num_inference_steps=2, width=64, height=64)
+    path = made.save(tmp_path)[0]
+    from PIL import Image
+
+    text = Image.open(path).text["parameters"]
+    assert assert_png_matches_recipe(path, made.recipe, "sdxl")["Clip skip"] == "3"  # an independent reader
+    assert parse_parameters(text)["clip_skip"] == 1
+    assert Result.from_png(path, family=SDXL).recipe.clip_skip == 1
+
+
+def test_micro_conditioning_is_set_recorded_and_read_back_by_an_a1111_parser(tiny_sdxl_studio, tiny_studio, tmp_path):
+    from PIL import Image
+
+    from charstudio import Result
+    from charstudio.metadata import PARAMETERS_KEY, parse_parameters
+
+    xl = tiny_sdxl_studio
+    plain = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48)
+    rec = plain.recipe
+    assert (rec.original_size, rec.crops_coords_top_left, rec.target_size) == ((48, 64), (0, 0), (48, 64))
+    told = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48, original_size=(1024, 512),
+                       crops_coords_top_left=(16, 0))
+    assert not np.array_equal(np.asarray(told.image), np.asarray(plain.image))  # the UNet sees it
+    path = told.save(tmp_path)[0]
+    text = Image.open(path).text[PARAMETERS_KEY]
+    assert "Original size: 512x1024" in text and "Crop: 0x16" in text and "Target size: 64x48" in text
+    # An independent A1111 reader (sd-parsers) reads the recipe's fields, the micro-conditioning
+    # among them in A1111's WIDTHxHEIGHT / x-by-y order (the recipe keeps diffusers' (h, w), (top, left)).
+    read = assert_png_matches_recipe(path, told.recipe, "sdxl")
+    assert (read["Original size"], read["Crop"], read["Target size"]) == ("512x1024", "0x16", "64x48")
+    parsed = parse_parameters(text)  # and our own reader, from the text alone, agrees
+    assert (parsed["original_size"], parsed["crops_coords_top_left"]) == ((1024, 512), (16, 0))
+    again = xl.run(Result.from_png(path).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(told.image))
+    sd1 = tiny_studio
+    assert sd1.make_config("a cat").original_size is None  # SD 1.x has no micro-conditioning
 
 
 def test_guidance_defaults_to_the_models_and_a_given_one_wins(fresh_studio):

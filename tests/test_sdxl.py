@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from a1111_oracle import assert_png_matches_recipe
 from offload_spy import count_offload_hooks, count_tiled_decodes
 from charstudio.errors import ConfigError, ModelLoadError
 
@@ -36,104 +35,6 @@ def _plain_pipeline(kind: str = "txt2img"):
     pipe = SDXL.build_pipeline(kind, parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def test_tiny_sdxl_has_sdxls_parts(xl):
-    c = xl.components
-    assert xl.family.name == "sdxl" and xl.family.label == "SDXL"
-    assert type(c["text_encoder"]).__name__ == "CLIPTextModel"
-    assert type(c["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
-    assert c["tokenizer_2"].pad_token == "!" and c["tokenizer"].pad_token == "<|endoftext|>"
-    unet = c["unet"].config
-    assert unet.addition_embed_type == "text_time"
-    # diffusers' own check: six time ids plus the pooled embedding feed the added embedding
-    pooled = c["text_encoder_2"].config.projection_dim
-    assert unet.addition_time_embed_dim * 6 + pooled == c["unet"].add_embedding.linear_1.in_features
-    assert unet.cross_attention_dim == c["text_encoder"].config.hidden_size + c["text_encoder_2"].config.hidden_size
-    assert type(xl.pipeline("txt2img")).__name__ == "StableDiffusionXLPipeline"
-    assert xl.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
-
-
-def test_generate_is_pixel_equal_to_a_plain_sdxl_pipeline(xl):
-    from charstudio.schedulers import make_scheduler
-
-    result = xl.generate(PROMPT, seed=11, num_inference_steps=3, width=64, height=64)
-    pipe = _plain_pipeline()
-    pipe.scheduler = make_scheduler(result.recipe.scheduler, dict(pipe.scheduler.config))
-    plain = pipe(PROMPT, num_inference_steps=3, width=64, height=64, guidance_scale=result.recipe.guidance_scale,
-                 generator=torch.Generator().manual_seed(11)).images[0]
-    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(plain))
-
-
-def test_same_seed_same_picture_and_a_png_reruns_exactly(xl, tmp_path):
-    from charstudio import Result
-
-    a = xl.generate(PROMPT, seed=5, num_inference_steps=2, width=64, height=64)
-    b = xl.generate(PROMPT, seed=5, num_inference_steps=2, width=64, height=64)
-    c = xl.generate(PROMPT, seed=6, num_inference_steps=2, width=64, height=64)
-    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
-    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
-    path = a.save(tmp_path)[0]
-    again = xl.run(Result.from_png(path).recipe)
-    assert np.array_equal(np.asarray(again.image), np.asarray(a.image))
-
-
-def test_both_encoders_condition_and_an_empty_negative_is_zeros(xl):
-    enc = xl.encoder
-    e = enc.encode(PROMPT, "")
-    assert tuple(e.prompt_embeds.shape) == (1, 77, 80) and tuple(e.pooled_prompt_embeds.shape) == (1, 48)
-    assert not e.negative_prompt_embeds.any() and not e.negative_pooled_prompt_embeds.any()  # force_zeros
-    n = enc.encode(PROMPT, "blurry")
-    assert n.negative_prompt_embeds.abs().sum() > 0 and n.negative_pooled_prompt_embeds.abs().sum() > 0
-    # each half of the 64-wide context is one encoder's penultimate layer, as diffusers builds it
-    ids = xl.components["tokenizer"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        first = xl.components["text_encoder"](ids, output_hidden_states=True).hidden_states[-2]
-    torch.testing.assert_close(e.prompt_embeds[..., :32], first)
-
-
-def test_clip_skip_counts_back_from_sdxls_penultimate_layer(xl):
-    """SDXL already conditions on the penultimate layer (Pony's "clip skip 2" is clip_skip=None);
-    clip_skip=1 goes one layer further back in both encoders."""
-    ids = xl.components["tokenizer_2"](PROMPT, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    with torch.no_grad():
-        states = xl.components["text_encoder_2"](ids, output_hidden_states=True).hidden_states
-    default = xl.encoder.encode(PROMPT, "", clip_skip=None).prompt_embeds[..., 32:]
-    skip1 = xl.encoder.encode(PROMPT, "", clip_skip=1).prompt_embeds[..., 32:]
-    torch.testing.assert_close(default, states[-2])
-    torch.testing.assert_close(skip1, states[-3])
-
-
-def test_long_prompts_are_chunked_in_both_encoders_and_weights_apply(xl):
-    long = ", ".join(["red hair"] * 20)  # about 180 byte-tokens on tiny's tokenizer
-    e = xl.encoder.encode(long, "")
-    assert e.num_chunks >= 2 and e.prompt_embeds.shape[1] == 77 * e.num_chunks
-    assert e.negative_prompt_embeds.shape == e.prompt_embeds.shape
-    weighted = xl.encoder.encode("(red hair:1.5), blue dress", "")
-    plain = xl.encoder.encode("red hair, blue dress", "")
-    assert not torch.equal(weighted.prompt_embeds, plain.prompt_embeds)
-    result = xl.generate(long, seed=1, num_inference_steps=2, width=64, height=64)
-    assert result.image.size == (64, 64)
-
-
-def test_a_pose_uses_the_sdxl_controlnet_pipeline(xl):
-    plain = xl.generate(PROMPT, seed=2, num_inference_steps=2, width=64, height=64)
-    posed = xl.generate(PROMPT, seed=2, num_inference_steps=2, width=64, height=64, pose="waving")
-    assert type(xl.pipeline("controlnet")).__name__ == "StableDiffusionXLControlNetPipeline"
-    assert posed.recipe.pose is not None
-    assert not np.array_equal(np.asarray(plain.image), np.asarray(posed.image))
-
-
-def test_img2img_and_from_photo_on_sdxl(xl):
-    from PIL import Image
-
-    photo = Image.new("RGB", (64, 64), (200, 40, 40))
-    steps = []
-    result = xl.from_photo(PROMPT, photo, strength=0.5, pose=None, seed=3, num_inference_steps=4,
-                           progress=steps.append)
-    assert result.extras["kind"] == "img2img" and result.image.size == (64, 64)
-    assert type(xl.pipeline("img2img")).__name__ == "StableDiffusionXLImg2ImgPipeline"
-    assert steps[-1].steps == 2 and steps[-1].step == 2  # diffusers runs int(4 * 0.5) steps
 
 
 def test_a_diffusers_folder_is_detected_as_sdxl(tmp_path, xl):
@@ -252,30 +153,6 @@ def test_a_small_picture_on_sdxl_warns_with_the_trained_sizes(xl):
         xl.generate(PROMPT, num_inference_steps=1, width=64, height=64)
 
 
-def test_v_prediction_models_get_their_schedule_and_cfg_rescale(xl):
-    from charstudio import Studio
-    from charstudio.models.family import is_v_prediction_file, prediction_scheduler_config
-
-    vp = Studio.from_pretrained("tiny-sdxl", device="cpu", prediction_type="v_prediction")
-    cfg = vp.base_scheduler_config
-    assert (vp.prediction_type, cfg["rescale_betas_zero_snr"], cfg["timestep_spacing"]) == ("v_prediction", True,
-                                                                                          "trailing")
-    assert xl.prediction_type == "epsilon"
-    a = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
-    assert a.recipe.guidance_rescale == 0.7  # the default for v-prediction, recorded in the recipe
-    b = vp.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64, guidance_rescale=0.0)
-    e = xl.generate(PROMPT, seed=1, num_inference_steps=2, width=64, height=64)
-    assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))  # CFG rescale acts
-    assert not np.array_equal(np.asarray(b.image), np.asarray(e.image))  # so does the v-prediction schedule
-    assert np.array_equal(np.asarray(vp.run(a.recipe).image), np.asarray(a.image))
-    # with a pose (diffusers' ControlNet pipelines have no CFG rescale) the default is off, and asking is refused
-    assert vp.make_config(PROMPT, pose="waving", width=64, height=64).guidance_rescale == 0.0
-    with pytest.raises(ConfigError, match="guidance_rescale=0.5 .*has no CFG rescale"):
-        vp.generate(PROMPT, pose="waving", guidance_rescale=0.5, num_inference_steps=1, width=64, height=64)
-    assert is_v_prediction_file(["model.diffusion_model.x", "v_pred", "ztsnr"]) and not is_v_prediction_file(["x"])
-    assert prediction_scheduler_config({"prediction_type": "epsilon"}, "epsilon") == {"prediction_type": "epsilon"}
-
-
 def test_the_apps_offer_sdxl_models_and_sizes_and_draw_on_tiny_sdxl(xl, tmp_path):
     pytest.importorskip("ipywidgets")
     from charstudio.ui.explore import ExploreApp
@@ -292,33 +169,6 @@ def test_the_apps_offer_sdxl_models_and_sizes_and_draw_on_tiny_sdxl(xl, tmp_path
     app.generate_button.click()
     assert app.wait(120) and app.status.level == "ok", app.status.text
     assert app.gallery.items[-1].recipe.model == "tiny-sdxl"
-
-
-def test_micro_conditioning_is_set_recorded_and_read_back_by_an_a1111_parser(xl, tmp_path):
-    from PIL import Image
-
-    from charstudio import Result
-    from charstudio.metadata import PARAMETERS_KEY, parse_parameters
-
-    plain = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48)
-    rec = plain.recipe
-    assert (rec.original_size, rec.crops_coords_top_left, rec.target_size) == ((48, 64), (0, 0), (48, 64))
-    told = xl.generate(PROMPT, seed=8, num_inference_steps=2, width=64, height=48, original_size=(1024, 512),
-                       crops_coords_top_left=(16, 0))
-    assert not np.array_equal(np.asarray(told.image), np.asarray(plain.image))  # the UNet sees it
-    path = told.save(tmp_path)[0]
-    text = Image.open(path).text[PARAMETERS_KEY]
-    assert "Original size: 512x1024" in text and "Crop: 0x16" in text and "Target size: 64x48" in text
-    # An independent A1111 reader (sd-parsers) reads the recipe's fields, the micro-conditioning
-    # among them in A1111's WIDTHxHEIGHT / x-by-y order (the recipe keeps diffusers' (h, w), (top, left)).
-    read = assert_png_matches_recipe(path, told.recipe, "sdxl")
-    assert (read["Original size"], read["Crop"], read["Target size"]) == ("512x1024", "0x16", "64x48")
-    parsed = parse_parameters(text)  # and our own reader, from the text alone, agrees
-    assert (parsed["original_size"], parsed["crops_coords_top_left"]) == ((1024, 512), (16, 0))
-    again = xl.run(Result.from_png(path).recipe)
-    assert np.array_equal(np.asarray(again.image), np.asarray(told.image))
-    sd1 = __import__("charstudio").Studio.from_pretrained("tiny", device="cpu")
-    assert sd1.make_config("a cat").original_size is None  # SD 1.x has no micro-conditioning
 
 
 def test_the_anime_sdxl_presets(monkeypatch):
@@ -459,33 +309,6 @@ def test_sdxl_presets_use_the_fp16_safe_vae_in_fp16_only(monkeypatch, tmp_path, 
     assert SDXL_FP16_VAE in caplog.text and "fp32" in caplog.text
 
 
-def test_a1111_clip_skip_means_the_same_layer_on_each_family(xl, tmp_path):
-    """A1111 counts layers from the last as 1. SDXL's default is the penultimate layer, A1111's
-    "Clip skip: 2" (Pony's advice), so on SDXL clip_skip=1 is written "Clip skip: 3" and a civitai
-    recipe saying "Clip skip: 2" reads as the default; on SD 1.x "Clip skip: 2" is clip_skip=1."""
-    from charstudio import Result, Studio
-    from charstudio.metadata import format_parameters, parse_parameters
-    from charstudio.models.family import SD1, SDXL
-
-    sd1 = Studio.from_pretrained("tiny", device="cpu")
-    assert "Clip skip: 3" in format_parameters(xl.make_config(PROMPT, clip_skip=1, width=64, height=64))
-    assert "Clip skip: 2" in format_parameters(sd1.make_config(PROMPT, clip_skip=1, width=64, height=64))
-    assert "Clip skip" not in format_parameters(xl.make_config(PROMPT, width=64, height=64))
-    pony = "score_9, 1girl\nSteps: 25, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 832x1216, Clip skip: 2"
-    assert "clip_skip" not in parse_parameters(pony, SDXL)
-    assert parse_parameters(pony, SD1)["clip_skip"] == 1
-    assert parse_parameters(pony.replace("Clip skip: 2", "Clip skip: 3"), SDXL)["clip_skip"] == 1
-    # Our own SDXL text says it is SDXL (its Target size), so it reads back right without a family.
-    made = xl.generate(PROMPT, clip_skip=1, seed=4, num_inference_steps=2, width=64, height=64)
-    path = made.save(tmp_path)[0]
-    from PIL import Image
-
-    text = Image.open(path).text["parameters"]
-    assert assert_png_matches_recipe(path, made.recipe, "sdxl")["Clip skip"] == "3"  # an independent reader
-    assert parse_parameters(text)["clip_skip"] == 1
-    assert Result.from_png(path, family=SDXL).recipe.clip_skip == 1
-
-
 def test_trace_on_sdxl_maps_attention_over_both_encoders_and_previews_sdxl_latents(xl, tmp_path):
     """A traced SDXL run: cross-attention maps per prompt token over the 2048-wide (here 64-wide)
     context, the image unchanged by tracing, and previews through SDXL's own latent-to-RGB map
@@ -510,53 +333,6 @@ def test_trace_on_sdxl_maps_attention_over_both_encoders_and_previews_sdxl_laten
     assert not np.array_equal(np.asarray(decode_latents(z, "approx", SD1)[0]), expected)
     assert np.array_equal(np.asarray(shown[-1]), np.asarray(decode_latents(trace.records[-1].latents[:1], "auto", SDXL)[0]))
     assert plot_filmstrip(trace, tmp_path / "strip.png").is_file()
-
-
-def test_a_union_controlnet_draws_poses_in_its_openpose_mode(tmp_path):
-    """A ControlNetUnionModel (xinsir's union promax layout) given as controlnet= runs through
-    diffusers' SDXL union pipelines in OpenPose mode (0), for txt2img and img2img: the pose steers
-    the picture, and another mode would draw something else."""
-    from diffusers import ControlNetUnionModel
-
-    from charstudio import Studio
-    from charstudio.models.tiny import build_tiny_sdxl_components
-
-    unet = build_tiny_sdxl_components()["unet"]
-    torch.manual_seed(0)
-    keep = ("down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim", "attention_head_dim",
-            "norm_num_groups", "transformer_layers_per_block", "addition_embed_type", "addition_time_embed_dim",
-            "projection_class_embeddings_input_dim", "use_linear_projection")
-    width = unet.config.block_out_channels[0]  # the union's task embedding is added to the first block's features
-    union = ControlNetUnionModel(**{k: unet.config[k] for k in keep}, conditioning_embedding_out_channels=(8, 16, 32, 32),
-                                 num_trans_channel=width, num_trans_head=4, num_proj_channel=width)
-    with torch.no_grad():  # a fresh ControlNet's zero convolutions would have no effect
-        for conv in [*union.controlnet_down_blocks, union.controlnet_mid_block, union.controlnet_cond_embedding.conv_out]:
-            torch.nn.init.normal_(conv.weight, std=0.3)
-        for p in union.spatial_ch_projs.parameters():
-            torch.nn.init.normal_(p, std=0.3)
-    union.save_pretrained(tmp_path / "union")
-    studio = Studio.from_pretrained("tiny-sdxl", device="cpu", controlnet=str(tmp_path / "union"))
-    kw = dict(seed=2, num_inference_steps=2, width=64, height=64)
-    waving = studio.generate(PROMPT, pose="waving", **kw)
-    assert type(studio.pipeline("controlnet")).__name__ == "StableDiffusionXLControlNetUnionPipeline"
-    assert type(studio.controlnet).__name__ == "ControlNetUnionModel"
-    plain = studio.generate(PROMPT, **kw)
-    sitting = studio.generate(PROMPT, pose="sitting", **kw)
-    assert not np.array_equal(np.asarray(waving.image), np.asarray(plain.image))
-    assert not np.array_equal(np.asarray(waving.image), np.asarray(sitting.image))
-    from charstudio.models.family import SDXL
-
-    import dataclasses
-
-    studio.family = dataclasses.replace(SDXL, union_openpose_mode=3)
-    try:
-        assert not np.array_equal(np.asarray(studio.generate(PROMPT, pose="waving", **kw).image),
-                                  np.asarray(waving.image))
-    finally:
-        studio.family = SDXL
-    photo = studio.from_photo(PROMPT, plain.image, pose="waving", strength=0.6, seed=2, num_inference_steps=2)
-    assert type(studio.pipeline("controlnet_img2img")).__name__ == "StableDiffusionXLControlNetUnionImg2ImgPipeline"
-    assert photo.image.size == (64, 64)
 
 
 def test_cli_thick_pose_lines_and_low_vram(tmp_path, capsys):
