@@ -49,43 +49,21 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
     the model lacks are skipped with a warning that counts them (civitai files often carry a few
     extra); a LoRA none of whose modules exist is refused, with the counts.
     """
+    models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
+    _check_tensor_shapes(weights, models, source)
     problems: list[str] = []
     missing: list[str] = []
     matched = total = 0
-    _check_tensor_shapes(weights, {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2},
-                         source)
     if weights.extra_keys:
         problems.append(f"{len(weights.extra_keys)} weights for components this model does not have "
                         f"(e.g. {weights.extra_keys[0]})")
-    models = {"unet": unet, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     for comp, sd in weights.states.items():
         model = models[comp]
         if model is None:
             problems.append(f"weights for a {comp} the pipeline does not have")
             continue
-        if comp != "unet" and not hasattr(model, "text_model"):
-            sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
-        modules = dict(model.named_modules())
-        for key, tensor in sd.items():
-            module_name, _, rest = key.partition(".lora_")
-            if rest.startswith("A."):
-                total += 1
-            module = modules.get(module_name)
-            if module is None:
-                if rest.startswith("A."):
-                    missing.append(f"{comp}.{module_name}")
-                continue
-            dims = _io_dims(_base_module(module))
-            if dims is None:
-                problems.append(f"{comp}.{module_name} is not a linear or convolution layer")
-                continue
-            fan_in, fan_out = dims
-            if rest.startswith("A.") and tensor.ndim >= 2 and tensor.shape[1] != fan_in:
-                problems.append(f"{comp}.{module_name} takes {fan_in} inputs, the LoRA expects {tensor.shape[1]}")
-            elif rest.startswith("B.") and tensor.shape[0] != fan_out:
-                problems.append(f"{comp}.{module_name} gives {fan_out} outputs, the LoRA expects {tensor.shape[0]}")
-            elif rest.startswith("A."):
-                matched += 1
+        found = _fit_component(comp, model, sd, problems, missing)
+        matched, total = matched + found[0], total + found[1]
     if total and not matched and not problems:
         problems.append(f"none of its {total} modules exists in the model (e.g. {missing[0]})")
     if problems:
@@ -98,6 +76,37 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
     if missing:
         log.warning("%s: %d of its %d modules match the model; %d are not in it and are skipped (e.g. %s)",
                     source, matched, total, len(missing), missing[0])
+
+
+def _fit_component(comp: str, model: Any, sd: Mapping[str, Any], problems: list[str],
+                   missing: list[str]) -> tuple[int, int]:
+    """Check one part's LoRA tensors against its layers; returns (modules matched, modules in the file)
+    and appends what does not fit to `problems` and the modules the model lacks to `missing`."""
+    if comp != "unet" and not hasattr(model, "text_model"):
+        sd = {k.removeprefix("text_model."): v for k, v in sd.items()}
+    modules = dict(model.named_modules())
+    matched = total = 0
+    for key, tensor in sd.items():
+        module_name, _, rest = key.partition(".lora_")
+        if rest.startswith("A."):
+            total += 1
+        module = modules.get(module_name)
+        if module is None:
+            if rest.startswith("A."):
+                missing.append(f"{comp}.{module_name}")
+            continue
+        dims = _io_dims(_base_module(module))
+        if dims is None:
+            problems.append(f"{comp}.{module_name} is not a linear or convolution layer")
+            continue
+        fan_in, fan_out = dims
+        if rest.startswith("A.") and tensor.ndim >= 2 and tensor.shape[1] != fan_in:
+            problems.append(f"{comp}.{module_name} takes {fan_in} inputs, the LoRA expects {tensor.shape[1]}")
+        elif rest.startswith("B.") and tensor.shape[0] != fan_out:
+            problems.append(f"{comp}.{module_name} gives {fan_out} outputs, the LoRA expects {tensor.shape[0]}")
+        elif rest.startswith("A."):
+            matched += 1
+    return matched, total
 
 
 def _check_tensor_shapes(weights: LoraWeights, models: Mapping[str, Any], source: str) -> None:

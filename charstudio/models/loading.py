@@ -215,34 +215,53 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
         raise ModelLoadError(f"config={config!r} only applies to single-file checkpoints (.safetensors): "
                              f"model={source.name!r} carries its own configs, so leave config unset")
     if source.kind == "builtin":
-        import torch
+        return _load_builtin(source, dtype, prediction_type)
+    family, extra, prediction_type = _family_of_source(source, config, prediction_type)
+    pipe = _load_pipeline(source, family, extra, dtype, config)
+    # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
+    comps = {name: getattr(pipe, name) for name in family.component_names}
+    _check_all_loaded(comps, source.location, config)
+    comps = _with_fp16_vae(comps, source, dtype)
+    return _with_prediction_type(comps, prediction_type, source.location)
 
-        comps = BUILTIN_BUILDERS[source.location]()
-        if dtype != torch.float32:  # built in fp32; casting a no-op makes diffusers warn needlessly
-            for module in comps.values():
-                if isinstance(module, torch.nn.Module):
-                    module.to(dtype=dtype)
-        return _with_prediction_type(_with_fp16_vae(comps, source, dtype), prediction_type, source.location)
 
-    # 1. A single file's keys tell its family (models.single_file). A folder names its pipeline
-    #    class; a hub id is taken as the default family's unless a preset says.
+def _load_builtin(source: ModelSource, dtype: Any, prediction_type: str | None) -> dict[str, Any]:
+    """A model built in code (tiny, tiny-sdxl, the random-weight real architectures)."""
+    import torch
+
+    comps = BUILTIN_BUILDERS[source.location]()
+    if dtype != torch.float32:  # built in fp32; casting a no-op makes diffusers warn needlessly
+        for module in comps.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(dtype=dtype)
+    return _with_prediction_type(_with_fp16_vae(comps, source, dtype), prediction_type, source.location)
+
+
+def _family_of_source(source: ModelSource, config: str | None,
+                      prediction_type: str | None) -> tuple[Any, dict[str, Any], str | None]:
+    """1. A single file's keys tell its family (models.single_file), with the loader's extra
+    arguments and its `v_pred` key (NoobAI v-pred). A folder names its pipeline class; a hub id is
+    taken as the default family's unless a preset says."""
     extra: dict[str, Any] = {}
     family = DEFAULT_FAMILY
     if source.kind == "single_file":
         family, extra, keys = single_file_setup(source.location, config)
-        if prediction_type is None and is_v_prediction_file(keys):  # NoobAI v-pred's `v_pred` key
+        if prediction_type is None and is_v_prediction_file(keys):
             prediction_type = "v_prediction"
     elif source.kind == "folder":
         family = family_of_folder(source.location)
     elif source.name in PRESETS:
         family = FAMILIES[PRESETS[source.name].family]
+    return family, extra, prediction_type
 
+
+def _load_pipeline(source: ModelSource, family: Any, extra: dict[str, Any], dtype: Any, config: str | None) -> Any:
+    """2. Load through the family's pipeline class so every component gets the right class and config."""
     import pickle
 
     import diffusers
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
-    # 2. Load through the pipeline class so every component gets the right class and config.
     pipeline_class = getattr(diffusers, family.pipelines["txt2img"])
     common = dict(**dtype_kwarg(dtype), **{k: v for k, v in family.pipeline_options.items() if k != "feature_extractor"})
     # An opted-in folder of pickled weights: diffusers first looks for .safetensors and logs
@@ -251,9 +270,8 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
     try:
         with _diffusers_log_level(logging.CRITICAL if quiet else None):
             if source.kind == "single_file":
-                pipe = pipeline_class.from_single_file(source.location, **common, **extra)
-            else:
-                pipe = pipeline_class.from_pretrained(source.location, **common)
+                return pipeline_class.from_single_file(source.location, **common, **extra)
+            return pipeline_class.from_pretrained(source.location, **common)
     except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError, pickle.UnpicklingError) as exc:
         refused = _pickle_refused("model", source.location, exc)
         if refused is not None:
@@ -264,11 +282,6 @@ def load_components(source: ModelSource, *, dtype: Any, config: str | None = Non
             raise single_file_error(exc, source.location, family, config, extra) from exc
         raise ModelLoadError(f"model={source.location!r} could not be loaded as an {family.label} model: "
                              f"{_without_internal_advice(_first_line(exc))}") from exc
-    # 3. Keep only the parts we share across pipelines; the safety checker is the caller's choice.
-    comps = {name: getattr(pipe, name) for name in family.component_names}
-    _check_all_loaded(comps, source.location, config)
-    comps = _with_fp16_vae(comps, source, dtype)
-    return _with_prediction_type(comps, prediction_type, source.location)
 
 
 def _check_all_loaded(comps: dict[str, Any], location: str, config: str | None) -> None:
