@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import ConfigError
 from ..models.family import detect_family
@@ -13,6 +13,9 @@ from .config import ADAPTER_NAME, LoraTrainingConfig, TrainingStep
 from .data import check_pose_files, list_dataset
 from .output import prepare_output
 from .run import TrainingRun
+
+if TYPE_CHECKING:
+    from ..callbacks import CancelToken
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +27,19 @@ def _load_base(config: LoraTrainingConfig, weight_dtype: Any) -> dict[str, Any]:
     return load_components(source, dtype=weight_dtype, config=config.model_config)
 
 
-def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None = None) -> Iterator[TrainingStep]:
+def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None = None,
+               cancel: CancelToken | None = None) -> Iterator[TrainingStep]:
     """Train a LoRA; yield one ``TrainingStep`` per optimizer step; write ``output_dir/name/``.
 
     ``components`` (tokenizer(s), text encoder(s), unet, vae, scheduler: an SD 1.x or SDXL model)
     reuses an already loaded model instead of loading ``config.model``; the training adapter is
     removed from it again when the generator finishes. Stopping early (break, Ctrl-C) keeps the
     last checkpoint, from which ``resume=True`` continues.
+
+    ``cancel`` (the app's Stop) ends the pictures drawn along the way within one denoising step:
+    a step's validation pictures stop and the step's checkpoint and record follow as usual (the
+    caller stops there, as on any record); class images being made end the run
+    (GenerationCancelled), keeping those already written.
     """
     import torch
     from accelerate import Accelerator
@@ -80,7 +89,7 @@ def train_lora(config: LoraTrainingConfig, *, components: dict[str, Any] | None 
     parked = Parked()
     try:
         yield from TrainingRun(config, comps, family, accelerator, output, weight_dtype, mixed, own_components,
-                               parked).steps()
+                               parked, cancel).steps()
     except BaseException:
         # A folder this run made that has no checkpoint has nothing to resume: it goes.
         if accelerator.is_main_process:

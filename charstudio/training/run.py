@@ -36,6 +36,7 @@ from .output import OutputPlan, save_final
 from .samples import make_class_images, validate
 
 if TYPE_CHECKING:
+    from ..callbacks import CancelToken
     from .loop import Parked
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,15 @@ def _pose_controlnet(config: LoraTrainingConfig, comps: dict[str, Any], weight_d
 class TrainingRun:
     """The body of ``train_lora`` once the model is loaded (split out so cleanup always runs):
     the set-up steps (models, dataset, class images, adapters, caches, optimizer, resume), then
-    one `TrainingStep` per optimizer step from `steps`."""
+    one `TrainingStep` per optimizer step from `steps`. ``cancel`` stops the pictures drawn along
+    the way (validation, class images) within one denoising step."""
 
     def __init__(self, config: LoraTrainingConfig, comps: dict[str, Any], family: ModelFamily, accelerator: Any,
-                 output: OutputPlan, weight_dtype: Any, mixed: str, own_components: bool, parked: Parked):
+                 output: OutputPlan, weight_dtype: Any, mixed: str, own_components: bool, parked: Parked,
+                 cancel: CancelToken | None = None):
         self.config, self.comps, self.family, self.accelerator = config, comps, family, accelerator
         self.output, self.weight_dtype, self.mixed = output, weight_dtype, mixed
-        self.own_components, self.parked = own_components, parked
+        self.own_components, self.parked, self.cancel = own_components, parked, cancel
         self.out, self.resume_from = output.work, output.resume_from
         self.device, self.is_main = accelerator.device, accelerator.is_main_process
         self.unet, self.vae = comps["unet"], comps["vae"]
@@ -162,7 +165,7 @@ class TrainingRun:
         class_dir = (Path(config.class_data_dir).expanduser() if config.class_data_dir
                      else self.output.final / "class_images")
         if self.is_main:
-            make_class_images(self.comps, self.family, config, class_dir, resolution, self.device)
+            make_class_images(self.comps, self.family, config, class_dir, resolution, self.device, self.cancel)
         self.accelerator.wait_for_everyone()
         class_files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         class_files = class_files[: config.num_class_images]
@@ -453,7 +456,7 @@ class TrainingRun:
             if self.is_main:
                 with self.parked.back():
                     images = validate(self.comps, self.family, self.trained_parts(), config, self.validation_prompt,
-                                      self.resolution, step, self.out, self.accelerator)
+                                      self.resolution, step, self.out, self.accelerator, self.cancel)
             for m in self.wrapped.values():
                 m.train()
         return images
