@@ -144,3 +144,21 @@ def test_a_failing_generate_or_sheet_leaves_no_empty_out_folder(tmp_path, capsys
     assert main(["generate", "a cat", "--model", "tiny", "--steps", "1", "--width", "32", "--height", "32",
                  "--out", str(out)]) == 0
     assert len(list(out.glob("*.png"))) == 1
+
+
+def test_cli_thick_pose_lines_and_low_vram(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from charstudio import Result
+
+    for lines in ("standard", "thick"):
+        assert main(["pose", "render", "walking", "--width", "1024", "--height", "1024", "--lines", lines,
+                     "--out", str(tmp_path / f"{lines}.png")]) == 0
+    drawn = {k: (np.asarray(Image.open(tmp_path / f"{k}.png")) > 0).any(-1).sum() for k in ("standard", "thick")}
+    assert drawn["thick"] > 2 * drawn["standard"]
+    assert main(["generate", "a girl", "--model", "tiny-sdxl", "--pose", "waving", "--pose-lines", "thick",
+                 "--low-vram", "--steps", "2", "--width", "64", "--height", "64", "--seed", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    path = [line for line in capsys.readouterr().out.split() if "/out/" in line][0]
+    assert Result.from_png(path).recipe.pose_lines == "thick"

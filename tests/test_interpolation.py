@@ -119,6 +119,56 @@ def test_studio_interpolation_endpoints_and_recipes(tiny_studio, tmp_path):
     assert len(s.distances) == 2 and s.max >= s.mean > 0 and 0 < s.evenness <= 1
 
 
+def test_sdxl_interpolation_blends_pooled_embeddings_and_its_ends_are_the_ends_own_pictures(tiny_sdxl_studio):
+    xl = tiny_sdxl_studio
+    a = xl.make_config("a girl with red hair", seed=3, num_inference_steps=2, width=64, height=64)
+    b = xl.make_config("a boy with blue hair", seed=4, num_inference_steps=2, width=64, height=64)
+    seen = []  # the pooled embedding (the UNet's text_embeds) of the prompt row of every UNet call
+
+    def spy(module, args, kwargs):
+        seen.append(kwargs["added_cond_kwargs"]["text_embeds"][-1].detach().clone())
+
+    hook = xl.components["unet"].register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        frames = xl.interpolate(a, b, frames=3)
+    finally:
+        hook.remove()
+    assert np.array_equal(np.asarray(frames.frames[0]), np.asarray(xl.run(a).image))
+    assert np.array_equal(np.asarray(frames.frames[-1]), np.asarray(xl.run(b).image))
+    middle = np.asarray(frames.frames[1], dtype=float)
+    assert not np.array_equal(middle, np.asarray(frames.frames[0])) and not np.array_equal(middle, frames.frames[2])
+    # the pooled embedding is blended too: halfway the UNet gets the spherical midpoint of the ends'
+    # pooled vectors (their directions' bisector at their mean length), far from either end's
+    from charstudio.interpolation import encode_to_one_length
+
+    ends = encode_to_one_length(xl.encoder, [(a.prompt, ""), (b.prompt, "")], None)
+    pa, pb = (e.pooled_prompt_embeds[0].double() for e in ends)
+    mid = (pa / pa.norm() + pb / pb.norm())
+    mid = (mid / mid.norm() * (pa.norm() + pb.norm()) / 2).float()
+    assert (pa - pb).norm() > 0.5 * pa.norm()  # the two prompts' pooled vectors are far apart
+    for target in (pa.float(), pb.float(), mid):
+        closest = min(float((x - target).norm()) for x in seen)
+        assert closest < 1e-4 * float(target.norm()), (closest, float(target.norm()))
+    assert len(seen) == 3 * 2  # three frames of two steps, the middle one conditioned on the midpoint
+    enc_a, enc_b = encode_to_one_length(xl.encoder, [(a.prompt, ""), ("a boy with blue hair, " * 8, "")], None)
+    assert enc_a.pooled_prompt_embeds is not None and enc_a.prompt_embeds.shape == enc_b.prompt_embeds.shape
+    assert enc_a.num_chunks == 2  # padded to the longer prompt's chunks, so the two blend
+    assert not enc_a.negative_prompt_embeds.any()  # an empty negative stays zeros, as in a plain run
+
+
+def test_a_style_mix_reruns_bit_identically(family_studio):
+    from charstudio import Result
+
+    mixed = family_studio.mix_styles("a girl", {"watercolor": 0.5, "cel-anime": 0.5}, seed=2, num_inference_steps=2,
+                                     width=64, height=64)
+    recipe = mixed.recipe
+    assert len(recipe.style_mix) == 2
+    again = family_studio.run(Result([mixed.images[0]], [recipe]).recipe)
+    assert np.array_equal(np.asarray(again.image), np.asarray(mixed.images[0]))
+    single = family_studio.generate("a girl", style="watercolor", seed=2, num_inference_steps=2, width=64, height=64)
+    assert not np.array_equal(np.asarray(single.image), np.asarray(mixed.images[0]))
+
+
 def test_interpolation_bad_input(tiny_studio):
     a = tiny_studio.make_config("a red cat", seed=1, **FAST)
     with pytest.raises(ConfigError, match="frames"):

@@ -194,3 +194,32 @@ def test_live_preview_every_k_steps_without_changing_the_image(tiny_studio):
     assert np.array_equal(pixels(with_preview.image), pixels(plain.image))
     with pytest.raises(ConfigError, match="every"):
         tr.LivePreview(print, every=0)
+
+
+def test_trace_maps_attention_over_every_encoder_and_previews_the_familys_latents(family, family_studio, tmp_path):
+    """A traced run on each family: cross-attention maps per prompt token over the whole context
+    (SDXL: both encoders', 2048 wide, here 64), the image unchanged by tracing, and previews through
+    the family's own latent-to-RGB map (TAESD / TAESDXL when cached; offline "auto" falls back to it)."""
+    xl, own = family_studio, family.family
+    from charstudio.models.family import SD1, SDXL
+
+    other = SD1 if own is SDXL else SDXL
+    from charstudio.trace import LivePreview, decode_latents, plot_filmstrip, trace_run
+
+    kw = dict(seed=5, num_inference_steps=3, width=64, height=64)
+    shown = []
+    trace, result = trace_run(xl, PROMPT, callbacks=[LivePreview(lambda i, im: shown.append(im), every=1)], **kw)
+    assert trace.family == family.name and len(trace.records) == 3 and trace.attention is not None
+    assert trace.attention.shape[0] >= len(trace.tokens) and trace.attention.shape[1:] == (8, 8)
+    assert float(trace.attention.sum(0).mean()) == pytest.approx(1.0, abs=1e-3)
+    assert np.array_equal(np.asarray(result.image), np.asarray(xl.generate(PROMPT, **kw).image))
+    assert len(shown) == 3 and shown[0].size == (8, 8)
+    z = trace.records[-1].pred_x0[:1]
+    expected = torch.einsum("bchw,cr->brhw", z.float(), torch.tensor(own.latent_rgb)) + \
+        torch.tensor(own.latent_rgb_bias)[None, :, None, None]
+    expected = ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(decode_latents(z, "approx", own)[0]), expected)
+    assert np.array_equal(np.asarray(decode_latents(z, "auto", own)[0]), expected)  # no TAESD offline
+    assert not np.array_equal(np.asarray(decode_latents(z, "approx", other)[0]), expected)
+    assert np.array_equal(np.asarray(shown[-1]), np.asarray(decode_latents(trace.records[-1].latents[:1], "auto", own)[0]))
+    assert plot_filmstrip(trace, tmp_path / "strip.png").is_file()

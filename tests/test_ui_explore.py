@@ -351,3 +351,22 @@ def test_a_click_queued_behind_another_run_uses_the_settings_of_the_click(app, t
         assert item.recipe.prompt == config.prompt and item.recipe.seed == 11
         assert item.controls["prompt"] == "a red cat" and item.controls["seed"] == 11
         assert item.controls["poses"] == ["waving"] and item.controls["steps"] == STEPS
+
+
+def test_the_apps_offer_sdxl_models_and_sizes_and_draw_on_tiny_sdxl(tiny_sdxl_studio, tmp_path):
+    xl = tiny_sdxl_studio
+    pytest.importorskip("ipywidgets")
+    from charstudio.ui.explore import ExploreApp
+
+    app = ExploreApp(xl, steps=1, output_dir=str(tmp_path / "out"))
+    assert {"sdxl", "tiny-sdxl", "sd15", "mini"} <= set(app.model.options)
+    sizes = {v for _, v in app.width.options}
+    assert {832, 1216, 896, 1152, 1344, 768} <= sizes  # SDXL's training buckets
+    app.prompt.value = "a girl with long red hair, blue dress"
+    app.width.value, app.height.value = 832, 1216
+    cfg = app.make_config()
+    assert (cfg.width, cfg.height) == (832, 1216)
+    app.width.value = app.height.value = 64
+    app.generate_button.click()
+    assert app.wait(120) and app.status.level == "ok", app.status.text
+    assert app.gallery.items[-1].recipe.model == "tiny-sdxl"
