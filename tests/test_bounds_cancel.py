@@ -346,6 +346,29 @@ def test_train_cancel_stops_the_before_after_pictures(fresh_studio, counter_for,
     assert [r.loras.get("hero") for r in app.comparison.recipes] == [0.0, 0.5, 1.0]
 
 
+def test_train_stop_during_validation_pictures_ends_within_one_step(fresh_studio, counter_for, tmp_path):
+    """Stop while training draws its validation pictures (UNet calls without gradients) ends them
+    within one denoising step; the step's checkpoint stays for Resume and the app is free again."""
+    import torch
+
+    from charstudio.ui.common import Gallery
+    from charstudio.ui.train import TrainApp
+
+    app = TrainApp(fresh_studio, data_dir=str(make_dataset(tmp_path / "data")), steps=2,
+                   output_dir=str(tmp_path / "lora"), gallery=Gallery())
+    app.validation_steps.value, app.checkpointing_steps.value = 1, 1
+    app.validation_inference_steps.value, app.rank.value, app.resolution.value = 6, 4, 64
+    app.name.value = "hero"
+    count = counter_for(fresh_studio)
+    count.on_step = lambda: None if torch.is_grad_enabled() else count.click(app.stop_button)
+    app.start_button.click()
+    finish(app)
+    assert count.at_click is not None, "no validation picture was drawn"
+    assert count.after[0] <= 1, count.after  # was: the rest of the validation pictures' steps
+    assert not app.runner.running and not app.start_button.disabled
+    assert app.stopped_at == 1 and (tmp_path / "lora" / "hero" / "checkpoints" / "checkpoint-000001").is_dir()
+
+
 def test_workflows_cancel_inside_a_picture_between_sheet_pictures_and_a_huge_list(mini_studio, counter_for,
                                                                                    monkeypatch):
     from charstudio.ui import WorkflowsApp

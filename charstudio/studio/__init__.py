@@ -215,13 +215,13 @@ class Studio(Session):
 
         return expression_sheet(self, character_or_prompt, expressions, **settings)
 
-    def train_lora(self, config: Any) -> Iterator[Any]:
-        """Train a LoRA on this model (`charstudio.training.train_lora`), with the studio's adapters
-        off while it trains (the new LoRA learns the base model); yields the step records."""
+    def train_lora(self, config: Any, *, cancel: CancelToken | None = None) -> Iterator[Any]:
+        """Train a LoRA on this model (`charstudio.training.train_lora`, `cancel` stops its sample pictures),
+        with the studio's adapters off while it trains (the new LoRA learns the base model)."""
         from ..training import train_lora
 
         with self.using_loras({}):
-            yield from train_lora(config, components=self.components)
+            yield from train_lora(config, components=self.components, cancel=cancel)
 
     # -- textual-inversion embeddings (adapters.EmbeddingSet) ----------------------------------
     @property

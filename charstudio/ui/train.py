@@ -358,7 +358,7 @@ class TrainApp(AppBase):
             studio = self.studio
             self.history, self.records = [], []
             with exclusive(studio, token):
-                steps = studio.train_lora(config)
+                steps = studio.train_lora(config, cancel=token)  # Stop ends sample pictures mid-way too
                 try:
                     for record in steps:
                         self._on_step(record)
