@@ -1,5 +1,6 @@
-"""The SDXL family on `tiny-sdxl`: detected from the model, encoded with both text encoders,
-drawn through diffusers' own SDXL pipelines, pixel-equal to a plain pipeline call."""
+"""Loading a model of each family (tiny and tiny-sdxl): detected from a diffusers folder or a
+single file's keys, sizes bounded by the family's native size, a ControlNet of the other family
+refused, the hub presets, SDXL's fp16 VAE, and low-VRAM offloading."""
 
 from __future__ import annotations
 
@@ -17,36 +18,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = "a girl with long red hair, blue dress"
 
 
-@pytest.fixture(scope="module")
-def xl():
+def test_a_diffusers_folder_is_detected_as_its_family(tmp_path, family, family_studio):
     from charstudio import Studio
 
-    return Studio.from_pretrained("tiny-sdxl", device="cpu")
-
-
-def _plain_pipeline(kind: str = "txt2img"):
-    from charstudio.models.family import SDXL
-    from charstudio.models.tiny import build_tiny_sdxl_components
-
-    c = build_tiny_sdxl_components()
-    parts = {k: c[k] for k in SDXL.component_names}
-    if "controlnet" in kind:
-        parts["controlnet"] = c["controlnet"]
-    pipe = SDXL.build_pipeline(kind, parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def test_a_diffusers_folder_is_detected_as_sdxl(tmp_path, xl):
-    from charstudio import Studio
-
-    pipe = _plain_pipeline()
-    pipe.save_pretrained(tmp_path / "xl")
-    assert "XL" in json.loads((tmp_path / "xl" / "model_index.json").read_text())["_class_name"]
-    studio = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu")
-    assert studio.family.name == "sdxl" and studio.controlnet_source == "xinsir/controlnet-openpose-sdxl-1.0"
+    pipe = family.plain_pipeline()
+    pipe.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "model_index.json").read_text())["_class_name"] == \
+        family.family.pipelines["txt2img"]
+    studio = Studio.from_pretrained(str(tmp_path / "model"), device="cpu")
+    assert studio.family is family.family and studio.controlnet_source == family.family.openpose_controlnet
     a = studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
-    b = xl.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
+    b = family_studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
     # The same weights; a tensor read back from a file may sit at another memory alignment, and
     # the CPU's matrix kernels then round a few last bits differently (measured: 2e-7 in the pooled
     # embedding), so the pictures may differ by a level here and there.
@@ -78,28 +60,32 @@ def test_half_an_sdxl_is_refused():
         detect_family(parts)
 
 
-def test_sizes_are_bounded_by_the_families_native_size(xl):
-    assert xl.default_size == 128  # tiny-sdxl's latents are 16x16, as tiny's
+def test_sizes_are_bounded_by_the_families_native_size(family_studio):
+    assert family_studio.default_size == 128  # tiny's and tiny-sdxl's latents are 16x16
     with pytest.raises(ConfigError, match="trained at 128x128"):
-        xl.generate(PROMPT, width=512, height=512, num_inference_steps=1)
+        family_studio.generate(PROMPT, width=512, height=512, num_inference_steps=1)
 
 
-def test_a_controlnet_of_the_other_family_is_refused_before_it_loads(tmp_path):
+def test_a_controlnet_of_the_other_family_is_refused_before_it_loads(tmp_path, family):
     from charstudio import Studio
-    from charstudio.models.tiny import build_tiny_components, build_tiny_sdxl_components
+    from helpers import TinyFamily
 
-    build_tiny_components()["controlnet"].save_pretrained(tmp_path / "cn_sd1")
-    build_tiny_sdxl_components()["controlnet"].save_pretrained(tmp_path / "cn_xl")
-    _plain_pipeline().save_pretrained(tmp_path / "xl")
-    xl = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu", controlnet=str(tmp_path / "cn_sd1"))
-    with pytest.raises(ModelLoadError, match=r"is an SD 1.x ControlNet and the model is SDXL.*xinsir"):
-        xl.generate(PROMPT, pose="waving", num_inference_steps=1, width=64, height=64)
-    assert xl.components["controlnet"] is None
-    ok = Studio.from_pretrained(str(tmp_path / "xl"), device="cpu", controlnet=str(tmp_path / "cn_xl"))
+    other = TinyFamily("sd1" if family.is_sdxl else "sdxl")
+    other.components()["controlnet"].save_pretrained(tmp_path / "cn_other")
+    family.components()["controlnet"].save_pretrained(tmp_path / "cn_own")
+    family.plain_pipeline().save_pretrained(tmp_path / "model")
+    wrong = Studio.from_pretrained(str(tmp_path / "model"), device="cpu", controlnet=str(tmp_path / "cn_other"))
+    label, theirs = family.family.label, other.family.label
+    hint = family.family.openpose_controlnet.split("/")[0]  # xinsir for SDXL, lllyasviel for SD 1.x
+    with pytest.raises(ModelLoadError, match=fr"is an {theirs} ControlNet and the model is {label}.*{hint}"):
+        wrong.generate(PROMPT, pose="waving", num_inference_steps=1, width=64, height=64)
+    assert wrong.components["controlnet"] is None
+    ok = Studio.from_pretrained(str(tmp_path / "model"), device="cpu", controlnet=str(tmp_path / "cn_own"))
     assert ok.generate(PROMPT, pose="waving", num_inference_steps=1, width=64, height=64).image.size == (64, 64)
 
 
-def test_a_small_picture_on_sdxl_warns_with_the_trained_sizes(xl):
+def test_a_small_picture_on_sdxl_warns_with_the_trained_sizes(tiny_sdxl_studio):
+    xl = tiny_sdxl_studio
     with pytest.warns(UserWarning, match=r"SDXL model trained at 128x128, 104x152, 152x104.*64x64 gives poor"):
         xl.generate(PROMPT, num_inference_steps=1, width=64, height=64)
 
@@ -150,14 +136,13 @@ def test_an_sd1_lora_on_sdxl_is_refused_naming_the_family(tmp_path):
     assert "\n" not in str(err.value) and not xl.loaded_loras
 
 
-def test_low_vram_offloads_each_part_and_draws_the_same_pictures(xl, monkeypatch):
+def test_low_vram_offloads_each_part_and_draws_the_same_pictures(family, family_studio, monkeypatch):
     """low_vram=True: the parts stay in CPU memory behind diffusers' model-offload hooks (moved to
     the device only while they run), the VAE decodes in tiles, and pictures are unchanged."""
-    from charstudio import Studio
     from charstudio.models import device
 
-    low = Studio.from_pretrained("tiny-sdxl", device="cpu", low_vram=True)
-    tiled = Studio.from_pretrained("tiny-sdxl", device="cpu")
+    low = family.studio(low_vram=True)
+    tiled = family.studio()
     tiled.components["vae"].enable_tiling()  # the same decode, without offloading
     hooks = count_offload_hooks(monkeypatch, low.components)
     tiles = count_tiled_decodes(monkeypatch, low.components["vae"])
@@ -170,18 +155,18 @@ def test_low_vram_offloads_each_part_and_draws_the_same_pictures(xl, monkeypatch
         # every part ran behind its hook, moved to the studio's device: the UNet (and the
         # ControlNet) once a step, the VAE once, each text encoder at least once
         assert ran["unet"] == 2 and ran["controlnet"] == (2 if pose else 0) and ran["vae"] == 1, ran
-        assert ran["text_encoder"] >= 1 and ran["text_encoder_2"] >= 1, ran
+        assert all(ran[name] >= 1 for name in family.text_encoders), ran
         assert {torch.device(d).type for d in hooks.devices} == {low.device.type}
         assert len(tiles) == i + 1 and tiles[-1][-2:] == (20, 24)
         assert np.array_equal(picture, np.asarray(tiled.generate(PROMPT, pose=pose, **kw).image, np.int16))
         # and tiling is a real change: the untiled decode differs, by a level or two on average
-        plain = np.asarray(xl.generate(PROMPT, pose=pose, **kw).image, np.int16)
+        plain = np.asarray(family_studio.generate(PROMPT, pose=pose, **kw).image, np.int16)
         assert 0.3 < np.abs(picture - plain).mean() < 8
     assert low.low_vram and low.components["vae"].use_tiling
-    assert all(hasattr(low.components[n], "_hf_hook") for n in ("unet", "text_encoder", "text_encoder_2", "vae"))
-    assert not xl.low_vram and not hasattr(xl.components["unet"], "_hf_hook")
+    assert all(hasattr(low.components[n], "_hf_hook") for n in ("unet", *family.text_encoders, "vae"))
+    assert not family_studio.low_vram and not hasattr(family_studio.components["unet"], "_hf_hook")
     # Auto: chosen on a CUDA card with less memory than the model needs, never on the CPU.
-    parts = xl.components
+    parts = family_studio.components
     need = device.estimated_gpu_bytes(parts, 1024)
     assert device.choose_low_vram(None, torch.device("cpu"), parts, 1024) is False
 
