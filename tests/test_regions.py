@@ -56,7 +56,7 @@ def test_regions_are_normalised_and_cards_resolved_into_the_recipe():
     ([{"prompt": "a girl", "box": "left", "weight": 0}], "regions[0].weight"),
     ([{"prompt": "a girl", "box": "left", "colour": "red"}], "regions[0].colour"),
     ([{"prompt": "a girl", "box": "left", "lora": "zorbi"}], "regions[0].lora"),
-    ([{"character": "no-such-card", "box": "left"}], "character"),
+    ([{"character": "no-such-card", "box": "left"}], "regions[0].character"),
     ([{"prompt": "a girl", "box": "left", "overlap": "yes"}], "regions[0].overlap"),
 ])
 def test_bad_regions_are_refused_naming_the_field(regions, field):

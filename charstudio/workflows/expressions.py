@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..limits import check_list
 from ..sheets.sheet import SheetResult
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 DEFAULT_REFERENCE_STRENGTH = 0.5
 DEFAULT_EXPRESSIONS = ("neutral", "smiling", "angry", "surprised", "sad", "embarrassed")
@@ -125,7 +128,7 @@ def crop_box(pose_dict: dict, crop: str, width: int, height: int) -> tuple[int, 
     return left, top, left + side, top + side
 
 
-def expression_sheet(studio: Any, character_or_prompt: Any, expressions: Any = None, *, pose: Any = None,
+def expression_sheet(studio: Studio, character_or_prompt: Any, expressions: Any = None, *, pose: Any = None,
                      crop: str | None = "portrait", reference_strength: float = DEFAULT_REFERENCE_STRENGTH,
                      seed: int | None = None, **settings: Any) -> ExpressionSheet:
     """One character with N expressions: an `ExpressionSheet` labelled by expression.

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..limits import check_list
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 DEFAULT_REFERENCE_STRENGTH = 0.5  # see README "Turnaround sheets": measured on mini
 
@@ -108,7 +111,7 @@ def resolve_views(views: Any = None, field: str = "views") -> list[View]:
     return out
 
 
-def turnaround(studio: Any, character_or_prompt: Any, views: Any = None, *,
+def turnaround(studio: Studio, character_or_prompt: Any, views: Any = None, *,
                reference_strength: float = DEFAULT_REFERENCE_STRENGTH, seed: int | None = None,
                **settings: Any) -> Any:
     """The character from several sides in one sheet: a `SheetResult` labelled by view.
