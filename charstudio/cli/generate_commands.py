@@ -140,12 +140,9 @@ def check_embedder_folder(name: str) -> None:
     """A local --embedder folder, checked with the sheets' own folder check (`sheets.similarity`)
     before the model loads: the score that needs it is computed only after the sheet is drawn. A
     hub id is looked up when the score is computed."""
-    from charstudio.sheets import similarity
+    from charstudio.sheets.similarity import check_embedder_folder as check
 
-    # similarity keeps these two private; a public folder check there would replace this pair.
-    folder = similarity._local_folder(name)
-    if folder is not None:
-        similarity._check_folder(name, folder)
+    check(name)
 
 
 def load_studio(args: argparse.Namespace):

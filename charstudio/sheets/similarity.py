@@ -53,6 +53,14 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 
+def check_embedder_folder(name: str) -> None:
+    """Refuse a local embedder folder that is not a CLIP vision model (saying what is wrong), without
+    loading it: for checks before a model loads. A hub id passes; it is looked up when used."""
+    folder = _local_folder(str(name))
+    if folder is not None:
+        _check_folder(str(name), folder)
+
+
 def _local_folder(name: str) -> Path | None:
     """The path `name` means on disk, or None for a hub id. A value that exists, or that cannot
     be a hub id ('org/name'), is a path."""
