@@ -6,11 +6,16 @@ once per module on the tiny model and reused by every test here.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+import torch
 
 from charstudio import lora
 from charstudio.errors import ConfigError
+from helpers import lora_model, pixels, save_lora_model
+from sgm_export import unet_to_sgm
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
 
@@ -81,36 +86,6 @@ def test_training_changes_output_and_unload_load_reproduces(trained):
     np.testing.assert_allclose(_render(pipe), with_lora, atol=1e-6)
 
 
-def test_kohya_file_through_diffusers_loader_matches_our_format(trained):
-    ours = _pipe()
-    lora.load_lora(ours, trained / "pytorch_lora_weights.safetensors")
-    expected = _render(ours)
-
-    theirs = _pipe()
-    theirs.load_lora_weights(str(trained / "aiko.safetensors"), adapter_name="k")  # diffusers' own loader
-    np.testing.assert_allclose(_render(theirs), expected, atol=1e-5)
-
-    via_us = _pipe()
-    lora.load_lora(via_us, trained / "aiko.safetensors")
-    np.testing.assert_allclose(_render(via_us), expected, atol=1e-5)
-
-
-def test_kohya_file_layout(trained):
-    tensors, meta = lora.read_lora_file(trained / "aiko.safetensors")
-    assert lora.detect_format(tensors) == "kohya"
-    downs = [k for k in tensors if k.endswith(".lora_down.weight")]
-    assert any(k.startswith("lora_unet_") for k in downs)
-    assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in downs)
-    for k in downs:
-        base = k[: -len(".lora_down.weight")]
-        assert base + ".lora_up.weight" in tensors
-        assert float(tensors[base + ".alpha"]) == 2.0
-        assert tensors[k].shape[0] == 4
-    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
-    info = lora.inspect_lora(trained / "aiko.safetensors")
-    assert (info.format, info.rank, info.alpha, info.components) == ("kohya", 4, 2.0, ("unet", "text_encoder"))
-
-
 def test_weight_zero_reproduces_base(trained):
     pipe = _pipe()
     base = _render(pipe)
@@ -161,23 +136,6 @@ def test_fuse_then_unfuse(trained):
     lora.fuse_loras(pipe, {"aiko": 0.7})
     lora.unload_loras(pipe)  # unfuses first, so the base weights come back
     np.testing.assert_allclose(_render(pipe), base, rtol=1e-4, atol=1e-4)
-
-
-def test_convert_round_trip(trained, tmp_path):
-    k2d = lora.convert_lora(trained / "aiko.safetensors", tmp_path / "from_kohya.safetensors", to="diffusers")
-    d2k = lora.convert_lora(trained / "pytorch_lora_weights.safetensors", tmp_path / "again.safetensors", to="kohya")
-    original, _ = lora.read_lora_file(trained / "aiko.safetensors")
-    rewritten, _ = lora.read_lora_file(d2k)
-    assert set(original) == set(rewritten)
-    for key in original:
-        np.testing.assert_array_equal(original[key].numpy(), rewritten[key].numpy())
-
-    ref = _pipe()
-    lora.load_lora(ref, trained)
-    conv = _pipe()
-    lora.load_lora(conv, k2d)
-    np.testing.assert_allclose(_render(conv), _render(ref), atol=1e-5)
-    assert lora.inspect_lora(k2d).alpha == 2.0
 
 
 def test_unknown_keys_are_refused_before_loading(tmp_path):
@@ -479,3 +437,259 @@ def test_a_kohya_file_with_a_nan_alpha_is_refused(trained, tmp_path):
     with pytest.raises(ConfigError, match=r"alpha holds NaN or infinite values"):
         lora.load_lora(pipe, path)
     assert not getattr(pipe.unet, "peft_config", None)
+
+
+# --- the same LoRA behaviour on each family ------------------------------------------------------
+# A random (non-zero) LoRA on every part of the family's tiny model (UNet, each text encoder), rank
+# 4 and alpha 2, written by charstudio in both formats: each check below runs on SD 1.x and SDXL.
+
+KW = dict(seed=3, num_inference_steps=2, width=64, height=64)
+# ComfyUI's comfy/lora.py LORA_CLIP_MAP: the text-encoder modules its key map names
+COMFY_CLIP = {"mlp.fc1": "mlp_fc1", "mlp.fc2": "mlp_fc2", "self_attn.k_proj": "self_attn_k_proj",
+              "self_attn.q_proj": "self_attn_q_proj", "self_attn.v_proj": "self_attn_v_proj",
+              "self_attn.out_proj": "self_attn_out_proj"}
+
+
+@pytest.fixture(scope="module")
+def family_lora_model(family):
+    """The family's tiny model with a random LoRA on all its parts (the model that writes the files)."""
+    return lora_model(family)
+
+
+@pytest.fixture(scope="module")
+def family_lora(family, family_lora_model, tmp_path_factory):
+    """family_lora_model's LoRA, saved as charstudio saves trained ones: {"diffusers": path, "kohya": path}."""
+    return save_lora_model(family, family_lora_model, tmp_path_factory.mktemp("lora") / "hero", "hero")
+
+
+def _lora_deltas(model, adapter: str) -> dict[str, torch.Tensor]:
+    """Every adapted layer of `model`: its name -> the weight change its LoRA adds (peft's B @ A * scale)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m.get_delta_weight(adapter).detach().float() for name, m in model.named_modules()
+            if isinstance(m, LoraLayer) and adapter in m.lora_A}
+
+
+def _latents(pipe, seed: int = 5) -> torch.Tensor:
+    return pipe(PROMPT, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(seed),
+                output_type="latent").images
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_every_adapted_layer_loads_as_the_model_that_wrote_the_file_has_it(family, family_lora_model, family_lora,
+                                                                          fmt):
+    """Layer by layer, in every part: the model that loaded the file adapts exactly the layers the
+    writing model adapted, each by the same weight change (not just via diffusers' converter,
+    which charstudio itself reads with, and not a subset of the key names)."""
+    s = family.studio()
+    name = s.load_lora(family_lora[fmt])
+    for part in ("unet", *family.text_encoders):
+        wrote, loaded = _lora_deltas(family_lora_model[part], "default"), _lora_deltas(s.components[part], name)
+        assert wrote and set(loaded) == set(wrote), (part, sorted(set(wrote) ^ set(loaded))[:5])
+        for layer, delta in wrote.items():
+            assert delta.abs().max() > 1e-3  # a real change, so equality means something
+            torch.testing.assert_close(loaded[layer], delta, atol=1e-6, rtol=1e-5, msg=f"{part}.{layer}")
+
+
+def test_both_formats_load_and_draw_the_same_and_weight_zero_is_the_base_model(family, family_studio, family_lora):
+    base = pixels(family_studio.generate(PROMPT, **KW).image)
+    pictures = []
+    for fmt in ("diffusers", "kohya"):
+        s = family.studio()
+        name = s.load_lora(family_lora[fmt])
+        assert set(lora.loaded_adapters(s.pipeline("txt2img"))) == {name}
+        for part in family.text_encoders:  # every text encoder (SDXL's second too) got its part
+            assert name in s.components[part].peft_config
+        pictures.append(pixels(s.generate(PROMPT, **KW).image))
+        s.set_loras({name: 0.0})
+        assert np.array_equal(pixels(s.generate(PROMPT, **KW).image), base)  # weight 0: the base model
+    assert np.abs(pictures[0] - base).mean() > 1  # the LoRA changes the picture
+    assert np.abs(pictures[0] - pictures[1]).max() <= 1  # kohya and diffusers files are the same LoRA
+
+
+def test_the_kohya_file_follows_comfyui_and_a1111_key_rules(family, family_lora):
+    """Every key is one ComfyUI's model_lora_keys_unet / model_lora_keys_clip build for the family:
+    the UNet's as lora_unet_ + its diffusers module name (SD 1.x) or its SGM name (SDXL, from the SGM
+    layout of the same model, written by the test exporter that diffusers' single-file converter
+    reads back), the text encoders' as lora_te_ (SD 1.x) or lora_te1_ / lora_te2_ (SDXL) +
+    text_model_encoder_layers_N_<module>. A1111 maps the same names ("SDXL LoRAs already have
+    compvis keys"), lora_te_ / lora_te1_ / lora_te2_ to its embedders."""
+    unet = family.components()["unet"]
+    if family.is_sdxl:
+        sgm = unet_to_sgm(unet.state_dict(), unet.config)
+        comfy_unet = {"lora_unet_" + k[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+                      for k in sgm if k.endswith(".weight")}
+        blocks = ("lora_unet_input_blocks_", "lora_unet_output_blocks_")
+        text_prefixes = {"lora_te1", "lora_te2"}
+    else:
+        comfy_unet = {"lora_unet_" + k[:-len(".weight")].replace(".", "_") for k in unet.state_dict()
+                      if k.endswith(".weight")}
+        blocks = ("lora_unet_down_blocks_", "lora_unet_up_blocks_")
+        text_prefixes = {"lora_te"}
+    comfy_clip = {f"{p}_text_model_encoder_layers_{b}_{v}" for p in text_prefixes for b in range(32)
+                  for v in COMFY_CLIP.values()}
+    tensors, meta = lora.read_lora_file(family_lora["kohya"])
+    assert lora.detect_format(tensors) == "kohya"
+    modules = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in tensors}
+    assert modules and modules <= comfy_unet | comfy_clip
+    assert all(any(m.startswith(b) for m in modules) for b in blocks)
+    assert {m.split("_text_model")[0] for m in modules if "_text_model" in m} == text_prefixes
+    for m in modules:
+        assert {f"{m}.lora_down.weight", f"{m}.lora_up.weight", f"{m}.alpha"} <= set(tensors)
+        assert float(tensors[f"{m}.alpha"]) == 2.0
+        assert tensors[f"{m}.lora_down.weight"].shape[0] == 4
+    assert meta["ss_base_model_version"] == family.family.kohya_base_model
+    assert meta["ss_network_train_unet_only"] == "False"
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    info = lora.inspect_lora(family_lora["kohya"])
+    assert (info.format, info.rank, info.alpha) == ("kohya", 4, 2.0)
+    assert info.components == ("unet", *family.text_encoders)
+    assert info.made_for.startswith("SDXL") if family.is_sdxl else "SDXL" not in info.made_for
+
+
+def test_diffusers_own_loader_reads_our_kohya_file_the_same(family, family_lora):
+    """An independent reader: the family's diffusers pipeline's own load_lora_weights on our kohya
+    file draws what charstudio draws with it, and with our diffusers-format file."""
+    pipe = family.plain_pipeline()
+    pipe.load_lora_weights(str(family_lora["kohya"]), adapter_name="theirs")
+    theirs = _latents(pipe)
+    for fmt in ("kohya", "diffusers"):
+        s = family.studio()
+        s.load_lora(family_lora[fmt])
+        torch.testing.assert_close(_latents(s.pipeline("txt2img")), theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_convert_round_trips_a_lora(family, family_lora, tmp_path):
+    original, _ = lora.read_lora_file(family_lora["kohya"])
+    again = lora.convert_lora(family_lora["diffusers"], tmp_path / "again.safetensors", to="kohya")
+    rewritten, _ = lora.read_lora_file(again)
+    assert set(original) == set(rewritten)
+    assert all(torch.equal(original[k], rewritten[k]) for k in original)
+    back = lora.convert_lora(family_lora["kohya"], tmp_path / "back.safetensors", to="diffusers")
+    assert lora.inspect_lora(back).alpha == 2.0
+    s1, s2 = family.studio(), family.studio()
+    s1.load_lora(family_lora["diffusers"])
+    s2.load_lora(back)
+    assert np.abs(pixels(s1.generate(PROMPT, **KW).image) - pixels(s2.generate(PROMPT, **KW).image)).max() <= 1
+
+
+def test_a_lora_of_the_other_family_is_refused_naming_it_and_nothing_is_loaded(family, tmp_path):
+    from helpers import TinyFamily
+
+    other = TinyFamily("sd1" if family.is_sdxl else "sdxl")
+    files = save_lora_model(other, lora_model(other), tmp_path / "other", "other")
+    s = family.studio()
+    base = pixels(s.generate(PROMPT, **KW).image)
+    for fmt in ("kohya", "diffusers"):
+        with pytest.raises(ConfigError, match=r"it looks like a LoRA for .*but the model is .*Nothing was loaded") as err:
+            s.load_lora(files[fmt])
+        assert "\n" not in str(err.value) and "SDXL" in str(err.value) and not s.loaded_loras
+        assert all(not getattr(s.components[p], "peft_config", None) for p in ("unet", *family.text_encoders))
+    assert np.array_equal(pixels(s.generate(PROMPT, **KW).image), base)
+
+
+def test_an_sdxl_civitai_style_file_in_diffusers_naming_loads_and_unknown_modules_are_counted(tmp_path, caplog):
+    """SDXL's kohya files (SGM block names) also come with diffusers block names (lora_unet_down_blocks_...):
+    they load the same. Modules the model lacks are skipped with a count; a file none of whose
+    modules exist is refused with the counts."""
+    from safetensors.torch import save_file
+
+    from charstudio.lora.kohya import _sgm_unet_module
+    from helpers import TinyFamily
+
+    sdxl = TinyFamily("sdxl")
+    xl_lora = save_lora_model(sdxl, lora_model(sdxl), tmp_path / "heroxl", "heroxl")
+
+    tensors, meta = lora.read_lora_file(xl_lora["kohya"])
+    ours = lora.split_lora(tensors, meta, unet_config=sdxl.studio().components["unet"].config)
+    sgm_to_diffusers = {_sgm_unet_module(m, 2).replace(".", "_"): m.replace(".", "_")
+                        for m in {k.partition(".lora_")[0] for k in ours.unet}}
+    renamed = {}
+    for k, v in tensors.items():
+        head, _, tail = k.partition(".")
+        if head.startswith("lora_unet_"):
+            head = "lora_unet_" + sgm_to_diffusers[head[len("lora_unet_"):]]
+        renamed[f"{head}.{tail}"] = v
+    extra = {"lora_unet_not_a_layer.lora_down.weight": torch.ones(4, 8),
+             "lora_unet_not_a_layer.lora_up.weight": torch.ones(8, 4), "lora_unet_not_a_layer.alpha": torch.tensor(4.0)}
+    save_file({**renamed, **extra}, str(tmp_path / "civitai.safetensors"), metadata=meta)
+    a, b = sdxl.studio(), sdxl.studio()
+    a.load_lora(xl_lora["kohya"])
+    with caplog.at_level(logging.WARNING, logger="charstudio.lora.runtime"):
+        b.load_lora(tmp_path / "civitai.safetensors")
+    assert np.abs(pixels(a.generate(PROMPT, **KW).image) - pixels(b.generate(PROMPT, **KW).image)).max() <= 1
+    assert "are not in it and are skipped" in caplog.text
+
+    save_file(extra, str(tmp_path / "nothing.safetensors"))
+    c = sdxl.studio()
+    with pytest.raises(ConfigError, match=r"none of its 1 modules exists in the model") as err:
+        c.load_lora(tmp_path / "nothing.safetensors")
+    assert "\n" not in str(err.value) and not c.loaded_loras
+
+
+@pytest.mark.parametrize("kind", ["hada", "lokr"])
+def test_lycoris_files_are_refused_naming_the_format(family, tmp_path, kind):
+    from safetensors.torch import save_file
+
+    keys = {"hada": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), "lokr": ("lokr_w1", "lokr_w2")}[kind]
+    save_file({f"lora_unet_input_blocks_4_1_proj_in.{k}": torch.ones(2, 2) for k in keys},
+              str(tmp_path / f"{kind}.safetensors"))
+    with pytest.raises(ConfigError, match={"hada": "LyCORIS LoHa", "lokr": "LyCORIS LoKr"}[kind]):
+        family.studio().load_lora(tmp_path / f"{kind}.safetensors")
+
+
+def test_a_dora_lora_loads_from_kohya_and_diffusers_files_as_peft_draws_it(family, family_studio, tmp_path):
+    """DoRA (weight-decomposed LoRA): kohya's dora_scale (output axis, shape (out, 1)) becomes
+    peft's magnitude vector; both files draw what the peft model that made them draws. An
+    input-axis dora_scale, which peft cannot represent, is refused naming the module."""
+    from safetensors.torch import save_file
+
+    c = lora_model(family, seed=1, alpha=4, dora=True, text_encoders=False)
+    with torch.no_grad():  # a magnitude other than the weight norm, so DoRA visibly differs from LoRA
+        for name, p in c["unet"].named_parameters():
+            if "lora_magnitude_vector" in name:
+                p.mul_(1.5)
+    files = save_lora_model(family, c, tmp_path / "dora", "dora")
+    tensors, meta = lora.read_lora_file(files["kohya"])
+    assert any(k.endswith(".dora_scale") for k in tensors)
+    reference = _latents(family.plain_pipeline(components=c))
+    for fmt in ("kohya", "diffusers"):
+        s = family.studio()
+        s.load_lora(files[fmt])
+        torch.testing.assert_close(_latents(s.pipeline("txt2img")), reference, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(_latents(family_studio.pipeline("txt2img")), reference, atol=1e-3)
+
+    key = next(k for k in tensors if k.endswith(".dora_scale"))
+    down = tensors[key.replace(".dora_scale", ".lora_down.weight")]
+    bad = {**tensors, key: torch.ones(1, down.shape[1])}
+    save_file(bad, str(tmp_path / "input_axis.safetensors"), metadata=meta)
+    with pytest.raises(ConfigError, match=r"input axis, which peft's DoRA cannot represent"):
+        family.studio().load_lora(tmp_path / "input_axis.safetensors")
+
+
+def test_two_loras_mix_fuse_unfuse_and_rerun_from_the_recipe(family, family_lora, tmp_path):
+    """Two LoRAs at weights: the mix differs from each alone, fusing draws the same as the
+    adapters, unfusing goes back, and a PNG's recipe re-runs with the same adapters."""
+    import shutil
+
+    from charstudio import Result
+
+    other = tmp_path / "other.safetensors"
+    shutil.copy(family_lora["kohya"], other)
+    s = family.studio()
+    a = s.load_lora(family_lora["kohya"], weight=0.7)
+    b = s.load_lora(other, weight=0.0, adapter_name="other")
+    only_a = s.generate(PROMPT, **KW)
+    s.set_loras({a: 0.7, b: -0.5})
+    mixed = s.generate(PROMPT, **KW)
+    assert mixed.recipes[0].loras == {a: 0.7, b: -0.5}
+    assert np.abs(pixels(mixed.image) - pixels(only_a.image)).mean() > 0.5
+    path = mixed.save(tmp_path / "out")[0]
+    s.set_loras({})
+    assert np.array_equal(pixels(s.run(Result.from_png(path).recipe).image), pixels(mixed.image))  # the recipe's adapters
+    assert s.active_loras == {}
+    s.set_loras({a: 0.7, b: -0.5})
+    s.fuse_loras()  # merged into the weights: the same picture, within float rounding
+    assert np.abs(pixels(s.generate(PROMPT, **KW).image) - pixels(mixed.image)).max() <= 1
+    s.unfuse_loras()
+    assert np.abs(pixels(s.generate(PROMPT, **KW).image) - pixels(mixed.image)).max() <= 1
