@@ -123,6 +123,34 @@ def check_list(name: str, items: Any, limit: int = MAX_ITEMS, what: str = "items
     return list(items)
 
 
+def named_items(field: str, value: Any, defaults: Any, what: str, expected: str,
+                singles: tuple[type, ...] = ()) -> list:
+    """The items of a list a user names things with (views, expressions): None gives `defaults`,
+    one comma-separated string its parts, an instance of `singles` (or a dict, when `singles`
+    says so) is one item; then `check_list`'s bound, and at least one item."""
+    if value is None:
+        value = list(defaults)
+    elif isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    elif singles and isinstance(value, singles):
+        value = [value]
+    if not hasattr(value, "__iter__"):
+        raise ConfigError(field, value, expected)
+    items = check_list(field, value, what=what)  # before any per-item work
+    if not items:
+        raise ConfigError(field, value, f"at least one {what.removesuffix('s')}: {expected}")
+    return items
+
+
+def check_unique(field: str, labels: list[str], what: str) -> None:
+    """Refuse a label asked for twice (the sheet's pictures are named by their labels)."""
+    from collections import Counter
+
+    twice = sorted(x for x, n in Counter(labels).items() if n > 1)
+    if twice:
+        raise ConfigError(field, labels, f"each {what} once; {', '.join(twice)} is asked for twice")
+
+
 def check_frames(frames: Any, name: str = "frames") -> int:
     """A frame count between 2 (the two ends) and `MAX_FRAMES` (the shared list bound)."""
     return check_count(name, check_int(name, frames, 2), MAX_FRAMES, "frames")

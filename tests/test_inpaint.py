@@ -157,7 +157,7 @@ def test_bad_masks_are_refused_in_one_line_before_any_drawing(mini, tmp_path, mo
     standing = load_pose("standing_front").fit(64, 64)
     recipe = mini.make_config("a girl with red hair", seed=1, pose=standing)
     source = Result([picture], [recipe])
-    monkeypatch.setattr(mini, "_run", no_drawing)
+    monkeypatch.setattr(mini, "draw", no_drawing)
     Image.new("L", (32, 32), 255).save(tmp_path / "small.png")
     Image.new("L", (64, 64), 0).save(tmp_path / "empty.png")
     body = standing.body.copy()

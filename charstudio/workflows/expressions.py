@@ -14,12 +14,11 @@ re-runs it; the sheet's settings record the expressions, the pose and the crop.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..limits import check_list
+from ..limits import check_unique, named_items
 from ..sheets.sheet import SheetResult
 
 if TYPE_CHECKING:
@@ -65,19 +64,11 @@ def resolve_expressions(expressions: Any = None, field: str = "expressions") -> 
     """(label, prompt words) per expression: None (`DEFAULT_EXPRESSIONS`), names (a list or one
     comma-separated string; `EXPRESSION_WORDS` gives known names their words), ``(label, words)``
     pairs, or a dict {label: words}."""
-    if expressions is None:
-        expressions = list(DEFAULT_EXPRESSIONS)
-    elif isinstance(expressions, str):
-        expressions = [e for e in expressions.split(",") if e.strip()]
-    elif isinstance(expressions, dict):
-        expressions = list(expressions.items())
     expected = (f"expression names ({', '.join(DEFAULT_EXPRESSIONS)}, or any words such as 'winking'), "
                 "(label, words) pairs or a dict {label: words}")
-    if not hasattr(expressions, "__iter__"):
-        raise ConfigError(field, expressions, expected)
-    items = check_list(field, expressions, what="expressions")  # before any per-expression work
-    if not items:
-        raise ConfigError(field, expressions, "at least one: " + expected)
+    if isinstance(expressions, dict):
+        expressions = list(expressions.items())
+    items = named_items(field, expressions, DEFAULT_EXPRESSIONS, "expressions", expected)
     out: list[tuple[str, str]] = []
     for item in items:
         if isinstance(item, str):
@@ -90,10 +81,7 @@ def resolve_expressions(expressions: Any = None, field: str = "expressions") -> 
         if not label or not words:
             raise ConfigError(field, item, "a non-empty label and prompt words")
         out.append((label, words))
-    labels = [label for label, _ in out]
-    twice = sorted(x for x, n in Counter(labels).items() if n > 1)
-    if twice:
-        raise ConfigError(field, labels, f"each expression once; {', '.join(twice)} is asked for twice")
+    check_unique(field, [label for label, _ in out], "expression")
     return out
 
 

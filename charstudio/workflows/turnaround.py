@@ -17,12 +17,11 @@ it; the sheet's settings record the views.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from ..limits import check_list
+from ..limits import check_unique, named_items
 
 if TYPE_CHECKING:
     from ..studio import Studio
@@ -65,19 +64,9 @@ def resolve_views(views: Any = None, field: str = "views") -> list[View]:
     ``(label, pose, words)`` tuples or ``{"label", "pose", "words"}`` dicts, mixed freely."""
     from ..pose import Pose
 
-    if views is None:
-        views = list(DEFAULT_VIEWS)
-    elif isinstance(views, str):
-        views = [v for v in views.split(",") if v.strip()]
-    elif isinstance(views, (View, dict, tuple)):
-        views = [views]
     expected = (f"view names from {', '.join(VIEWS)}, or (label, pose, words) for a view of your own, "
                 "e.g. ('back, waving', load_pose('waving').back_view(), 'from behind')")
-    if not hasattr(views, "__iter__"):
-        raise ConfigError(field, views, expected)
-    items = check_list(field, views, what="views")  # before any per-view work
-    if not items:
-        raise ConfigError(field, views, "at least one view: " + expected)
+    items = named_items(field, views, DEFAULT_VIEWS, "views", expected, singles=(View, dict, tuple))
     out: list[View] = []
     for item in items:
         if isinstance(item, View):
@@ -104,10 +93,7 @@ def resolve_views(views: Any = None, field: str = "views") -> list[View]:
             raise ConfigError(field, type(view.pose).__name__,
                               f"a pose name, Pose or pose dict for the view {view.label!r}")
         out.append(view)
-    labels = [v.label for v in out]
-    twice = sorted(x for x, n in Counter(labels).items() if n > 1)
-    if twice:
-        raise ConfigError(field, labels, f"each view once; {', '.join(twice)} is asked for twice")
+    check_unique(field, [v.label for v in out], "view")
     return out
 
 
