@@ -1,6 +1,8 @@
-"""LoRA training on `tiny-sdxl`: both encoders and the pooled embedding condition it as they
-condition generation, each sample's time ids are its picture's size and crop, epsilon or
-v-prediction targets with min-SNR, text encoders only when asked, exact resume, caches."""
+"""LoRA training behaviour only SDXL has, on `tiny-sdxl`: both encoders and the pooled embedding
+condition it as they condition generation, each sample's time ids are its picture's size and crop,
+the family's buckets, v-prediction targets with min-SNR, the second text encoder only when asked.
+What both families share (resume, its refusals, the caches, a Studio's run and its files) runs on
+both in tests/test_training.py."""
 
 from __future__ import annotations
 
@@ -62,45 +64,7 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()}
 
 
-# ---- the run, its files, and the LoRA in a Studio ------------------------------------------------
-
-
-@pytest.mark.filterwarnings("ignore:.*gives poor pictures")  # 64 px keeps it fast
-def test_a_studio_trains_an_sdxl_lora_unet_only_and_loads_it_back(tmp_path, data):
-    """Studio.train_lora (the Train app's path) on SDXL: UNet only by default, both files written
-    (kohya's SDXL naming), validation through the SDXL pipeline, the text encoders untouched, and
-    the LoRA changes the picture when loaded back."""
-    from charstudio import Studio
-
-    xl = Studio.from_pretrained("tiny-sdxl", device="cpu")
-    before = {n: _state(xl.components[n]) for n in ("text_encoder", "text_encoder_2")}
-    cfg = _config(tmp_path, data, num_validation_images=1, validation_inference_steps=2)
-    records = list(xl.train_lora(cfg))
-    out = tmp_path / "lora" / "xl"
-    assert [r.step for r in records] == [1, 2] and records[-1].done and len(records[-1].images) == 1
-    assert set(records[-1].files) >= {"diffusers", "kohya"} and (out / "validation" / "step000002_0.png").is_file()
-    diffusers_file = _weights(out / "pytorch_lora_weights.safetensors")
-    assert {k.split(".")[0] for k in diffusers_file} == {"unet"}
-    kohya = _weights(out / "xl.safetensors")
-    assert all(k.startswith("lora_unet_") for k in kohya)
-    assert any(k.startswith("lora_unet_input_blocks_") for k in kohya)  # kohya's SDXL (SGM) block names
-    info = json.loads((out / "training_config.json").read_text())
-    assert info["resolved"]["family"] == "sdxl" and info["resolved"]["trained_components"] == ["unet"]
-    assert {tuple(b) for b in info["resolved"]["buckets"]} == {(64, 64), (80, 48)}
-    for name, state in before.items():  # not trained, and left without adapters
-        assert not getattr(xl.components[name], "peft_config", None)
-        after = _state(xl.components[name])
-        assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state), name
-
-    def draw():
-        return np.asarray(xl.generate("a picture of sks person", seed=3, num_inference_steps=2, width=64,
-                                      height=64).images[0], dtype=np.float64)
-
-    plain = draw()
-    xl.load_lora(out, weight=1.0)
-    assert np.abs(draw() - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
-    xl.unload_loras()
-    assert np.array_equal(draw(), plain)
+# ---- the CLI's SDXL flags ---------------------------------------------------------------------------
 
 
 def test_the_cli_trains_on_sdxl(tmp_path, data, capsys):
@@ -340,80 +304,6 @@ def test_text_encoder_2_options_are_validated(tmp_path, data):
     with pytest.raises(ConfigError, match=r"train_text_encoder_2=True .*SD 1.x.*one text encoder"):
         list(train_lora(_config(tmp_path, data, model="tiny", train_text_encoder_2=True)))
     assert not (tmp_path / "lora" / "xl" / "pytorch_lora_weights.safetensors").exists()
-
-
-# ---- resume ------------------------------------------------------------------------------------
-
-
-def test_stop_and_resume_gives_the_same_weights(tmp_path, data):
-    settings = dict(max_train_steps=4, checkpointing_steps=2, train_text_encoder_2=True, flip=True, batch_size=2)
-    list(train_lora(_config(tmp_path, data, name="straight", **settings)))
-    gen = train_lora(_config(tmp_path, data, name="broken", **settings))
-    for record in gen:
-        if record.step == 3:
-            with pytest.raises(KeyboardInterrupt):
-                gen.throw(KeyboardInterrupt)
-            break
-    out = tmp_path / "lora" / "broken"
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000002"]
-    assert any(k.startswith("text_encoder_2.") for k in
-               _weights(list_checkpoints(out)[-1] / "pytorch_lora_weights.safetensors"))
-    resumed = list(train_lora(_config(tmp_path, data, name="broken", resume=True, **settings)))
-    assert [r.step for r in resumed] == [3, 4]
-    a = _weights(tmp_path / "lora" / "straight" / "pytorch_lora_weights.safetensors")
-    b = _weights(out / "pytorch_lora_weights.safetensors")
-    assert set(a) == set(b) and any(k.startswith("text_encoder_2.") for k in a)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def test_a_mismatched_resume_is_refused(tmp_path, data):
-    from charstudio.training import model_fingerprint
-
-    gen = train_lora(_config(tmp_path, data, max_train_steps=3, checkpointing_steps=1))
-    for record in gen:
-        if record.step == 1:
-            gen.close()
-            break
-    with pytest.raises(ConfigError, match=r"resume=.*different train_text_encoder_2.*False.*True"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True, train_text_encoder_2=True)))
-    other = _components()
-    with torch.no_grad():  # only the second text encoder differs
-        other["text_encoder_2"].get_input_embeddings().weight[:16] += 0.01
-    with pytest.raises(ConfigError, match="different base model"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True), components=other))
-    assert not getattr(other["unet"], "peft_config", None), "the caller's model must be left clean"
-    base = _components()
-    assert model_fingerprint(base["unet"], base["text_encoder"], base["text_encoder_2"]) != \
-        model_fingerprint(other["unet"], other["text_encoder"], other["text_encoder_2"])
-    assert list(train_lora(_config(tmp_path, data, max_train_steps=3, resume=True)))[-1].step == 3
-
-
-# ---- caches ------------------------------------------------------------------------------------------
-
-
-def test_cached_latents_and_text_embeddings_give_the_first_steps_loss(tmp_path, data):
-    """The caches hold exactly what an uncached step computes: one picture per step gives the same
-    first-step loss bit for bit. With two, an uncached step encodes both pictures in one VAE call,
-    whose float rounding differs from one at a time in the last bits (captions are encoded one at
-    a time either way)."""
-    from charstudio.models.family import SDXL
-    from charstudio.training.conditioning import TrainingConditioner
-
-    for batch in (1, 2):
-        settings = dict(max_train_steps=1, batch_size=batch, crop="center")
-        cached = list(train_lora(_config(tmp_path, data, name=f"cached{batch}", **settings)))
-        fresh = list(train_lora(_config(tmp_path, data, name=f"fresh{batch}", cache_latents=False,
-                                        cache_text_embeddings=False, **settings)))
-        if batch == 1:
-            assert cached[0].loss == fresh[0].loss
-        else:
-            assert cached[0].loss == pytest.approx(fresh[0].loss, rel=1e-5)
-    comps = _components()
-    # With the caches, frozen encoders never run after the first encoding (on a GPU they wait in CPU memory).
-    assert TrainingConditioner.for_family(SDXL, comps).idle_parts == ["text_encoder", "text_encoder_2"]
-    assert TrainingConditioner.for_family(SDXL, comps, ["text_encoder"]).idle_parts == ["text_encoder_2"]
-    assert TrainingConditioner.for_family(SDXL, comps, cache=False).idle_parts == []
 
 
 # ---- the rest of the options -----------------------------------------------------------------------

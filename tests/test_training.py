@@ -128,34 +128,42 @@ def test_output_layout_and_records(tmp_path, data):
     assert cfg.resolved_validation_prompt() == "a picture of sks person"  # no captions known
 
 
-def test_stop_and_resume_gives_the_same_weights(tmp_path, data):
-    straight = _config(tmp_path, data, name="straight", max_train_steps=6, checkpointing_steps=3)
-    list(train_lora(straight))
+def _last_encoder_trained(family) -> dict:
+    """The setting that trains the family's last text encoder (SD 1.x's only one, SDXL's second)."""
+    return {"train_text_encoder_2" if family.is_sdxl else "train_text_encoder": True}
 
-    # Interrupt at step 5, after the checkpoint at step 3, as Ctrl-C would.
-    broken = _config(tmp_path, data, name="broken", max_train_steps=6, checkpointing_steps=3)
-    gen = train_lora(broken)
+
+def test_stop_and_resume_gives_the_same_weights(family, tmp_path, data):
+    """Ctrl-C after a checkpoint, then resume=True: the same weights (the UNet's and a text
+    encoder's: SDXL's second), losses and files as a run never stopped, flips and batches of two."""
+    settings = dict(model=family.model, max_train_steps=4, checkpointing_steps=2, flip=True, batch_size=2,
+                    **_last_encoder_trained(family))
+    encoder = family.text_encoders[-1] + "."
+    list(train_lora(_config(tmp_path, data, name="straight", **settings)))
+
+    # Interrupt at step 3, after the checkpoint at step 2, as Ctrl-C would.
+    gen = train_lora(_config(tmp_path, data, name="broken", **settings))
     for record in gen:
-        if record.step == 5:
+        if record.step == 3:
             with pytest.raises(KeyboardInterrupt):
                 gen.throw(KeyboardInterrupt)
             break
     out = tmp_path / "lora" / "broken"
-    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000003"]
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-000002"]
     assert not (out / "pytorch_lora_weights.safetensors").exists()
-    # The surviving checkpoint is a loadable LoRA in its own right.
+    # The surviving checkpoint is a loadable LoRA in its own right, the text encoder's part with it.
     from charstudio import lora
     info = lora.inspect_lora(list_checkpoints(out)[-1])
     assert (info.format, info.rank) == ("diffusers", 4)
+    assert any(k.startswith(encoder) for k in _weights(list_checkpoints(out)[-1] / "pytorch_lora_weights.safetensors"))
     # A half-written checkpoint (a crash mid-save) must be ignored by resume.
-    (out / "checkpoints" / ".tmp-checkpoint-000006-1").mkdir()
+    (out / "checkpoints" / ".tmp-checkpoint-000004-1").mkdir()
 
-    resumed = list(train_lora(_config(tmp_path, data, name="broken", max_train_steps=6, checkpointing_steps=3,
-                                      resume=True)))
-    assert [r.step for r in resumed] == [4, 5, 6]
+    resumed = list(train_lora(_config(tmp_path, data, name="broken", resume=True, **settings)))
+    assert [r.step for r in resumed] == [3, 4]
     a = _weights(tmp_path / "lora" / "straight" / "pytorch_lora_weights.safetensors")
     b = _weights(out / "pytorch_lora_weights.safetensors")
-    assert set(a) == set(b) and len(a) > 0
+    assert set(a) == set(b) and len(a) > 0 and any(k.startswith(encoder) for k in a)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     with open(tmp_path / "lora" / "straight" / "loss.csv") as fa, open(out / "loss.csv") as fb:
@@ -176,39 +184,59 @@ def test_resume_from_the_final_checkpoint_rewrites_lost_outputs(tmp_path, data):
     assert (out / "aiko.safetensors").is_file()
 
 
-def test_resume_refuses_other_adapter_settings_or_base_model(tmp_path, data):
-    from charstudio.models.tiny import build_tiny_components
+def test_resume_refuses_other_adapter_settings_or_base_model(family, tmp_path, data):
+    import torch
+
     from charstudio.pose import list_poses
+    from charstudio.training import model_fingerprint
 
     _save_poses(data, list_poses()[:4])  # so that pose_conditioning=True gets as far as the checkpoint
-    gen = train_lora(_config(tmp_path, data, max_train_steps=4, checkpointing_steps=2))
+    gen = train_lora(_config(tmp_path, data, model=family.model, max_train_steps=4, checkpointing_steps=2))
     for record in gen:
         if record.step == 2:
             gen.close()
             break
+
+    def resume(components=None, **settings):
+        return list(train_lora(_config(tmp_path, data, model=family.model, max_train_steps=4, resume=True,
+                                       **settings), components=components))
+
     with pytest.raises(ConfigError, match=r"resume=.*different rank.*rank=4.*8"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, rank=8, resume=True)))
+        resume(rank=8)
+    # A checkpoint without a text encoder's adapter (SDXL: the second's) continues only as such.
+    flag = next(iter(_last_encoder_trained(family)))
+    with pytest.raises(ConfigError, match=fr"resume=.*different {flag}.*False.*True"):
+        resume(**_last_encoder_trained(family))
     # Checkpoints trained without poses, on attention layers only, continue only as such.
     with pytest.raises(ConfigError, match=r"different pose_conditioning.*False.*True"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, pose_conditioning=True)))
+        resume(pose_conditioning=True)
     with pytest.raises(ConfigError, match=r"different lora_layers.*'attention'.*'transformer'"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, lora_layers="transformer")))
+        resume(lora_layers="transformer")
     # What the LoRA learns to answer: another trigger word, or another caption for uncaptioned images.
     with pytest.raises(ConfigError, match=r"different trigger_word.*'sks'.*'zorbi'"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, trigger_word="zorbi")))
+        resume(trigger_word="zorbi")
     with pytest.raises(ConfigError, match=r"different instance_prompt.*'a picture of sks person'.*'a picture of sks girl'"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, class_word="girl")))
-    other_model = build_tiny_components(seed=5)  # same architecture, other weights
+        resume(class_word="girl")
+    other_model = family.components(seed=5)  # same architecture, other weights
     with pytest.raises(ConfigError, match="different base model"):
-        list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True), components=other_model))
+        resume(components=other_model)
     assert not getattr(other_model["unet"], "peft_config", None), "the caller's model must be left clean"
+    # A base model whose last text encoder alone differs (SDXL: the second) is another base model too.
+    other = family.components()
+    with torch.no_grad():
+        other[family.text_encoders[-1]].get_input_embeddings().weight[:16] += 0.01
+    with pytest.raises(ConfigError, match="different base model"):
+        resume(components=other)
+    base = family.components()
+    assert model_fingerprint(*(base[n] for n in ("unet", *family.text_encoders))) != \
+        model_fingerprint(*(other[n] for n in ("unet", *family.text_encoders)))
     # A checkpoint from before the prompts were recorded continues (it is not checked on them).
     state_file = list_checkpoints(tmp_path / "lora" / "aiko")[-1] / "trainer_state.json"
     state = json.loads(state_file.read_text())
     for key in ("trigger_word", "instance_prompt"):
         del state["identity"][key]
     state_file.write_text(json.dumps(state))
-    assert list(train_lora(_config(tmp_path, data, max_train_steps=4, resume=True, trigger_word="zorbi")))[-1].step == 4
+    assert resume(trigger_word="zorbi")[-1].step == 4
 
 
 def test_existing_lora_is_not_overwritten(tmp_path, data):
@@ -345,15 +373,89 @@ def test_options_together(tmp_path, monkeypatch):
     assert te_up and all(np.abs(v).max() > 0 for v in te_up)  # B starts at zero: the text encoder's adapter learned
 
 
-def test_cached_and_uncached_latents_train_alike(tmp_path, data):
-    list(train_lora(_config(tmp_path, data, name="cached", max_train_steps=3, flip=True)))
-    list(train_lora(_config(tmp_path, data, name="fresh", max_train_steps=3, flip=True, cache_latents=False)))
+def test_cached_and_uncached_latents_train_alike(family, tmp_path, data):
+    list(train_lora(_config(tmp_path, data, model=family.model, name="cached", max_train_steps=3, flip=True)))
+    list(train_lora(_config(tmp_path, data, model=family.model, name="fresh", max_train_steps=3, flip=True,
+                            cache_latents=False)))
     a = _weights(tmp_path / "lora" / "cached" / "pytorch_lora_weights.safetensors")
     b = _weights(tmp_path / "lora" / "fresh" / "pytorch_lora_weights.safetensors")
     # Batched vs one-at-a-time VAE encodes differ in the last float bits, and three steps at lr 1e-2
     # amplify that to ~1e-3 relative in a few elements (seen with OMP_NUM_THREADS=1).
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=5e-3, atol=1e-4, err_msg=key)
+
+
+def test_cached_latents_and_text_embeddings_give_the_first_steps_loss(family, tmp_path, data):
+    """The caches hold exactly what an uncached step computes: one picture per step gives the same
+    first-step loss bit for bit. With two, an uncached step encodes both pictures in one VAE call,
+    whose float rounding differs from one at a time in the last bits (captions are encoded one at
+    a time either way)."""
+    from charstudio.training.conditioning import TrainingConditioner
+
+    for batch in (1, 2):
+        settings = dict(model=family.model, max_train_steps=1, batch_size=batch, crop="center")
+        cached = list(train_lora(_config(tmp_path, data, name=f"cached{batch}", **settings)))
+        fresh = list(train_lora(_config(tmp_path, data, name=f"fresh{batch}", cache_latents=False,
+                                        cache_text_embeddings=False, **settings)))
+        if batch == 1:
+            assert cached[0].loss == fresh[0].loss
+        else:
+            assert cached[0].loss == pytest.approx(fresh[0].loss, rel=1e-5)
+    comps = family.components()
+    # With the caches, frozen encoders never run after the first encoding (on a GPU they wait in CPU memory).
+    encoders = list(family.text_encoders)
+    assert TrainingConditioner.for_family(family.family, comps).idle_parts == encoders
+    assert TrainingConditioner.for_family(family.family, comps, ["text_encoder"]).idle_parts == encoders[1:]
+    assert TrainingConditioner.for_family(family.family, comps, cache=False).idle_parts == []
+
+
+@pytest.mark.filterwarnings("ignore:.*gives poor pictures")  # 64 px keeps SDXL fast
+def test_a_studio_trains_a_unet_only_lora_and_loads_it_back(family, tmp_path):
+    """Studio.train_lora (the Train app's path) on each family: UNet only by default, both files
+    written (kohya's naming for the family: SDXL's SGM blocks), validation through the family's
+    pipeline, the text encoders untouched, and the LoRA changes the picture when loaded back."""
+    import torch
+
+    data = _make_images(tmp_path / "data", n=3, size=(64, 64))
+    _make_images(tmp_path / "wide", n=1, size=(96, 64)).joinpath("img0.png").rename(data / "wide.png")
+
+    def state(model):  # a model's weights by their plain names (a removed adapter leaves base_layer)
+        return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()}
+
+    studio = family.studio()
+    before = {n: state(studio.components[n]) for n in family.text_encoders}
+    cfg = _config(tmp_path, data, model=family.model, name="xl", max_train_steps=2, batch_size=1, crop="buckets",
+                  num_validation_images=1, validation_inference_steps=2)
+    records = list(studio.train_lora(cfg))
+    out = tmp_path / "lora" / "xl"
+    assert [r.step for r in records] == [1, 2] and records[-1].done and len(records[-1].images) == 1
+    assert set(records[-1].files) >= {"diffusers", "kohya"} and (out / "validation" / "step000002_0.png").is_file()
+    diffusers_file = _weights(out / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in diffusers_file} == {"unet"}
+    kohya = _weights(out / "xl.safetensors")
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    blocks = "lora_unet_input_blocks_" if family.is_sdxl else "lora_unet_down_blocks_"
+    assert any(k.startswith(blocks) for k in kohya)  # kohya's SDXL (SGM) or SD 1.x (diffusers) block names
+    info = json.loads((out / "training_config.json").read_text())
+    assert info["resolved"]["family"] == family.name and info["resolved"]["trained_components"] == ["unet"]
+    buckets = {tuple(b) for b in info["resolved"]["buckets"]}
+    assert (64, 64) in buckets and len(buckets) == 2  # the square pictures' and the wide one's
+    if family.is_sdxl:
+        assert buckets == {(64, 64), (80, 48)}
+    for name, weights in before.items():  # not trained, and left without adapters
+        assert not getattr(studio.components[name], "peft_config", None)
+        after = state(studio.components[name])
+        assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights), name
+
+    def draw():
+        return np.asarray(studio.generate("a picture of sks person", seed=3, num_inference_steps=2, width=64,
+                                          height=64).images[0], dtype=np.float64)
+
+    plain = draw()
+    studio.load_lora(out, weight=1.0)
+    assert np.abs(draw() - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
+    studio.unload_loras()
+    assert np.array_equal(draw(), plain)
 
 
 def test_transformer_lora_layers_adapt_feed_forward_too_and_load_back(tmp_path, data):
