@@ -97,43 +97,57 @@ def unet_to_sgm(state_dict: dict[str, Any], config: Any) -> dict[str, Any]:
         module, _, param = key.rpartition(".")
         if module in top and param in ("weight", "bias"):
             sgm = f"{top[module]}.{param}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            if block >= n_down or j >= layers:
-                raise UnmappedKeyError(key)
-            # SGM numbers input blocks flat: conv_in is 0, then (layers + 1) per level, the last
-            # of which is the downsampler (absent on the deepest level).
-            idx = 1 + block * (layers + 1) + j
-            sgm = f"input_blocks.{idx}.0.{_unet_resnet(rest)}" if kind == "resnets" \
-                else f"input_blocks.{idx}.1.{_attention(rest, key)}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
-            block = int(m[1])
-            if block >= n_down - 1:
-                raise UnmappedKeyError(key)
-            sgm = f"input_blocks.{1 + block * (layers + 1) + layers}.0.op.{m[2]}"
-        elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-            if int(m[1]) > 1:
-                raise UnmappedKeyError(key)
-            sgm = f"middle_block.{2 * int(m[1])}.{_unet_resnet(m[2])}"  # [resnet, attention, resnet]
-        elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-            sgm = f"middle_block.1.{_attention(m[1], key)}"
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            if block >= n_up or j > layers:
-                raise UnmappedKeyError(key)
-            idx = block * (layers + 1) + j  # up levels have layers + 1 resnets each
-            sgm = f"output_blocks.{idx}.0.{_unet_resnet(rest)}" if kind == "resnets" \
-                else f"output_blocks.{idx}.1.{_attention(rest, key)}"
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
-            block = int(m[1])
-            if block >= n_up - 1:
-                raise UnmappedKeyError(key)
-            # The upsampler follows the level's last resnet (and its attention, where it has one).
-            sgm = f"output_blocks.{block * (layers + 1) + layers}.{2 if block in attended_up else 1}.conv.{m[2]}"
         else:
+            sgm = (_sgm_down(key, n_down, layers) or _sgm_mid(key) or _sgm_up(key, n_up, layers, attended_up))
+        if sgm is None:
             raise UnmappedKeyError(key)
         out[UNET_PREFIX + sgm] = value
     return out
+
+
+def _sgm_down(key: str, n_down: int, layers: int) -> str | None:
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if block >= n_down or j >= layers:
+            raise UnmappedKeyError(key)
+        # SGM numbers input blocks flat: conv_in is 0, then (layers + 1) per level, the last
+        # of which is the downsampler (absent on the deepest level).
+        idx = 1 + block * (layers + 1) + j
+        return f"input_blocks.{idx}.0.{_unet_resnet(rest)}" if kind == "resnets" \
+            else f"input_blocks.{idx}.1.{_attention(rest, key)}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key):
+        block = int(m[1])
+        if block >= n_down - 1:
+            raise UnmappedKeyError(key)
+        return f"input_blocks.{1 + block * (layers + 1) + layers}.0.op.{m[2]}"
+    return None
+
+
+def _sgm_mid(key: str) -> str | None:
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
+        if int(m[1]) > 1:
+            raise UnmappedKeyError(key)
+        return f"middle_block.{2 * int(m[1])}.{_unet_resnet(m[2])}"  # [resnet, attention, resnet]
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{_attention(m[1], key)}"
+    return None
+
+
+def _sgm_up(key: str, n_up: int, layers: int, attended_up: set[int]) -> str | None:
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        block, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if block >= n_up or j > layers:
+            raise UnmappedKeyError(key)
+        idx = block * (layers + 1) + j  # up levels have layers + 1 resnets each
+        return f"output_blocks.{idx}.0.{_unet_resnet(rest)}" if kind == "resnets" \
+            else f"output_blocks.{idx}.1.{_attention(rest, key)}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key):
+        block = int(m[1])
+        if block >= n_up - 1:
+            raise UnmappedKeyError(key)
+        # The upsampler follows the level's last resnet (and its attention, where it has one).
+        return f"output_blocks.{block * (layers + 1) + layers}.{2 if block in attended_up else 1}.conv.{m[2]}"
+    return None
 
 
 def clip_l_to_sgm(state_dict: dict[str, Any], *, position_ids: bool = True) -> dict[str, Any]:

@@ -87,12 +87,25 @@ class GenerationConfig:
     inpaint: dict | None = None
 
     def __post_init__(self) -> None:
+        # Each group in the order its fields are declared, so the first bad field is the one named.
+        self._check_texts()
+        self._check_numbers()
+        self._check_loras()
+        self._check_control()
+        self._check_micro_conditioning()
+        self._check_style_mix()
+        self._check_embeddings()
+        check_workflow_fields(self)
+
+    def _check_texts(self) -> None:
         if not isinstance(self.prompt, str):
             raise ConfigError("prompt", self.prompt, "expected text")
         if not self.prompt.strip():
             raise ConfigError("prompt", self.prompt, "give a prompt or a character card (see `charstudio cards`)")
         if not isinstance(self.negative_prompt, str):
             raise ConfigError("negative_prompt", self.negative_prompt, "expected text")
+
+    def _check_numbers(self) -> None:
         self.seed = check_int("seed", self.seed, 0, MAX_SEED)
         self.num_inference_steps = check_int("num_inference_steps", self.num_inference_steps, 1, 1000)
         self.guidance_scale = check_float("guidance_scale", self.guidance_scale, 0.0, 50.0)
@@ -105,10 +118,14 @@ class GenerationConfig:
             raise ConfigError("seed", self.seed, f"seed + num_images - 1 must stay <= {MAX_SEED}")
         if self.clip_skip is not None:
             self.clip_skip = check_int("clip_skip", self.clip_skip, 1, 12)
+
+    def _check_loras(self) -> None:
         if not isinstance(self.loras, dict):
             raise ConfigError("loras", self.loras, "expected a mapping of adapter name to weight")
         check_count("loras", len(self.loras), what="LoRAs")
         self.loras = {str(k): check_float(f"loras[{k!r}]", v, -10.0, 10.0) for k, v in self.loras.items()}
+
+    def _check_control(self) -> None:
         if self.pose is not None and not isinstance(self.pose, dict):
             raise ConfigError("pose", type(self.pose).__name__, "expected pose-editor JSON (a dict); use Pose.to_dict()")
         self.controlnet_conditioning_scale = check_float(
@@ -121,6 +138,8 @@ class GenerationConfig:
         if self.control_guidance_start >= self.control_guidance_end:
             raise ConfigError("control_guidance_start", self.control_guidance_start,
                               f"must be below control_guidance_end ({self.control_guidance_end})")
+
+    def _check_micro_conditioning(self) -> None:
         for name, lo in (("original_size", 8), ("crops_coords_top_left", 0), ("target_size", 8)):
             value = getattr(self, name)
             if value is None:
@@ -128,6 +147,8 @@ class GenerationConfig:
             if not isinstance(value, (list, tuple)) or len(value) != 2:
                 raise ConfigError(name, value, "a pair of whole numbers, (height, width) or (top, left)")
             setattr(self, name, tuple(check_int(f"{name}[{i}]", v, lo, 16384) for i, v in enumerate(value)))
+
+    def _check_style_mix(self) -> None:
         if not isinstance(self.style_mix, list):
             raise ConfigError("style_mix", self.style_mix, "expected a list of {style, weight, prompt, negative_prompt}")
         check_count("style_mix", len(self.style_mix), what="styles")
@@ -142,6 +163,8 @@ class GenerationConfig:
         if mix and sum(p["weight"] for p in mix) <= 0:
             raise ConfigError("style_mix", self.style_mix, "at least one weight must be > 0")
         self.style_mix = mix
+
+    def _check_embeddings(self) -> None:
         if isinstance(self.embeddings, dict):
             check_count("embeddings", len(self.embeddings), what="embeddings")
         if not isinstance(self.embeddings, dict) or not all(
@@ -149,7 +172,6 @@ class GenerationConfig:
             raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "
                               "e.g. {'easynegative': 'embeddings/easynegative.safetensors'}")
         self.embeddings = dict(self.embeddings)
-        check_workflow_fields(self)
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

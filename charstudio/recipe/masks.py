@@ -125,48 +125,7 @@ def region_boxes(pose: Any, region: str, width: int, height: int, padding: float
         raise ConfigError(field, region, f"one of {', '.join(REGIONS)}, a box 'left,top,right,bottom' or a mask picture")
     if (pose.canvas_width, pose.canvas_height) != (width, height):
         pose = pose.fit(width, height)
-    body = _Body(pose)
-    raw: list[tuple[float, float, float, float]] = []
-    if region in ("face", "hair"):
-        face = _present(pose.face)
-        if body.head is None and not len(face):
-            raise _missing(field, region, "head keypoints (nose, eyes, ears or face points)")
-        centre = body.head if body.head is not None else face.mean(axis=0)
-        r = body.head_r * 1.05
-        if region == "face":
-            pts = np.array([centre - r, centre + r])
-            raw.append(_bounds(np.concatenate([pts, face]) if len(face) else pts))
-        else:  # the top of the head, from above the crown down to eye level
-            right = np.array([-body.up[1], body.up[0]])
-            pts = np.array([centre + r * (s * right + u * body.up) for s in (-1.0, 1.0) for u in (1.0, -0.1)])
-            raw.append(_bounds(pts))
-    elif region == "hands":
-        for wrist, elbow, hand in ((4, 3, pose.hand_right), (7, 6, pose.hand_left)):
-            points = _present(hand)
-            if len(points):
-                raw.append(_bounds(points))
-            elif body.ok[wrist]:
-                tip = body.p[wrist]
-                forearm = body.p[wrist] - body.p[elbow] if body.ok[elbow] else np.zeros(2)
-                centre = tip + 0.3 * forearm
-                half = max(0.3 * body.torso, 0.35 * float(np.linalg.norm(forearm)))
-                raw.append(_bounds(np.array([centre - half, centre + half])))
-        if not raw:
-            raise _missing(field, region, "hands (no wrist or hand keypoints)")
-    elif region == "torso":
-        points = body.points((1, 2, 5, 8, 11))
-        if len(points) < 3:
-            raise _missing(field, region, "torso (neck, shoulders, hips)")
-        x0, y0, x1, y1 = _bounds(points)
-        arm = 0.26 * body.torso
-        raw.append((x0 - arm, y0, x1 + arm, y1))
-    else:  # legs
-        points = body.points((8, 9, 10, 11, 12, 13))
-        if not body.points((9, 10, 12, 13)).size or len(points) < 2:
-            raise _missing(field, region, "legs (hips with knees or ankles)")
-        x0, y0, x1, y1 = _bounds(points)
-        leg = 0.3 * body.torso
-        raw.append((x0 - leg, y0, x1 + leg, y1 + leg))
+    raw = _REGION_BOXES["head" if region in ("face", "hair") else region](pose, _Body(pose), region, field)
     boxes = []
     for box in raw:
         padded = pad_box(box, padding, width, height)
@@ -175,6 +134,61 @@ def region_boxes(pose: Any, region: str, width: int, height: int, padding: float
                                              "lies outside it")
         boxes.append(padded)
     return boxes
+
+
+Raw = tuple[float, float, float, float]
+
+
+def _head_boxes(pose: Any, body: "_Body", region: str, field: str) -> list[Raw]:
+    face = _present(pose.face)
+    if body.head is None and not len(face):
+        raise _missing(field, region, "head keypoints (nose, eyes, ears or face points)")
+    centre = body.head if body.head is not None else face.mean(axis=0)
+    r = body.head_r * 1.05
+    if region == "face":
+        pts = np.array([centre - r, centre + r])
+        return [_bounds(np.concatenate([pts, face]) if len(face) else pts)]
+    # hair: the top of the head, from above the crown down to eye level
+    right = np.array([-body.up[1], body.up[0]])
+    return [_bounds(np.array([centre + r * (s * right + u * body.up) for s in (-1.0, 1.0) for u in (1.0, -0.1)]))]
+
+
+def _hand_boxes(pose: Any, body: "_Body", region: str, field: str) -> list[Raw]:
+    raw = []
+    for wrist, elbow, hand in ((4, 3, pose.hand_right), (7, 6, pose.hand_left)):
+        points = _present(hand)
+        if len(points):
+            raw.append(_bounds(points))
+        elif body.ok[wrist]:
+            tip = body.p[wrist]
+            forearm = body.p[wrist] - body.p[elbow] if body.ok[elbow] else np.zeros(2)
+            centre = tip + 0.3 * forearm
+            half = max(0.3 * body.torso, 0.35 * float(np.linalg.norm(forearm)))
+            raw.append(_bounds(np.array([centre - half, centre + half])))
+    if not raw:
+        raise _missing(field, region, "hands (no wrist or hand keypoints)")
+    return raw
+
+
+def _torso_boxes(pose: Any, body: "_Body", region: str, field: str) -> list[Raw]:
+    points = body.points((1, 2, 5, 8, 11))
+    if len(points) < 3:
+        raise _missing(field, region, "torso (neck, shoulders, hips)")
+    x0, y0, x1, y1 = _bounds(points)
+    arm = 0.26 * body.torso
+    return [(x0 - arm, y0, x1 + arm, y1)]
+
+
+def _leg_boxes(pose: Any, body: "_Body", region: str, field: str) -> list[Raw]:
+    points = body.points((8, 9, 10, 11, 12, 13))
+    if not body.points((9, 10, 12, 13)).size or len(points) < 2:
+        raise _missing(field, region, "legs (hips with knees or ankles)")
+    x0, y0, x1, y1 = _bounds(points)
+    leg = 0.3 * body.torso
+    return [(x0 - leg, y0, x1 + leg, y1 + leg)]
+
+
+_REGION_BOXES = {"head": _head_boxes, "hands": _hand_boxes, "torso": _torso_boxes, "legs": _leg_boxes}
 
 
 def people(pose: Any) -> list[Any]:

@@ -101,25 +101,10 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
     `family` (a ModelFamily) says how to read "Clip skip": on SDXL, 2 (Pony's "clip skip 2") is
     the default layer, on SD 1.x it is one layer back. None: SDXL when the text carries SDXL's
     micro-conditioning (Original size / Target size), else SD 1.x."""
-    lines = text.strip().split("\n")
-    # The last line holding "Steps:" is the settings line; everything before is prompt/negative.
-    idx = max((i for i, line in enumerate(lines) if re.match(r"\s*Steps:\s*\d+", line)), default=None)
-    if idx is None:
-        raise InputFileError("the image's 'parameters' text has no 'Steps:' line; it is not an A1111-style recipe")
-    head, settings = lines[:idx], lines[idx]
-    prompt_lines, negative_lines, in_negative = [], [], False
-    for line in head:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
-        (negative_lines if in_negative else prompt_lines).append(line)
-    values: dict[str, str] = {}
-    for m in re.finditer(r'\s*([\w \-/+]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', settings):
-        key, val = m.group(1).strip(), m.group(2).strip()
-        if val.startswith('"'):
-            val = json.loads(val)
-        values[key] = val
-    out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
+    # 1. The prompt, the negative prompt and the settings line.
+    prompt, negative, settings = _split_parameters(text)
+    values = _settings_values(settings)
+    out: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
 
     def field(key: str, convert: Any, expected: str) -> Any:
         try:
@@ -127,34 +112,20 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"parameters {key!r}", values[key], expected) from exc
 
-    def size(text: str) -> tuple[int, int]:
-        w, h = text.lower().split("x")
-        return int(w), int(h)
-
-    if "Steps" in values:
-        out["num_inference_steps"] = field("Steps", int, "a whole number of steps, e.g. 25")
+    # 2. The settings, each read by its own rule.
+    for name, key, convert, expected in _NUMBERS:
+        if name in values:
+            out[key] = field(name, convert, expected)
     if "Sampler" in values:
-        sampler = values["Sampler"]
-        if values.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
-            sampler += " Karras"
-        try:
-            out["scheduler"] = scheduler_spec(sampler).name
-        except ValueError:
-            log.warning("sampler %r has no charstudio equivalent; using the default", sampler)
-    if "CFG scale" in values:
-        out["guidance_scale"] = field("CFG scale", float, "a number, e.g. 7")
-    if "Seed" in values:
-        out["seed"] = field("Seed", int, "a whole number, e.g. 42")
+        _read_sampler(values, out)
     if "Size" in values:
-        out["width"], out["height"] = field("Size", size, "WIDTHxHEIGHT, e.g. 512x512")
+        out["width"], out["height"] = field("Size", _size, "WIDTHxHEIGHT, e.g. 512x512")
     if "Model" in values:
         out["model"] = values["Model"]
-    if "CFG rescale" in values:
-        out["guidance_rescale"] = field("CFG rescale", float, "a number from 0 to 1, e.g. 0.7")
     for key, name in (("original_size", "Original size"), ("crops_coords_top_left", "Crop"),
                       ("target_size", "Target size")):
         if name in values:
-            w, h = field(name, size, "WIDTHxHEIGHT, e.g. 1024x1024")
+            w, h = field(name, _size, "WIDTHxHEIGHT, e.g. 1024x1024")
             out[key] = (h, w)
     if "Clip skip" in values:
         clip_skip = field("Clip skip", int, "a whole number, e.g. 2")
@@ -162,10 +133,59 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
         if clip_skip > default:
             out["clip_skip"] = clip_skip - default
     if "Hires upscale" in values or "Hires resize" in values:
-        hires = _parse_hires(values, out, field, size)
+        hires = _parse_hires(values, out, field, _size)
         if hires is not None:
             out["hires"] = hires
     return out
+
+
+# A1111 name, recipe field, type, what a bad value should have been.
+_NUMBERS = (("Steps", "num_inference_steps", int, "a whole number of steps, e.g. 25"),
+            ("CFG scale", "guidance_scale", float, "a number, e.g. 7"),
+            ("Seed", "seed", int, "a whole number, e.g. 42"),
+            ("CFG rescale", "guidance_rescale", float, "a number from 0 to 1, e.g. 0.7"))
+
+
+def _split_parameters(text: str) -> tuple[str, str, str]:
+    """(prompt, negative prompt, settings line): the last line holding "Steps:" is the settings
+    line; everything before it is the prompt, then the negative prompt."""
+    lines = text.strip().split("\n")
+    idx = max((i for i, line in enumerate(lines) if re.match(r"\s*Steps:\s*\d+", line)), default=None)
+    if idx is None:
+        raise InputFileError("the image's 'parameters' text has no 'Steps:' line; it is not an A1111-style recipe")
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines[:idx]:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].lstrip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    return "\n".join(prompt_lines), "\n".join(negative_lines), lines[idx]
+
+
+def _settings_values(settings: str) -> dict[str, str]:
+    """`Key: value, Key: "quoted, value", ...` as a dict."""
+    values: dict[str, str] = {}
+    for m in re.finditer(r'\s*([\w \-/+]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)', settings):
+        key, val = m.group(1).strip(), m.group(2).strip()
+        values[key] = json.loads(val) if val.startswith('"') else val
+    return values
+
+
+def _read_sampler(values: dict[str, str], out: dict[str, Any]) -> None:
+    sampler = values["Sampler"]
+    if values.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
+        sampler += " Karras"
+    try:
+        out["scheduler"] = scheduler_spec(sampler).name
+    except ValueError:
+        log.warning("sampler %r has no charstudio equivalent; using the default", sampler)
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
 
 
 def _parse_hires(values: dict[str, str], out: dict[str, Any], field: Any, size: Any) -> dict[str, Any] | None:
