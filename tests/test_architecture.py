@@ -228,3 +228,23 @@ def test_the_family_guard_finds_each_pattern(tmp_path):
         "    return family.native_size\n")
     lines = sorted({int(line.split(":")[1]) for line in family_decisions(tmp_path)})
     assert lines == [2, 3, 5, 6]  # line 8 asks the family, which is not a decision
+
+
+def untyped_studio_arguments(root: Path = PACKAGE) -> list[str]:
+    """Parameters named `studio` annotated `Any` (features type it `Studio` under TYPE_CHECKING)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.arg) and node.arg == "studio" and node.annotation is not None \
+                    and ast.unparse(node.annotation) in ("Any", "'Any'", "typing.Any"):
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    return found
+
+
+def test_features_type_the_studio_they_take():
+    assert untyped_studio_arguments() == []
+
+
+def test_the_studio_type_guard_finds_one(tmp_path):
+    (tmp_path / "f.py").write_text("from typing import Any\n\ndef f(studio: Any, x: Any):\n    pass\n")
+    assert untyped_studio_arguments(tmp_path) == [f"{tmp_path.name}/f.py:3"]

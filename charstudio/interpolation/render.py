@@ -7,13 +7,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError
 from ..media import contact_sheet, save_gif, save_mp4, to_pil
 from ..models.vae import vae_factor
 from .maths import Method, blend, blend_embeddings, blend_loras, check_t, frame_ts, noise_shape, seed_noise
 from .smoothness import Smoothness, respace, smoothness
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ def load_frame_recipe(path: str | os.PathLike) -> FrameRecipe:
     return FrameRecipe.from_dict(json.loads(text))
 
 
-def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> Any:
+def _as_recipe(studio: Studio, x: Any, name: str, settings: Mapping[str, Any]) -> Any:
     """A GenerationConfig from a recipe, a Result, a FrameRecipe-free card/prompt."""
     from ..config import GenerationConfig
 
@@ -142,7 +145,7 @@ def _as_recipe(studio: Any, x: Any, name: str, settings: Mapping[str, Any]) -> A
     return studio.make_config(x, **{**dict(settings), "num_images": 1})
 
 
-def _check_pair(studio: Any, a: Any, b: Any) -> None:
+def _check_pair(studio: Studio, a: Any, b: Any) -> None:
     models = {m for m in (a.model, b.model) if m}
     if len(models) > 1 or (models and studio.model_id not in models):
         raise ConfigError("b.model", b.model, f"both ends must come from the loaded model {studio.model_id!r} "
@@ -176,7 +179,7 @@ def encode_to_one_length(encoder: Any, pairs: Sequence[tuple[str, str]], clip_sk
     return out
 
 
-def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any]:
+def _encode_pair(studio: Studio, a: Any, b: Any) -> tuple[Any, Any]:
     """The encoded prompts of a and b, padded to one chunk count; each end's under its own LoRA
     weights (a text-encoder LoRA changes them)."""
     contexts = [studio.using_loras(a.loras), studio.using_loras(b.loras)]
@@ -185,7 +188,7 @@ def _encode_pair(studio: Any, a: Any, b: Any) -> tuple[Any, Any]:
     return enc_a, enc_b
 
 
-def _latent_shape(studio: Any, cfg: Any) -> tuple[int, ...]:
+def _latent_shape(studio: Studio, cfg: Any) -> tuple[int, ...]:
     unet, vae = studio.components["unet"], studio.components["vae"]
     factor = vae_factor(vae)
     return noise_shape(cfg.width, cfg.height, int(unet.config.in_channels), factor)
@@ -200,7 +203,7 @@ def _is_ancestral(name: str) -> bool:
 class _FrameRenderer:
     """Renders frames between two recipes; noise and embeddings are computed once."""
 
-    def __init__(self, studio: Any, a: Any, b: Any, method: str, noise_method: str):
+    def __init__(self, studio: Studio, a: Any, b: Any, method: str, noise_method: str):
         self.studio, self.a, self.b = studio, a, b
         self.method, self.noise_method = method, noise_method
         self.enc_a, self.enc_b = _encode_pair(studio, a, b)
@@ -231,7 +234,7 @@ class _FrameRenderer:
         return result.images[0]
 
 
-def interpolate(studio: Any, a: Any, b: Any, frames: int = 8, method: Method = "slerp",
+def interpolate(studio: Studio, a: Any, b: Any, frames: int = 8, method: Method = "slerp",
                 uniform: bool = False, *, noise_method: Method = "slerp",
                 embedder: Callable[[Sequence[Any]], Any] | None = None, max_renders: int | None = None,
                 **settings: Any) -> Interpolation:
@@ -261,7 +264,7 @@ def interpolate(studio: Any, a: Any, b: Any, frames: int = 8, method: Method = "
     return Interpolation(images, ts, [render.recipe(t) for t in ts], smoothness(images, embedder), None, len(ts))
 
 
-def run_frame(studio: Any, recipe: FrameRecipe | Mapping[str, Any]) -> Any:
+def run_frame(studio: Studio, recipe: FrameRecipe | Mapping[str, Any]) -> Any:
     """Rebuild one interpolation frame from its recipe."""
     r = recipe if isinstance(recipe, FrameRecipe) else FrameRecipe.from_dict(recipe)
     _check_pair(studio, r.a, r.b)

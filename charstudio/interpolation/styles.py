@@ -4,11 +4,14 @@ that re-runs it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..errors import ConfigError
 from .maths import check_weights, mix_embeddings
 from .render import encode_to_one_length
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 
 @dataclass
@@ -20,7 +23,7 @@ class StyleMix:
     weights: dict[str, float]  # normalised
 
 
-def mix_styles(studio: Any, character_or_prompt: Any, styles: Mapping[str, float], **settings: Any) -> StyleMix:
+def mix_styles(studio: Studio, character_or_prompt: Any, styles: Mapping[str, float], **settings: Any) -> StyleMix:
     """Generate a design under an N-way weighted mix of style presets, mixed in embedding space.
 
     Each style's full prompt (and negative) is encoded, and the embeddings are averaged with

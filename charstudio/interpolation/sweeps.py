@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import ConfigError
 from .maths import frame_ts
 from .poses import pose_sequence
 
+if TYPE_CHECKING:
+    from ..studio import Studio
 
-def pose_animation(studio: Any, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,
+
+def pose_animation(studio: Studio, character_or_prompt: Any, pose_a: Any, pose_b: Any, frames: int = 8,
                    *, seed: int | None = None, reference_strength: float = 0.0, **settings: Any) -> Any:
     """One character moving from pose A to pose B, held fixed by the same noise for every frame.
 
@@ -31,7 +34,7 @@ def pose_animation(studio: Any, character_or_prompt: Any, pose_a: Any, pose_b: A
     return result
 
 
-def lora_sweep(studio: Any, character_or_prompt: Any, adapter: str, weights: Sequence[float],
+def lora_sweep(studio: Studio, character_or_prompt: Any, adapter: str, weights: Sequence[float],
                **settings: Any) -> Any:
     """The same design at several weights of one loaded LoRA adapter (same seed throughout).
 

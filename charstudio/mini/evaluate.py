@@ -16,7 +16,7 @@ import random
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from .measure import (
     skeleton_mask,
 )
 from .world import HAIR_COLOURS, Attributes, random_attributes, random_pose
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _size(studio: Any) -> int:
+def _size(studio: Studio) -> int:
     return int(studio.default_size)
 
 
@@ -113,7 +116,7 @@ def _subject(rng: random.Random, **fixed: str) -> Attributes:
     return attrs
 
 
-def hair_colour_accuracy(studio: Any, colours: Sequence[str] = HAIR_TEST_COLOURS, seeds: Iterable[int] = range(10),
+def hair_colour_accuracy(studio: Studio, colours: Sequence[str] = HAIR_TEST_COLOURS, seeds: Iterable[int] = range(10),
                          steps: int = 20) -> dict[str, Any]:
     """Share of seeds whose hair region is nearest the requested colour (of all the world's hair colours)."""
     size, per, seen = _size(studio), {}, {}
@@ -137,7 +140,7 @@ def hair_colour_accuracy(studio: Any, colours: Sequence[str] = HAIR_TEST_COLOURS
     return {"per_colour": per, "min": min(per.values()), "mean": float(np.mean(list(per.values()))), "seen": seen}
 
 
-def pose_alignment(studio: Any, seeds: Iterable[int] = range(8), steps: int = 20) -> dict[str, Any]:
+def pose_alignment(studio: Studio, seeds: Iterable[int] = range(8), steps: int = 20) -> dict[str, Any]:
     """IoU of the drawn figure with the requested pose's dilated skeleton, and with another pose's."""
     from ..pose import list_poses
 
@@ -184,7 +187,7 @@ def loose_card() -> Any:
     return Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
 
 
-def sheet_consistency(studio: Any, character: Any, poses: Sequence[Any], *, seed: int = 3,
+def sheet_consistency(studio: Studio, character: Any, poses: Sequence[Any], *, seed: int = 3,
                       reference_strength: float = 0.5, steps: int = 20) -> dict[str, Any]:
     """Histogram distance within a sheet (same noise + reference attention) vs. four seeds without them."""
     on = studio.sheet(character, poses, seed=seed, reference_strength=reference_strength, compute_score=False,
@@ -210,7 +213,7 @@ def _feature(name: str) -> HeldOutFeature:
     return FEATURES[name]
 
 
-def feature_rate(studio: Any, prompt_for: Any, feature: str = LORA_FEATURE, seeds: Iterable[int] = range(10),
+def feature_rate(studio: Studio, prompt_for: Any, feature: str = LORA_FEATURE, seeds: Iterable[int] = range(10),
                  steps: int = 20) -> dict[str, Any]:
     """Share of seeds showing the held-out ``feature`` (`HeldOutFeature.shown`);
     ``prompt_for(attrs)`` writes the prompt. ``fraction``: the feature colour's share of its region."""
@@ -224,7 +227,7 @@ def feature_rate(studio: Any, prompt_for: Any, feature: str = LORA_FEATURE, seed
     return {"rate": float(np.mean(hits)), "fraction": fractions, "shown": hits}
 
 
-def feature_ceiling(studio: Any, feature: str = LORA_FEATURE, seeds: Iterable[int] = range(10)) -> dict[str, Any]:
+def feature_ceiling(studio: Studio, feature: str = LORA_FEATURE, seeds: Iterable[int] = range(10)) -> dict[str, Any]:
     """What the model's VAE alone lets through: the rate of ground-truth pictures wearing
     ``feature`` (the same poses as `feature_rate`) after a VAE encode/decode round trip. No LoRA
     can draw more of a feature than its VAE can represent, so this bounds `lora_effect`'s "after"."""
@@ -250,7 +253,7 @@ def hue_inversions(wheel_hues: Sequence[float]) -> tuple[list[float], int]:
     return [float(h) for h in hues], int(np.sum(np.sign(np.diff(hues)) == -trend))
 
 
-def hue_path(studio: Any, frames: int = 7, seed: int = 5, steps: int = 20, start: str = "red",
+def hue_path(studio: Studio, frames: int = 7, seed: int = 5, steps: int = 20, start: str = "red",
              end: str = "blue", uniform: bool = True) -> dict[str, Any]:
     """Interpolate hair colour ``start`` -> ``end`` and follow the hair hue frame by frame.
 
@@ -279,7 +282,7 @@ def hue_path(studio: Any, frames: int = 7, seed: int = 5, steps: int = 20, start
             "uniform": uniform, "result": result}
 
 
-def lora_effect(studio: Any, workdir: Any, feature: str = LORA_FEATURE, seeds: Iterable[int] = LORA_SEEDS,
+def lora_effect(studio: Studio, workdir: Any, feature: str = LORA_FEATURE, seeds: Iterable[int] = LORA_SEEDS,
                 steps: int = 20) -> dict[str, Any]:
     """The held-out ``feature``'s rate for the trained character's prompt, before and after a LoRA
     (`LORA_SETTINGS`) trained on 8 pictures of the character wearing it."""
@@ -312,7 +315,7 @@ def lora_effect(studio: Any, workdir: Any, feature: str = LORA_FEATURE, seeds: I
             "fraction_before": before["fraction"], "fraction_after": after["fraction"]}
 
 
-def evaluate(studio: Any) -> dict[str, Any]:
+def evaluate(studio: Studio) -> dict[str, Any]:
     """Every behaviour score, as plain numbers (what `mini_report.json` records)."""
     import tempfile
 

@@ -33,12 +33,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .speed_qkv import attention_layers, fuse_qkv, plain_processor_types, sdpa_swappable, unfuse_qkv
 # Re-exported: the fused projections' public names stay importable from here (lora.runtime, tests).
 from .speed_qkv import FusedQKVAttnProcessor, refresh_fused_qkv  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +354,7 @@ def slow_down_part(name: str, module: Any) -> None:
     delattr(module, STATE_ATTR)
 
 
-def apply_speed(studio: Any, plan: SpeedPlan) -> list[str]:
+def apply_speed(studio: Studio, plan: SpeedPlan) -> list[str]:
     """Put `studio`'s UNet, ControlNet (now, or when it loads) and VAE on `plan`; undo any earlier
     plan first. Returns what was done (also logged)."""
     components = studio.components
@@ -382,7 +385,7 @@ def apply_speed(studio: Any, plan: SpeedPlan) -> list[str]:
     return done
 
 
-def compile_stats(studio: Any) -> dict[str, dict[str, int]]:
+def compile_stats(studio: Studio) -> dict[str, dict[str, int]]:
     """Per compiled part: how often it compiled, and its compiled and uncompiled calls."""
     stats = {}
     components = studio.components

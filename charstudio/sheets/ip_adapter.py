@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..errors import ConfigError, ModelLoadError
 from ..models.family import IPAdapterFiles, ModelFamily, family_of_width
 from ..weights import read_shapes
 
+if TYPE_CHECKING:
+    from ..studio import Studio
+
 FIELD = "ip_adapter_weights"
 
 
-def resolve_ip_adapter(studio: Any, weights: str | None = None, *, subfolder: str | None = None,
+def resolve_ip_adapter(studio: Studio, weights: str | None = None, *, subfolder: str | None = None,
                        weight_name: str | None = None, image_encoder_folder: str | None = None) -> IPAdapterFiles:
     """The files an IP-Adapter request names, each part left as None taken from the Studio's family.
 
@@ -105,7 +108,7 @@ def _ip_layers(unet: Any) -> list[str]:
             if not name.endswith("attn1.processor") and "motion_modules" not in name]
 
 
-def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Any, files: IPAdapterFiles,
+def check_ip_adapter_fits(shapes: Mapping[str, tuple[int, ...]], studio: Studio, files: IPAdapterFiles,
                           weights: Any = None) -> None:
     """Refuse an IP-Adapter that does not fit the Studio's UNet, from its weights' shapes alone.
 
@@ -180,7 +183,7 @@ def check_image_encoder_fits(shapes: Mapping[str, tuple[int, ...]], encoder_conf
 
 
 @contextmanager
-def ip_adapter(studio: Any, weights: str | None, image: Any, scale: float = 0.6, *, subfolder: str | None = None,
+def ip_adapter(studio: Studio, weights: str | None, image: Any, scale: float = 0.6, *, subfolder: str | None = None,
                weight_name: str | None = None, image_encoder_folder: str | None = None) -> Iterator[IPAdapterFiles]:
     """Condition every UNet call inside the block on ``image`` through an IP-Adapter; yields the
     files used.

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ def reference_attention(unet: Any, strength: float, offload: bool = False) -> It
         unet.set_attn_processor(original)
 
 
-def record_reference_image(studio: Any, image: Any, config: Any, bank: ReferenceBank) -> None:
+def record_reference_image(studio: Studio, image: Any, config: Any, bank: ReferenceBank) -> None:
     """Record a user-given reference image as the anchor (the "reference-only" way).
 
     The image is encoded with the VAE, noised to each timestep of ``config``'s schedule with

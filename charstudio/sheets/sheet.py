@@ -138,7 +138,7 @@ def _card_lora(card: Any, use_lora: bool) -> tuple[Any, bool]:
 
 
 def make_sheet(
-    studio: Any,
+    studio: Studio,
     character: Any,
     poses: Sequence[Any],
     *,

@@ -8,10 +8,13 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..errors import ConfigError
 from .latents import predicted_x0, step_noise_level
+
+if TYPE_CHECKING:
+    from ..studio import Studio
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +324,7 @@ class Tracer:
         self._att_count.clear()
 
 
-def trace_run(studio: Any, character_or_prompt: Any = None, *, config: Any = None, attention: bool = True,
+def trace_run(studio: Studio, character_or_prompt: Any = None, *, config: Any = None, attention: bool = True,
               callbacks: Sequence[Callable] = (), **settings: Any) -> tuple[Trace, Any]:
     """Generate one image with a Studio while recording every step; returns (trace, Result).
 
