@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_sheets import _tiny_ip_adapter
 from helpers import pixels as px
+from helpers import tiny_ip_adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,7 +122,7 @@ def test_reference_bank_rewinds_between_batches(tiny_studio):
 def test_ip_adapter_conditions_every_image_of_a_batch(fresh_studio, tmp_path):
     from PIL import Image
 
-    _tiny_ip_adapter(fresh_studio.components["unet"], tmp_path)
+    tiny_ip_adapter(fresh_studio.components["unet"], tmp_path)
     blue = Image.new("RGB", (64, 64), (0, 0, 255))
     settings = dict(seed=1, ip_adapter_weights=str(tmp_path), ip_adapter_image=blue, ip_adapter_scale=1.0,
                     ip_adapter_weight_name="ip-adapter_tiny.safetensors", compute_score=False, **FAST)

@@ -102,7 +102,7 @@ def test_a_picture_without_a_recipe_gets_its_boxes_from_the_detector(mini, drawn
     stand-in reads the pose from dots painted into the picture (another pose than the one it
     was drawn with, so the boxes can only come from the detector's answer)."""
     from charstudio.pose import load_pose
-    from test_sheets import Detector, paint_pose
+    from helpers import Detector, paint_pose
 
     painted = load_pose("reaching_up").fit(64, 64).translate(6, 3)
     picture, detected = paint_pose(drawn.image, painted)  # pixels only: no recipe travels with it

@@ -1,4 +1,5 @@
-"""Consistency mechanisms: reference attention, the CLIP score, IP-Adapter errors, photo -> character."""
+"""Consistency mechanisms: reference attention, the CLIP score, photo -> character (IP-Adapters:
+tests/test_ip_adapter.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from charstudio.sheets import reference_attention, score
 from charstudio.errors import ConfigError, ModelLoadError
 from charstudio.pose import load_pose
+from helpers import Detector, paint_pose
 from helpers import pixels as px
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only slow them down
@@ -127,74 +129,14 @@ def test_score_is_mean_pairwise_cosine(tiny_embedder, tiny_studio):
         score([a], tiny_embedder)
 
 
-def test_missing_weights_give_clear_errors(tiny_studio, monkeypatch, tmp_path):
+def test_a_missing_embedder_gives_a_clear_error(monkeypatch):
+    """(A missing IP-Adapter's error: tests/test_ip_adapter.py, on both families.)"""
     from PIL import Image
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     image = Image.new("RGB", (64, 64))
     with pytest.raises(ModelLoadError, match="clip-vit-large-patch14.*not in the cache"):
         score([image, image])
-    with pytest.raises(ModelLoadError, match="IP-Adapter weights are not available"):
-        tiny_studio.sheet("a knight", POSES[:1], ip_adapter_weights=str(tmp_path), ip_adapter_image=image, **FAST)
-    assert tiny_studio.pipeline("txt2img").image_encoder is None
-    assert tiny_studio.components["unet"].encoder_hid_proj is None  # no adapter half-installed
-    # Nothing was left installed on the shared UNet.
-    assert all(type(p).__name__ != "ReferenceAttnProcessor" for p in tiny_studio.components["unet"].attn_processors.values())
-
-
-def dot_colour(joint: int, person: int = 0) -> tuple[int, int, int]:
-    """The colour of body joint ``joint`` (COCO-18) of person ``person`` in a picture `Detector` reads."""
-    return (250 - 7 * joint, 19 + 97 * person, 3 + 11 * joint)
-
-
-def paint_pose(picture, pose, person: int = 0, drop: tuple[int, ...] = ()):
-    """``picture`` with ``pose``'s body joints (all but ``drop``) painted as one-pixel dots of
-    person ``person``'s colours, and the pose `Detector` must read from it: those joints at
-    their dots' pixels, the dropped and absent ones missing."""
-    from PIL import Image
-
-    from charstudio.pose import Pose
-
-    arr = np.array(picture.convert("RGB"))
-    body = np.zeros((18, 3))
-    for j, (x, y, c) in enumerate(pose.body):
-        if c > 0 and j not in drop:
-            body[j] = (min(int(round(x)), arr.shape[1] - 1), min(int(round(y)), arr.shape[0] - 1), 1.0)
-            arr[int(body[j, 1]), int(body[j, 0])] = dot_colour(j, person)
-    dots = [tuple(p[:2]) for p in body if p[2] > 0]
-    assert len(set(dots)) == len(dots), "two joints on one pixel: use a larger picture"
-    return Image.fromarray(arr), Pose(body, arr.shape[1], arr.shape[0])
-
-
-class Detector:
-    """Stands in for controlnet-aux's OpenposeDetector (its weights cannot be downloaded here)
-    and answers from the picture it is given, in the detector's own result types: joint j of
-    person p is the centroid of the pixels of colour ``dot_colour(j, p)``, as a fraction of the
-    picture's width and height (OpenposeDetector's normalised coordinates); a joint whose
-    colour is absent is missing (None). People come in the order of p, each scored by the number
-    of joints found (OpenPose sums its joints' scores), so it is charstudio that must pick the
-    most confident one. ``seen`` records the shape of each array it was given."""
-
-    def __init__(self, people: int = 2):
-        self.people = people
-        self.seen: list[tuple[int, ...]] = []
-
-    def detect_poses(self, image, include_hand=False, include_face=False):
-        from controlnet_aux.open_pose import PoseResult
-        from controlnet_aux.open_pose.body import BodyResult, Keypoint
-
-        self.seen.append(image.shape)
-        h, w = image.shape[:2]
-        results = []
-        for person in range(self.people):
-            keypoints = []
-            for joint in range(18):
-                ys, xs = np.nonzero((image == np.array(dot_colour(joint, person))).all(axis=-1))
-                keypoints.append(Keypoint(xs.mean() / w, ys.mean() / h) if len(xs) else None)
-            found = sum(k is not None for k in keypoints)
-            if found:
-                results.append(PoseResult(BodyResult(keypoints, float(found), found), None, None, None))
-        return results
 
 
 def test_photo_to_character_with_its_pose(tiny_studio):
@@ -234,60 +176,6 @@ def test_photo_to_character_with_its_pose(tiny_studio):
         tiny_studio.from_photo("aiko", photo, strength=0, pose=None)
     with pytest.raises(ConfigError, match="latents"):
         tiny_studio.run(plain.recipe, init_image=photo, latents=plain.extras["latents"][0])
-
-
-def _tiny_ip_adapter(unet, folder):
-    """A random IP-Adapter for the tiny UNet in h94/IP-Adapter's layout: models/image_encoder/
-    (a CLIP vision tower) and a weight file with image_proj.* and ip_adapter.<k>.to_{k,v}_ip.*,
-    where k = 1, 3, 5, ... counts the cross-attention layers in processor order."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, projection_dim=16))
-    encoder.save_pretrained(folder / "models" / "image_encoder")
-    cross, tokens = unet.config.cross_attention_dim, 4
-    state = {"image_proj.proj.weight": torch.randn(tokens * cross, 16) * 0.2,
-             "image_proj.proj.bias": torch.zeros(tokens * cross),
-             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
-    state.update(ip_adapter_layers(unet, cross))
-    save_file(state, str(folder / "models" / "ip-adapter_tiny.safetensors"))
-
-
-def ip_adapter_layers(unet, cross):
-    """Random ip_adapter.<k>.to_{k,v}_ip weights, k = 1, 3, 5, ... over the cross-attention
-    layers in processor order (h94's numbering)."""
-    import torch
-
-    state, key = {}, 1
-    for name in unet.attn_processors:
-        if name.endswith("attn2.processor"):
-            inner = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape[0]
-            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
-            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
-            key += 2
-    return state
-
-
-def test_ip_adapter_conditions_on_the_reference_image(fresh_studio, tmp_path):
-    from PIL import Image
-
-    from charstudio.sheets import ip_adapter
-
-    _tiny_ip_adapter(fresh_studio.components["unet"], tmp_path)
-    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
-    plain = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
-    with ip_adapter(fresh_studio, str(tmp_path), red, 1.0, weight_name="ip-adapter_tiny.safetensors"):
-        with_red = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
-    sheet = fresh_studio.sheet("a knight", ["walking"], seed=1, ip_adapter_weights=str(tmp_path), ip_adapter_image=blue,
-                               ip_adapter_scale=1.0, ip_adapter_weight_name="ip-adapter_tiny.safetensors", **FAST)
-    assert np.abs(px(with_red) - px(sheet.images[0])).mean() > 1  # the reference image steers the picture
-    assert sheet.settings["ip_adapter"] == str(tmp_path)
-    after = fresh_studio.generate("a knight", seed=1, pose="walking", **FAST).image
-    assert (px(after) == px(plain)).all()  # unloaded on exit
 
 
 def test_card_lora_is_used_unless_switched_off(fresh_studio, tmp_path):
