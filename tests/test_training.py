@@ -1,4 +1,8 @@
-"""LoRA training on the tiny model: it learns, resumes exactly, writes its layout, refuses bad input."""
+"""LoRA training on the tiny models: it learns, resumes exactly, writes its layout, refuses bad input.
+What both families share runs on both (the `family` fixture); what only SDXL has (both encoders and
+the pooled embedding conditioning it as they condition generation, each sample's time ids, the
+family's buckets, v-prediction targets with min-SNR, the second text encoder) runs on `tiny-sdxl`
+beside its siblings."""
 
 from __future__ import annotations
 
@@ -49,10 +53,48 @@ def _config(tmp_path: Path, data: Path, **overrides) -> LoraTrainingConfig:
     return LoraTrainingConfig(**settings)
 
 
+XL_WIDE = (96, 64)  # xl_data's non-square picture: its bucket at 64 px is 80x48, cut 2 px from the top
+
+
+def _make_xl_images(folder: Path, sizes=((64, 64), (64, 64), XL_WIDE)) -> Path:
+    """tiny-sdxl's dataset: two squares and a wide picture, three pictures in two buckets at 64 px."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (w, h) in enumerate(sizes):
+        arr = np.full((h, w, 3), 40, dtype=np.uint8)
+        arr[h // 5:h // 5 + 30, 10 + 5 * i:40 + 5 * i] = (200, 60 * i, 50)
+        Image.fromarray(arr).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture
+def xl_data(tmp_path: Path) -> Path:
+    folder = _make_xl_images(tmp_path / "xl_data")
+    (folder / "img0.txt").write_text("sks girl in a red coat\n")
+    return folder
+
+
+def _xl_size(path: Path) -> tuple[int, int]:
+    """The size xl_data's pictures train at (their buckets at 64 px)."""
+    return (80, 48) if path.name == "img2.png" else (64, 64)
+
+
+def _xl_config(tmp_path: Path, data: Path, **overrides) -> LoraTrainingConfig:
+    """A tiny-sdxl run: two steps of one picture each, in the family's buckets."""
+    return _config(tmp_path, data, **{**dict(model="tiny-sdxl", name="xl", max_train_steps=2, batch_size=1,
+                                             crop="buckets"), **overrides})
+
+
 def _weights(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(path))
+
+
+def _state(model) -> dict:
+    """A model's weights by their plain names (a removed peft adapter leaves its layer wrapped in base_layer)."""
+    return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _fixed_noise_loss(data: Path, lora_dir: Path | None, size: int = 64) -> float:
@@ -294,17 +336,18 @@ def _min_snr_loss(call: dict, gamma: float) -> float:
     return (torch.clamp(snr, max=gamma) / snr * mse).mean().item()
 
 
-def test_options_together(tmp_path, monkeypatch):
-    """Buckets, flips, min-SNR, checkpointing, no latent cache, prior preservation, text encoder,
-    accumulation, cosine warmup, all in one run, each doing its part: every step's loss is the
-    average over its two micro-batches of the min-SNR-weighted instance loss plus the weighted
-    class-image loss (written out here from each batch's own noise, timesteps and prediction);
-    every batch is encoded afresh from its picture, cut to its own aspect bucket and sometimes
-    mirrored; the UNet runs with gradient checkpointing on text states that carry gradients; the
-    text encoder's adapter learned; the warmup ramps the learning rate."""
+def test_options_together(family, tmp_path, monkeypatch):
+    """Buckets, flips, min-SNR, checkpointing, no latent cache, prior preservation (class images
+    drawn by the family's pipeline), every text encoder, accumulation, cosine warmup, all in one
+    run, each doing its part: every step's loss is the average over its two micro-batches of the
+    min-SNR-weighted instance loss plus the weighted class-image loss (written out here from each
+    batch's own noise, timesteps and prediction); every batch is encoded afresh from its picture,
+    cut to its own aspect bucket and sometimes mirrored, or is a class image; the UNet runs with
+    gradient checkpointing on text states (and SDXL's pooled embedding) that carry gradients; each
+    text encoder's adapter learned wherever its output reaches the UNet; the warmup ramps the
+    learning rate."""
     import torch
 
-    from charstudio.models.tiny import build_tiny_components
     from charstudio.training import load_pixels
 
     data = _make_images(tmp_path / "wide", n=3, size=(160, 80))
@@ -312,11 +355,12 @@ def test_options_together(tmp_path, monkeypatch):
     (tmp_path / "wide_sq" / "img0.png").rename(data / "square.png")
     gamma = 1.0  # low, so that some of the run's 8 timesteps are weighed down (5.0 spares SNRs under 5)
     # seed 1: the flips' coin mirrors two of the four pictures (seed 0 happens to mirror none)
-    cfg = _config(tmp_path, data, seed=1, max_train_steps=2, crop="buckets", flip=True, snr_gamma=gamma,
-                  gradient_checkpointing=True, cache_latents=False, with_prior_preservation=True,
-                  num_class_images=2, validation_inference_steps=2, train_text_encoder=True,
-                  gradient_accumulation_steps=2, lr_scheduler="cosine", lr_warmup_steps=2, batch_size=1)
-    comps = build_tiny_components()
+    cfg = _config(tmp_path, data, model=family.model, seed=1, max_train_steps=2, crop="buckets", flip=True,
+                  snr_gamma=gamma, gradient_checkpointing=True, cache_latents=False, with_prior_preservation=True,
+                  num_class_images=2, validation_inference_steps=2, gradient_accumulation_steps=2,
+                  lr_scheduler="cosine", lr_warmup_steps=2, batch_size=1,
+                  **{f"train_{name}": True for name in family.text_encoders})
+    comps = family.components()
     calls, hook = _spy_training(monkeypatch, comps)
     try:
         records = list(train_lora(cfg, components=comps))
@@ -365,12 +409,119 @@ def test_options_together(tmp_path, monkeypatch):
     class_px = [load_pixels(p, (64, 64)) for p in class_files]
     for call in classes:
         assert any(torch.allclose(px, call["pixels"][0], atol=1e-6) for px in class_px)
-    # Gradient checkpointing in every UNet call; the text states carry gradients (the text encoder trains).
+        if family.is_sdxl:  # a class image's time ids are its own size, uncropped
+            assert call["kwargs"]["added_cond_kwargs"]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]]
+    # Gradient checkpointing in every UNet call; the text states carry gradients (the text encoders train).
     assert all(c["checkpointing"] and c["hidden_grad"] for c in calls)
+    if family.is_sdxl:  # and so does the pooled embedding
+        assert all(c["kwargs"]["added_cond_kwargs"]["text_embeds"].requires_grad for c in calls)
     kohya = _weights(out / "aiko.safetensors")
-    assert any(k.startswith("lora_unet_") for k in kohya)
-    te_up = [v for k, v in kohya.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight")]
-    assert te_up and all(np.abs(v).max() > 0 for v in te_up)  # B starts at zero: the text encoder's adapter learned
+    parts = ("te1", "te2") if family.is_sdxl else ("te",)  # kohya's names of the family's text encoders
+    assert {k.split("_")[1] for k in kohya} == {"unet", *parts}
+    # B starts at zero: each text encoder's adapter learned in every layer whose output reaches the
+    # UNet. SD 1.x's UNet reads its encoder's last states: every layer learned. SDXL's reads the
+    # first encoder's penultimate states, so that one's last layer never gets a gradient; the
+    # second's last layer makes the pooled embedding.
+    unreached = {"te1": comps["text_encoder"].config.num_hidden_layers - 1} if family.is_sdxl else {}
+    for part in parts:
+        up = {k: v for k, v in kohya.items() if k.startswith(f"lora_{part}_") and k.endswith("lora_up.weight")}
+        learned = {k for k, v in up.items() if np.abs(v).max() > 0}
+        assert learned and learned == {k for k in up if f"_layers_{unreached.get(part)}_" not in k}, part
+
+
+# ---- SDXL: the objective (epsilon or velocity, min-SNR in both) and the second text encoder ---------
+
+
+def test_the_loss_target_is_noise_for_epsilon_and_velocity_for_v_prediction():
+    import torch
+    from diffusers import DDPMScheduler
+
+    from charstudio.models.family import prediction_scheduler_config
+    from charstudio.models.tiny import _sd_scheduler
+    from charstudio.training.objective import loss_target, min_snr_weights
+
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 250, 700, 999])
+    base = dict(_sd_scheduler().config)
+    eps = DDPMScheduler.from_config(prediction_scheduler_config(base, "epsilon"))
+    vpred = DDPMScheduler.from_config(prediction_scheduler_config(base, "v_prediction"))  # zero terminal SNR
+    assert loss_target(eps, latents, noise, t) is noise
+    a = vpred.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - vpred.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    torch.testing.assert_close(loss_target(vpred, latents, noise, t), a * noise - s * latents)
+
+    snr = (vpred.alphas_cumprod[t] / (1 - vpred.alphas_cumprod[t])).float()
+    torch.testing.assert_close(min_snr_weights(vpred, t, 5.0), torch.clamp(snr, max=5.0) / (snr + 1))
+    snr_e = (eps.alphas_cumprod[t] / (1 - eps.alphas_cumprod[t])).float()
+    torch.testing.assert_close(min_snr_weights(eps, t, 5.0), torch.clamp(snr_e, max=5.0) / snr_e)
+    assert vpred.alphas_cumprod[999] == 0  # zero terminal SNR: epsilon weights stay finite there
+    assert torch.isfinite(min_snr_weights(DDPMScheduler.from_config({**dict(vpred.config),
+                                                                     "prediction_type": "epsilon"}), t, 5.0)).all()
+
+
+def test_a_v_prediction_sdxl_model_trains_on_velocity_with_min_snr(tmp_path, xl_data, monkeypatch):
+    """Each step's loss is min-SNR-weighted (gamma 5, velocity form min(SNR, 5) / (SNR + 1)) mean
+    squared error against the velocity alpha_t * noise - sigma_t * latents, written out here from
+    the noise and latents the step drew, on the zero-terminal-SNR schedule."""
+    import torch
+
+    from charstudio.models.loading import load_components, resolve_model
+
+    comps = load_components(resolve_model("tiny-sdxl"), dtype=torch.float32, prediction_type="v_prediction")
+    calls, hook = _spy_training(monkeypatch, comps)
+    try:
+        records = list(train_lora(_xl_config(tmp_path, xl_data, snr_gamma=5.0), components=comps))
+    finally:
+        hook.remove()
+    assert len(calls) == len(records) == 2  # batch 1, no accumulation: one UNet call a step
+    for call, record in zip(calls, records):
+        ac = call["alphas_cumprod"][call["t"]].double()
+        assert call["alphas_cumprod"][-1] == 0  # zero terminal SNR
+        a, s = ac.sqrt().view(-1, 1, 1, 1), (1 - ac).sqrt().view(-1, 1, 1, 1)
+        velocity = a * call["noise"].double() - s * call["latents"].double()
+        mse = ((call["pred"].double() - velocity) ** 2).mean(dim=(1, 2, 3))
+        snr = ac / (1 - ac)
+        expected = (torch.clamp(snr, max=5.0) / (snr + 1) * mse).mean().item()
+        assert record.loss == pytest.approx(expected, rel=1e-4)
+        # and it is neither the unweighted loss nor the loss against the noise
+        assert abs(mse.mean().item() - expected) > 1e-3 * expected or snr.item() < 1e-6
+        assert ((call["pred"].double() - call["noise"].double()) ** 2).mean().item() != pytest.approx(expected, rel=1e-2)
+    info = json.loads((tmp_path / "lora" / "xl" / "training_config.json").read_text())
+    assert info["resolved"]["prediction_type"] == "v_prediction"
+
+
+def test_text_encoders_train_only_when_asked_each_at_its_own_learning_rate(tmp_path, xl_data):
+    """SDXL: the second text encoder alone, then both, each at its own rate; the caller's encoders untouched."""
+    import torch
+
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    comps = build_tiny_sdxl_components()
+    fresh = build_tiny_sdxl_components()
+    cfg = _xl_config(tmp_path, xl_data, name="te2", train_text_encoder_2=True, text_encoder_2_lr=3e-3,
+                     checkpointing_steps=1)
+    list(train_lora(cfg, components=comps))
+    out = tmp_path / "lora" / "te2"
+    assert {k.split(".")[0] for k in _weights(out / "pytorch_lora_weights.safetensors")} == {"unet", "text_encoder_2"}
+    kohya = _weights(out / "te2.safetensors")
+    assert any(k.startswith("lora_te2_") for k in kohya) and not any(k.startswith("lora_te1_") for k in kohya)
+    lrs = [g["lr"] for g in json.loads((list_checkpoints(out)[-1] / "optimizer.json").read_text())["param_groups"]]
+    assert lrs == [1e-2, 3e-3]
+    for name in ("text_encoder", "text_encoder_2"):  # the caller's base weights are as they came
+        assert not getattr(comps[name], "peft_config", None)
+        after = _state(comps[name])
+        for key, value in fresh[name].state_dict().items():
+            assert torch.equal(after[key], value), (name, key)
+
+    cfg = _xl_config(tmp_path, xl_data, name="both", train_text_encoder=True, text_encoder_lr=2e-3,
+                     train_text_encoder_2=True, text_encoder_2_lr=3e-3, checkpointing_steps=1, max_train_steps=1)
+    list(train_lora(cfg, components=comps))
+    lrs = [g["lr"] for g in json.loads((list_checkpoints(tmp_path / "lora" / "both")[-1] / "optimizer.json")
+                                       .read_text())["param_groups"]]
+    assert lrs == [1e-2, 2e-3, 3e-3]
+    assert _xl_config(tmp_path, xl_data, train_text_encoder=True, text_encoder_lr=2e-3) \
+        .learning_rate_of("text_encoder_2") == 2e-3  # the second follows the first unless given
 
 
 def test_cached_and_uncached_latents_train_alike(family, tmp_path, data):
@@ -419,11 +570,8 @@ def test_a_studio_trains_a_unet_only_lora_and_loads_it_back(family, tmp_path):
     data = _make_images(tmp_path / "data", n=3, size=(64, 64))
     _make_images(tmp_path / "wide", n=1, size=(96, 64)).joinpath("img0.png").rename(data / "wide.png")
 
-    def state(model):  # a model's weights by their plain names (a removed adapter leaves base_layer)
-        return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()}
-
     studio = family.studio()
-    before = {n: state(studio.components[n]) for n in family.text_encoders}
+    before = {n: _state(studio.components[n]) for n in family.text_encoders}
     cfg = _config(tmp_path, data, model=family.model, name="xl", max_train_steps=2, batch_size=1, crop="buckets",
                   num_validation_images=1, validation_inference_steps=2)
     records = list(studio.train_lora(cfg))
@@ -444,7 +592,7 @@ def test_a_studio_trains_a_unet_only_lora_and_loads_it_back(family, tmp_path):
         assert buckets == {(64, 64), (80, 48)}
     for name, weights in before.items():  # not trained, and left without adapters
         assert not getattr(studio.components[name], "peft_config", None)
-        after = state(studio.components[name])
+        after = _state(studio.components[name])
         assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights), name
 
     def draw():
@@ -456,6 +604,27 @@ def test_a_studio_trains_a_unet_only_lora_and_loads_it_back(family, tmp_path):
     assert np.abs(draw() - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
     studio.unload_loras()
     assert np.array_equal(draw(), plain)
+
+
+def test_the_train_app_trains_the_familys_last_text_encoder(family, tmp_path, data):
+    """The Train app on a Studio of each family, its control for the family's last text encoder
+    ticked (SDXL: the second's): a LoRA with that encoder's part alone, and the before/after pictures."""
+    pytest.importorskip("ipywidgets")
+    from charstudio import lora
+    from charstudio.ui.train import TrainApp
+
+    app = TrainApp(family.studio(), data_dir=str(data), steps=2, output_dir=str(tmp_path / "lora"))
+    app.name.value, app.rank.value, app.resolution.value = "xl", 4, 64
+    app.validation_steps.value, app.validation_inference_steps.value = 0, 2
+    getattr(app, f"train_{family.text_encoders[-1]}").value = True  # SDXL: train_text_encoder_2
+    app.start_button.click()
+    assert app.wait(300), "the run did not finish"
+    assert app.status.level == "ok", app.status.text
+    assert (tmp_path / "lora" / "xl" / "xl.safetensors").is_file()
+    tensors, _ = lora.read_lora_file(tmp_path / "lora" / "xl" / "xl.safetensors")
+    trained = "lora_te2_" if family.is_sdxl else "lora_te_"  # kohya's name of the last text encoder
+    assert any(k.startswith(trained) for k in tensors) and not any(k.startswith("lora_te1_") for k in tensors)
+    assert app.comparison is not None and len(app.comparison.images) == 3
 
 
 def test_transformer_lora_layers_adapt_feed_forward_too_and_load_back(tmp_path, data):
@@ -487,6 +656,98 @@ def test_transformer_lora_layers_adapt_feed_forward_too_and_load_back(tmp_path, 
         studio.unload_loras()
     assert np.abs(pictures[0] - plain).mean() > 0.5  # 0-255 pixels: the adapter changes the picture
     assert np.abs(pictures[0] - pictures[1]).max() <= 1  # and both files hold the same adapter
+
+
+# ---- SDXL: conditioning as generation, plus each sample's time ids; the family's buckets ------------
+
+
+def test_time_ids_are_the_pictures_size_the_crop_applied_and_the_bucket(tmp_path):
+    """A 121x64 picture in a 64x64 bucket: no resize, cut 28 px from the left (the mirrored sample
+    29 px, counted in the mirrored picture); 96x64 in 80x48: resized to 80x53, cut 2 px from the top."""
+    import torch
+    from PIL import Image
+
+    from charstudio.training.data import cover_crop_box, load_pixels, size_conditioning
+
+    assert size_conditioning(121, 64, (64, 64)) == (64, 121, 0, 28, 64, 64)
+    assert size_conditioning(121, 64, (64, 64), flipped=True) == (64, 121, 0, 29, 64, 64)
+    assert size_conditioning(*XL_WIDE, (80, 48)) == (64, 96, 2, 0, 48, 80)
+    assert size_conditioning(64, 130, (48, 80)) == (130, 64, 9, 0, 80, 48)  # tall: resized to 48x98
+    # The offsets are the crop load_pixels actually applies, unflipped and mirrored.
+    rng = np.random.RandomState(0)
+    picture = Image.fromarray(rng.randint(0, 255, (64, 121, 3), dtype=np.uint8))
+    picture.save(tmp_path / "wide.png")
+    pixels = load_pixels(tmp_path / "wide.png", (64, 64))
+    new, _ = cover_crop_box(121, 64, (64, 64))
+    for flipped in (False, True):
+        _, _, top, left, h, w = size_conditioning(121, 64, (64, 64), flipped=flipped)
+        source = picture.resize(new, Image.Resampling.BICUBIC)
+        if flipped:
+            source = source.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        expected = np.asarray(source.crop((left, top, left + w, top + h)), dtype=np.float32) / 127.5 - 1
+        got = (torch.flip(pixels, dims=[2]) if flipped else pixels).permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_each_step_conditions_the_unet_as_the_sdxl_pipeline_does(tmp_path, xl_data):
+    """In a real run the UNet gets both encoders' penultimate states and the pooled embedding of
+    the sample's caption (exactly what generation's encoder makes of it as a prompt), and the
+    time ids of the sample's picture and bucket, in the layout of the pipeline's _get_add_time_ids."""
+    import torch
+
+    from charstudio.models.family import SDXL
+    from charstudio.models.tiny import build_tiny_sdxl_components
+
+    comps = build_tiny_sdxl_components()
+    reference = build_tiny_sdxl_components()  # the same weights, never trained
+    encoder = SDXL.make_encoder(reference)
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append((args[2] if len(args) > 2 else kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]))
+
+    hook = comps["unet"].register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        list(train_lora(_xl_config(tmp_path, xl_data, max_train_steps=3), components=comps))
+    finally:
+        hook.remove()
+    assert len(seen) == 3  # batch 1, three pictures in two buckets: one epoch
+    pipe = SDXL.build_pipeline("txt2img", {k: reference[k] for k in SDXL.component_names})
+    expected = {
+        "img0.png": ("sks girl in a red coat", (64, 64, 0, 0, 64, 64)),
+        "img1.png": ("a picture of sks person", (64, 64, 0, 0, 64, 64)),
+        "img2.png": ("a picture of sks person", (64, 96, 2, 0, 48, 80)),
+    }
+    recorded = json.loads((tmp_path / "lora" / "xl" / "training_config.json").read_text())
+    assert {k: tuple(v) for k, v in recorded["dataset"]["size_conditioning"].items()} == \
+        {k: ids for k, (_, ids) in expected.items()}
+    prompts = {c: encoder.encode(c, parse_weights=False) for c in {c for c, _ in expected.values()}}
+    matched = set()
+    for hidden, added in seen:
+        time_ids = tuple(int(x) for x in added["time_ids"][0].tolist())
+        # the sample is the picture whose time ids and caption these are (img0 and img1 share their ids)
+        name = next(n for n, (c, ids) in expected.items() if ids == time_ids and n not in matched
+                    and torch.allclose(hidden, prompts[c].prompt_embeds, rtol=1e-5, atol=1e-6))
+        matched.add(name)
+        caption, ids = expected[name]
+        layout = pipe._get_add_time_ids(ids[:2], ids[2:4], ids[4:], dtype=torch.float32,
+                                        text_encoder_projection_dim=reference["text_encoder_2"].config.projection_dim)
+        assert torch.equal(added["time_ids"], layout)
+        torch.testing.assert_close(added["text_embeds"], prompts[caption].pooled_prompt_embeds, rtol=1e-5, atol=1e-6)
+        assert hidden.shape[-1] == 32 + 48  # both encoders' penultimate states, side by side
+    assert matched == set(expected)
+
+
+def test_buckets_are_the_familys_trained_sizes():
+    from charstudio.models.family import SD1, SDXL
+    from charstudio.training import bucket_sizes
+
+    assert bucket_sizes(1024, 32, "buckets", SDXL) == sorted(SDXL.sizes)
+    assert set(bucket_sizes(512, 32, "buckets", SDXL)) == {(512, 512), (416, 608), (608, 416), (448, 576),
+                                                           (576, 448), (384, 672), (672, 384)}
+    # SD 1.x's sizes are not a bucket set (one of its native area): the area buckets as before.
+    assert bucket_sizes(64, 16, "buckets", SD1) == bucket_sizes(64, 16, "buckets")
+    assert bucket_sizes(1024, 32, "center", SDXL) == [(1024, 1024)]
 
 
 # ---- pose conditioning ---------------------------------------------------------------------
@@ -574,28 +835,34 @@ def _relative(a: dict, b: dict) -> float:
     return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a) / sum((a[k] ** 2).sum() for k in a)))
 
 
-def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(tmp_path, data, monkeypatch):
-    """Every step runs the ControlNet on the control images of that step's own pictures and feeds
-    its residuals to the UNet; so the poses matter by a measured margin: with the same pictures
-    and draws, swapping the poses between pictures changes the first step's prediction and loss
-    and the trained adapter."""
+def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(family, tmp_path, data, xl_data,
+                                                                                 monkeypatch):
+    """Every step runs the family's ControlNet on the control images of that step's own pictures
+    (SDXL: each cut to its bucket) and feeds its residuals to the UNet; so the poses matter by a
+    measured margin: with the same pictures and draws, swapping the poses between pictures changes
+    the first step's prediction and loss and the trained adapter."""
     import torch
 
-    from charstudio.models.tiny import build_tiny_components
     from charstudio.pose import list_poses
 
-    def run(name: str, **settings) -> dict:
-        return _pose_run(tmp_path, data, monkeypatch, lambda: _pose_sensitive(build_tiny_components()), _config,
-                         name, max_train_steps=3, **settings)
+    if family.is_sdxl:  # three pictures in two buckets, one a step, two steps
+        data, configure, size_of, steps, poses = xl_data, _xl_config, _xl_size, 2, list_poses()[:3]
+        swapped_poses, loss_margin = poses[1:] + poses[:1], 2e-3  # measured 1.1e-2
+    else:  # four squares, two a step, three steps
+        configure, size_of, steps, poses = _config, (lambda p: (64, 64)), 3, list_poses()[:4]
+        swapped_poses, loss_margin = poses[::-1], 1e-3  # measured 4.9e-3
 
-    poses = list_poses()[:4]
+    def run(name: str, **settings) -> dict:
+        return _pose_run(tmp_path, data, monkeypatch, lambda: _pose_sensitive(family.components()), configure,
+                         name, max_train_steps=steps, **settings)
+
     _save_poses(data, poses)
     plain = run("plain")
     posed = run("posed", pose_conditioning=True)
-    _check_controls_fed(posed, data, lambda p: (64, 64))
-    _save_poses(data, poses[::-1])  # the same poses on other pictures
+    _check_controls_fed(posed, data, size_of)
+    _save_poses(data, swapped_poses)  # the same poses on other pictures
     swapped = run("swapped", pose_conditioning=True)
-    _check_controls_fed(swapped, data, lambda p: (64, 64))
+    _check_controls_fed(swapped, data, size_of)
     assert plain["controlnet"] == [] and all(c["kwargs"].get("down_block_additional_residuals") is None
                                              for c in plain["unet"])
     assert plain["weights"].keys() == posed["weights"].keys()  # a ControlNet adds no weights to the LoRA
@@ -607,12 +874,12 @@ def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(t
     def moved(a, b):
         return ((a - b).abs().mean() / a.abs().mean()).item()
 
-    assert moved(pred[1], pred[2]) > 0.1  # measured 0.30
-    assert moved(pred[1], pred[0]) > 0.1  # measured 0.41: the ControlNet's residuals, against none
+    assert moved(pred[1], pred[2]) > 0.1  # measured 0.30 (both families)
+    assert moved(pred[1], pred[0]) > 0.1  # measured 0.41 (SDXL 0.42): the ControlNet's residuals, against none
     loss = [r["records"][0].loss for r in (plain, posed, swapped)]
-    assert abs(loss[1] - loss[2]) > 1e-3 * loss[1]  # measured 4.9e-3
-    # and so does what the adapter learns in three steps
-    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.059 (0.072 from the plain one)
+    assert abs(loss[1] - loss[2]) > loss_margin * loss[1]
+    # and so does what the adapter learns
+    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.059 (SDXL 0.060)
     info = json.loads((tmp_path / "lora" / "posed" / "training_config.json").read_text())
     assert info["config"]["pose_conditioning"] is True
 
@@ -717,6 +984,16 @@ def test_config_validation(tmp_path, data, field, value, match):
         _config(tmp_path, data, **{field: value})
 
 
+def test_text_encoder_2_options_are_validated(tmp_path, xl_data):
+    with pytest.raises(ConfigError, match=r"text_encoder_2_lr=0.0 .*> 0"):
+        _xl_config(tmp_path, xl_data, text_encoder_2_lr=0)
+    with pytest.raises(ConfigError, match=r"train_text_encoder_2='yes'.*True or False"):
+        _xl_config(tmp_path, xl_data, train_text_encoder_2="yes")
+    with pytest.raises(ConfigError, match=r"train_text_encoder_2=True .*SD 1.x.*one text encoder"):
+        list(train_lora(_xl_config(tmp_path, xl_data, model="tiny", train_text_encoder_2=True)))
+    assert not (tmp_path / "lora" / "xl" / "pytorch_lora_weights.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
     script = tmp_path / "run_train.py"
@@ -760,21 +1037,32 @@ def test_accelerate_launch_two_processes_same_layout(tmp_path, data):
     assert any(not np.array_equal(a[k], b[k]) for k in ups)
 
 
-def test_cli_train_lora_info_and_convert(tmp_path, data, capsys):
+def test_cli_train_lora_info_and_convert(family, tmp_path, data, capsys):
+    """train-lora on each family, with the flags of its last text encoder (SDXL: the second's,
+    --train-text-encoder-2 and --text-encoder-2-lr) trained at its own rate; lora-info, lora-convert."""
     from charstudio.cli import main
 
     out_dir = tmp_path / "lora"
-    argv = ["train-lora", str(data), "--model", "tiny", "--name", "cli", "--steps", "2", "--rank", "4", "--lr", "1e-3",
-            "--output-dir", str(out_dir), "--validation-images", "0", "--checkpoint-steps", "1"]
+    encoder = family.text_encoders[-1]
+    flag = encoder.replace("_", "-")
+    argv = ["train-lora", str(data), "--model", family.model, "--name", "cli", "--steps", "2", "--rank", "4",
+            "--lr", "1e-3", "--resolution", "64", "--output-dir", str(out_dir), "--validation-images", "0",
+            "--checkpoint-steps", "1", f"--train-{flag}", f"--{flag}-lr", "3e-4"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "LoRA 'cli'" in printed and "cli.safetensors" in printed
     assert (out_dir / "cli" / "pytorch_lora_weights.safetensors").is_file()
+    kohya = _weights(out_dir / "cli" / "cli.safetensors")
+    trained = "lora_te2_" if family.is_sdxl else "lora_te_"  # kohya's name of the last text encoder
+    assert any(k.startswith(trained) for k in kohya) and not any(k.startswith("lora_te1_") for k in kohya)
+    recorded = json.loads((out_dir / "cli" / "training_config.json").read_text())
+    assert recorded["config"][f"{encoder}_lr"] == 3e-4
+    assert recorded["resolved"]["learning_rates"] == {"unet": 1e-3, encoder: 3e-4}
     assert main(argv) == 2  # an existing LoRA is not overwritten
     assert "--overwrite" in capsys.readouterr().err
     assert main(["train-lora", str(data), "--name", "cli2", "--rank", "0", "--output-dir", str(out_dir)]) == 2
     assert "rank=0 is not valid" in capsys.readouterr().err
-    assert main(["train-lora", str(data), "--model", "tiny", "--name", "cli3", "--pose-conditioning",
+    assert main(["train-lora", str(data), "--model", family.model, "--name", "cli3", "--pose-conditioning",
                  "--output-dir", str(out_dir)]) == 2
     assert "pose_conditioning=True" in capsys.readouterr().err and not (out_dir / "cli3").exists()
 
@@ -988,6 +1276,30 @@ def test_captions_over_77_tokens_are_trained_whole_as_generation_encodes_them(tm
                                 train_text_encoder=train_text_encoder)))
         weights.append(_weights(tmp_path / "lora" / f"long_{name}" / "pytorch_lora_weights.safetensors"))
     assert any(not np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_sdxl_captions_condition_training_as_prompts_condition_generation():
+    """SDXL: cached, uncached and trained (with gradients) encoders all give generation's embeddings
+    of a caption as a prompt, long ones (over 77 tokens) whole, a short one padded to its batch."""
+    import torch
+
+    from charstudio.models.family import SDXL
+    from charstudio.models.tiny import build_tiny_sdxl_components
+    from charstudio.training.conditioning import TrainingConditioner
+
+    comps = build_tiny_sdxl_components()
+    encoder = SDXL.make_encoder(comps)
+    long = "sks girl, " + ", ".join(["red coat"] * 40) + ", blue hat"
+    short = "a picture of sks girl"
+    chunks = -(-encoder.count_tokens(long) // encoder.chunk_len)
+    assert chunks > 2
+    expected = [encoder.encode(t, parse_weights=False, min_chunks=chunks) for t in (long, short)]
+    for trained, cache in (((), True), ((), False), (("text_encoder", "text_encoder_2"), False)):
+        hidden, pooled = TrainingConditioner.for_family(SDXL, comps, trained, cache=cache).encode([long, short])
+        assert hidden.shape == (2, chunks * 77, 32 + 48) and hidden.requires_grad == bool(trained)
+        for i, e in enumerate(expected):
+            torch.testing.assert_close(hidden[i:i + 1], e.prompt_embeds, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(pooled[i:i + 1], e.pooled_prompt_embeds, rtol=1e-5, atol=1e-5)
 
 
 def test_the_batch_plan_and_class_images_draw_from_streams_no_process_shares():
