@@ -879,7 +879,7 @@ def test_pose_conditioning_trains_through_the_controlnet_with_each_images_pose(f
     loss = [r["records"][0].loss for r in (plain, posed, swapped)]
     assert abs(loss[1] - loss[2]) > loss_margin * loss[1]
     # and so does what the adapter learns
-    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.059 (SDXL 0.060)
+    assert _relative(posed["weights"], swapped["weights"]) > 0.02  # measured 0.059, SDXL 0.060 (0.072, 0.068 from the plain one)
     info = json.loads((tmp_path / "lora" / "posed" / "training_config.json").read_text())
     assert info["config"]["pose_conditioning"] is True
 
