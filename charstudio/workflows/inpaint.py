@@ -1,14 +1,9 @@
 """Inpainting: redraw the masked part of a picture under a prompt (or a card), keep the rest.
 
-The recipe's ``inpaint`` field (checked and normalised by `charstudio.recipe.inpaint`) records
-everything a re-run needs::
-
-    {"source": {"recipe": {...}}                       # a charstudio picture: its own recipe
-            or {"path": "...", "sha256": "..."},        # an outside picture: file and pixel digest
-     "mask": {"box": [left, top, right, bottom]}
-          or {"region": "face", "padding": 0.15}        # a body region of the source's pose
-          or {"picture": "<base64 1-bit PNG>", "sha256": "..."},
-     "strength": 0.75, "seam": 4}
+The recipe's ``inpaint`` field (checked and normalised by `charstudio.recipe.inpaint`, whose
+docstring shows its form) records everything a re-run needs: the source picture (its recipe, or an
+outside file and its pixel digest), the mask (a box, a body region of the source's pose, or a
+picture), the strength and the seam.
 
 `Studio.run` on such a recipe (`workflows.run.run_recipe`) re-draws the source from its recipe (or reads the outside file,
 refusing it when it is gone or its pixels changed), resolves the mask, and redraws:

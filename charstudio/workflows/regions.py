@@ -13,24 +13,10 @@ layer's resolution: inside a box the region's prompt rules, outside every box th
 This is done for the conditional rows of the classifier-free-guidance batch only; the
 unconditional rows keep the negative prompt, unless a region gives its own ``negative_prompt``.
 
-The field (each region's keys below) is checked and normalised by `charstudio.recipe.regions`;
-its names stay importable from here. Each region:
-
-- ``prompt`` (text) or ``character`` (a card name: its subject becomes the region's prompt,
-  resolved once when the recipe is made and recorded, so a re-run never depends on the card);
-- ``box``: ``"left"``, ``"right"``, ``"top"``, ``"bottom"`` (halves of the picture) or
-  ``[x0, y0, x1, y1]`` in pixels, x1/y1 exclusive, inside the picture; a pixel box is recorded
-  with the picture size it was given for (``canvas``: [width, height]), so that a pass at another
-  size (the hires fix) scales it with the picture;
-- ``negative_prompt`` (optional): used for the region's unconditional rows;
-- ``weight`` (optional, 0..1, default 1): how much the region's prompt replaces the scene's
-  inside its box (0.7 keeps 30% of the scene prompt there);
-- ``overlap`` (optional, default False): boxes may not overlap unless one of the two says
-  ``"overlap": True``; where they do, their prompts share the pixels by weight.
-
-Per-region LoRA weights are not offered: a LoRA (peft) scales whole layers, not pixels, so a
-LoRA always acts on the whole picture. Put it in the recipe's ``loras`` instead; a card's LoRA
-named by a region is not applied (a warning says so).
+The field (each region's keys: prompt or character, box, negative_prompt, weight, overlap) is
+checked and normalised by `charstudio.recipe.regions`, whose docstring gives the rules; its names
+stay importable from here. Per-region LoRA weights are not offered: a LoRA (peft) scales whole
+layers, not pixels.
 """
 
 from __future__ import annotations
