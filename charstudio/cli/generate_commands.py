@@ -9,11 +9,14 @@ from charstudio.cli.options import (add_control_scale_arg, add_embedding_args, a
                                     add_model_args, add_out_arg, add_sampling_args)
 
 
-def parse_loras(specs: list[str]) -> list[tuple[str, float]]:
-    """`--lora` values as (source, weight); a trailing ':NUMBER' is the weight."""
+def parse_loras(specs: list[str], lora_dir: str = "lora") -> list[tuple[str, float]]:
+    """`--lora` values as (source, weight); a trailing ':NUMBER' is the weight. A ':' is part of
+    the path unless what comes before it names a LoRA (a file, a folder or a name in `lora_dir`):
+    then what follows must be a number."""
     import math
 
     from charstudio.errors import ConfigError
+    from charstudio.lora import resolve_lora_path
 
     parsed = []
     for spec in specs:
@@ -23,7 +26,17 @@ def parse_loras(specs: list[str]) -> list[tuple[str, float]]:
             try:
                 weight, source = float(tail), head
             except ValueError:
-                pass  # a ':' that is part of the path
+                try:  # a ':' that is part of the path, unless the part before it is a LoRA already
+                    resolve_lora_path(spec, lora_dir)
+                except ConfigError:
+                    try:
+                        resolve_lora_path(head, lora_dir)
+                    except ConfigError:
+                        pass
+                    else:
+                        raise ConfigError("--lora", spec, f"the weight {tail!r} after {head!r} is not a number; "
+                                          "NAME[:WEIGHT]: a LoRA name, folder or .safetensors file, optionally "
+                                          "with a weight, e.g. zorbi or zorbi:0.8") from None
         if not source.strip() or not math.isfinite(weight):
             raise ConfigError("--lora", spec, "NAME[:WEIGHT]: a LoRA name, folder or .safetensors file, "
                                               "optionally with a weight, e.g. zorbi or zorbi:0.8")
@@ -32,7 +45,7 @@ def parse_loras(specs: list[str]) -> list[tuple[str, float]]:
 
 
 def load_loras(studio, args: argparse.Namespace) -> None:
-    for source, weight in parse_loras(args.lora):
+    for source, weight in parse_loras(args.lora, args.lora_dir):
         studio.load_lora(source, weight=weight, lora_dir=args.lora_dir)
 
 
@@ -54,6 +67,7 @@ def load_embeddings(studio, args: argparse.Namespace) -> None:
 def hires_setting(args: argparse.Namespace) -> dict | None:
     """The recipe's `hires` from the --hires flags (checked), or None without --hires."""
     from charstudio.errors import ConfigError
+    from charstudio.recipe.hires import check_second_pass
     from charstudio.workflows.hires import normalise
 
     flags = {"scale": "--hires", "strength": "--hires-strength", "steps": "--hires-steps",
@@ -66,7 +80,13 @@ def hires_setting(args: argparse.Namespace) -> dict | None:
             raise ConfigError(flags[key], given[key], "needs --hires FACTOR (the upscale factor, e.g. --hires 1.5)")
         return None
     try:
-        return normalise(given)
+        settings = normalise(given)
+        # The second pass's steps at this strength (the recipe's check), when the flags give its
+        # count: --hires-steps, else --steps (without either, the model's default counts).
+        run = settings["steps"] if settings["steps"] is not None else getattr(args, "steps", None)
+        if run is not None:
+            check_second_pass(settings["strength"], run, steps_field="--hires-steps")
+        return settings
     except ConfigError as exc:  # name the flag the user typed
         raise ConfigError(flags.get(exc.field.removeprefix("hires."), exc.field), exc.value, exc.expected) from None
 

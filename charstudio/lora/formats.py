@@ -20,6 +20,7 @@ from .kohya import (
     KOHYA_PREFIXES,
     KOHYA_SUFFIXES,
     add_dora_magnitudes,
+    check_kohya_header,
     kohya_config,
     unet_layers_per_block,
     write_kohya_lora,
@@ -106,6 +107,9 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     fmt = detect_format(state_dict, source)
     file_metadata = dict(file_metadata or {})
     raw = dict(state_dict)
+    _check_halves(raw, source)
+    if fmt == "kohya":
+        check_kohya_header(raw, file_metadata, source)
     # 1. diffusers' kohya reader drops DoRA scales with only a warning: take them out here and
     #    give them back to their modules as peft's magnitude vectors (below).
     dora = {k[:-len(".dora_scale")]: raw.pop(k) for k in list(raw) if k.endswith(".dora_scale")}
@@ -170,6 +174,29 @@ def split_lora(state_dict: Mapping[str, Any], file_metadata: Mapping[str, str] |
     return LoraWeights(unet=unet_sd, text_encoder=texts["text_encoder"], text_encoder_2=texts["text_encoder_2"],
                        format=fmt, configs=configs, network_alphas=network_alphas or None, extra_keys=extra,
                        file_metadata=file_metadata, family=family.name)
+
+
+# Each format's two halves of a LoRA module (down/A and up/B), as their keys spell them.
+LORA_HALVES = ((".lora_down.", ".lora_up."), (".lora_A.", ".lora_B."), (".lora_linear_layer.down.",
+               ".lora_linear_layer.up."), (".lora.down.", ".lora.up."), ("_lora.down.", "_lora.up."))
+
+
+def _check_halves(state_dict: Mapping[str, Any], source: str) -> None:
+    """Refuse a file in which a module has only one of its two halves (down/A, up/B), before any
+    conversion: diffusers' converters drop such a module silently (peft keys) or stop with a
+    message that names no module (kohya keys)."""
+    for key in state_dict:
+        for down, up in LORA_HALVES:
+            here, other = (down, up) if down in key else (up, down) if up in key else (None, None)
+            if here is None:
+                continue
+            partner = key.replace(here, other, 1)
+            if partner not in state_dict:
+                module, _, rest = key.partition(here)
+                raise ConfigError("lora", source, f"its module {module} has {here[1:]}{rest} but no "
+                                  f"{other[1:]}{rest}; every LoRA module needs both halves (the file is "
+                                  "damaged or incomplete)")
+            break
 
 
 def _text_state_to_peft(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -350,6 +377,13 @@ def convert_lora(src: str | os.PathLike, dst: str | os.PathLike, to: Literal["ko
 def guess_architecture(weights: LoraWeights) -> str | None:
     """A short description of the model a LoRA was made for, from its keys and shapes: a family's
     own keys (SDXL's second text encoder, its SGM block names), else the UNet's cross-attention width."""
+    guess = architecture_guess(weights)
+    return guess[1] if guess else None
+
+
+def architecture_guess(weights: LoraWeights) -> tuple[str, str] | None:
+    """guess_architecture's (name, description): the name is a family's label, the architecture a
+    width belongs to, or "width N" for an unknown one, as `architecture_name_of_unet` names a model."""
     keys = [f"{comp}.{k}" for comp, sd in weights.states.items() for k in sd] + list(weights.extra_keys)
     try:
         family = family_of_keys(keys, "lora")
@@ -357,14 +391,16 @@ def guess_architecture(weights: LoraWeights) -> str | None:
         family = None
     if family is not None and family is not DEFAULT_FAMILY:
         example = next(k for k in keys if family.matches_keys([k]))
-        return f"{family.label} (it has {example}, which only {family.label} models have)"
+        return family.label, f"{family.label} (it has {example}, which only {family.label} models have)"
     if weights.extra_keys and any(k.startswith(("transformer.", "lora_transformer")) for k in weights.extra_keys):
-        return "a transformer-based model (SD3 / Flux)"
+        return "transformer", "a transformer-based model (SD3 / Flux)"
     widths = {v.shape[1] for k, v in weights.unet.items() if ".attn2.to_k.lora_A." in k}
     if len(widths) == 1:
         w = widths.pop()
         name = architecture_of_width(w)
-        return f"{name} (cross-attention width {w})" if name else f"a model with cross-attention width {w}"
+        if name:
+            return name, f"{name} (cross-attention width {w})"
+        return f"width {w}", f"a model with cross-attention width {w}"
     return None
 
 

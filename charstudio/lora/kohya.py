@@ -87,6 +87,42 @@ def kohya_config(comp: str, sd: Mapping[str, Any], raw: Mapping[str, Any], famil
     }
 
 
+def _network_args(metadata: Mapping[str, str]) -> dict:
+    """kohya's ``ss_network_args`` header as a dict ({} when absent or not a JSON object)."""
+    try:
+        args = json.loads(metadata.get("ss_network_args") or "{}")
+    except (json.JSONDecodeError, TypeError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def check_kohya_header(raw: Mapping[str, Any], metadata: Mapping[str, str], source: str) -> None:
+    """Refuse a kohya file whose ``ss_*`` header disagrees with its tensors, as the diffusers
+    header is checked (formats._checked_header): the tensors are the truth.
+
+    ``ss_network_dim`` is sd-scripts' ``--network_dim``, the rank of its linear (and 1x1) modules;
+    3x3 convolutions take ``conv_dim``, and ``block_dims`` / ``network_reg_dims`` give blocks ranks
+    of their own, and resized files say "Dynamic". So a file is refused only when no module at all
+    has the header's rank and nothing in ``ss_network_args`` gives modules other ranks. DoRA:
+    ``algo=dora`` or LyCORIS's ``dora_wd`` with no ``dora_scale`` tensor."""
+    args = _network_args(metadata)
+    ranks = sorted({int(v.shape[0]) for k, v in raw.items() if k.endswith(".lora_down.weight") and v.ndim >= 2})
+    try:
+        dim = float(metadata.get("ss_network_dim", ""))
+    except ValueError:
+        dim = None  # absent, "None", "Dynamic"
+    per_block = {"block_dims", "conv_block_dims", "network_reg_dims"} & set(args)
+    if dim is not None and dim.is_integer() and ranks and int(dim) not in ranks and not per_block:
+        raise ConfigError("lora", source, f"its header says ss_network_dim={metadata['ss_network_dim']}, but no "
+                          f"module's tensors have that rank (they have rank {', '.join(map(str, ranks))}); "
+                          "the file is inconsistent")
+    dora_wd = str(args.get("dora_wd", "")).strip().lower() in ("true", "1")
+    if (str(args.get("algo", "")).strip().lower() == "dora" or dora_wd) and not any(
+            k.endswith(".dora_scale") for k in raw):
+        raise ConfigError("lora", source, f"its header says ss_network_args={metadata['ss_network_args']} (DoRA), "
+                          "but the file holds no dora_scale tensors; the file is inconsistent")
+
+
 def add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any]], family: Any,
                          layers_per_block: int, source: str) -> None:
     """Put kohya's ``dora_scale`` tensors into the peft state dicts as ``lora_magnitude_vector``.
@@ -105,10 +141,18 @@ def add_dora_magnitudes(dora: dict[str, Any], states: Mapping[str, dict[str, Any
             if name is None:
                 continue
             scale, out = dora.pop(name), sd[key].shape[0]
+            down = sd.get(f"{module}.lora_A.{key.partition('.lora_B.')[2]}")
+            fan_in = int(down.shape[1]) if down is not None and down.ndim >= 2 else None
             if scale.shape[0] != out or scale.numel() != out:
-                raise ConfigError("lora", source, f"its DoRA scale for {name} has shape {tuple(scale.shape)}: "
-                                  "decomposed along the input axis, which peft's DoRA cannot represent; use a "
-                                  "DoRA trained with the output-axis decomposition (shape (out, 1)) or a plain LoRA")
+                if fan_in is not None and scale.shape[0] == 1 and scale.numel() == fan_in:
+                    raise ConfigError("lora", source, f"its DoRA scale for {name} has shape {tuple(scale.shape)}: "
+                                      "decomposed along the input axis, which peft's DoRA cannot represent; use a "
+                                      "DoRA trained with the output-axis decomposition (shape (out, 1)) or a "
+                                      "plain LoRA")
+                layer = (out, fan_in) if fan_in is not None else (out, "?")
+                raise ConfigError("lora", source, f"its tensor {name}.dora_scale has shape {tuple(scale.shape)}, "
+                                  f"but its layer is {layer} (out, in): a DoRA scale has one number per output, "
+                                  f"shape ({out}, 1); the file is inconsistent")
             up = sd[key]
             # peft's magnitude: (out,) for a linear layer, (1, out, 1, 1) for a convolution
             shape = (out,) if up.ndim <= 2 else (1, out) + (1,) * (up.ndim - 2)

@@ -14,13 +14,22 @@ from typing import Any, Iterable, Mapping
 from ..errors import ConfigError, ModelLoadError, describe
 from ..models.family import architecture_of_unet
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
-from .formats import COMPONENTS, TEXT_COMPONENTS, LoraWeights, guess_architecture, split_lora
+from .formats import COMPONENTS, TEXT_COMPONENTS, LoraWeights, architecture_guess, split_lora
 
 log = logging.getLogger(__name__)
 
 
 def _model_kind(unet: Any) -> str:
     return architecture_of_unet(unet.config)
+
+
+def _model_name(unet: Any) -> str:
+    """The model's architecture as formats.architecture_guess names a LoRA's: a marked family's
+    label (SDXL), the architecture of its cross-attention width, else "width N"."""
+    kind = _model_kind(unet)
+    width = unet.config.cross_attention_dim
+    name = kind.removesuffix(f" (cross-attention width {width})")
+    return f"width {width}" if name == "this model" else name
 
 
 def _base_module(module: Any) -> Any:
@@ -67,9 +76,14 @@ def check_lora_fits(weights: LoraWeights, unet: Any, text_encoder: Any, source: 
     if total and not matched and not problems:
         problems.append(f"none of its {total} modules exists in the model (e.g. {missing[0]})")
     if problems:
-        made_for = guess_architecture(weights)
-        head = (f"it looks like a LoRA for {made_for}, but the model is {_model_kind(unet)}"
-                if made_for else f"it does not fit the model ({_model_kind(unet)})")
+        guess = architecture_guess(weights)
+        if guess is None:
+            head = f"it does not fit the model ({_model_kind(unet)})"
+        elif guess[0] == _model_name(unet):  # made for this architecture: "looks like X, but the model is X" says nothing
+            kind = _model_kind(unet)
+            head = f"it does not fit {kind}" if kind.startswith("this model") else f"it does not fit this model, {kind}"
+        else:
+            head = f"it looks like a LoRA for {guess[1]}, but the model is {_model_kind(unet)}"
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ConfigError("lora", source, f"{head}: {'; '.join(problems[:3])}{more}. "
                           "Nothing was loaded; use a LoRA trained for this base model")
