@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..validation import check_choice, check_float, check_int
-from .steps import MAX_SCHEDULE
+from .steps import MAX_SCHEDULE, min_strength
 
 UPSCALERS = ("latent", "pixel")
 # How A1111 names them in its "Hires upscaler" field (its "Latent" mode is bilinear without
@@ -64,12 +64,21 @@ def check(value: Any, config: Any) -> dict[str, Any]:
         raise ConfigError("hires.scale", settings["scale"], f"{config.width}x{config.height} times "
                           f"{settings['scale']:g} rounds down to the same size (sides are multiples of {SIZE_STEP}): "
                           "use a larger factor")
-    run = second_pass_steps(config, settings)
-    if int(MAX_SCHEDULE * settings["strength"]) < run:  # (a tiny strength: run / strength may be infinite)
-        raise ConfigError("hires.strength", settings["strength"], f"running {run} steps at this strength needs a "
-                          f"schedule of more than {MAX_SCHEDULE} steps (the most there are): raise the strength or "
-                          "lower hires.steps")
+    check_second_pass(settings["strength"], second_pass_steps(config, settings))
     return settings
+
+
+def check_second_pass(strength: float, run: int, field: str = "hires.strength",
+                      steps_field: str = "hires.steps") -> None:
+    """Refuse a strength at which the second pass's ``run`` steps cannot run (they would need a
+    schedule longer than `MAX_SCHEDULE`); the advice gives the smallest strength that runs them
+    (`steps.min_strength`). ``field`` and ``steps_field`` name the settings (the CLI's flags)."""
+    if int(MAX_SCHEDULE * strength) >= run:  # (a tiny strength: run / strength may be infinite)
+        return
+    fewer = f" or fewer steps ({steps_field})" if run > 1 else ""
+    raise ConfigError(field, strength, f"running {run} step{'s' if run > 1 else ''} at this strength needs a "
+                      f"schedule of more than {MAX_SCHEDULE} steps (the most there are): use a strength of at "
+                      f"least {min_strength(run):g}{fewer}")
 
 
 def normalise(value: Any) -> dict[str, Any]:

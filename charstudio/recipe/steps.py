@@ -32,6 +32,15 @@ def schedule_length(steps: int, strength: float) -> int:
     return length
 
 
+def min_strength(run: int) -> float:
+    """The smallest strength at which ``run`` steps of an img2img-like pass run at all: diffusers
+    runs ``int(schedule * strength)`` steps of a schedule of at most `MAX_SCHEDULE`."""
+    strength = run / MAX_SCHEDULE
+    while int(MAX_SCHEDULE * strength) < run:  # float rounding
+        strength = math.nextafter(strength, math.inf)
+    return strength
+
+
 @dataclass(frozen=True)
 class Img2ImgSteps:
     """How an img2img-like pass runs (`img2img_steps`)."""
@@ -65,6 +74,6 @@ def img2img_steps(steps: int, strength: float, field: str = "strength") -> Img2I
     if run >= 1:
         return Img2ImgSteps(schedule=steps, run=run, recorded=steps)
     if int(MAX_SCHEDULE * strength) < 1:
-        raise ConfigError(field, strength, f"at least {1 / MAX_SCHEDULE:g}: below it not one step of a "
+        raise ConfigError(field, strength, f"at least {min_strength(1):g}: below it not one step of a "
                                            f"{MAX_SCHEDULE}-step schedule runs")
     return Img2ImgSteps(schedule=schedule_length(1, strength), run=1, recorded=1)
