@@ -19,9 +19,21 @@ class ConfigError(CharstudioError, ValueError):
 
     def __init__(self, field: str, value: object, expected: str):
         self.field = field
-        self.value = value
+        self.value = value  # whole; the message shows a long one shortened (`short_repr`)
         self.expected = expected
-        super().__init__(f"{field}={value!r} is not valid: {expected}")
+        super().__init__(f"{field}={short_repr(value)} is not valid: {expected}")
+
+
+MAX_VALUE_REPR = 120  # characters of a value's repr a message shows
+
+
+def short_repr(value: object, limit: int = MAX_VALUE_REPR) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with an ellipsis and the whole length
+    (a list of 241 LoRAs would otherwise fill the screen)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit].rstrip()}… ({len(text)} characters)"
 
 
 class ModelLoadError(CharstudioError):
