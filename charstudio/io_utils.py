@@ -353,6 +353,30 @@ def _swap_in(staged: Path, target: Path, replaces: set[str], overwrite: bool, fi
     shutil.rmtree(old_dir, ignore_errors=True)
 
 
+def check_staged_target(path: str | os.PathLike, field: str = "out") -> Path:
+    """The rule `staged_folder` applies to its target, without creating anything: a real folder
+    (or nothing yet) outside the package, never a symbolic link, in a parent folder that can be
+    written (the staging folder is made beside the target). For a long job's start (the CLI's
+    sheet ``--out``): a target the writer would refuse fails before any picture is drawn."""
+    dest = refuse_package_path(path, field)
+    if dest.is_symlink():
+        raise OutputError(f"{field}={str(dest)!r} is a symbolic link: give the folder it points to "
+                          f"({os.path.realpath(dest)!r}) or another path")
+    if dest.exists() and not dest.is_dir():
+        raise OutputError(f"{field}={str(dest)!r} is a file, not a folder: choose a folder path")
+    probe = dest.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{field}={str(dest)!r} is inside {str(probe)!r}, which is a file, not a folder: "
+                          "choose a folder path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{field}={str(dest)!r} cannot be written: the new folder is built beside it, in "
+                          f"{str(probe)!r}, which has no write permission (read-only?); choose a folder whose "
+                          "parent folder is writable")
+    return dest
+
+
 @contextmanager
 def staged_folder(target: str | os.PathLike, *, overwrite: bool = False, field: str = "out",
                   replaces: Iterable[str] | Callable[[Path], Iterable[str]] = ()) -> Iterator[Path]:
@@ -371,12 +395,7 @@ def staged_folder(target: str | os.PathLike, *, overwrite: bool = False, field: 
     import shutil
 
     # 1. Check the target: a real folder (or nothing) outside the package; never a link out.
-    dest = refuse_package_path(target, field)
-    if dest.is_symlink():
-        raise OutputError(f"{field}={str(dest)!r} is a symbolic link: give the folder it points to "
-                          f"({os.path.realpath(dest)!r}) or another path")
-    if dest.exists() and not dest.is_dir():
-        raise OutputError(f"{field}={str(dest)!r} is a file, not a folder: choose a folder path")
+    dest = check_staged_target(target, field)
     stage: Path | None = None
     try:
         # 2. Undo what a killed earlier write left; build the new folder in a fresh staging folder.

@@ -152,10 +152,12 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
 def check_sheet_out(args: argparse.Namespace):
     """--out of a sheet command, checked before the model loads (the folder is made when the first
-    picture is written); a folder that holds a sheet already needs --overwrite."""
+    picture is written): the staging writer's own rule (`io_utils.check_staged_target`: no link,
+    a writable parent), then a folder that holds a sheet already needs --overwrite."""
     from charstudio.errors import OutputError
-    from charstudio.io_utils import check_output_dir
+    from charstudio.io_utils import check_output_dir, check_staged_target
 
+    check_staged_target(args.out, field="--out")
     out = check_output_dir(args.out, field="--out")
     if not args.overwrite and any((out / n).exists() for n in ("grid.png", "sheet.json")):
         raise OutputError(f"--out={str(out)!r} already holds a sheet: pass --overwrite or choose another folder")
