@@ -236,10 +236,22 @@ def _check_lists(poses: Sequence[Any], labels: Sequence[str] | None,
     return poses, labels, extras
 
 
+# Settings a sheet sets itself for each picture: refused with what to use instead.
+_PER_PICTURE = {
+    "pose": "no value: a sheet draws each picture in its own pose; give the poses list (Studio.sheet's poses, "
+            "Studio.turnaround's views, Studio.expressions' pose)",
+    "prompt": "no value: a sheet's prompt comes from its first argument (a card name or a prompt); add words "
+              "with extra=",
+}
+
+
 def _check_options(settings: dict[str, Any], reference_strength: float, reference_image: Any,
                    ip_adapter_weights: str | None, ip_adapter_image: Any) -> float:
     """Refuse settings a sheet cannot honour; returns the checked reference strength."""
     reference_strength = check_strength(reference_strength)
+    for key, instead in _PER_PICTURE.items():
+        if key in settings:
+            raise ConfigError(key, settings[key], instead)
     if settings.get("num_images", 1) != 1:
         raise ConfigError("num_images", settings["num_images"], "1: a sheet draws one image per pose")
     if reference_image is not None and reference_strength == 0:

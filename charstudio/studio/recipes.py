@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..character import Character, compose_prompt, is_character, load_character
 from ..recipe.config import MAX_SEED, GenerationConfig
@@ -15,11 +15,26 @@ if TYPE_CHECKING:
     from . import Studio
 
 
+# Recipe fields make_config sets itself: given as settings they are refused with what to use instead.
+_SET_HERE = {
+    "prompt": "no value: the prompt comes from the first argument (a card name or a prompt); add words with extra=",
+    "character": "no value: the card is the first argument (a card name, a .yaml path or a Character)",
+    "model": "no value: the recipe records the studio's model; load another with Studio.from_pretrained",
+}
+
+
 def make_config(studio: Studio, character_or_prompt: str | Character | None = None, *, style: str | None = None,
                 extra: str = "", seed: int | None = None, num_inference_steps: int | None = None,
                 width: int | None = None, height: int | None = None, negative_prompt: str | None = None,
-                pose: Any = None, **settings: Any) -> GenerationConfig:
-    """See `Studio.make_config`."""
+                pose: Any = None, loras: Mapping[str, float] | None = None, **settings: Any) -> GenerationConfig:
+    """See `Studio.make_config`. ``loras``: the recipe's LoRA weights (name -> weight) instead of
+    the studio's active ones; a card's LoRA is still added (at its card weight unless named here)."""
+    for key in _SET_HERE:
+        if key in settings:
+            raise ConfigError(key, settings[key], _SET_HERE[key])
+    if loras is not None and not isinstance(loras, Mapping):
+        raise ConfigError("loras", loras, "a mapping of loaded adapter name to weight, e.g. {'k': 0.5}, or None "
+                                          "for the studio's active LoRAs")
     # 1. Check the free-text inputs and resolve the card.
     if character_or_prompt is not None and not isinstance(character_or_prompt, (str, Character)):
         raise ConfigError("character_or_prompt", character_or_prompt,
@@ -34,9 +49,12 @@ def make_config(studio: Studio, character_or_prompt: str | Character | None = No
         card = load_character(character_or_prompt)
 
     # 2. The card's adapters: its LoRA goes into the recipe (loaded, off), its embeddings are loaded.
-    loras = studio.active_loras
+    given = loras is not None
+    loras = dict(loras) if given else studio.active_loras
     if card is not None and card.lora:
-        loras[studio.lora_set.load_off(card.lora)] = float(card.lora_weight)
+        name = studio.lora_set.load_off(card.lora)
+        if not (given and name in loras):
+            loras[name] = float(card.lora_weight)
     for name in card.embeddings if card is not None else ():
         studio.load_embedding(name)  # a no-op when it is loaded already
 
