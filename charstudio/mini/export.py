@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .train import MiniRecipe, _State
+    from .train import MiniRecipe, TrainState
 
 
-def export(recipe: MiniRecipe, work: Path, out: Path, state: _State, comps: dict) -> Path:
+def export(recipe: MiniRecipe, work: Path, out: Path, state: TrainState, comps: dict) -> Path:
     """Write the diffusers folder (atomically: a temporary folder, then a rename)."""
     from diffusers import StableDiffusionPipeline
 

@@ -90,7 +90,9 @@ class MiniRecipe:
 
 
 @dataclass
-class _State:
+class TrainState:
+    """Where a mini training run is (saved as work/state.json, so a killed run resumes)."""
+
     phase: str = "data"
     step: int = 0
     vae_losses: list = field(default_factory=list)  # (step, loss) every 10 steps
@@ -112,7 +114,7 @@ def _load_tensors(path: Path) -> dict[str, Any]:
     return read_tensors(path, "work", what="training work file", advice="start the run again in a new --work folder")
 
 
-def _save_state(work: Path, state: _State) -> None:
+def _save_state(work: Path, state: TrainState) -> None:
     write_json(work / "state.json", asdict(state))
 
 
@@ -142,7 +144,7 @@ class _Bookkeeper:
     """Per-step bookkeeping of a phase: the mean loss every 10 steps, and every
     ``checkpoint_every`` steps (and at the end) a checkpoint, the state and a log line."""
 
-    def __init__(self, recipe: MiniRecipe, work: Path, state: _State, phase: str, total: int, losses: list):
+    def __init__(self, recipe: MiniRecipe, work: Path, state: TrainState, phase: str, total: int, losses: list):
         self.recipe, self.work, self.state, self.phase, self.total, self.losses = recipe, work, state, phase, total, losses
         self.acc: list[float] = []
         self.t0 = time.time()
@@ -163,7 +165,7 @@ class _Bookkeeper:
                      state.seconds[self.phase] / state.step)
 
 
-def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: _State, comps: dict) -> None:
+def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: TrainState, comps: dict) -> None:
     import torch
 
     vae = comps["vae"]
@@ -264,7 +266,7 @@ def _resume_unet_parts(recipe: MiniRecipe, work: Path, parts: dict) -> tuple[lis
     return params, ema
 
 
-def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: _State, comps: dict) -> dict:
+def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state: TrainState, comps: dict) -> dict:
     import torch
     from diffusers import DDPMScheduler
 
@@ -341,7 +343,7 @@ _INIT_FILES = {"vae": "vae/diffusion_pytorch_model.safetensors", "text_encoder":
                "controlnet": "controlnet/diffusion_pytorch_model.safetensors"}
 
 
-def _start_from(recipe: MiniRecipe, work: Path, state: _State, comps: dict) -> None:
+def _start_from(recipe: MiniRecipe, work: Path, state: TrainState, comps: dict) -> None:
     """Seed a fresh work folder with the weights of ``recipe.init_from`` as if the VAE phase had
     just finished: the UNet phase then fine-tunes them (and resumes like any run)."""
     from ..errors import ConfigError
@@ -400,7 +402,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
             changed = sorted(k for k in before if before.get(k) != asdict(recipe).get(k))
             log.warning("recipe differs from the one this work folder started with (%s); continuing", changed)
     write_json(saved_recipe, asdict(recipe))
-    state = _State(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else _State()
+    state = TrainState(**json.loads((work / "state.json").read_text())) if (work / "state.json").exists() else TrainState()
     torch.manual_seed(recipe.seed)
     comps = build_mini_components(recipe.seed)
     apply_snr_shift(recipe, comps)
