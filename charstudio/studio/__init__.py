@@ -89,7 +89,8 @@ class Studio(Session):
         when it is not loaded yet); `run` uses the recipe's adapters for that run only. A card's
         `embeddings` are loaded (they only add words); the recipe's `embeddings` record the loaded
         ones its prompts write. Settings: style, extra, seed, num_inference_steps, width, height,
-        negative_prompt, pose, and any GenerationConfig field.
+        negative_prompt, pose, loras (the recipe's weights instead of the active ones), and any
+        GenerationConfig field.
         """
         return recipes.make_config(self, character_or_prompt, **settings)
 
