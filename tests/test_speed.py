@@ -262,30 +262,6 @@ def test_picture_and_batch_sizes_compile_twice_at_most(fast_tiny, plain_tiny):
     assert counters["stats"]["unique_graphs"] > graphs  # the counts are dynamo's own
 
 
-def _tiny_ip_adapter(unet, folder):
-    """A random IP-Adapter for the tiny UNet in h94/IP-Adapter's layout (as in test_sheets.py)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    CLIPVisionModelWithProjection(CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, projection_dim=16)).save_pretrained(folder / "models" / "image_encoder")
-    cross, tokens = unet.config.cross_attention_dim, 4
-    state = {"image_proj.proj.weight": torch.randn(tokens * cross, 16) * 0.2,
-             "image_proj.proj.bias": torch.zeros(tokens * cross),
-             "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
-    key = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn2.processor"):
-            inner = unet.get_submodule(name[: -len(".processor")]).to_k.weight.shape[0]
-            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(inner, cross) * 0.5
-            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(inner, cross) * 0.5
-            key += 2
-    save_file(state, str(folder / "models" / "ip-adapter_tiny.safetensors"))
-
-
 def test_an_ip_adapter_on_a_fused_studio_draws_as_the_default_path_and_gives_the_processors_back(
         plain_tiny, tmp_path, monkeypatch):
     from PIL import Image
@@ -297,7 +273,9 @@ def test_an_ip_adapter_on_a_fused_studio_draws_as_the_default_path_and_gives_the
     monkeypatch.delenv("CHARSTUDIO_COMPILE_BACKEND", raising=False)
     studio = Studio.from_pretrained("tiny", device="cpu", speed="max")  # on the CPU: fused QKV, no compile
     unet = studio.components["unet"]
-    _tiny_ip_adapter(unet, tmp_path)
+    from helpers import tiny_ip_adapter
+
+    tiny_ip_adapter(unet, tmp_path)
     red = Image.new("RGB", (64, 64), (255, 0, 0))
     without = studio.generate("a knight", seed=1, **FAST)
     drawn = {}
