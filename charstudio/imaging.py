@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def image_grid(images: Sequence[Any], cols: int | None = None, labels: Sequence[str] | None = None,
                pad: int = 4, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
-    """Lay images out in a grid (row-major); a label, if given, is drawn under each cell."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Lay images out in a grid (row-major); a label, if given, is drawn under each cell on one
+    line that fits the cell (`fit_labels`: a smaller font first, then '...')."""
+    from PIL import Image, ImageDraw
 
     if not images:
         raise ValueError("image_grid needs at least one image")
@@ -19,44 +20,54 @@ def image_grid(images: Sequence[Any], cols: int | None = None, labels: Sequence[
     rows = math.ceil(len(images) / cols)
     w = max(im.width for im in images)
     h = max(im.height for im in images)
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines = [fit_label(str(t), w - 2, lambda s: measure.textlength(s, font=font)) for t in labels or []]
-    label_h = LABEL_LINE_HEIGHT * max(len(ls) for ls in lines) + 2 if labels else 0
+    font, lines = fit_labels([str(t) for t in labels or []], w - 2)
+    label_h = LABEL_LINE_HEIGHT + 2 if labels else 0
     grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), background)
     draw = ImageDraw.Draw(grid)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
         x, y = pad + c * (w + pad), pad + r * (h + label_h + pad)
         grid.paste(im.convert("RGB"), (x, y))
-        for k, line in enumerate(lines[i] if labels else []):
-            draw.text((x + 2, y + h + 1 + k * LABEL_LINE_HEIGHT), line, fill=(0, 0, 0), font=font)
+        if labels:
+            draw.text((x + 2, y + h + 1), lines[i], fill=(0, 0, 0), font=font)
     return grid
 
 
 LABEL_LINE_HEIGHT = 12
-LABEL_MAX_LINES = 3
+LABEL_MAX_LINES = 1  # a label is one line: wrapped labels ("standing_" / "front") read as two words
+LABEL_FONT_SIZES = (10, 9, 8, 7)  # tried largest first; below 7 px the default font is no longer legible
 
 
-def fit_label(text: str, width: float, length: Any) -> list[str]:
-    """Break ``text`` into at most `LABEL_MAX_LINES` lines no wider than ``width`` (as ``length``
-    measures them), after '_', '-' or a space where possible; a label still too long ends in '...'."""
-    lines: list[str] = []
-    rest = text
-    while rest and len(lines) < LABEL_MAX_LINES:
-        if length(rest) <= width:
-            lines.append(rest)
-            return lines
-        n = 1
-        while n < len(rest) and length(rest[:n + 1]) <= width:
-            n += 1  # the longest prefix that fits (at least one character)
-        breaks = [k + 1 for k in range(n) if rest[k] in "_- "]
-        cut = breaks[-1] if breaks and len(lines) < LABEL_MAX_LINES - 1 else n
-        lines.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest:
-        last = lines[-1]
-        while last and length(last + "...") > width:
-            last = last[:-1]
-        lines[-1] = last + "..."
-    return lines
+def label_font(size: int) -> Any:
+    """PIL's built-in font at ``size`` px (its bitmap font, one size, where Pillow lacks FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1, or no FreeType
+        return ImageFont.load_default()
+
+
+def fit_labels(labels: Sequence[str], width: float) -> tuple[Any, list[str]]:
+    """One font for all of a grid's labels and each label as one line no wider than ``width``: the
+    largest of `LABEL_FONT_SIZES` at which every label fits, else the smallest, with the labels that
+    still do not fit cut and ended in '...' (`fit_label`)."""
+    from PIL import Image, ImageDraw
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for size in LABEL_FONT_SIZES:
+        font = label_font(size)
+        if all(measure.textlength(t, font=font) <= width for t in labels):
+            return font, list(labels)
+    return font, [fit_label(t, width, lambda s: measure.textlength(s, font=font)) for t in labels]
+
+
+def fit_label(text: str, width: float, length: Callable[[str], float]) -> str:
+    """``text`` itself when ``length`` says it is no wider than ``width``, else its longest start
+    that fits with '...' after it, so a cut label says it was cut."""
+    if length(text) <= width:
+        return text
+    cut = text
+    while cut and length(cut + "...") > width:
+        cut = cut[:-1]
+    return cut.rstrip("_- ") + "..."
