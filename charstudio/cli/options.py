@@ -105,8 +105,33 @@ def add_sheet_args(p: argparse.ArgumentParser, *, reference_default: float, firs
     p.add_argument("--embedder", default=None,
                    help="CLIP vision model (hub id or folder) for the consistency score "
                         "(default: openai/clip-vit-large-patch14 when available)")
+    add_identity_args(p, each)
     add_out_arg(p, required=True)
     add_overwrite_arg(p, "existing files in --out")
+
+
+def add_identity_args(p: argparse.ArgumentParser, each: str = "picture") -> None:
+    """--scorer, --min-identity, --max-tries: the identity score of every picture against the first,
+    and re-rolls of the ones below it (charstudio.sheets.identity)."""
+    p.add_argument("--scorer", default=None,
+                   help="identity scorer: auto (the default: CCIP when its files are cached, else CLIP-I when "
+                        "cached, else mini's own), ccip, clip, mini, or a CCIP folder")
+    p.add_argument("--min-identity", default=None, metavar="SCORE|auto",
+                   help=f"re-roll each {each} (not the first) whose identity score against the first is below "
+                        "SCORE (1 - the scorer's difference, e.g. 0.8) or that fails a check (palette, view), with "
+                        "the next seed; auto: the scorer's own same-character threshold (default: no re-rolls)")
+    p.add_argument("--max-tries", type=int, default=4,
+                   help=f"tries per {each} in all, the first draw included, with --min-identity (default 4)")
+
+
+def identity_settings(args: argparse.Namespace) -> dict:
+    """The identity flags checked, and the scorer loaded, before the model loads: make_sheet's
+    ``scorer``, ``min_identity`` and ``max_tries`` (a bad value raises ConfigError naming the flag)."""
+    from charstudio.sheets.identity import check_max_tries, check_min_identity, resolve_scorer
+
+    return {"min_identity": check_min_identity(args.min_identity, "--min-identity"),
+            "max_tries": check_max_tries(args.max_tries, "--max-tries"),
+            "scorer": resolve_scorer(args.scorer, "--scorer")}
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:

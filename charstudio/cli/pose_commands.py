@@ -110,6 +110,9 @@ def cmd_sheet(args: argparse.Namespace) -> int:
 
     for p in poses:
         load_pose(p)  # fail on a typo now, not after the model load
+    from charstudio.cli.options import identity_settings
+
+    identity = identity_settings(args)
     out = check_sheet_out(args)
     images = {}
     for flag in ("reference_image", "ip_adapter_image"):
@@ -142,7 +145,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
             width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
-            controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args), progress=bar)
+            controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args), progress=bar, **identity)
 
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():
@@ -174,5 +177,12 @@ def write_sheet(result, studio, args: argparse.Namespace, out) -> int:
             print(path)
     if result.score is not None:
         print(f"consistency score (mean pairwise CLIP cosine): {result.score:.4f}")
+    report = result.identity
+    if report is not None:
+        scores = ", ".join(f"{label} {s:.3f}" for label, s in zip(result.labels, report.scores))
+        print(f"identity against {result.labels[report.anchor]!r} ({report.scorer}, same character at >= "
+              f"{report.threshold:.3f}): {scores}")
+    if result.identity_note:
+        print(result.identity_note)  # the one line naming the views that never reached it
     print_model_note(studio, result.recipes)
     return 0

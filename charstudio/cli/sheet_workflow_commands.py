@@ -48,8 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_expressions)
 
 
-def _sheet_settings(args: argparse.Namespace, bar) -> dict:
-    return dict(seed=args.seed, reference_strength=args.reference_strength, same_noise=not args.different_noise,
+def _sheet_settings(args: argparse.Namespace, bar, identity: dict) -> dict:
+    return dict(**identity, seed=args.seed, reference_strength=args.reference_strength, same_noise=not args.different_noise,
                 use_lora=not args.no_lora, embedder=args.embedder, compute_score=True if args.embedder else None,
                 style=args.style, extra=args.add, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 guidance_rescale=args.guidance_rescale, width=args.width, height=args.height,
@@ -65,6 +65,7 @@ def _write(result, studio, args: argparse.Namespace, out) -> int:
 
 def cmd_turnaround(args: argparse.Namespace) -> int:
     from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.options import identity_settings
     from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
     from charstudio.pose import load_pose
@@ -75,17 +76,19 @@ def cmd_turnaround(args: argparse.Namespace) -> int:
     views = resolve_views(args.views, field="--views")
     for view in views:
         load_pose(view.pose)
+    identity = identity_settings(args)
     out = check_sheet_out(args)
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)
     with StepBar("turnaround") as bar:
-        result = studio.turnaround(args.card, views, **_sheet_settings(args, bar))
+        result = studio.turnaround(args.card, views, **_sheet_settings(args, bar, identity))
     return _write(result, studio, args, out)
 
 
 def cmd_expressions(args: argparse.Namespace) -> int:
     from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.options import identity_settings
     from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
     from charstudio.pose import load_pose
@@ -96,11 +99,12 @@ def cmd_expressions(args: argparse.Namespace) -> int:
     expressions = resolve_expressions(args.expressions, field="--expressions")
     if args.pose is not None and args.pose.strip().lower() != PORTRAIT:
         load_pose(args.pose)  # a typo fails now, not after the model load
+    identity = identity_settings(args)
     out = check_sheet_out(args)
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)
     with StepBar("expressions") as bar:
         result = studio.expressions(args.card, expressions, pose=args.pose,
-                                    crop=None if args.crop == "none" else args.crop, **_sheet_settings(args, bar))
+                                    crop=None if args.crop == "none" else args.crop, **_sheet_settings(args, bar, identity))
     return _write(result, studio, args, out)

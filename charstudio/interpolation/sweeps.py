@@ -34,15 +34,19 @@ def pose_animation(studio: Studio, character_or_prompt: Any, pose_a: Any, pose_b
     return result
 
 
-def lora_sweep(studio: Studio, character_or_prompt: Any, adapter: str, weights: Sequence[float],
-               **settings: Any) -> Any:
+def lora_sweep(studio: Studio, character_or_prompt: Any, adapter: str, weights: Sequence[float], *,
+               scorer: Any = None, **settings: Any) -> Any:
     """The same design at several weights of one loaded LoRA adapter (same seed throughout).
 
-    Returns a Result whose recipes record each weight. Each frame is a recipe with its own
-    LoRA weights, which `Studio.run` applies for that run only, so the studio's weights are
-    untouched afterwards.
+    Returns a `SheetResult` (a Result) labelled by weight, whose recipes record each weight. Each
+    frame is a recipe with its own LoRA weights, which `Studio.run` applies for that run only, so
+    the studio's weights are untouched afterwards. Each picture gets its identity score against
+    the first weight's (``scorer``: see `charstudio.sheets.identity.resolve_scorer`; a sweep
+    starting at weight 0 measures the LoRA's effect, as LoRA trainers report CCIP-I); ``extras``
+    holds the adapter and weights.
     """
     from ..limits import check_list
+    from ..sheets.identity import measure, resolve_scorer
 
     weights = check_list("weights", weights, what="LoRA weights")  # before any drawing
     if not weights:
@@ -50,12 +54,19 @@ def lora_sweep(studio: Studio, character_or_prompt: Any, adapter: str, weights: 
     before = dict(studio.active_loras)
     if adapter not in before:
         raise ConfigError("adapter", adapter, f"load it first; loaded adapters: {sorted(before)}")
+    the_scorer = resolve_scorer(scorer)
     base = studio.make_config(character_or_prompt, **{**settings, "num_images": 1})
     images, recipes = [], []
     for w in weights:
         res = studio.run(base.replace(loras={**before, adapter: float(w)}))
         images.extend(res.images)
         recipes.extend(res.recipes)
-    from ..result import Result
+    from ..sheets.sheet import SheetResult
 
-    return Result(images, recipes, {"adapter": adapter, "weights": [float(w) for w in weights]})
+    labels = [f"{adapter} {float(w):g}" for w in weights]
+    record = measure(images, recipes, labels, the_scorer)
+    sweep_settings = {"workflow": "lora_sweep", "adapter": adapter, "weights": [float(w) for w in weights],
+                      "prompt": base.prompt, "seed": base.seed, "model": studio.model_id,
+                      "identity": record.settings()}
+    return SheetResult(images, recipes, {"adapter": adapter, "weights": [float(w) for w in weights]}, labels=labels,
+                       settings=sweep_settings, identity_record=record)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 from ..result import Result
+from .identity import DEFAULT_MAX_TRIES, PNG_KEY, IdentityRun, SheetIdentity, check_max_tries, check_min_identity, \
+    resolve_scorer
 from .ip_adapter import ip_adapter
 from .reference import check_strength, record_reference_image, reference_attention
 from .similarity import score
@@ -26,13 +28,31 @@ log = logging.getLogger(__name__)
 @dataclass
 class SheetResult(Result):
     """A character sheet: the images (one per pose, each with its recipe), their labels, the
-    labelled grid, the consistency score (None when no embedder was available) and the sheet
-    settings that rebuild it with `Studio.sheet`."""
+    labelled grid, the identity record (`identity`: each picture's identity score against the
+    first and the pairwise matrix, with the scorer's name; the checks, re-roll tries and the views
+    that never reached ``min_identity`` in `identity_record`), the CLIP consistency score (None
+    when no embedder was available) and the sheet settings that rebuild it with `Studio.sheet`."""
 
     labels: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     score: float | None = None
     control_images: list[Any] = field(default_factory=list)
+    identity_record: SheetIdentity | None = None
+
+    @property
+    def identity(self) -> Any:
+        """The `IdentityReport` of the pictures kept (None when no identity scorer was available)."""
+        return self.identity_record.report if self.identity_record is not None else None
+
+    @property
+    def never_reached(self) -> list[str]:
+        """The labels of the views that never reached ``min_identity`` (or failed a check) in their tries."""
+        return list(self.identity_record.never_reached) if self.identity_record is not None else []
+
+    @property
+    def identity_note(self) -> str | None:
+        """One line naming the views that never reached it (None when all did, or none was asked)."""
+        return self.identity_record.note if self.identity_record is not None else None
 
     @property
     def grid_image(self) -> Any:
@@ -69,9 +89,11 @@ class SheetResult(Result):
 
         sheet_json = json.dumps(self.summary(names), indent=2)
         with staged_folder(target, overwrite=overwrite, field=field, replaces=old_sheet) as stage:
-            for name, image, recipe in zip(names, self.images, self.recipes):
+            for i, (name, image, recipe) in enumerate(zip(names, self.images, self.recipes)):
                 info = png_info(recipe)
                 info.add_text("charstudio_sheet", json.dumps(self.settings))
+                if self.identity_record is not None:  # beside the recipe: re-running it ignores this
+                    info.add_text(PNG_KEY, self.identity_record.picture_text(i))
                 atomic_write(stage / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi))
             grid = self.grid_image
             atomic_write(stage / grid_name, lambda tmp: grid.save(tmp, format="PNG"))
@@ -79,8 +101,10 @@ class SheetResult(Result):
         return [target / n for n in [*names, grid_name, json_name]]
 
     def summary(self, files: list[str] | None = None) -> dict[str, Any]:
-        """JSON-ready description: settings, labels, score, and each image's recipe."""
+        """JSON-ready description: settings, labels, the identity record (scores with the scorer's
+        name, checks, every try), the CLIP score, and each image's recipe."""
         return {"settings": self.settings, "labels": self.labels, "score": self.score,
+                "identity": self.identity_record.to_dict() if self.identity_record is not None else None,
                 "files": files, "recipes": [r.to_dict() for r in self.recipes]}
 
 
@@ -156,6 +180,10 @@ def make_sheet(
     ip_adapter_image_encoder_folder: str | None = None,
     embedder: Any = None,
     compute_score: bool | None = None,
+    scorer: Any = None,
+    min_identity: float | str | None = None,
+    max_tries: int = DEFAULT_MAX_TRIES,
+    check_views: bool = False,
     labels: Sequence[str] | None = None,
     extras: Sequence[str] | None = None,
     callbacks: Sequence[Callable] = (),
@@ -172,13 +200,23 @@ def make_sheet(
     an expression sheet's "smiling"); the settings' own ``extra`` is kept before them.
     ``ip_adapter_weights``: a hub id, folder or weight file; the weight name, subfolder and image
     encoder folder left as None are the model family's (`ModelFamily.ip_adapter`).
+
+    Identity (`charstudio.sheets.identity`): every picture is scored against the first by
+    ``scorer`` (None: the best available, `charstudio.identity.get_scorer`; none available: one
+    log line, no scores), checked against the card's ``palette`` and, with ``check_views`` (a
+    turnaround), against the first view. ``min_identity`` (a number on the identity-score scale,
+    or "auto" for the scorer's threshold) switches on re-rolls: each view below it, or failing a
+    check, is redrawn with the next seed, all of a round in one batch, up to ``max_tries`` tries
+    in all; the best try is kept and every try recorded. The first view is never re-rolled.
     """
     # 1. Check the request before any model work.
     poses, labels, extras = _check_lists(poses, labels, extras)
     shared_extra = settings.pop("extra", "") or ""
     reference_strength = _check_options(settings, reference_strength, reference_image, ip_adapter_weights,
                                         ip_adapter_image)
+    min_identity, max_tries = check_min_identity(min_identity), check_max_tries(max_tries)
     card, lora_used = _card_lora(_card_of(character), use_lora)
+    the_scorer = resolve_scorer(scorer)
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
     #    Cancel is honoured between any two pictures' work, not only inside a denoising loop.
@@ -189,21 +227,26 @@ def make_sheet(
 
     # 3. Generate this process's share (sheet.mine: all of it unless launched with several
     #    processes), with (d) IP-Adapter and (c) reference attention when asked for.
+    from ..config import GenerationConfig
+
     with ExitStack() as stack:
         adapter = None if ip_adapter_weights is None else stack.enter_context(ip_adapter(
             studio, ip_adapter_weights, ip_adapter_image, ip_adapter_scale, subfolder=ip_adapter_subfolder,
             weight_name=ip_adapter_weight_name, image_encoder_folder=ip_adapter_image_encoder_folder))
         if reference_strength > 0:
-            sheet.draw_with_reference(reference_strength, reference_image, reference_offload)
+            sheet.draw_with_reference(reference_strength, reference_image, reference_offload, stack)
         else:
             sheet.run(sheet.mine)
 
-    # 4. Collect (across processes), lay out, measure.
-    from ..config import GenerationConfig
-
-    gathered = sorted(_gather(sheet.done, state), key=lambda item: item[0])
-    images = [im for _, im, _ in gathered]
-    recipes = [GenerationConfig.from_dict(r) for _, _, r in gathered]
+        # 4. Collect (across processes); score and check every picture, and re-roll the views that
+        #    fail while the IP-Adapter and reference attention are still in place.
+        gathered = sorted(_gather(sheet.done, state), key=lambda item: item[0])
+        identity = IdentityRun(the_scorer, min_identity=min_identity, max_tries=max_tries, labels=labels, card=card,
+                               check_views=check_views)
+        best = identity.measure([im for _, im, _ in gathered], [GenerationConfig.from_dict(r) for _, _, r in gathered])
+        history = identity.reroll(best, sheet.redraw, cancel)
+    record = identity.finish(best, history)
+    images, recipes = [t.image for t in best], [t.recipe for t in best]
     sheet_settings = {
         "character": card.name if card else None, "prompt": first.prompt, "poses": labels, "seed": base_seed,
         "extras": extras if any(extras) else None,
@@ -211,9 +254,10 @@ def make_sheet(
         "reference_image": reference_image is not None, "lora": card.lora if lora_used else None,
         **_ip_adapter_settings(adapter, ip_adapter_scale),
         "model": studio.model_id, "processes": 1 if state is None else state.num_processes,
+        "identity": dict(record.settings(), asked=min_identity),
     }
     result = SheetResult(images, recipes, {}, labels=labels, settings=sheet_settings,
-                         control_images=[studio.render_pose(c) for c in configs])
+                         control_images=[studio.render_pose(c) for c in configs], identity_record=record)
     if compute_score is not False and len(images) > 1:
         result.score = _score(images, embedder, compute_score)
     return result
@@ -280,6 +324,7 @@ class _SheetRun:
         self.configs: list[Any] = []
         self.mine: list[int] = []
         self.done: list[tuple[int, Any, dict]] = []
+        self.redrawn = 0  # pictures re-rolled so far (for the progress count)
 
     def check_cancel(self) -> None:
         if self.cancel is not None:
@@ -332,25 +377,51 @@ class _SheetRun:
                                         progress=self.report_from(offset + start), cancel=self.cancel)
             self.done.extend((i, im, r.to_dict()) for i, im, r in zip(part, res.images, res.recipes))
 
-    def draw_with_reference(self, strength: float, reference_image: Any, offload: bool) -> None:
+    def draw_with_reference(self, strength: float, reference_image: Any, offload: bool, stack: ExitStack) -> None:
         """(c) Reference attention: every picture reads the anchor's (pose 0's, or
-        ``reference_image``'s) self-attention."""
+        ``reference_image``'s) self-attention. The processors stay in ``stack`` (reading the
+        anchor) so that re-rolled views read it too."""
         studio, mine = self.studio, self.mine
-        with reference_attention(studio.components["unet"], strength, offload) as bank:
-            if reference_image is not None:
-                record_reference_image(studio, reference_image, self.configs[0], bank)
-                todo = mine
-            else:
-                # Every process records the anchor (pose 0); only its owner keeps the image.
-                bank.record()
-                self.check_cancel()
-                res = studio.run(self.configs[0], callbacks=self.callbacks, progress=self.report_from(0),
-                                 cancel=self.cancel)
-                if 0 in mine:
-                    self.done.append((0, res.images[0], res.recipes[0].to_dict()))
-                todo = [i for i in mine if i != 0]
-            bank.read()
-            self.run(todo, offset=len(mine) - len(todo))
+        bank = stack.enter_context(reference_attention(studio.components["unet"], strength, offload))
+        if reference_image is not None:
+            record_reference_image(studio, reference_image, self.configs[0], bank)
+            todo = mine
+        else:
+            # Every process records the anchor (pose 0); only its owner keeps the image.
+            bank.record()
+            self.check_cancel()
+            res = studio.run(self.configs[0], callbacks=self.callbacks, progress=self.report_from(0),
+                             cancel=self.cancel)
+            if 0 in mine:
+                self.done.append((0, res.images[0], res.recipes[0].to_dict()))
+            todo = [i for i in mine if i != 0]
+        bank.read()
+        self.run(todo, offset=len(mine) - len(todo))
+
+    def redraw(self, todo: list[int], configs: list[Any]) -> dict[int, tuple[Any, Any]]:
+        """One re-roll round: the views ``todo`` drawn from ``configs[i]`` in ONE `run_batch` call
+        (this process's share of them), gathered across processes: {index: (image, recipe)}."""
+        from ..config import GenerationConfig
+
+        state = self.state
+        mine = todo if state is None else todo[state.process_index::state.num_processes]
+        self.check_cancel()
+        items: list[tuple[int, Any, dict]] = []
+        if mine:
+            res = self.studio.run_batch([configs[i] for i in mine], callbacks=self.callbacks,
+                                        progress=self._reroll_progress(len(mine)), cancel=self.cancel)
+            items = [(i, im, r.to_dict()) for i, im, r in zip(mine, res.images, res.recipes)]
+        self.redrawn += len(mine)
+        return {i: (im, GenerationConfig.from_dict(r)) for i, im, r in _gather(items, state)}
+
+    def _reroll_progress(self, count: int) -> Callable | None:
+        if self.progress is None:
+            return None
+        from ..callbacks import StepProgress
+
+        progress, before = self.progress, len(self.mine) + self.redrawn
+        return lambda p: progress(StepProgress(image=p.image + before, images=before + count, step=p.step,
+                                               steps=p.steps, batch=p.batch))
 
 
 def _ip_adapter_settings(adapter: Any, scale: float) -> dict[str, Any]:

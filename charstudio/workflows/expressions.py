@@ -128,7 +128,9 @@ def expression_sheet(studio: Studio, character_or_prompt: Any, expressions: Any 
     (head and shoulders), "upper body" (down to the hips) or None (whole pictures in the grid).
     All pictures share the seed's noise and reference attention to the first
     (``reference_strength``, 0 for none). ``settings`` go to `charstudio.sheets.make_sheet`
-    (style, width, height, num_inference_steps, extra, ...).
+    (style, width, height, num_inference_steps, extra, scorer, min_identity, max_tries, ...): each
+    expression is scored against the first and checked against the card's palette, and with
+    ``min_identity`` the ones that drift are re-rolled.
     """
     from ..pose import Pose, load_pose
     from ..sheets import make_sheet
@@ -173,4 +175,5 @@ def expression_sheet(studio: Studio, character_or_prompt: Any, expressions: Any 
                         pose=pose if isinstance(pose, str) else None, crop=crop,
                         crop_box=list(box) if box is not None else None)
     return ExpressionSheet(sheet.images, sheet.recipes, sheet.extras, labels=sheet.labels, settings=settings_out,
-                           score=sheet.score, control_images=sheet.control_images, crops=crops)
+                           score=sheet.score, control_images=sheet.control_images, crops=crops,
+                           identity_record=sheet.identity_record)

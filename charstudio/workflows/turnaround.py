@@ -106,7 +106,12 @@ def turnaround(studio: Studio, character_or_prompt: Any, views: Any = None, *,
     its own pose with its words added to the prompt; all share the seed's noise and reference
     attention to the first view (``reference_strength``, 0 for none). ``settings`` go to
     `charstudio.sheets.make_sheet` (style, width, height, num_inference_steps, same_noise,
-    compute_score, extra, ...). The sheet's settings record the views.
+    compute_score, extra, scorer, min_identity, max_tries, ...). The sheet's settings record the views.
+
+    Identity: every view is scored against the first and checked against it
+    (`charstudio.identity.views.check_view`: a back view that is a mirror of the front, a card's
+    one-sided feature on the wrong side) and against the card's palette; with ``min_identity``
+    a view that fails either is re-rolled (`charstudio.sheets.identity`).
     """
     from ..sheets import make_sheet
 
@@ -115,9 +120,10 @@ def turnaround(studio: Studio, character_or_prompt: Any, views: Any = None, *,
             raise ConfigError(own, settings[own], "no value: a turnaround sets its poses, labels and prompt "
                                                   "words from its views; give views=[(label, pose, words), ...]")
     chosen = resolve_views(views)
+    check_views = settings.pop("check_views", True)  # False: the score and palette only
     sheet = make_sheet(studio, character_or_prompt, [v.pose for v in chosen], seed=seed,
                        reference_strength=reference_strength, labels=[v.label for v in chosen],
-                       extras=[v.words for v in chosen], **settings)
+                       extras=[v.words for v in chosen], check_views=check_views, **settings)
     sheet.settings["workflow"] = "turnaround"
     sheet.settings["views"] = [
         {"label": v.label, "pose": v.pose if isinstance(v.pose, str) else None, "words": v.words,
