@@ -26,13 +26,15 @@ Writing (`Pose.to_dict`, `Pose.save`) produces the editor format, in pixels.
 Where things live: ``skeleton`` (the Pose: geometry, and the methods that read, write, draw
 and detect it), ``keypoints`` (the keypoint layouts and their check), ``pose_json`` (reading
 and writing the JSON), ``drawing`` (rendering in the ControlNet's conventions), ``library``
-(the shipped poses and ``NAME.pose.json`` files) and ``detect`` (controlnet-aux's OpenPose
-detector).
+(the shipped poses, the user's own in $CHARSTUDIO_POSE_DIR or ``~/.charstudio/poses``, and
+``NAME.pose.json`` files), ``compose`` (several people on one canvas), ``edit`` (the pose editor's
+operations: drag a joint, mirror, rotate, scale, move, add or delete a person, undo) and ``detect``
+(controlnet-aux's OpenPose detector).
 """
 
 from .detect import DEFAULT_DETECTOR_REPO, load_detector
 from .drawing import LIMBS, draw_body, draw_face, draw_hand
-from .library import POSE_SUFFIX, list_poses, load_pose, pose_file
+from .library import POSE_DIR_ENV, POSE_SUFFIX, list_poses, load_pose, pose_file, save_pose, user_pose_dir
 from .keypoints import BODY25_TO_COCO18, COCO18_NAMES, N_BODY, N_FACE, N_HAND
 from .skeleton import Pose, PoseLike
 
@@ -44,6 +46,7 @@ __all__ = [
     "N_BODY",
     "N_FACE",
     "N_HAND",
+    "POSE_DIR_ENV",
     "POSE_SUFFIX",
     "Pose",
     "PoseLike",
@@ -54,4 +57,6 @@ __all__ = [
     "load_detector",
     "load_pose",
     "pose_file",
+    "save_pose",
+    "user_pose_dir",
 ]

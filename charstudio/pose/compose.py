@@ -126,8 +126,8 @@ def side_by_side(*poses: Any, width: int | None = None, height: int | None = Non
 
 def load_people(pose: Any) -> Pose | PoseGroup:
     """A pose as `load_pose` reads it, except that JSON with several people (or a PoseGroup) gives
-    a `PoseGroup` of them all."""
-    from .library import load_pose
+    a `PoseGroup` of them all (a library name too)."""
+    from .library import library_file, load_pose
 
     if isinstance(pose, PoseGroup):
         return pose
@@ -137,6 +137,11 @@ def load_people(pose: Any) -> Pose | PoseGroup:
 
         try:
             data = json.loads(read_text(Path(pose), "pose file"))
+        except json.JSONDecodeError:
+            data = pose  # load_pose names the file and the error
+    elif isinstance(pose, str) and not pose.lstrip().startswith(("{", "[")) and library_file(pose) is not None:
+        try:  # a library pose of several people (one the pose editor saved)
+            data = json.loads(library_file(pose).read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             data = pose  # load_pose names the file and the error
     if isinstance(data, dict) and isinstance(data.get("people"), list) and len(data["people"]) > 1:

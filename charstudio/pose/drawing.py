@@ -19,6 +19,7 @@ _COLORS: tuple[tuple[int, int, int], ...] = (
     (0, 255, 0), (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255),
     (0, 0, 255), (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )
+JOINT_COLORS = _COLORS  # joint i's colour; limb k is drawn in colour k at 60% (the pose editor draws the same)
 _STICK_HALF_WIDTH = 4
 _JOINT_RADIUS = 4
 # Hands: the 20 bones of each finger chain from the wrist, coloured around the hue circle.

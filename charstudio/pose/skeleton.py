@@ -53,6 +53,7 @@ _FACE_ON_BODY = (0, 14, 15)
 _FACE_MIRROR = _permutation(N_FACE, _FACE_SWAP_PAIRS)
 # Points are kept within [0, size - _EDGE] so int() in the renderer always lands on a pixel.
 _EDGE = 1e-3
+CANVAS_EDGE = _EDGE  # public: the pose editor keeps points within [0, size - CANVAS_EDGE] too
 
 
 PoseLike = Union["Pose", str, Path, dict, list]
