@@ -157,9 +157,9 @@ def random_attributes(rng: random.Random, *, accessories: tuple[str, ...] = ACCE
 def random_pose(rng: random.Random, size: int = 64, names: list[str] | None = None):
     """A library pose, maybe mirrored, fitted to a ``size`` square, scaled 0.72-0.92 and shifted
     within the canvas, with a little jitter on every keypoint."""
-    from ..pose import list_poses, load_pose
+    from ..pose.library import load_pose, shipped_poses
 
-    name = rng.choice(names or list_poses())
+    name = rng.choice(names or shipped_poses())  # the shipped ones: the world must not change with a user's poses
     pose = load_pose(name)
     if rng.random() < 0.5:
         pose = pose.mirror()
