@@ -40,12 +40,13 @@ def get_scorer(scorer: Any = None, *, model: str | None = None) -> Scorer:
         return scorer
     if scorer is not None and not isinstance(scorer, (str, Path)):
         raise ConfigError("scorer", scorer, EXPECTED)
-    if isinstance(scorer, Path) or (isinstance(scorer, str) and _looks_like_path(scorer)):
+    name = "auto" if scorer is None else str(scorer).strip().lower()
+    if isinstance(scorer, Path) or (name not in NAMES and _looks_like_path(str(scorer))):
         return _chosen(_ccip(folder=scorer), f"CCIP files from the folder {str(scorer)!r}")
-    name = "auto" if scorer is None else scorer.strip().lower()
     if name not in NAMES:
         raise ConfigError("scorer", scorer, EXPECTED)
     if name == "ccip":
+        _require_cached_ccip()
         return _chosen(_ccip(), "asked for; its files are in the local hub cache")
     if name == "clip":
         return _chosen(_clip(required=True), "asked for; openai/clip-vit-large-patch14 is in the local hub cache")
@@ -72,7 +73,17 @@ def _auto(model: str | None) -> Scorer:
 
 
 def _looks_like_path(value: str) -> bool:
-    return "/" in value or "\\" in value or value.startswith((".", "~")) or Path(value).exists()
+    value = value.strip()
+    return bool(value) and ("/" in value or "\\" in value or value.startswith((".", "~")) or Path(value).exists())
+
+
+def _require_cached_ccip() -> None:
+    from ..errors import ModelLoadError
+    from .ccip import DEFAULT_MODEL, SETUP, cached_folder
+
+    if cached_folder(DEFAULT_MODEL) is None:
+        raise ModelLoadError(f"scorer='ccip': CCIP's {DEFAULT_MODEL!r} files are not in the local hub cache "
+                             f"(nothing is downloaded implicitly): {SETUP.format(model=DEFAULT_MODEL)}")
 
 
 def _ccip(folder: Any = None) -> Scorer:

@@ -313,6 +313,7 @@ def train(recipe: IdentityRecipe, work: Path, architecture: dict[str, Any] | Non
     import torch
 
     torch.manual_seed(recipe.seed)
+    work.mkdir(parents=True, exist_ok=True)
     arch = {**DEFAULT_ARCHITECTURE, **(architecture or {})}
     net = build_embedder(arch)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
