@@ -23,6 +23,9 @@ from .io_utils import atomic_write, read_text
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+HEX_COLOUR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+# The parts a card's `palette` may anchor (identity.palette measures each in the pose's regions).
+PALETTE_PARTS = ("hair", "eyes", "outfit", "accent")
 
 
 def prompt_dirs() -> list[Path]:
@@ -65,6 +68,9 @@ class Character:
     the name (under lora/) or path of the character's LoRA, used with its `trigger` word.
     `embeddings` names the textual-inversion embeddings its text writes (a name in embeddings/,
     whose file name is the word, or a file path): generating the card loads them.
+    `palette` anchors colours by part (`PALETTE_PARTS`), e.g. {hair: "#d72828"}; `left` and
+    `right` name a one-sided feature on the character's own side (left: eyepatch), which the
+    turnaround checks keep on its side (identity.palette, identity.views).
     """
 
     name: str
@@ -77,6 +83,9 @@ class Character:
     lora_weight: float = 1.0
     trigger: str | None = None
     embeddings: list[str] = field(default_factory=list)
+    palette: dict[str, str] = field(default_factory=dict)
+    left: str | None = None
+    right: str | None = None
     source: str | None = field(default=None, compare=False)  # file it was read from
 
     def __post_init__(self) -> None:
@@ -97,7 +106,7 @@ class Character:
             raise bad("description", self.description, "a card needs a description, traits or a trigger word")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise bad("seed", self.seed, "expected a whole number >= 0")
-        for fld in ("style", "lora", "trigger"):
+        for fld in ("style", "lora", "trigger", "left", "right"):
             value = getattr(self, fld)
             if value is not None and not (isinstance(value, str) and value.strip()):
                 raise bad(fld, value, "expected text or nothing")
@@ -108,6 +117,9 @@ class Character:
             self.embeddings = [self.embeddings]
         if not isinstance(self.embeddings, list) or not all(isinstance(e, str) and e.strip() for e in self.embeddings):
             raise bad("embeddings", self.embeddings, "expected a list of embedding names or files, e.g. [easynegative]")
+        self.palette = _checked_palette(self.palette, bad)
+        if self.left is not None and self.left.strip().lower() == (self.right or "").strip().lower():
+            raise bad("right", self.right, f"a feature other than left's ({self.left!r}): on both sides it is not one-sided")
 
     @property
     def subject(self) -> str:
@@ -155,6 +167,20 @@ class Character:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise CardError(f"card {p}: malformed YAML{at}: {problem}") from exc
         return cls.from_dict(data, source=str(p))
+
+
+def _checked_palette(palette: Any, bad: Any) -> dict[str, str]:
+    """A card's palette with its colours in lowercase, in `PALETTE_PARTS` order (``bad`` makes the error)."""
+    if palette is None:
+        return {}
+    if not isinstance(palette, dict):
+        raise bad("palette", palette, 'expected a mapping of part to hex colour, e.g. {hair: "#d72828"}')
+    for part, colour in palette.items():
+        if part not in PALETTE_PARTS:
+            raise bad("palette", part, f"expected a part among {', '.join(PALETTE_PARTS)}")
+        if not (isinstance(colour, str) and HEX_COLOUR_RE.match(colour)):
+            raise bad(f"palette.{part}", colour, 'expected a hex colour "#rrggbb", such as "#d72828" (quoted in YAML)')
+    return {p: palette[p].lower() for p in PALETTE_PARTS if p in palette}
 
 
 def _card_files() -> dict[str, Path]:

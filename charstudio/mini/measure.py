@@ -21,11 +21,14 @@ def _mask(pose: Any, width: int, height: int, draw: Any) -> np.ndarray:
     return np.asarray(img.resize((width, height), Image.BOX)) > 127
 
 
-def _canvas(pose: Any, size: int | None) -> tuple[int, int]:
+def _canvas(pose: Any, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    """A square ``size``, a (width, height) pair, or the pose's own canvas."""
+    if isinstance(size, tuple):
+        return int(size[0]), int(size[1])
     return (size, size) if size is not None else (int(pose.canvas_width), int(pose.canvas_height))
 
 
-def hair_region(pose: Any, size: int | None = None) -> np.ndarray:
+def hair_region(pose: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Boolean mask of where hair always is for this pose: the top cap of the head, above the
     eyes and below a hat's brim."""
     def draw(d: Any, f: Figure) -> None:
@@ -128,5 +131,86 @@ def neck_region(pose: Any, size: int | None = None) -> np.ndarray:
     def draw(d: Any, f: Figure) -> None:
         if f.ok[1]:
             disc(d, f.p[1], 0.5 * f.torso, 255)
+
+    return _mask(pose, *_canvas(pose, size), draw)
+
+
+# Regions by the person's own side (COCO-18 labels): an eye, an ear, the upper arm, the whole arm
+# with the hand, the leg. Each is (keypoints it needs, how it is drawn), for "left"; "right" swaps.
+SIDE_KEYPOINTS = {"right": {"eye": 14, "ear": 16, "shoulder": 2, "elbow": 3, "wrist": 4, "hip": 8, "knee": 9, "ankle": 10},
+                  "left": {"eye": 15, "ear": 17, "shoulder": 5, "elbow": 6, "wrist": 7, "hip": 11, "knee": 12, "ankle": 13}}
+SIDE_REGIONS = ("eye", "ear", "upper_arm", "arm", "leg", "body")
+
+
+def has_face(pose: Any) -> bool:
+    """True when the pose shows a face (the nose or an eye): it is not seen from behind."""
+    ok = np.asarray(pose.body)[:, 2] > 0
+    return bool(ok[0] or ok[14] or ok[15])
+
+
+def side_region(pose: Any, side: str, kind: str, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean mask of one side's ``kind`` of region (`SIDE_REGIONS`) on the person's ``side``
+    ("left" or "right", the pose's labels); empty when its keypoints are missing. "body" is the
+    arm and the leg together."""
+    if side not in SIDE_KEYPOINTS:
+        raise ConfigError("side", side, "'left' or 'right'")
+    if kind not in SIDE_REGIONS:
+        raise ConfigError("region", kind, f"one of {', '.join(map(repr, SIDE_REGIONS))}")
+    k = SIDE_KEYPOINTS[side]
+
+    def chain(d: Any, f: Figure, names: tuple[str, ...], width: float) -> None:
+        pts = [f.p[k[n]] for n in names if f.ok[k[n]]]
+        if len(pts) >= 2:
+            limb(d, pts, width, 255)
+
+    def draw(d: Any, f: Figure) -> None:
+        if kind in ("eye", "ear") and f.ok[k[kind]]:
+            disc(d, f.p[k[kind]], (0.1 if kind == "eye" else 0.2) * f.torso, 255)
+        if kind == "upper_arm":
+            chain(d, f, ("shoulder", "elbow"), 1.4 * f.arm_w)
+        if kind in ("arm", "body"):
+            chain(d, f, ("shoulder", "elbow", "wrist"), 1.4 * f.arm_w)
+            if f.ok[k["wrist"]]:
+                disc(d, f.p[k["wrist"]], 0.35 * f.torso, 255)  # the hand and what it holds
+        if kind in ("leg", "body"):
+            chain(d, f, ("hip", "knee", "ankle"), 1.3 * f.leg_w)
+
+    return _mask(pose, *_canvas(pose, size), draw)
+
+
+def eye_region(pose: Any, size: int | tuple[int, int] | None = None, radius: float = 0.075) -> list[np.ndarray]:
+    """One boolean mask per eye the pose shows (right, then left): a disc of ``radius`` torso
+    lengths around the eye keypoint (0.075 is the drawn eye)."""
+    masks = []
+    for i in (14, 15):
+        def draw(d: Any, f: Figure, i: int = i) -> None:
+            if f.ok[i]:
+                disc(d, f.p[i], radius * f.torso, 255)
+        if np.asarray(pose.body)[i, 2] > 0:
+            masks.append(_mask(pose, *_canvas(pose, size), draw))
+    return masks
+
+
+def head_region(pose: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean mask of the head disc (where a face is drawn, hair cap included)."""
+    def draw(d: Any, f: Figure) -> None:
+        disc(d, f.head, f.head_r, 255)
+
+    return _mask(pose, *_canvas(pose, size), draw)
+
+
+def torso_region(pose: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean mask of the torso's two sides, where the outfit's colour is: from 30% to 80% of the
+    way from the shoulders to the hips (below a scarf, above a belt), inside the arms and beside
+    the midline (where buttons, a tie or an armour's plate run). Empty without both shoulders and
+    both hips, or seen side-on (shoulders closer than 0.35 torso lengths: the arm hides the torso)."""
+    def draw(d: Any, f: Figure) -> None:
+        if f.has(2, 5, 8, 11) and np.linalg.norm(f.p[5] - f.p[2]) >= 0.35 * f.torso:
+            def at(t: float, u: float) -> tuple[float, float]:  # t down the torso, u across it (0 right, 1 left)
+                top, bottom = f.p[2] + (f.p[5] - f.p[2]) * u, f.p[8] + (f.p[11] - f.p[8]) * u
+                q = top + (bottom - top) * t
+                return float(q[0]), float(q[1])
+            for u0, u1 in ((0.12, 0.36), (0.64, 0.88)):
+                d.polygon([at(0.3, u0), at(0.3, u1), at(0.8, u1), at(0.8, u0)], fill=255)
 
     return _mask(pose, *_canvas(pose, size), draw)

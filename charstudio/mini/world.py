@@ -59,6 +59,8 @@ SCARF: RGB = (30, 140, 140)
 ORANGE: RGB = (255, 135, 0)
 CAPE: RGB = (200, 30, 40)
 STRIPE_WHITE: RGB = (250, 250, 250)
+# One-sided features, drawn only on request (render's ``sides=``): no caption or random draw names them.
+ONE_SIDED: dict[str, RGB] = {"eyepatch": (120, 0, 60), "armband": (0, 255, 255)}
 
 SUPERSAMPLE = 4  # drawn at 4x, then box-filtered down: smooth edges, still flat colours
 
@@ -270,8 +272,9 @@ def _expand(poly: list[Any], factor: float) -> list[tuple[float, float]]:
     return [tuple(map(float, c + (np.asarray(q) - c) * factor)) for q in poly]
 
 
-def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
-    """Draw ``attrs`` in ``pose`` as a PIL RGB image of the pose's canvas size (or ``size``)."""
+def render(attrs: Attributes, pose: Any, size: int | None = None, *, sides: dict[str, str] | None = None) -> Any:
+    """Draw ``attrs`` in ``pose`` as a PIL RGB image of the pose's canvas size (or ``size``); ``sides``
+    adds `ONE_SIDED` features on the person's own side (COCO-18 labels), e.g. {"left": "eyepatch"}."""
     from PIL import Image, ImageDraw
 
     if size is not None:
@@ -289,6 +292,8 @@ def render(attrs: Attributes, pose: Any, size: int | None = None) -> Any:
     _draw_neck_and_head(d, f, attrs)  # 5. neck, scarf, head
     _draw_hair_on_top(d, f, attrs)  # 6. hair on top of the head
     _draw_eyes_and_hat(d, f, attrs)  # 7. eyes (and glasses), hat
+    for side, feature in (sides or {}).items():  # 8. one-sided features, on request
+        _draw_one_sided(d, f, side, feature)
     return img.resize((width, height), Image.BOX)
 
 
@@ -436,6 +441,20 @@ def _draw_eyes_and_hat(d: Any, f: Figure, attrs: Attributes) -> None:
     if attrs.accessory == "hat":
         d.polygon([f.local(-1.5, 0.72), f.local(1.5, 0.72), f.local(1.5, 0.95), f.local(-1.5, 0.95)], fill=HAT)
         d.polygon([f.local(-0.85, 0.9), f.local(0.85, 0.9), f.local(0.7, 1.75), f.local(-0.7, 1.75)], fill=HAT)
+
+
+def _draw_one_sided(d: Any, f: Figure, side: str, feature: str) -> None:
+    """An eyepatch over the eye (strap to the head's edge), or a band round the upper arm, of ``side``."""
+    if side not in ("left", "right") or feature not in ONE_SIDED:
+        raise ConfigError(f"sides[{side!r}]", feature, f"'left' or 'right': one of {', '.join(map(repr, ONE_SIDED))}")
+    eye, shoulder, elbow = (15, 5, 6) if side == "left" else (14, 2, 3)
+    if feature == "eyepatch" and f.ok[eye]:
+        out = 1.0 if float(np.dot(f.p[eye] - f.head, f.right)) >= 0 else -1.0  # towards the head's edge
+        limb(d, [f.p[eye], f.local(out * 0.95, 0.35)], 0.04 * f.torso, ONE_SIDED[feature])
+        disc(d, f.p[eye], 0.1 * f.torso, ONE_SIDED[feature])
+    elif feature == "armband" and f.has(shoulder, elbow):
+        a, b = f.p[shoulder], f.p[elbow]
+        limb(d, [a + (b - a) * 0.4, a + (b - a) * 0.6], f.arm_w * 1.1, ONE_SIDED[feature])
 
 
 SCARF_CHARACTER = Attributes(hair_colour="black", hair_style="short", eye_colour="brown", outfit_colour="white",
