@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from charstudio.character import Character
 from charstudio.errors import CardError, ConfigError
@@ -53,11 +53,13 @@ def test_ciede2000_matches_the_published_test_pairs():
 
 
 def test_srgb_to_cielab_d65():
-    lab = rgb_to_lab([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]])
+    lab = rgb_to_lab([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255], [128, 128, 128], [215, 40, 40]])
     np.testing.assert_allclose(lab[0], [100, 0, 0], atol=0.01)
     np.testing.assert_allclose(lab[1], [0, 0, 0], atol=0.01)
     np.testing.assert_allclose(lab[2], [53.24, 80.09, 67.20], atol=0.02)
     np.testing.assert_allclose(lab[3], [32.30, 79.19, -107.86], atol=0.02)
+    np.testing.assert_allclose(lab[4], [53.59, 0, 0], atol=0.02)  # the sRGB curve, not linear
+    np.testing.assert_allclose(lab[5], [47.135, 65.129, 44.763], atol=0.01)  # scikit-image 0.26 gives the same
 
 
 # --- the mirror check -------------------------------------------------------------------------
@@ -311,6 +313,10 @@ def test_accent_is_a_small_patch_anywhere_on_the_figure():
     accent = {"accent": rgb_to_hex(SCARF)}
     assert check_palette(with_scarf, front, accent).delta_e["accent"] < 1
     assert check_palette(without, front, accent).failed == ["accent"]
+    # A few stray pixels of the colour (an edge, noise) are no accent.
+    speck = np.asarray(without).copy()
+    speck[front.body[1, 1].astype(int) + 10, front.body[1, 0].astype(int) + np.arange(3)] = SCARF
+    assert check_palette(Image.fromarray(speck), front, accent).failed == ["accent"]
     assert float(delta_e(SCARF, (30, 140, 140))) == 0.0
 
 
