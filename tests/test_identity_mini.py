@@ -142,6 +142,10 @@ def test_training_is_deterministic_and_resumes_after_a_kill(tmp_path, monkeypatc
     assert resumed.training_state["step"] == 4
     for name, value in whole.items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+    # stopping early on purpose (--stop-after) and going on later ends the same
+    assert train.train(recipe, tmp_path / "stopped", arch, stop_after=2).training_state["step"] == 2
+    going_on = train.train(recipe, tmp_path / "stopped", arch).state_dict()
+    assert all(torch.equal(value, going_on[name]) for name, value in whole.items())
     # and the seed matters: another seed trains other weights
     other = train.train(train.IdentityRecipe(**{**recipe.__dict__, "seed": 1}), tmp_path / "other", arch)
     assert not torch.equal(other.state_dict()["head.weight"], whole["head.weight"])

@@ -308,8 +308,11 @@ def _supcon(z: Any, labels: Any, temperature: float) -> Any:
     return -(log_prob.masked_fill(~same, 0.0).sum(1) / same.sum(1)).mean()
 
 
-def train(recipe: IdentityRecipe, work: Path, architecture: dict[str, Any] | None = None) -> Any:
-    """Train (or resume) the embedder in ``work``; returns it in eval mode."""
+def train(recipe: IdentityRecipe, work: Path, architecture: dict[str, Any] | None = None,
+          stop_after: int | None = None) -> Any:
+    """Train (or resume) the embedder in ``work``; returns it in eval mode. ``stop_after``: end at that
+    step of the recipe's schedule (a checkpoint), e.g. when the machine is too busy for the whole run;
+    running again without it goes on from there to the same weights as an uninterrupted run."""
     import torch
 
     torch.manual_seed(recipe.seed)
@@ -320,7 +323,8 @@ def train(recipe: IdentityRecipe, work: Path, architecture: dict[str, Any] | Non
     state = _resume(work, net, opt)
     net.train()
     t0, acc = time.time(), []
-    while state["step"] < recipe.steps:
+    end = recipe.steps if stop_after is None else min(recipe.steps, stop_after)
+    while state["step"] < end:
         step = state["step"]
         x, y = training_batch(recipe, step, int(arch["size"]))
         warm = min(1.0, (step + 1) / recipe.warmup)
@@ -333,7 +337,7 @@ def train(recipe: IdentityRecipe, work: Path, architecture: dict[str, Any] | Non
         opt.step()
         acc.append(loss.item())
         state["step"] = step + 1
-        if state["step"] % recipe.checkpoint_every == 0 or state["step"] == recipe.steps:
+        if state["step"] % recipe.checkpoint_every == 0 or state["step"] == end:
             state["seconds"] += time.time() - t0
             t0 = time.time()
             state["losses"].append([state["step"], round(float(np.mean(acc)), 5)])
@@ -364,7 +368,8 @@ def export(net: Any, recipe: IdentityRecipe, out: Path, architecture: dict[str, 
             "threshold_chosen_on": "validation renders (augmented), positives against other characters and "
                                    "one-attribute siblings, maximising balanced accuracy",
             "validation": val, "held_out_renders": test, "recipe": asdict(recipe),
-            "training": {"steps": state["step"], "seconds": round(state["seconds"], 1), "losses": state["losses"]},
+            "training": {"steps": state["step"], "of_schedule": recipe.steps, "seconds": round(state["seconds"], 1),
+                         "losses": state["losses"]},
             "seeds": {"train": list(TRAIN_SEEDS), "validation": VALIDATION_SEEDS, "test": TEST_SEEDS}}
     _write_json(out / INFO_FILE, info)
     if generated:
@@ -384,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/identity", help="checkpoints (a killed run resumes from them)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--skip-generated", action="store_true", help="do not measure on mini's generated pictures")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="end at this step of the schedule (resumable; identity.json records it)")
     for f in fields(IdentityRecipe):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = p.parse_args(argv)
@@ -399,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("work", str(work), "a new --work folder, or the recipe it was started with "
                           f"({saved.name}); a different recipe would not resume the same run")
     _write_json(saved, asdict(recipe))
-    net = train(recipe, work)
+    net = train(recipe, work, stop_after=args.stop_after)
     export(net, recipe, Path(args.out), dict(DEFAULT_ARCHITECTURE), net.training_state,
            generated=not args.skip_generated)
     return 0
