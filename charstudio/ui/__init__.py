@@ -2,6 +2,9 @@
 
     from charstudio.ui import ExploreApp
     app = ExploreApp(model="mini"); app
+
+    from charstudio.ui import PoseEditor      # the pose editor on its own (the Explore app opens it too)
+    PoseEditor("standing_front")
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ _EXPORTS = {
     "InterpolateApp": "charstudio.ui.interpolate",
     "ProcessApp": "charstudio.ui.process",
     "WorkflowsApp": "charstudio.ui.workflows",
+    "PoseEditor": "charstudio.ui.pose_editor",
     "Gallery": "charstudio.ui.common",
     "Runner": "charstudio.ui.common",
 }

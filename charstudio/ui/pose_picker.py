@@ -1,5 +1,6 @@
-"""The Explore app's pose picker: the pose library as toggle thumbnails, plus uploads (a pose
-JSON, read at once, or a picture the OpenPose detector reads in the background)."""
+"""The Explore app's pose picker: the pose library (shipped and the user's own) as toggle
+thumbnails, uploads (a pose JSON, read at once, or a picture the OpenPose detector reads in the
+background), and the pose editor (`pose_editor.PoseEditor`), opened by **Edit pose**."""
 
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ from .common import StatusLine, error_text, png_bytes
 log = logging.getLogger(__name__)
 
 POSE_THUMB = 72
+_ROW = POSE_THUMB + 44  # px: a thumbnail and its button, one grid row
 
 
 class PosePicker:
     """Pose thumbnails to toggle, selected in the order they were clicked.
 
-    `order` holds the selected names; `get(name)` gives the Pose. `start(label, job, on_done)`
-    runs the detection of an uploaded picture (the app's `Runner.start`), and `status` shows
-    what an upload did.
+    `order` holds the selected names; `get(name)` gives the Pose (or PoseGroup). `start(label,
+    job, on_done)` runs the detection of an uploaded picture (the app's `Runner.start`), and
+    `status` shows what an upload did. `widget` is the picker; **Edit pose** (`open_editor`)
+    opens the pose editor below it on the first selected pose, and the editor's **Use this pose**
+    and **Save to library** put the edited pose into the picker, selected alone.
     """
 
     def __init__(self, status: StatusLine, start: Callable[..., bool]):
@@ -34,21 +38,32 @@ class PosePicker:
         self.custom: dict[str, Any] = {}
         self.order: list[str] = []  # selected poses in the order they were clicked
         self.buttons: dict[str, W.ToggleButton] = {}
+        # Whole rows only: three rows show, more scroll (no row is cut off at the bottom edge).
         self.grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {POSE_THUMB + 36}px)",
-                                              max_height="250px", overflow="auto", width="560px"))
+                                              grid_auto_rows=f"{_ROW}px", grid_gap="4px",
+                                              max_height=f"{3 * _ROW + 2 * 4 + 2}px", overflow="auto",
+                                              width="560px"))
         self.upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
                                    description="pose file/picture")
         self.upload.observe(self._on_upload, names="value")
         self.label = W.HTML(value="selected: none (no ControlNet)")
+        self.edit_button = W.Button(description="Edit pose", icon="pencil", layout=W.Layout(width="auto"),
+                                    tooltip="open the pose editor on the first selected pose")
+        self.edit_button.on_click(lambda _b: self.open_editor())
+        self.editor: Any = None  # the PoseEditor, made on the first Edit pose
+        self.editor_box = W.VBox([])
         self._build_grid()
+        self.widget = W.VBox([W.HBox([self.label, self.edit_button], layout=W.Layout(align_items="center")),
+                              self.grid, self.editor_box])
 
     def _build_grid(self) -> None:
-        from ..pose import list_poses, load_pose
+        from ..pose import list_poses
+        from ..pose.compose import load_people
 
         cells = []
         for name in list_poses():
             try:
-                thumb = load_pose(name).render(POSE_THUMB, POSE_THUMB)
+                thumb = load_people(name).render(POSE_THUMB, POSE_THUMB)
             except Exception as exc:  # one broken library file must not hide the others
                 log.warning("pose %s cannot be shown: %s", name, exc)
                 continue
@@ -98,10 +113,51 @@ class PosePicker:
         return name
 
     def get(self, name: str) -> Any:
-        """The Pose shown under `name`: an uploaded or restored one, else the library's."""
-        from ..pose import load_pose
+        """The Pose (or PoseGroup) shown under `name`: an uploaded, edited or restored one, else the library's."""
+        from ..pose.compose import load_people
 
-        return self.custom[name] if name in self.custom else load_pose(name)
+        return self.custom[name] if name in self.custom else load_people(name)
+
+    # -- the pose editor ---------------------------------------------------------------------
+    def open_editor(self, pose: Any = None) -> Any:
+        """Show the pose editor below the thumbnails on ``pose`` (default: the first selected pose,
+        else standing_front) and return it."""
+        from .pose_editor import PoseEditor
+
+        if pose is None:
+            pose = self.get(self.order[0]) if self.order else "standing_front"
+        if self.editor is None:
+            self.editor = PoseEditor(pose, on_use=self.use_edited, on_save=self.saved, on_close=self.close_editor,
+                                     start=self._start)
+        else:
+            self.editor.load(pose)
+        self.editor_box.children = (self.editor.widget,)
+        return self.editor
+
+    def close_editor(self) -> None:
+        """Hide the editor (its pose and undo history stay for the next Edit pose)."""
+        self.editor_box.children = ()
+
+    def use_edited(self, pose: Any) -> str:
+        """The editor's **Use this pose**: the pose joins the picker as "edited", selected alone."""
+        name = self.add("edited", pose, select=False)
+        self.select([name])
+        self.status.ok(f"using the edited pose ({name!r}): Generate draws it")
+        return name
+
+    def saved(self, name: str, path: Any) -> None:
+        """The editor saved ``name`` to the user's library: show it (again) in the picker, selected alone."""
+        from ..pose.compose import load_people
+
+        thumb = load_people(name).render(POSE_THUMB, POSE_THUMB)
+        self.custom.pop(name, None)
+        if name in self.buttons:  # overwritten: a new thumbnail for the same button
+            cell = next(c for c in self.grid.children if self.buttons[name] in c.children)
+            cell.children[0].value = png_bytes(thumb)
+        else:
+            self.grid.children = (self._cell(name, thumb), *self.grid.children)
+        self.select([name])
+        self.status.ok(f"saved pose {name!r} to {path} and selected it: Generate draws it")
 
     def _on_upload(self, change: dict) -> None:
         for f in change["new"] or ():
