@@ -133,7 +133,7 @@ class ExploreApp(AppBase):
         ])
         poses = W.VBox([W.HTML("<b>Pose</b> (none selected: no ControlNet; Generate uses the first selected, "
                                "Sheet all of them)"),
-                        self.poses.label, self.poses.grid,
+                        self.poses.widget,
                         W.HBox([self.poses.upload, W.Label("pose strength"), self.pose_strength]),
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
