@@ -142,8 +142,11 @@ def test_output_layout_and_records(tmp_path, data):
     records = list(train_lora(cfg))
     out = tmp_path / "lora" / "aiko"
     assert {p.name for p in out.iterdir()} == {"pytorch_lora_weights.safetensors", "aiko.safetensors",
-                                               "training_config.json", "loss.csv", "validation", "checkpoints"}
-    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step000002_0.png", "step000004_0.png"]
+                                               "training_config.json", "loss.csv", "validation", "checkpoints",
+                                               "identity.json"}
+    # The validation pictures, and once the same prompt and seed at LoRA weight 0 (identity's base).
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["base_0.png", "step000002_0.png",
+                                                                      "step000004_0.png"]
     assert [len(r.images) for r in records] == [0, 1, 0, 1]
     assert [r.checkpoint.name if r.checkpoint else None for r in records] == \
         [None, "checkpoint-000002", None, "checkpoint-000004"]

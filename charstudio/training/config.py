@@ -107,6 +107,10 @@ class LoraTrainingConfig:
         validation_inference_steps: Sampling steps for validation and class images.
         checkpointing_steps: Save a checkpoint every N steps (one is always saved at the end).
         checkpoints_total_limit: Keep at most this many checkpoints (None = all).
+        identity_scorer: Scores the validation pictures' identity against the training pictures, at
+            the trained weight and at weight 0, into ``identity.json`` and each step's record:
+            "auto" (CCIP if cached, else CLIP-I if cached, else mini's scorer), "ccip", "clip",
+            "mini", a CCIP folder, or "off".
         resume: Continue from the newest checkpoint in ``output_dir/name/checkpoints``.
         overwrite: Replace an existing LoRA of the same name.
     """
@@ -163,6 +167,7 @@ class LoraTrainingConfig:
     validation_inference_steps: int = 25
     checkpointing_steps: int = 100
     checkpoints_total_limit: int | None = 2
+    identity_scorer: str = "auto"
     resume: bool = False
     overwrite: bool = False
 
@@ -247,6 +252,9 @@ class LoraTrainingConfig:
         self.checkpointing_steps = check_int("checkpointing_steps", self.checkpointing_steps, 1)
         if self.checkpoints_total_limit is not None:
             self.checkpoints_total_limit = check_int("checkpoints_total_limit", self.checkpoints_total_limit, 1)
+        if not isinstance(self.identity_scorer, str) or not self.identity_scorer.strip():
+            raise ConfigError("identity_scorer", self.identity_scorer,
+                              "'auto', 'ccip', 'clip', 'mini', a CCIP folder, or 'off'")
 
     def trains(self, component: str) -> bool:
         """Whether this run trains an adapter on ``component`` ("unet", "text_encoder", "text_encoder_2")."""
@@ -310,3 +318,6 @@ class TrainingStep:
     done: bool = False
     files: dict[str, Path] = field(default_factory=dict)  # final outputs, on the last record
     is_main_process: bool = True
+    # on validation steps: the pictures' identity score against the training pictures, with the
+    # LoRA ("trained") and at weight 0 ("base"), their "change", the "scorer" and its "threshold"
+    identity: dict[str, Any] | None = None

@@ -40,7 +40,7 @@ def is_finished(lora_dir: Path, name: str) -> bool:
 # What a run writes into lora/NAME; anything else there (class_images, a user's notes) is kept
 # across an overwrite.
 def _run_outputs(name: str) -> set[str]:
-    return {p.name for p in final_files(Path(), name)} | {"loss.csv", CHECKPOINT_DIR, VALIDATION_DIR}
+    return {p.name for p in final_files(Path(), name)} | {"loss.csv", "identity.json", CHECKPOINT_DIR, VALIDATION_DIR}
 
 
 def staging_dir(lora_dir: Path) -> Path:

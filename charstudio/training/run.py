@@ -33,6 +33,7 @@ from .data import (
 from .objective import check_prediction_type, loss_target, min_snr_weights
 from .optimizer import lr_lambda, pick_optimizer
 from .output import OutputPlan, save_final
+from .identity import adapters_off, make_tracker
 from .samples import make_class_images, validate
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class TrainingRun:
         self._build_caches()  # 7
         self._build_optimizer()  # 8
         self._resume()  # 9
+        self.tracker = make_tracker(self.config.identity_scorer, [e.path for e in self.report.examples], self.out,
+                                    self.config.model, resumed=self.start_step > 0) if self.is_main else None
         # 10. A run resumed from its final checkpoint (stopped while writing the outputs) just writes them.
         if self.start_step >= self.config.max_train_steps:
             yield self._finish_resumed()
@@ -429,6 +432,7 @@ class TrainingRun:
         config, accelerator, output = self.config, self.accelerator, self.output
         final = step == config.max_train_steps
         images = self._validation_images(step, final)
+        identity = self._identity(step, images)
         checkpoint = None
         if step % config.checkpointing_steps == 0 or final:
             comps = self.comps
@@ -446,7 +450,7 @@ class TrainingRun:
                 checkpoint = output.final / checkpoint.relative_to(output.work)
         return TrainingStep(step=step, total_steps=config.max_train_steps, loss=step_loss, lr=lr,
                             elapsed=elapsed, epoch=epoch, images=images, checkpoint=checkpoint, done=final,
-                            files=files, is_main_process=self.is_main)
+                            files=files, is_main_process=self.is_main, identity=identity)
 
     def _validation_images(self, step: int, final: bool) -> list[Any]:
         config = self.config
@@ -460,6 +464,21 @@ class TrainingRun:
             for m in self.wrapped.values():
                 m.train()
         return images
+
+    def _identity(self, step: int, images: list[Any]) -> dict[str, Any] | None:
+        """11c. The validation pictures' identity against the training pictures; the first time, the
+        same prompt and seeds at weight 0 (the base model) are drawn and scored once."""
+        if self.tracker is None or not images:
+            return None
+        if self.tracker.base is None:
+            parts = self.trained_parts()
+            with self.parked.back(), adapters_off(self.lora_parts()):
+                base = validate(self.comps, self.family, parts, self.config, self.validation_prompt, self.resolution,
+                                step, self.out, self.accelerator, self.cancel, name="base")
+            for m in self.wrapped.values():
+                m.train()
+            self.tracker.base = self.tracker.score(base[:len(images)]) if base else None
+        return self.tracker.record(step, images)
 
 
 def _move(model: Any, device: Any, dtype: Any) -> None:

@@ -76,9 +76,10 @@ def make_class_images(comps: dict[str, Any], family: ModelFamily, config: LoraTr
 
 def validate(comps: dict[str, Any], family: ModelFamily, models: dict[str, Any], config: LoraTrainingConfig,
              prompt: str, resolution: int, step: int, out: Path, accelerator: Any,
-             cancel: CancelToken | None = None) -> list[Any]:
-    """Fixed-seed samples with the current adapter, saved under ``validation/``. Once ``cancel``
-    is set, within one denoising step, the pictures stop: those finished are returned."""
+             cancel: CancelToken | None = None, name: str | None = None) -> list[Any]:
+    """Fixed-seed samples with the current adapter, saved under ``validation/`` (as
+    ``stepNNNNNN_i.png``, or ``NAME_i.png`` with ``name``). Once ``cancel`` is set, within one
+    denoising step, the pictures stop: those finished are returned."""
     import torch
 
     for m in models.values():
@@ -97,7 +98,7 @@ def validate(comps: dict[str, Any], family: ModelFamily, models: dict[str, Any],
         except GenerationCancelled:
             log.info("validation pictures of step %d stopped after %d of %d", step, i, config.num_validation_images)
             break
-        atomic_write(folder / f"step{step:06d}_{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"),
+        atomic_write(folder / f"{name or f'step{step:06d}'}_{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"),
                      overwrite=True)
         images.append(image)
     return images
