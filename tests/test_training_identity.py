@@ -104,3 +104,20 @@ def test_a_resumed_run_keeps_the_points_it_measured(tmp_path):
     points = json.loads((out / "identity.json").read_text())["points"]
     assert [p["step"] for p in points] == [2, 4]
     assert points[0]["base"] == points[1]["base"]
+
+
+def test_the_cli_prints_each_validation_points_identity(tmp_path, capsys):
+    from charstudio.cli import main
+
+    data = _data(tmp_path / "data")
+    assert main(["train-lora", str(data), "--name", "zorbi", "--model", "tiny", "--resolution", "64", "--steps", "2",
+                 "--rank", "4", "--batch-size", "2", "--validation-steps", "2", "--validation-images", "1",
+                 "--identity-scorer", "mini", "--output-dir", str(tmp_path / "lora")]) == 0
+    out = capsys.readouterr().out
+    point = json.loads((tmp_path / "lora" / "zorbi" / "identity.json").read_text())["points"][0]
+    line = next(x for x in out.splitlines() if x.startswith("identity at step 2:"))
+    assert f"{point['trained']:.3f} with the LoRA, {point['base']:.3f} at weight 0" in line and "(mini;" in line
+    assert main(["train-lora", str(data), "--name", "other", "--model", "tiny", "--identity-scorer", "off",
+                 "--steps", "1", "--validation-images", "1", "--resolution", "64",
+                 "--output-dir", str(tmp_path / "lora")]) == 0
+    assert "identity at step" not in capsys.readouterr().out

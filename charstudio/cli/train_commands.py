@@ -87,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sample every N steps (0: only at the end; default {D.validation_steps})")
     t.add_argument("--validation-images", type=int, default=D.num_validation_images,
                    help=f"images per validation (0: none; default {D.num_validation_images})")
+    t.add_argument("--identity-scorer", default=D.identity_scorer,
+                   help="score validation pictures against the training pictures, with the LoRA and at weight 0, "
+                        "into identity.json: auto (CCIP if cached, else CLIP-I if cached, else mini's scorer), "
+                        f"ccip, clip, mini, a CCIP folder, or off (default {D.identity_scorer})")
     t.add_argument("--checkpoint-steps", type=int, default=D.checkpointing_steps,
                    help=f"checkpoint every N steps (default {D.checkpointing_steps})")
     t.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
@@ -128,7 +132,7 @@ def _config(args: argparse.Namespace):
         with_prior_preservation=args.prior_preservation, class_prompt=args.class_prompt,
         num_class_images=args.num_class_images, validation_prompt=args.validation_prompt,
         validation_steps=args.validation_steps, num_validation_images=args.validation_images,
-        checkpointing_steps=args.checkpoint_steps,
+        checkpointing_steps=args.checkpoint_steps, identity_scorer=args.identity_scorer,
         mixed_precision=args.mixed_precision, resume=args.resume, overwrite=args.overwrite)
 
 
@@ -150,6 +154,8 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
                                unit="step", disable=not record.is_main_process)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
+                if record.identity is not None:
+                    bar.write(identity_line(record.step, record.identity))
                 if record.checkpoint is not None and record.is_main_process:
                     bar.write(f"checkpoint: {record.checkpoint}")
     except KeyboardInterrupt:
@@ -167,6 +173,15 @@ def cmd_train_lora(args: argparse.Namespace) -> int:
         for kind, path in last.files.items():
             print(f"  {kind:9s} {path}")
     return 0
+
+
+def identity_line(step: int, identity: dict) -> str:
+    """One line per validation point: identity with the LoRA, at weight 0, and the change."""
+    base = identity.get("base")
+    at_zero = "n/a" if base is None else f"{base:.3f}"
+    change = "" if identity.get("change") is None else f", change {identity['change']:+.3f}"
+    return (f"identity at step {step}: {identity['trained']:.3f} with the LoRA, {at_zero} at weight 0{change} "
+            f"({identity['scorer']}; same character at >= {identity['threshold']:.3f})")
 
 
 def cmd_lora_info(args: argparse.Namespace) -> int:
