@@ -115,7 +115,7 @@ def add_identity_args(p: argparse.ArgumentParser, each: str = "picture") -> None
     and re-rolls of the ones below it (charstudio.sheets.identity)."""
     p.add_argument("--scorer", default=None,
                    help="identity scorer: auto (the default: CCIP when its files are cached, else CLIP-I when "
-                        "cached, else mini's own), ccip, clip, mini, or a CCIP folder")
+                        "cached, else mini's own), ccip, clip, mini, a CCIP folder, or none (no identity scores)")
     p.add_argument("--min-identity", default=None, metavar="SCORE|auto",
                    help=f"re-roll each {each} (not the first) whose identity score against the first is below "
                         "SCORE (1 - the scorer's difference, e.g. 0.8) or that fails a check (palette, view), with "
@@ -129,9 +129,10 @@ def identity_settings(args: argparse.Namespace) -> dict:
     ``scorer``, ``min_identity`` and ``max_tries`` (a bad value raises ConfigError naming the flag)."""
     from charstudio.sheets.identity import check_max_tries, check_min_identity, resolve_scorer
 
-    return {"min_identity": check_min_identity(args.min_identity, "--min-identity"),
-            "max_tries": check_max_tries(args.max_tries, "--max-tries"),
-            "scorer": resolve_scorer(args.scorer, "--scorer")}
+    settings = {"min_identity": check_min_identity(args.min_identity, "--min-identity"),
+                "max_tries": check_max_tries(args.max_tries, "--max-tries")}
+    scorer = resolve_scorer(args.scorer, "--scorer", model=getattr(args, "model", None))
+    return {**settings, "scorer": False if scorer is None else scorer}  # None here: none, or none available
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:

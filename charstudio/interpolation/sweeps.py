@@ -54,7 +54,7 @@ def lora_sweep(studio: Studio, character_or_prompt: Any, adapter: str, weights: 
     before = dict(studio.active_loras)
     if adapter not in before:
         raise ConfigError("adapter", adapter, f"load it first; loaded adapters: {sorted(before)}")
-    the_scorer = resolve_scorer(scorer)
+    the_scorer = resolve_scorer(scorer, model=studio.model_id)
     base = studio.make_config(character_or_prompt, **{**settings, "num_images": 1})
     images, recipes = [], []
     for w in weights:

@@ -14,7 +14,11 @@ each switchable, pull the images toward one design:
     training-free. At strength 0 the processors are not installed at all;
 (d) IP-Adapter with a reference image, when its weights are available (``ip_adapter``).
 
-`score` measures the result: the mean pairwise cosine similarity of CLIP image embeddings.
+Identity (`identity`): every picture is scored against the first by an identity scorer
+(`charstudio.identity.get_scorer`: CCIP, CLIP-I or mini's own) and checked against the card's
+palette (and, in a turnaround, against the front view); ``min_identity`` re-rolls the views that
+drift, with the next seed, up to ``max_tries``. `score` is the older measure: the mean pairwise
+cosine similarity of CLIP image embeddings.
 
 Under ``accelerate launch`` the poses of a sheet (and the sheets of a batch) are split across
 processes; each process recomputes the anchor it needs, so results equal a single-process run.
@@ -24,9 +28,10 @@ with CFG that is about 46 MB per step in fp16 (1.2 GB for 25 steps); pass
 ``reference_offload=True`` to keep them in CPU memory instead.
 
 Where things live: ``sheet`` (make_sheet, SheetResult), ``reference`` (reference attention),
-``ip_adapter`` and ``similarity`` (the CLIP score).
+``ip_adapter``, ``identity`` (scores, checks, re-rolls) and ``similarity`` (the CLIP score).
 """
 
+from .identity import IdentityRun, SheetIdentity, resolve_scorer
 from .ip_adapter import ip_adapter
 from .reference import (
     ReferenceAttnProcessor,
@@ -40,8 +45,10 @@ from .similarity import DEFAULT_EMBEDDER, embed_images, load_embedder, score
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "IdentityRun",
     "ReferenceAttnProcessor",
     "ReferenceBank",
+    "SheetIdentity",
     "SheetResult",
     "check_strength",
     "distributed_state",
@@ -51,5 +58,6 @@ __all__ = [
     "make_sheet",
     "record_reference_image",
     "reference_attention",
+    "resolve_scorer",
     "score",
 ]

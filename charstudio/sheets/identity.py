@@ -33,6 +33,7 @@ from ..errors import CharstudioError, ConfigError
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+OFF = ("none", "off")  # scorer=False or "none": no identity scoring at all
 DEFAULT_MAX_TRIES = 4
 MAX_TRIES_LIMIT = 16  # a bound on the redraws one sheet may ask for
 PNG_KEY = "charstudio_identity"  # the PNG text chunk beside the recipe
@@ -46,19 +47,20 @@ def check_min_identity(value: Any, field: str = "min_identity") -> float | str |
                 "e.g. 0.8, or 'auto' for the scorer's own same-character threshold")
     if value is None:
         return None
+    number = value
     if isinstance(value, str):
         text = value.strip().lower()
         if text == AUTO:
             return AUTO
         try:
-            value = float(text)
+            number = float(text)
         except ValueError:
             raise ConfigError(field, value, expected) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(float(number)):
         raise ConfigError(field, value, expected)
-    if not -1.0 <= float(value) <= 1.0:
+    if not -1.0 <= float(number) <= 1.0:
         raise ConfigError(field, value, f"between -1 and 1: {expected}")
-    return float(value)
+    return float(number)
 
 
 def check_max_tries(value: Any, field: str = "max_tries") -> int:
@@ -68,20 +70,24 @@ def check_max_tries(value: Any, field: str = "max_tries") -> int:
     return check_int(field, value, 1, MAX_TRIES_LIMIT)
 
 
-def resolve_scorer(scorer: Any = None, field: str = "scorer") -> Any:
+def resolve_scorer(scorer: Any = None, field: str = "scorer", model: str | None = None) -> Any:
     """The identity scorer for ``scorer`` (None/"auto": the best available, see
-    `charstudio.identity.get_scorer`; a name, a CCIP folder or a `Scorer`). The automatic choice
+    `charstudio.identity.get_scorer`; a name, a CCIP folder or a `Scorer`; False or "none": no
+    scoring, None returned). The automatic choice
     gives None, with one log line, when no scorer is available; a scorer named by the user must
-    load, and a bad name raises `ConfigError` naming ``field``."""
+    load, and a bad name raises `ConfigError` naming ``field``. ``model``: the model whose pictures
+    are scored (its name makes the automatic fallback to mini's scorer warn on other models)."""
     from ..identity import Scorer
 
     if isinstance(scorer, Scorer):
         return scorer
+    if scorer is False or (isinstance(scorer, str) and scorer.strip().lower() in OFF):
+        return None  # asked for no identity scores (e.g. to time a sheet without them)
     auto = scorer is None or (isinstance(scorer, str) and scorer.strip().lower() == AUTO)
     try:
         from ..identity import get_scorer
 
-        return get_scorer(None if auto else scorer)
+        return get_scorer(None if auto else scorer, model=model)
     except ConfigError as err:
         if auto:
             log.warning("identity: no scorer available (%s); no identity scores are recorded", err)
@@ -241,12 +247,15 @@ class IdentityRun:
         labels = [self.labels[i] if i < len(self.labels) else str(i) for i in never]
         note = None
         if never:
-            goal = [f"identity >= {self.min_identity:.3f} ({self.scorer.name})"] if self.min_identity is not None else []
-            if any(best[i].checks for i in never):
-                goal.append("its checks")
-            count = f"{self.max_tries} tr{'y' if self.max_tries == 1 else 'ies'}" if self.rerolls else "1 try (no re-rolls)"
-            note = (f"identity: {len(never)} of {len(best) - 1} view(s) never reached {' and '.join(goal)} in {count}: "
-                    + ", ".join(f"{label} ({self._why(best[i])})" for label, i in zip(labels, never)))
+            views = ", ".join(f"{label} ({self._why(best[i])})" for label, i in zip(labels, never))
+            if self.rerolls:
+                goal = f"identity >= {self.min_identity:.3f} ({self.scorer.name})" if self.min_identity is not None else ""
+                if any(best[i].checks for i in never):
+                    goal += (" and " if goal else "") + "its checks"
+                note = (f"identity: {len(never)} of {len(best) - 1} view(s) never reached {goal} in "
+                        f"{self.max_tries} tries: {views}")
+            else:
+                note = f"identity: {len(never)} of {len(best) - 1} view(s) failed a check (no re-rolls asked): {views}"
             log.warning("%s", note)
         return SheetIdentity(report=report, scorer=getattr(self.scorer, "name", None), min_identity=self.min_identity,
                              max_tries=self.max_tries, checks=checks, tries=tries, never_reached=labels, note=note)

@@ -216,7 +216,7 @@ def make_sheet(
                                         ip_adapter_image)
     min_identity, max_tries = check_min_identity(min_identity), check_max_tries(max_tries)
     card, lora_used = _card_lora(_card_of(character), use_lora)
-    the_scorer = resolve_scorer(scorer)
+    the_scorer = resolve_scorer(scorer, model=studio.model_id)
 
     # 2. One recipe per pose. Same noise: every pose uses the base seed; otherwise seed + i.
     #    Cancel is honoured between any two pictures' work, not only inside a denoising loop.

@@ -182,7 +182,8 @@ class Studio(Session):
 
     def sheet(self, character_or_prompt: Any, poses: list[Any], *, seed: int | None = None,
               reference_strength: float = 0.0, same_noise: bool = True, **settings: Any) -> Any:
-        """One character in N poses with a labelled grid and a consistency score; see sheets.make_sheet."""
+        """One character in N poses with a labelled grid and identity scores (re-rolls with min_identity=);
+        see sheets.make_sheet."""
         from ..sheets import make_sheet
 
         return make_sheet(self, character_or_prompt, poses, seed=seed, reference_strength=reference_strength,
