@@ -184,7 +184,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("subject", metavar="CARD_OR_PROMPT", nargs="?", default=None,
                    help="a card name (see `charstudio cards`), a card .yaml file, or a prompt")
     add_sampling_args(g)
-    g.add_argument("-n", "--num-images", type=int, default=1)
+    g.add_argument("-n", "--num-images", type=int, default=1,
+                   help="how many pictures; picture i uses seed SEED+i (one batch). What varies between seeds is "
+                        "the model's choice: on mini a card (every colour given) in a fixed --pose comes out nearly "
+                        "the same from every seed, and the command says so; leave out --pose or describe less to "
+                        "vary the figure or the colours")
     g.add_argument("--pose", default=None, help="pose name (see `charstudio poses`) or pose JSON file; "
                    "A+B places poses side by side in one picture (two characters: add --region)")
     g.add_argument("--region", action="append", default=[], metavar="BOX:PROMPT",
@@ -252,7 +256,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for path in result.save(args.out):
             print(path)
     print_model_note(studio, result.recipes)
+    print_variety_note(result)
     return 0
+
+
+NEAR_ALIKE_LEVELS = 10.0  # mean |difference| (8-bit levels) under which pictures of different seeds look alike
+
+
+def mean_difference(images) -> float:
+    """The mean absolute difference between the pictures, over every pair, in 8-bit levels."""
+    import itertools
+
+    import numpy as np
+
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float64) for im in images]
+    return float(np.mean([np.abs(a - b).mean() for a, b in itertools.combinations(arrays, 2)]))
+
+
+def print_variety_note(result) -> None:
+    """-n N draws seeds SEED..SEED+N-1; say so when the model made them nearly the same picture,
+    which is what mini does with a full card in a fixed pose (the seed has nothing left to choose)."""
+    if len(result.images) < 2 or len({im.size for im in result.images}) > 1:
+        return
+    diff = mean_difference(result.images)
+    if diff < NEAR_ALIKE_LEVELS:
+        seeds = [r.seed for r in result.recipes]
+        print(f"note: these {len(seeds)} pictures (seeds {seeds[0]}-{seeds[-1]}) differ by only {diff:.1f} levels "
+              "of 255 on average: the prompt and the pose leave the model little to choose (on mini, a card sets "
+              "every colour and --pose the figure); leave out --pose or describe less for varied pictures",
+              file=sys.stderr)
 
 
 def print_model_note(studio, recipes) -> None:
