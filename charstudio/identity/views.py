@@ -120,6 +120,8 @@ def _shift(arr: np.ndarray, dx: int, dy: int) -> tuple[np.ndarray, np.ndarray]:
     h, w = arr.shape[:2]
     out = np.zeros_like(arr)
     valid = np.zeros((h, w), bool)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out, valid
     ys, yd = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
     xs, xd = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
     out[yd, xd] = arr[ys, xs]
