@@ -281,6 +281,19 @@ def test_blue_hair_on_a_red_haired_card_flags_the_hair_and_nothing_else(size):
                 {p: red.delta_e[p] for p in red.delta_e if p != "hair"}
 
 
+@pytest.mark.parametrize("size", [64, SIZE])
+def test_another_eye_colour_flags_the_eyes_alone(size):
+    for pose_name in ("standing_front", "standing_three_quarter"):
+        pose = load_pose(pose_name).fit(size, size)
+        for drawn in EYE_COLOURS:
+            attrs = Attributes(eye_colour=drawn, hair_colour="black", skin="light")
+            image = render(attrs, pose)
+            for asked in EYE_COLOURS:
+                palette = {"eyes": rgb_to_hex(EYE_COLOURS[asked]), "hair": rgb_to_hex(HAIR_COLOURS["black"])}
+                check = check_palette(image, pose, palette)
+                assert check.failed == ([] if asked == drawn else ["eyes"]), (pose_name, drawn, asked, check.to_dict())
+
+
 def test_parts_a_pose_does_not_show_are_skipped_with_the_reason():
     attrs = Attributes(hair_colour="red", eye_colour="blue")
     back = load_pose("standing_back").fit(SIZE, SIZE)

@@ -7,9 +7,10 @@ edge or a stripe does not pull it towards a colour nobody drew), and compared wi
 
 - **hair**: the head's top cap (`mini.measure.hair_region`: above the eyes,
   below a hat's brim), which shows hair from the front, the side and behind.
-- **eyes**: each eye the pose shows (a disc the size of an eye round its
-  keypoint); the better-matching eye counts, so an eyepatch or a wink over one eye does not fail.
-  Skipped when the pose shows no eye (a view from behind).
+- **eyes**: round each eye the pose shows, a disc twice an eye's radius; an eye's worth of its
+  pixels (a quarter) nearest the colour, their median, so a pupil a pixel off its keypoint is
+  still found. The better-matching eye counts, so an eyepatch or a wink over one eye does not
+  fail. Skipped when the pose shows no eye (a view from behind).
 - **outfit**: the torso's two sides (below a scarf, inside the arms, beside the midline).
   Skipped without both shoulders and both hips, or side-on (the arm hides the torso).
 - **accent**: a small detail anywhere on the figure (a scarf, a ribbon, a gem): the median of the
@@ -110,11 +111,11 @@ def _measure(part: str, rgb: np.ndarray, pose: Any, target: np.ndarray) -> tuple
     if part == "hair":
         mask = hair_region(pose, size) if (ok[0] or ok[16] or ok[17]) else None
         return (_median(rgb[mask]), "") if mask is not None and mask.any() else (None, "no head in this pose")
-    if part == "eyes":
-        eyes = [m for m in eye_region(pose, size) if m.any()]
-        if not eyes:
+    if part == "eyes":  # an eye's worth of pixels (a quarter of the area) nearest the colour
+        areas = [m for m in eye_region(pose, size, radius=0.15) if m.any()]
+        if not areas:
             return None, "no eyes in this pose (seen from behind)"
-        found = [_median(rgb[m]) for m in eyes]
+        found = [_nearest(rgb[m], target, max(2, int(round(m.sum() / 4)))) for m in areas]
         return min(found, key=lambda c: float(delta_e(c, target))), ""
     if part == "outfit":
         mask = torso_region(pose, size)
@@ -122,10 +123,12 @@ def _measure(part: str, rgb: np.ndarray, pose: Any, target: np.ndarray) -> tuple
     mask = skeleton_mask(pose, *size)  # accent: the pixels nearest it anywhere on the figure
     if not mask.any():
         return None, "no figure in this pose"
-    pixels = rgb[mask]
-    k = max(4, int(round(0.005 * len(pixels))))
-    nearest = np.argsort(delta_e(pixels, target))[:k]
-    return _median(pixels[nearest]), ""
+    return _nearest(rgb[mask], target, max(4, int(round(0.005 * mask.sum())))), ""
+
+
+def _nearest(pixels: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
+    """The median of the ``k`` pixels nearest ``target``: a detail of that colour, if there is one."""
+    return np.median(pixels[np.argsort(delta_e(pixels, target))[:k]], axis=0)
 
 
 def check_palette(image: Any, pose: Any, palette: Character | dict[str, str],
