@@ -60,6 +60,7 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("CHARSTUDIO_LORA_DIR", str(tmp_path / "lora"))
     monkeypatch.setenv("CHARSTUDIO_DATASETS", str(tmp_path / "datasets"))
+    monkeypatch.setenv("CHARSTUDIO_POSE_DIR", str(tmp_path / "poses"))  # 01 saves an edited pose
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})

@@ -84,6 +84,27 @@ studio = app.studio
 sheet = studio.sheet("rin", ["standing_front", "waving", "sitting"], seed=42,
                      num_inference_steps=4 if FAST else 25, width=SIZE, height=SIZE)
 sheet.grid_image'''),
+        new_markdown_cell("""\
+## Edit a pose
+
+**Edit pose** (above the pose thumbnails) opens the pose editor on the first selected pose. Drag a joint
+to move it, or drag near a person (not on a joint) to move the whole figure. The buttons act on the
+selected person: **Mirror**, **Rotate**, **Bigger** / **Smaller**, **Add person** / **Delete person**,
+**Undo** / **Redo**; start again from a library pose (**Load**), a pose JSON, a PNG's recipe or a picture
+(**Open file**), with a **Reference** picture behind the skeleton. The control image beside it is what
+the model sees, in either line style. **Save to library** writes `NAME.json` to your pose library
+(`$CHARSTUDIO_POSE_DIR`, else `~/.charstudio/poses`) and selects it; **Use this pose** selects it without
+saving. Then Generate draws the character in it. The same from code:"""),
+        new_code_cell('''\
+editor = app.poses.open_editor("standing_front")
+x, y = editor.group.people[0].body[2, :2]  # the right shoulder (COCO-18 joint 2), in canvas pixels
+editor.move_joint(0, "right_elbow", x - 10, y - 100)  # pull the right arm up
+editor.move_joint(0, "right_wrist", x - 20, y - 200)
+editor.save("arm up", overwrite=True)  # overwrite: this cell may run again
+app.generate_button.click()  # the saved pose is now selected: Generate draws rin in it
+app.wait()
+print(app.status.text)
+app.gallery.items[-1].image'''),
     ]
 
 
@@ -325,6 +346,20 @@ plain = studio.generate(scene, pose=two_poses, width=w, height=h, seed=2, num_in
 two = studio.generate(scene, pose=two_poses, width=w, height=h, seed=2, num_inference_steps=STEPS, regions=regions)
 print("regions:", [r["box"] for r in two.recipe.regions])
 image_grid([plain.image, two.image], labels=["one prompt", "regional prompts"])'''),
+        new_markdown_cell("""\
+The **pose editor** on a two-person pose: pick a person (or press them on the canvas) and drag their
+joints; **Mirror**, **Rotate**, **Bigger** / **Smaller** act on that person; **Add person** /
+**Delete person**; **Save to library** keeps both people in one pose file. `editor.pose()` is the edited pose."""),
+        new_code_cell('''\
+from charstudio.ui.pose_editor import PoseEditor
+
+editor = PoseEditor(two_poses)
+editor.mirror(person=1)  # the boy waves with his other hand
+edited = studio.generate(scene, pose=editor.pose(), width=w, height=h, seed=2, num_inference_steps=STEPS,
+                         regions=regions)
+print("people in the edited pose:", len(editor.group.people))
+display(editor)
+image_grid([two.image, edited.image], labels=["regional prompts", "edited pose"])'''),
         new_markdown_cell("""\
 Save any of them with `.save("outputs")`: the PNG carries the recipe, and `studio.run(Result.from_png(path).recipe)`
 re-runs the workflow. The same jobs from the command line: `charstudio inpaint`, `charstudio detail`,
