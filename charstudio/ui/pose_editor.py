@@ -139,7 +139,8 @@ class PoseEditor:
         self.undo_button = _button("Undo", "undo the last edit", lambda: self._do(self.undo), icon="undo")
         self.redo_button = _button("Redo", "redo what Undo took back", lambda: self._do(self.redo), icon="repeat")
         # 3. Where to start: the library, a file (pose JSON, a PNG's recipe, a picture to detect), a reference.
-        self.library = W.Dropdown(options=list_poses(), layout=W.Layout(width="170px"))
+        names = list_poses()
+        self.library = W.Dropdown(options=names, value=pose if pose in names else None, layout=W.Layout(width="170px"))
         self.load_button = _button("Load", "start again from this library pose",
                                    lambda: self._do(self.load, self.library.value))
         self.upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
@@ -413,7 +414,9 @@ class PoseEditor:
         path = save_pose(self.history.current, name, overwrite=overwrite)
         key = path.stem
         if key not in self.library.options:
+            current = self.library.value
             self.library.options = sorted([*self.library.options, key])
+            self.library.value = current
         self.status.ok(f"saved pose {key!r} to {path}")
         if self.on_save is not None:
             self.on_save(key, path)
