@@ -1,20 +1,30 @@
-"""A real browser: Voila serves 01_explore_characters, headless Chromium clicks Generate.
+"""A real browser: JupyterLab runs each notebook, headless Chromium clicks its main button.
 
-Runs only when asked for (it needs Debian's chromium, playwright and voila, none of which are
-charstudio dependencies):
+For each of the five notebooks (on `mini`, CHARSTUDIO_FAST=1) the test opens it in JupyterLab, runs
+all cells, clicks the app's main button, waits for the run to end, and checks from the page (the
+DOM) what a user would see: the result is there, no error output, no live preview or progress bar
+left on screen, no label/button/input cut off, and Cancel disabled while idle.
 
-    apt-get install chromium
-    pip install playwright voila          # `playwright install` is not needed: Debian's chromium is used
-    python -m pytest -m browser tests/test_browser.py
+It needs Debian's chromium (or CHARSTUDIO_CHROMIUM), playwright (no `playwright install`: the system
+chromium is used) and jupyterlab; where one is missing it skips with one line saying which.
+Screenshots go to the folder in CHARSTUDIO_SCREENSHOTS when it is set.
+
+    apt-get install chromium && pip install -e ".[dev,browser]"
+    python -m pytest -q tests/test_browser.py
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,73 +32,311 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "notebooks" / "01_explore_characters.ipynb"
-CHROMIUM = os.environ.get("CHARSTUDIO_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+CHROMIUM = os.environ.get("CHARSTUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 900}  # a laptop screen; JupyterLab's file browser stays open
+RUN_TIMEOUT_MS = 420_000  # one notebook's cells on a busy 2-core machine; a hang fails, it never waits forever
+
+# notebook -> (its main button's text, what the app's status line says when that run went well)
+NOTEBOOKS = {
+    "01_explore_characters.ipynb": ("Generate", "made 1 picture"),
+    "02_train_lora.ipynb": ("Start", "trained"),
+    "03_interpolate.ipynb": ("Interpolate", "frames from"),
+    "04_diffusion_process.ipynb": ("Trace", "traced"),
+    "05_character_workflows.ipynb": ("Run", "done"),
+}
+
+
+def _missing() -> str | None:
+    """Why the browser check cannot run here (one line), or None."""
+    if not Path(CHROMIUM).exists():
+        return f"no chromium at {CHROMIUM} (apt-get install chromium, or set CHARSTUDIO_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[browser]')"
+    try:
+        import ipywidgets  # noqa: F401
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        return "jupyterlab/ipywidgets are not installed (pip install -e '.[browser]')"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(folder: Path) -> None:
+    """JupyterLab user settings for a quiet, reproducible page: no news toast, no autosave."""
+    for plugin, values in {"@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                                           "checkForUpdates": False},
+                           "@jupyterlab/docmanager-extension/plugin": {"autosave": False}}.items():
+        path = folder / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values), encoding="utf-8")
+
+
+class Lab:
+    """A JupyterLab server on a free port, serving a scratch copy of notebooks/."""
+
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        shutil.copytree(ROOT / "notebooks", scratch / "notebooks")
+        for name in ("settings", "workspaces", "runtime", "config", "ipython"):
+            (scratch / name).mkdir()
+        _write_settings(scratch / "settings")
+        env = {**os.environ, "CHARSTUDIO_FAST": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+               "CHARSTUDIO_LORA_DIR": str(scratch / "lora"), "CHARSTUDIO_DATASETS": str(scratch / "datasets"),
+               "CHARSTUDIO_POSE_DIR": str(scratch / "poses"),
+               "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"), "JUPYTER_CONFIG_DIR": str(scratch / "config"),
+               "IPYTHONDIR": str(scratch / "ipython"), "JUPYTERLAB_SETTINGS_DIR": str(scratch / "settings"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(scratch / "workspaces")}
+        command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={self.port}",
+                   "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={self.token}",
+                   f"--ServerApp.root_dir={scratch}", "--ServerApp.open_browser=False",
+                   f"--LabApp.user_settings_dir={scratch / 'settings'}",
+                   f"--LabApp.workspaces_dir={scratch / 'workspaces'}",
+                   "--LabServerApp.extension_manager=readonly", "--LabApp.news_url=None"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            command.append("--allow-root")  # jupyter lab refuses to start as root without it
+        self.log_path = scratch / "jupyterlab.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(command, cwd=str(scratch), env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, n: int = 3000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # ends as soon as the server answers: not a timing assertion
+            if self.proc.poll() is not None:
+                pytest.fail(f"jupyter lab exited ({self.proc.returncode}): {self.log_tail()}")
+            try:
+                self.api("GET", "/api/status")
+                return
+            except OSError:
+                time.sleep(0.25)
+        pytest.fail(f"jupyter lab did not answer within {timeout:.0f} s: {self.log_tail()}")
+
+    def api(self, method: str, path: str) -> object:
+        request = urllib.request.Request(self.url + path, method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def shutdown_kernels(self) -> None:
+        """Free the notebook's kernel (its model and threads) before the next notebook."""
+        for session in self.api("GET", "/api/sessions") or []:
+            self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
 
 
 @pytest.fixture(scope="module")
-def voila_url(request, tmp_path_factory):
-    if "browser" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("real-browser check: run with `pytest -m browser`")
-    pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+def lab(tmp_path_factory):
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    server = Lab(tmp_path_factory.mktemp("lab"))
     try:
-        import voila  # noqa: F401
-    except ImportError:
-        pytest.skip("voila is not installed (pip install voila)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    scratch = tmp_path_factory.mktemp("voila")
-    env = {**os.environ, "CHARSTUDIO_FAST": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
-           "CHARSTUDIO_LORA_DIR": str(scratch / "lora"), "CHARSTUDIO_DATASETS": str(scratch / "datasets")}
-    log = open(scratch / "voila.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", f"--port={port}",
-                             "--Voila.ip=127.0.0.1", "--show_tracebacks=True"],
-                            cwd=str(NOTEBOOK.parent), env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    # Wait for the server socket (not a timing assertion: the loop ends as soon as it listens).
-    for _ in range(600):
-        if proc.poll() is not None:
-            pytest.fail(f"voila exited: {(scratch / 'voila.log').read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
-def test_generate_in_a_real_browser_shows_a_new_picture(voila_url):
-    from playwright.sync_api import expect, sync_playwright
+@pytest.fixture(scope="module")
+def browser(lab):
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(300_000)  # Voila runs the whole notebook before it is interactive
-            page.goto(voila_url)
-            gallery = page.locator(".charstudio-gallery img")
-            # The notebook's own scripted cell generates one picture; wait for it to be in the page.
-            expect(page.locator(".charstudio-status")).to_contain_text("made 1 picture(s); seed 42")
-            expect(gallery).to_have_count(1)
-            # Type into the prompt (browser -> kernel) and click Generate (kernel -> browser).
-            page.locator(".charstudio-prompt textarea").fill("smiling")
-            page.get_by_role("button", name="Generate").click()
-            expect(gallery).to_have_count(2)
-            expect(page.locator(".charstudio-status")).to_contain_text("made 1 picture(s)")
-            expect(page.locator(".charstudio-recipe")).to_contain_text("smiling")
-            # The new thumbnail is a decoded picture, not a broken image.
-            width = gallery.first.evaluate("img => img.complete ? img.naturalWidth : 0")
-            assert width > 0
-            assert page.get_by_role("button", name="Generate").is_enabled()
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# what the page shows, read in the browser
+# ------------------------------------------------------------------------------------------------
+# Every control whose text can be clipped: labels, descriptions, checkbox texts, buttons, inputs,
+# slider readouts, tab titles. scrollWidth > clientWidth means the text does not fit its box.
+CUT_OFF_JS = """root => {
+  const selector = ['.widget-label', '.widget-label-basic span', 'button', 'input[type=text]', 'input:not([type])',
+                    'input[type=number]', '.widget-readout', '.lm-TabBar-tabLabel', 'select'].join(',');
+  const out = [];
+  for (const el of root.querySelectorAll(selector)) {
+    if (!el.offsetParent || el.clientWidth === 0 || getComputedStyle(el).visibility === 'hidden') continue;  // not shown
+    if (el.scrollWidth > el.clientWidth + 1) {
+      const text = (el.value !== undefined && el.value !== '' ? el.value : el.textContent || el.placeholder || '');
+      out.push(`${el.tagName.toLowerCase()}.${[...el.classList].join('.')} "${text.trim().slice(0, 60)}" `
+               + `(${el.scrollWidth}px of text in ${el.clientWidth}px)`);
+    }
+  }
+  return out;
+}"""
+
+# Boxes that clip or scroll sideways: a control pushed out of view is cut off too.
+CLIPPED_BOX_JS = """root => {
+  const out = [];
+  for (const el of root.querySelectorAll('.widget-box')) {
+    if (!el.offsetParent || el.clientWidth === 0 || getComputedStyle(el).visibility === 'hidden') continue;
+    const style = getComputedStyle(el);
+    if (style.overflowX === 'visible') continue;
+    if (el.scrollWidth > el.clientWidth + 1) {
+      const text = (el.innerText || '').replace(/\\s+/g, ' ').trim().slice(0, 60);
+      out.push(`${[...el.classList].filter(c => !c.startsWith('lm-')).join('.')} "${text}" `
+               + `(${el.scrollWidth}px wide in ${el.clientWidth}px)`);
+    }
+  }
+  return out;
+}"""
+
+VISIBLE_JS = """els => els.filter(el => el.offsetParent !== null && el.getBoundingClientRect().width > 0
+                                && getComputedStyle(el).visibility !== 'hidden').length"""
+
+STARTED_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
+    .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"""
+
+# Run All is over when every code cell has its number, or when none is queued any more and one failed
+# (JupyterLab stops at the first error).
+CELLS_DONE_JS = """() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')];
+  if (prompts.some(p => p.textContent.includes('*'))) return false;
+  const failed = document.querySelector('.jp-OutputArea-output[data-mime-type*=error]');
+  return prompts.length > 0 && (failed !== null || prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
+}"""
+
+
+def _menu(page, menu: str, item: str) -> None:
+    page.locator("#jp-MainMenu .lm-MenuBar-itemLabel", has_text=menu).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def _run_all(page) -> None:
+    """Wait for the notebook's kernel, run all cells, and wait until they are done."""
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=180_000)
+    for _ in range(3):  # a click while the kernel is still connecting can be lost: try again
+        _menu(page, "Run", "Run All Cells")
+        try:
+            page.wait_for_function(STARTED_JS, timeout=30_000, polling=250)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError
+            continue
+    page.wait_for_function(CELLS_DONE_JS, timeout=RUN_TIMEOUT_MS, polling=500)
+
+
+def _errors(page) -> list[str]:
+    """Error outputs and tracebacks in the notebook's output areas."""
+    found = [t[:300] for t in page.locator(".jp-OutputArea-output[data-mime-type*=error]").all_inner_texts()]
+    found += [t[:300] for t in page.locator(".jp-OutputArea-output[data-mime-type*=stderr]").all_inner_texts()
+              if "Traceback" in t or "Error" in t]
+    return found
+
+
+def _screenshot(app, name: str) -> None:
+    """The app as a whole (the page grows to hold it), to the folder in CHARSTUDIO_SCREENSHOTS."""
+    folder = os.environ.get("CHARSTUDIO_SCREENSHOTS")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    page = app.page
+    height = app.evaluate("el => el.getBoundingClientRect().height")
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": int(min(6000, max(VIEWPORT["height"], height + 320)))})
+    try:
+        app.evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)  # let JupyterLab lay the taller page out
+        box = app.bounding_box()
+        page.screenshot(path=str(Path(folder) / f"{Path(name).stem}.png"),
+                        clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": box["height"]})
+    finally:
+        page.set_viewport_size(VIEWPORT)
+
+
+def _button(root, text: str):
+    """The buttons under `root` whose text is exactly `text` (a regex alternation), icons aside."""
+    return root.locator("button.jupyter-button").filter(has_text=re.compile(rf"^\s*({text})\s*$"))
+
+
+def _app(page):
+    """The notebook's app: the first charstudio app root on the page."""
+    return page.locator(".charstudio-app").first
+
+
+def _status(app) -> tuple[int, str, str]:
+    """(jobs started, level, text) of the app's status line."""
+    span = app.locator(".charstudio-status [data-job]").first
+    return int(span.get_attribute("data-job") or 0), span.get_attribute("data-level") or "", span.inner_text()
+
+
+def _idle_checks(page, app, notebook: str) -> list[str]:
+    """What must hold whenever the app is idle, as a list of problems."""
+    problems = []
+    cancel = _button(app, "Cancel|Stop")
+    for i in range(cancel.count()):
+        if cancel.nth(i).is_visible() and cancel.nth(i).is_enabled():
+            problems.append("Cancel/Stop is enabled while nothing runs")
+    if app.locator(".charstudio-preview").evaluate_all(VISIBLE_JS):
+        problems.append("a live preview is still on screen after the run")
+    if app.locator(".charstudio-progress").evaluate_all(VISIBLE_JS):
+        problems.append("a progress bar is still on screen after the run")
+    problems += [f"cut off: {c}" for c in app.evaluate(CUT_OFF_JS)]
+    problems += [f"clipped box: {c}" for c in app.evaluate(CLIPPED_BOX_JS)]
+    return [f"{notebook}: {p}" for p in problems]
+
+
+@pytest.mark.parametrize("notebook", list(NOTEBOOKS))
+def test_notebook_in_jupyterlab(lab, browser, notebook):
+    button, success = NOTEBOOKS[notebook]
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    try:
+        # 1. Open the notebook (a fresh workspace) and wait for its kernel.
+        page.goto(f"{lab.url}/lab/tree/notebooks/{notebook}?reset&token={lab.token}")
+        _run_all(page)
+        errors = _errors(page)
+        assert not errors, f"{notebook}: error output after Run All: {errors}"
+        # 3. Click the app's main button and wait for that run to end.
+        app = _app(page)
+        app.scroll_into_view_if_needed()
+        jobs, _, _ = _status(app)
+        main = _button(app, button).first
+        assert main.is_enabled(), f"{notebook}: {button} is disabled while idle"
+        main.click()
+        page.wait_for_function(
+            "([root, n]) => { const s = root.querySelector('.charstudio-status [data-job]');"
+            " return s && Number(s.dataset.job) > n && s.dataset.running === 'false'; }",
+            arg=[app.element_handle(), jobs], timeout=RUN_TIMEOUT_MS, polling=250)
+        # 4. What the user sees now.
+        _, level, text = _status(app)
+        assert level == "ok" and success in text, f"{notebook}: after {button} the status says {text!r} ({level})"
+        results = app.locator("img.charstudio-result")
+        widths = results.evaluate_all("imgs => imgs.filter(i => i.offsetParent).map(i => i.naturalWidth)")
+        assert widths and max(widths) > 8, f"{notebook}: no result picture on screen ({widths})"
+        assert not _errors(page), f"{notebook}: error output after {button}: {_errors(page)}"
+        problems = _idle_checks(page, app, notebook)
+        _screenshot(app, notebook)
+        assert not problems, "\n".join(problems)
+    finally:
+        context.close()
+        lab.shutdown_kernels()

@@ -24,6 +24,7 @@ from ..callbacks import CancelToken, StepProgress
 from ..errors import GenerationCancelled
 # Re-exported: notebooks and scripts import these from here (`from charstudio.ui.common import get_studio`).
 from .session import RunHooks, StudioSource, exclusive, get_studio, model_choices  # noqa: F401
+from .design_picker import DesignPicker, picked_card  # noqa: F401  (they lived here; importers keep working)
 
 if TYPE_CHECKING:
     from ..studio import Studio
@@ -84,17 +85,34 @@ _COLOURS = {"info": "#444", "ok": "#1a7f37", "warn": "#9a6700", "error": "#cf222
 
 
 class StatusLine:
-    """A one-line message under an app. `text` and `level` are kept for tests and callers."""
+    """A one-line message under an app. `text` and `level` are kept for tests and callers.
+
+    The line also carries, for browser tests and users' own styling, which job it speaks of and
+    whether that job is still running: ``<span data-job="3" data-level="ok" data-running="false">``
+    inside an element of class ``charstudio-status``. The `Runner` sets `job` and `running`.
+    """
 
     def __init__(self) -> None:
         self.widget = W.HTML(value="")
+        self.widget.add_class("charstudio-status")
         self.text = ""
         self.level = "info"
+        self.job = 0
+        self.running = False
+        self._render()
 
     def show(self, text: str, level: str = "info") -> None:
         self.text, self.level = text, level
-        colour = _COLOURS.get(level, _COLOURS["info"])
-        self.widget.value = f'<span style="color:{colour}">{html.escape(text)}</span>'
+        self._render()
+
+    def set_job(self, job: int, running: bool) -> None:
+        self.job, self.running = job, running
+        self._render()
+
+    def _render(self) -> None:
+        colour = _COLOURS.get(self.level, _COLOURS["info"])
+        self.widget.value = (f'<span style="color:{colour}" data-job="{self.job}" data-level="{self.level}" '
+                             f'data-running="{str(self.running).lower()}">{html.escape(self.text)}</span>')
 
     def info(self, text: str) -> None:
         self.show(text, "info")
@@ -115,16 +133,21 @@ class StatusLine:
 class Runner:
     """Runs one job at a time on a worker thread, with a cancel token and busy buttons.
 
-    While a job runs, `busy` widgets are disabled and `cancel_button` is enabled. `start`
-    returns False (and runs nothing) when a job is already running, so a double click never
-    starts two runs. Errors end up in the status line as one line; the exception is kept in
-    `last_error` for anyone who wants the traceback.
+    While a job runs, `busy` widgets are disabled and `cancel_button` is enabled and orange;
+    while idle it is disabled and plain grey, so it never looks clickable when it does nothing.
+    `progress` (a ProgressPanel) is shown for the run and taken off the screen when it ends, so
+    nothing of a finished run looks as if it were still running. `start` returns False (and runs
+    nothing) when a job is already running, so a double click never starts two runs. Errors end
+    up in the status line as one line; the exception is kept in `last_error` for anyone who wants
+    the traceback.
     """
 
-    def __init__(self, status: StatusLine, busy: Sequence[W.Widget] = (), cancel_button: W.Button | None = None):
+    def __init__(self, status: StatusLine, busy: Sequence[W.Widget] = (), cancel_button: W.Button | None = None,
+                 progress: "ProgressPanel | None" = None):
         self.status = status
         self.busy = list(busy)
         self.cancel_button = cancel_button
+        self.progress = progress
         self.token = CancelToken()
         self.last_error: BaseException | None = None
         self.jobs_started = 0
@@ -134,7 +157,7 @@ class Runner:
         self._done.set()
         self._thread: threading.Thread | None = None
         if cancel_button is not None:
-            cancel_button.disabled = True
+            self._set_busy(False)
             cancel_button.on_click(lambda _b: self.cancel())
 
     @property
@@ -154,6 +177,9 @@ class Runner:
         self.token = CancelToken()
         self.last_error = None
         self._set_busy(True)
+        if self.progress is not None:
+            self.progress.start()
+        self.status.job, self.status.running = self.jobs_started, True
         self.status.info(f"{label}...")
         self._thread = threading.Thread(target=self._work, args=(label, job, on_done, self.token),
                                         name=f"charstudio-{label}", daemon=True)
@@ -178,6 +204,9 @@ class Runner:
             self.status.error(f"{label} failed: {error_text(exc)}")
         finally:
             self._set_busy(False)
+            if self.progress is not None:
+                self.progress.finish()
+            self.status.set_job(self.status.job, False)  # last: a browser waiting on it sees the rest done
             with self._lock:
                 self._running = False
             self._done.set()
@@ -187,6 +216,7 @@ class Runner:
             w.disabled = busy
         if self.cancel_button is not None:
             self.cancel_button.disabled = not busy
+            self.cancel_button.button_style = "warning" if busy else ""
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next step."""
@@ -203,22 +233,56 @@ class Runner:
 # progress + live preview
 # --------------------------------------------------------------------------------------------
 class ProgressPanel:
-    """A progress bar with a label and a live preview image, fed from the worker thread."""
+    """A progress bar with a label and a live preview image, fed from the worker thread.
 
-    def __init__(self, preview_size: int = 192):
-        self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="260px"))
-        self.label = W.Label(value="")
-        self.preview = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{preview_size}px"))
+    Only on screen while a run goes (`start` ... `finish`, called by the `Runner`): the bar and its
+    label are hidden when idle (keeping their space, so nothing below jumps) and the preview
+    appears with the first preview and goes when the run ends; the app shows the final picture
+    in its own place. `previews=False` for apps without step previews. CSS hooks:
+    ``charstudio-progress`` (the bar's row) and ``charstudio-preview``.
+    """
+
+    def __init__(self, preview_size: int = 192, previews: bool = True):
+        self.bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, layout=W.Layout(width="200px"))
+        self.label = W.Label(value="", layout=W.Layout(width="auto"))
+        self.row = W.HBox([self.bar, self.label], layout=W.Layout(visibility="hidden", width="auto"))
+        self.row.add_class("charstudio-progress")
+        self.preview = W.Image(value=blank_png(), format="png",
+                               layout=W.Layout(width=f"{preview_size}px", display="none"))
+        self.preview.add_class("charstudio-preview")
         self.preview_size = preview_size
+        self.previews_enabled = previews
         self.previews = 0  # how many previews arrived in the current run
         self.last: StepProgress | None = None
-        self.widget = W.VBox([W.HBox([self.bar, self.label]), self.preview])
+        self.widget = W.VBox([self.row, self.preview]) if previews else self.row
+
+    @property
+    def showing(self) -> bool:
+        """Whether the bar (a run's progress) is on screen."""
+        return self.row.layout.visibility != "hidden"
+
+    @property
+    def preview_showing(self) -> bool:
+        return self.preview.layout.display != "none"
 
     def reset(self) -> None:
         self.bar.value = 0.0
         self.label.value = ""
         self.previews = 0
         self.last = None
+
+    def start(self) -> None:
+        """A run begins: an empty bar on screen, no preview until the first one arrives."""
+        self.reset()
+        self.preview.layout.display = "none"
+        self.row.layout.visibility = "visible"
+
+    def finish(self) -> None:
+        """The run ended (done, cancelled or failed): bar, label and preview leave the screen
+        (`bar`, `label` and `last` keep where the run got to, for callers and tests)."""
+        self.row.layout.visibility = "hidden"
+        self.preview.layout.display = "none"
+        self.preview.value = blank_png()
 
     def report(self, p: StepProgress) -> None:
         self.last = p
@@ -234,6 +298,8 @@ class ProgressPanel:
     def show_preview(self, step_index: int, image: Any) -> None:
         self.previews += 1
         self.preview.value = png_bytes(image, self.preview_size)
+        if self.previews_enabled:
+            self.preview.layout.display = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,75 +414,31 @@ class AppBase:
         """Wait for the current run to finish (for scripts, tests and notebook cells)."""
         return self.runner.wait(timeout)
 
+    def _css_hooks(self, name: str, result: W.Widget) -> None:
+        """Stable CSS classes for browser tests and users' styling: the app's root is
+        ``charstudio-app charstudio-NAME``, its main picture ``charstudio-result``."""
+        self.widget.add_class("charstudio-app")
+        self.widget.add_class(f"charstudio-{name}")
+        result.add_class("charstudio-result")
+
     @property
     def studio(self) -> Studio:
         """The loaded studio, loading the model named in the controls if needed."""
         return self.source.get(self.model.value)
 
 
-class DesignPicker:
-    """Pick a design: a character card, a typed prompt, or a recipe from a gallery.
-
-    `value()` is what the core's functions accept: a card name, a prompt, or a GenerationConfig.
-    """
-
-    def __init__(self, gallery: Gallery | None = None, prompt: str = "", card: str | None = None):
-        from ..character import list_characters
-
-        self.gallery = gallery
-        self._cards = list_characters()
-        self.source = W.Dropdown(layout=W.Layout(width="260px"))
-        self.prompt = W.Text(value=prompt, placeholder="prompt (or extra words for a card)",
-                             layout=W.Layout(width="260px"))
-        self.refresh()
-        if card is not None and card in self._cards:
-            self.source.value = f"card:{card}"
-        if gallery is not None:
-            gallery.listeners.append(self.refresh)
-        self.widget = W.VBox([self.source, self.prompt])
-
-    def refresh(self) -> None:
-        """Rebuild the options (new gallery pictures appear), keeping the current choice."""
-        options: list[tuple[str, str]] = [("prompt (typed below)", "prompt")]
-        options += [(f"card: {c}", f"card:{c}") for c in self._cards]
-        if self.gallery is not None:
-            options += [(f"gallery {label}", f"recipe:{n}") for n, label, _ in self.gallery.recipes()]
-        current = self.source.value
-        self.source.options = options
-        self.source.value = current if current in {v for _, v in options} else "prompt"
-
-    def value(self) -> Any:
-        """A card name, a prompt, or a recipe (GenerationConfig)."""
-        from ..errors import ConfigError
-
-        choice = self.source.value or "prompt"
-        if choice.startswith("card:"):
-            return picked_card(choice[5:])
-        if choice.startswith("recipe:"):
-            return self.gallery.recipe(int(choice[7:]))  # type: ignore[union-attr]
-        text = self.prompt.value.strip()
-        if not text:
-            raise ConfigError("prompt", self.prompt.value, "type a prompt or pick a card")
-        return text
-
-    def extra(self) -> str:
-        """Extra words typed for a card (empty for prompts and recipes)."""
-        return self.prompt.value.strip() if (self.source.value or "").startswith("card:") else ""
-
-
-def picked_card(name: str) -> str:
-    """A card name from a picker, checked when it is used: the picker listed the cards when the
-    app started, and a card deleted or renamed since must be refused by name (`load_character`),
-    not drawn as a prompt of its name."""
-    from ..character import load_character
-
-    load_character(name, field="card")
-    return name
-
-
 def labelled(label: str, widget: W.Widget, width: str = "110px") -> W.HBox:
-    """A widget with a fixed-width label on its left (descriptions truncate in narrow layouts)."""
-    return W.HBox([W.Label(value=label, layout=W.Layout(width=width)), widget])
+    """A widget with a label on its left, in a column `width` wide (descriptions truncate in narrow
+    layouts). The label never shrinks in a crowded row, and a longer label widens its own row
+    rather than being cut off."""
+    px = int(width[:-2]) if width.endswith("px") else 0
+    need = f"{max(px, LABEL_PX_PER_CHAR * len(label) + 8)}px" if px else width
+    return W.HBox([W.Label(value=label, layout=W.Layout(width=need, min_width=need, flex="0 0 auto")), widget])
+
+
+# Chromium's default UI font at JupyterLab's 13 px: measured in JupyterLab, "standing front" takes
+# 112 px, "fighting stance" 117 px.
+LABEL_PX_PER_CHAR = 8
 
 
 def step_hook(token: CancelToken, report: Callable[[StepProgress], None], steps: int,

@@ -115,7 +115,8 @@ class ExploreApp(AppBase):
         self.recipe_view = W.HTML(value="")
         self.gallery = Gallery(on_restore=self.restore)
         self.runner = Runner(self.status, busy=[self.generate_button, self.sheet_button, self.save_button,
-                                                self.model, self.lora], cancel_button=self.cancel_button)
+                                                self.model, self.lora], cancel_button=self.cancel_button,
+                             progress=self.progress)
         self.generate_button.on_click(lambda _b: self.generate())
         self.sheet_button.on_click(lambda _b: self.sheet())
         self.save_button.on_click(lambda _b: self.save())
@@ -137,12 +138,13 @@ class ExploreApp(AppBase):
                         W.HBox([self.poses.upload, W.Label("pose strength"), self.pose_strength]),
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
-        output = W.VBox([self.progress.widget, self.image, self.recipe_view])
+        output = W.VBox([self.progress.widget, self.image, self.recipe_view], layout=W.Layout(overflow="visible"))
         self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget, self.gallery.widget])
         # Stable CSS hooks for browser tests and for users' own styling.
         for w, name in ((self.widget, "explore"), (self.gallery.grid, "gallery"), (self.image, "image"),
                         (self.status.widget, "status"), (self.recipe_view, "recipe"), (self.prompt, "prompt")):
             w.add_class(f"charstudio-{name}")
+        self._css_hooks("explore", self.image)
 
     # -- poses (the picker: `pose_picker.PosePicker`) ------------------------------------------
     @property

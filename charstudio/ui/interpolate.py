@@ -116,11 +116,12 @@ class InterpolateApp(AppBase):
                                        layout=W.Layout(width="130px"))
         self.frames = W.IntSlider(value=frames, min=2, max=32)
         self.method = W.Dropdown(options=["slerp", "lerp"], value="slerp")
-        self.uniform = W.Checkbox(value=False, description="even spacing (about 3x the renders)", indent=False)
+        self.uniform = W.Checkbox(value=False, description="even spacing (about 3x the renders)", indent=False,
+                                  layout=W.Layout(width="auto"))
         self.interpolate_button = W.Button(description="Interpolate", button_style="primary", icon="play")
         self.morph_view = FramesView(self.files, "A -> B")
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
-        self.save_button = W.Button(description="Save frames + GIF", icon="save",
+        self.save_button = W.Button(description="Save frames + GIF", icon="save", layout=W.Layout(width="auto"),
                                     tooltip="PNG frames carrying their recipes, an index JSON and the GIF")
         self.save_button.on_click(lambda _b: self.save())
         self.smoothness = W.HTML(value="")
@@ -155,33 +156,39 @@ class InterpolateApp(AppBase):
         self.status = StatusLine()
         self.progress = ProgressPanel(preview_size=96)
         self.runner = Runner(self.status, busy=[self.interpolate_button, self.mix_button, self.animate_button,
-                                                self.model], cancel_button=self.cancel_button)
+                                                self.model], cancel_button=self.cancel_button,
+                             progress=self.progress)
         self.interpolate_button.on_click(lambda _b: self.run_interpolation())
         self.mix_button.on_click(lambda _b: self.run_mix())
         self.animate_button.on_click(lambda _b: self.run_animation())
 
         common = W.VBox([W.HTML("<b>Settings for every tab</b>"), labelled("model", self.model),
                          labelled("steps", self.steps), labelled("guidance", self.guidance),
-                         labelled("scheduler", self.scheduler), labelled("size", self.size),
-                         W.HBox([self.cancel_button, self.progress.bar, self.progress.label]), self.status.widget])
+                         labelled("scheduler", self.scheduler), labelled("size", self.size)])
+
+        def run_row(button: W.Button) -> W.VBox:
+            # Cancel, the progress bar and the status sit beside each tab's own button. The three
+            # tabs show the same widgets (ipywidgets keeps every view of a widget in sync).
+            return W.VBox([W.HBox([button, self.cancel_button, self.progress.widget]), self.status.widget])
         morph = W.VBox([
             W.HBox([W.VBox([W.HTML("<b>Design A</b>"), self.design_a.widget, labelled("seed", self.seed_a, "40px")]),
                     W.VBox([W.HTML("<b>Design B</b>"), self.design_b.widget,
                             labelled("seed", self.seed_b, "40px")])]),
             labelled("frames", self.frames), labelled("method", self.method), self.uniform,
-            self.interpolate_button, self.morph_view.widget,
+            run_row(self.interpolate_button), self.morph_view.widget,
             W.HBox([self.save_button, W.Label("to"), self.output_dir]),
             W.HBox([self.smoothness, self.smoothness_plot])])
         mix = W.VBox([labelled("design", self.mix_design.widget), labelled("seed", self.mix_seed),
                       W.HTML("weights (normalised to sum to 1; 0 = not used)"), *self.style_weights.values(),
-                      self.mix_button, W.HBox([self.mix_image, self.mix_info])])
+                      run_row(self.mix_button), W.HBox([self.mix_image, self.mix_info])])
         anim = W.VBox([labelled("design", self.anim_design.widget), labelled("seed", self.anim_seed),
                        labelled("from pose", self.pose_a), labelled("to pose", self.pose_b),
-                       labelled("frames", self.anim_frames), self.animate_button, self.anim_view.widget])
+                       labelled("frames", self.anim_frames), run_row(self.animate_button), self.anim_view.widget])
         self.tabs = W.Tab(children=[morph, mix, anim])
         for i, title in enumerate(["Design A -> B", "Style mix", "Pose to pose"]):
             self.tabs.set_title(i, title)
         self.widget = W.VBox([common, self.tabs])
+        self._css_hooks("interpolate", self.morph_view.image)
 
 
     def settings(self) -> dict[str, Any]:

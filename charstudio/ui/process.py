@@ -58,7 +58,7 @@ class ProcessApp(AppBase):
 
         # 1. The run to trace.
         self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False)
-        self.design = DesignPicker(prompt=prompt if prompt is not None else preset_examples(model)[1])
+        self.design = DesignPicker(prompt=prompt if prompt is not None else preset_examples(model)[1], wide=True)
         self.style = W.Dropdown(options=[("(the card's own)", ""), ("none", "none")]
                                 + [(s, s) for s in sorted(load_styles())], value="")
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
@@ -75,8 +75,7 @@ class ProcessApp(AppBase):
         self.trace_button = W.Button(description="Trace", button_style="primary", icon="play")
         self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
         self.status = StatusLine()
-        self.progress = ProgressPanel(preview_size=128)
-        self.progress.preview.layout.display = "none"  # the Steps tab shows every step afterwards
+        self.progress = ProgressPanel(previews=False)  # the Steps tab shows every step afterwards
 
         # 2. Step by step.
         self.step = W.IntSlider(value=1, min=1, max=1, description="step", disabled=True,
@@ -105,15 +104,29 @@ class ProcessApp(AppBase):
         self.compare_labels = [W.HTML(value="") for _ in range(2)]
 
         self.runner = Runner(self.status, busy=[self.trace_button, self.compare_button, self.model],
-                             cancel_button=self.cancel_button)
+                             cancel_button=self.cancel_button, progress=self.progress)
         self.trace_button.on_click(lambda _b: self.run_trace())
         self.compare_button.on_click(lambda _b: self.compare())
 
+        # The design across the top, the prompt as wide as the app: prompts are long.
+        design = W.VBox([labelled("design", self.design.source),
+                         W.HBox([W.Label("prompt", layout=W.Layout(width="110px", min_width="110px", flex="0 0 auto")),
+                                 self.design.prompt], layout=W.Layout(width="100%"))], layout=W.Layout(width="100%"))
+        # Settings in two columns above the tabs, so the tabs get the notebook's whole width.
+        for control in (self.model, self.style, self.steps, self.guidance, self.scheduler, self.decoder):
+            control.layout.width = "260px"
+
+        def run_row(button: W.Button) -> W.VBox:
+            # Cancel, progress and status beside the button they belong to (the same widgets in
+            # both places: ipywidgets keeps every view of a widget in sync).
+            return W.VBox([W.HBox([button, self.cancel_button, self.progress.widget]), self.status.widget])
+
         settings = W.VBox([
-            labelled("model", self.model), labelled("design", self.design.widget), labelled("style", self.style),
-            labelled("seed", self.seed), labelled("steps", self.steps), labelled("guidance", self.guidance),
-            labelled("scheduler", self.scheduler), labelled("size", self.size), labelled("decode with", self.decoder),
-            W.HBox([self.trace_button, self.cancel_button]), self.progress.widget, self.status.widget])
+            W.HBox([W.VBox([labelled("model", self.model), labelled("style", self.style), labelled("seed", self.seed),
+                            labelled("steps", self.steps)]),
+                    W.VBox([labelled("guidance", self.guidance), labelled("scheduler", self.scheduler),
+                            labelled("size", self.size), labelled("decode with", self.decoder)])]),
+            run_row(self.trace_button)])
         stepper = W.VBox([W.HTML("<b>x_t (what the sampler holds) and predicted x0 (its guess of the final "
                                  "image)</b>"), self.step,
                           W.HBox([W.VBox([W.HTML("x_t"), self.xt_image]), W.VBox([W.HTML("predicted x0"),
@@ -124,14 +137,15 @@ class ProcessApp(AppBase):
         compare = W.VBox([
             W.HTML("<b>Side by side</b>: same prompt and seed, two schedulers or step counts"),
             W.HBox([W.Label("A"), self.scheduler_a, self.steps_a]),
-            W.HBox([W.Label("B"), self.scheduler_b, self.steps_b]), self.compare_button,
+            W.HBox([W.Label("B"), self.scheduler_b, self.steps_b]), run_row(self.compare_button),
             W.HBox([W.VBox([self.compare_labels[i], self.compare_images[i]]) for i in range(2)]),
             *self.compare_strips])
         self.tabs = W.Tab(children=[stepper, W.VBox([W.HTML("<b>Noise schedule</b>"), self.schedule_image]),
                                     attention, compare])
         for i, title in enumerate(["Steps", "Noise schedule", "Attention", "Compare"]):
             self.tabs.set_title(i, title)
-        self.widget = W.HBox([settings, self.tabs])
+        self.widget = W.VBox([design, settings, self.tabs])
+        self._css_hooks("process", self.x0_image)
 
 
     def make_config(self, studio: Studio | None = None, **changes: Any) -> Any:

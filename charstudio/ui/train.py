@@ -118,14 +118,15 @@ class TrainApp(AppBase):
         self.data_dir = W.Text(value=data_dir, placeholder="folder of 5-50 images of one character",
                                layout=W.Layout(width="360px"))
         self.load_button = W.Button(description="Load", icon="folder-open")
-        self.picks_button = W.Button(description="Use gallery picks", icon="images",
+        self.picks_button = W.Button(description="Use gallery picks", icon="images", layout=W.Layout(width="auto"),
                                      tooltip="copy the pictures ticked in the Explore gallery into a dataset folder",
                                      disabled=gallery is None)
-        self.save_captions_button = W.Button(description="Save captions", icon="save")
+        self.save_captions_button = W.Button(description="Save captions", icon="save", layout=W.Layout(width="auto"))
         self.dataset = DatasetView()
 
         # 2. Options (the common ones; everything else keeps LoraTrainingConfig's defaults).
-        self.model = W.Combobox(value=self.source.model, options=model_choices(), ensure_option=False)
+        self.model = W.Combobox(value=self.source.model, options=model_choices(), ensure_option=False,
+                                layout=W.Layout(width="260px"))
         self.name = W.Text(value="my-character", layout=W.Layout(width="200px"))
         self.trigger = W.Text(value="sks", layout=W.Layout(width="120px"))
         self.class_word = W.Text(value="person", layout=W.Layout(width="120px"))
@@ -133,12 +134,14 @@ class TrainApp(AppBase):
         self.rank = W.Dropdown(options=[4, 8, 16, 32, 64], value=16, layout=W.Layout(width="120px"))
         self.lora_layers = W.Dropdown(options=[("attention", "attention"), ("whole transformer blocks", "transformer")],
                                       value="attention", layout=W.Layout(width="200px"))
-        self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-1, step=0.1, readout_format=".1e")
+        self.learning_rate = W.FloatLogSlider(value=1e-4, base=10, min=-6, max=-1, step=0.1, readout_format=".1e",
+                                              layout=W.Layout(width="240px"))
         self.lr_scheduler = W.Dropdown(options=["constant", "cosine", "linear", "constant_with_warmup"],
                                        value="constant", layout=W.Layout(width="180px"))
         self.batch_size = W.BoundedIntText(value=1, min=1, max=256, layout=W.Layout(width="120px"))
         # Min-SNR-gamma loss weighting: 0 = off; 5 is the usual value.
-        self.snr_gamma = W.BoundedFloatText(value=0.0, min=0.0, max=100.0, step=1.0, layout=W.Layout(width="120px"))
+        self.snr_gamma = W.BoundedFloatText(value=0.0, min=0.0, max=100.0, step=1.0, layout=W.Layout(width="120px"),
+                                            tooltip="0: off; 5 is the usual value")
         self.validation_steps = W.BoundedIntText(value=max(1, steps // 4), min=0, max=100_000,
                                                  layout=W.Layout(width="120px"))
         self.checkpointing_steps = W.BoundedIntText(value=max(1, steps // 4), min=1, max=100_000,
@@ -147,22 +150,26 @@ class TrainApp(AppBase):
         self.resolution = W.Dropdown(options=[("model's native", 0)] + [(str(r), r) for r in (64, 128, 256, 384, 512,
                                                                                            640, 768, 1024)],
                                      value=0, layout=W.Layout(width="140px"))
-        self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False)
-        self.train_text_encoder_2 = W.Checkbox(value=False, indent=False,
+        self.train_text_encoder = W.Checkbox(value=False, description="also train the text encoder", indent=False,
+                                              layout=W.Layout(width="auto"))
+        self.train_text_encoder_2 = W.Checkbox(value=False, indent=False, layout=W.Layout(width="auto"),
                                                description="also train the second text encoder (SDXL)")
-        self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False)
+        self.flip = W.Checkbox(value=False, description="random horizontal flips", indent=False,
+                                layout=W.Layout(width="auto"))
         # Ticked by Load when every image has a NAME.pose.json beside it.
         self.pose_conditioning = W.Checkbox(value=False, description="train with each image's pose (NAME.pose.json)",
-                                            indent=False)
+                                            indent=False, layout=W.Layout(width="auto"))
         # Prior preservation: also train on pictures the base model draws of the class prompt.
-        self.prior_preservation = W.Checkbox(value=False, indent=False,
-                                             description="prior preservation (also train on the base model's class images)")
+        self.prior_preservation = W.Checkbox(value=False, indent=False, layout=W.Layout(width="auto"),
+                                             description="prior preservation (class images)",
+                                             tooltip="also train on pictures the base model draws of the class prompt")
         self.class_prompt = W.Text(value="", placeholder="blank: a picture of a CLASS WORD",
                                    layout=W.Layout(width="260px"))
         self.num_class_images = W.BoundedIntText(value=50, min=1, max=10_000, layout=W.Layout(width="120px"))
         self.seed = W.BoundedIntText(value=0, min=0, max=2**31, layout=W.Layout(width="120px"))
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
-        self.overwrite = W.Checkbox(value=False, description="replace an existing LoRA of this name", indent=False)
+        self.overwrite = W.Checkbox(value=False, description="replace an existing LoRA of this name", indent=False,
+                                     layout=W.Layout(width="auto"))
 
         # 3. Run controls and live output.
         self.start_button = W.Button(description="Start", button_style="primary", icon="play")
@@ -170,9 +177,8 @@ class TrainApp(AppBase):
         self.resume_button = W.Button(description="Resume", icon="step-forward",
                                       tooltip="continue from the newest checkpoint")
         self.status = StatusLine()
-        self.progress = ProgressPanel(preview_size=8)
-        self.progress.preview.layout.display = "none"  # training has no step previews
-        self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="420px"))
+        self.progress = ProgressPanel(previews=False)  # training has no step previews
+        self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="400px", display="none"))
         self.validation = W.HBox(layout=W.Layout(overflow="auto", width="100%"))
         self.comparison_images = W.HBox()  # one picture per LoRA weight, labelled under it
         self.comparison_info = W.HTML(value="")
@@ -180,7 +186,7 @@ class TrainApp(AppBase):
         # Without a gallery the picks button stays off, so it is not among the buttons a run re-enables.
         busy = [self.start_button, self.resume_button, self.load_button, self.save_captions_button, self.model]
         self.runner = Runner(self.status, busy=busy + ([self.picks_button] if gallery is not None else []),
-                             cancel_button=self.stop_button)
+                             cancel_button=self.stop_button, progress=self.progress)
         self.load_button.on_click(lambda _b: self.load_dataset())
         self.picks_button.on_click(lambda _b: self.use_gallery_picks())
         self.save_captions_button.on_click(lambda _b: self.save_captions())
@@ -189,28 +195,32 @@ class TrainApp(AppBase):
 
         data = W.VBox([W.HTML("<b>1. Dataset</b>"), W.HBox([self.data_dir, self.load_button, self.picks_button]),
                        self.dataset.widget, self.save_captions_button])
-        options = W.VBox([W.HTML("<b>2. Training options</b>"), labelled("model", self.model),
-                          labelled("LoRA name", self.name), labelled("trigger word", self.trigger),
-                          labelled("class word", self.class_word), labelled("steps", self.steps),
-                          labelled("rank", self.rank), labelled("LoRA layers", self.lora_layers),
-                          labelled("learning rate", self.learning_rate),
-                          labelled("lr schedule", self.lr_scheduler),
-                          labelled("batch size", self.batch_size), labelled("min-SNR gamma (0: off)", self.snr_gamma),
-                          labelled("resolution", self.resolution),
-                          labelled("validate every", self.validation_steps),
-                          labelled("sample steps", self.validation_inference_steps),
-                          labelled("checkpoint every", self.checkpointing_steps), labelled("seed", self.seed),
-                          labelled("save under", self.output_dir), self.train_text_encoder,
+        def field(label: str, widget: W.Widget) -> W.HBox:
+            return labelled(label, widget, "140px")  # the longest label, "checkpoint every", fits
+
+        options = W.VBox([W.HTML("<b>2. Training options</b>"), field("model", self.model),
+                          field("LoRA name", self.name), field("trigger word", self.trigger),
+                          field("class word", self.class_word), field("steps", self.steps),
+                          field("rank", self.rank), field("LoRA layers", self.lora_layers),
+                          field("learning rate", self.learning_rate),
+                          field("lr schedule", self.lr_scheduler),
+                          field("batch size", self.batch_size), field("min-SNR gamma", self.snr_gamma),
+                          field("resolution", self.resolution),
+                          field("validate every", self.validation_steps),
+                          field("sample steps", self.validation_inference_steps),
+                          field("checkpoint every", self.checkpointing_steps), field("seed", self.seed),
+                          field("save under", self.output_dir), self.train_text_encoder,
                           self.train_text_encoder_2, self.flip,
                           self.pose_conditioning, self.prior_preservation,
-                          labelled("class prompt", self.class_prompt),
-                          labelled("class images", self.num_class_images), self.overwrite])
+                          field("class prompt", self.class_prompt),
+                          field("class images", self.num_class_images), self.overwrite])
         run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
-                      W.HBox([self.progress.bar, self.progress.label]), self.status.widget, self.loss_plot,
+                      self.progress.widget, self.status.widget, self.loss_plot,
                       W.HTML("validation samples"), self.validation,
                       W.HTML("<b>4. Before / after</b> (the same seed at several LoRA weights)"),
                       self.comparison_images, self.comparison_info])
         self.widget = W.VBox([data, W.HBox([options, run])])
+        self._css_hooks("train", self.loss_plot)
 
 
     # -- dataset ---------------------------------------------------------------------------------
@@ -346,6 +356,12 @@ class TrainApp(AppBase):
         self.progress.reset()
         if not resume:
             self.validation.children = ()
+        # Nothing of the previous run stays on screen as if it belonged to this one: its loss curve
+        # and before/after row go now, and the curve comes back with this run's first step.
+        self.loss_plot.value = blank_png()
+        self.loss_plot.layout.display = "none"
+        self.comparison_images.children = ()
+        self.comparison_info.value = ""
         self.comparison = None
         self.stopped_at = None
 
@@ -395,6 +411,7 @@ class TrainApp(AppBase):
         every = max(1, record.total_steps // 40)
         if record.step % every == 0 or record.done or record.images:
             self.loss_plot.value = self._loss_figure()
+            self.loss_plot.layout.display = ""
         if record.images:
             cells = [W.VBox([W.Image(value=png_bytes(im, 128), format="png", layout=W.Layout(width="128px")),
                              W.HTML(value=f"<small>step {record.step}</small>")]) for im in record.images]

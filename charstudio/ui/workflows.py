@@ -87,14 +87,13 @@ class WorkflowsApp(AppBase):
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
         self.status = StatusLine()
-        self.progress = ProgressPanel(preview_size=128)
-        self.progress.preview.layout.display = "none"
+        self.progress = ProgressPanel(previews=False)
         self.before_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
-        self.after_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW * 2}px"))
+        self.after_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
         self.before_label, self.after_label = W.HTML("<b>before</b>"), W.HTML("<b>after</b>")
 
         self.runner = Runner(self.status, busy=[self.run_button, self.model, self.workflow],
-                             cancel_button=self.cancel_button)
+                             cancel_button=self.cancel_button, progress=self.progress)
         self.run_button.on_click(lambda _b: self.run())
         settings = W.VBox([
             labelled("model", self.model), labelled("design", self.design.widget), labelled("pose", self.pose),
@@ -103,6 +102,7 @@ class WorkflowsApp(AppBase):
             self.status.widget])
         pictures = W.HBox([W.VBox([self.before_label, self.before_image]), W.VBox([self.after_label, self.after_image])])
         self.widget = W.HBox([settings, pictures])
+        self._css_hooks("workflows", self.after_image)
 
     def _show_options(self) -> None:
         self.options_box.children = [self.options[self.workflow.value]]
@@ -149,12 +149,24 @@ class WorkflowsApp(AppBase):
 
         def done(value: Any) -> None:
             self.before, self.result, shown = value
-            if self.before is not None:
-                self.before_image.value = png_bytes(self.before, VIEW)
-            self.after_image.value = png_bytes(shown, VIEW * 2 if shown.width > shown.height * 1.5 else VIEW)
+            self.show_pictures(self.before, shown)
             self.status.ok(f"{TITLES[workflow]}: done")
 
         return self.runner.start(TITLES[workflow], job, done)
+
+    def show_pictures(self, before: Any, after: Any) -> None:
+        """Before and after, drawn at the same scale: a picture of the same size shows at the same
+        size (the image widgets' widths follow the pictures, so none is stretched); a wide sheet
+        (turnaround, expressions) keeps its width, at most twice the view."""
+        scale = VIEW / max(after.width, after.height) if after.width <= after.height * 1.5 else 2 * VIEW / after.width
+        if before is not None:
+            scale = min(scale, VIEW / max(before.width, before.height))
+            width = max(1, round(before.width * scale))
+            self.before_image.value = png_bytes(before, width)
+            self.before_image.layout.width = f"{width}px"
+        width = max(1, round(after.width * scale))
+        self.after_image.value = png_bytes(after, width)
+        self.after_image.layout.width = f"{width}px"
 
     def _two_characters(self, studio: RunHooks, design: Any, settings: dict, hooks: dict) -> tuple:
         """The design as the shared scene, two poses side by side, left and right prompts."""
