@@ -294,6 +294,23 @@ def test_another_eye_colour_flags_the_eyes_alone(size):
                 assert check.failed == ([] if asked == drawn else ["eyes"]), (pose_name, drawn, asked, check.to_dict())
 
 
+def test_background_in_a_part_region_is_left_out_unless_it_is_the_asked_colour():
+    pose = load_pose("standing_three_quarter").fit(64, 64)
+    red = {"hair": rgb_to_hex(HAIR_COLOURS["red"])}
+    for i in range(4):
+        attrs = random_attributes(random.Random(40 + i)).replace(hair_colour="red", hair_style="short", accessory="none")
+        # A model draws the head a little low and small: the hair cap's top shows background.
+        low = render(attrs, pose.scale(0.9).translate(0, 2))
+        assert check_palette(low, pose, red).passed, check_palette(low, pose, red).to_dict()
+        assert check_palette(render(attrs.replace(hair_colour="blue"), pose.scale(0.9).translate(0, 2)), pose,
+                             red).failed == ["hair"]
+    white = {"hair": rgb_to_hex(HAIR_COLOURS["white"])}
+    for accessory in ("none", "hat"):  # white hair on a white background is still the hair
+        attrs = Attributes(hair_colour="white", background="white", accessory=accessory)
+        assert check_palette(render(attrs, pose), pose, white).passed
+        assert check_palette(render(attrs.replace(hair_colour="blue"), pose), pose, white).failed == ["hair"]
+
+
 def test_parts_a_pose_does_not_show_are_skipped_with_the_reason():
     attrs = Attributes(hair_colour="red", eye_colour="blue")
     back = load_pose("standing_back").fit(SIZE, SIZE)

@@ -3,7 +3,9 @@
 A card may give a hex colour per part (``palette: {hair: "#d72828", eyes: "#2864e6"}``). Each
 part's colour is measured where the pose says that part is, as the *dominant* colour of that
 region (`colour.dominant_colour`: the largest group of pixels within 12 of one another, so an
-edge or a stripe does not pull it towards a colour nobody drew), and compared with CIEDE2000:
+edge or a stripe does not pull it towards a colour nobody drew; background showing where the
+figure does not fill the region is left out unless the asked colour is the background's), and
+compared with CIEDE2000:
 
 - **hair**: the head's top cap (`mini.measure.hair_region`: above the eyes,
   below a hat's brim), which shows hair from the front, the side and behind.
@@ -40,6 +42,7 @@ __all__ = ["DEFAULT_TOLERANCE", "PALETTE_PARTS", "PaletteCheck", "check_palette"
 # CIEDE2000 per part. Flat colours drawn again land within ~1; a diffusion model's flat colour
 # wanders by a few units; another hair colour of the world is 26 (brown vs black) to 70 away.
 DEFAULT_TOLERANCE: dict[str, float] = {"hair": 12.0, "eyes": 20.0, "outfit": 12.0, "accent": 15.0}
+BACKGROUND = 10.0  # a pixel this close to the border's median colour is background, not the part
 
 
 @dataclass
@@ -100,7 +103,15 @@ def _palette_of(palette: Character | dict[str, str]) -> dict[str, str]:
     return {p: colours[p].lower() for p in PALETTE_PARTS if p in colours}
 
 
-def _median(pixels: np.ndarray) -> np.ndarray:
+def _part_colour(rgb: np.ndarray, mask: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The dominant colour in ``mask``, leaving out the background (the border's median colour)
+    where the figure does not fill the region, unless the asked colour is the background's own
+    (white hair on a white background) or fewer than 3 pixels would be left."""
+    pixels = rgb[mask]
+    border = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    if float(delta_e(target, border)) > BACKGROUND:
+        figure = pixels[delta_e(pixels, border) > BACKGROUND]
+        pixels = figure if len(figure) >= 3 else pixels
     return dominant_colour(pixels)
 
 
@@ -110,7 +121,7 @@ def _measure(part: str, rgb: np.ndarray, pose: Any, target: np.ndarray) -> tuple
     ok = np.asarray(pose.body)[:, 2] > 0
     if part == "hair":
         mask = hair_region(pose, size) if (ok[0] or ok[16] or ok[17]) else None
-        return (_median(rgb[mask]), "") if mask is not None and mask.any() else (None, "no head in this pose")
+        return (_part_colour(rgb, mask, target), "") if mask is not None and mask.any() else (None, "no head in this pose")
     if part == "eyes":  # an eye's worth of pixels (a quarter of the area) nearest the colour
         areas = [m for m in eye_region(pose, size, radius=0.15) if m.any()]
         if not areas:
@@ -119,7 +130,7 @@ def _measure(part: str, rgb: np.ndarray, pose: Any, target: np.ndarray) -> tuple
         return min(found, key=lambda c: float(delta_e(c, target))), ""
     if part == "outfit":
         mask = torso_region(pose, size)
-        return (_median(rgb[mask]), "") if mask.any() else (None, "no torso facing the viewer in this pose (no shoulders and hips, or side-on)")
+        return (_part_colour(rgb, mask, target), "") if mask.any() else (None, "no torso facing the viewer in this pose (no shoulders and hips, or side-on)")
     mask = skeleton_mask(pose, *size)  # accent: the pixels nearest it anywhere on the figure
     if not mask.any():
         return None, "no figure in this pose"
