@@ -9,6 +9,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import tempfile  # noqa: E402
+
+# The user's own pose library (~/.charstudio/poses) must not leak into tests: poses saved there
+# would join list_poses() and every loop over it. Tests that save poses set their own folder.
+os.environ["CHARSTUDIO_POSE_DIR"] = tempfile.mkdtemp(prefix="charstudio-test-poses-")
+
 import pytest  # noqa: E402
 
 
