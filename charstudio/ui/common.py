@@ -416,10 +416,12 @@ class AppBase:
 
     def _css_hooks(self, name: str, result: W.Widget) -> None:
         """Stable CSS classes for browser tests and users' styling: the app's root is
-        ``charstudio-app charstudio-NAME``, its main picture ``charstudio-result``."""
+        ``charstudio-app charstudio-NAME``, its main picture ``charstudio-result``, its status line
+        ``charstudio-app-status``."""
         self.widget.add_class("charstudio-app")
         self.widget.add_class(f"charstudio-{name}")
         result.add_class("charstudio-result")
+        self.status.widget.add_class("charstudio-app-status")  # the app's own (a pose editor has one too)
 
     @property
     def studio(self) -> Studio:

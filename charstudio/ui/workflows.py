@@ -98,10 +98,12 @@ class WorkflowsApp(AppBase):
         settings = W.VBox([
             labelled("model", self.model), labelled("design", self.design.widget), labelled("pose", self.pose),
             labelled("seed", self.seed), labelled("steps", self.steps), labelled("workflow", self.workflow),
-            self.options_box, W.HBox([self.run_button, self.cancel_button]), self.progress.widget,
+            self.options_box, W.HBox([self.run_button, self.cancel_button, self.progress.widget]),
             self.status.widget])
         pictures = W.HBox([W.VBox([self.before_label, self.before_image]), W.VBox([self.after_label, self.after_image])])
-        self.widget = W.HBox([settings, pictures])
+        # Pictures under the settings, not beside them: before (256 px) and a wide after (up to 512 px)
+        # side by side need the notebook's whole width.
+        self.widget = W.VBox([settings, pictures])
         self._css_hooks("workflows", self.after_image)
 
     def _show_options(self) -> None:
