@@ -179,8 +179,9 @@ class TrainApp(AppBase):
         self.status = StatusLine()
         self.progress = ProgressPanel(previews=False)  # training has no step previews
         self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="400px", display="none"))
-        self.validation = W.HBox(layout=W.Layout(overflow="auto", width="100%"))
-        self.comparison_images = W.HBox()  # one picture per LoRA weight, labelled under it
+        # Pictures wrap onto more rows rather than scroll out of sight beside the options.
+        self.validation = W.HBox(layout=W.Layout(flex_flow="row wrap", width="100%"))
+        self.comparison_images = W.HBox(layout=W.Layout(flex_flow="row wrap"))  # one per LoRA weight, labelled
         self.comparison_info = W.HTML(value="")
 
         # Without a gallery the picks button stays off, so it is not among the buttons a run re-enables.
@@ -213,12 +214,13 @@ class TrainApp(AppBase):
                           self.train_text_encoder_2, self.flip,
                           self.pose_conditioning, self.prior_preservation,
                           field("class prompt", self.class_prompt),
-                          field("class images", self.num_class_images), self.overwrite])
+                          field("class images", self.num_class_images), self.overwrite],
+                         layout=W.Layout(flex="0 0 auto"))  # the options keep their width; the run column gives
         run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
                       self.progress.widget, self.status.widget, self.loss_plot,
                       W.HTML("validation samples"), self.validation,
                       W.HTML("<b>4. Before / after</b> (the same seed at several LoRA weights)"),
-                      self.comparison_images, self.comparison_info])
+                      self.comparison_images, self.comparison_info], layout=W.Layout(flex="1 1 auto", min_width="0"))
         self.widget = W.VBox([data, W.HBox([options, run])])
         self._css_hooks("train", self.loss_plot)
 
