@@ -56,7 +56,9 @@ class WorkflowsApp(AppBase):
         # 1. What to draw, and which workflow.
         self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False)
         cards, example = preset_examples(model)
-        self.design = DesignPicker(prompt=prompt if prompt is not None else example, card=cards[0])
+        # A wide prompt box: the example prompts are longer than a 260 px field (it wraps instead).
+        self.design = DesignPicker(prompt=prompt if prompt is not None else example, card=cards[0], wide=True)
+        self.design.widget.layout = W.Layout(width="100%", flex="1 1 auto")
         poses = list_poses()
         self.pose = W.Dropdown(options=poses, value="standing_front" if "standing_front" in poses else poses[0])
         self.seed = W.BoundedIntText(value=random.randint(0, 99_999), min=0, max=MAX_SEED - 64,
