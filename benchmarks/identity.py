@@ -20,24 +20,10 @@ with re-rolls, and the mean number of tries per view.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
 POSES = ["standing_front", "walking", "waving", "running"]
-
-
-def world_cards(count: int) -> list:
-    """Cards of mini-world characters (their traits in mini's words), drawn at random (seeded)."""
-    from charstudio.character import Character
-    from charstudio.mini.world import random_attributes
-
-    cards = []
-    for k in range(count):
-        p = random_attributes(random.Random(1000 + k)).phrases()
-        traits = {key: p[key] for key in ("hair", "eyes", "outfit", "accessory", "background") if p[key]}
-        cards.append(Character(name=f"world{k}", description=p["who"], traits=traits))
-    return cards
 
 
 def main() -> None:
@@ -55,6 +41,7 @@ def main() -> None:
     import torch
 
     from charstudio import Studio
+    from charstudio.mini.evaluate import world_cards
     from charstudio.sheets.identity import resolve_scorer
 
     if args.threads:

@@ -153,23 +153,10 @@ def test_bad_reroll_options_are_refused_before_drawing(spied, field, value):
 
 
 # -- on mini: >= 20 four-pose sheets, re-rolled to the scorer's threshold ------------------------------------
-def world_cards(count: int):
-    """Cards of mini-world characters (their traits in the words mini knows), drawn at random."""
-    import random
-
-    from charstudio.character import Character
-    from charstudio.mini.world import random_attributes
-
-    cards = []
-    for k in range(count):
-        p = random_attributes(random.Random(1000 + k)).phrases()
-        traits = {key: p[key] for key in ("hair", "eyes", "outfit", "accessory", "background") if p[key]}
-        cards.append(Character(name=f"world{k}", description=p["who"], traits=traits))
-    return cards
-
-
 @pytest.mark.slow  # 80+ mini pictures: 1839 s measured under a load of 14 on this 2-core machine
 def test_rerolls_bring_at_least_95_percent_of_views_to_the_threshold_on_mini(mini_studio):
+    from charstudio.mini.evaluate import world_cards
+
     reached = views = 0
     for card in world_cards(5):
         for seed in (1, 2, 3, 4):  # 20 sheets, 60 views re-rolled (the first of each is the anchor)

@@ -187,6 +187,19 @@ def loose_card() -> Any:
     return Character(name="loose", description="a girl", traits={"hair": "long red hair", "outfit": "a blue dress"})
 
 
+def world_cards(count: int, first_seed: int = 1000) -> list[Any]:
+    """Cards of ``count`` random mini-world characters (seeded), their traits in the words mini
+    knows: the identity benchmark's and tests' cast."""
+    from ..character import Character
+
+    cards = []
+    for k in range(count):
+        p = random_attributes(random.Random(first_seed + k)).phrases()
+        traits = {key: p[key] for key in ("hair", "eyes", "outfit", "accessory", "background") if p[key]}
+        cards.append(Character(name=f"world{k}", description=p["who"], traits=traits))
+    return cards
+
+
 def sheet_consistency(studio: Studio, character: Any, poses: Sequence[Any], *, seed: int = 3,
                       reference_strength: float = 0.5, steps: int = 20) -> dict[str, Any]:
     """Histogram distance within a sheet (same noise + reference attention) vs. four seeds without them."""
