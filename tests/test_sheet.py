@@ -122,6 +122,23 @@ def test_sheet_bad_input(tiny_studio):
         tiny_studio.sheet("a knight", POSES, reference_strength=1.5, **FAST)
 
 
+def test_cli_poses_lists_the_users_poses_two_people_and_broken_files_too(tmp_path, capsys, monkeypatch):
+    """The pose editor saves two-person poses into the user's library; the listing shows them,
+    and one broken file there is named, not a crash that hides the rest."""
+    from charstudio.cli import main
+    from charstudio.pose import save_pose
+    from charstudio.pose.compose import side_by_side
+
+    monkeypatch.setenv("CHARSTUDIO_POSE_DIR", str(tmp_path / "poses"))
+    save_pose(side_by_side("standing_front", "waving", width=128, height=64), "duo")
+    (tmp_path / "poses" / "broken.json").write_text("{not json")
+    assert main(["poses"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "2 people" in lines["duo"] and lines["duo"].endswith("(yours)")
+    assert "unreadable" in lines["broken"] and "1 person" in lines["standing_front"]
+    assert "(yours)" not in lines["standing_front"]
+
+
 def test_cli_poses_and_pose_render(tmp_path, capsys):
     from charstudio.cli import main
 

@@ -58,11 +58,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_poses(args: argparse.Namespace) -> int:
-    from charstudio.pose import list_poses, load_pose
+    from charstudio.errors import CharstudioError
+    from charstudio.pose import list_poses, user_pose_dir
+    from charstudio.pose.compose import PoseGroup, load_people
 
+    mine = user_pose_dir()
     for name in list_poses():
-        pose = load_pose(name)
-        print(f"{name:24s} {int(pose.present.sum()):2d}/18 points  canvas {pose.canvas_width}x{pose.canvas_height}")
+        where = "  (yours)" if (mine / f"{name}.json").is_file() else ""
+        try:
+            pose = load_people(name)
+        except (CharstudioError, ValueError) as err:  # one broken file of the user's must not hide the rest
+            print(f"{name:24s} unreadable: {str(err).splitlines()[0]}{where}")
+            continue
+        people = pose.people if isinstance(pose, PoseGroup) else [pose]
+        points = "+".join(str(int(p.present.sum())) for p in people)
+        who = f"{len(people)} people" if len(people) > 1 else "1 person"
+        print(f"{name:24s} {who:9s} {points:>5s}/18 points  canvas {pose.canvas_width}x{pose.canvas_height}{where}")
     return 0
 
 

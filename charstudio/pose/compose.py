@@ -4,7 +4,7 @@ A `PoseGroup` is people (each a `Pose` on the same canvas) that render into one 
 image, and its JSON is the editor format with one entry per person in ``people`` (what OpenPose
 writes for a picture of several people), so a recipe's ``pose`` can hold it:
 
-    >>> group = side_by_side("standing", "waving", width=128, height=64)
+    >>> group = side_by_side("standing_front", "waving", width=128, height=64)
     >>> studio.generate("two friends", pose=group, width=128, height=64,
     ...                 regions=[{"prompt": "a girl with red hair", "box": "left"},
     ...                          {"prompt": "a boy with blue hair", "box": "right"}])
