@@ -26,6 +26,7 @@ from .common import (
     picked_card,
     png_bytes,
 )
+from .identity_view import IdentityControls, IdentityStrip, summary_line
 from .pose_picker import PosePicker
 from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
 
@@ -90,6 +91,7 @@ class ExploreApp(AppBase):
         self.num_images = W.IntSlider(value=1, min=1, max=4)
         self.preview_every = W.IntSlider(value=preview_every, min=1, max=25, tooltip="preview every k steps")
         self.output_dir = W.Text(value=output_dir, layout=W.Layout(width="200px"))
+        self.identity = IdentityControls()  # Sheet: re-roll views below min identity (#36)
 
         # 4. A trained LoRA (lora/NAME/), and saved PNGs whose recipes come back into the controls.
         self.lora_dir = lora_dir
@@ -113,6 +115,7 @@ class ExploreApp(AppBase):
         self.progress = ProgressPanel()
         self.image = W.Image(value=blank_png(), format="png", layout=W.Layout(width="320px"))
         self.recipe_view = W.HTML(value="")
+        self.identity_strip = IdentityStrip()  # a sheet's pictures, each with its identity score
         self.gallery = Gallery(on_restore=self.restore)
         self.runner = Runner(self.status, busy=[self.generate_button, self.sheet_button, self.save_button,
                                                 self.model, self.lora], cancel_button=self.cancel_button,
@@ -128,7 +131,7 @@ class ExploreApp(AppBase):
             labelled("seed", W.HBox([self.seed, self.lock_seed, self.dice])),
             labelled("steps", self.steps), labelled("guidance", self.guidance),
             labelled("scheduler", self.scheduler), labelled("size (w x h)", W.HBox([self.width, self.height])),
-            labelled("images", self.num_images), labelled("preview every", self.preview_every),
+            labelled("images", self.num_images), labelled("preview every", self.preview_every), self.identity.widget,
             labelled("LoRA", W.HBox([self.lora, self.lora_refresh, self.lora_weight])),
             labelled("save to", W.HBox([self.output_dir, self.png_upload])),
         ])
@@ -139,7 +142,8 @@ class ExploreApp(AppBase):
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view], layout=W.Layout(overflow="visible"))
-        self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget, self.gallery.widget])
+        self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget,
+                              self.identity_strip.widget, self.gallery.widget])
         # Stable CSS hooks for browser tests and for users' own styling.
         for w, name in ((self.widget, "explore"), (self.gallery.grid, "gallery"), (self.image, "image"),
                         (self.status.widget, "status"), (self.recipe_view, "recipe"), (self.prompt, "prompt")):
@@ -259,6 +263,7 @@ class ExploreApp(AppBase):
         values = self.controls()
         values["preview_every"] = int(self.preview_every.value)
         values["pose_objects"] = {n: self._pose(n) for n in values["poses"]}
+        values["identity"] = self.identity.kwargs()
         return values
 
     @staticmethod
@@ -316,9 +321,10 @@ class ExploreApp(AppBase):
             return False
         self._prepare_seed()
         values = self.settings()  # read now: the job may wait behind another run
-        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects")}
+        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects", "identity")}
         mixing = self._mixing(values)
         self.progress.reset()
+        self.identity_strip.clear()  # a sheet's scores do not belong to this picture
 
         def job(token: CancelToken) -> Any:
             from ..trace import LivePreview
@@ -381,9 +387,10 @@ class ExploreApp(AppBase):
             return False
         self._prepare_seed()
         values = self.settings()  # read now: the job may wait behind another run
-        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects")}
+        snapshot = {k: v for k, v in values.items() if k not in ("preview_every", "pose_objects", "identity")}
         names = list(values["poses"])
         self.progress.reset()
+        self.identity_strip.clear()
 
         def job(token: CancelToken) -> Any:
             studio = self.studio
@@ -404,8 +411,10 @@ class ExploreApp(AppBase):
             self.image.value = png_bytes(grid, 480)
             self._show_recipe(result.recipes[0])
             score = getattr(result, "score", None)
-            self.status.ok(f"sheet of {len(result.images)} poses; seed {result.recipes[0].seed}"
-                           + (f"; consistency {score:.3f}" if score is not None else ""))
+            self.identity_strip.show(result)
+            text = (f"sheet of {len(result.images)} poses; seed {result.recipes[0].seed}"
+                    + (f"; consistency {score:.3f}" if score is not None else "") + (f"; {summary_line(result)}" if summary_line(result) else ""))
+            (self.status.warn if getattr(result, "identity_note", None) else self.status.ok)(text)
 
         return self.runner.start("Sheet", job, done)
 
@@ -422,7 +431,7 @@ class ExploreApp(AppBase):
         return dict(
             seed=int(v["seed"]), labels=[n.replace("_", " ") for n in names],
             reference_strength=float(v["consistency"]), style=v["style"] or None, extra=extra,
-            progress=report, cancel=token, **self._sampling(v),
+            progress=report, cancel=token, **self._sampling(v), **v.get("identity", {}),
             callbacks=[LivePreview(self.progress.show_preview,
                                    every=max(1, min(v["preview_every"], int(v["steps"]))))])
 

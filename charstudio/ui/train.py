@@ -27,6 +27,7 @@ from .common import (
     labelled,
     png_bytes,
 )
+from .identity_view import identity_figure
 from .session import RunHooks, StudioSource, exclusive, model_choices
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class TrainApp(AppBase):
         self.gallery = gallery
         self.history: list[tuple[int, float]] = []  # (step, loss) of the current run
         self.records: list[Any] = []  # every TrainingStep of the current run
+        self.identity_points: list[dict[str, Any]] = []  # TrainingStep.identity of the validation steps
         self.files: dict[str, Path] = {}  # final outputs of the last finished run
         self.comparison: Any = None  # Result of the before/after sweep
         self.stopped_at: int | None = None
@@ -179,6 +181,8 @@ class TrainApp(AppBase):
         self.status = StatusLine()
         self.progress = ProgressPanel(previews=False)  # training has no step previews
         self.loss_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="400px", display="none"))
+        # Trained vs weight-0 identity over the validation steps, beside the loss (wraps under it when narrow).
+        self.identity_plot = W.Image(value=blank_png(), format="png", layout=W.Layout(width="400px", display="none"))
         # Pictures wrap onto more rows rather than scroll out of sight beside the options.
         self.validation = W.HBox(layout=W.Layout(flex_flow="row wrap", width="100%"))
         self.comparison_images = W.HBox(layout=W.Layout(flex_flow="row wrap"))  # one per LoRA weight, labelled
@@ -217,7 +221,8 @@ class TrainApp(AppBase):
                           field("class images", self.num_class_images), self.overwrite],
                          layout=W.Layout(flex="0 0 auto"))  # the options keep their width; the run column gives
         run = W.VBox([W.HTML("<b>3. Train</b>"), W.HBox([self.start_button, self.stop_button, self.resume_button]),
-                      self.progress.widget, self.status.widget, self.loss_plot,
+                      self.progress.widget, self.status.widget,
+                      W.HBox([self.loss_plot, self.identity_plot], layout=W.Layout(flex_flow="row wrap")),
                       W.HTML("validation samples"), self.validation,
                       W.HTML("<b>4. Before / after</b> (the same seed at several LoRA weights)"),
                       self.comparison_images, self.comparison_info], layout=W.Layout(flex="1 1 auto", min_width="0"))
@@ -362,6 +367,7 @@ class TrainApp(AppBase):
         # and before/after row go now, and the curve comes back with this run's first step.
         self.loss_plot.value = blank_png()
         self.loss_plot.layout.display = "none"
+        self.identity_plot.value, self.identity_plot.layout.display, self.identity_points = blank_png(), "none", []
         self.comparison_images.children = ()
         self.comparison_info.value = ""
         self.comparison = None
@@ -414,6 +420,9 @@ class TrainApp(AppBase):
         if record.step % every == 0 or record.done or record.images:
             self.loss_plot.value = self._loss_figure()
             self.loss_plot.layout.display = ""
+        if getattr(record, "identity", None):
+            self.identity_points.append(dict(record.identity))
+            self.identity_plot.value, self.identity_plot.layout.display = identity_figure(self.identity_points), ""
         if record.images:
             cells = [W.VBox([W.Image(value=png_bytes(im, 128), format="png", layout=W.Layout(width="128px")),
                              W.HTML(value=f"<small>step {record.step}</small>")]) for im in record.images]

@@ -22,6 +22,7 @@ from .common import (
     labelled,
     png_bytes,
 )
+from .identity_view import IdentityControls, IdentityStrip, summary_line
 from .session import RunHooks, StudioSource, default_steps, exclusive, model_choices
 from ..workflows.masks import REGIONS
 
@@ -74,13 +75,15 @@ class WorkflowsApp(AppBase):
         self.expressions = W.Text(value="neutral, smiling, angry, surprised")
         self.left_prompt = W.Text(value="a girl with red hair")
         self.right_prompt = W.Text(value="a boy with blue hair")
+        # Turnarounds and expression sheets: re-roll views below min identity (one control, shown in both).
+        self.identity = IdentityControls()
         self.options = {
             "inpaint": W.VBox([labelled("region", self.region), labelled("new prompt", self.new_prompt),
                                labelled("strength", self.strength)]),
             "detail": W.VBox([W.HTML("Redraws the face and hands, boxes from the pose.")]),
             "hires": W.VBox([labelled("upscale", self.hires_scale)]),
-            "turnaround": W.VBox([W.HTML("Front, three-quarter, side and back views.")]),
-            "expressions": W.VBox([labelled("expressions", self.expressions)]),
+            "turnaround": W.VBox([W.HTML("Front, three-quarter, side and back views."), self.identity.widget]),
+            "expressions": W.VBox([labelled("expressions", self.expressions), self.identity.widget]),
             "regions": W.VBox([labelled("left", self.left_prompt), labelled("right", self.right_prompt)]),
         }
         self.options_box = W.VBox([self.options["inpaint"]])
@@ -93,6 +96,7 @@ class WorkflowsApp(AppBase):
         self.before_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
         self.after_image = W.Image(value=blank_png(), format="png", layout=W.Layout(width=f"{VIEW}px"))
         self.before_label, self.after_label = W.HTML("<b>before</b>"), W.HTML("<b>after</b>")
+        self.identity_strip = IdentityStrip()  # a sheet's pictures, each with its identity score
 
         self.runner = Runner(self.status, busy=[self.run_button, self.model, self.workflow],
                              cancel_button=self.cancel_button, progress=self.progress)
@@ -105,7 +109,7 @@ class WorkflowsApp(AppBase):
         pictures = W.HBox([W.VBox([self.before_label, self.before_image]), W.VBox([self.after_label, self.after_image])])
         # Pictures under the settings, not beside them: before (256 px) and a wide after (up to 512 px)
         # side by side need the notebook's whole width.
-        self.widget = W.VBox([settings, pictures])
+        self.widget = W.VBox([settings, pictures, self.identity_strip.widget])
         self._css_hooks("workflows", self.after_image)
 
     def _show_options(self) -> None:
@@ -119,7 +123,9 @@ class WorkflowsApp(AppBase):
         if self.runner.running:
             return False
         self.progress.reset()
+        self.identity_strip.clear()
         workflow = self.workflow.value
+        identity = self.identity.kwargs()  # read now: the job may wait behind another run
 
         def job(token: CancelToken) -> Any:
             loaded = self.studio
@@ -133,11 +139,12 @@ class WorkflowsApp(AppBase):
                 if workflow == "regions":
                     return self._two_characters(studio, design, settings, hooks)
                 if workflow == "turnaround":
-                    sheet = studio.turnaround(design, **settings, **hooks, compute_score=False)
+                    sheet = studio.turnaround(design, **settings, **hooks, compute_score=False, **identity)
                     return sheet.images[0], sheet, sheet.grid_image
                 if workflow == "expressions":
                     names = [n.strip() for n in self.expressions.value.split(",") if n.strip()]
-                    sheet = studio.expressions(design, names, pose=pose, **settings, **hooks, compute_score=False)
+                    sheet = studio.expressions(design, names, pose=pose, **settings, **hooks, compute_score=False,
+                                               **identity)
                     return sheet.images[0], sheet, sheet.grid_image
                 if workflow == "hires":
                     big = studio.generate(design, pose=pose, hires=float(self.hires_scale.value), **settings, **hooks)
@@ -154,6 +161,12 @@ class WorkflowsApp(AppBase):
         def done(value: Any) -> None:
             self.before, self.result, shown = value
             self.show_pictures(self.before, shown)
+            if workflow in ("turnaround", "expressions"):
+                self.identity_strip.show(self.result)
+                line = summary_line(self.result)
+                note = getattr(self.result, "identity_note", None)
+                (self.status.warn if note else self.status.ok)(f"{TITLES[workflow]}: done" + (f"; {line}" if line else ""))
+                return
             self.status.ok(f"{TITLES[workflow]}: done")
 
         return self.runner.start(TITLES[workflow], job, done)
