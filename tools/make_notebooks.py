@@ -50,7 +50,11 @@ prompt, a **style** (or mix two styles with the slider), a **pose** from the lib
 JSON / a picture to detect a pose in), then the seed, steps, guidance, scheduler and size.
 
 * **Generate** makes pictures, with a progress bar and live previews; **Cancel** stops at the next step.
-* **Sheet** draws the card in every selected pose with one seed (a character sheet).
+* **Sheet** draws the card in every selected pose with one seed (a character sheet). Under the result each
+  picture shows its **identity score** against the first (1 = the same character; the scorer is named once),
+  and a picture below the bar is marked *drifting* in red. **min identity** (off / auto: the scorer's own
+  threshold / a number) redraws such views with the next seed, up to **max tries**; the status line names
+  the views that never reached it.
 * **Save** writes the selected picture as PNG, with its full recipe in the metadata.
 * The **gallery** keeps the session's pictures. *restore* under a picture puts its recipe back into the
   controls (seed locked), so Generate remakes it exactly. Tick *pick* to send pictures to training (02).
@@ -78,11 +82,14 @@ print(app.status.text)
 app.gallery.items[-1].image'''),
         new_markdown_cell("""\
 A **character sheet** straight from the core API: one card, several poses, the same starting noise.
-`reference_strength` adds reference attention to the first pose, which holds clothes and colours."""),
+`reference_strength` adds reference attention to the first pose, which holds clothes and colours.
+`sheet.identity` holds each picture's identity score against the first and who scored it."""),
         new_code_cell('''\
 studio = app.studio
 sheet = studio.sheet("rin", ["standing_front", "waving", "sitting"], seed=42,
                      num_inference_steps=4 if FAST else 25, width=SIZE, height=SIZE)
+if sheet.identity is not None:
+    print(f"identity ({sheet.identity.scorer}):", dict(zip(sheet.labels, sheet.identity.scores)))
 sheet.grid_image'''),
         new_markdown_cell("""\
 ## Edit a pose
@@ -120,7 +127,9 @@ Teach the model one character from 5-50 pictures of it.
    (`NAME.txt` beside `NAME.png`, the kohya convention). Pictures without a caption use
    "a picture of *trigger* *class*".
 2. **Options**: the LoRA's name, trigger word, steps, rank, learning rate, validation and checkpoints.
-3. **Start** trains with a live loss plot and validation samples. **Stop** ends after the current step
+3. **Start** trains with a live loss plot, validation samples and, beside the loss, an identity plot:
+   the validation pictures' identity against the training pictures with the LoRA and at weight 0, and the
+   scorer's threshold as a line. **Stop** ends after the current step
    and keeps the newest checkpoint; **Resume** continues from it.
 4. At the end the LoRA is saved under `lora/NAME/` (diffusers and kohya/A1111 formats) and a
    **before/after** row shows the same seed at LoRA weights 0, 0.5 and 1."""),
@@ -324,10 +333,20 @@ big = studio.generate("a girl with long red hair, a white dress", pose="standing
                       num_inference_steps=STEPS, hires=1.5)
 print("hires size:", big.image.size, "recipe size:", (big.recipe.width, big.recipe.height))
 image_grid([girl.image.resize(big.image.size), big.image], labels=["resized", "hires fix"])'''),
-        new_markdown_cell("## Turnaround: front, three-quarter, side, back"),
+        new_markdown_cell("""\
+## Turnaround: front, three-quarter, side, back
+
+Each view gets an identity score against the front; `min_identity="auto"` redraws a view below the scorer's
+threshold (or one that fails the back-is-not-a-mirror check) with the next seed, up to `max_tries`. In the app,
+*min identity* and *max tries* sit under the Turnaround and Expression sheet options, and the scores show
+under the pictures."""),
         new_code_cell('''\
-views = studio.turnaround("kai", seed=1, num_inference_steps=STEPS)
+views = studio.turnaround("kai", seed=1, num_inference_steps=STEPS, min_identity="auto", max_tries=2)
 print("views:", views.labels)
+if views.identity is not None:
+    print(f"identity ({views.identity.scorer}, threshold {views.identity.threshold:.3f}):",
+          {label: round(score, 3) for label, score in zip(views.labels, views.identity.scores)})
+print(views.identity_note or "every view reached the threshold")
 views.grid_image'''),
         new_markdown_cell("## Expression sheet"),
         new_code_cell('''\
