@@ -13,10 +13,11 @@ from typing import Any, Sequence
 import ipywidgets as W
 
 from ..sheets.identity import DEFAULT_MAX_TRIES
-from .common import figure_png, labelled, png_bytes
+from .common import LABEL_PX_PER_CHAR, figure_png, labelled, png_bytes
 
 DRIFT_COLOUR = "#d62728"
 MODES = [("off", "off"), ("auto", "auto"), ("number", "number")]
+TRIES_PX = f"{LABEL_PX_PER_CHAR * len('max tries') + 8}px"  # the apps' rule for labels that are never cut off
 
 
 class IdentityControls:
@@ -35,7 +36,7 @@ class IdentityControls:
         self.mode.observe(lambda _c: setattr(self.value, "disabled", self.mode.value != "number"), names="value")
         self.widget = labelled("min identity", W.HBox([
             self.mode, self.value,
-            W.Label("max tries", layout=W.Layout(width="66px", min_width="66px", flex="0 0 auto")),
+            W.Label("max tries", layout=W.Layout(width=TRIES_PX, min_width=TRIES_PX, flex="0 0 auto")),
             self.max_tries]), label_width)
         self.widget.add_class("charstudio-identity-controls")
 
