@@ -7,21 +7,25 @@ from typing import Any, Callable, Sequence
 
 
 def image_grid(images: Sequence[Any], cols: int | None = None, labels: Sequence[str] | None = None,
-               pad: int = 4, background: tuple[int, int, int] = (255, 255, 255)) -> Any:
+               pad: int = 4, background: tuple[int, int, int] = (255, 255, 255),
+               notes: Sequence[str] | None = None, note_colours: Sequence[tuple[int, int, int]] | None = None) -> Any:
     """Lay images out in a grid (row-major); a label, if given, is drawn under each cell on one
-    line that fits the cell (`fit_labels`: a smaller font first, then '...')."""
+    line that fits the cell (`fit_labels`: a smaller font first, then '...'). ``notes``: a second
+    line under each label (a sheet's identity score), in ``note_colours`` (default black)."""
     from PIL import Image, ImageDraw
 
     if not images:
         raise ValueError("image_grid needs at least one image")
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"labels ({len(labels)}) must match images ({len(images)})")
+    for name, given in (("labels", labels), ("notes", notes), ("note_colours", note_colours)):
+        if given is not None and len(given) != len(images):
+            raise ValueError(f"{name} ({len(given)}) must match images ({len(images)})")
     cols = cols or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     w = max(im.width for im in images)
     h = max(im.height for im in images)
     font, lines = fit_labels([str(t) for t in labels or []], w - 2)
-    label_h = LABEL_LINE_HEIGHT + 2 if labels else 0
+    note_font, note_lines = fit_labels([str(t) for t in notes or []], w - 2)
+    label_h = (LABEL_LINE_HEIGHT + 2 if labels else 0) + (LABEL_LINE_HEIGHT if notes else 0)
     grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), background)
     draw = ImageDraw.Draw(grid)
     for i, im in enumerate(images):
@@ -30,6 +34,10 @@ def image_grid(images: Sequence[Any], cols: int | None = None, labels: Sequence[
         grid.paste(im.convert("RGB"), (x, y))
         if labels:
             draw.text((x + 2, y + h + 1), lines[i], fill=(0, 0, 0), font=font)
+        if notes:
+            top = y + h + 1 + (LABEL_LINE_HEIGHT if labels else 0)
+            draw.text((x + 2, top), note_lines[i], fill=tuple(note_colours[i]) if note_colours else (0, 0, 0),
+                      font=note_font)
     return grid
 
 

@@ -41,3 +41,27 @@ def test_labels_fit_their_cell_on_one_line():
     font, lines = fit_labels(labels, 62)
     assert lines[0] == "standing_front"  # fits whole, in a smaller font
     assert lines[3].endswith("...") and lines[3].startswith("standing_")  # too long even then: cut, marked
+
+
+def test_notes_are_a_second_line_in_their_own_colour():
+    """A sheet's identity scores sit under the labels, red where a picture drifted."""
+    cells = [Image.new("RGB", (64, 64), (255, 255, 255)) for _ in range(2)]
+    plain = image_grid(cells, cols=2, labels=["front", "back"])
+    noted = image_grid(cells, cols=2, labels=["front", "back"], notes=["mini anchor", "mini 0.58 low"],
+                       note_colours=[(0, 0, 0), (200, 0, 0)])
+    assert noted.height > plain.height
+    arr = np.asarray(noted).astype(int)
+    note_rows = arr[plain.height - 4:]  # below the labels' line
+    red = (note_rows[..., 0] > 150) & (note_rows[..., 1] < 80) & (note_rows[..., 2] < 80)
+    left, right = red[:, : noted.width // 2], red[:, noted.width // 2:]
+    assert right.sum() > 10 and left.sum() == 0  # only the drifting picture's note is red
+    dark = note_rows.sum(-1) < 200
+    assert dark[:, : noted.width // 2].sum() > 10  # the anchor's note is drawn, in black
+
+
+def test_a_sheet_grid_shows_each_pictures_identity_score(mini_studio):
+    sheet = mini_studio.sheet("rin", ["standing_front", "waving"], seed=5, num_inference_steps=4, scorer="mini")
+    plain = image_grid(sheet.images, cols=2, labels=sheet.labels)
+    assert sheet.identity is not None and sheet.grid_image.height > plain.height
+    assert mini_studio.sheet("rin", ["standing_front", "waving"], seed=5, num_inference_steps=4,
+                             scorer=False).grid_image.height == plain.height

@@ -56,8 +56,18 @@ class SheetResult(Result):
 
     @property
     def grid_image(self) -> Any:
-        """The labelled grid (one cell per pose)."""
-        return self.grid(cols=min(len(self.images), 4), labels=self.labels)
+        """The labelled grid (one cell per pose); with identity scores, each picture's score against
+        the first under its label, red where it is below the scorer's threshold."""
+        from ..imaging import image_grid
+
+        report = self.identity
+        if report is None or len(report.scores) != len(self.images):
+            return self.grid(cols=min(len(self.images), 4), labels=self.labels)
+        notes = [f"{report.scorer} {s:.2f}" + (" low" if s < report.threshold else "") for s in report.scores]
+        notes[report.anchor] = f"{report.scorer} anchor"
+        colours = [(200, 0, 0) if i in report.below else (0, 0, 0) for i in range(len(self.images))]
+        return image_grid(self.images, cols=min(len(self.images), 4), labels=self.labels, notes=notes,
+                          note_colours=colours)
 
     def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False,
              field: str = "directory") -> list[Path]:
