@@ -155,3 +155,24 @@ def test_train_app_plots_identity_points_from_records(fresh_studio, tmp_path, mo
     app.start()
     assert app.wait(60)
     assert app.identity_points == [] and app.identity_plot.layout.display == "none"
+
+
+
+def test_train_app_identity_plot_from_a_real_run(fresh_studio, tmp_path):
+    """A short real run: the plot's points are the validation records' identity, nothing else."""
+    from PIL import Image
+
+    from charstudio.ui.train import TrainApp
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    app = TrainApp(fresh_studio, model="tiny", data_dir=str(data), steps=2, output_dir=str(tmp_path / "lora"))
+    app.validation_steps.value, app.checkpointing_steps.value = 1, 2
+    app.validation_inference_steps.value, app.rank.value, app.resolution.value = 2, 4, 64
+    app.start()
+    assert app.wait(300) and app.status.level == "ok", app.status.text
+    measured = [r.identity for r in app.records if r.identity]
+    assert measured and app.identity_points == measured
+    assert [p["step"] for p in app.identity_points] == [1, 2] and app.identity_plot.layout.display == ""
