@@ -19,7 +19,8 @@ from .common import StatusLine, error_text, png_bytes
 log = logging.getLogger(__name__)
 
 POSE_THUMB = 72
-_ROW = POSE_THUMB + 44  # px: a thumbnail and its button, one grid row
+_ROW = POSE_THUMB + 44  # px: a thumbnail and its button, one row of cells
+_GAP = 4  # px between cells
 
 
 class PosePicker:
@@ -38,13 +39,13 @@ class PosePicker:
         self.custom: dict[str, Any] = {}
         self.order: list[str] = []  # selected poses in the order they were clicked
         self.buttons: dict[str, W.ToggleButton] = {}
-        # Whole rows only: three rows show, more scroll (no row is cut off at the bottom edge).
-        self.grid = W.GridBox(layout=W.Layout(grid_template_columns=f"repeat(auto-fill, {POSE_THUMB + 36}px)",
-                                              grid_auto_rows=f"{_ROW}px", grid_gap="4px",
-                                              max_height=f"{3 * _ROW + 2 * 4 + 2}px", overflow="auto",
-                                              width="560px"))
+        # Whole rows only: three rows show, more scroll (no row is cut off at the bottom edge). The cells
+        # wrap like words (a flex row): each is as wide as its name's button, so no name is cut off.
+        self.grid = W.Box(layout=W.Layout(display="flex", flex_flow="row wrap", align_content="flex-start",
+                                          max_height=f"{3 * (_ROW + _GAP) + 2}px", overflow_y="auto",
+                                          overflow_x="hidden", width="100%"))
         self.upload = W.FileUpload(accept=".json,.png,.jpg,.jpeg,.webp", multiple=False,
-                                   description="pose file/picture")
+                                   description="pose file/picture", layout=W.Layout(width="auto"))
         self.upload.observe(self._on_upload, names="value")
         self.label = W.HTML(value="selected: none (no ControlNet)")
         self.edit_button = W.Button(description="Edit pose", icon="pencil", layout=W.Layout(width="auto"),
@@ -71,12 +72,14 @@ class PosePicker:
         self.grid.children = tuple(cells)
 
     def _cell(self, name: str, thumb: Any) -> W.VBox:
-        button = W.ToggleButton(value=False, description=name.replace("_", " ")[:16], tooltip=name,
-                                layout=W.Layout(width=f"{POSE_THUMB + 30}px"))
+        # The button is as wide as its text ("standing three quarter" too), never narrower than the thumbnail's cell.
+        button = W.ToggleButton(value=False, description=name.replace("_", " "), tooltip=name,
+                                layout=W.Layout(width="auto", min_width=f"{POSE_THUMB + 30}px"))
         button.observe(lambda ch, n=name: self._toggled(n, ch["new"]), names="value")
         self.buttons[name] = button
         return W.VBox([W.Image(value=png_bytes(thumb), format="png", layout=W.Layout(width=f"{POSE_THUMB}px")),
-                       button])
+                       button], layout=W.Layout(align_items="center", height=f"{_ROW}px", flex="0 0 auto",
+                                                margin=f"0 {_GAP}px {_GAP}px 0"))
 
     def _toggled(self, name: str, on: bool) -> None:
         if on and name not in self.order:
