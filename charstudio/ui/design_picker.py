@@ -21,8 +21,9 @@ class DesignPicker:
         self._cards = list_characters()
         self.source = W.Dropdown(layout=W.Layout(width="260px"))
         if wide:  # a box as wide as its row, and a long prompt wraps instead of scrolling out of sight
+            # (no side margins: 100% plus ipywidgets' 2 px margins would overflow the box by 4 px)
             self.prompt = W.Textarea(value=prompt, placeholder="prompt (or extra words for a card)", rows=2,
-                                     layout=W.Layout(width="100%"))
+                                     layout=W.Layout(width="100%", margin="2px 0"))
         else:
             self.prompt = W.Text(value=prompt, placeholder="prompt (or extra words for a card)",
                                  layout=W.Layout(width="260px"))
