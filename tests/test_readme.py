@@ -303,7 +303,7 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
     assert 0 < frames.smoothness.evenness <= 1 and frames.smoothness.max >= frames.smoothness.mean
     # "on mini the mix runs but draws rin much as she is"
     plain = namespace["studio"].generate("rin", seed=namespace["mix"].recipe.seed)
-    assert mean_difference([plain.image, namespace["mix"].image]) < 10
+    assert mean_difference([plain.image, namespace["mix"].images[0]]) < 10
     assert len(namespace["walk"].frames) == 8
     # Tracing: 25 records; the filmstrip and the GIF show pictures decoded by the VAE, not 8x8 latents.
     assert len(namespace["tr"].records) == 25
@@ -321,6 +321,16 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
     assert namespace["big"].image.size == (96, 96) and namespace["big"].recipe.hires["scale"] == 1.5
     assert namespace["views"].labels == ["front", "three-quarter", "side", "back"]
     assert len(namespace["faces"].images) == 3 and [r["box"] for r in namespace["two"].recipe.regions]
+    # The pose editor's example: the arm-up pose is saved to the user's library and drawn.
+    from charstudio.pose import list_poses, load_pose
+
+    assert "arm_up" in list_poses()
+    arm_up, front = load_pose("arm up"), load_pose("standing_front")
+    assert (arm_up.canvas_width, arm_up.canvas_height) == (front.canvas_width, front.canvas_height)
+    assert arm_up.body[4][1] < front.body[4][1] - 100  # the right wrist (COCO-18 joint 4) went up
+    # Identity: the sheet's scores come from mini's scorer, one per picture, the first 1.0.
+    identity = namespace["sheet"].identity
+    assert identity.scorer == "mini" and len(identity.scores) == 4 and identity.scores[0] == 1.0
 
 
 # --- Using it: the shell examples ---------------------------------------------------------------
