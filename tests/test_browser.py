@@ -3,7 +3,10 @@
 For each of the five notebooks (on `mini`, CHARSTUDIO_FAST=1) the test opens it in JupyterLab, runs
 all cells, clicks the app's main button, waits for the run to end, and checks from the page (the
 DOM) what a user would see: the result is there, no error output, no live preview or progress bar
-left on screen, no label/button/input cut off, and Cancel disabled while idle.
+left on screen, no label, button, description or text in a box cut off (the value typed into a text
+field may scroll: see CUT_OFF_JS), and Cancel disabled while idle. In notebook 01 it also drags a
+joint in the pose editor and checks the saved JSON. One JupyterLab server serves all five; the
+waits poll the page and end as soon as it is ready (the timeouts only stop a hang).
 
 It needs Debian's chromium (or CHARSTUDIO_CHROMIUM), playwright (no `playwright install`: the system
 chromium is used) and jupyterlab; where one is missing it skips with one line saying which.
@@ -37,6 +40,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-
          "--disable-component-update", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 900}  # a laptop screen; JupyterLab's file browser stays open
 RUN_TIMEOUT_MS = 420_000  # one notebook's cells on a busy 2-core machine; a hang fails, it never waits forever
+
+# Before the click, the test types these into the app's labelled fields, as a user would: the browser run
+# needs the click to work, not a good LoRA. (02's cells train with mini's LoRA recipe, batches of 8; a
+# second run like it is most of the module's time on 2 cores.)
+BEFORE_CLICK = {"02_train_lora.ipynb": {"steps": "2", "batch size": "1", "validate every": "2"}}
 
 # notebook -> (its main button's text, what the app's status line says when that run went well)
 NOTEBOOKS = {
@@ -177,16 +185,21 @@ def browser(lab):
 # ------------------------------------------------------------------------------------------------
 # what the page shows, read in the browser
 # ------------------------------------------------------------------------------------------------
-# Every control whose text can be clipped: labels, descriptions, checkbox texts, buttons, inputs,
-# slider readouts, tab titles. scrollWidth > clientWidth means the text does not fit its box.
+# Every piece of text a user reads as a label: labels, descriptions, checkbox texts, buttons (upload buttons
+# too), slider readouts, tab titles, a drop-down's shown choice and HTML text. scrollWidth > clientWidth
+# means the text does not fit its box. The value typed into an <input> or <textarea> is left out on
+# purpose: a text field holding a long path or prompt scrolls (or wraps), as every text field does, and its
+# whole value is there when the user clicks in; that is not a cut-off label. (Path fields are given a width
+# for a typical path; the prompt boxes are full width and wrap.)
 CUT_OFF_JS = """root => {
-  const selector = ['.widget-label', '.widget-label-basic span', 'button', 'input[type=text]', 'input:not([type])',
-                    'input[type=number]', '.widget-readout', '.lm-TabBar-tabLabel', 'select'].join(',');
+  const selector = ['.widget-label', '.widget-label-basic span', 'button', '.widget-readout', '.lm-TabBar-tabLabel',
+                    'select', '.widget-html-content'].join(',');
   const out = [];
   for (const el of root.querySelectorAll(selector)) {
     if (!el.offsetParent || el.clientWidth === 0 || getComputedStyle(el).visibility === 'hidden') continue;  // not shown
+    if (el.closest('input, textarea')) continue;  // a field's value may scroll (see above)
     if (el.scrollWidth > el.clientWidth + 1) {
-      const text = (el.value !== undefined && el.value !== '' ? el.value : el.textContent || el.placeholder || '');
+      const text = (el.tagName === 'SELECT' ? el.options[el.selectedIndex]?.text || '' : el.textContent || '');
       out.push(`${el.tagName.toLowerCase()}.${[...el.classList].join('.')} "${text.trim().slice(0, 60)}" `
                + `(${el.scrollWidth}px of text in ${el.clientWidth}px)`);
     }
@@ -231,10 +244,11 @@ def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
 
 
-def _run_all(page) -> None:
+def _run_all(page, phase) -> None:
     """Wait for the notebook's kernel, run all cells, and wait until they are done."""
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
     page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=180_000)
+    phase("kernel idle")
     for _ in range(3):  # a click while the kernel is still connecting can be lost: try again
         _menu(page, "Run", "Run All Cells")
         try:
@@ -242,7 +256,8 @@ def _run_all(page) -> None:
             break
         except Exception:  # noqa: BLE001 - playwright's TimeoutError
             continue
-    page.wait_for_function(CELLS_DONE_JS, timeout=RUN_TIMEOUT_MS, polling=500)
+    page.wait_for_function(CELLS_DONE_JS, timeout=RUN_TIMEOUT_MS, polling=250)
+    phase("all cells run")
 
 
 def _errors(page) -> list[str]:
@@ -253,28 +268,49 @@ def _errors(page) -> list[str]:
     return found
 
 
-def _screenshot(app, name: str) -> None:
-    """The app as a whole (the page grows to hold it), to the folder in CHARSTUDIO_SCREENSHOTS."""
+FRAMES_JS = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+def _screenshot(element, stem: str) -> None:
+    """`element` as a whole (the page grows to hold it), to STEM.png in the folder in CHARSTUDIO_SCREENSHOTS,
+    as a small palette PNG (256 colours: the apps' flat colours survive, the file is a third the size)."""
     folder = os.environ.get("CHARSTUDIO_SCREENSHOTS")
     if not folder:
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
-    page = app.page
-    height = app.evaluate("el => el.getBoundingClientRect().height")
+    page = element.page
+    height = element.evaluate("el => el.getBoundingClientRect().height")
     page.set_viewport_size({"width": VIEWPORT["width"], "height": int(min(6000, max(VIEWPORT["height"], height + 320)))})
     try:
-        app.evaluate("el => el.scrollIntoView({block: 'start'})")
-        page.wait_for_timeout(500)  # let JupyterLab lay the taller page out
-        box = app.bounding_box()
-        page.screenshot(path=str(Path(folder) / f"{Path(name).stem}.png"),
-                        clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": box["height"]})
+        element.evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.evaluate(FRAMES_JS)  # JupyterLab lays the taller page out in the next frames
+        box = element.bounding_box()
+        path = Path(folder) / f"{stem}.png"
+        page.screenshot(path=str(path), clip={"x": box["x"], "y": box["y"], "width": box["width"], "height": box["height"]})
     finally:
         page.set_viewport_size(VIEWPORT)
+    from PIL import Image
+
+    with Image.open(path) as shot:
+        small = shot.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
 
 
 def _button(root, text: str):
     """The buttons under `root` whose text is exactly `text` (a regex alternation), icons aside."""
     return root.locator("button.jupyter-button").filter(has_text=re.compile(rf"^\s*({text})\s*$"))
+
+
+def _fill(app, fields: dict[str, str]) -> None:
+    """Type values into the app's labelled fields (`labelled(label, widget)` rows: a label, then the field),
+    leaving each field with Tab so the widget sends its value before the next click."""
+    for label, value in fields.items():
+        row = app.locator(".widget-hbox").filter(
+            has=app.page.locator(":scope > .widget-label", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")))
+        field = row.locator("input").first
+        field.fill(value)
+        field.press("Tab")
+        assert field.input_value() == value, f"the {label!r} field did not take {value!r}"
 
 
 def _app(page):
@@ -332,6 +368,7 @@ def _drag_a_joint_and_save(page, lab) -> None:
     assert new, f"Save to library wrote no JSON into {lab.scratch / 'poses'}"
     saved = json.loads(next(iter(new)).read_text(encoding="utf-8"))
     assert saved not in before.values(), "the saved pose is one saved before the drag: the drag did not reach it"
+    _screenshot(page.locator(".cs-pose-editor").first, "01_pose_editor")
 
 
 AFTER = {"01_explore_characters.ipynb": _drag_a_joint_and_save}
@@ -343,23 +380,31 @@ def test_notebook_in_jupyterlab(lab, browser, notebook):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(120_000)
+    started = time.monotonic()
+
+    def phase(what: str) -> None:  # where the time goes, printed (pytest shows it with -s or on failure)
+        print(f"{notebook}: {what} at {time.monotonic() - started:.1f} s", flush=True)
+
     try:
         # 1. Open the notebook (a fresh workspace) and wait for its kernel.
         page.goto(f"{lab.url}/lab/tree/notebooks/{notebook}?reset&token={lab.token}")
-        _run_all(page)
+        _run_all(page, phase)
         errors = _errors(page)
         assert not errors, f"{notebook}: error output after Run All: {errors}"
         # 3. Click the app's main button and wait for that run to end.
         app = _app(page)
         app.scroll_into_view_if_needed()
         jobs, _, _ = _status(app)
+        _fill(app, BEFORE_CLICK.get(notebook, {}))
         main = _button(app, button).first
         assert main.is_enabled(), f"{notebook}: {button} is disabled while idle"
         main.click()
+        phase(f"{button} clicked")
         page.wait_for_function(
             "([root, n]) => { const s = root.querySelector('.charstudio-app-status [data-job]');"
             " return s && Number(s.dataset.job) > n && s.dataset.running === 'false'; }",
             arg=[app.element_handle(), jobs], timeout=RUN_TIMEOUT_MS, polling=250)
+        phase(f"{button} done")
         # 4. What the user sees now.
         _, level, text = _status(app)
         assert level == "ok" and success in text, f"{notebook}: after {button} the status says {text!r} ({level})"
@@ -368,9 +413,10 @@ def test_notebook_in_jupyterlab(lab, browser, notebook):
         assert widths and max(widths) > 8, f"{notebook}: no result picture on screen ({widths})"
         assert not _errors(page), f"{notebook}: error output after {button}: {_errors(page)}"
         problems = _idle_checks(page, app, notebook)
-        _screenshot(app, notebook)
+        _screenshot(app, Path(notebook).stem)
         if notebook in AFTER:
             AFTER[notebook](page, lab)
+        phase("checked")
         assert not problems, "\n".join(problems)
     finally:
         context.close()
