@@ -307,6 +307,7 @@ def _fill(app, fields: dict[str, str]) -> None:
     for label, value in fields.items():
         row = app.locator(".widget-hbox").filter(
             has=app.page.locator(":scope > .widget-label", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")))
+        assert row.count() == 1, f"the app has {row.count()} rows labelled {label!r}, not one"
         field = row.locator("input").first
         field.fill(value)
         field.press("Tab")
