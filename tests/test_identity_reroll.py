@@ -72,6 +72,17 @@ def spied(family_studio, monkeypatch):
     return family_studio, scorer, calls
 
 
+def test_one_try_names_the_views_below_min_identity_as_below_it(spied):
+    """max_tries=1 with min_identity: nothing is redrawn, and the note says the views stayed below
+    the bar (not that a check failed)."""
+    studio, scorer, calls = spied
+    sheet = studio.sheet("a knight", POSES, seed=100, labels=VIEWS, extras=VIEWS, scorer=scorer,
+                         min_identity=BAR, max_tries=1, **FAST)
+    assert len(calls) == 1 and sheet.never_reached == ["v2", "v3"]
+    assert f"never reached identity >= {BAR:.3f}" in sheet.identity_note and "1 try" in sheet.identity_note
+    assert "failed a check" not in sheet.identity_note
+
+
 def test_reroll_keeps_the_best_try_records_every_seed_and_redraws_a_round_in_one_batch(spied, tmp_path, caplog):
     studio, scorer, calls = spied
     with caplog.at_level(logging.WARNING, logger="charstudio"):

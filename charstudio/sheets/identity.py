@@ -248,12 +248,12 @@ class IdentityRun:
         note = None
         if never:
             views = ", ".join(f"{label} ({self._why(best[i])})" for label, i in zip(labels, never))
-            if self.rerolls:
+            if self.rerolls or self.min_identity is not None:
                 goal = f"identity >= {self.min_identity:.3f} ({self.scorer.name})" if self.min_identity is not None else ""
                 if any(best[i].checks for i in never):
                     goal += (" and " if goal else "") + "its checks"
-                note = (f"identity: {len(never)} of {len(best) - 1} view(s) never reached {goal} in "
-                        f"{self.max_tries} tries: {views}")
+                within = f"{self.max_tries} tries" if self.max_tries > 1 else "1 try (max_tries=1: no re-rolls)"
+                note = f"identity: {len(never)} of {len(best) - 1} view(s) never reached {goal} in {within}: {views}"
             else:
                 note = f"identity: {len(never)} of {len(best) - 1} view(s) failed a check (no re-rolls asked): {views}"
             log.warning("%s", note)
