@@ -160,10 +160,12 @@ def test_quickstart_sheet(in_tmp, capsys, one_load):
     assert len({r.seed for r in recipes}) == 1
     sheet = json.loads((in_tmp / "outputs" / "sheet.json").read_text())
     assert "0.5" in json.dumps(sheet) and "reference" in json.dumps(sheet)
-    # The grid's labels each fit their 64 px cell on one line (#40: "standing_" / "front" wrapped).
+    # The grid's labels each fit their 64 px cell on one line (#40: "standing_" / "front" wrapped),
+    # with each picture's identity score on a second line.
     grid = Image.open(in_tmp / "outputs" / "grid.png")
     pad, cell = 4, 64
-    assert grid.size == (4 * (cell + pad) + pad, cell + LABEL_LINE_HEIGHT + 2 + 2 * pad)
+    assert grid.size == (4 * (cell + pad) + pad, cell + 2 * LABEL_LINE_HEIGHT + 2 + 2 * pad)
+    assert sheet["identity"]["scorer"] == "mini" and len(sheet["identity"]["scores"]) == 4
     ink = (np.asarray(grid.convert("RGB")) < 128).all(axis=2)[pad + cell:]
     for i, pose in enumerate(poses):
         x = pad + i * (cell + pad)
@@ -301,10 +303,10 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
     yellowness = [float(f[corner].mean(axis=(0, 1))[0] - f[corner].mean(axis=(0, 1))[2]) for f in (first, last)]
     assert yellowness[0] > 0 > yellowness[1] and yellowness[0] - yellowness[1] > 60, yellowness  # red-blue
     assert 0 < frames.smoothness.evenness <= 1 and frames.smoothness.max >= frames.smoothness.mean
-    # "on mini the mix runs but draws rin much as she is"
+    # "on mini the mix runs, but the unknown words only push the embedding off rin" (measured 19-26 levels)
     plain = namespace["studio"].generate("rin", seed=namespace["mix"].recipe.seed)
-    assert mean_difference([plain.image, namespace["mix"].images[0]]) < 10
-    assert len(namespace["walk"].frames) == 8
+    assert mean_difference([plain.image, namespace["mix"].images[0]]) > 8
+    assert len(namespace["walk"].images) == 8
     # Tracing: 25 records; the filmstrip and the GIF show pictures decoded by the VAE, not 8x8 latents.
     assert len(namespace["tr"].records) == 25
     for name in ("filmstrip.png", "schedule.png", "attention.png", "denoise.gif"):
