@@ -109,6 +109,20 @@ def test_restore_from_a_bare_recipe(app, tiny_studio):
     assert app.make_config() == recipe.replace(model=tiny_studio.model_id)
 
 
+def test_restore_from_a_two_person_recipe(app, tiny_studio):
+    """A PNG drawn on a two-person pose (the pose editor's, notebook 05's) restores both people."""
+    from charstudio.pose.compose import PoseGroup, side_by_side
+
+    group = side_by_side("standing_front", "waving", width=128, height=64)
+    recipe = tiny_studio.make_config("two friends", style="none", seed=5, num_inference_steps=2, width=128,
+                                     height=64, pose=group)
+    item = app.gallery.add(__import__("PIL.Image").Image.new("RGB", (128, 64)), recipe, "from disk")
+    item.restore_button.click()
+    restored = app.poses.get(app.pose_order[0])
+    assert isinstance(restored, PoseGroup) and len(restored.people) == 2
+    assert app.make_config().pose == recipe.pose
+
+
 def test_running_disables_buttons_ignores_a_second_click_and_cancel_stops_at_the_next_step(app, monkeypatch):
     app.prompt.value = "a dragon"
     app.steps.value = 5

@@ -227,14 +227,15 @@ class ExploreApp(AppBase):
     def set_recipe(self, recipe: GenerationConfig) -> None:
         """Controls from a bare recipe (e.g. a PNG from disk): the final prompt text, no card/style."""
         from ..pose import Pose
+        from ..pose.compose import load_people
 
         size = set(SIZES)
         poses: list[str] = []
         if recipe.pose is not None:
-            pose = Pose.from_dict(recipe.pose)
-            for name in self.pose_buttons:
-                candidate = self._pose(name).fit(recipe.width, recipe.height)
-                if candidate.isclose(pose, atol=1e-3):
+            pose = load_people(recipe.pose)  # a PoseGroup when the picture holds several people
+            for name in self.pose_buttons if isinstance(pose, Pose) else ():
+                candidate = self._pose(name)
+                if isinstance(candidate, Pose) and candidate.fit(recipe.width, recipe.height).isclose(pose, atol=1e-3):
                     poses = [name]
                     break
             else:
