@@ -109,7 +109,7 @@ def test_mini_scorer_loads_safetensors_only(tmp_path, monkeypatch):
     folder = tmp_path / "identity"
     shutil.copytree(DEFAULT_FOLDER, folder)
     (folder / "model.safetensors").write_bytes(b"\x80\x04K\x01.")  # a pickle's bytes
-    with pytest.raises(ModelLoadError, match=r"scorer='mini': '.*model.safetensors' does not fit"):
+    with pytest.raises(ModelLoadError, match=r"model.safetensors' is not a readable mini scorer weight file: it cannot be read as a safetensors"):
         MiniScorer(folder).embed([held_out_view(HELD_OUT, 0)])
     (folder / "identity.json").write_text("{}")
     with pytest.raises(ModelLoadError, match=r"identity.json' has no number under 'threshold'"):

@@ -145,16 +145,18 @@ class MiniScorer(Scorer):
 def load_embedder(folder: str | Path, architecture: dict[str, Any], device: Any = None) -> Any:
     """The embedder with the weights in ``folder``/model.safetensors; a `ModelLoadError` naming the
     file when it is missing or its tensors do not fit the architecture in identity.json."""
-    from safetensors.torch import load_file
+    from ..weights import read_tensors
 
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise ModelLoadError(f"scorer='mini': {str(path)!r} does not exist: reinstall charstudio (the file ships "
                              "with it) or rebuild it with python -m charstudio.identity.train")
     net = build_embedder(architecture)
+    tensors = read_tensors(path, "scorer", what="mini scorer weight file",
+                           advice="reinstall charstudio or rebuild it with python -m charstudio.identity.train")
     try:
-        net.load_state_dict(load_file(str(path)))
-    except Exception as exc:  # SafetensorError, RuntimeError (missing keys, shape mismatch)
+        net.load_state_dict(tensors)
+    except Exception as exc:  # RuntimeError (missing keys, shape mismatch)
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ModelLoadError(f"scorer='mini': {str(path)!r} does not fit the architecture in {INFO_FILE} "
                              f"({type(exc).__name__}: {first}): rebuild it with python -m "

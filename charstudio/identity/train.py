@@ -276,12 +276,12 @@ def _checkpoint(work: Path, net: Any, opt: Any, state: dict[str, Any]) -> None:
 
 
 def _resume(work: Path, net: Any, opt: Any) -> dict[str, Any]:
-    from safetensors.torch import load_file
+    from ..weights import read_tensors
 
     if not (work / "state.json").is_file() or not (work / "checkpoint.safetensors").is_file():
         return {"step": 0, "losses": [], "seconds": 0.0}
     state = json.loads((work / "state.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(work / "checkpoint.safetensors"))
+    tensors = read_tensors(work / "checkpoint.safetensors", "work", what="scorer training checkpoint")
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     saved: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
