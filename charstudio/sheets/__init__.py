@@ -22,6 +22,8 @@ cosine similarity of CLIP image embeddings.
 
 Under ``accelerate launch`` the poses of a sheet (and the sheets of a batch) are split across
 processes; each process recomputes the anchor it needs, so results equal a single-process run.
+The split itself (`distributed`: share, gather, shared_seed, draw_split) is shared with packs and
+storyboards.
 
 Memory note for (c): the recorded anchor states are kept for every step. For SD 1.5 at 512x512
 with CFG that is about 46 MB per step in fp16 (1.2 GB for 25 steps); pass
@@ -40,7 +42,8 @@ from .reference import (
     record_reference_image,
     reference_attention,
 )
-from .sheet import SheetResult, distributed_state, make_sheet
+from .distributed import distributed_state
+from .sheet import SheetResult, make_sheet
 from .similarity import DEFAULT_EMBEDDER, embed_images, load_embedder, score
 
 __all__ = [

@@ -9,10 +9,11 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 from ..result import Result
+from .distributed import distributed_state, gather, share, shared_seed
 from .identity import DEFAULT_MAX_TRIES, PNG_KEY, IdentityRun, SheetIdentity, check_max_tries, check_min_identity, \
     resolve_scorer
 from .ip_adapter import ip_adapter
@@ -38,6 +39,7 @@ class SheetResult(Result):
     score: float | None = None
     control_images: list[Any] = field(default_factory=list)
     identity_record: SheetIdentity | None = None
+    JSON_NAME: ClassVar[str] = "sheet.json"  # the folder's index (a pack's: index.json)
 
     @property
     def identity(self) -> Any:
@@ -62,12 +64,26 @@ class SheetResult(Result):
 
         report = self.identity
         if report is None or len(report.scores) != len(self.images):
-            return self.grid(cols=min(len(self.images), 4), labels=self.labels)
+            return self.grid(cols=self.columns(), labels=self.labels)
         notes = [f"{report.scorer} {s:.2f}" + (" low" if s < report.threshold else "") for s in report.scores]
         notes[report.anchor] = f"{report.scorer} anchor"
         colours = [(200, 0, 0) if i in report.below else (0, 0, 0) for i in range(len(self.images))]
-        return image_grid(self.images, cols=min(len(self.images), 4), labels=self.labels, notes=notes,
-                          note_colours=colours)
+        return image_grid(self.images, cols=self.columns(), labels=self.labels, notes=notes, note_colours=colours)
+
+    def columns(self) -> int:
+        """The grid's columns (a pack: one per expression)."""
+        return min(len(self.images), 4)
+
+    def extra_pictures(self) -> dict[str, Any]:
+        """Pictures saved beside the sheet's own, by file name (a pack's reference.png); listed last in
+        the JSON's ``files``, so an overwrite replaces them with the rest."""
+        return {}
+
+    def file_names(self, lead: str = "") -> list[str]:
+        """The pictures' file names in the saved folder: ``NN-<label>.png``."""
+        from ..result import slug
+
+        return [f"{lead}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
 
     def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False,
              field: str = "directory") -> list[Path]:
@@ -81,14 +97,14 @@ class SheetResult(Result):
         from ..errors import OutputError
         from ..io_utils import atomic_write, refuse_package_path, staged_folder
         from ..metadata import png_info
-        from ..result import slug
 
         lead = prefix + "-" if prefix else ""
-        names = [f"{lead}{i:02d}-{slug(label)}.png" for i, label in enumerate(self.labels)]
-        grid_name, json_name = f"{lead}grid.png", f"{lead}sheet.json"
+        names = self.file_names(lead)
+        grid_name, json_name = f"{lead}grid.png", f"{lead}{self.JSON_NAME}"
         target = refuse_package_path(directory, field)
+        extra = {f"{lead}{n}": im for n, im in self.extra_pictures().items()}
         if not overwrite:  # check all names first so a refusal costs no writing
-            taken = [n for n in [*names, grid_name, json_name] if (target / n).exists()]
+            taken = [n for n in [*names, *extra, grid_name, json_name] if (target / n).exists()]
             if taken:
                 raise OutputError(f"{field}={str(target)!r}: {str(target / taken[0])!r} already exists: pass "
                                   "overwrite=True (CLI: --overwrite) or choose another folder")
@@ -97,7 +113,7 @@ class SheetResult(Result):
             # The old sheet's own files go with it; only names its sheet.json lists in its folder.
             return [grid_name, json_name, *_sheet_files(old / json_name)]
 
-        sheet_json = json.dumps(self.summary(names), indent=2)
+        sheet_json = json.dumps(self.summary([*names, *extra]), indent=2)
         with staged_folder(target, overwrite=overwrite, field=field, replaces=old_sheet) as stage:
             for i, (name, image, recipe) in enumerate(zip(names, self.images, self.recipes)):
                 info = png_info(recipe)
@@ -105,10 +121,10 @@ class SheetResult(Result):
                 if self.identity_record is not None:  # beside the recipe: re-running it ignores this
                     info.add_text(PNG_KEY, self.identity_record.picture_text(i))
                 atomic_write(stage / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi))
-            grid = self.grid_image
-            atomic_write(stage / grid_name, lambda tmp: grid.save(tmp, format="PNG"))
+            for name, image in {grid_name: self.grid_image, **extra}.items():
+                atomic_write(stage / name, lambda tmp, im=image: im.save(tmp, format="PNG"))
             atomic_write(stage / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"))
-        return [target / n for n in [*names, grid_name, json_name]]
+        return [target / n for n in [*names, *extra, grid_name, json_name]]
 
     def summary(self, files: list[str] | None = None) -> dict[str, Any]:
         """JSON-ready description: settings, labels, the identity record (scores with the scorer's
@@ -132,28 +148,6 @@ def _pose_label(pose: Any, i: int) -> str:
     if isinstance(pose, str) and not pose.lstrip().startswith(("{", "[")):
         return Path(pose).stem if pose.endswith(".json") else pose
     return f"pose {i + 1}"
-
-
-def distributed_state() -> Any:
-    """accelerate's PartialState when launched with several processes (``accelerate launch
-    --num_processes N``), else None. On machines without CUDA, or with ``ACCELERATE_USE_CPU``,
-    the processes talk over gloo on the CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
-    return state if state.num_processes > 1 else None
-
-
-def _gather(items: list, state: Any) -> list:
-    if state is None:
-        return items
-    from accelerate.utils import gather_object
-
-    return gather_object(items)
 
 
 def _card_lora(card: Any, use_lora: bool) -> tuple[Any, bool]:
@@ -250,7 +244,7 @@ def make_sheet(
 
         # 4. Collect (across processes); score and check every picture, and re-roll the views that
         #    fail while the IP-Adapter and reference attention are still in place.
-        gathered = sorted(_gather(sheet.done, state), key=lambda item: item[0])
+        gathered = sorted(gather(sheet.done, state), key=lambda item: item[0])
         identity = IdentityRun(the_scorer, min_identity=min_identity, max_tries=max_tries, labels=labels, card=card,
                                check_views=check_views)
         best = identity.measure([im for _, im, _ in gathered], [GenerationConfig.from_dict(r) for _, _, r in gathered])
@@ -348,19 +342,14 @@ class _SheetRun:
 
         first = self.studio.make_config(character, seed=seed, pose=poses[0], extra=words(0), **settings)
         if self.state is not None:
-            # A seed drawn at random differs per process: rank 0's is the sheet's.
-            from accelerate.utils import broadcast_object_list
-
-            first = first.replace(seed=broadcast_object_list([first.seed], from_process=0)[0])
+            first = first.replace(seed=shared_seed(first.seed, self.state))  # a random seed: rank 0's
         base_seed = first.seed
         configs = [first]
         for i, p in enumerate(poses[1:], start=1):
             self.check_cancel()
             configs.append(self.studio.make_config(character, seed=base_seed if same_noise else base_seed + i,
                                                    pose=p, extra=words(i), **settings))
-        indices = list(range(len(poses)))
-        state = self.state
-        self.mine = indices if state is None else indices[state.process_index::state.num_processes]
+        self.mine = share(range(len(poses)), self.state)
         self.configs = configs
         return configs
 
@@ -413,8 +402,7 @@ class _SheetRun:
         (this process's share of them), gathered across processes: {index: (image, recipe)}."""
         from ..config import GenerationConfig
 
-        state = self.state
-        mine = todo if state is None else todo[state.process_index::state.num_processes]
+        mine = share(todo, self.state)
         self.check_cancel()
         items: list[tuple[int, Any, dict]] = []
         if mine:
@@ -422,7 +410,7 @@ class _SheetRun:
                                         progress=self._reroll_progress(len(mine)), cancel=self.cancel)
             items = [(i, im, r.to_dict()) for i, im, r in zip(mine, res.images, res.recipes)]
         self.redrawn += len(mine)
-        return {i: (im, GenerationConfig.from_dict(r)) for i, im, r in _gather(items, state)}
+        return {i: (im, GenerationConfig.from_dict(r)) for i, im, r in gather(items, self.state)}
 
     def _reroll_progress(self, count: int) -> Callable | None:
         if self.progress is None:
