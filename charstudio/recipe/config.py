@@ -76,6 +76,10 @@ class GenerationConfig:
     # (Studio.load_embedding). A re-run loads each from there (or by file name from the studio's
     # embeddings folder) unless the word is loaded already.
     embeddings: dict[str, str] = field(default_factory=dict)
+    # The cards a prompt's `@name`s were expanded from (charstudio.cast.expand): per card its name,
+    # the words used, outfit, expression, family and payload. `prompt` already holds the words, so
+    # a re-run needs no card; this records where they came from (A1111 text: "Cast: rin, kai").
+    cast: list[dict] = field(default_factory=list)
     # Character workflows (charstudio.workflows), each off when empty. `regions`: regional
     # prompts (two characters in one picture, masked cross-attention); `hires`: the hires fix's
     # upscale and second pass; `detail`: the detail pass over body parts; `inpaint`: redraw a
@@ -95,6 +99,7 @@ class GenerationConfig:
         self._check_micro_conditioning()
         self._check_style_mix()
         self._check_embeddings()
+        self._check_cast()
         check_workflow_fields(self)
 
     def _check_texts(self) -> None:
@@ -172,6 +177,16 @@ class GenerationConfig:
             raise ConfigError("embeddings", self.embeddings, "expected a mapping of embedding word to its file, "
                               "e.g. {'easynegative': 'embeddings/easynegative.safetensors'}")
         self.embeddings = dict(self.embeddings)
+
+    def _check_cast(self) -> None:
+        if self.cast is None:
+            self.cast = []
+        if not isinstance(self.cast, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"].strip() for c in self.cast):
+            raise ConfigError("cast", self.cast, "expected a list of {name, words, outfit, expression, payload}, "
+                              "one per @name card (charstudio.cast.expand_prompt's record)")
+        check_count("cast", len(self.cast), what="characters")
+        self.cast = [dict(c) for c in self.cast]
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

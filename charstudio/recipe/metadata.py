@@ -67,6 +67,9 @@ def format_parameters(config: GenerationConfig) -> str:
     if config.loras:
         # A1111 writes LoRAs into the prompt as <lora:name:weight>; keep them readable here.
         text += ", Lora hashes: " + _quote(", ".join(f"{n}: {_num(w)}" for n, w in config.loras.items()))
+    if config.cast:
+        # The cards the prompt's @names came from; the prompt above already holds their words.
+        text += ", Cast: " + _quote(", ".join(c["name"] for c in config.cast))
     lines.append(text)
     return "\n".join(lines)
 
@@ -132,6 +135,8 @@ def parse_parameters(text: str, family: Any = None) -> dict[str, Any]:
         default = (family or family_of_recipe(out)).a1111_clip_skip
         if clip_skip > default:
             out["clip_skip"] = clip_skip - default
+    if values.get("Cast", "").strip():
+        out["cast"] = [{"name": n.strip()} for n in values["Cast"].split(",") if n.strip()]
     if "Hires upscale" in values or "Hires resize" in values:
         hires = _parse_hires(values, out, field, _size)
         if hires is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..cast.expand import has_mentions
 from ..character import Character, compose_prompt, is_character, load_character
 from ..recipe.config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
@@ -58,10 +59,13 @@ def make_config(studio: Studio, character_or_prompt: str | Character | None = No
     for name in card.embeddings if card is not None else ():
         studio.load_embedding(name)  # a no-op when it is loaded already
 
-    # 3. The prompt, and the embeddings it writes.
+    # 3. The prompt (its @names expanded, their cards' payloads loaded), and the embeddings it writes.
     prompt, negative = compose_prompt(card or character_or_prompt, style, extra)
     if negative_prompt is not None:
         negative = negative_prompt
+    if has_mentions(prompt):
+        prompt = _expand_cast(studio, prompt, settings, loras, given, width or studio.default_size,
+                              height or studio.default_size, pose)
     settings["embeddings"] = studio.embedding_set.written(
         [prompt, negative, *(p.get(k, "") for p in settings.get("style_mix") or () if isinstance(p, dict)
                              for k in ("prompt", "negative_prompt"))])
@@ -81,6 +85,44 @@ def make_config(studio: Studio, character_or_prompt: str | Character | None = No
         character=card.name if card else None,
         style=style if style is not None else (card.style if card else None),
         loras=loras, pose=pose, **settings)
+
+
+def _expand_cast(studio: Studio, prompt: str, settings: dict[str, Any], loras: dict[str, float], given: bool,
+                 width: int, height: int, pose: Any) -> str:
+    """Expand the prompt's @names for the studio's family (charstudio.cast): record them in the
+    recipe's ``cast``, load each card's LoRA and embeddings, and give two or more cards a region
+    each (cast.scene) unless the caller gave ``regions``. A card's LoRA goes into its region's
+    ``loras`` when regions can hold them, else into the recipe's ``loras``."""
+    from ..cast import expand_prompt
+    from ..cast.scene import cast_boxes
+    from ..recipe.regions import REGION_KEYS
+
+    expansion = expand_prompt(prompt, family=studio.family.name)
+    settings["cast"] = expansion.record
+    for name in expansion.embeddings:
+        studio.load_embedding(name)
+    adapters = {path: studio.lora_set.load_off(path) for path in expansion.loras}
+    regional = settings.get("regions") is None and len(expansion.names) > 1
+    if regional:
+        fitted = pose_dict(pose, width, height) if pose is not None else None
+        regions = expansion.regions(cast_boxes(len(expansion.names), width, height, fitted))
+        for region in regions:
+            region_loras = {adapters[k]: w for k, w in region.pop("loras", {}).items()}
+            if region_loras and "loras" in REGION_KEYS:
+                region["loras"] = region_loras
+            else:
+                _add_lora(loras, given, region_loras)
+        settings["regions"] = regions
+    else:
+        _add_lora(loras, given, {adapters[k]: w for k, w in expansion.loras.items()})
+    return expansion.prompt
+
+
+def _add_lora(loras: dict[str, float], given: bool, weights: dict[str, float]) -> None:
+    """A card's LoRA at its card weight, unless the caller's ``loras`` named it."""
+    for name, weight in weights.items():
+        if not (given and name in loras):
+            loras[name] = float(weight)
 
 
 def _fill_defaults(studio: Studio, settings: dict[str, Any], width: int, height: int, *, posed: bool) -> None:
