@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 from .cast.card import HEX_COLOUR_RE, NAME_RE, OUTFIT_TRAITS, PALETTE_PARTS, CardPayload, Character
-from .cast.library import _card_files, is_character, list_characters, load_character, prompt_dirs
+from .cast.library import card_files, is_character, list_characters, load_character, prompt_dirs
 from .errors import CardError, ConfigError
 from .io_utils import read_text
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # The card class and its lookup live in charstudio.cast (cards version 2); they stay importable here.
 __all__ = ["Character", "CardPayload", "Style", "compose_prompt", "get_style", "is_character", "list_characters",
            "load_character", "load_styles", "prompt_dirs", "HEX_COLOUR_RE", "NAME_RE", "OUTFIT_TRAITS",
-           "PALETTE_PARTS", "_card_files"]
+           "PALETTE_PARTS", "card_files"]
 
 
 @dataclass

@@ -190,11 +190,11 @@ def _card(name: str, given: dict[str, Character] | None) -> Character:
             raise ConfigError("prompt", f"@{name}", "no such card here; known: "
                               + (", ".join("@" + n for n in sorted(given)) or "(none)"))
         return given[name]
-    from .library import _card_files, load_character
+    from .library import card_files, load_character
 
-    if name not in _card_files():
+    if name not in card_files():
         raise ConfigError("prompt", f"@{name}", "no character card of that name; known cards: "
-                          + (", ".join("@" + n for n in sorted(_card_files())) or "(none)")
+                          + (", ".join("@" + n for n in sorted(card_files())) or "(none)")
                           + " (see `charstudio cards`; write \\@ for a literal @)")
     return load_character(name)
 

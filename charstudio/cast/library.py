@@ -32,7 +32,8 @@ def prompt_dirs() -> list[Path]:
     return unique
 
 
-def _card_files() -> dict[str, Path]:
+def card_files() -> dict[str, Path]:
+    """Every loadable card by name -> its file (a higher-priority folder hides a lower one's)."""
     found: dict[str, Path] = {}
     for d in reversed(prompt_dirs()):  # later (higher-priority) folders override
         for f in sorted((d / "characters").glob("*.y*ml")):
@@ -42,7 +43,7 @@ def _card_files() -> dict[str, Path]:
 
 def list_characters() -> list[str]:
     """Names of all character cards that can be loaded by name."""
-    return sorted(_card_files())
+    return sorted(card_files())
 
 
 def load_character(name_or_path: str | os.PathLike | Character, *, field: str = "character") -> Character:
@@ -60,7 +61,7 @@ def load_character(name_or_path: str | os.PathLike | Character, *, field: str = 
         if not p.is_file():
             raise CardError(f"{field}={text!r}: no such file")
         return Character.load(p)
-    files = _card_files()
+    files = card_files()
     if text not in files:
         raise ConfigError(field, text, f"no such card; known cards: {', '.join(sorted(files)) or '(none)'} "
                                        "(or a card .yaml file)")
@@ -71,4 +72,4 @@ def is_character(name: str) -> bool:
     """True when `name` names a card (by name or as a .yaml path), so it is not a free prompt."""
     p = Path(str(name)).expanduser()
     # A .yaml path counts even when missing, so the user hears "no such file", not noise from it as a prompt.
-    return str(name) in _card_files() or (p.suffix.lower() in (".yaml", ".yml") and " " not in str(name))
+    return str(name) in card_files() or (p.suffix.lower() in (".yaml", ".yml") and " " not in str(name))
