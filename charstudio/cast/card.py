@@ -149,10 +149,14 @@ class Character:
         if outfit is None and "default" in self.wardrobe:
             outfit = "default"
         traits = dict(self.traits)
-        if outfit is not None:
-            dressed = self.outfit_words(outfit)
-            traits = {k: val for k, val in traits.items() if k not in OUTFIT_TRAITS}
-            traits["outfit"] = dressed
+        if outfit is not None:  # the outfit takes the place of the first outfit trait
+            dressed, traits = self.outfit_words(outfit), {}
+            for key, val in self.traits.items():
+                if key not in OUTFIT_TRAITS:
+                    traits[key] = val
+                elif "outfit" not in traits:
+                    traits["outfit"] = dressed
+            traits.setdefault("outfit", dressed)
         if expression is not None:
             traits["expression"] = self.expression_words(expression)
         parts = [trigger or "", self.description, *traits.values()]

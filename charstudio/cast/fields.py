@@ -100,9 +100,11 @@ def check_expressions(value: Any, bad: BadField) -> dict[str, str]:
     return out
 
 
-def _number(fld: str, value: Any, lo: float, hi: float, bad: BadField, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise bad(fld, value, f"expected a number between {lo:g} and {hi:g}, such as {example}")
+def _number(fld: str, value: Any, lo: float | None, hi: float | None, bad: BadField, example: str) -> float:
+    span = f" between {lo:g} and {hi:g}" if lo is not None and hi is not None else ""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value
+            or (span and not lo <= value <= hi)):  # value != value: NaN
+        raise bad(fld, value, f"expected a number{span}, such as {example}")
     return float(value)
 
 
@@ -157,7 +159,7 @@ def check_history(value: Any, bad: BadField) -> list[dict[str, Any]]:
             if v is None:
                 continue
             if key in ("mean", "min"):
-                checked[key] = _number(f"{fld}.{key}", v, -1e6, 1e6, bad, "0.82")
+                checked[key] = _number(f"{fld}.{key}", v, None, None, bad, "0.82")
             else:
                 checked[key] = str(v)  # YAML reads an unquoted 2026-12-07 as a date
         out.append(checked)

@@ -85,10 +85,13 @@ def card_text(card: Any, doc: Any = None) -> str:
     return out.getvalue()
 
 
-def write_card(card: Any, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def write_card(card: Any, path: str | os.PathLike, *, overwrite: bool = False,
+               template: str | os.PathLike | None = None) -> Path:
     """Write `card` to `path` atomically. An existing file needs overwrite=True; its comments,
-    key order and the user's own keys are kept (see the module docstring)."""
+    key order and the user's own keys are kept (see the module docstring). `template`: a card file
+    whose comments and layout a new file starts from (``charstudio card new --from``)."""
     p = Path(path)
-    doc = read_document(p) if p.is_file() and overwrite else None
+    base = p if p.is_file() and overwrite else Path(template) if template is not None else None
+    doc = read_document(base) if base is not None else None
     text = card_text(card, doc)
     return atomic_write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=overwrite)
