@@ -164,3 +164,51 @@ def test_random_pose_stays_on_canvas():
         pose = random_pose(rng, 64)
         x0, y0, x1, y1 = pose.bbox()
         assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+
+
+def test_existing_renders_are_byte_identical():
+    """Adding held-out features (orange boots) must not move a pixel of what the world already drew:
+    the digest was taken from the renderer before the boots existed (commit 4d85128)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for seed in range(40):
+        for size in (64, 128):
+            attrs, pose = random_character(seed, size)
+            h.update(render(attrs, pose).tobytes())
+            for accessory in ("red cape", "orange striped scarf"):
+                h.update(render(attrs.replace(accessory=accessory), pose).tobytes())
+            h.update(render(attrs, pose, sides={"left": "eyepatch", "right": "armband"}).tobytes())
+    assert h.hexdigest() == "bbaa756702bf0b49b6d1c82f6a09e132f071b17bf3095a0925ed42bdd9a04ab8"
+
+
+def test_held_out_boots_are_orange_on_the_shins_and_never_random(tmp_path):
+    from PIL import Image
+
+    from charstudio.mini.measure import boots_region, orange_fraction
+    from charstudio.mini.world import SCARF_CHARACTER
+    from charstudio.pose import Pose, pose_file
+
+    rng = random.Random(3)
+    assert all(random_attributes(rng).accessory != "orange boots" for _ in range(300))
+    assert "boots" not in vocabulary() and "orange" not in vocabulary()
+    assert SCARF_CHARACTER.replace(accessory="orange boots").caption().endswith("and orange boots, grey background")
+    for seed in range(20):
+        pose = random_character(seed)[1]
+        plain, boots = render(SCARF_CHARACTER, pose), render(SCARF_CHARACTER.replace(accessory="orange boots"), pose)
+        region = boots_region(pose)
+        assert region.sum() > 30, seed  # measured 64-134 px at 64 px
+        assert orange_fraction(plain, region) == 0.0
+        assert orange_fraction(boots, region) > 0.8, seed  # measured 0.94-0.99
+        assert orange_fraction(boots, ~region) < 0.005
+        # only the boots changed: the picture is the plain one outside their outline
+        near = region.copy()
+        for _ in range(2):  # two pixels round the outline: its anti-aliased edge
+            p = np.pad(near, 1)
+            near = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+        outside = ~near
+        assert np.array_equal(np.asarray(plain)[outside], np.asarray(boots)[outside]), seed
+    paths = write_lora_dataset(tmp_path / "boots", trigger="vimbo", count=2, accessory="orange boots")
+    caption = paths[0].with_suffix(".txt").read_text()
+    assert caption.startswith("vimbo, ") and "boots" not in caption and "orange" not in caption
+    assert orange_fraction(Image.open(paths[0]), boots_region(Pose.from_json(pose_file(paths[0])))) > 0.8

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .held_out import boot_shapes
 from .world import HAIR_COLOURS, RGB, SUPERSAMPLE, Figure, disc, limb
 
 
@@ -122,6 +123,17 @@ def cape_region(pose: Any, size: int | None = None) -> np.ndarray:
         cape = f.cape()
         if cape:
             d.polygon(cape, fill=255)
+
+    return _mask(pose, *_canvas(pose, size), draw)
+
+
+def boots_region(pose: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """Boolean mask of where boots are drawn for this pose (`held_out.boot_shapes`: the lower shins
+    and the feet, legs included); empty when the pose shows no ankle."""
+    def draw(d: Any, f: Figure) -> None:
+        for shaft, width in boot_shapes(f):
+            limb(d, shaft, width, 255)
+            disc(d, shaft[-1], 0.8 * f.leg_w, 255)
 
     return _mask(pose, *_canvas(pose, size), draw)
 

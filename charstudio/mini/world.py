@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .held_out import CAPE, HELD_OUT_ACCESSORIES, ORANGE, STRIPE_WHITE, draw_boots, draw_striped_scarf  # noqa: F401 (re-exported)
+from .shapes import RGB, disc, expand, limb
 
-RGB = tuple[int, int, int]
 
 HAIR_COLOURS: dict[str, RGB] = {
     "black": (35, 32, 40), "brown": (115, 70, 40), "blonde": (240, 205, 80), "red": (215, 40, 40),
@@ -41,8 +42,7 @@ OUTFIT_COLOURS: dict[str, RGB] = {
 }
 OUTFIT_TYPES = ("dress", "shirt and trousers", "armour", "robe")
 ACCESSORIES = ("none", "hat", "glasses", "scarf")
-# Drawn only on request (LoRA fine-tuning data); the base model never sees them.
-HELD_OUT_ACCESSORIES = ("orange striped scarf", "red cape")
+# HELD_OUT_ACCESSORIES (held_out.py) are drawn only on request (LoRA fine-tuning data); the base model never sees them.
 SKIN_TONES: dict[str, RGB] = {"light": (250, 222, 198), "tan": (222, 178, 138), "dark": (140, 95, 65)}
 BACKGROUNDS: dict[str, RGB] = {
     "white": (246, 246, 246), "grey": (175, 175, 180), "light blue": (198, 222, 246),
@@ -56,9 +56,6 @@ SHOES: RGB = (70, 45, 30)
 HAT: RGB = (95, 62, 40)
 GLASSES: RGB = (20, 20, 20)
 SCARF: RGB = (30, 140, 140)
-ORANGE: RGB = (255, 135, 0)
-CAPE: RGB = (200, 30, 40)
-STRIPE_WHITE: RGB = (250, 250, 250)
 # One-sided features, drawn only on request (render's ``sides=``): no caption or random draw names them.
 ONE_SIDED: dict[str, RGB] = {"eyepatch": (120, 0, 60), "armband": (0, 255, 255)}
 
@@ -100,7 +97,8 @@ class Attributes:
         outfit = {"dress": f"a {o} dress", "shirt and trousers": f"a {o} shirt and trousers",
                   "armour": f"{o} armour", "robe": f"a {o} robe"}[self.outfit_type]
         accessory = {"none": "", "hat": "a hat", "glasses": "glasses", "scarf": "a scarf",
-                     "orange striped scarf": "an orange striped scarf", "red cape": "a red cape"}[self.accessory]
+                     "orange striped scarf": "an orange striped scarf", "red cape": "a red cape",
+                     "orange boots": "orange boots"}[self.accessory]
         return {"who": f"a {self.who}", "hair": hair, "eyes": f"{self.eye_colour} eyes", "skin": f"{self.skin} skin",
                 "outfit": outfit, "accessory": accessory, "background": f"{self.background} background"}
 
@@ -256,22 +254,6 @@ class Figure:
         return pts
 
 
-def disc(draw: Any, c: Any, r: float, colour: RGB) -> None:
-    draw.ellipse([c[0] - r, c[1] - r, c[0] + r, c[1] + r], fill=colour)
-
-
-def limb(draw: Any, pts: list[Any], width: float, colour: RGB) -> None:
-    pts = [tuple(map(float, q)) for q in pts]
-    draw.line(pts, fill=colour, width=max(1, int(round(width))), joint="curve")
-    for q in (pts[0], pts[-1]):
-        disc(draw, q, width / 2, colour)
-
-
-def _expand(poly: list[Any], factor: float) -> list[tuple[float, float]]:
-    c = np.mean(np.asarray(poly, dtype=np.float64), axis=0)
-    return [tuple(map(float, c + (np.asarray(q) - c) * factor)) for q in poly]
-
-
 def render(attrs: Attributes, pose: Any, size: int | None = None, *, sides: dict[str, str] | None = None) -> Any:
     """Draw ``attrs`` in ``pose`` as a PIL RGB image of the pose's canvas size (or ``size``); ``sides``
     adds `ONE_SIDED` features on the person's own side (COCO-18 labels), e.g. {"left": "eyepatch"}."""
@@ -338,12 +320,14 @@ def _draw_legs(d: Any, f: Figure, attrs: Attributes) -> None:
         top = min(p[8][1], p[11][1]) - 0.1 * f.torso
         d.polygon([(min(p[8][0], p[11][0]) - 0.15 * f.torso, top), (max(p[8][0], p[11][0]) + 0.15 * f.torso, top),
                    (max(xs) + spread, hem), (min(xs) - spread, hem)], fill=outfit)
+    if attrs.accessory == "orange boots":
+        draw_boots(d, f)
 
 
 def _draw_torso(d: Any, f: Figure, attrs: Attributes) -> None:
     p, outfit = f.p, OUTFIT_COLOURS[attrs.outfit_colour]
     if f.has(2, 5) and f.has(8, 11):
-        torso = _expand([p[2], p[5], p[11], p[8]], 1.12)
+        torso = expand([p[2], p[5], p[11], p[8]], 1.12)
         d.polygon(torso, fill=outfit)
         if attrs.outfit_type == "armour":
             mid_top, mid_bottom = (p[2] + p[5]) / 2, (p[8] + p[11]) / 2
@@ -383,31 +367,8 @@ def _draw_neck_and_head(d: Any, f: Figure, attrs: Attributes) -> None:
         if attrs.accessory == "scarf":
             limb(d, path, sw, SCARF)
         else:
-            _draw_striped_scarf(d, f, path, sw)
+            draw_striped_scarf(d, f, path, sw)
     disc(d, f.head, f.head_r, skin)
-
-
-def _draw_striped_scarf(d: Any, f: Figure, path: list[Any], sw: float) -> None:
-    """The held-out orange scarf along ``path`` (``sw`` wide), with white stripes and a hanging end."""
-    limb(d, path, sw, ORANGE)
-    # White stripes across the scarf, evenly spaced along its length.
-    pts = [np.asarray(q, dtype=np.float64) for q in path]
-    for a, b in zip(pts, pts[1:]):
-        seg = b - a
-        n = np.linalg.norm(seg)
-        if n < 1e-6:
-            continue
-        normal = np.array([-seg[1], seg[0]]) / n
-        for t in np.arange(0.25, 1.0, 0.5):
-            c = a + seg * t
-            d.line([tuple(c - normal * sw * 0.5), tuple(c + normal * sw * 0.5)], fill=STRIPE_WHITE,
-                   width=max(1, int(sw * 0.3)))
-    # Hanging end.
-    tail = pts[1] - f.up * 0.45 * f.torso + f.right * 0.15 * f.torso
-    limb(d, [pts[1], tail], sw * 0.8, ORANGE)
-    mid = (pts[1] + tail) / 2
-    d.line([tuple(mid - f.right * sw * 0.4), tuple(mid + f.right * sw * 0.4)], fill=STRIPE_WHITE,
-           width=max(1, int(sw * 0.3)))
 
 
 def _draw_hair_on_top(d: Any, f: Figure, attrs: Attributes) -> None:
