@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import GenerationConfig
-from .io_utils import atomic_write, next_free_path, writing_into
-from .metadata import png_info, read_recipe
+from .io_utils import next_free_path, writing_into
+from .metadata import read_recipe
+from .provenance.png import parent_for, write_png
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +47,18 @@ class Result:
         return len(self.images)
 
     def save(self, directory: str | os.PathLike, *, prefix: str | None = None, overwrite: bool = False) -> list[Path]:
-        """Write each image as PNG with its recipe in the metadata; returns the paths.
+        """Write each image as PNG with its recipe in the metadata and its C2PA manifest (an edit's
+        names its parent picture: `provenance.png.write_png`); returns the paths.
 
         Names are `<prefix>-<seed>.png`; an existing file is never replaced unless `overwrite`,
         a free name (`-1`, `-2`, ...) is taken instead.
         """
         with writing_into(directory) as out:
             paths = []
-            for image, recipe in zip(self.images, self.recipes):
+            for i, (image, recipe) in enumerate(zip(self.images, self.recipes)):
                 stem = f"{slug(prefix or recipe.character or recipe.prompt[:30])}-{recipe.seed}"
                 path = out / f"{stem}.png" if overwrite else next_free_path(out, stem, ".png")
-                info = png_info(recipe)
-                atomic_write(path, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi),
-                             overwrite=overwrite)
+                write_png(path, image, recipe, parent=parent_for(self.extras, i), overwrite=overwrite)
                 log.info("saved %s", path)
                 paths.append(path)
             return paths

@@ -77,10 +77,9 @@ class Interpolation:
         whole (`io_utils.staged_folder`): a kill or a full disk leaves all the frames or none."""
         import json
 
-        from PIL.PngImagePlugin import PngInfo
-
         from ..errors import OutputError
         from ..io_utils import atomic_write, refuse_package_path, staged_folder
+        from ..provenance.png import write_png
 
         target = refuse_package_path(directory, field)
         names = [f"{prefix}_{i:03d}.png" for i in range(len(self.frames))]
@@ -100,10 +99,8 @@ class Interpolation:
 
         with staged_folder(target, overwrite=overwrite, field=field, replaces=old_frames) as stage:
             for name, frame, recipe in zip(names, self.frames, self.recipes):
-                info = PngInfo()
-                info.add_text(FRAME_RECIPE_KEY, json.dumps(recipe.to_dict()))
-                img = to_pil(frame)
-                atomic_write(stage / name, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info))
+                write_png(stage / name, to_pil(frame), text={FRAME_RECIPE_KEY: json.dumps(recipe.to_dict())},
+                          model=getattr(getattr(recipe, "a", None), "model", None))
             summary = {"ts": self.ts, "recipes": [r.to_dict() for r in self.recipes],
                        "smoothness": self.smoothness.to_dict(),
                        "before": self.before.to_dict() if self.before is not None else None, "renders": self.renders}

@@ -96,7 +96,7 @@ class SheetResult(Result):
         names the setting in errors (the CLI's ``--out``)."""
         from ..errors import OutputError
         from ..io_utils import atomic_write, refuse_package_path, staged_folder
-        from ..metadata import png_info
+        from ..provenance.png import write_png
 
         lead = prefix + "-" if prefix else ""
         names = self.file_names(lead)
@@ -116,13 +116,13 @@ class SheetResult(Result):
         sheet_json = json.dumps(self.summary([*names, *extra]), indent=2)
         with staged_folder(target, overwrite=overwrite, field=field, replaces=old_sheet) as stage:
             for i, (name, image, recipe) in enumerate(zip(names, self.images, self.recipes)):
-                info = png_info(recipe)
-                info.add_text("charstudio_sheet", json.dumps(self.settings))
+                text = {"charstudio_sheet": json.dumps(self.settings)}
                 if self.identity_record is not None:  # beside the recipe: re-running it ignores this
-                    info.add_text(PNG_KEY, self.identity_record.picture_text(i))
-                atomic_write(stage / name, lambda tmp, im=image, pi=info: im.save(tmp, format="PNG", pnginfo=pi))
+                    text[PNG_KEY] = self.identity_record.picture_text(i)
+                write_png(stage / name, image, recipe, text=text)
+            model = self.recipes[0].model if self.recipes else None
             for name, image in {grid_name: self.grid_image, **extra}.items():
-                atomic_write(stage / name, lambda tmp, im=image: im.save(tmp, format="PNG"))
+                write_png(stage / name, image, model=model)
             atomic_write(stage / json_name, lambda tmp: Path(tmp).write_text(sheet_json, encoding="utf-8"))
         return [target / n for n in [*names, *extra, grid_name, json_name]]
 
