@@ -26,6 +26,7 @@ from .common import (
     picked_card,
     png_bytes,
 )
+from .card_editor import CardEditor
 from .identity_view import IdentityControls, IdentityStrip, summary_line
 from .pose_picker import PosePicker
 from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
@@ -142,8 +143,11 @@ class ExploreApp(AppBase):
                         W.HBox([W.Label("sheet consistency (reference attention)"), self.consistency])])
         buttons = W.HBox([self.generate_button, self.sheet_button, self.save_button, self.cancel_button])
         output = W.VBox([self.progress.widget, self.image, self.recipe_view], layout=W.Layout(overflow="visible"))
+        self.card_editor = CardEditor(self.status)  # the picked card's fields; Save writes its YAML
+        self.card.observe(lambda ch: self.card_editor.pick(ch["new"]), names="value")
+        editor = W.Accordion(children=[self.card_editor.widget], titles=("Card editor",), selected_index=None)
         self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget,
-                              self.identity_strip.widget, self.gallery.widget])
+                              self.identity_strip.widget, editor, self.gallery.widget])
         # Stable CSS hooks for browser tests and for users' own styling.
         for w, name in ((self.widget, "explore"), (self.gallery.grid, "gallery"), (self.image, "image"),
                         (self.status.widget, "status"), (self.recipe_view, "recipe"), (self.prompt, "prompt")):
