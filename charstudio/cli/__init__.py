@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "charstudio.cli.train_commands",
     "charstudio.cli.inpaint_commands",
     "charstudio.cli.card_commands",
+    "charstudio.cli.verify_commands",
 ]
 
 

@@ -22,6 +22,7 @@ import ipywidgets as W
 
 from ..callbacks import CancelToken, StepProgress
 from ..errors import GenerationCancelled
+from ..provenance.png import mark_text
 # Re-exported: notebooks and scripts import these from here (`from charstudio.ui.common import get_studio`).
 from .session import RunHooks, StudioSource, exclusive, get_studio, model_choices  # noqa: F401
 from .design_picker import DesignPicker, picked_card  # noqa: F401  (they lived here; importers keep working)
@@ -314,6 +315,7 @@ class GalleryItem:
     label: str = ""
     controls: dict[str, Any] = field(default_factory=dict)  # widget values that produced it
     number: int = 0  # 1, 2, 3, ... in the order added; never reused, even after older items drop out
+    mark: str = ""  # provenance: "watermarked / credentials" (provenance.png.mark_text)
     restore_button: W.Button | None = field(default=None, repr=False)
     pick: W.Checkbox | None = field(default=None, repr=False)
 
@@ -346,7 +348,7 @@ class Gallery:
         with self._lock:
             self._added += 1
             number = self._added
-        item = GalleryItem(image, recipe, label, dict(controls or {}), number=number)
+        item = GalleryItem(image, recipe, label, dict(controls or {}), number=number, mark=mark_text(recipe))
         item.restore_button = W.Button(description=f"#{number} restore", tooltip=label or f"image {number}",
                                        layout=W.Layout(width=f"{THUMB - 40}px"))
         item.pick = W.Checkbox(value=False, description="", indent=False, layout=W.Layout(width="28px"),
@@ -355,6 +357,7 @@ class Gallery:
         item.cell = W.VBox([W.Image(value=png_bytes(image, THUMB), format="png",  # type: ignore[attr-defined]
                                     layout=W.Layout(width=f"{THUMB}px")),
                             W.HTML(value=f'<small>{html.escape(label[:40])}</small>'),
+                            W.HTML(value=f'<small class="charstudio-mark">{html.escape(item.mark)}</small>'),
                             W.HBox([item.restore_button, item.pick])])
         with self._lock:
             self.items.append(item)
