@@ -106,6 +106,10 @@ def test_a_card_lora_for_the_family_is_loaded_into_the_recipe(tmp_path, monkeypa
     assert config.prompt == "hrx, a knight on a hill" and config.regions == []
     assert list(config.loras.values()) == [0.6] and studio.active_loras == {}  # loaded, off until run
     assert config.cast[0]["payload"]["lora"] == str(files["diffusers"])
+    # With a second character, the card's LoRA goes to its own region only (charstudio.workflows.regional_loras).
+    (adapter,) = config.loras
+    two = studio.make_config("@hero and @kai", width=128, height=64, num_inference_steps=1)
+    assert [r.get("loras") for r in two.regions] == [{adapter: 0.6}, None] and adapter not in two.loras
 
 
 def test_mini_draws_rin_and_kai_each_with_their_own_hair_colour(mini_studio, one_thread):
