@@ -239,3 +239,24 @@ def test_redraw_panel_relines_without_drawing_or_redraws_at_a_new_seed(spied, tm
     assert (tmp_path / "b" / "panel-02.png").read_bytes() != panel_png
     with pytest.raises(ConfigError, match="from 1 to 2"):
         redraw_panel(studio, tmp_path / "b", 3, scorer=scorer)
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+def test_cli_draws_a_script_then_reletters_one_panel(tmp_path, capsys):
+    from charstudio.cli import main
+
+    script = tmp_path / "s.yaml"
+    script.write_text("seed: 3\npanels:\n  - characters: ['@rin']\n    caption: One.\n    line: Hi!\n")
+    out = tmp_path / "board"
+    common = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--scorer", "none"]
+    assert main(["storyboard", str(script), "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "page.png") in printed and "panel 1: rin (1 try)" in printed
+    assert main(["storyboard", str(script), "--out", str(out), *common]) == 2  # no silent overwrite
+    assert "already holds a storyboard" in capsys.readouterr().err
+    panel = (out / "panel-01.png").read_bytes()
+    assert main(["storyboard", str(out), "--panel", "1", "--line", "Bye!", *common]) == 0
+    assert (out / "panel-01.png").read_bytes() == panel  # a new line re-letters; nothing is drawn
+    assert json.loads((out / "storyboard.json").read_text())["script"]["panels"][0]["line"] == "Bye!"
+    assert main(["storyboard", str(script), "--line", "x", "--out", str(tmp_path / "b2"), *common]) == 2
+    assert "--line" in capsys.readouterr().err

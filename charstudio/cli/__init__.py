@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "charstudio.cli.inpaint_commands",
     "charstudio.cli.card_commands",
     "charstudio.cli.verify_commands",
+    "charstudio.cli.story_commands",
 ]
 
 
