@@ -251,7 +251,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
                                  num_images=args.num_images, pose=pose, pose_lines=args.pose_lines,
                                  controlnet_conditioning_scale=args.control_scale, hires=hires, regions=regions,
-                                 progress=bar)
+                                 watermark=not args.no_watermark, progress=bar)
     with output_named("--out", args.out):
         for path in result.save(args.out):
             print(path)

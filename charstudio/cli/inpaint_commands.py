@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from charstudio.cli.generate_commands import load_embeddings, load_loras, load_studio, precheck
-from charstudio.cli.options import add_embedding_args, add_lora_args, add_model_args, add_out_arg, add_seed_arg, add_steps_arg
+from charstudio.cli.options import (add_embedding_args, add_lora_args, add_model_args, add_out_arg, add_seed_arg,
+                                    add_steps_arg, add_watermark_arg)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "(default 0.75)")
     add_seed_arg(i, "the picture's seed")
     i.add_argument("--padding", type=float, default=0.15, help="a body region's padding, a share of its size")
+    add_watermark_arg(i)
     i.set_defaults(func=cmd_inpaint)
 
     d = sub.add_parser("detail", help="redraw the face and hands of a picture at the model's size",
@@ -98,7 +100,9 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     studio = load_studio(args)
     load_loras(studio, args)
     load_embeddings(studio, args)
-    settings = {} if args.steps is None else {"num_inference_steps": args.steps}
+    settings = {"watermark": not args.no_watermark}
+    if args.steps is not None:
+        settings["num_inference_steps"] = args.steps
     with StepBar("inpainting") as bar:
         result = studio.inpaint(args.image, mask=args.mask, prompt=card or args.prompt, strength=args.strength,
                                 seed=args.seed, padding=args.padding, progress=bar, **settings)

@@ -1,5 +1,5 @@
-"""The options several commands share, each declared once: the model, sampling, LoRAs,
-embeddings, the hires fix, output (--out, --overwrite), the ControlNet scale and the sheets'
+"""The options several commands share, each declared once: the model, sampling (with
+--no-watermark), LoRAs, embeddings, the hires fix, output (--out, --overwrite), the ControlNet scale and the sheets'
 consistency options. A command module calls these in its `register` instead of declaring the
 flags again, so a flag means the same, with the same default and help, wherever it appears."""
 
@@ -57,6 +57,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--add", default="", help="extra words appended to the card's prompt, e.g. 'smiling, in a forest'")
     p.add_argument("--allow-large", action="store_true",
                    help="allow pictures over twice the model's native size a side (slow, and models repeat themselves)")
+    add_watermark_arg(p)
+
+
+def add_watermark_arg(p: argparse.ArgumentParser) -> None:
+    """--no-watermark: leave the invisible watermark off the pictures (the recipe records it); pass
+    `watermark=not args.no_watermark` on to the run."""
+    p.add_argument("--no-watermark", action="store_true",
+                   help="no invisible watermark (the recipe's short ID hidden in the pixels; on by default)")
 
 
 def add_seed_arg(p: argparse.ArgumentParser, source: str) -> None:

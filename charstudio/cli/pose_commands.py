@@ -156,7 +156,8 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
             width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
-            controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args), progress=bar, **identity)
+            controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args),
+            watermark=not args.no_watermark, progress=bar, **identity)
 
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():

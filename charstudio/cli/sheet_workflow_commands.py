@@ -54,7 +54,7 @@ def _sheet_settings(args: argparse.Namespace, bar, identity: dict) -> dict:
                 style=args.style, extra=args.add, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 guidance_rescale=args.guidance_rescale, width=args.width, height=args.height,
                 negative_prompt=args.negative, scheduler=args.scheduler,
-                controlnet_conditioning_scale=args.control_scale, progress=bar)
+                controlnet_conditioning_scale=args.control_scale, watermark=not args.no_watermark, progress=bar)
 
 
 def _write(result, studio, args: argparse.Namespace, out) -> int:

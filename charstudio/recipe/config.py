@@ -15,7 +15,8 @@ from ..schedulers import DEFAULT_SCHEDULER, scheduler_spec
 from ..validation import check_choice, check_float, check_int
 from .workflow_fields import check_workflow_fields
 
-RECIPE_VERSION = 1
+# 2: `watermark` joined (a recipe of version 1, written before, reads as watermark=False).
+RECIPE_VERSION = 2
 MAX_SEED = 2**32 - 1
 
 
@@ -89,6 +90,8 @@ class GenerationConfig:
     hires: dict | None = None
     detail: dict | None = None
     inpaint: dict | None = None
+    # The invisible watermark (charstudio.provenance.watermark) on the recipe's final picture.
+    watermark: bool = True
 
     def __post_init__(self) -> None:
         # Each group in the order its fields are declared, so the first bad field is the one named.
@@ -101,6 +104,8 @@ class GenerationConfig:
         self._check_embeddings()
         self._check_cast()
         check_workflow_fields(self)
+        if not isinstance(self.watermark, bool):
+            raise ConfigError("watermark", self.watermark, "True or False")
 
     def _check_texts(self) -> None:
         if not isinstance(self.prompt, str):
@@ -202,10 +207,15 @@ class GenerationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GenerationConfig":
-        """Rebuild from `to_dict()` output; unknown keys from newer versions are ignored."""
+        """Rebuild from `to_dict()` output; unknown keys from newer versions are ignored. A recipe
+        without `watermark` (version 1, from before it) had none, so it re-runs without one."""
         if not isinstance(data, dict):
             raise ConfigError("recipe", type(data).__name__, "expected a JSON object")
         known = {f.name for f in fields(cls)}
         if "prompt" not in data:
             raise ConfigError("recipe.prompt", "missing", "a recipe needs its prompt (the text the model was given)")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        # A recipe without the key was written before the watermark (version 1): it had none, and
+        # re-running it must give its pixels.
+        values.setdefault("watermark", False)
+        return cls(**values)

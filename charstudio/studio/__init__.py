@@ -53,7 +53,7 @@ class Studio(Session):
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
                  pose_lines: str | None = None, hires: Any = None, detail: Any = None, regions: Any = None,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
-                 cancel: CancelToken | None = None) -> Result:
+                 cancel: CancelToken | None = None, watermark: bool = True) -> Result:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
 
         The card's seed and style are used unless given. Image i uses seed `seed + i`.
@@ -68,6 +68,7 @@ class Studio(Session):
         such as 1.5, or a dict of the hires fix's settings) draws at the native size and redraws
         larger; `detail` (True, or a dict with `parts`) redraws the face and hands; `regions` (a
         list of {prompt or card, box}) gives each region of the picture its own prompt.
+        `watermark=False`: no invisible watermark on the pictures (charstudio.provenance.watermark).
         """
         # A ready control image (PIL) is used as is, not recorded in the recipe.
         control_image, pose = (pose, None) if hasattr(pose, "getbands") else (None, pose)
@@ -78,7 +79,7 @@ class Studio(Session):
             target_size=target_size, scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
             controlnet_conditioning_scale=controlnet_conditioning_scale, control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end, pose_lines=pose_lines, hires=hires, detail=detail,
-            regions=regions)
+            regions=regions, watermark=watermark)
         return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image)
 
     def make_config(self, character_or_prompt: str | Character | None = None, **settings: Any) -> GenerationConfig:

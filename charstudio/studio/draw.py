@@ -94,11 +94,9 @@ def _run_group(studio: Studio, group: list[GenerationConfig], *, offset: int, to
                           {"latents": [r.extras.get("latents", [None])[0] for r in parts]})
         done = studio.draw(config, callbacks=callbacks, progress=report if progress else None, cancel=cancel,
                            control_image=None, latents=None, embeddings=None, batch=group)
-        if config.hires or config.detail:
-            from ..workflows.run import after_drawing
+        from ..workflows.run import after_drawing
 
-            done = _join([after_drawing(studio, r, _one(done, j), None, cancel) for j, r in enumerate(done.recipes)])
-        return done
+        return _join([after_drawing(studio, r, _one(done, j), None, cancel) for j, r in enumerate(done.recipes)])
 
 
 def check_recipe(studio: Studio, config: GenerationConfig) -> None:

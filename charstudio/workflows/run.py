@@ -4,13 +4,17 @@
 it here. An inpainting recipe starts from its source picture (`inpaint.run_inpaint`); any other is
 drawn by the engine (`studio.draw`, with the regions' attention in place: `drawing_context`),
 then the hires fix upscales and redraws it. A recorded detail pass runs last, on either. So a
-recipe read back from a PNG re-runs the whole workflow.
+recipe read back from a PNG re-runs the whole workflow. The invisible watermark (the recipe's
+`watermark`, charstudio.provenance.watermark) goes on the final picture only, here, after them all;
+the passes the workflows run inside (detail's patches, inpaint's redraw) run with it off.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ContextManager
+
+from ..provenance import watermark
 
 if TYPE_CHECKING:
     from ..recipe.config import GenerationConfig
@@ -33,8 +37,8 @@ def run_recipe(studio: Studio, config: GenerationConfig, **run_args: Any) -> Res
 
 def after_drawing(studio: Studio, config: GenerationConfig, result: Result, progress: Any = None,
                   cancel: Any = None) -> Result:
-    """The workflows that follow a drawn `result` of `config`: the hires fix, then the detail pass
-    (`Studio.run_batch` calls this on each picture of a batch)."""
+    """The workflows that follow a drawn `result` of `config`: the hires fix, then the detail pass,
+    then the watermark (`Studio.run_batch` calls this on each picture of a batch)."""
     if config.hires:
         from .hires import apply_hires
 
@@ -43,6 +47,15 @@ def after_drawing(studio: Studio, config: GenerationConfig, result: Result, prog
         from .detail import apply_detail
 
         result = apply_detail(studio, config, result, progress=progress, cancel=cancel)
+    return mark(result)
+
+
+def mark(result: Result) -> Result:
+    """`result` with each picture whose recipe asks for it watermarked with that recipe's payload
+    (in place; a batch's pictures each carry their own recipe's)."""
+    for i, recipe in enumerate(result.recipes):
+        if recipe.watermark:
+            result.images[i] = watermark.embed(result.images[i], watermark.payload_for(recipe))
     return result
 
 
