@@ -18,6 +18,7 @@ _EXPORTS = {
     "InterpolateApp": "charstudio.ui.interpolate",
     "ProcessApp": "charstudio.ui.process",
     "WorkflowsApp": "charstudio.ui.workflows",
+    "StoryboardApp": "charstudio.ui.storyboard",
     "PoseEditor": "charstudio.ui.pose_editor",
     "Gallery": "charstudio.ui.common",
     "Runner": "charstudio.ui.common",
