@@ -127,3 +127,17 @@ def test_mini_draws_rin_and_kai_each_with_their_own_hair_colour(mini_studio, one
         got = [nearest_colour(region_colour(image, hair_region(p)), HAIR_COLOURS) for p in group.people]
         hits += got == ["red", "blue"]
     assert hits >= 8, hits
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_studio_expands_for_its_own_family(family, tmp_path, monkeypatch):
+    from helpers import TinyFamily
+
+    cards = tmp_path / "prompts" / "characters"
+    cards.mkdir(parents=True)
+    (cards / "duo.yaml").write_text("name: duo\ndescription: a girl\nfamilies:\n  sd1: {trigger: duo15}\n"
+                                    "  sdxl: {trigger: duoxl}\n", encoding="utf-8")
+    monkeypatch.setenv("CHARSTUDIO_PROMPTS", str(tmp_path / "prompts"))
+    config = TinyFamily(family).studio().make_config("@duo smiling", num_inference_steps=1)
+    trigger = {"sd1": "duo15", "sdxl": "duoxl"}[family]
+    assert config.prompt == f"{trigger}, a girl smiling" and config.cast[0]["family"] == family
