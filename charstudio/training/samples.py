@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GenerationCancelled
-from ..io_utils import atomic_write
 from ..models.family import V_PREDICTION_GUIDANCE_RESCALE, ModelFamily
+from ..provenance.png import write_png
 from .config import LoraTrainingConfig
 from .data import IMAGE_SUFFIXES, class_image_seed
 from .output import VALIDATION_DIR
@@ -71,7 +71,7 @@ def make_class_images(comps: dict[str, Any], family: ModelFamily, config: LoraTr
         with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
             image = draw(pipe, family, config.resolved_class_prompt, resolution,
                          class_image_seed(config.seed, i), config.validation_inference_steps, cancel)
-        atomic_write(class_dir / f"class_{i:04d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+        write_png(class_dir / f"class_{i:04d}.png", image, model=config.model)  # (with its C2PA manifest)
 
 
 def validate(comps: dict[str, Any], family: ModelFamily, models: dict[str, Any], config: LoraTrainingConfig,
@@ -98,7 +98,6 @@ def validate(comps: dict[str, Any], family: ModelFamily, models: dict[str, Any],
         except GenerationCancelled:
             log.info("validation pictures of step %d stopped after %d of %d", step, i, config.num_validation_images)
             break
-        atomic_write(folder / f"{name or f'step{step:06d}'}_{i}.png", lambda tmp, im=image: im.save(tmp, format="PNG"),
-                     overwrite=True)
+        write_png(folder / f"{name or f'step{step:06d}'}_{i}.png", image, model=config.model, overwrite=True)
         images.append(image)
     return images
