@@ -20,26 +20,29 @@ Each region:
 - ``weight`` (optional, 0..1, default 1): how much the region's prompt replaces the scene's
   inside its box (0.7 keeps 30% of the scene prompt there);
 - ``overlap`` (optional, default False): boxes may not overlap unless one of the two says
-  ``"overlap": True``; where they do, their prompts share the pixels by weight.
-
-Per-region LoRA weights are not offered: a LoRA (peft) scales whole layers, not pixels, so a
-LoRA always acts on the whole picture. Put it in the recipe's ``loras`` instead; a card's LoRA
-named by a region is not applied (a warning says so).
+  ``"overlap": True``; where they do, their prompts share the pixels by weight;
+- ``loras`` (optional): ``{adapter: weight}``, LoRAs that act only inside the region's box. An
+  adapter is a loaded adapter's name, a LoRA's name under ``lora/`` or a file; it is loaded (off)
+  when the picture is drawn, recorded as given. The region's prompt is encoded with them on, the
+  scene prompt and the background stay without them; the recipe's own ``loras`` keep acting on the
+  whole picture, and an adapter may not be in both. How they are kept inside the box:
+  `charstudio.workflows.regional_loras`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from ..errors import ConfigError
-from ..limits import check_list
+from ..limits import check_count, check_list
 from ..validation import check_float
 
 log = logging.getLogger(__name__)
 
 HALVES = ("left", "right", "top", "bottom")
-REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap")
+REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap", "loras")
 # Tighter than the bound every other list shares (limits.MAX_ITEMS): each region costs one more
 # cross-attention pass in every layer at every step, and two to four characters is the use.
 MAX_REGIONS = 8
@@ -74,10 +77,10 @@ def _check_region(i: int, spec: Any, config: Any) -> dict:
     if not isinstance(spec, dict) or not spec:
         raise ConfigError(name, spec, f"a dict with a prompt (or character) and a box, e.g. {EXAMPLE}")
     unknown = sorted(set(spec) - set(REGION_KEYS))
-    if any(k in ("lora", "loras", "lora_weight") for k in unknown):
-        raise ConfigError(f"{name}.lora", spec.get("lora", spec.get("loras", spec.get("lora_weight"))),
-                          "per-region LoRA weights are not possible (a LoRA scales whole layers, not pixels): "
-                          "put the LoRA in the recipe's loras, where it acts on the whole picture")
+    if any(k in ("lora", "lora_weight") for k in unknown):
+        key = next(k for k in ("lora", "lora_weight") if k in unknown)
+        raise ConfigError(f"{name}.{key}", spec[key], "the region's 'loras': {adapter name or file: weight}, "
+                          "e.g. {\"zorbi\": 1.0}")
     if unknown:
         raise ConfigError(f"{name}.{unknown[0]}", spec[unknown[0]], f"not a region field; use {', '.join(REGION_KEYS)}")
     region: dict[str, Any] = {}
@@ -110,7 +113,30 @@ def _check_region(i: int, spec: Any, config: Any) -> dict:
         raise ConfigError(f"{name}.overlap", overlap, "True or False")
     if overlap:
         region["overlap"] = True
+    loras = _check_loras(f"{name}.loras", spec.get("loras"), config)
+    if loras:
+        region["loras"] = loras
     return region
+
+
+def _check_loras(name: str, loras: Any, config: Any) -> dict[str, float]:
+    """A region's ``loras``: {adapter name or file: weight}, none of them also in the recipe's ``loras``."""
+    if loras is None:
+        return {}
+    if not isinstance(loras, dict):
+        raise ConfigError(name, loras, "{adapter name or file: weight}, e.g. {\"zorbi\": 1.0}")
+    check_count(name, len(loras), what="LoRAs")
+    out: dict[str, float] = {}
+    for key, weight in loras.items():
+        key = os.fspath(key) if isinstance(key, os.PathLike) else key
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(name, key, "an adapter's name (loaded, or under lora/) or a LoRA file's path")
+        out[key.strip()] = check_float(f"{name}[{key.strip()!r}]", weight, -10.0, 10.0)
+    both = sorted(set(out) & set(getattr(config, "loras", None) or {}))
+    if both:
+        raise ConfigError(name, {k: out[k] for k in both}, "an adapter either in one region's loras or in the "
+                          "recipe's loras (the whole picture), not both")
+    return out
 
 
 def _card_prompt(name: str, card: str) -> str:
@@ -119,8 +145,8 @@ def _card_prompt(name: str, card: str) -> str:
     # A card that is not there is refused under the region's own field, e.g. regions[1].character.
     character = load_character(card, field=f"{name}.character")
     if character.lora:
-        log.warning("%s: card %r names the LoRA %r, which is not applied to one region (a LoRA acts on the "
-                    "whole picture); add it to the recipe's loras if you want it", name, card, character.lora)
+        log.warning("%s: card %r names the LoRA %r, which a region's character does not load by itself; add it "
+                    "to the region's loras to apply it inside the region", name, card, character.lora)
     return character.subject
 
 

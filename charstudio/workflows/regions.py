@@ -13,16 +13,16 @@ layer's resolution: inside a box the region's prompt rules, outside every box th
 This is done for the conditional rows of the classifier-free-guidance batch only; the
 unconditional rows keep the negative prompt, unless a region gives its own ``negative_prompt``.
 
-The field (each region's keys: prompt or character, box, negative_prompt, weight, overlap) is
+The field (each region's keys: prompt or character, box, negative_prompt, weight, overlap, loras) is
 checked and normalised by `charstudio.recipe.regions`, whose docstring gives the rules; its names
-stay importable from here. Per-region LoRA weights are not offered: a LoRA (peft) scales whole
-layers, not pixels.
+stay importable from here. A region's ``loras`` act only inside its box: every adapted layer's
+LoRA output is masked (`charstudio.workflows.regional_loras`, which says how and why).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import ConfigError
@@ -59,12 +59,24 @@ def region_masks(regions: list[dict], width: int, height: int) -> Any:
     return torch.where(total > 1, masks / total.clamp(min=1e-8), masks)
 
 
+def box_masks(regions: list[dict], width: int, height: int) -> Any:
+    """Each region's box as 1 inside, 0 outside: a float tensor (R, height, width) (where its LoRAs act)."""
+    import torch
+
+    masks = torch.zeros(len(regions), height, width)
+    for k, region in enumerate(regions):
+        x0, y0, x1, y1 = box_pixels(region, width, height)
+        masks[k, y0:y1, x0:x1] = 1.0
+    return masks
+
+
 class _RegionState:
     """What every wrapped cross-attention layer shares: the prompts' embeddings, the masks at the
     latent resolution, the CFG layout and a cache of masks per layer size."""
 
-    def __init__(self, cond: list[Any], uncond: list[Any | None], masks: Any, cfg: bool):
+    def __init__(self, cond: list[Any], uncond: list[Any | None], masks: Any, cfg: bool, loras: Any = None):
         self.cond, self.uncond, self.cfg = cond, uncond, cfg
+        self.loras = loras  # a RegionalLoras when regions have their own adapters (it tracks the pass running)
         self.masks = masks  # (R, h, w) at the latent resolution
         self._sized: dict[tuple, Any] = {}
 
@@ -120,9 +132,15 @@ class RegionalAttnProcessor:
                 if emb is None:  # this region keeps the scene's negative: the scene's output
                     mixed = mixed + out[rows] * m
                     continue
-                region_out = self.base(attn, hidden_states[rows], *args,
-                                       encoder_hidden_states=_replace_text(encoder_hidden_states, rows, emb),
-                                       attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
+                if state.loras is not None:
+                    state.loras.pass_index = k  # region k's adapters in this cross-attention pass
+                try:
+                    region_out = self.base(attn, hidden_states[rows], *args,
+                                           encoder_hidden_states=_replace_text(encoder_hidden_states, rows, emb),
+                                           attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
+                finally:
+                    if state.loras is not None:
+                        state.loras.pass_index = None
                 mixed = mixed + region_out * m
             out[rows] = mixed
         return out
@@ -145,30 +163,44 @@ def regional_attention(studio: Studio, config: GenerationConfig) -> Iterator[Non
 
     Every cross-attention processor (attn2) is wrapped, not replaced, and the originals come
     back on exit, even after an error. Works for any UNet batch (CFG rows [uncond x n, cond x n])
-    and on both families (SDXL's pooled and time conditioning stay the scene prompt's)."""
+    and on both families (SDXL's pooled and time conditioning stay the scene prompt's). Regions'
+    own ``loras`` are switched on and masked to their boxes inside, as before on exit."""
     import torch
 
     from ..models.vae import vae_factor
+    from .regional_loras import RegionalLoras, has_regional_loras
 
     regions = config.regions
     if not regions:
         yield
         return
     unet = studio.components["unet"]
-    # 1. Each region's prompt (and negative, when it has one) as the encoder makes the scene's.
-    cond, uncond = [], []
-    for region in regions:
-        negative = region.get("negative_prompt", "")
-        encoded = studio.encoder.encode(region["prompt"], negative, clip_skip=config.clip_skip)
-        cond.append(encoded.prompt_embeds.detach())
-        uncond.append(encoded.negative_prompt_embeds.detach() if negative else None)
-    # 2. The masks on the latent grid; each layer shrinks them to its own size.
+    # 1. The masks on the latent grid; each layer shrinks them to its own size.
     factor = vae_factor(studio.components["vae"])
-    pixels = region_masks(regions, config.width, config.height)[:, None]
-    latent = torch.nn.functional.interpolate(pixels, size=(config.height // factor, config.width // factor),
-                                             mode="area")[:, 0]
+    grid = (config.height // factor, config.width // factor)
+
+    def on_grid(pixels: Any) -> Any:
+        return torch.nn.functional.interpolate(pixels[:, None], size=grid, mode="area")[:, 0]
+
+    latent = on_grid(region_masks(regions, config.width, config.height))
+    # Regions' own adapters (loaded now when they are not), masked to their boxes (weight 1 inside).
+    loras = RegionalLoras(studio, config, on_grid(box_masks(regions, config.width, config.height))) \
+        if has_regional_loras(config) else None
+    # 2. Each region's prompt (and negative, when it has one) as the encoder makes the scene's; a
+    #    region with adapters is encoded with them on, its negative (or the scene's) too, so its
+    #    unconditional rows see them as a LoRA on the whole picture would.
+    cond, uncond = [], []
+    for k, region in enumerate(regions):
+        negative = region.get("negative_prompt", "")
+        own = loras is not None and bool(loras.names[k])
+        if own and not negative:
+            negative = config.negative_prompt
+        with loras.encoding(k) if own else nullcontext():
+            encoded = studio.encoder.encode(region["prompt"], negative, clip_skip=config.clip_skip)
+        cond.append(encoded.prompt_embeds.detach())
+        uncond.append(encoded.negative_prompt_embeds.detach() if negative or own else None)
     cfg = config.guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-    state = _RegionState(cond, uncond, latent, cfg)
+    state = _RegionState(cond, uncond, latent, cfg, loras)
     # 3. Wrap the cross-attention processors; put the originals back whatever happens.
     original = unet.attn_processors
     wrapped = {name: RegionalAttnProcessor(proc, state) if name.endswith("attn2.processor") else proc
@@ -176,8 +208,11 @@ def regional_attention(studio: Studio, config: GenerationConfig) -> Iterator[Non
     if not any(isinstance(p, RegionalAttnProcessor) for p in wrapped.values()):
         raise ConfigError("regions", f"{len(regions)} regions", "a UNet with cross-attention layers (attn2)")
     log.info("regional prompts: %d regions over the scene prompt", len(regions))
-    unet.set_attn_processor(wrapped)
-    try:
-        yield
-    finally:
-        unet.set_attn_processor(dict(original))  # diffusers pops from the dict it is given
+    with ExitStack() as stack:
+        if loras is not None:
+            stack.enter_context(loras.applied())
+        unet.set_attn_processor(wrapped)
+        try:
+            yield
+        finally:
+            unet.set_attn_processor(dict(original))  # diffusers pops from the dict it is given
