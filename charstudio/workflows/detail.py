@@ -27,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import ConfigError
+from ..provenance.png import PARENT_KEY, parent_picture
 from ..recipe.detail import DEFAULT_PARTS, DEFAULT_STRENGTH, check, check_parts  # noqa: F401 - importable here
 from ..recipe.hires import picture_size
 from .masks import Box, DEFAULT_PADDING, DEFAULT_SEAM, box_mask, paste, pose_boxes, soft_mask
@@ -87,7 +88,9 @@ def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PAR
         images += out.images
         done += out.recipes
         placed.append(boxes)
-    return Result(images, done, {"before_detail": pictures, "detail_boxes": placed})
+    # The parent(s) for the saved PNGs' manifests (c2pa.edited names them): the file, else the pictures.
+    parents = [parent_picture(result)] if not isinstance(result, Result) or result.extras.get("path") else pictures
+    return Result(images, done, {"before_detail": pictures, "detail_boxes": placed, PARENT_KEY: parents})
 
 
 def _outside(item: Any) -> tuple[Any, Any]:

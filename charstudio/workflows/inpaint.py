@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError, InputFileError
+from ..provenance.png import PARENT_KEY, parent_picture
 from ..recipe.config import GenerationConfig
 from ..recipe.hires import picture_size
 from ..recipe.inpaint import DEFAULT_STRENGTH, check, check_mask_spec  # noqa: F401 - importable here
@@ -115,7 +116,10 @@ def inpaint(studio: Studio, image_or_result: Any, mask: Any, prompt: Any = None,
         log.info("inpainting %dx%d with a picture mask of %d pixels", width, height, int(mask_array.sum()))
     # 4. Run it as any recipe runs (Studio.run -> run_inpaint). The picture goes along, so a
     #    source with a recipe is not drawn again (a re-run from the PNG draws it).
-    return studio.run(config, init_image=image, progress=progress, cancel=cancel)
+    result = studio.run(config, init_image=image, progress=progress, cancel=cancel)
+    # 5. The parent picture, for the saved PNG's C2PA manifest (c2pa.edited names it).
+    result.extras[PARENT_KEY] = parent_picture(image_or_result)
+    return result
 
 
 def _read_source(item: Any) -> tuple[Any, Any, dict]:
@@ -201,7 +205,9 @@ def run_inpaint(studio: Studio, config: GenerationConfig, *, callbacks: Any = ()
     images = [paste(source, im, alpha) for im in drawn.images]
     recipes = [r.replace(inpaint=spec, detail=config.detail) for r in drawn.recipes]
     # (A detail pass recorded with it comes after: run_recipe runs it.)
-    return Result(images, recipes, {**drawn.extras, "source_image": source, "mask": alpha})
+    # The parent for the saved PNG's manifest: the source file when the recipe names one, else the source picture.
+    parent = parent_picture(spec["source"].get("path")) or source
+    return Result(images, recipes, {**drawn.extras, "source_image": source, "mask": alpha, PARENT_KEY: parent})
 
 
 def _source_picture(studio: Studio, source: dict, given: Any, progress: Any, cancel: Any) -> Any:
