@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "charstudio.cli.sheet_workflow_commands",
     "charstudio.cli.train_commands",
     "charstudio.cli.inpaint_commands",
+    "charstudio.cli.cast_commands",
     "charstudio.cli.card_commands",
     "charstudio.cli.verify_commands",
     "charstudio.cli.story_commands",

@@ -173,10 +173,13 @@ class IdentityRun:
     ``redraw(indices, configs) -> {index: (image, recipe)}`` draws the given views from the
     given recipes, one batch per call (the sheet's drawer supplies it). ``card`` gives the palette
     and one-sided features; ``check_views`` runs the turnaround's view checks against the anchor.
+    ``anchors``: per picture, the picture it is scored against (a pack: its outfit's first
+    expression); those pictures are never re-rolled. None: every picture against ``anchor``.
     """
 
     def __init__(self, scorer: Any, *, min_identity: float | str | None = None, max_tries: int = DEFAULT_MAX_TRIES,
-                 labels: Sequence[str] = (), card: Any = None, check_views: bool = False, anchor: int = 0):
+                 labels: Sequence[str] = (), card: Any = None, check_views: bool = False, anchor: int = 0,
+                 anchors: Sequence[int] | None = None):
         self.scorer = scorer
         asked = check_min_identity(min_identity)
         self.max_tries = check_max_tries(max_tries)
@@ -189,26 +192,32 @@ class IdentityRun:
             asked = None
         self.min_identity: float | None = asked
         self.labels, self.anchor, self.check_views = list(labels), anchor, check_views
+        self.anchors = list(anchors) if anchors is not None else None
+        self.anchor_set = set(self.anchors) if self.anchors is not None else {anchor}
         self.palette = dict(getattr(card, "palette", None) or {}) if card is not None else {}
         sides = {side: getattr(card, side, None) for side in ("left", "right")} if card is not None else {}
         self.sides = {k: v for k, v in sides.items() if v} or None
-        self._anchor_embedding: Any = None
+        self._anchor_embedding: Any = None  # the first pass's embeddings, by picture
         self._warned: set[str] = set()
 
     # 1. The first pass: score every picture, run the checks.
     def measure(self, images: Sequence[Any], recipes: Sequence[Any]) -> list[_Try]:
         tries = [_Try(getattr(r, "seed", None), im, r) for im, r in zip(images, recipes)]
-        self._score(tries, first=True)
+        self._score(tries, list(range(len(tries))), first=True)
         for i, t in enumerate(tries):
-            t.checks = self._checks(i, t, tries[self.anchor])
+            t.checks = self._checks(i, t, tries[self.anchor_of(i)])
         return tries
+
+    def anchor_of(self, i: int) -> int:
+        """The picture picture ``i`` is scored and checked against."""
+        return self.anchors[i] if self.anchors is not None else self.anchor
 
     # 2. Re-roll the views that fail, a round at a time, one batch per round.
     def reroll(self, best: list[_Try], redraw: Callable[[list[int], list[Any]], dict[int, tuple[Any, Any]]],
                cancel: Any = None) -> list[list[_Try]]:
         history = [[t] for t in best]
         for attempt in range(1, self.max_tries if self.rerolls else 1):
-            todo = [i for i, t in enumerate(best) if i != self.anchor and not self._passes(t)]
+            todo = [i for i, t in enumerate(best) if i not in self.anchor_set and not self._passes(t)]
             if not todo:
                 break
             if cancel is not None:
@@ -219,9 +228,9 @@ class IdentityRun:
                 configs[i] = first.replace(seed=int(first.seed) + attempt)
             drawn = redraw(todo, configs)
             new = [_Try(getattr(drawn[i][1], "seed", None), drawn[i][0], drawn[i][1]) for i in todo]
-            self._score(new)
+            self._score(new, todo)
             for i, t in zip(todo, new):
-                t.checks = self._checks(i, t, best[self.anchor])
+                t.checks = self._checks(i, t, best[self.anchor_of(i)])
                 history[i].append(t)
                 if t.rank() > best[i].rank():
                     best[i] = t
@@ -241,9 +250,11 @@ class IdentityRun:
             emb = np.stack([np.asarray(t.embedding) for t in best])
             report = IdentityReport.from_difference(self.scorer, self.scorer.difference(emb, emb), self.anchor,
                                                     self.labels)
+            if self.anchors is not None:  # each against its own anchor
+                report.scores = [report.matrix[i][a] for i, a in enumerate(self.anchors)]
         tries = [[t.record(t is best[i], self.min_identity) for t in history[i]] for i in range(len(best))]
         checks = [dict(t.checks, passed=t.passed_checks) for t in best]
-        never = [i for i, t in enumerate(best) if i != self.anchor and not self._passes(t)]
+        never = [i for i, t in enumerate(best) if i not in self.anchor_set and not self._passes(t)]
         labels = [self.labels[i] if i < len(self.labels) else str(i) for i in never]
         note = None
         if never:
@@ -253,9 +264,9 @@ class IdentityRun:
                 if any(best[i].checks for i in never):
                     goal += (" and " if goal else "") + "its checks"
                 within = f"{self.max_tries} tries" if self.max_tries > 1 else "1 try (max_tries=1: no re-rolls)"
-                note = f"identity: {len(never)} of {len(best) - 1} view(s) never reached {goal} in {within}: {views}"
+                note = f"identity: {len(never)} of {len(best) - len(self.anchor_set)} view(s) never reached {goal} in {within}: {views}"
             else:
-                note = f"identity: {len(never)} of {len(best) - 1} view(s) failed a check (no re-rolls asked): {views}"
+                note = f"identity: {len(never)} of {len(best) - len(self.anchor_set)} view(s) failed a check (no re-rolls asked): {views}"
             log.warning("%s", note)
         return SheetIdentity(report=report, scorer=getattr(self.scorer, "name", None), min_identity=self.min_identity,
                              max_tries=self.max_tries, checks=checks, tries=tries, never_reached=labels, note=note)
@@ -270,7 +281,7 @@ class IdentityRun:
         return "; ".join(parts) or "failed"
 
     # -- scoring and checks
-    def _score(self, tries: list[_Try], first: bool = False) -> None:
+    def _score(self, tries: list[_Try], indices: list[int], first: bool = False) -> None:
         if self.scorer is None or not tries:
             return
         try:
@@ -278,10 +289,12 @@ class IdentityRun:
 
             emb = np.asarray(self.scorer.embed([t.image for t in tries]))
             if first:
-                self._anchor_embedding = emb[self.anchor:self.anchor + 1]
+                self._anchor_embedding = emb
             if self._anchor_embedding is None:
                 return
-            diff = np.asarray(self.scorer.difference(emb, self._anchor_embedding))[:, 0]
+            anchors = sorted({self.anchor_of(i) for i in indices})
+            diff = np.asarray(self.scorer.difference(emb, self._anchor_embedding[anchors]))
+            diff = diff[np.arange(len(indices)), [anchors.index(self.anchor_of(i)) for i in indices]]
         except Exception as err:  # a broken scorer must not fail the sheet
             log.warning("identity: the %s scorer failed (%s: %s); no identity scores are recorded",
                         getattr(self.scorer, "name", "identity"), type(err).__name__, err)
@@ -295,7 +308,7 @@ class IdentityRun:
 
     def _checks(self, i: int, t: _Try, anchor: _Try) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if not self.palette and not (self.check_views and i != self.anchor):
+        if not self.palette and not (self.check_views and i not in self.anchor_set):
             return out
         pose = _picture_pose(t)
         if pose is None:
@@ -304,7 +317,7 @@ class IdentityRun:
             check_palette = self._import("palette", "check_palette")
             if check_palette is not None:
                 out["palette"] = check_palette(t.image, pose, self.palette).to_dict()
-        if self.check_views and i != self.anchor:
+        if self.check_views and i not in self.anchor_set:
             check_view = self._import("views", "check_view")
             anchor_pose = _picture_pose(anchor)
             if check_view is not None and anchor_pose is not None:

@@ -188,6 +188,7 @@ def make_sheet(
     min_identity: float | str | None = None,
     max_tries: int = DEFAULT_MAX_TRIES,
     check_views: bool = False,
+    anchors: Sequence[int] | None = None,
     labels: Sequence[str] | None = None,
     extras: Sequence[str] | None = None,
     callbacks: Sequence[Callable] = (),
@@ -212,6 +213,7 @@ def make_sheet(
     or "auto" for the scorer's threshold) switches on re-rolls: each view below it, or failing a
     check, is redrawn with the next seed, all of a round in one batch, up to ``max_tries`` tries
     in all; the best try is kept and every try recorded. The first view is never re-rolled.
+    ``anchors``: per picture, the one it is scored against (default: the first), never re-rolled.
     """
     # 1. Check the request before any model work.
     poses, labels, extras = _check_lists(poses, labels, extras)
@@ -246,7 +248,7 @@ def make_sheet(
         #    fail while the IP-Adapter and reference attention are still in place.
         gathered = sorted(gather(sheet.done, state), key=lambda item: item[0])
         identity = IdentityRun(the_scorer, min_identity=min_identity, max_tries=max_tries, labels=labels, card=card,
-                               check_views=check_views)
+                               check_views=check_views, anchors=anchors)
         best = identity.measure([im for _, im, _ in gathered], [GenerationConfig.from_dict(r) for _, _, r in gathered])
         history = identity.reroll(best, sheet.redraw, cancel)
     record = identity.finish(best, history)
