@@ -1,11 +1,11 @@
 """A real browser: JupyterLab runs each notebook, headless Chromium clicks its main button.
 
-For each of the five notebooks (on `mini`, CHARSTUDIO_FAST=1) the test opens it in JupyterLab, runs
+For each of the six notebooks (on `mini`, CHARSTUDIO_FAST=1) the test opens it in JupyterLab, runs
 all cells, clicks the app's main button, waits for the run to end, and checks from the page (the
 DOM) what a user would see: the result is there, no error output, no live preview or progress bar
 left on screen, no label, button, description or text in a box cut off (the value typed into a text
 field may scroll: see CUT_OFF_JS), and Cancel disabled while idle. In notebook 01 it also drags a
-joint in the pose editor and checks the saved JSON. One JupyterLab server serves all five; the
+joint in the pose editor and checks the saved JSON. One JupyterLab server serves all six; the
 waits poll the page and end as soon as it is ready (the timeouts only stop a hang).
 
 It needs Debian's chromium (or CHARSTUDIO_CHROMIUM), playwright (no `playwright install`: the system
@@ -53,6 +53,7 @@ NOTEBOOKS = {
     "03_interpolate.ipynb": ("Interpolate", "frames from"),
     "04_diffusion_process.ipynb": ("Trace", "traced"),
     "05_character_workflows.ipynb": ("Run", "done"),
+    "06_storyboard.ipynb": ("Play", "panels drawn"),
 }
 
 

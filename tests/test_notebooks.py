@@ -25,6 +25,7 @@ EXPECTED = {
     "05_character_workflows.ipynb": ["Inpaint a body region: done", "inpainted: hair", "detail parts: ['face', 'hands']", "hires size: (96, 96)",
                                      "views: ['front', 'three-quarter', 'side', 'back']",
                                      "expressions: ['neutral', 'smiling', 'angry']", "regions: ['left', 'right']"],
+    "06_storyboard.ipynb": ["3 panels drawn", "tries per panel:", "panel 1: rin", "panel 2 done", "panel 2 is now seed"],
 }
 
 

@@ -386,12 +386,84 @@ re-runs the workflow. The same jobs from the command line: `charstudio inpaint`,
     ]
 
 
+def storyboard() -> list:
+    return [
+        new_markdown_cell("""\
+# 06 · Storyboard
+
+A storyboard script (YAML) lists panels: who is in each (`@rin`, `@rin:school`, or with an expression), a pose
+(two poses side by side for two characters), a setting, a shot (full, medium, close-up) and the caption and line
+lettered under the panel. Playing it draws every panel (two characters share a panel as regional prompts), scores
+each character against its card's anchor picture (the card drawn whole, front on) and re-draws a panel at the next
+seed while a character is below the identity threshold. The page (PNG and PDF), every panel's PNG (its recipe
+inside) and `storyboard.json` (recipes, scores, tries) are written to a folder.
+
+The app plays the script in its box; then pick a panel, edit its caption or line, and **Update words** (nothing is
+drawn) or **Redraw panel** (a new picture of that panel). The cells after it do the same from code."""),
+        new_code_cell(SETUP),
+        new_code_cell('''\
+from charstudio.storyboard import load_script
+from charstudio.ui import StoryboardApp
+
+script = load_script(ROOT / "prompts" / "storyboards" / "example.yaml")  # six panels with rin and kai
+if FAST:
+    script.panels = script.panels[:3]  # CI: the first three (one of them with both characters)
+app = StoryboardApp(model=MODEL, script=script, steps=6 if FAST else None)
+app'''),
+        new_code_cell('''\
+app.play_button.click()  # the same from code: Play, wait, read the status line
+app.wait()
+print(app.status.text)'''),
+        new_markdown_cell("""\
+## The page, and how each character scored
+
+Each character is cropped from its panel (the whole picture, or its half of a two-character panel) and scored
+against its card's anchor; `tries` counts the pictures each panel took."""),
+        new_code_cell('''\
+board = app.board
+print("tries per panel:", board.tries)
+for panel in board.panels:
+    print(f"panel {panel.index + 1}:", ", ".join(f"{c['name']} {c['score']:.3f}" for c in panel.characters
+                                                if c.get("score") is not None))
+bar = board.settings["min_identity"]
+print(board.note or (f"every character reached identity >= {bar:.3f} ({board.settings['scorer']})"
+                     if bar is not None else "no identity bar"))
+board.page()'''),
+        new_markdown_cell("""\
+## One panel again: a new line, then a new picture"""),
+        new_code_cell('''\
+app.panel.value = 2
+app.line.value = "Where were you?"
+app.reletter_button.click()  # the words only: nothing is drawn
+app.wait()
+print(app.status.text)
+app.redraw_button.click()  # a new picture of panel 2, at the seed after its last try
+app.wait()
+print(app.status.text)
+print("panel 2 is now seed", app.board.panels[1].recipe.seed, "in", app.board.folder)'''),
+        new_markdown_cell("""\
+The same from code and from the command line:
+
+```python
+from charstudio.storyboard import draw_storyboard, redraw_panel
+board = draw_storyboard(studio, "prompts/storyboards/example.yaml", out="story")  # min_identity="auto", max_tries=4
+board = redraw_panel(studio, "story", 2, line="Where were you?")                  # words only; seed=... re-draws
+```
+
+```
+charstudio storyboard prompts/storyboards/example.yaml --out story [--min-identity auto] [--max-tries 4] [--seed N]
+charstudio storyboard story --panel 2 --line "Where were you?"   # add --seed N for a new picture
+```"""),
+    ]
+
+
 BUILDERS = {
     "01_explore_characters.ipynb": explore,
     "02_train_lora.ipynb": train,
     "03_interpolate.ipynb": interpolate,
     "04_diffusion_process.ipynb": process,
     "05_character_workflows.ipynb": workflows,
+    "06_storyboard.ipynb": storyboard,
 }
 
 

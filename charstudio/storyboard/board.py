@@ -344,7 +344,7 @@ def redraw_panel(studio: Studio, board: Storyboard | str | os.PathLike, panel: i
     at ``seed`` (default: the seed after its last try), re-rolled as the board was (``min_identity``
     and ``max_tries`` default to the board's). The page is rewritten: into ``out``, else the folder
     the board was loaded from or saved to (its own files replaced, nothing else)."""
-    from .script import _text
+    from .script import clean_text
 
     if not isinstance(board, Storyboard):
         board = Storyboard.load(board)
@@ -356,9 +356,9 @@ def redraw_panel(studio: Studio, board: Storyboard | str | os.PathLike, panel: i
     index = panel - 1
     entry = board.script.panels[index]
     if caption is not None:
-        entry.caption = _text(f"panels[{index}].caption", caption)
+        entry.caption = clean_text(f"panels[{index}].caption", caption)
     if line is not None:
-        entry.line = _text(f"panels[{index}].line", line)
+        entry.line = clean_text(f"panels[{index}].line", line)
     if redraw is None:
         redraw = seed is not None or (caption is None and line is None)
     if redraw:

@@ -172,10 +172,10 @@ def _script(data: Any, where: str | None) -> Script:
         raise ConfigError("panels", panels, f"a list of one or more panels, e.g. {EXAMPLE}")
     if len(panels) > MAX_PANELS:
         raise ConfigError("panels", f"{len(panels)} panels", f"at most {MAX_PANELS}: split the story into scripts")
-    setting = _text("setting", data.get("setting"))
-    script = Script(panels=[_panel(i, p, setting) for i, p in enumerate(panels)], title=_text("title", data.get("title")),
+    setting = clean_text("setting", data.get("setting"))
+    script = Script(panels=[_panel(i, p, setting) for i, p in enumerate(panels)], title=clean_text("title", data.get("title")),
                     seed=_seed("seed", data.get("seed")), setting=setting, source=where,
-                    style=_text("style", data.get("style")) or None, steps=_steps(data.get("steps")))
+                    style=clean_text("style", data.get("style")) or None, steps=_steps(data.get("steps")))
     return script
 
 
@@ -197,10 +197,10 @@ def _panel(i: int, spec: Any, setting: str) -> Panel:
     if len({c.name for c in cast}) < len(cast):
         raise ConfigError(f"{name}.characters", chars, "different characters (one card appears twice)")
     return Panel(characters=cast, pose=_pose(f"{name}.pose", spec.get("pose"), len(cast)),
-                 setting=_text(f"{name}.setting", spec.get("setting")) or setting,
+                 setting=clean_text(f"{name}.setting", spec.get("setting")) or setting,
                  shot=check_shot(spec.get("shot", "full"), f"{name}.shot"),
-                 caption=_text(f"{name}.caption", spec.get("caption"), TEXT_LIMIT),
-                 line=_text(f"{name}.line", spec.get("line"), TEXT_LIMIT), seed=_seed(f"{name}.seed", spec.get("seed")))
+                 caption=clean_text(f"{name}.caption", spec.get("caption"), TEXT_LIMIT),
+                 line=clean_text(f"{name}.line", spec.get("line"), TEXT_LIMIT), seed=_seed(f"{name}.seed", spec.get("seed")))
 
 
 def _cast(field_name: str, spec: Any) -> Cast:
@@ -218,7 +218,7 @@ def _cast(field_name: str, spec: Any) -> Cast:
     if not isinstance(name, str) or not name.strip().lstrip("@").strip():
         raise ConfigError(field_name, name, expected)
     name = name.strip().lstrip("@").strip()
-    outfit, expression = (_text(f"{field_name}.{k}", spec.get(k)) or None for k in ("outfit", "expression"))
+    outfit, expression = (clean_text(f"{field_name}.{k}", spec.get(k)) or None for k in ("outfit", "expression"))
     return Cast(name=name, outfit=outfit, expression=expression)
 
 
@@ -242,7 +242,7 @@ def check_shot(value: Any, field_name: str = "shot") -> str:
     return text
 
 
-def _text(field_name: str, value: Any, limit: int = TEXT_LIMIT) -> str:
+def clean_text(field_name: str, value: Any, limit: int = TEXT_LIMIT) -> str:
     if value is None:
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
