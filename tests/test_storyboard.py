@@ -260,3 +260,41 @@ def test_cli_draws_a_script_then_reletters_one_panel(tmp_path, capsys):
     assert json.loads((out / "storyboard.json").read_text())["script"]["panels"][0]["line"] == "Bye!"
     assert main(["storyboard", str(script), "--line", "x", "--out", str(tmp_path / "b2"), *common]) == 2
     assert "--line" in capsys.readouterr().err
+
+
+# -- several processes ---------------------------------------------------------------------------------------
+def test_accelerate_two_processes_draw_the_same_storyboard_as_one(tmp_path):
+    """`accelerate launch` with 2 CPU processes: the panels split over them (panel i to process i mod 2),
+    each re-rolls its own, and the first process writes the folder: the same seeds, tries, scores and
+    pictures as one process (both with one thread: CPU kernels sum in a thread-count dependent order)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import pixels
+
+    script = tmp_path / "s.yaml"
+    script.write_text("seed: 5\nsetting: grey background\npanels:\n  - characters: ['@rin']\n"
+                      "  - characters: ['@rin', '@kai']\n  - characters: ['@kai']\n    pose: waving\n")
+    cli = tmp_path / "cli.py"
+    cli.write_text("import sys\nfrom charstudio.cli import main\nsys.exit(main())\n")
+    args = ["storyboard", str(script), "--model", "tiny", "--device", "cpu", "--steps", "1", "--scorer", "mini",
+            "--max-tries", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(cli)]
+    two = subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(cli), *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "storyboard.json").read_text()) for d in ("one", "two"))
+    assert (a["settings"]["processes"], b["settings"]["processes"]) == (1, 2)
+    assert a["tries"] == b["tries"]
+    for pa, pb in zip(a["panels"], b["panels"]):
+        assert [t["seed"] for t in pa["tries"]] == [t["seed"] for t in pb["tries"]]
+        assert pa["recipe"]["seed"] == pb["recipe"]["seed"]
+        assert np.abs(pixels(Image.open(tmp_path / "one" / pa["file"])) - pixels(Image.open(tmp_path / "two" / pb["file"]))).max() <= 1
