@@ -48,6 +48,14 @@ def test_a_plain_picture_has_no_watermark_no_manifest_and_exits_1(tmp_path, caps
     assert "no watermark, no manifest" in out and "recipe: none" in out
 
 
+def test_a_bmp_from_another_tool_has_no_manifest_rather_than_a_broken_one(tmp_path, capsys):
+    path = tmp_path / "other.bmp"
+    Image.new("RGB", (64, 64), (30, 60, 90)).save(path)
+    assert main(["verify", "--json", str(path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["manifest"]["present"] is False and "cannot read this format" in report["manifest"]["error"]
+
+
 def test_a_signed_charstudio_picture_exits_0_and_says_what_its_manifest_holds(drawn, signing, tmp_path, capsys):
     assert main(["verify", str(drawn)]) == 0
     out = capsys.readouterr().out

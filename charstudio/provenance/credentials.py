@@ -260,6 +260,8 @@ def read_manifest(source: str | os.PathLike | bytes, trust_anchors: str | None =
     try:
         reader = c2pa.Reader.try_create(None, io.BytesIO(data), None, context) if context else \
             c2pa.Reader.try_create(io.BytesIO(data))
+    except c2pa.C2paError.NotSupported as exc:  # a format C2PA has no place for (BMP): no manifest there
+        return ManifestReading(present=False, error=f"C2PA cannot read this format ({exc})")
     except c2pa.C2paError as exc:
         return ManifestReading(present=True, state="Invalid", error=str(exc))  # found, but unreadable
     if reader is None:
@@ -299,7 +301,7 @@ def _env_anchors() -> str | None:
 def summary(reading: ManifestReading) -> str:
     """One line for people: 'credentials: c2pa.created (signature valid, untrusted signer 'x')'."""
     if not reading.present:
-        return "no manifest"
+        return f"no manifest ({reading.error})" if reading.error else "no manifest"
     trust = "trusted" if reading.trusted else "signer not in a trust list"
     sig = f"signature valid, {trust}" if reading.signature_valid else "signature INVALID: " + ", ".join(
         reading.failures or [reading.error or "unreadable"])
