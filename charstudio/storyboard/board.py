@@ -116,7 +116,7 @@ class Storyboard:
         import yaml
 
         from ..io_utils import atomic_write, refuse_package_path, staged_folder
-        from ..recipe.metadata import png_info
+        from ..provenance.png import write_png
 
         target = refuse_package_path(directory, field)
         panel_names = {f"panel-{p.index}": f"panel-{p.index + 1:02d}.png" for p in self.panels}
@@ -132,16 +132,13 @@ class Storyboard:
         text = json.dumps(self.summary(names), indent=2)
         script_text = yaml.safe_dump(self.script.to_dict(), sort_keys=False, allow_unicode=True)
         with staged_folder(target, overwrite=overwrite, field=field, replaces=_old_files) as stage:
-            for p in self.panels:
-                info = png_info(p.recipe)
-                info.add_text(PNG_KEY, json.dumps({"panel": p.index + 1, "characters": p.characters,
-                                                   "tries": p.tries}))
-                atomic_write(stage / panel_names[f"panel-{p.index}"],
-                             lambda tmp, im=p.image, pi=info: im.save(tmp, format="PNG", pnginfo=pi))
+            for p in self.panels:  # through the one PNG writer: recipe, panel chunk, C2PA manifest
+                write_png(stage / panel_names[f"panel-{p.index}"], p.image, p.recipe,
+                          text={PNG_KEY: json.dumps({"panel": p.index + 1, "characters": p.characters,
+                                                     "tries": p.tries})})
             for n, (image, recipe) in self.anchors.items():
-                atomic_write(stage / anchor_names[f"anchor-{n}"], lambda tmp, im=image, r=recipe: im.save(
-                    tmp, format="PNG", pnginfo=png_info(r) if r is not None else None))
-            atomic_write(stage / PAGE_NAME, lambda tmp: page.save(tmp, format="PNG"))
+                write_png(stage / anchor_names[f"anchor-{n}"], image, recipe)
+            write_png(stage / PAGE_NAME, page, model=self.panels[0].recipe.model if self.panels else None)
             atomic_write(stage / PDF_NAME, lambda tmp: save_pdf(page, tmp))
             atomic_write(stage / SCRIPT_NAME, lambda tmp: Path(tmp).write_text(script_text, encoding="utf-8"))
             atomic_write(stage / JSON_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
