@@ -23,7 +23,9 @@ def mini(mini_studio):
 
 @pytest.fixture(scope="module")
 def drawn(mini):
-    return mini.generate(PROMPT, pose="waving", seed=4, num_inference_steps=STEPS)
+    # (the watermark off here: it covers the whole picture, and these tests look at what the pass
+    # leaves alone; tests/test_watermark.py checks a detail pass with it on)
+    return mini.generate(PROMPT, pose="waving", seed=4, num_inference_steps=STEPS, watermark=False)
 
 
 def test_the_face_pass_changes_nothing_outside_the_face_box_beyond_the_seam(mini, drawn, tmp_path):
@@ -47,7 +49,7 @@ def test_the_face_pass_changes_nothing_outside_the_face_box_beyond_the_seam(mini
 
 
 def test_detail_true_on_generate_and_sheet_runs_the_pass_per_image(mini, drawn):
-    out = mini.generate(PROMPT, pose="waving", seed=4, num_inference_steps=STEPS, detail=True)
+    out = mini.generate(PROMPT, pose="waving", seed=4, num_inference_steps=STEPS, detail=True, watermark=False)
     assert out.recipe.detail["parts"] == ["face", "hands"]
     boxes = [box for _, box in out.extras["detail_boxes"][0]]
     assert len(boxes) == 3  # the face and both hands
@@ -59,9 +61,9 @@ def test_detail_true_on_generate_and_sheet_runs_the_pass_per_image(mini, drawn):
     assert not np.array_equal(arr(out.image), arr(drawn.image))
 
     sheet = mini.sheet(PROMPT, ["waving", "standing_front"], seed=4, num_inference_steps=STEPS,
-                       detail={"parts": ["face"]}, compute_score=False)
+                       detail={"parts": ["face"]}, compute_score=False, watermark=False)
     plain = mini.sheet(PROMPT, ["waving", "standing_front"], seed=4, num_inference_steps=STEPS,
-                       compute_score=False)
+                       compute_score=False, watermark=False)
     assert [r.detail["parts"] for r in sheet.recipes] == [["face"], ["face"]]
     for recipe, image, before in zip(sheet.recipes, sheet.images, plain.images):
         from charstudio.pose import Pose

@@ -32,15 +32,16 @@ def test_same_seed_same_image_different_seed_differs_and_a_png_reruns_exactly(fa
 def test_matches_plain_diffusers_on_the_same_model(family, family_studio):
     """Our path (own prompt encoding, own decode) gives the very pixels the family's own diffusers
     pipeline gives, built on fresh parts without charstudio."""
+    # (the watermark off: plain diffusers puts none on)
     ours = family_studio.generate("a girl with red hair", negative_prompt="blurry", seed=5, guidance_scale=6.0,
-                                  scheduler="euler", width=64, height=64, **FAST)
+                                  scheduler="euler", width=64, height=64, watermark=False, **FAST)
     pipe = family.plain_pipeline()
     pipe.scheduler = make_scheduler("euler", dict(pipe.scheduler.config))
     plain = pipe("a girl with red hair", negative_prompt="blurry", num_inference_steps=4, guidance_scale=6.0,
                  width=64, height=64, generator=torch.Generator().manual_seed(5)).images[0]
     assert np.array_equal(pixels(ours.image), pixels(plain))
     # and with no negative prompt (SDXL's empty negative is zeros, as diffusers' force_zeros_for_empty_prompt)
-    ours = family_studio.generate(PROMPT, seed=11, scheduler="euler", width=64, height=64, **FAST)
+    ours = family_studio.generate(PROMPT, seed=11, scheduler="euler", width=64, height=64, watermark=False, **FAST)
     plain = pipe(PROMPT, num_inference_steps=4, width=64, height=64, guidance_scale=ours.recipe.guidance_scale,
                  generator=torch.Generator().manual_seed(11)).images[0]
     assert np.array_equal(pixels(ours.image), pixels(plain))

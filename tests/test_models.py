@@ -27,8 +27,9 @@ def test_a_diffusers_folder_is_detected_as_its_family(tmp_path, family, family_s
         family.family.pipelines["txt2img"]
     studio = Studio.from_pretrained(str(tmp_path / "model"), device="cpu")
     assert studio.family is family.family and studio.controlnet_source == family.family.openpose_controlnet
-    a = studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
-    b = family_studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64)
+    # (the watermark off: it hashes the recipe, whose model names the folder here)
+    a = studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64, watermark=False)
+    b = family_studio.generate(PROMPT, seed=4, num_inference_steps=2, width=64, height=64, watermark=False)
     # The same weights; a tensor read back from a file may sit at another memory alignment, and
     # the CPU's matrix kernels then round a few last bits differently (measured: 2e-7 in the pooled
     # embedding), so the pictures may differ by a level here and there.

@@ -153,6 +153,17 @@ def test_inpaint_marks_only_its_final_picture(tiny_studio, one_thread):
     assert watermark.read(marked.image).payload == payload
 
 
+def test_a_detail_pass_on_a_saved_picture_reruns_from_its_png_and_carries_the_new_recipe(mini_studio, tmp_path):
+    from charstudio.result import Result
+
+    drawn = mini_studio.generate("a girl with red hair", pose="waving", seed=4, num_inference_steps=6)
+    out = mini_studio.detail(drawn, parts=("face",), steps=4)
+    payload = watermark.payload_for(out.recipe)
+    assert payload != watermark.payload_for(drawn.recipe) and watermark.read(out.image).payload == payload
+    again = mini_studio.run(Result.from_png(out.save(tmp_path)[0]).recipe)
+    assert np.array_equal(pixels(again.image), pixels(out.image))
+
+
 def test_a_recipe_without_the_field_reads_as_unmarked_and_new_ones_record_it():
     from pathlib import Path
 

@@ -134,6 +134,12 @@ def embed(image: Image.Image, payload: bytes) -> Image.Image:
     return Image.fromarray(out, "RGB")
 
 
+def mark(images: list[Image.Image], recipes: list[GenerationConfig]) -> list[Image.Image]:
+    """Each picture watermarked with its own recipe's payload where the recipe asks for it (its
+    `watermark`), else as it is."""
+    return [embed(image, payload_for(recipe)) if recipe.watermark else image for image, recipe in zip(images, recipes)]
+
+
 def read(image: Image.Image, expected: bytes | None = None) -> WatermarkReading:
     """Look for a charstudio watermark in `image`: as it was written, resized, or cropped from one
     side (up to 25%). `expected` (a payload) makes `bit_error_rate` measure against it."""

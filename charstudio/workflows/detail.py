@@ -27,6 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import ConfigError
+from ..provenance import watermark
 from ..provenance.png import PARENT_KEY, parent_picture
 from ..recipe.detail import DEFAULT_PARTS, DEFAULT_STRENGTH, check, check_parts  # noqa: F401 - importable here
 from ..recipe.hires import picture_size
@@ -88,6 +89,7 @@ def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PAR
         images += out.images
         done += out.recipes
         placed.append(boxes)
+    images = watermark.mark(images, done)  # the final pictures, as a run of their recipes marks them
     # The parent(s) for the saved PNGs' manifests (c2pa.edited names them): the file, else the pictures.
     parents = [parent_picture(result)] if not isinstance(result, Result) or result.extras.get("path") else pictures
     return Result(images, done, {"before_detail": pictures, "detail_boxes": placed, PARENT_KEY: parents})
@@ -166,7 +168,7 @@ def redraw_box(studio: Studio, recipe: GenerationConfig, picture: Any, box: Box,
     patch = picture.crop(crop).resize((tw, th), Image.LANCZOS)
     # 3. Redraw it with the picture's own recipe, without the pose and the workflows.
     sub = recipe.replace(width=tw, height=th, pose=None, detail=None, hires=None, inpaint=None, regions=[],
-                         num_images=1, num_inference_steps=spec["steps"],
+                         watermark=False, num_images=1, num_inference_steps=spec["steps"],
                          guidance_rescale=supported_rescale(studio, "img2img", recipe.guidance_rescale),
                          **studio.family.conditioning_defaults(tw, th))
     redrawn = studio.run(sub, init_image=patch, strength=spec["strength"], progress=progress,

@@ -197,13 +197,13 @@ def run_inpaint(studio: Studio, config: GenerationConfig, *, callbacks: Any = ()
     mask = _resolve_mask(spec["mask"], config.width, config.height, source, config.pose or source_pose)
     alpha = soft_mask(mask, spec["seam"])
     # 3. Redraw, then paste over the source.
-    plain = config.replace(inpaint=None, detail=None)
+    plain = config.replace(inpaint=None, detail=None, watermark=False)  # (marked once, at the end: run_recipe)
     if int(studio.components["unet"].config.in_channels) == 9:
         drawn = _run_inpaint_pipeline(studio, plain, source, alpha, spec["strength"], callbacks, progress, cancel)
     else:
         drawn = _run_latent_blend(studio, plain, source, alpha, spec["strength"], callbacks, progress, cancel)
     images = [paste(source, im, alpha) for im in drawn.images]
-    recipes = [r.replace(inpaint=spec, detail=config.detail) for r in drawn.recipes]
+    recipes = [r.replace(inpaint=spec, detail=config.detail, watermark=config.watermark) for r in drawn.recipes]
     # (A detail pass recorded with it comes after: run_recipe runs it.)
     # The parent for the saved PNG's manifest: the source file when the recipe names one, else the source picture.
     parent = parent_picture(spec["source"].get("path")) or source

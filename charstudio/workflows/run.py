@@ -5,8 +5,10 @@ it here. An inpainting recipe starts from its source picture (`inpaint.run_inpai
 drawn by the engine (`studio.draw`, with the regions' attention in place: `drawing_context`),
 then the hires fix upscales and redraws it. A recorded detail pass runs last, on either. So a
 recipe read back from a PNG re-runs the whole workflow. The invisible watermark (the recipe's
-`watermark`, charstudio.provenance.watermark) goes on the final picture only, here, after them all;
-the passes the workflows run inside (detail's patches, inpaint's redraw) run with it off.
+`watermark`, charstudio.provenance.watermark) goes on the final picture, here, after them all; the
+passes the workflows run inside (the hires fix's first pass, detail's patches, inpaint's redraw) run
+without it. A detail pass starts from the picture marked as its recipe without the pass (what
+`Studio.detail` on a saved picture starts from), and an inpainting from its marked source.
 """
 
 from __future__ import annotations
@@ -46,16 +48,12 @@ def after_drawing(studio: Studio, config: GenerationConfig, result: Result, prog
     if config.detail:
         from .detail import apply_detail
 
+        # The pass starts from the picture a run of the recipe without it gives, marked as that one
+        # is: so a detail pass run later on a saved picture (Studio.detail) re-runs to the same pixels.
+        result.images[:] = watermark.mark(result.images, [r.replace(detail=None) for r in result.recipes])
         result = apply_detail(studio, config, result, progress=progress, cancel=cancel)
-    return mark(result)
-
-
-def mark(result: Result) -> Result:
-    """`result` with each picture whose recipe asks for it watermarked with that recipe's payload
-    (in place; a batch's pictures each carry their own recipe's)."""
-    for i, recipe in enumerate(result.recipes):
-        if recipe.watermark:
-            result.images[i] = watermark.embed(result.images[i], watermark.payload_for(recipe))
+    # The final pictures: each marked with its own recipe's payload (a batch's too).
+    result.images[:] = watermark.mark(result.images, result.recipes)
     return result
 
 
