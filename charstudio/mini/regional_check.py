@@ -80,17 +80,18 @@ def lora_file(name: str, folder: Any = LORA_DIR) -> Path:
 
 
 def scene_configs(studio: Studio, mode: Mode, seeds: Iterable[int], *, steps: int = 20, folder: Any = LORA_DIR,
-                  weight: float = 1.0) -> list[tuple[Any, Any]]:
+                  weight: float = 1.0, only: str | None = None) -> list[tuple[Any, Any]]:
     """(recipe, two-person pose) per seed: the cape's boy on the left, the boots' girl on the right,
     each with his or her trigger word in the region's prompt. ``mode``: "regional" (each LoRA in its
     own region's ``loras``), "global" (both in the recipe's ``loras``: the bleed today's tools show)
-    or "none"."""
+    or "none". ``only``: that one of `LORAS`, the other left out."""
     from ..pose.compose import side_by_side
 
     names = list(LORAS)
+    used = [only] if only else names
     adapters = {}
     if mode == "global":
-        adapters = {studio.lora_set.load_off(lora_file(n, folder)): weight for n in names}
+        adapters = {studio.lora_set.load_off(lora_file(n, folder)): weight for n in used}
     jobs = []
     for seed in seeds:
         rng = random.Random(50_000 + seed)
@@ -98,7 +99,7 @@ def scene_configs(studio: Studio, mode: Mode, seeds: Iterable[int], *, steps: in
         regions = []
         for name, box in zip(names, ("left", "right")):
             region: dict[str, Any] = {"prompt": lora_prompt(LORAS[name][0], name), "box": box}
-            if mode == "regional":
+            if mode == "regional" and name in used:
                 region["loras"] = {str(lora_file(name, folder)): weight}
             regions.append(region)
         config = studio.make_config(SCENE, pose=group, seed=seed, width=WIDTH, height=HEIGHT, num_inference_steps=steps,
@@ -116,10 +117,11 @@ def shown_in_half(check: HeldOutFeature, image: Any, person: Any, half: np.ndarr
 
 
 def measure(studio: Studio, mode: Mode = "regional", seeds: Iterable[int] = range(10), *, steps: int = 20,
-            folder: Any = LORA_DIR) -> dict[str, Any]:
-    """Each feature's rate on its own character and on the other one, over ``seeds``."""
+            folder: Any = LORA_DIR, only: str | None = None) -> dict[str, Any]:
+    """Each feature's rate on its own character and on the other one, over ``seeds`` (``only``: see
+    `scene_configs`)."""
     seeds = list(seeds)
-    jobs = scene_configs(studio, mode, seeds, steps=steps, folder=folder)
+    jobs = scene_configs(studio, mode, seeds, steps=steps, folder=folder, only=only)
     with one_thread():
         images = studio.run_batch([config for config, _ in jobs]).images
     halves = [np.zeros((HEIGHT, WIDTH), bool), np.zeros((HEIGHT, WIDTH), bool)]
