@@ -117,15 +117,16 @@ def test_cli_pack_prints_scores_and_refuses_a_typo_before_loading(tmp_path, caps
 
 @pytest.mark.slow
 def test_two_processes_write_the_same_pack_as_one(mini_studio, tmp_path):
-    """`accelerate launch` with 2 CPU processes splits the sprites and gathers them: the same
-    sprites (pixels, recipes, scores) as one process. One thread everywhere (CPU kernels sum in a
-    thread-count dependent order). No --seed: rin's card seed; each process batches its own share."""
+    """`accelerate launch` with 2 CPU processes splits the sprites and gathers them: the same files,
+    byte for byte, as one process. One thread everywhere (CPU kernels sum in a thread-count
+    dependent order). No --seed: rin's card seed. --max-batch 2: after the anchor (drawn by both),
+    one process draws sprites 1-2, the other sprite 3, the batches one process draws."""
     script = tmp_path / "cli.py"
     script.write_text("import sys\nfrom charstudio.cli import main\nsys.exit(main())\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     args = ["pack", "rin", "--outfits", "default,school", "--expressions", "neutral,smiling", "--steps", "2",
-            "--max-tries", "2", "--min-identity", "0.99", "--device", "cpu"]
+            "--max-tries", "2", "--min-identity", "0.99", "--max-batch", "2", "--device", "cpu"]
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
                           *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
@@ -133,12 +134,24 @@ def test_two_processes_write_the_same_pack_as_one(mini_studio, tmp_path):
     one = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    a, b = (json.loads((tmp_path / d / "index.json").read_text()) for d in ("one", "two"))
-    assert (a["settings"].pop("processes"), b["settings"].pop("processes")) == (1, 2)
-    assert a == b  # seeds, scores, every try, recipes
-    assert {s["seed"] for s in a["sprites"]} >= {7}
-    from PIL import Image
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    names = sorted(p.name for p in one_dir.iterdir())
+    assert names == sorted(p.name for p in two_dir.iterdir()) and "index.json" in names and len(names) == 6
+    for name in names:
+        assert (one_dir / name).read_bytes() == (two_dir / name).read_bytes(), name
+    index = json.loads((one_dir / "index.json").read_text())
+    assert {s["seed"] for s in index["sprites"]} >= {7}  # the card's seed, shared by both processes
+    assert "processes" not in index["settings"]
+    assert any(s["tries"] == 2 for s in index["sprites"])  # a re-roll round was split and gathered too
 
-    for sprite in a["sprites"]:
-        one_image, two_image = (Image.open(tmp_path / d / sprite["file"]) for d in ("one", "two"))
-        assert (px(one_image) == px(two_image)).all(), sprite["name"]
+
+def test_share_deals_whole_batches_round_robin():
+    from types import SimpleNamespace
+
+    from charstudio.sheets.distributed import draw_split, share
+
+    ranks = [SimpleNamespace(process_index=r, num_processes=2) for r in (0, 1)]
+    assert share(range(5), None, chunk=2) == [0, 1, 2, 3, 4]
+    assert [share(range(1, 6), r, chunk=2) for r in ranks] == [[1, 2, 5], [3, 4]]
+    assert [share(range(3), r) for r in ranks] == [[0, 2], [1]]
+    assert draw_split(3, lambda mine: {i: i * i for i in mine}, None) == {0: 0, 1: 1, 2: 4}

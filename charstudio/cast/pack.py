@@ -236,6 +236,8 @@ def make_pack(studio: Studio, card: Any, outfits: Any = ALL, expressions: Any = 
                        reference_strength=reference_strength, reference_image=picture, labels=labels,
                        anchors=[i - i % row for i in range(len(sprites))],
                        extras=extras, scorer=scorer, min_identity=min_identity, max_tries=max_tries, **settings)
+    # The files do not say how many processes drew them: a pack is the same from any number.
+    log.info("pack of %d sprites drawn by %d process(es)", len(sprites), sheet.settings.pop("processes", 1))
     pack_settings = dict(sheet.settings, workflow="pack", character=the_card.name,
                          outfits={o: w for o, w in chosen_outfits}, expressions={e: w for e, w in chosen_expressions},
                          pose=pose if isinstance(pose, str) else None,

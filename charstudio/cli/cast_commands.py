@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pack", help="every outfit x expression of a card: sprites, a labelled grid and index.json",
                        description="Draw every outfit of a card's wardrobe in every expression, all from the same "
                                    "seed with reference attention to the card's reference picture (or the first "
-                                   "sprite), each scored against the first and re-rolled below the scorer's "
-                                   "threshold. Writes <card>_<outfit>_<expression>.png per sprite (each re-runs "
+                                   "sprite), each scored against its outfit's first sprite and re-rolled below "
+                                   "the scorer's threshold (--min-identity auto, the default for packs; none: "
+                                   "scores only). Writes <card>_<outfit>_<expression>.png per sprite (each re-runs "
                                    "from its PNG), grid.png and index.json. Under `accelerate launch` the sprites "
                                    "are split across processes.")
     p.add_argument("card", metavar="CARD", help="a card name (see `charstudio cards`) or a card .yaml")
@@ -32,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-lora", action="store_true", help="do not load the card's LoRA")
     add_lora_args(p)
     add_control_scale_arg(p)
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="sprites per UNet call (default: the model's, 8). Under `accelerate launch` each process "
+                        "draws whole batches (so its sprites come out as in one process): lower it to split a small "
+                        "pack over the processes")
     add_identity_args(p, "sprite")
     p.set_defaults(min_identity="auto")  # a pack re-rolls at the scorer's threshold unless told otherwise
     p.add_argument("--out", default=None, help="output folder (default: packs/<card>)")
@@ -57,6 +62,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     # 1. Check everything cheap before loading a model.
     precheck(args)
+    if isinstance(args.min_identity, str) and args.min_identity.strip().lower() in ("none", "off"):
+        args.min_identity = None  # scores only, no re-rolls
     card = load_character(args.card, field="card")
     resolve_outfits(card, args.outfits, field="--outfits")
     resolve_pack_expressions(card, args.expressions, field="--expressions")
@@ -79,6 +86,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.device is None and state is not None:
         args.device = str(state.device)
     studio = load_studio(args)
+    if args.max_batch is not None:
+        studio.max_batch = args.max_batch  # checked there: a whole number >= 1
     load_loras(studio, args)
     with StepBar("pack", disable=not is_main(state) or None) as bar:
         result = make_pack(studio, card, args.outfits, args.expressions, seed=args.seed, pose=args.pose,
@@ -91,4 +100,4 @@ def cmd_pack(args: argparse.Namespace) -> int:
     # 3. Only the main process writes (every process holds the gathered pack).
     if not is_main(state):
         return 0
-    return write_sheet(result, studio, args, out)
+    return write_sheet(result, studio, args, out, against="each outfit's first sprite")

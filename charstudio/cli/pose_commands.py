@@ -179,8 +179,9 @@ def check_sheet_out(args: argparse.Namespace):
     return out
 
 
-def write_sheet(result, studio, args: argparse.Namespace, out) -> int:
-    """Save a sheet into --out (refusing an existing one unless --overwrite) and print its files."""
+def write_sheet(result, studio, args: argparse.Namespace, out, against: str | None = None) -> int:
+    """Save a sheet into --out (refusing an existing one unless --overwrite) and print its files;
+    ``against`` says what the identity scores compare with (default: the first picture's label)."""
     from charstudio.cli.generate_commands import print_model_note
     from charstudio.io_utils import output_named
 
@@ -192,7 +193,7 @@ def write_sheet(result, studio, args: argparse.Namespace, out) -> int:
     report = result.identity
     if report is not None:
         scores = ", ".join(f"{label} {s:.3f}" for label, s in zip(result.labels, report.scores))
-        print(f"identity against {result.labels[report.anchor]!r} ({report.scorer}, same character at >= "
+        print(f"identity against {against or repr(result.labels[report.anchor])} ({report.scorer}, same character at >= "
               f"{report.threshold:.3f}): {scores}")
     if result.identity_note:
         print(result.identity_note)  # the one line naming the views that never reached it

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from ..errors import ConfigError, ModelLoadError
 from ..result import Result
-from .distributed import distributed_state, gather, share, shared_seed
+from .distributed import distributed_state, gather, is_main, share, shared_seed
 from .identity import DEFAULT_MAX_TRIES, PNG_KEY, IdentityRun, SheetIdentity, check_max_tries, check_min_identity, \
     resolve_scorer
 from .ip_adapter import ip_adapter
@@ -351,9 +351,13 @@ class _SheetRun:
             self.check_cancel()
             configs.append(self.studio.make_config(character, seed=base_seed if same_noise else base_seed + i,
                                                    pose=p, extra=words(i), **settings))
-        self.mine = share(range(len(poses)), self.state)
+        self.mine = self.share(range(len(poses)))
         self.configs = configs
         return configs
+
+    def share(self, todo: Any) -> list[int]:
+        # Whole batches per process: each draws the batches one process would (the same bits).
+        return share(todo, self.state, chunk=max(1, int(getattr(self.studio, "max_batch", 1))))
 
     def report_from(self, offset: int) -> Callable | None:
         # Progress over this process's whole share: the anchor run, then the batch.
@@ -388,14 +392,16 @@ class _SheetRun:
             record_reference_image(studio, reference_image, self.configs[0], bank)
             todo = mine
         else:
-            # Every process records the anchor (pose 0); only its owner keeps the image.
+            # Every process records the anchor (pose 0); the main one keeps the image. The rest
+            # is shared out in the batches one process would draw after the anchor.
+            todo = self.share(range(1, len(self.configs)))
+            self.mine = mine = ([0] if is_main(self.state) else []) + todo
             bank.record()
             self.check_cancel()
             res = studio.run(self.configs[0], callbacks=self.callbacks, progress=self.report_from(0),
                              cancel=self.cancel)
-            if 0 in mine:
+            if is_main(self.state):
                 self.done.append((0, res.images[0], res.recipes[0].to_dict()))
-            todo = [i for i in mine if i != 0]
         bank.read()
         self.run(todo, offset=len(mine) - len(todo))
 
@@ -404,7 +410,7 @@ class _SheetRun:
         (this process's share of them), gathered across processes: {index: (image, recipe)}."""
         from ..config import GenerationConfig
 
-        mine = share(todo, self.state)
+        mine = self.share(todo)
         self.check_cancel()
         items: list[tuple[int, Any, dict]] = []
         if mine:
