@@ -17,8 +17,9 @@ Everything a sheet does, a pack does:
   round in one batch, up to ``max_tries`` (`charstudio.sheets.identity`). Each outfit's first
   sprite is scored against the pack's first too (``identity_vs_first`` in index.json), for the
   record: it is never re-rolled;
-- under ``accelerate launch`` the sprites are split over the processes
-  (`charstudio.sheets.distributed`): same seeds, same files as one process.
+- under ``accelerate launch`` the sprites are split over the processes in whole batches of
+  ``studio.max_batch`` (`charstudio.sheets.distributed`): same seeds, the same files to the byte
+  as one process (a pack of up to ``max_batch`` sprites stays in one process: lower it to split).
 
 The folder (`PackResult.save`): one PNG per sprite, named ``<card>_<outfit>_<expression>.png``
 (each part slugged: lowercase letters, digits and '-', so '_' only separates the three), all in
