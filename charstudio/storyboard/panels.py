@@ -118,7 +118,8 @@ def _people(panel: Panel, width: int, height: int) -> list[Any]:
 
     n = len(panel.characters)
     if n == 1:
-        return [load_pose(panel.pose or ANCHOR_POSE).fit(width, height)]
+        one = panel.pose[0] if isinstance(panel.pose, list) else panel.pose
+        return [load_pose(one or ANCHOR_POSE).fit(width, height)]
     if isinstance(panel.pose, str):
         group = load_people(panel.pose)
         people = group.people if isinstance(group, PoseGroup) else [group]

@@ -64,22 +64,25 @@ class StoryboardApp(AppBase):
         # 1. The script and how to draw it.
         self.model = W.Combobox(value=model, options=model_choices(), ensure_option=False)
         script = script if script is not None else example_script()
+        # Wide boxes fill their row beside the label and shrink with it (flex), never past the app's width.
         self.script = W.Textarea(value=script_text(script) if script is not None else "",
-                                 layout=W.Layout(width="100%", height="220px"))
+                                 layout=W.Layout(width="100%", flex="1 1 auto", height="220px"))
         self.steps = W.IntSlider(value=steps or default_steps(model), min=2, max=100)
         self.seed = W.Text(value="", placeholder="the script's", layout=W.Layout(width="130px"))
         self.identity = IdentityControls()
         self.identity.mode.value = "auto"
-        self.out = W.Text(value=out or "", placeholder="empty: a temporary folder", layout=W.Layout(width="100%"))
+        self.out = W.Text(value=out or "", placeholder="empty: a temporary folder",
+                          layout=W.Layout(width="100%", flex="1 1 auto"))
         self.overwrite = W.Checkbox(value=False, description="replace a storyboard there", indent=False,
                                     layout=W.Layout(width="auto"))
         self.play_button = W.Button(description="Play", button_style="primary", icon="play")
         self.cancel_button = W.Button(description="Cancel", button_style="warning", icon="stop")
 
         # 2. One panel: pick it, edit its words, re-draw it (a new picture) or re-letter it (words only).
-        self.panel = W.Dropdown(options=[("(play the script first)", 0)], value=0, disabled=True)
-        self.caption = W.Text(value="", layout=W.Layout(width="100%"))
-        self.line = W.Text(value="", layout=W.Layout(width="100%"))
+        self.panel = W.Dropdown(options=[("(play the script first)", 0)], value=0, disabled=True,
+                                layout=W.Layout(width="100%", flex="1 1 auto", max_width="480px"))
+        self.caption = W.Text(value="", layout=W.Layout(width="100%", flex="1 1 auto"))
+        self.line = W.Text(value="", layout=W.Layout(width="100%", flex="1 1 auto"))
         self.redraw_button = W.Button(description="Redraw panel", icon="refresh", disabled=True,
                                       tooltip="a new picture of this panel (the next seed), with the words above",
                                       layout=W.Layout(width="auto"))
@@ -95,6 +98,7 @@ class StoryboardApp(AppBase):
         self.runner = Runner(self.status, busy=[self.play_button, self.model, self.redraw_button,
                                                 self.reletter_button], cancel_button=self.cancel_button,
                              progress=self.progress)
+        self.redraw_button.disabled = self.reletter_button.disabled = True  # nothing to re-draw before a play
         self.play_button.on_click(lambda _b: self.play())
         self.redraw_button.on_click(lambda _b: self.redraw(True))
         self.reletter_button.on_click(lambda _b: self.redraw(False))
@@ -137,7 +141,10 @@ class StoryboardApp(AppBase):
     def redraw(self, picture: bool = True) -> bool:
         """Panel `panel.value` again with the caption and line in the boxes: a new picture
         (``picture``) or the words only."""
-        if self.runner.running or self.board is None or not self.panel.value:
+        if self.runner.running:
+            return False
+        if self.board is None or not self.panel.value:
+            self.status.warn("play the script first: there is no panel to re-draw yet")
             return False
         self.progress.reset()
         number, caption, line = int(self.panel.value), self.caption.value, self.line.value
@@ -157,7 +164,7 @@ class StoryboardApp(AppBase):
     def _done(self, board: Any, number: int | None = None) -> None:
         self.board = board
         self.show_page()
-        options = [(f"{p.index + 1}: {board.script.panels[p.index].caption or '(no caption)'}"[:60], p.index + 1)
+        options = [(_cut(f"{p.index + 1}: {board.script.panels[p.index].caption or '(no caption)'}", 48), p.index + 1)
                    for p in board.panels]
         keep = number or (self.panel.value if self.panel.value in [v for _, v in options] else 1)
         self.panel.options = options
@@ -193,3 +200,8 @@ class StoryboardApp(AppBase):
         self.caption.value, self.line.value = entry.caption, entry.line
         idle = not self.runner.running
         self.redraw_button.disabled = self.reletter_button.disabled = not idle
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its start ended in '...' when longer than ``limit`` characters (a drop-down option)."""
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
