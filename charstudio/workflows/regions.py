@@ -119,42 +119,64 @@ class RegionalAttnProcessor:
         batch = hidden_states.shape[0]
         half = batch // 2 if state.cfg and batch % 2 == 0 else 0  # CFG batches are [uncond x n, cond x n]
         masks = state.masks_for(hidden_states.shape[1], out.device, out.dtype)
-        groups = [(slice(half, batch), state.cond)]
-        if half and any(e is not None for e in state.uncond):
-            groups.append((slice(0, half), state.uncond))
+        cond_rows, uncond_rows = slice(half, batch), slice(0, half)
+        share = 1.0 - masks.sum(0)  # (1, L, 1): where no region covers, the scene prompt
         out = out.clone()
-        for rows, embeds in groups:
-            mixed = out[rows]
-            base_share = 1.0 - masks.sum(0)  # (1, L, 1): where no region covers, the scene prompt
-            mixed = mixed * base_share
-            for k, emb in enumerate(embeds):
-                m = masks[k]
-                if emb is None:  # this region keeps the scene's negative: the scene's output
-                    mixed = mixed + out[rows] * m
-                    continue
-                if state.loras is not None:
-                    state.loras.pass_index = k  # region k's adapters in this cross-attention pass
-                try:
-                    region_out = self.base(attn, hidden_states[rows], *args,
-                                           encoder_hidden_states=_replace_text(encoder_hidden_states, rows, emb),
-                                           attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
-                finally:
-                    if state.loras is not None:
-                        state.loras.pass_index = None
-                mixed = mixed + region_out * m
-            out[rows] = mixed
+        mixed_cond = out[cond_rows] * share
+        mixed_uncond = out[uncond_rows] * share if half and any(e is not None for e in state.uncond) else None
+        for k, (cond, uncond) in enumerate(zip(state.cond, state.uncond)):
+            m = masks[k]
+            if mixed_uncond is not None and uncond is not None and uncond.shape == cond.shape:
+                # one pass over both halves (the rows are independent): half the calls
+                both = self._region_pass(k, attn, hidden_states, slice(0, batch), encoder_hidden_states,
+                                         [(half, uncond), (batch - half, cond)], temb, args, kwargs)
+                mixed_uncond = mixed_uncond + both[:half] * m
+                mixed_cond = mixed_cond + both[half:] * m
+                continue
+            region_out = self._region_pass(k, attn, hidden_states, cond_rows, encoder_hidden_states,
+                                           [(batch - half, cond)], temb, args, kwargs)
+            mixed_cond = mixed_cond + region_out * m
+            if mixed_uncond is not None:
+                if uncond is None:  # this region keeps the scene's negative: the scene's output
+                    mixed_uncond = mixed_uncond + out[uncond_rows] * m
+                else:
+                    region_out = self._region_pass(k, attn, hidden_states, uncond_rows, encoder_hidden_states,
+                                                   [(half, uncond)], temb, args, kwargs)
+                    mixed_uncond = mixed_uncond + region_out * m
+        out[cond_rows] = mixed_cond
+        if mixed_uncond is not None:
+            out[uncond_rows] = mixed_uncond
         return out
 
+    def _region_pass(self, k: int, attn: Any, hidden_states: Any, rows: slice, encoder_hidden_states: Any,
+                     texts: list[tuple[int, Any]], temb: Any, args: tuple, kwargs: dict) -> Any:
+        """The wrapped processor on ``rows`` with region k's text (``texts``: (row count, embedding)
+        in row order), with region k's adapters on when it has some."""
+        loras = self.state.loras
+        if loras is not None:
+            loras.pass_index = k  # region k's adapters in this cross-attention pass
+        try:
+            return self.base(attn, hidden_states[rows], *args,
+                             encoder_hidden_states=_replace_text(encoder_hidden_states, rows, texts),
+                             attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
+        finally:
+            if loras is not None:
+                loras.pass_index = None
 
-def _replace_text(encoder_hidden_states: Any, rows: slice, emb: Any) -> Any:
-    """The layer's encoder states for `rows` with the text part replaced by `emb` (one row,
-    expanded); other parts (IP-Adapter image tokens in a tuple) are kept."""
+
+def _replace_text(encoder_hidden_states: Any, rows: slice, texts: list[tuple[int, Any]]) -> Any:
+    """The layer's encoder states for `rows` with the text part replaced by `texts` ((row count,
+    one-row embedding) each, expanded, in row order); other parts (IP-Adapter image tokens in a
+    tuple) are kept."""
+    import torch
+
     if isinstance(encoder_hidden_states, tuple):
         text, *rest = encoder_hidden_states
-        return (_replace_text(text, rows, emb), *[[r[rows] for r in part] if isinstance(part, list) else part[rows]
-                                                 for part in rest])
-    n = encoder_hidden_states[rows].shape[0]
-    return emb.to(encoder_hidden_states.device, encoder_hidden_states.dtype).expand(n, *emb.shape[1:])
+        return (_replace_text(text, rows, texts), *[[r[rows] for r in part] if isinstance(part, list) else part[rows]
+                                                    for part in rest])
+    like = encoder_hidden_states
+    parts = [emb.to(like.device, like.dtype).expand(n, *emb.shape[1:]) for n, emb in texts if n]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @contextmanager
