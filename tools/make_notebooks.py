@@ -402,10 +402,10 @@ The app plays the script in its box; then pick a panel, edit its caption or line
 drawn) or **Redraw panel** (a new picture of that panel). The cells after it do the same from code."""),
         new_code_cell(SETUP),
         new_code_cell('''\
-from charstudio.storyboard import load_script
+from charstudio.storyboard import example_script, load_script
 from charstudio.ui import StoryboardApp
 
-script = load_script(ROOT / "prompts" / "storyboards" / "example.yaml")  # six panels with rin and kai
+script = load_script(example_script())  # prompts/storyboards/example.yaml: six panels with rin and kai
 if FAST:
     script.panels = script.panels[:3]  # CI: the first three (one of them with both characters)
 app = StoryboardApp(model=MODEL, script=script, steps=6 if FAST else None)

@@ -10,6 +10,6 @@ letters the page.
 """
 
 from .board import Storyboard, draw_storyboard, redraw_panel
-from .script import SHOTS, Panel, Script, load_script
+from .script import SHOTS, Panel, Script, example_script, load_script
 
-__all__ = ["SHOTS", "Panel", "Script", "Storyboard", "draw_storyboard", "load_script", "redraw_panel"]
+__all__ = ["SHOTS", "Panel", "Script", "Storyboard", "draw_storyboard", "example_script", "load_script", "redraw_panel"]

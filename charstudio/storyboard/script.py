@@ -128,6 +128,18 @@ class Script:
         return names
 
 
+def example_script() -> Path | None:
+    """The shipped example script (``storyboards/example.yaml`` in the prompt folders:
+    `charstudio.character.prompt_dirs`), or None when no folder has one."""
+    from ..cast.library import prompt_dirs
+
+    for folder in prompt_dirs():
+        path = folder / "storyboards" / "example.yaml"
+        if path.is_file():
+            return path
+    return None
+
+
 # -- reading ----------------------------------------------------------------------------------------
 def load_script(source: Any) -> Script:
     """A `Script` from a YAML file path, YAML text, a dict, or a Script (returned as is). Every

@@ -13,6 +13,7 @@ from ..callbacks import CancelToken
 from .common import AppBase, ProgressPanel, Runner, StatusLine, TempFiles, blank_png, labelled, png_bytes
 from .identity_view import IdentityControls
 from .session import StudioSource, default_steps, exclusive, model_choices
+from ..storyboard.script import example_script
 
 if TYPE_CHECKING:
     from ..studio import Studio
@@ -20,17 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_WIDTH = 720  # the page as shown (the PNG keeps its own size)
-
-
-def example_script() -> Path | None:
-    """The shipped example script (prompts/storyboards/example.yaml), if it can be found."""
-    from ..character import prompt_dirs
-
-    for folder in prompt_dirs():
-        path = folder / "storyboards" / "example.yaml"
-        if path.is_file():
-            return path
-    return None
 
 
 def script_text(script: Any) -> str:
