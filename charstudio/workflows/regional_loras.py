@@ -22,7 +22,8 @@ draw the UNet batch once per adapter set (scene, each region's) and blend the no
 mask, a whole extra UNet pass per character, and the adapters' features meet only in the blended
 prediction. Masking costs the adapters' own layers and a multiply. Measured on mini
 (benchmarks/regional_lora.py; 128x64, 20 steps, 2-core CPU under load): a LoRA per region costs
-1.5x the same regional picture without adapters, 3x the UNet rows cost 2.4x; the cape LoRA stays on
+1.27x the same regional picture without adapters (both LoRAs unmasked on the whole picture: 1.14x),
+3x the UNet rows cost 2.46x; the cape LoRA stays on
 its character in 10/10 seeds and on the other in 0/10, the boots 9/10 and 0/10, where the cape
 LoRA on the whole picture also lands on the other character in 3/10, and both LoRAs on the whole
 picture lose the cape altogether (0/10: their text-encoder layers fight).
