@@ -103,7 +103,7 @@ def test_an_outside_picture_is_recorded_by_path_and_digest_and_refused_when_chan
     plain = tmp_path / "drawing.png"
     source.save(plain)  # no recipe in it: an outside picture
     out = mini.inpaint(plain, mask="4,4,20,20", prompt="a girl with blue hair", seed=5, strength=0.6,
-                       num_inference_steps=6)
+                       num_inference_steps=6, watermark=False)  # (off: the test looks beyond the mask)
     spec = out.recipe.inpaint
     assert spec["source"]["path"] == str(plain.resolve()) and spec["source"]["sha256"] == M.picture_sha256(source)
     outside = M.soft_mask(M.box_mask((4, 4, 20, 20), 64, 64), 4) == 0
@@ -131,13 +131,15 @@ def test_a_picture_mask_is_stored_in_the_recipe_and_a_region_comes_from_the_pose
     mask[30:50, 10:30] = True
     path = tmp_path / "mask.png"
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-    out = mini.inpaint(source, mask=str(path), prompt="a girl with green hair", strength=0.6, num_inference_steps=6)
+    out = mini.inpaint(source, mask=str(path), prompt="a girl with green hair", strength=0.6, num_inference_steps=6,
+                       watermark=False)  # (off: the test looks beyond the mask)
     assert np.array_equal(M.decode_mask(out.recipe.inpaint["mask"]["picture"]), mask)
     outside = M.soft_mask(mask, 4) == 0
     assert np.array_equal(arr(out.image)[outside], arr(source.image)[outside])
     assert (arr(out.image)[mask] != arr(source.image)[mask]).any()
 
-    region = mini.inpaint(source, mask="face", prompt="a girl with green hair", strength=0.6, num_inference_steps=6)
+    region = mini.inpaint(source, mask="face", prompt="a girl with green hair", strength=0.6, num_inference_steps=6,
+                          watermark=False)
     assert region.recipe.inpaint["mask"] == {"region": "face", "padding": M.DEFAULT_PADDING}
     face = M.region_mask(pose, "face", 64, 64)
     assert face[pose.body[0, 1].astype(int), pose.body[0, 0].astype(int)]  # the nose is in the face's box
@@ -207,7 +209,8 @@ def test_both_families_inpaint_with_either_unet(model, channels, tmp_path):
 
     picture = Image.fromarray(picture)
     box = (size // 4, size // 4, size // 2, size // 2)
-    out = studio.inpaint(picture, mask=box, prompt="a red fox", seed=3, strength=1.0, num_inference_steps=2)
+    out = studio.inpaint(picture, mask=box, prompt="a red fox", seed=3, strength=1.0, num_inference_steps=2,
+                         watermark=False)  # (off: the test looks beyond the mask)
     if channels == 9:
         assert type(studio.pipeline("inpaint")).__name__ == studio.family.pipelines["inpaint"]
     assert out.extras["kind"] == ("inpaint" if channels == 9 else "img2img")

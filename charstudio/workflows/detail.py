@@ -27,7 +27,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import ConfigError
-from ..provenance import watermark
+from ..provenance import watermark as marks
 from ..provenance.png import PARENT_KEY, parent_picture
 from ..recipe.detail import DEFAULT_PARTS, DEFAULT_STRENGTH, check, check_parts  # noqa: F401 - importable here
 from ..recipe.hires import picture_size
@@ -45,14 +45,15 @@ log = logging.getLogger(__name__)
 def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PARTS, *,
            strength: float = DEFAULT_STRENGTH, steps: int | None = None, padding: float = DEFAULT_PADDING,
            seam: int = DEFAULT_SEAM, prompt: Any = None, seed: int | None = None, detector: Any = None,
-           progress: Any = None, cancel: Any = None) -> Any:
+           progress: Any = None, cancel: Any = None, watermark: bool = True) -> Any:
     """Redraw ``parts`` of each picture of ``result`` (a `Result`, a PNG path or a PIL image) and
     return a `Result` whose recipes record the pass (``detail``).
 
     A picture without a charstudio recipe (an outside PNG or a PIL image) needs ``prompt`` (a
     prompt or a card) and gets its boxes from the OpenPose detector (``detector``: a ready
     controlnet-aux detector, else the default one); its recipe records the pass, but running it
-    alone draws a new picture, not that one.
+    alone draws a new picture, not that one; ``watermark=False`` leaves its result unmarked (a
+    picture with a recipe follows its recipe's choice).
     """
     from PIL import Image
 
@@ -67,7 +68,8 @@ def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PAR
         if recipe is None:
             if prompt is None:
                 raise ConfigError("prompt", None, "a prompt or a card: the picture has no recipe to take one from")
-            recipe = studio.make_config(prompt, seed=seed, width=picture.width, height=picture.height)
+            recipe = studio.make_config(prompt, seed=seed, width=picture.width, height=picture.height,
+                                        watermark=watermark)
             outside = True
         pictures, recipes = [picture], [recipe]
     else:
@@ -89,7 +91,7 @@ def detail(studio: Studio, result: Any, parts: Iterable[str] | str = DEFAULT_PAR
         images += out.images
         done += out.recipes
         placed.append(boxes)
-    images = watermark.mark(images, done)  # the final pictures, as a run of their recipes marks them
+    images = marks.mark(images, done)  # the final pictures, as a run of their recipes marks them
     # The parent(s) for the saved PNGs' manifests (c2pa.edited names them): the file, else the pictures.
     parents = [parent_picture(result)] if not isinstance(result, Result) or result.extras.get("path") else pictures
     return Result(images, done, {"before_detail": pictures, "detail_boxes": placed, PARENT_KEY: parents})
