@@ -89,8 +89,15 @@ class Panel:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["characters"] = [{k: v for k, v in asdict(c).items() if v is not None} for c in self.characters]
+        data["characters"] = [_cast_entry(c) for c in self.characters]
         return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+def _cast_entry(c: Cast) -> Any:
+    """A character as the script writes it: "@rin", "@rin:school", or a mapping with its expression."""
+    if c.expression is None:
+        return "@" + c.name + (f":{c.outfit}" if c.outfit else "")
+    return {"name": "@" + c.name, **({"outfit": c.outfit} if c.outfit else {}), "expression": c.expression}
 
 
 @dataclass
