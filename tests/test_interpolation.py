@@ -17,7 +17,9 @@ from helpers import pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-FAST = dict(num_inference_steps=2, scheduler="ddim")
+# (the watermark off: it hashes each recipe, and these tests compare pictures of different recipes,
+# a frame's and an end's, or measure how evenly frames change)
+FAST = dict(num_inference_steps=2, scheduler="ddim", watermark=False)
 
 
 # -- slerp / lerp ----------------------------------------------------------------------------------
@@ -121,8 +123,8 @@ def test_studio_interpolation_endpoints_and_recipes(tiny_studio, tmp_path):
 
 def test_sdxl_interpolation_blends_pooled_embeddings_and_its_ends_are_the_ends_own_pictures(tiny_sdxl_studio):
     xl = tiny_sdxl_studio
-    a = xl.make_config("a girl with red hair", seed=3, num_inference_steps=2, width=64, height=64)
-    b = xl.make_config("a boy with blue hair", seed=4, num_inference_steps=2, width=64, height=64)
+    a = xl.make_config("a girl with red hair", seed=3, num_inference_steps=2, width=64, height=64, watermark=False)
+    b = xl.make_config("a boy with blue hair", seed=4, num_inference_steps=2, width=64, height=64, watermark=False)
     seen = []  # the pooled embedding (the UNet's text_embeds) of the prompt row of every UNet call
 
     def spy(module, args, kwargs):
@@ -310,8 +312,9 @@ def test_prompt_weights_and_editing_change_generation(tiny_studio):
     plain = enc.encode("a red cat").prompt_embeds
     assert torch.equal(enc.encode("a (red:1.0) cat").prompt_embeds, plain)
     assert not torch.allclose(enc.encode("a (red:1.5) cat").prompt_embeds, plain)
-    base = tiny_studio.generate("red cat", seed=4, num_inference_steps=3, scheduler="ddim")
-    never = tiny_studio.generate("[red cat:blue dog:9]", seed=4, num_inference_steps=3, scheduler="ddim")
+    base = tiny_studio.generate("red cat", seed=4, num_inference_steps=3, scheduler="ddim", watermark=False)
+    never = tiny_studio.generate("[red cat:blue dog:9]", seed=4, num_inference_steps=3, scheduler="ddim",
+                                 watermark=False)
     late = tiny_studio.generate("[red cat:blue dog:2]", seed=4, num_inference_steps=3, scheduler="ddim")
     assert np.array_equal(pixels(never.image), pixels(base.image))
     assert not np.array_equal(pixels(late.image), pixels(base.image))

@@ -87,6 +87,8 @@ def test_payload_is_the_tag_and_the_recipe_hash():
     assert watermark.payload_for(config.replace(watermark=False)) == payload  # the switch is not the recipe
     assert watermark.payload_for(GenerationConfig.from_dict(json.loads(json.dumps(config.to_dict())))) == payload
     assert watermark.payload_for(config.replace(seed=4)) != payload
+    # where an embedding's file lives is not hashed (a re-run may find it elsewhere); its word is in the prompt
+    assert watermark.payload_for(config.replace(embeddings={"neg": "/elsewhere/neg.safetensors"})) == payload
 
 
 @pytest.mark.parametrize("picture", ["mini64", "tiny512"])

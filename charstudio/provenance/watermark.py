@@ -55,6 +55,7 @@ _KEY = int.from_bytes(hashlib.sha256(f"{METHOD}-{WATERMARK_VERSION}".encode()).d
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _BAYER = np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]]) / 16 + 1 / 32
 _MESSAGE_BITS = 8 * PAYLOAD_BYTES + 16
+_NOT_HASHED = ("watermark", "recipe_version", "embeddings")
 
 
 @dataclass
@@ -86,8 +87,10 @@ class WatermarkReading:
 
 def payload_for(config: GenerationConfig) -> bytes:
     """The watermark's payload for a recipe: the tag byte and 3 bytes of the SHA-256 of the recipe's
-    canonical JSON (its `to_dict()` without `watermark` and `recipe_version`, keys sorted)."""
-    data = {k: v for k, v in config.to_dict().items() if k not in ("watermark", "recipe_version")}
+    canonical JSON (its `to_dict()`, keys sorted, without `watermark`, `recipe_version` and the
+    embeddings' file paths: where a file lives is not what was drawn, and a re-run that finds an
+    embedding elsewhere records the new path; the words are in the prompts)."""
+    data = {k: v for k, v in config.to_dict().items() if k not in _NOT_HASHED}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return TAG + hashlib.sha256(text.encode("utf-8")).digest()[:PAYLOAD_BYTES - len(TAG)]
 
