@@ -56,6 +56,7 @@ def test_pack_draws_every_outfit_x_expression_from_one_seed_scores_saves_and_red
     report = pack.identity
     assert report is not None and report.scorer == "mini" and len(report.scores) == 4
     assert report.scores[0] == report.scores[2] == 1.0
+    assert pack.identity_record.anchors == [0, 2]  # the grid says 'anchor' under each outfit's first
     assert all(-1 <= s < 1 for s in (report.scores[1], report.scores[3]))
 
     # The folder: one PNG per sprite, the grid and index.json; nothing silently overwritten.

@@ -116,6 +116,7 @@ class SheetIdentity:
     checks: list[dict[str, Any]] = field(default_factory=list)  # per picture: {"palette", "view", "passed"}
     tries: list[list[dict[str, Any]]] = field(default_factory=list)  # per picture: {"seed", "score", "passed", "kept"}
     never_reached: list[str] = field(default_factory=list)
+    anchors: list[int] = field(default_factory=list)  # the pictures the others were scored against
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +270,7 @@ class IdentityRun:
                 note = f"identity: {len(never)} of {len(best) - len(self.anchor_set)} view(s) failed a check (no re-rolls asked): {views}"
             log.warning("%s", note)
         return SheetIdentity(report=report, scorer=getattr(self.scorer, "name", None), min_identity=self.min_identity,
+                             anchors=sorted(self.anchor_set),
                              max_tries=self.max_tries, checks=checks, tries=tries, never_reached=labels, note=note)
 
     def _why(self, t: _Try) -> str:

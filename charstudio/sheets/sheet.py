@@ -66,7 +66,8 @@ class SheetResult(Result):
         if report is None or len(report.scores) != len(self.images):
             return self.grid(cols=self.columns(), labels=self.labels)
         notes = [f"{report.scorer} {s:.2f}" + (" low" if s < report.threshold else "") for s in report.scores]
-        notes[report.anchor] = f"{report.scorer} anchor"
+        for anchor in self.identity_record.anchors or [report.anchor]:  # a pack: each outfit's first
+            notes[anchor] = f"{report.scorer} anchor"
         colours = [(200, 0, 0) if i in report.below else (0, 0, 0) for i in range(len(self.images))]
         return image_grid(self.images, cols=self.columns(), labels=self.labels, notes=notes, note_colours=colours)
 
