@@ -27,6 +27,12 @@ Each region:
   scene prompt and the background stay without them; the recipe's own ``loras`` keep acting on the
   whole picture, and an adapter may not be in both. How they are kept inside the box:
   `charstudio.workflows.regional_loras`.
+- ``reference`` (optional): a picture (a path; recorded as ``{"path": ..., "sha256": ...}``, the
+  digest of its pixels, so that a re-run refuses another picture under the same name) whose
+  IP-Adapter image tokens act only inside the region's box, at ``reference_scale`` (0..2, default
+  0.6); ``ip_adapter`` (optional) names the IP-Adapter weights (a folder laid out like
+  h94/IP-Adapter, a hub id or a weight file; default the model family's), one for all regions.
+  How: `charstudio.workflows.regional_references`.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from ..validation import check_float
 log = logging.getLogger(__name__)
 
 HALVES = ("left", "right", "top", "bottom")
-REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap", "loras")
+REGION_KEYS = ("prompt", "negative_prompt", "character", "box", "canvas", "weight", "overlap", "loras", "reference",
+               "reference_scale", "ip_adapter")
 # Tighter than the bound every other list shares (limits.MAX_ITEMS): each region costs one more
 # cross-attention pass in every layer at every step, and two to four characters is the use.
 MAX_REGIONS = 8
@@ -69,6 +76,10 @@ def check(value: Any, config: Any) -> list[dict]:
     value = check_region_list(value)
     regions = [_check_region(i, spec, config) for i, spec in enumerate(value)]
     _check_overlaps(regions, config)
+    weights = {r["ip_adapter"] for r in regions if r.get("ip_adapter")}
+    if len(weights) > 1:
+        i = next(i for i, r in enumerate(regions) if r.get("ip_adapter"))
+        raise ConfigError(f"regions[{i}].ip_adapter", sorted(weights), "one IP-Adapter for every region's reference")
     return regions
 
 
@@ -116,7 +127,49 @@ def _check_region(i: int, spec: Any, config: Any) -> dict:
     loras = _check_loras(f"{name}.loras", spec.get("loras"), config)
     if loras:
         region["loras"] = loras
+    region.update(_check_reference(name, spec))
     return region
+
+
+def _check_reference(name: str, spec: dict) -> dict:
+    """A region's ``reference`` (path, or the recorded {path, sha256}), ``reference_scale`` and ``ip_adapter``."""
+    ref = spec.get("reference")
+    if ref is None:
+        for key in ("reference_scale", "ip_adapter"):
+            if spec.get(key) is not None:
+                raise ConfigError(f"{name}.{key}", spec[key], f"a region's {key} only with its 'reference' picture")
+        return {}
+    ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
+    if isinstance(ref, dict) and set(ref) == {"path", "sha256"} and all(isinstance(v, str) for v in ref.values()):
+        recorded = dict(ref)
+    elif isinstance(ref, str) and ref.strip():
+        recorded = {"path": os.path.abspath(os.path.expanduser(ref.strip())), "sha256": picture_digest(name, ref)}
+    else:
+        raise ConfigError(f"{name}.reference", ref, "a picture's path (or the recorded {'path': ..., 'sha256': ...})")
+    out: dict[str, Any] = {"reference": recorded,
+                           "reference_scale": check_float(f"{name}.reference_scale", spec.get("reference_scale", 0.6),
+                                                          0.0, 2.0)}
+    weights = spec.get("ip_adapter")
+    weights = os.fspath(weights) if isinstance(weights, os.PathLike) else weights
+    if weights is not None:
+        if not isinstance(weights, str) or not weights.strip():
+            raise ConfigError(f"{name}.ip_adapter", weights, "IP-Adapter weights: a folder, hub id or weight file")
+        out["ip_adapter"] = weights.strip()
+    return out
+
+
+def picture_digest(name: str, path: str) -> str:
+    """The sha256 of a picture file's size and RGB pixels (`workflows.masks.picture_sha256`'s rule)."""
+    import hashlib
+
+    from PIL import Image
+
+    try:
+        with Image.open(os.path.expanduser(path.strip())) as image:
+            rgb = image.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{name}.reference", path, f"a picture file that can be read ({type(err).__name__})") from None
+    return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
 
 
 def _check_loras(name: str, loras: Any, config: Any) -> dict[str, float]:

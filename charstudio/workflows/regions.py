@@ -16,7 +16,9 @@ unconditional rows keep the negative prompt, unless a region gives its own ``neg
 The field (each region's keys: prompt or character, box, negative_prompt, weight, overlap, loras) is
 checked and normalised by `charstudio.recipe.regions`, whose docstring gives the rules; its names
 stay importable from here. A region's ``loras`` act only inside its box: every adapted layer's
-LoRA output is masked (`charstudio.workflows.regional_loras`, which says how and why).
+LoRA output is masked (`charstudio.workflows.regional_loras`, which says how and why). A region's
+``reference`` picture's IP-Adapter tokens act only in its own cross-attention pass
+(`charstudio.workflows.regional_references`).
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ class _RegionState:
     """What every wrapped cross-attention layer shares: the prompts' embeddings, the masks at the
     latent resolution, the CFG layout and a cache of masks per layer size."""
 
-    def __init__(self, cond: list[Any], uncond: list[Any | None], masks: Any, cfg: bool, loras: Any = None):
+    def __init__(self, cond: list[Any], uncond: list[Any | None], masks: Any, cfg: bool, loras: Any = None,
+                 references: Any = None):
         self.cond, self.uncond, self.cfg = cond, uncond, cfg
+        self.references = references  # a RegionalReferences when regions have reference pictures
         self.loras = loras  # a RegionalLoras when regions have their own adapters (it tracks the pass running)
         self.masks = masks  # (R, h, w) at the latent resolution
         self._sized: dict[tuple, Any] = {}
@@ -111,8 +115,10 @@ class RegionalAttnProcessor:
 
     def __call__(self, attn: Any, hidden_states: Any, encoder_hidden_states: Any = None,
                  attention_mask: Any = None, temb: Any = None, *args: Any, **kwargs: Any) -> Any:
-        out = self.base(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
-                        attention_mask=attention_mask, temb=temb, **kwargs)
+        refs = self.state.references
+        with refs.passing(self.base, None) if refs is not None else nullcontext():  # the scene: no reference
+            out = self.base(attn, hidden_states, *args, encoder_hidden_states=encoder_hidden_states,
+                            attention_mask=attention_mask, temb=temb, **kwargs)
         if encoder_hidden_states is None or hidden_states.ndim != 3:
             return out
         state = self.state
@@ -151,14 +157,16 @@ class RegionalAttnProcessor:
     def _region_pass(self, k: int, attn: Any, hidden_states: Any, rows: slice, encoder_hidden_states: Any,
                      texts: list[tuple[int, Any]], temb: Any, args: tuple, kwargs: dict) -> Any:
         """The wrapped processor on ``rows`` with region k's text (``texts``: (row count, embedding)
-        in row order), with region k's adapters on when it has some."""
-        loras = self.state.loras
+        in row order), with region k's adapters on and its reference's image tokens when it has some."""
+        loras, refs = self.state.loras, self.state.references
         if loras is not None:
             loras.pass_index = k  # region k's adapters in this cross-attention pass
         try:
-            return self.base(attn, hidden_states[rows], *args,
-                             encoder_hidden_states=_replace_text(encoder_hidden_states, rows, texts),
-                             attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
+            states = _replace_text(encoder_hidden_states, rows, texts)
+            with refs.passing(self.base, k) if refs is not None else nullcontext():
+                return self.base(attn, hidden_states[rows], *args,
+                                 encoder_hidden_states=refs.tokens(k, states) if refs is not None else states,
+                                 attention_mask=None, temb=None if temb is None else temb[rows], **kwargs)
         finally:
             if loras is not None:
                 loras.pass_index = None
@@ -191,6 +199,7 @@ def regional_attention(studio: Studio, config: GenerationConfig) -> Iterator[Non
 
     from ..models.vae import vae_factor
     from .regional_loras import RegionalLoras, has_regional_loras
+    from .regional_references import RegionalReferences, has_regional_references
 
     regions = config.regions
     if not regions:
@@ -208,29 +217,34 @@ def regional_attention(studio: Studio, config: GenerationConfig) -> Iterator[Non
     # Regions' own adapters (loaded now when they are not), masked to their boxes (weight 1 inside).
     loras = RegionalLoras(studio, config, on_grid(box_masks(regions, config.width, config.height))) \
         if has_regional_loras(config) else None
+    refs = RegionalReferences(studio, config) if has_regional_references(config) else None
     # 2. Each region's prompt (and negative, when it has one) as the encoder makes the scene's; a
     #    region with adapters is encoded with them on, its negative (or the scene's) too, so its
     #    unconditional rows see them as a LoRA on the whole picture would.
     cond, uncond = [], []
     for k, region in enumerate(regions):
         negative = region.get("negative_prompt", "")
-        own = loras is not None and bool(loras.names[k])
+        own_loras = loras is not None and bool(loras.names[k])
+        own = own_loras or (refs is not None and k in refs.index)  # its own pass on the unconditional rows too
         if own and not negative:
             negative = config.negative_prompt
-        with loras.encoding(k) if own else nullcontext():
+        with loras.encoding(k) if own_loras else nullcontext():
             encoded = studio.encoder.encode(region["prompt"], negative, clip_skip=config.clip_skip)
         cond.append(encoded.prompt_embeds.detach())
         uncond.append(encoded.negative_prompt_embeds.detach() if negative or own else None)
     cfg = config.guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-    state = _RegionState(cond, uncond, latent, cfg, loras)
-    # 3. Wrap the cross-attention processors; put the originals back whatever happens.
-    original = unet.attn_processors
-    wrapped = {name: RegionalAttnProcessor(proc, state) if name.endswith("attn2.processor") else proc
-               for name, proc in original.items()}
-    if not any(isinstance(p, RegionalAttnProcessor) for p in wrapped.values()):
-        raise ConfigError("regions", f"{len(regions)} regions", "a UNet with cross-attention layers (attn2)")
-    log.info("regional prompts: %d regions over the scene prompt", len(regions))
+    state = _RegionState(cond, uncond, latent, cfg, loras, refs)
+    # 3. Wrap the cross-attention processors (the IP-Adapter's, when regions have references); put
+    #    the originals back whatever happens.
     with ExitStack() as stack:
+        if refs is not None:
+            stack.enter_context(refs.applied())
+        original = unet.attn_processors
+        wrapped = {name: RegionalAttnProcessor(proc, state) if name.endswith("attn2.processor") else proc
+                   for name, proc in original.items()}
+        if not any(isinstance(p, RegionalAttnProcessor) for p in wrapped.values()):
+            raise ConfigError("regions", f"{len(regions)} regions", "a UNet with cross-attention layers (attn2)")
+        log.info("regional prompts: %d regions over the scene prompt", len(regions))
         if loras is not None:
             stack.enter_context(loras.applied())
         unet.set_attn_processor(wrapped)
