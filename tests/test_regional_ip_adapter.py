@@ -147,6 +147,11 @@ def test_clean_up_after_errors_and_re_runs_from_the_recipe(tiny_studio, tmp_path
         studio.generate("a red fox", regions=two, callbacks=[boom], **SETTINGS)
     _clean(studio, before)
     assert np.array_equal(pixels(studio.generate("a red fox", **SETTINGS).image), pixels(plain.image))
+    # a batch of two seeds draws what each seed draws alone
+    configs = [studio.make_config("a red fox", regions=two, **{**SETTINGS, "seed": s}) for s in (1, 2)]
+    batch = studio.run_batch(configs)
+    for got, config in zip(batch.images, configs):
+        assert np.abs(pixels(got) - pixels(studio.run(config).image)).max() <= 2
     # the recorded recipe draws the same picture again; another picture under the name is refused
     drawn = studio.generate("a red fox", regions=two, **SETTINGS)
     again = studio.run(GenerationConfig.from_dict(drawn.recipe.to_dict()))
