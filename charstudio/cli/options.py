@@ -114,6 +114,9 @@ def add_sheet_args(p: argparse.ArgumentParser, *, reference_default: float, firs
                    help="CLIP vision model (hub id or folder) for the consistency score "
                         "(default: openai/clip-vit-large-patch14 when available)")
     add_identity_args(p, each)
+    p.add_argument("--record-identity", action="store_true",
+                   help="append this sheet's identity scores (date, folder, scorer, mean, min) to the card's "
+                        "identity_history; the card file is written back with its comments kept")
     add_out_arg(p, required=True)
     add_overwrite_arg(p, "existing files in --out")
 

@@ -197,5 +197,9 @@ def write_sheet(result, studio, args: argparse.Namespace, out, against: str | No
               f"{report.threshold:.3f}): {scores}")
     if result.identity_note:
         print(result.identity_note)  # the one line naming the views that never reached it
+    if getattr(args, "record_identity", False):
+        from charstudio.cast.history import record_identity
+
+        print(f"identity history recorded in {record_identity(args.card, report, out)}")
     print_model_note(studio, result.recipes)
     return 0
