@@ -91,3 +91,23 @@ def family(request):
 def family_studio(family, request):
     """The session's Studio of `family`'s tiny model: tiny_studio or tiny_sdxl_studio (same rules)."""
     return request.getfixturevalue("tiny_sdxl_studio" if family.is_sdxl else "tiny_studio")
+
+
+@pytest.fixture(scope="session")
+def c2pa_cert(tmp_path_factory):
+    """A throwaway C2PA test certificate (a test root and the signer it issues), made in code."""
+    from charstudio.provenance.testcert import make_test_certificate
+
+    return make_test_certificate(tmp_path_factory.mktemp("cert"))
+
+
+@pytest.fixture
+def signing(c2pa_cert, monkeypatch):
+    """The test certificate in the environment, as a user sets theirs."""
+    from charstudio.provenance import credentials
+
+    monkeypatch.setattr(credentials, "_given", None)
+    monkeypatch.setenv(credentials.CERT_ENV, str(c2pa_cert.cert))
+    monkeypatch.setenv(credentials.KEY_ENV, str(c2pa_cert.key))
+    monkeypatch.delenv(credentials.TRUST_ENV, raising=False)
+    return c2pa_cert

@@ -26,19 +26,9 @@ from charstudio.provenance.testcert import make_test_certificate  # noqa: E402
 TAM = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    return make_test_certificate(tmp_path_factory.mktemp("cert"))
-
-
 @pytest.fixture
-def signing(cert, monkeypatch):
-    """The test certificate in the environment, as a user sets theirs."""
-    monkeypatch.setattr(credentials, "_given", None)
-    monkeypatch.setenv(credentials.CERT_ENV, str(cert.cert))
-    monkeypatch.setenv(credentials.KEY_ENV, str(cert.key))
-    monkeypatch.delenv(credentials.TRUST_ENV, raising=False)
-    return cert
+def cert(c2pa_cert):
+    return c2pa_cert
 
 
 @pytest.fixture

@@ -14,22 +14,11 @@ from PIL import Image
 pytest.importorskip("c2pa")
 
 from charstudio.cli import main  # noqa: E402
-from charstudio.provenance import credentials  # noqa: E402
-from charstudio.provenance.testcert import make_test_certificate  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    return make_test_certificate(tmp_path_factory.mktemp("cert"))
 
 
 @pytest.fixture
-def signing(cert, monkeypatch):
-    monkeypatch.setattr(credentials, "_given", None)
-    monkeypatch.setenv(credentials.CERT_ENV, str(cert.cert))
-    monkeypatch.setenv(credentials.KEY_ENV, str(cert.key))
-    monkeypatch.delenv(credentials.TRUST_ENV, raising=False)
-    return cert
+def cert(c2pa_cert):
+    return c2pa_cert
 
 
 @pytest.fixture
