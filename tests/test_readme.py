@@ -279,6 +279,16 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
 
     monkeypatch.setattr(plots, "decode_latents", spy)
     namespace: dict = {"show": lambda step, image: previews.append(step)}
+    from charstudio.provenance import credentials
+
+    try:
+        _run_using_it_blocks(blocks_, namespace, in_tmp)
+    finally:
+        credentials.use_certificate(None, None)  # the C2PA example's test certificate lives in in_tmp
+    _check_using_it(namespace, in_tmp, previews, decoded)
+
+
+def _run_using_it_blocks(blocks_: list[str], namespace: dict, in_tmp: Path) -> None:
     for i, block in enumerate(blocks_):
         if "load_lora" in block:
             _loras_the_readme_loads(in_tmp / "lora", namespace["studio"], ["aiko", "watercolor"])
@@ -291,6 +301,9 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
             # "the same image, bit for bit (CPU)"
             assert namespace["again"].image.tobytes() == namespace["r"].image.tobytes()
             studio.default_steps = 6  # keep the doc test quick; the code path is the same
+
+
+def _check_using_it(namespace: dict, in_tmp: Path, previews: list, decoded: list) -> None:
     # Poses and sheets: four labelled cells, saved with their recipes and sheet.json.
     assert len(namespace["sheet"].images) == 4 and (in_tmp / "sheets" / "rin" / "sheet.json").exists()
     # LoRAs: the mix is active, then unloaded.
@@ -333,6 +346,28 @@ def test_using_it_examples_run(in_tmp, monkeypatch):
     # Identity: the sheet's scores come from mini's scorer, one per picture, the first 1.0.
     identity = namespace["sheet"].identity
     assert identity.scorer == "mini" and len(identity.scores) == 4 and identity.scores[0] == 1.0
+    # The cast: @rin and @kai expand to their cards, one region each, left to right.
+    scene = namespace["scene"]
+    assert [c["name"] for c in scene.recipe.cast] == ["rin", "kai"] and "@" not in scene.recipe.prompt
+    assert [r["box"] for r in scene.recipe.regions] and len(scene.recipe.regions) == 2
+    # A LoRA per character: each region records its own adapter.
+    regions = namespace["pair_picture"].recipe.regions
+    assert [list(r["loras"]) for r in regions] == [[str(namespace["lora_file"]("zorbi"))],
+                                                   [str(namespace["lora_file"]("vimbo"))]]
+    # Packs: every outfit x expression of rin's card, a score on each sprite; redraw_sprite gives one back.
+    pack = namespace["pack"]
+    assert len(pack.labels) == 9 and len(pack.identity.scores) == 9 and (in_tmp / "packs" / "rin" / "index.json").exists()
+    assert namespace["image"].size == pack.images[0].size
+    # Storyboards: six panels, a page as PNG and PDF.
+    assert len(namespace["board"].tries) == 6
+    assert (in_tmp / "story" / "page.png").exists() and (in_tmp / "story" / "page.pdf").exists()
+    # Provenance: the watermark reads back with the recipe's payload, and is absent when switched off.
+    assert namespace["reading"].found and namespace["reading"].payload == namespace["watermark"].payload_for(
+        namespace["drawn"].recipe)
+    assert namespace["plain"].recipe.watermark is False
+    # The C2PA manifest: created, signed by the test certificate and trusted with its root.
+    report = namespace["report"]
+    assert report.manifest.action_names == ["c2pa.created"] and report.manifest.trusted
 
 
 # --- Using it: the shell examples ---------------------------------------------------------------
