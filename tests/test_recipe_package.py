@@ -193,7 +193,8 @@ def test_run_recipe_draws_then_the_hires_fix_then_the_detail_pass(passes):
     from charstudio.recipe import GenerationConfig
 
     calls, run_recipe = passes
-    config = GenerationConfig(prompt="x", width=64, height=64, hires=1.5, detail=True)
+    config = GenerationConfig(prompt="x", width=64, height=64, hires=1.5, detail=True,
+                              watermark=False)  # the passes here draw names, not pictures to mark
     result = run_recipe(_Studio(calls), config, **RUN_ARGS)
     assert [c[0] for c in calls] == ["draw", "hires", "detail"]
     assert calls[0][1] == sorted(RUN_ARGS)  # Studio.run's arguments reach the engine
@@ -209,7 +210,7 @@ def test_run_recipe_inpaints_instead_of_drawing_and_still_runs_the_detail_pass(p
 
     calls, run_recipe = passes
     source = GenerationConfig(prompt="a source", width=64, height=64).to_dict()
-    config = GenerationConfig(prompt="x", width=64, height=64, detail={"parts": ["face"]},
+    config = GenerationConfig(prompt="x", width=64, height=64, detail={"parts": ["face"]}, watermark=False,
                               inpaint={"source": {"recipe": source}, "mask": {"box": [0, 0, 32, 32]}})
     result = run_recipe(_Studio(calls), config, **RUN_ARGS)
     assert [c[0] for c in calls] == ["inpaint", "detail"]
