@@ -31,7 +31,8 @@ def test_inpaint_from_the_controls_changes_only_the_masked_region(app):
     recipe = app.result.recipe
     assert recipe.inpaint["mask"]["region"] == "hair" and recipe.inpaint["strength"] == 0.8
     before, after = (np.asarray(im.convert("RGB"), dtype=np.int16) for im in (app.before, app.result.image))
-    changed = np.abs(before - after).sum(-1) > 0
+    # The picture is watermarked as a whole (at most 8 levels a channel, #39); the redraw is the hair box.
+    changed = np.abs(before - after).max(-1) > 8
     assert changed.any() and changed.mean() < 0.5  # the hair box, not the whole picture
 
 
