@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..limits import check_count
 from ..schedulers import DEFAULT_SCHEDULER, scheduler_spec
 from ..validation import check_choice, check_float, check_int
+from .speed import check_speed_fields
 from .workflow_fields import check_workflow_fields
 
 # 2: `watermark` joined (a recipe of version 1, written before, reads as watermark=False).
@@ -92,6 +93,13 @@ class GenerationConfig:
     inpaint: dict | None = None
     # The invisible watermark (charstudio.provenance.watermark) on the recipe's final picture.
     watermark: bool = True
+    # Speed (draft mode; charstudio.recipe.speed checks them): the exact timesteps of a few-step
+    # schedule, the UNet feature cache, the draft record (preset, few-step LoRA, licence, and the
+    # settings a full-quality "finish" restores), and the weight quantization drawn with.
+    timesteps: list[int] | None = None
+    feature_cache: dict | None = None
+    draft: dict | None = None
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         # Each group in the order its fields are declared, so the first bad field is the one named.
@@ -104,6 +112,7 @@ class GenerationConfig:
         self._check_embeddings()
         self._check_cast()
         check_workflow_fields(self)
+        check_speed_fields(self)
         if not isinstance(self.watermark, bool):
             raise ConfigError("watermark", self.watermark, "True or False")
 
