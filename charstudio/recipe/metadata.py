@@ -38,6 +38,9 @@ def format_parameters(config: GenerationConfig) -> str:
     fields = [
         ("Steps", config.num_inference_steps),
         ("Sampler", SCHEDULERS[config.scheduler].a1111),
+        # A1111 writes a non-default schedule beside the sampler (trailing timesteps: "SGM Uniform").
+        *([("Schedule type", SCHEDULERS[config.scheduler].a1111_schedule)]
+          if SCHEDULERS[config.scheduler].a1111_schedule else []),
         ("CFG scale", _num(config.guidance_scale)),
         ("Seed", config.seed),
         ("Size", f"{config.width}x{config.height}"),
@@ -180,8 +183,13 @@ def _settings_values(settings: str) -> dict[str, str]:
 
 def _read_sampler(values: dict[str, str], out: dict[str, Any]) -> None:
     sampler = values["Sampler"]
-    if values.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
+    schedule = values.get("Schedule type", "").strip()
+    if schedule.lower() == "karras" and "karras" not in sampler.lower():
         sampler += " Karras"
+    elif schedule.lower() == "sgm uniform" and "sgm uniform" not in sampler.lower():
+        # Trailing timesteps (euler-trailing, ddim-trailing); a sampler we have no trailing form of reads as itself.
+        if any(spec.labels[1] == f"{sampler} SGM Uniform".lower() for spec in SCHEDULERS.values()):
+            sampler += " SGM Uniform"
     try:
         out["scheduler"] = scheduler_spec(sampler).name
     except ValueError:

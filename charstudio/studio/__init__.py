@@ -53,7 +53,8 @@ class Studio(Session):
                  control_guidance_start: float = 0.0, control_guidance_end: float = 1.0,
                  pose_lines: str | None = None, hires: Any = None, detail: Any = None, regions: Any = None,
                  callbacks: Iterable[StepCallback] = (), progress: Callable[[StepProgress], None] | None = None,
-                 cancel: CancelToken | None = None, watermark: bool = True) -> Result:
+                 cancel: CancelToken | None = None, watermark: bool = True, speed: str | None = None,
+                 draft_preset: str | None = None) -> Result:
         """Generate `num_images` images of a character card (by name or object) or a prompt.
 
         The card's seed and style are used unless given. Image i uses seed `seed + i`.
@@ -79,7 +80,7 @@ class Studio(Session):
             target_size=target_size, scheduler=scheduler, num_images=num_images, clip_skip=clip_skip, pose=pose,
             controlnet_conditioning_scale=controlnet_conditioning_scale, control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end, pose_lines=pose_lines, hires=hires, detail=detail,
-            regions=regions, watermark=watermark)
+            regions=regions, watermark=watermark, speed=speed, draft_preset=draft_preset)
         return self.run(config, callbacks=callbacks, progress=progress, cancel=cancel, control_image=control_image)
 
     def make_config(self, character_or_prompt: str | Character | None = None, **settings: Any) -> GenerationConfig:

@@ -23,6 +23,7 @@ from ..models.family import is_union_controlnet
 from ..models.vae import vae_factor
 from ..result import Result
 from ..schedulers import make_scheduler
+from ..speed.draft import ensure_draft_lora
 from ..validation import check_float
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ def check_recipe(studio: Studio, config: GenerationConfig) -> None:
     small = studio.family.size_warning(config.width, config.height, studio.default_size, repr(studio.model_id))
     if small:
         warnings.warn(small, UserWarning, stacklevel=4)
+    ensure_draft_lora(studio, config)  # a draft recipe read from a PNG loads its few-step LoRA by itself
     studio.lora_set.check_loaded(config.loras)
     studio.embedding_set.load_for_recipe(config.embeddings)
 
@@ -238,6 +240,13 @@ def _plan_call(studio: Studio, config: GenerationConfig, wanted: list[Generation
                     control_guidance_start=config.control_guidance_start,
                     control_guidance_end=config.control_guidance_end)
     args.update(studio.family.call_arguments(config))
+    if config.timesteps and init_image is None:
+        # A few-step LoRA's own timesteps (DMD2's 999, 749, 499, 249); img2img passes (hires, detail) run the
+        # scheduler's spacing of their steps, as their strength cuts the schedule.
+        if "timesteps" not in params:
+            raise ConfigError("timesteps", config.timesteps, f"diffusers' {type(pipe).__name__} takes no timesteps: "
+                              "use None (the scheduler's spacing)")
+        args["timesteps"] = list(config.timesteps)
     if config.guidance_rescale:
         if "guidance_rescale" not in params:
             raise ConfigError("guidance_rescale", config.guidance_rescale,

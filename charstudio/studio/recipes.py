@@ -10,6 +10,7 @@ from ..cast.expand import has_mentions
 from ..character import Character, compose_prompt, is_character, load_character
 from ..recipe.config import MAX_SEED, GenerationConfig
 from ..errors import ConfigError
+from ..speed.draft import draft_settings, make_draft
 from ..validation import check_text
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ def make_config(studio: Studio, character_or_prompt: str | Character | None = No
     for key in _SET_HERE:
         if key in settings:
             raise ConfigError(key, settings[key], _SET_HERE[key])
+    # speed="draft" (draft_preset=NAME): the recipe is built as asked, then drafted (charstudio.speed.draft).
+    draft, draft_preset = draft_settings(settings)
     if loras is not None and not isinstance(loras, Mapping):
         raise ConfigError("loras", loras, "a mapping of loaded adapter name to weight, e.g. {'k': 0.5}, or None "
                                           "for the studio's active LoRAs")
@@ -78,13 +81,14 @@ def make_config(studio: Studio, character_or_prompt: str | Character | None = No
     if pose is not None:
         pose = pose_dict(pose, width, height)
     _fill_defaults(studio, settings, width, height, posed=pose is not None)
-    return GenerationConfig(
+    config = GenerationConfig(
         prompt=prompt, negative_prompt=negative, seed=seed,
         num_inference_steps=studio.default_steps if num_inference_steps is None else num_inference_steps,
         width=width, height=height, model=studio.model_id,
         character=card.name if card else None,
         style=style if style is not None else (card.style if card else None),
         loras=loras, pose=pose, **settings)
+    return make_draft(studio, config, draft_preset) if draft else config
 
 
 def _expand_cast(studio: Studio, prompt: str, settings: dict[str, Any], loras: dict[str, float], given: bool,
