@@ -27,6 +27,7 @@ from .common import (
     png_bytes,
 )
 from .card_editor import CardEditor
+from .draft import DraftPanel
 from .identity_view import IdentityControls, IdentityStrip, summary_line
 from .pose_picker import PosePicker
 from .session import SIZES, RunHooks, StudioSource, default_guidance, default_steps, exclusive, model_choices
@@ -118,8 +119,9 @@ class ExploreApp(AppBase):
         self.recipe_view = W.HTML(value="")
         self.identity_strip = IdentityStrip()  # a sheet's pictures, each with its identity score
         self.gallery = Gallery(on_restore=self.restore)
+        self.draft = DraftPanel(self)  # the Draft switch and Finish (#38)
         self.runner = Runner(self.status, busy=[self.generate_button, self.sheet_button, self.save_button,
-                                                self.model, self.lora], cancel_button=self.cancel_button,
+                                                self.model, self.lora, self.draft.finish_button], cancel_button=self.cancel_button,
                              progress=self.progress)
         self.generate_button.on_click(lambda _b: self.generate())
         self.sheet_button.on_click(lambda _b: self.sheet())
@@ -146,7 +148,7 @@ class ExploreApp(AppBase):
         self.card_editor = CardEditor(self.status)  # the picked card's fields; Save writes its YAML
         self.card.observe(lambda ch: self.card_editor.pick(ch["new"]), names="value")
         editor = W.Accordion(children=[self.card_editor.widget], titles=("Card editor",), selected_index=None)
-        self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.status.widget,
+        self.widget = W.VBox([W.HBox([controls, output]), poses, buttons, self.draft.widget, self.status.widget,
                               self.identity_strip.widget, editor, self.gallery.widget])
         # Stable CSS hooks for browser tests and for users' own styling.
         for w, name in ((self.widget, "explore"), (self.gallery.grid, "gallery"), (self.image, "image"),
@@ -188,7 +190,7 @@ class ExploreApp(AppBase):
                 "pose_strength": self.pose_strength.value, "consistency": self.consistency.value, "seed": self.seed.value, "lock_seed": self.lock_seed.value,
                 "steps": self.steps.value, "guidance": self.guidance.value, "scheduler": self.scheduler.value,
                 "width": self.width.value, "height": self.height.value, "num_images": self.num_images.value,
-                "lora": self.lora.value, "lora_weight": self.lora_weight.value}
+                "lora": self.lora.value, "lora_weight": self.lora_weight.value, "draft": self.draft.switch.value}
 
     def set_controls(self, values: dict[str, Any]) -> None:
         widgets = {"model": self.model, "card": self.card, "prompt": self.prompt, "negative": self.negative,
@@ -196,7 +198,7 @@ class ExploreApp(AppBase):
                    "pose_strength": self.pose_strength, "consistency": self.consistency, "seed": self.seed, "lock_seed": self.lock_seed,
                    "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
                    "width": self.width, "height": self.height, "num_images": self.num_images,
-                   "lora_weight": self.lora_weight}
+                   "lora_weight": self.lora_weight, "draft": self.draft.switch}
         for key, w in widgets.items():
             if key in values:
                 w.value = values[key]
@@ -250,7 +252,7 @@ class ExploreApp(AppBase):
             "lock_seed": True, "steps": recipe.num_inference_steps, "guidance": recipe.guidance_scale,
             "scheduler": recipe.scheduler, "width": recipe.width if recipe.width in size else 0,
             "height": recipe.height if recipe.height in size else 0, "num_images": 1, "poses": poses,
-            "pose_strength": recipe.controlnet_conditioning_scale,
+            "pose_strength": recipe.controlnet_conditioning_scale, "draft": bool(recipe.draft),
             **({"lora": next(iter(recipe.loras)), "lora_weight": next(iter(recipe.loras.values()))}
                if recipe.loras else {"lora": ""})})
         if recipe.width not in size or recipe.height not in size:
@@ -284,7 +286,7 @@ class ExploreApp(AppBase):
         return dict(num_inference_steps=int(values["steps"]), guidance_scale=float(values["guidance"]),
                     width=values["width"] or None, height=values["height"] or None,
                     negative_prompt=values["negative"].strip() or None, scheduler=values["scheduler"],
-                    controlnet_conditioning_scale=float(values["pose_strength"]))
+                    controlnet_conditioning_scale=float(values["pose_strength"]), **({"speed": "draft"} if values.get("draft") else {}))
 
     def make_config(self, studio: Studio | None = None, poses: list[str] | None = None,
                     values: dict[str, Any] | None = None) -> GenerationConfig:
@@ -303,6 +305,7 @@ class ExploreApp(AppBase):
         return bool(values["style_b"]) and values["style_mix"] > 0
 
     def _show_recipe(self, recipe: GenerationConfig | None) -> None:
+        self.draft.show(recipe)
         if recipe is None:
             self.recipe_view.value = ""
             return

@@ -22,6 +22,7 @@ from .common import (
     labelled,
     png_bytes,
 )
+from .draft import DraftPanel
 from .identity_view import IdentityControls, IdentityStrip, summary_line
 from .session import RunHooks, StudioSource, default_steps, exclusive, model_choices
 from ..workflows.masks import REGIONS
@@ -101,10 +102,11 @@ class WorkflowsApp(AppBase):
         self.runner = Runner(self.status, busy=[self.run_button, self.model, self.workflow],
                              cancel_button=self.cancel_button, progress=self.progress)
         self.run_button.on_click(lambda _b: self.run())
+        self.draft = DraftPanel(self, rerun=lambda: self.run(full=True))  # Draft switch and Finish (#38)
         settings = W.VBox([
             labelled("model", self.model), labelled("design", self.design.widget), labelled("pose", self.pose),
             labelled("seed", self.seed), labelled("steps", self.steps), labelled("workflow", self.workflow),
-            self.options_box, W.HBox([self.run_button, self.cancel_button, self.progress.widget]),
+            self.options_box, W.HBox([self.run_button, self.cancel_button, self.progress.widget]), self.draft.widget,
             self.status.widget])
         pictures = W.HBox([W.VBox([self.before_label, self.before_image]), W.VBox([self.after_label, self.after_image])])
         # Pictures under the settings, not beside them: before (256 px) and a wide after (up to 512 px)
@@ -118,14 +120,15 @@ class WorkflowsApp(AppBase):
     def _base_settings(self) -> dict[str, Any]:
         return dict(seed=int(self.seed.value), num_inference_steps=int(self.steps.value))
 
-    def run(self) -> bool:
-        """Draw the design, run the chosen workflow on it, show before and after."""
+    def run(self, full: bool = False) -> bool:
+        """Draw the design, run the chosen workflow on it, show before and after (`full`: Draft's Finish)."""
         if self.runner.running:
             return False
         self.progress.reset()
         self.identity_strip.clear()
         workflow = self.workflow.value
         identity = self.identity.kwargs()  # read now: the job may wait behind another run
+        speed, drafted = self.draft.kwargs(full), (self.draft.drafted if full else None)
 
         def job(token: CancelToken) -> Any:
             loaded = self.studio
@@ -134,7 +137,7 @@ class WorkflowsApp(AppBase):
             studio = RunHooks(loaded, token)
             design, pose = self.design.value(), self.pose.value
             hooks = dict(progress=self.progress.report, cancel=token)
-            settings = self._base_settings()
+            settings = {**self._base_settings(), **speed}
             with exclusive(loaded, token):
                 if workflow == "regions":
                     return self._two_characters(studio, design, settings, hooks)
@@ -169,7 +172,7 @@ class WorkflowsApp(AppBase):
                 return
             self.status.ok(f"{TITLES[workflow]}: done")
 
-        return self.runner.start(TITLES[workflow], job, done)
+        return self.runner.start(TITLES[workflow], *self.draft.wrap(job, done, drafted))
 
     def show_pictures(self, before: Any, after: Any) -> None:
         """Before and after, drawn at the same scale: a picture of the same size shows at the same
