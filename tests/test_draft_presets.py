@@ -149,3 +149,28 @@ def test_without_a_few_step_lora_the_draft_caches_features_with_fewer_steps(tiny
     assert config.draft["method"] == "cache" and config.loras == {}
     back = finish(config)
     assert (back.num_inference_steps, back.feature_cache, back.draft) == (20, None, None)
+
+
+def test_the_cli_drafts_with_a_preset_file_says_so_and_finishes(kohya_sd1, tmp_path, capsys):
+    from PIL import Image
+
+    from charstudio.cli import main
+    from charstudio.recipe.metadata import parse_parameters
+    from charstudio.result import Result
+
+    out, done = tmp_path / "draft", tmp_path / "full"
+    assert main(["generate", "a girl", "--model", "tiny", "--width", "64", "--height", "64", "--seed", "4", "--steps",
+                 "12", "--draft-preset", "hyper-sd15-4step", "--draft-file", str(kohya_sd1), "--no-watermark",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "draft: hyper-sd15-4step LoRA, 4 steps, DDIM SGM Uniform, CFG 1" in err
+    assert "licence of hyper-sd15-4step: openrail++" in err
+    picture = next(out.glob("*.png"))
+    assert Result.from_png(picture).recipe.draft["preset"] == "hyper-sd15-4step"
+    a1111 = parse_parameters(Image.open(picture).text["parameters"])  # the A1111 text of a draft stays readable
+    assert (a1111["num_inference_steps"], a1111["scheduler"], a1111["guidance_scale"]) == (4, "ddim-trailing", 0.0)
+    assert main(["finish", str(picture), "-o", str(done)]) == 0  # the recipe's model (tiny), its own seed
+    full = Result.from_png(next(done.glob("*.png"))).recipe
+    assert (full.num_inference_steps, full.scheduler, full.seed, full.draft, full.loras) == (
+        12, "dpm++2m-karras", 4, None, {})
+    assert main(["presets"]) == 0 and "CC-BY-NC-4.0" in capsys.readouterr().out

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "charstudio.cli.card_commands",
     "charstudio.cli.verify_commands",
     "charstudio.cli.story_commands",
+    "charstudio.cli.finish_commands",
 ]
 
 

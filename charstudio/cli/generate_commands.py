@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from charstudio.cli.options import (add_control_scale_arg, add_embedding_args, add_hires_args, add_lora_args,
-                                    add_model_args, add_out_arg, add_sampling_args)
+from charstudio.cli.options import (add_control_scale_arg, add_draft_args, add_embedding_args, add_hires_args,
+                                    add_lora_args, add_model_args, add_out_arg, add_sampling_args)
 
 
 def parse_loras(specs: list[str], lora_dir: str = "lora") -> list[tuple[str, float]]:
@@ -62,6 +62,44 @@ def load_embeddings(studio, args: argparse.Namespace) -> None:
     studio.embeddings_dir = args.embeddings_dir
     for source, token in parse_embeddings(args.embedding):
         studio.load_embedding(source, token=token)
+
+
+def draft_settings(args: argparse.Namespace) -> dict:
+    """make_config's ``speed``/``draft_preset`` from the --draft flags ({} without them)."""
+    if not (getattr(args, "draft", False) or getattr(args, "draft_preset", None)):
+        return {}
+    return {"speed": "draft", "draft_preset": args.draft_preset}
+
+
+def check_draft_args(args: argparse.Namespace) -> None:
+    """The --draft flags checked before the model loads: a known preset, an existing --draft-file."""
+    from charstudio.errors import ConfigError
+
+    if getattr(args, "draft_file", None) and not getattr(args, "draft_preset", None):
+        raise ConfigError("--draft-file", args.draft_file, "needs --draft-preset NAME (the preset the file is for)")
+    if getattr(args, "draft_preset", None):
+        from charstudio.speed.presets import get_preset, preset_file
+
+        preset = get_preset(args.draft_preset, "--draft-preset")
+        if args.draft_file:
+            preset_file(preset, args.draft_file)
+
+
+def start_draft(studio, args: argparse.Namespace) -> None:
+    """With --draft: load the few-step LoRA it uses (from --draft-file when given) and say, on one
+    line, how the pictures draw and under which licence."""
+    if not draft_settings(args):
+        return
+    from charstudio.speed.draft import choose, describe_choice
+    from charstudio.speed.presets import load_preset
+
+    choice = choose(studio, args.draft_preset)
+    if choice.preset is not None:
+        load_preset(studio, choice.preset.name, args.draft_file if args.draft_preset else None, on=False)
+    print(describe_choice(choice), file=sys.stderr)
+    if choice.preset is not None:
+        nc = " - non-commercial use only" if choice.preset.non_commercial else ""
+        print(f"licence of {choice.preset.name}: {choice.preset.licence}{nc}", file=sys.stderr)
 
 
 def hires_setting(args: argparse.Namespace) -> dict | None:
@@ -152,6 +190,7 @@ def precheck(args: argparse.Namespace) -> None:
 
         get_style(args.style)
     hires_setting(args)  # --hires flags (when the command has them)
+    check_draft_args(args)
     if getattr(args, "embedder", None):
         check_embedder_folder(args.embedder)  # the sheet commands' score, computed after every picture
 
@@ -173,7 +212,8 @@ def load_studio(args: argparse.Namespace):
                                     config=getattr(args, "config", None),
                                     prediction_type=getattr(args, "prediction_type", None),
                                     low_vram=getattr(args, "low_vram", None),
-                                    speed=getattr(args, "speed", "default"))
+                                    speed=getattr(args, "speed", "default"),
+                                    quantize=getattr(args, "quantize", None))
     studio.allow_large = bool(getattr(args, "allow_large", False))
     return studio
 
@@ -200,6 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "which were trained on thicker limbs, else standard)")
     add_control_scale_arg(g, " (with --pose)")
     add_hires_args(g)
+    add_draft_args(g)
     add_out_arg(g)
     add_lora_args(g)
     add_embedding_args(g)
@@ -237,6 +278,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     studio = load_studio(args)
     load_loras(studio, args)
     load_embeddings(studio, args)
+    start_draft(studio, args)
     pose = args.pose
     if pose is not None and "+" in pose:  # two (or more) poses side by side in one control image
         from charstudio.pose.compose import side_by_side
@@ -251,7 +293,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                  height=args.height, negative_prompt=args.negative, scheduler=args.scheduler,
                                  num_images=args.num_images, pose=pose, pose_lines=args.pose_lines,
                                  controlnet_conditioning_scale=args.control_scale, hires=hires, regions=regions,
-                                 watermark=not args.no_watermark, progress=bar)
+                                 watermark=not args.no_watermark, progress=bar, **draft_settings(args))
     with output_named("--out", args.out):
         for path in result.save(args.out):
             print(path)

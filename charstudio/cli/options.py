@@ -114,11 +114,27 @@ def add_sheet_args(p: argparse.ArgumentParser, *, reference_default: float, firs
                    help="CLIP vision model (hub id or folder) for the consistency score "
                         "(default: openai/clip-vit-large-patch14 when available)")
     add_identity_args(p, each)
+    add_draft_args(p)
     p.add_argument("--record-identity", action="store_true",
                    help="append this sheet's identity scores (date, folder, scorer, mean, min) to the card's "
                         "identity_history; the card file is written back with its comments kept")
     add_out_arg(p, required=True)
     add_overwrite_arg(p, "existing files in --out")
+
+
+def add_draft_args(p: argparse.ArgumentParser) -> None:
+    """--draft, --draft-preset, --draft-file: draft mode (charstudio.speed.draft); pass
+    `generate_commands.draft_settings(args)` on to the run."""
+    p.add_argument("--draft", action="store_true",
+                   help="draft mode: the fastest setting the model supports (a few-step LoRA that is loaded, named "
+                        "with --draft-preset, or shipped: mini's own 4-step LoRA; else feature caching with fewer "
+                        "steps); the recipe records it, and `charstudio finish PIC.png` re-draws a keeper at full "
+                        "quality with the same seed")
+    p.add_argument("--draft-preset", default=None, metavar="NAME",
+                   help="the few-step LoRA preset to draft with (see `charstudio presets`; implies --draft); its "
+                        "file comes from the hub cache unless --draft-file gives it")
+    p.add_argument("--draft-file", default=None, metavar="PATH",
+                   help="the --draft-preset's LoRA file (or a folder holding it) when it is not in the hub cache")
 
 
 def add_identity_args(p: argparse.ArgumentParser, each: str = "picture") -> None:

@@ -106,7 +106,8 @@ def _is_main_process() -> bool:
 def cmd_sheet(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from charstudio.cli.generate_commands import hires_setting, load_loras, load_studio, precheck
+    from charstudio.cli.generate_commands import (draft_settings, hires_setting, load_loras, load_studio, precheck,
+                                                  start_draft)
     from charstudio.cli.progress import StepBar
     from charstudio.errors import ConfigError
 
@@ -143,6 +144,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
         args.device = str(state.device)
     studio = load_studio(args)
     load_loras(studio, args)
+    start_draft(studio, args)
     embedder = args.embedder
     with StepBar("sheet", disable=not _is_main_process() or None) as bar:
         result = studio.sheet(
@@ -157,7 +159,7 @@ def cmd_sheet(args: argparse.Namespace) -> int:
             width=args.width, height=args.height,
             negative_prompt=args.negative, scheduler=args.scheduler,
             controlnet_conditioning_scale=args.control_scale, hires=hires_setting(args),
-            watermark=not args.no_watermark, progress=bar, **identity)
+            watermark=not args.no_watermark, progress=bar, **identity, **draft_settings(args))
 
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():

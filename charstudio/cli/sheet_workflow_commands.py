@@ -49,12 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sheet_settings(args: argparse.Namespace, bar, identity: dict) -> dict:
+    from charstudio.cli.generate_commands import draft_settings
+
     return dict(**identity, seed=args.seed, reference_strength=args.reference_strength, same_noise=not args.different_noise,
                 use_lora=not args.no_lora, embedder=args.embedder, compute_score=True if args.embedder else None,
                 style=args.style, extra=args.add, num_inference_steps=args.steps, guidance_scale=args.guidance,
                 guidance_rescale=args.guidance_rescale, width=args.width, height=args.height,
                 negative_prompt=args.negative, scheduler=args.scheduler,
-                controlnet_conditioning_scale=args.control_scale, watermark=not args.no_watermark, progress=bar)
+                controlnet_conditioning_scale=args.control_scale, watermark=not args.no_watermark, progress=bar,
+                **draft_settings(args))
 
 
 def _write(result, studio, args: argparse.Namespace, out) -> int:
@@ -64,7 +67,7 @@ def _write(result, studio, args: argparse.Namespace, out) -> int:
 
 
 def cmd_turnaround(args: argparse.Namespace) -> int:
-    from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.generate_commands import load_loras, load_studio, precheck, start_draft
     from charstudio.cli.options import identity_settings
     from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
@@ -81,13 +84,14 @@ def cmd_turnaround(args: argparse.Namespace) -> int:
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)
+    start_draft(studio, args)
     with StepBar("turnaround") as bar:
         result = studio.turnaround(args.card, views, **_sheet_settings(args, bar, identity))
     return _write(result, studio, args, out)
 
 
 def cmd_expressions(args: argparse.Namespace) -> int:
-    from charstudio.cli.generate_commands import load_loras, load_studio, precheck
+    from charstudio.cli.generate_commands import load_loras, load_studio, precheck, start_draft
     from charstudio.cli.options import identity_settings
     from charstudio.cli.pose_commands import check_sheet_out
     from charstudio.cli.progress import StepBar
@@ -104,6 +108,7 @@ def cmd_expressions(args: argparse.Namespace) -> int:
     # 2. Draw, then write.
     studio = load_studio(args)
     load_loras(studio, args)
+    start_draft(studio, args)
     with StepBar("expressions") as bar:
         result = studio.expressions(args.card, expressions, pose=args.pose,
                                     crop=None if args.crop == "none" else args.crop, **_sheet_settings(args, bar, identity))

@@ -55,8 +55,7 @@ def choose(studio: Studio, preset: str | None = None) -> DraftChoice:
     mini = get_preset("mini-lcm")
     if studio.model_id == "mini" and cached(mini):
         return DraftChoice("lora", mini, "mini's own 4-step LoRA ships with charstudio")
-    return DraftChoice("cache", None, "no few-step LoRA is loaded or named for this model: feature caching "
-                                      f"(every {CACHE_INTERVAL}rd step in full) with fewer steps")
+    return DraftChoice("cache", None, "no few-step LoRA is loaded or named for this model")
 
 
 def cache_steps(steps: int) -> int:
@@ -118,6 +117,19 @@ def describe(config: GenerationConfig) -> str:
     nc = " (non-commercial licence)" if licence and get_preset(draft["preset"]).non_commercial else ""
     timesteps = f", timesteps {config.timesteps}" if config.timesteps else ""
     return f"draft: {draft['preset']} LoRA, {tail}{timesteps}{nc}"
+
+
+def describe_choice(choice: DraftChoice) -> str:
+    """`choose`'s answer on one line, before any recipe is made (what the CLI says as it starts)."""
+    p = choice.preset
+    if p is None:
+        return (f"draft: feature cache (every {CACHE_INTERVAL} steps in full) and {CACHE_STEP_FRACTION:.0%} of the "
+                f"steps, at least {MIN_CACHE_STEPS} ({choice.reason})")
+    spec = SCHEDULERS[p.scheduler]
+    sampler = f"{spec.a1111} {spec.a1111_schedule}" if spec.a1111_schedule else spec.a1111
+    timesteps = f", timesteps {list(p.timesteps)}" if p.timesteps else ""
+    return (f"draft: {p.name} LoRA, {p.steps} steps, {sampler}, CFG {max(p.guidance_scale, 1.0):g}{timesteps} "
+            f"({choice.reason})")
 
 
 def ensure_draft_lora(studio: Studio, config: GenerationConfig) -> None:
