@@ -55,6 +55,10 @@ JSON / a picture to detect a pose in), then the seed, steps, guidance, scheduler
   and a picture below the bar is marked *drifting* in red. **min identity** (off / auto: the scorer's own
   threshold / a number) redraws such views with the next seed, up to **max tries**; the status line names
   the views that never reached it.
+* **Draft** (under the buttons) draws fast with the fastest setting the model supports: a few-step LoRA
+  (mini's own 4-step one, or one you loaded), else feature caching with fewer steps; its tooltip says which,
+  and the line beside it says how the picture shown was drawn. **Finish** re-draws the selected draft at full
+  quality with the same seed, adds it to the gallery and shows both pictures' identity scores.
 * **Save** writes the selected picture as PNG, with its full recipe in the metadata.
 * The **gallery** keeps the session's pictures. *restore* under a picture puts its recipe back into the
   controls (seed locked), so Generate remakes it exactly. Tick *pick* to send pictures to training (02).
@@ -80,6 +84,14 @@ app.generate_button.click()
 app.wait()
 print(app.status.text)
 app.gallery.items[-1].image'''),
+        new_code_cell('''\
+app.draft.switch.value = True  # Draft: explore fast ...
+app.generate_button.click()
+app.wait()
+app.draft.finish_button.click()  # ... then re-draw the one to keep at full quality, same seed
+app.wait()
+app.draft.switch.value = False
+print(app.status.text)  # both pictures' identity scores'''),
         new_markdown_cell("""\
 A **character sheet** straight from the core API: one card, several poses, the same starting noise.
 `reference_strength` adds reference attention to the first pose, which holds clothes and colours.
@@ -293,7 +305,10 @@ PNG) re-runs the whole job:
 * **Expression sheet**: one card, several expressions, one labelled grid.
 * **Two characters**: regional prompts, each side of the picture with its own description.
 
-The app below runs any of them on a card or prompt and shows the picture before and after; the cells after it
+The app below runs any of them on a card or prompt and shows the picture before and after. With **Draft** on it
+draws fast (a few-step LoRA, else feature caching with fewer steps); **Finish** runs the same workflow again at
+full quality with the draft's seed and shows the draft beside the finished picture with their identity scores.
+The cells after it
 make the same calls from code, each with a before/after picture. On `mini` (64 px) these are small; on SD 1.5 /
 SDXL the same calls work at full size."""),
         new_code_cell(SETUP),

@@ -40,12 +40,13 @@ TOOLTIP = ("Draft: draw fast with the fastest setting the model supports (a few-
 
 def choice_text(studio: Studio) -> str:
     """What draft mode does on ``studio``'s model, in one line (`speed.draft.choose`)."""
-    from ..speed.draft import choose
+    from ..speed.draft import CACHE_INTERVAL, choose
 
     choice = choose(studio)
-    if choice.preset is not None:
-        return f"the {choice.preset.name} few-step LoRA, {choice.preset.steps} steps ({choice.reason})"
-    return choice.reason
+    p = choice.preset
+    if p is not None:
+        return f"the {p.name} few-step LoRA, {p.steps} steps, CFG {max(p.guidance_scale, 1.0):g} ({choice.reason})"
+    return f"feature caching (the deep blocks in full every {CACHE_INTERVAL} steps) and fewer steps ({choice.reason})"
 
 
 def draft_line(recipe: Any) -> str:
@@ -276,7 +277,7 @@ class DraftPanel:
     def wrap(self, job: Callable[[CancelToken], Any], done: Callable[[Any], None],
              drafted: Any = None) -> tuple[Callable[[CancelToken], Any], Callable[[Any], None]]:
         """An app's run (job, done) that also shows the draft line of its result, and, for a Finish
-        re-run (``drafted``: the draft result), scores the draft's first picture and the finished one's.
+        re-run (``drafted``: the draft result), scores each draft picture and its finished one (`finish_report`).
         The job returns ``(before, result, shown)`` (WorkflowsApp's)."""
         pending: list[tuple[Any, str]] = []
 
