@@ -20,7 +20,8 @@ from ..errors import ConfigError, InputFileError
 from ..recipe.config import GenerationConfig
 from ..recipe.speed import FULL_FIELDS
 from ..schedulers import SCHEDULERS
-from .presets import FewStepPreset, cached, check_family, get_preset, loaded_preset, log_licence, preset_file, same_file
+from .presets import (FewStepPreset, cached, check_family, get_preset, is_non_commercial, loaded_preset, log_licence,
+                      preset_file, same_file)
 
 if TYPE_CHECKING:
     from ..studio import Studio
@@ -113,8 +114,7 @@ def describe(config: GenerationConfig) -> str:
     if draft.get("method") == "cache":
         interval = (config.feature_cache or {}).get("interval", CACHE_INTERVAL)
         return f"draft: feature cache (every {interval} steps in full), {tail}"
-    licence = draft.get("licence") or ""
-    nc = " (non-commercial licence)" if licence and get_preset(draft["preset"]).non_commercial else ""
+    nc = " (non-commercial licence)" if is_non_commercial(draft.get("licence")) else ""
     timesteps = f", timesteps {config.timesteps}" if config.timesteps else ""
     return f"draft: {draft['preset']} LoRA, {tail}{timesteps}{nc}"
 

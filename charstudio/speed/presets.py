@@ -46,6 +46,12 @@ PROJECT_LICENCE = "Apache-2.0 (charstudio's own licence, pyproject.toml)"
 NON_COMMERCIAL = ("nc",)  # SPDX parts that mark a non-commercial licence (CC-BY-NC-4.0 and the like)
 
 
+def is_non_commercial(licence: str | None) -> bool:
+    """Whether a licence ("CC-BY-NC-4.0 https://...") forbids commercial use."""
+    spdx = (licence or "").split()[0].lower() if (licence or "").strip() else ""
+    return any(part in spdx.split("-") for part in NON_COMMERCIAL)
+
+
 @dataclass(frozen=True)
 class FewStepPreset:
     """One few-step LoRA: where it lives, how its card says to sample with it, and its licence."""
@@ -70,8 +76,7 @@ class FewStepPreset:
 
     @property
     def non_commercial(self) -> bool:
-        spdx = self.licence.split()[0].lower()
-        return any(part in spdx.split("-") for part in NON_COMMERCIAL)
+        return is_non_commercial(self.licence)
 
     @property
     def download_command(self) -> str:
