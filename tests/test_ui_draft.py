@@ -12,7 +12,7 @@ pytest.importorskip("ipywidgets")
 
 from charstudio.ui.explore import ExploreApp  # noqa: E402
 
-STEPS = 16  # the full-quality step count; a draft draws fewer (tiny's: feature cache, 8 steps)
+STEPS = 10  # the full-quality step count; a draft draws fewer (tiny's: feature cache, 8 steps)
 
 
 @pytest.fixture

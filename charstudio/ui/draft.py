@@ -7,12 +7,12 @@ Notebook 01 (`ExploreApp`): Finish takes the gallery's selected picture, draws
 Notebook 05 (`WorkflowsApp`): a workflow is several drawings (a design, then an inpaint, a
 detail pass...), so Finish runs the same workflow again at full quality with the draft's seed.
 
-Either way the draft and the finished picture are scored by the identity scorer against the
-same reference: the card's anchor picture when the picture has a card (the card in
-`storyboard.panels.ANCHOR_POSE`, drawn once at full quality and kept), else the finished picture
-itself (the draft's score then says how far it is from what Finish makes of it). The scores show
-in the app's identity strip (`identity_view.IdentityStrip`), marked red below the scorer's
-threshold, and on the status line.
+Either way the guard (`charstudio.speed.guard.compare`) scores the draft and the finished pictures
+with one identity scorer against one reference (`AnchorCache`): the card's first `references`
+picture; else, for a lone picture of a card, the card's anchor picture (the card in
+`storyboard.panels.ANCHOR_POSE`, drawn once at full quality and kept); else a sheet's own first
+picture; else each draft against its finished picture. The panel shows the line and each draft
+beside its finished picture with its score, red below the bar; the status line says it too.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ class AnchorCache:
     def __init__(self) -> None:
         self.pictures: dict[tuple, Any] = {}
 
-    def anchor(self, studio: Studio, recipe: Any) -> tuple[Any, str]:
-        """(the anchor for `guard.compare`, what it is in words); (None, "") without a card."""
+    def anchor(self, studio: Studio, recipe: Any, lone: bool = True) -> tuple[Any, str]:
+        """(the anchor for `guard.compare`, what it is in words); (None, "") without a card, or for
+        a sheet (not `lone`) of a card without references: a sheet has its own first picture."""
         from ..cast.library import load_character
         from ..storyboard.panels import anchor_config
 
@@ -91,6 +92,8 @@ class AnchorCache:
         card = load_character(name, field="card")
         if card.references:
             return card, f"{name}'s reference picture"
+        if not lone:
+            return None, ""
         config = anchor_config(studio, card, seed=recipe.seed, steps=recipe.num_inference_steps,
                                settings={"guidance_scale": recipe.guidance_scale, "scheduler": recipe.scheduler})
         key = (id(studio), getattr(studio, "model_id", None), name, config.seed, config.num_inference_steps,
@@ -106,8 +109,13 @@ def finish_report(studio: Studio, draft: Any, full: Any, anchors: AnchorCache | 
     May draw the anchor: call it inside the app's `exclusive` block."""
     from ..speed.guard import compare
 
-    anchor, what = (anchors or AnchorCache()).anchor(studio, recipes_of(full)[0])
-    return compare(studio, draft, full, anchor=anchor), what or "their finished pictures"
+    recipes = recipes_of(full)
+    anchor, what = (anchors or AnchorCache()).anchor(studio, recipes[0], lone=len(recipes) == 1)
+    report = compare(studio, draft, full, anchor=anchor)
+    if not what:
+        own = all(row.draft is None for row in report.rows)
+        what = ("its finished picture" if len(recipes) == 1 else "their finished pictures") if own else report.anchor
+    return report, what
 
 
 def report_line(report: Any, what: str) -> str:

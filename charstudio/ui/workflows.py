@@ -99,10 +99,10 @@ class WorkflowsApp(AppBase):
         self.before_label, self.after_label = W.HTML("<b>before</b>"), W.HTML("<b>after</b>")
         self.identity_strip = IdentityStrip()  # a sheet's pictures, each with its identity score
 
-        self.runner = Runner(self.status, busy=[self.run_button, self.model, self.workflow],
+        self.draft = DraftPanel(self, rerun=lambda: self.run(full=True))  # Draft switch and Finish (#38)
+        self.runner = Runner(self.status, busy=[self.run_button, self.model, self.workflow, self.draft.finish_button],
                              cancel_button=self.cancel_button, progress=self.progress)
         self.run_button.on_click(lambda _b: self.run())
-        self.draft = DraftPanel(self, rerun=lambda: self.run(full=True))  # Draft switch and Finish (#38)
         settings = W.VBox([
             labelled("model", self.model), labelled("design", self.design.widget), labelled("pose", self.pose),
             labelled("seed", self.seed), labelled("steps", self.steps), labelled("workflow", self.workflow),
