@@ -24,6 +24,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--low-vram", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the model in CPU memory and move each part to the GPU only while it runs, and decode "
                         "in tiles (SDXL on a 12 GB card); default: chosen from the GPU's memory")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8: the UNet's and ControlNet's weights in int8 (about a quarter of fp32's memory, half "
+                        "of fp16's; pictures a level or two off); counted by --low-vram's memory estimate")
     p.add_argument("--speed", default="default", choices=["default", "max"],
                    help="max: the fast path for a GPU (SDPA, fused QKV, channels_last, torch.compile of the UNet, "
                         "ControlNet and VAE decoder; the first picture of each size compiles, about a minute); "

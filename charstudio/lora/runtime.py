@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from ..errors import ConfigError, ModelLoadError, describe
 from ..models.family import architecture_of_unet
+from ..speed.quantize import check_fusable
 from .files import DEFAULT_LORA_DIR, LORA_WEIGHTS_NAME, read_lora_file, resolve_lora_path
 from .formats import COMPONENTS, TEXT_COMPONENTS, LoraWeights, architecture_guess, split_lora
 
@@ -421,6 +422,7 @@ def fuse_loras(pipe: Any, active: Mapping[str, float]) -> list[str]:
     if not active:
         raise ConfigError("loras", {}, "no adapter is active; load one with load_lora first")
     names = [n for n, w in active.items() if float(w) != 0.0]  # off at weight 0, as set_loras leaves them
+    check_fusable(_tuner_layers(pipe))  # int8 weights (charstudio.speed.quantize) cannot take a merge
     # The weights set by set_loras already live in each layer's scaling, so merging uses them.
     for layer in _tuner_layers(pipe):
         present = [n for n in names if n in getattr(layer, "lora_A", {})]

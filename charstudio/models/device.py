@@ -84,19 +84,21 @@ LOW_VRAM_SHARE = 0.85  # keep this much of the card for charstudio; the rest is 
 
 def estimated_gpu_bytes(components: dict[str, Any], native: int) -> int:
     """GPU memory for a picture at the native size with every part on the GPU: the weights (the
-    ControlNet counted even before it loads), the VAE decode at full size, UNet activations."""
+    ControlNet counted even before it loads, quantized as the UNet is), the VAE decode at full
+    size, UNet activations. int8 weights count at their real size (their buffers and scales)."""
     import torch
 
     from ..limits import decode_bytes
+    from ..speed.quantize import weight_bytes
 
     def size(module: Any) -> int:
-        return sum(p.numel() * p.element_size() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+        return weight_bytes(module) if isinstance(module, torch.nn.Module) else 0
 
     weights = sum(size(m) for m in components.values())
     if components.get("controlnet") is None and components.get("unet") is not None:
         weights += int(CONTROLNET_SHARE * size(components["unet"]))
     unet = components.get("unet")
-    itemsize = next(unet.parameters()).element_size() if unet is not None else 4
+    itemsize = torch.empty(0, dtype=unet.dtype).element_size() if unet is not None else 4  # not int8's 1
     return weights + decode_bytes(native, native, itemsize=itemsize) + ACTIVATION_ALLOWANCE
 
 

@@ -104,6 +104,8 @@ def check_recipe(studio: Studio, config: GenerationConfig) -> None:
     """Refuse a recipe this studio cannot run (size, adapters), load its embeddings."""
     if config.model and config.model != studio.model_id:
         log.warning("recipe was made with model %r; running it on %r", config.model, studio.model_id)
+    if config.model and config.quantize != studio.quantize:  # int8 weights move pixels by a level or two
+        log.warning("recipe was drawn with quantize=%r; this studio's weights are %r", config.quantize, studio.quantize)
     check_picture_size(config.width, config.height, studio.default_size, allow_large=studio.allow_large,
                        memory_bytes=available_memory(studio.device), model=repr(studio.model_id))
     if config.hires:  # the picture the hires fix draws must fit too, before the first pass runs

@@ -143,6 +143,7 @@ def _fill_defaults(studio: Studio, settings: dict[str, Any], width: int, height:
             settings[key] = value
     if settings.get("pose_lines") is None:
         settings["pose_lines"] = studio.pose_lines
+    settings["quantize"] = studio.quantize  # what the weights were when drawn, like `model`
 
 
 def pose_dict(pose: Any, width: int, height: int) -> dict:

@@ -58,6 +58,7 @@ class Session:
         self.max_batch = 8  # see the max_batch property
         self.low_vram = False  # see enable_low_vram
         self.speed = "default"  # see set_speed: "default" or "max" (the fast path)
+        self.quantize: str | None = None  # None, or "int8": the UNet's and ControlNet's weights (from_pretrained)
         self._offloaded: str | None = None  # the pipeline kind whose offload hooks are installed
 
     @property
@@ -76,7 +77,7 @@ class Session:
                         controlnet: str | None = None, allow_pickle: bool = False,
                         attention: str = "auto", config: str | None = None,
                         prediction_type: str | None = None, low_vram: bool | None = None,
-                        speed: str = "default") -> Any:
+                        speed: str = "default", quantize: str | None = None) -> Any:
         """Load a model by preset name (`mini`, `tiny`, `sd15`), hub id, diffusers folder or `.safetensors` file.
 
         `controlnet` overrides the OpenPose ControlNet (hub id or folder); it loads on first use.
@@ -90,16 +91,22 @@ class Session:
         offload) and decode in tiles; None chooses it when the GPU has too little memory for the
         model (SDXL with a ControlNet on a 12 GB card). Same pictures, slower.
         `speed`: "default", or "max" for the fast path on a GPU (see `set_speed`).
+        `quantize`: None (full precision) or "int8": the UNet's and ControlNet's weights in int8,
+        about a quarter of fp32's memory (half of fp16's), pictures a level or two off; LoRAs load
+        and unload as usual but cannot be fused (charstudio.speed.quantize).
         """
         from ..models.speed import check_speed
+        from ..speed.quantize import check_quantize, quantize_parts
 
         check_speed(speed)
+        quantize = check_quantize(quantize)
         source = resolve_model(model, allow_pickle=allow_pickle)
         dev, dt = pick_device(device, dtype)
         log.info("loading %s (%s) on %s as %s", model, source.kind, dev, dt)
         components = load_components(source, dtype=dt, config=config, prediction_type=prediction_type)
         if controlnet is not None:  # the caller's ControlNet replaces a built-in model's own
             components.pop("controlnet", None)
+        quantize_parts(components, quantize)  # before the parts move: the GPU only ever holds int8
         preset = PRESETS.get(model)
         offload = choose_low_vram(low_vram, dev, components, native_size(components))
         if not offload:
@@ -111,6 +118,7 @@ class Session:
                       default_steps=preset.default_steps if preset else 25,
                       default_guidance=preset.default_guidance if preset else 7.0)
         session.allow_pickle = allow_pickle  # the ControlNet, loaded later, follows the model's opt-in
+        session.quantize = quantize  # and its weights, the model's quantization
         if offload:
             session.enable_low_vram()
         session.attention = configure_attention(session.pipeline("txt2img"), attention)
@@ -142,6 +150,8 @@ class Session:
         charstudio.models.speed."""
         from ..models.speed import MAX_COMPILES, apply_speed, plan_speed
 
+        if self.quantize and fused_qkv is None:
+            fused_qkv = False  # a fused copy of q/k/v would be full precision again: int8 keeps them apart
         plan = plan_speed(speed, self.device, low_vram=self.low_vram, compile_backend=compile_backend,
                           compile_mode=compile_mode, channels_last=channels_last, fused_qkv=fused_qkv,
                           max_compiles=MAX_COMPILES if max_compiles is None else max_compiles)
@@ -167,8 +177,12 @@ class Session:
     def controlnet(self) -> Any:
         """The OpenPose ControlNet, loaded on first use for downloaded models."""
         if self.components.get("controlnet") is None:
+            from ..speed.quantize import quantize_parts
+
             net = load_controlnet(self.controlnet_source, dtype=self.dtype, allow_pickle=self.allow_pickle,
-                                  family=self.family).to("cpu" if self.low_vram else self.device)
+                                  family=self.family)
+            quantize_parts({"controlnet": net}, self.quantize)
+            net = net.to("cpu" if self.low_vram else self.device)
             self.components["controlnet"] = net
             self._pipelines = {k: v for k, v in self._pipelines.items() if "controlnet" not in k}
             self._offloaded = None
