@@ -13,8 +13,8 @@ without it. A detail pass starts from the picture marked as its recipe without t
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any, ContextManager
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..provenance import watermark
 
@@ -57,11 +57,19 @@ def after_drawing(studio: Studio, config: GenerationConfig, result: Result, prog
     return result
 
 
-def drawing_context(studio: Studio, config: GenerationConfig) -> ContextManager[Any]:
-    """What must be in place while the recipe's picture is drawn: the regional prompts' attention
-    processors when the recipe has regions, else nothing."""
-    if not config.regions:
-        return nullcontext()
-    from .regions import regional_attention
+@contextmanager
+def drawing_context(studio: Studio, config: GenerationConfig) -> Iterator[None]:
+    """What must be in place while one pipeline call draws the recipe's picture: the regional
+    prompts' attention processors when the recipe has regions, and the UNet's feature cache
+    (charstudio.speed.cache) when it has one, fresh for each call so that each starts with a
+    full step. Whatever was put in place comes off on exit, after an error too."""
+    with ExitStack() as stack:
+        if config.regions:
+            from .regions import regional_attention
 
-    return regional_attention(studio, config)
+            stack.enter_context(regional_attention(studio, config))
+        if config.feature_cache:
+            from ..speed.cache import feature_cache
+
+            stack.enter_context(feature_cache(studio, config))
+        yield
