@@ -224,7 +224,7 @@ def distill(recipe: DistillRecipe, work: str | Path, out: str | Path | None = No
     import torch
     from peft import LoraConfig
 
-    from .train import _load_optimizer, _load_tensors, _save_optimizer, _save_tensors
+    from .train import load_optimizer, load_tensors, save_optimizer, save_tensors
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -245,13 +245,13 @@ def distill(recipe: DistillRecipe, work: str | Path, out: str | Path | None = No
     for p in lora_params:
         p.requires_grad_(True)
     if (work / "lora.safetensors").exists():
-        saved = _load_tensors(work / "lora.safetensors")
+        saved = load_tensors(work / "lora.safetensors")
         with torch.no_grad():
             for i, p in enumerate(lora_params):
                 p.copy_(saved[str(i)])
     opt = torch.optim.AdamW(lora_params, lr=recipe.lr, weight_decay=0.0)
     if (work / "opt.safetensors").exists():
-        _load_optimizer(work / "opt", opt)
+        load_optimizer(work / "opt", opt)
     data = _data(recipe, work, comps)
     scale = float(comps["vae"].config.scaling_factor)
     alphas = comps["scheduler"].alphas_cumprod.float()
@@ -262,8 +262,8 @@ def distill(recipe: DistillRecipe, work: str | Path, out: str | Path | None = No
     t0 = time.time()
 
     def save() -> None:
-        _save_tensors(work / "lora.safetensors", {str(i): p for i, p in enumerate(lora_params)})
-        _save_optimizer(work / "opt", opt)
+        save_tensors(work / "lora.safetensors", {str(i): p for i, p in enumerate(lora_params)})
+        save_optimizer(work / "opt", opt)
         write_json(work / "state.json", asdict(state))
 
     while state.step < recipe.steps:

@@ -101,14 +101,14 @@ class TrainState:
     seconds: dict = field(default_factory=dict)
 
 
-def _save_tensors(path: Path, tensors: dict[str, Any]) -> None:
+def save_tensors(path: Path, tensors: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     atomic_write(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp)),
                  overwrite=True)
 
 
-def _load_tensors(path: Path) -> dict[str, Any]:
+def load_tensors(path: Path) -> dict[str, Any]:
     from ..weights import read_tensors
 
     return read_tensors(path, "work", what="training work file", advice="start the run again in a new --work folder")
@@ -118,21 +118,21 @@ def _save_state(work: Path, state: TrainState) -> None:
     write_json(work / "state.json", asdict(state))
 
 
-def _save_optimizer(path: Path, opt: Any) -> None:
+def save_optimizer(path: Path, opt: Any) -> None:
     from ..training import flatten_optimizer
 
     tensors, meta = flatten_optimizer(opt.state_dict())
-    _save_tensors(path.with_suffix(".safetensors"), tensors)
+    save_tensors(path.with_suffix(".safetensors"), tensors)
     write_json(path.with_suffix(".json"), meta)
 
 
-def _load_optimizer(path: Path, opt: Any) -> None:
+def load_optimizer(path: Path, opt: Any) -> None:
     """Restore the per-parameter state (moments, step counts); the groups' settings stay as built,
     so a recipe may regroup parameters as long as their order is unchanged."""
     from ..training import unflatten_optimizer
 
     meta = json.loads(path.with_suffix(".json").read_text())
-    saved = unflatten_optimizer(_load_tensors(path.with_suffix(".safetensors")), meta)
+    saved = unflatten_optimizer(load_tensors(path.with_suffix(".safetensors")), meta)
     current = opt.state_dict()
     if len(saved["state"]) > sum(len(g["params"]) for g in current["param_groups"]):
         raise ValueError(f"{path}: optimizer state for more parameters than the model has")
@@ -170,10 +170,10 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: TrainState, com
 
     vae = comps["vae"]
     if (work / "vae.safetensors").exists():
-        vae.load_state_dict(_load_tensors(work / "vae.safetensors"))
+        vae.load_state_dict(load_tensors(work / "vae.safetensors"))
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     if (work / "vae_opt.safetensors").exists():
-        _load_optimizer(work / "vae_opt", opt)
+        load_optimizer(work / "vae_opt", opt)
     vae.train()
     n = len(data["images"])
     book = _Bookkeeper(recipe, work, state, "vae", recipe.vae_steps, state.vae_losses)
@@ -198,8 +198,8 @@ def train_vae(recipe: MiniRecipe, work: Path, data: dict, state: TrainState, com
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        book.step(loss.item(), lambda: (_save_tensors(work / "vae.safetensors", vae.state_dict()),
-                                        _save_optimizer(work / "vae_opt", opt)))
+        book.step(loss.item(), lambda: (save_tensors(work / "vae.safetensors", vae.state_dict()),
+                                        save_optimizer(work / "vae_opt", opt)))
     vae.eval()
 
 
@@ -208,9 +208,9 @@ def encode_latents(recipe: MiniRecipe, work: Path, data: dict, comps: dict) -> d
 
     path = work / "latents.safetensors"
     if path.exists():
-        return _load_tensors(path)
+        return load_tensors(path)
     vae = comps["vae"]
-    vae.load_state_dict(_load_tensors(work / "vae.safetensors"))
+    vae.load_state_dict(load_tensors(work / "vae.safetensors"))
     vae.eval()
     means, stds = [], []
     with torch.no_grad():
@@ -219,7 +219,7 @@ def encode_latents(recipe: MiniRecipe, work: Path, data: dict, comps: dict) -> d
             means.append(dist.mean)
             stds.append(dist.std)
     out = {"mean": torch.cat(means), "std": torch.cat(stds)}
-    _save_tensors(path, out)
+    save_tensors(path, out)
     return out
 
 
@@ -251,13 +251,13 @@ def _resume_unet_parts(recipe: MiniRecipe, work: Path, parts: dict) -> tuple[lis
     embeddings (and their EMA copy) to ``token_embedding_std``."""
     for name, m in parts.items():
         if (work / f"{name}.safetensors").exists():
-            m.load_state_dict(_load_tensors(work / f"{name}.safetensors"))
+            m.load_state_dict(load_tensors(work / f"{name}.safetensors"))
     te = parts["text_encoder"]
     factor = _spread_token_embeddings(te, recipe.token_embedding_std)
     params = [p for m in parts.values() for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
     if (work / "ema.safetensors").exists():
-        saved = _load_tensors(work / "ema.safetensors")
+        saved = load_tensors(work / "ema.safetensors")
         ema = [saved[str(i)] for i in range(len(params))]
         embedding = te.get_input_embeddings().weight
         for i, p in enumerate(params):
@@ -278,7 +278,7 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
     opt = torch.optim.AdamW([{"params": text_params, "lr_scale": recipe.text_lr_scale},
                              {"params": other, "lr_scale": 1.0}], lr=recipe.unet_lr, weight_decay=1e-2)
     if (work / "unet_opt.safetensors").exists():
-        _load_optimizer(work / "unet_opt", opt)
+        load_optimizer(work / "unet_opt", opt)
     sched = DDPMScheduler.from_config(comps["scheduler"].config)
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
@@ -292,9 +292,9 @@ def train_unet(recipe: MiniRecipe, work: Path, data: dict, latents: dict, state:
 
     def save() -> None:
         for name, m in parts.items():
-            _save_tensors(work / f"{name}.safetensors", m.state_dict())
-        _save_tensors(work / "ema.safetensors", {str(i): e for i, e in enumerate(ema)})
-        _save_optimizer(work / "unet_opt", opt)
+            save_tensors(work / f"{name}.safetensors", m.state_dict())
+        save_tensors(work / "ema.safetensors", {str(i): e for i, e in enumerate(ema)})
+        save_optimizer(work / "unet_opt", opt)
 
     while state.step < recipe.unet_steps:
         step = state.step
@@ -374,7 +374,7 @@ def _start_from(recipe: MiniRecipe, work: Path, state: TrainState, comps: dict) 
         except RuntimeError as e:
             raise ConfigError("init_from", str(folder), f"a model of this recipe's architecture ({name}: "
                               f"{str(e).splitlines()[0]})") from None
-        _save_tensors(work / f"{name}.safetensors", weights)
+        save_tensors(work / f"{name}.safetensors", weights)
     report = folder / "mini_report.json"
     lineage = json.loads(report.read_text()) if report.is_file() else {}
     lineage = {k: lineage[k] for k in ("recipe", "scaling_factor", "train_seconds", "vae_loss", "unet_loss",
@@ -430,7 +430,7 @@ def train_mini(recipe: MiniRecipe, work: str | Path, out: str | Path) -> Path:
         train_vae(recipe, work, data, state, comps)
         state.phase, state.step = "unet", 0
         _save_state(work, state)
-    comps["vae"].load_state_dict(_load_tensors(work / "vae.safetensors"))
+    comps["vae"].load_state_dict(load_tensors(work / "vae.safetensors"))
     comps["vae"].eval()
     latents = encode_latents(recipe, work, data, comps)
     if state.scaling_factor is None:
