@@ -152,6 +152,7 @@ def test_without_a_few_step_lora_the_draft_caches_features_with_fewer_steps(tiny
 
 
 def test_the_cli_drafts_with_a_preset_file_says_so_and_finishes(kohya_sd1, tmp_path, capsys):
+    from a1111_oracle import read_png
     from PIL import Image
 
     from charstudio.cli import main
@@ -169,6 +170,8 @@ def test_the_cli_drafts_with_a_preset_file_says_so_and_finishes(kohya_sd1, tmp_p
     assert Result.from_png(picture).recipe.draft["preset"] == "hyper-sd15-4step"
     a1111 = parse_parameters(Image.open(picture).text["parameters"])  # the A1111 text of a draft stays readable
     assert (a1111["num_inference_steps"], a1111["scheduler"], a1111["guidance_scale"]) == (4, "ddim-trailing", 0.0)
+    other = read_png(picture)  # and an independent A1111 reader (sd-parsers) reads it in A1111's meanings
+    assert (other["Sampler"], other["Schedule type"], int(other["Steps"])) == ("DDIM", "SGM Uniform", 4)
     assert main(["finish", str(picture), "-o", str(done)]) == 0  # the recipe's model (tiny), its own seed
     full = Result.from_png(next(done.glob("*.png"))).recipe
     assert (full.num_inference_steps, full.scheduler, full.seed, full.draft, full.loras) == (
