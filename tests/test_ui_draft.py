@@ -44,6 +44,11 @@ def test_the_switch_makes_the_apps_recipe_a_draft(app, tiny_studio):
     assert app.gallery.selected.recipe.draft is not None
     assert describe(config) in app.draft.line.value  # the line under the buttons says what drew it
     assert choice_text(tiny_studio) in app.draft.switch.tooltip  # what draft does on this model
+    # Its PNG opened again: the controls hold the full-quality settings, with Draft on.
+    (path,) = app.save()
+    app.steps.value, app.draft.switch.value = 3, False
+    app.open_png("draft.png", path.read_bytes())
+    assert app.steps.value == STEPS and app.draft.switch.value is True
 
     app.draft.switch.value = False
     click(app, app.generate_button)

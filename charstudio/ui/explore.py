@@ -234,7 +234,9 @@ class ExploreApp(AppBase):
         """Controls from a bare recipe (e.g. a PNG from disk): the final prompt text, no card/style."""
         from ..pose import Pose
         from ..pose.compose import load_people
+        from ..speed.draft import finish
 
+        draft, recipe = bool(recipe.draft), finish(recipe)  # a draft: its full settings, Draft on (#38)
         size = set(SIZES)
         poses: list[str] = []
         if recipe.pose is not None:
@@ -252,7 +254,7 @@ class ExploreApp(AppBase):
             "lock_seed": True, "steps": recipe.num_inference_steps, "guidance": recipe.guidance_scale,
             "scheduler": recipe.scheduler, "width": recipe.width if recipe.width in size else 0,
             "height": recipe.height if recipe.height in size else 0, "num_images": 1, "poses": poses,
-            "pose_strength": recipe.controlnet_conditioning_scale, "draft": bool(recipe.draft),
+            "pose_strength": recipe.controlnet_conditioning_scale, "draft": draft,
             **({"lora": next(iter(recipe.loras)), "lora_weight": next(iter(recipe.loras.values()))}
                if recipe.loras else {"lora": ""})})
         if recipe.width not in size or recipe.height not in size:
