@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 CACHE_PRESET = "feature-cache"  # the draft record's preset when no few-step LoRA is used
 CACHE_INTERVAL = 3  # the deep blocks run in full every 3rd step (DeepCache's N=3)
-CACHE_STEP_FRACTION = 0.5  # the cached draft runs half the recipe's steps ...
-MIN_CACHE_STEPS = 8  # ... but never fewer than this (nor more than the recipe's own)
+# The cached draft runs half the recipe's steps, never fewer than 8 (nor more than the recipe's own).
+# Measured on mini (README, draft mode): hair colour 100% and pose IoU 0.71 at 10 and at 8 cached
+# steps, as at its default 20; the half leaves a margin for models less forgiving than mini.
+CACHE_STEP_FRACTION = 0.5
+MIN_CACHE_STEPS = 8
 SPEEDS = ("draft", "full")
 
 
