@@ -238,7 +238,7 @@ def _cache_controlnet(patches: _Patches, controlnet: Any, unet: Any, branch: int
     patches.hook(controlnet, "controlnet")
     if mode == "reuse":
         patches.wrap(controlnet, ("controlnet", ""))
-    elif len(_down_units(controlnet)) == len(_down_units(unet)):
+    elif getattr(controlnet, "down_blocks", None) is not None and len(_down_units(controlnet)) == len(_down_units(unet)):
         for name, block in _deep_modules(controlnet, branch, up=False):
             patches.wrap(block, ("controlnet", name))
         if getattr(controlnet, "controlnet_cond_embedding", None) is not None:
