@@ -227,6 +227,23 @@ def test_reference_attention_and_tracing_run_uncompiled_and_draw_as_the_default_
     assert compile_stats(fast_tiny)["unet"]["compiles"] == compiles
 
 
+def test_the_feature_cache_runs_uncompiled_and_draws_as_the_default_path(fast_tiny, plain_tiny):
+    """Draft mode's feature cache swaps the deep layers' forwards: a compiled graph would have traced
+    past them, so the UNet runs eager while the cache is in place and compiled again after."""
+    from charstudio.models.speed import compile_stats
+
+    settings = dict(FAST, seed=5, num_inference_steps=6, feature_cache={"interval": 3})
+    eager = compile_stats(fast_tiny)["unet"]["eager_calls"]
+    got = fast_tiny.run(fast_tiny.make_config("a knight", **settings)).image
+    want = plain_tiny.run(plain_tiny.make_config("a knight", **settings)).image
+    d = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(want, dtype=np.int16))
+    assert d.max() <= MAX_PIXEL_DIFF
+    assert compile_stats(fast_tiny)["unet"]["eager_calls"] == eager + 6
+    calls = compile_stats(fast_tiny)["unet"]["compiled_calls"]
+    fast_tiny.generate("a knight", seed=3, **FAST)
+    assert compile_stats(fast_tiny)["unet"]["compiled_calls"] == calls + 2
+
+
 def test_an_embedding_loaded_on_a_compiled_studio_writes_its_word(fast_tiny, plain_tiny, tmp_path):
     import torch
     from safetensors.torch import save_file

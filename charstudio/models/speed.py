@@ -52,6 +52,9 @@ MODE_ENV = "CHARSTUDIO_COMPILE_MODE"  # one of COMPILE_MODES (inductor only)
 MAX_COMPILES = 8  # per compiled module: the first compile and 7 recompiles, then it runs uncompiled
 SPED_PARTS = ("unet", "controlnet", "vae")
 STATE_ATTR = "_charstudio_speed"  # on each sped-up module: a _ModuleSpeed
+# Set on a UNet/ControlNet while charstudio.speed.cache swaps its deep layers' forwards: the module
+# then runs uncompiled (a compiled graph would have traced the layers it skips).
+FEATURE_CACHE_ATTR = "_charstudio_feature_cache"
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ class CompiledForward:
         self.attention = attention_layers(module)
         self.plain = plain_processor_types()
         self.module_training = lambda: module.training
+        self.feature_cached = lambda: getattr(module, FEATURE_CACHE_ATTR, None) is not None
         self.max_compiles = max_compiles
         self.compiles = 0
         self.compiled_calls = 0
@@ -235,6 +239,8 @@ class CompiledForward:
             return f"compiled {self.compiles} times (limit {self.max_compiles})"
         if torch.is_grad_enabled() or self.module_training():
             return "gradients on (training)"
+        if self.feature_cached():
+            return "feature cache installed (draft mode)"
         for attn in self.attention:
             if type(attn.processor) not in self.plain:
                 return f"attention processor {type(attn.processor).__name__} installed"

@@ -22,7 +22,7 @@ from ..validation import check_int
 
 QUANTIZE_MODES = ("int8",)
 MAX_CACHE_INTERVAL = 50
-MAX_CACHE_BRANCH = 8
+MAX_CACHE_BRANCH = 16  # validated again against the loaded UNet (speed.cache.check_branch)
 # What a draft record's "full" may hold: the recipe fields a finish puts back.
 FULL_FIELDS = ("num_inference_steps", "guidance_scale", "guidance_rescale", "scheduler", "timesteps",
                "feature_cache")

@@ -40,6 +40,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
 from ..errors import ConfigError
+from ..models.speed import FEATURE_CACHE_ATTR
 
 if TYPE_CHECKING:
     from ..recipe.config import GenerationConfig
@@ -267,8 +268,14 @@ def cache_unet(unet: Any, interval: int, branch: int = 0, *, controlnet: Any = N
             patches.wrap(module, ("unet", name))
         if controlnet is not None:
             _cache_controlnet(patches, controlnet, unet, branch, controlnet_mode)
+        for net in (unet, controlnet):
+            if net is not None:  # the fast path's compiled forward runs these eager meanwhile
+                setattr(net, FEATURE_CACHE_ATTR, state)
         log.debug("feature cache: interval %d, branch %d, %d UNet parts cached", interval, branch, len(deep))
         yield state
     finally:
         patches.close()  # after an error too: every module's own forward back
+        for net in (unet, controlnet):
+            if net is not None and net.__dict__.get(FEATURE_CACHE_ATTR) is not None:
+                delattr(net, FEATURE_CACHE_ATTR)
         log.debug("feature cache: %d full steps, %d cached", state.full_steps, state.cached_steps)
