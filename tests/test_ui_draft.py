@@ -89,6 +89,8 @@ def test_finish_adds_the_full_quality_picture_with_the_same_seed_and_both_scores
     for text in (html.unescape(app.draft.scores.value), app.status.text):
         assert f"draft {row.draft:.3f}" in text and f"finished {row.full:.3f}" in text and "aiko's anchor" in text
     assert len(app.draft.pictures.children) == 2  # the draft and the finished picture, each with its score
+    click(app, app.generate_button)  # another picture: the scores were those of the finished pair only
+    assert app.draft.scores.value == "" and not app.draft.pictures.children
 
 
 def test_finish_without_a_draft_says_so(app):

@@ -192,12 +192,13 @@ class DraftPanel:
             log.debug("no draft description for %s: %s", getattr(studio, "model_id", studio), exc)
 
     def show(self, recipe: Any) -> None:
-        """The line for the picture now shown."""
+        """The line for the picture now shown (a Finish shows its scores after this)."""
         try:
             text = draft_line(recipe)
         except Exception as exc:
             text = f"draft: {error_text(exc)}"
         self.line.value = f"<small>{html.escape(text)}</small>" if text else ""
+        self.scores.value, self.pictures.children = "", ()  # a Finish's scores belong to its pictures only
         self.refresh_tooltip()
 
     def show_scores(self, scored: tuple[Any, str] | None, note: str = "") -> str:
