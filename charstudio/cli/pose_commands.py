@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default: the model family's; {family_default('image_encoder_folder')})")
     add_hires_args(s)
     add_model_args(s)
+    from charstudio.cli.draft_guard import add_compare_arg
+
+    add_compare_arg(s)
     s.set_defaults(func=cmd_sheet)
 
 
@@ -125,6 +128,9 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     from charstudio.cli.options import identity_settings
 
     identity = identity_settings(args)
+    from charstudio.cli.draft_guard import check_compare_arg
+
+    check_compare_arg(args)
     out = check_sheet_out(args)
     images = {}
     for flag in ("reference_image", "ip_adapter_image"):
@@ -164,7 +170,11 @@ def cmd_sheet(args: argparse.Namespace) -> int:
     # 3. Only the main process writes (every process holds the gathered sheet).
     if not _is_main_process():
         return 0
-    return write_sheet(result, studio, args, out)
+    code = write_sheet(result, studio, args, out)
+    from charstudio.cli.draft_guard import print_comparison
+
+    print_comparison(studio, result, args)  # --compare-full: the draft's identity next to full quality
+    return code
 
 
 def check_sheet_out(args: argparse.Namespace):
