@@ -138,3 +138,15 @@ def test_the_low_vram_estimate_counts_int8_weights_at_their_size():
     int8 = estimated_gpu_bytes(parts, 1024)
     assert int8 < 12 * 2**30 * LOW_VRAM_SHARE < full
     assert int8 > 0.6 * full  # the int8 weights (buffers) and their scales count: 7.0 of 10.5 GiB
+
+
+def test_low_vram_offload_and_the_fast_path_keep_the_int8_picture():
+    kw = dict(seed=1, pose="t_pose", num_inference_steps=3, watermark=False)
+    int8 = Studio.from_pretrained("tiny", device="cpu", quantize="int8")
+    ref = pixels(int8.generate("a knight", **kw).image)
+    low = Studio.from_pretrained("tiny", device="cpu", quantize="int8", low_vram=True)
+    assert low.low_vram and is_quantized(low.components["unet"])
+    assert np.abs(pixels(low.generate("a knight", **kw).image) - ref).max() <= 1
+    # the fast path leaves q/k/v unfused: a fused copy would be full precision again
+    assert not any("fused QKV" in done for done in int8.set_speed("max"))
+    assert np.abs(pixels(int8.generate("a knight", **kw).image) - ref).max() <= 1
