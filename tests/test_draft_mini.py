@@ -29,8 +29,8 @@ HAIR_COLOURS = ("red", "blue", "green")
 HAIR_SEEDS = range(4)
 MIN_HAIR_HITS = 10  # of 12
 POSE_SEEDS = range(4)
-MIN_POSE_IOU = 0.4
-MIN_POSE_MARGIN = 0.1
+MIN_POSE_IOU = 0.55
+MIN_POSE_MARGIN = 0.35
 
 
 @pytest.fixture(scope="module")
