@@ -368,6 +368,16 @@ def _check_using_it(namespace: dict, in_tmp: Path, previews: list, decoded: list
     # The C2PA manifest: created, signed by the test certificate and trusted with its root.
     report = namespace["report"]
     assert report.manifest.action_names == ["c2pa.created"] and report.manifest.trusted
+    # Draft mode: mini's 4-step LoRA, then the keeper at the studio's full steps, same seed.
+    draft, keeper = namespace["draft"].recipe, namespace["keeper"].recipe
+    assert draft.draft["preset"] == "mini-lcm" and draft.num_inference_steps == 4 and draft.scheduler == "lcm"
+    assert keeper.draft is None and keeper.seed == draft.seed == 7 and not keeper.loras
+    assert keeper.num_inference_steps == namespace["studio"].default_steps
+    # The guard: both pictures scored as drafts and at full quality.
+    rows = namespace["guard_report"].to_dict()["rows"]
+    assert len(rows) == 2 and all(r["full"] is not None for r in rows[1:])
+    assert namespace["cached"].recipe.feature_cache == {"interval": 3, "branch": 0}
+    assert namespace["small"].quantize == "int8" and namespace["int8_picture"].recipe.quantize == "int8"
 
 
 # --- Using it: the shell examples ---------------------------------------------------------------
@@ -439,6 +449,25 @@ def test_workflow_commands(in_tmp, capsys, one_load):
     code, out, err = run_line(cli["generate two"], capsys)
     assert code == 0, err
     assert Image.open(printed_pngs(out)[0]).size == (128, 64)
+
+
+def test_draft_commands(in_tmp, capsys, one_load):
+    text = section("### Draft mode: many candidates fast, then finish the keepers")
+    block = next(b for b in blocks(text, "") if "charstudio finish" in b)
+    cli = {line.split()[1]: line for line in lines(block)}
+    code, out, err = run_line(cli["generate"], capsys)
+    assert code == 0 and "mini-lcm" in err and (in_tmp / "drafts" / "rin-7.png").exists(), err
+    code, out, err = run_line(cli["finish"], capsys)
+    assert code == 0 and len(list((in_tmp / "keepers").glob("*.png"))) == 1, err
+    code, out, err = run_line(cli["presets"], capsys)
+    assert code == 0 and "dmd2" in out and "CC-BY-NC-4.0" in out, err
+    from charstudio.mini.distill import main
+
+    named = set(re.findall(r"(--[a-z][a-z-]+)", next(b for b in blocks(text, "bash") if "distill" in b)))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert named and not [flag for flag in named if flag not in help_text]
 
 
 def test_command_line_listing(in_tmp, capsys):
