@@ -180,6 +180,9 @@ EXPECTED_SCHEDULERS = {
     "ddim": ("DDIMScheduler", {}), "unipc": ("UniPCMultistepScheduler", {}), "lcm": ("LCMScheduler", {}),
     "pndm": ("PNDMScheduler", {"skip_prk_steps": True}), "heun": ("HeunDiscreteScheduler", {}),
     "lms": ("LMSDiscreteScheduler", {}),
+    # the few-step presets' samplers (charstudio.speed.presets): trailing spacing is A1111's "SGM Uniform"
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}), "tcd": ("TCDScheduler", {}),
 }
 
 
@@ -212,6 +215,8 @@ def test_every_scheduler_runs_and_is_recorded(tiny_studio, name):
     assert seen == _reference_timesteps(tiny_studio.base_scheduler_config, name)
     if name == "dpm++2m-karras":  # Karras sigmas put the steps elsewhere than the plain schedule
         assert seen != _reference_timesteps(tiny_studio.base_scheduler_config, "dpm++2m")
+    if name.endswith("-trailing"):  # trailing spacing starts at the last training timestep; tiny's leading does not
+        assert seen[0] == 999 and seen != _reference_timesteps(tiny_studio.base_scheduler_config, name[:-9])
 
 
 @pytest.mark.parametrize("name", ["euler-a", "dpm++2m-karras", "ddim", "heun"])
