@@ -112,9 +112,8 @@ def _components(device: str = "cpu") -> dict[str, Any]:
 def _data(recipe: DistillRecipe, work: Path, comps: dict) -> dict[str, Any]:
     """The world's pictures (latent means and stds through mini's VAE), controls and attributes, cached."""
     import torch
-    from safetensors.torch import load_file, save_file
 
-    from .train import MiniRecipe
+    from .train import MiniRecipe, load_tensors, save_tensors
 
     path = work / "data.safetensors"
     if not path.exists():
@@ -128,10 +127,8 @@ def _data(recipe: DistillRecipe, work: Path, comps: dict) -> dict[str, Any]:
                 stds.append(dist.std)
         tensors = {"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(),
                    "controls": torch.from_numpy(data["controls"]).contiguous()}
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
-    out = load_file(str(path))
+        save_tensors(path, tensors)
+    out = dict(load_tensors(path))
     out["attrs"] = [sample_attributes(_mini_recipe(recipe), i) for i in range(recipe.samples)]
     return out
 

@@ -161,8 +161,8 @@ class DraftPanel:
         self.last: Any = None  # the latest Finish's `speed.guard.GuardReport` (None: not scored)
         self.drafted: Any = None  # WorkflowsApp: the draft result a Finish re-run compares with
         self.switch = W.ToggleButton(value=False, description="Draft", icon="bolt", tooltip=TOOLTIP,
-                                     layout=W.Layout(width="90px"))
-        self.finish_button = W.Button(description="Finish", icon="check", layout=W.Layout(width="90px"),
+                                     layout=W.Layout(width="100px"))
+        self.finish_button = W.Button(description="Finish", icon="check", layout=W.Layout(width="100px"),
                                       tooltip="re-draw the selected draft at full quality with the same seed")
         self.line = W.HTML(value="")  # describe() of the picture shown
         self.scores = W.HTML(value="")  # the latest Finish: both pictures' identity scores ...
