@@ -19,10 +19,14 @@ class SchedulerSpec:
     a1111_schedule: str | None = None
 
     @property
+    def label(self) -> str:
+        """A1111's sampler with its schedule type, as people read it ("Euler SGM Uniform", "DPM++ 2M Karras")."""
+        return f"{self.a1111} {self.a1111_schedule}" if self.a1111_schedule else self.a1111
+
+    @property
     def labels(self) -> tuple[str, ...]:
         """The names this scheduler is found by (lower case): ours and A1111's."""
-        label = f"{self.a1111} {self.a1111_schedule}" if self.a1111_schedule else self.a1111
-        return self.name, label.lower()
+        return self.name, self.label.lower()
 
 
 SCHEDULERS: dict[str, SchedulerSpec] = {

@@ -62,8 +62,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from charstudio.speed.presets import PRESETS, cached
 
     for p in PRESETS.values():
-        spec = SCHEDULERS[p.scheduler]
-        sampler = f"{spec.a1111} {spec.a1111_schedule}" if spec.a1111_schedule else spec.a1111
+        sampler = SCHEDULERS[p.scheduler].label
         where = f"{p.repo}/{p.filename}" if p.repo else "shipped with charstudio"
         here = "cached" if cached(p) else "not here"
         print(f"{p.name:22s} {p.family:4s} {p.steps} steps, {sampler}, CFG {max(p.guidance_scale, 1.0):g}"

@@ -106,8 +106,7 @@ def finish(config: GenerationConfig) -> GenerationConfig:
 
 def describe(config: GenerationConfig) -> str:
     """One line saying how the recipe draws, e.g. "draft: mini-lcm LoRA, 4 steps, LCM, CFG 1"."""
-    spec = SCHEDULERS[config.scheduler]
-    sampler = f"{spec.a1111} {spec.a1111_schedule}" if spec.a1111_schedule else spec.a1111
+    sampler = SCHEDULERS[config.scheduler].label
     # diffusers runs no CFG at guidance <= 1; A1111 calls that "CFG 1".
     cfg = f"CFG {max(config.guidance_scale, 1.0):g}"
     tail = f"{config.num_inference_steps} steps, {sampler}, {cfg}"
@@ -128,8 +127,7 @@ def describe_choice(choice: DraftChoice) -> str:
     if p is None:
         return (f"draft: feature cache (every {CACHE_INTERVAL} steps in full) and {CACHE_STEP_FRACTION:.0%} of the "
                 f"steps, at least {MIN_CACHE_STEPS} ({choice.reason})")
-    spec = SCHEDULERS[p.scheduler]
-    sampler = f"{spec.a1111} {spec.a1111_schedule}" if spec.a1111_schedule else spec.a1111
+    sampler = SCHEDULERS[p.scheduler].label
     timesteps = f", timesteps {list(p.timesteps)}" if p.timesteps else ""
     return (f"draft: {p.name} LoRA, {p.steps} steps, {sampler}, CFG {max(p.guidance_scale, 1.0):g}{timesteps} "
             f"({choice.reason})")
