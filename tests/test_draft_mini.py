@@ -127,3 +127,13 @@ def test_cli_sheet_draft_compare_full_prints_the_table(lcm_studio, tmp_path, cap
     row = next(line for line in text.splitlines() if line.startswith("waving"))
     assert len([c for c in row.split() if c.replace(".", "").isdigit() and "." in c]) == 3  # draft, full, draft~full
     assert (out / "sheet.json").is_file()
+
+
+def test_drafting_can_swap_the_drafts_sampler_only(lcm_studio):
+    """draft_check's --scheduler: inside `drafting(..., scheduler=)` drafts use that sampler (e.g. TCD
+    against mini-lcm's LCM) with the preset's steps and LoRA; a recipe asked at full speed keeps its own."""
+    with drafting(lcm_studio, "mini-lcm", scheduler="tcd"):
+        draft = lcm_studio.make_config("a girl", seed=1)
+        full = lcm_studio.make_config("a girl", seed=1, speed="full")
+    assert draft.scheduler == "tcd" and draft.num_inference_steps == 4 and draft.draft["preset"] == "mini-lcm"
+    assert not full.draft and full.scheduler == lcm_studio.make_config("a girl").scheduler != "tcd"

@@ -49,11 +49,13 @@ CAPE_LORA = "zorbi"
 
 
 @contextmanager
-def drafting(studio: Studio, preset: str | None = None, steps: int | None = None) -> Iterator[None]:
+def drafting(studio: Studio, preset: str | None = None, steps: int | None = None,
+             scheduler: str | None = None) -> Iterator[None]:
     """Inside the block every recipe the studio makes is a draft: ``make_config`` gets
     ``speed="draft"`` (and ``draft_preset``) unless the caller gives a speed, so `evaluate`'s
     functions, sheets and interpolations all draw drafts as a user's ``speed="draft"`` would.
-    ``steps``: the draft's step count instead of the preset's (a preset without fixed timesteps)."""
+    ``steps``: the draft's step count instead of the preset's (a preset without fixed timesteps);
+    ``scheduler``: the draft's sampler instead of the preset's (e.g. "lcm" against mini-lcm's "tcd")."""
     real = studio.make_config
 
     def make_config(*args: Any, **settings: Any) -> Any:
@@ -63,6 +65,8 @@ def drafting(studio: Studio, preset: str | None = None, steps: int | None = None
         config = real(*args, **settings)
         if steps is not None and config.draft and not config.timesteps and config.num_inference_steps != steps:
             config = config.replace(num_inference_steps=steps)
+        if scheduler is not None and config.draft and config.scheduler != scheduler:
+            config = config.replace(scheduler=scheduler)
         return config
 
     studio.make_config = make_config  # type: ignore[method-assign]  # this instance only, for the block
@@ -123,7 +127,7 @@ def load_draft_lora(studio: Studio, lora: Any = None, preset: str = "mini-lcm") 
 
 
 def measure(studio: Studio, *, steps: int | None = None, preset: str | None = None, lora: Any = None,
-            seeds: int = 10, cape_seeds: int = 10) -> dict[str, Any]:
+            seeds: int = 10, cape_seeds: int = 10, scheduler: str | None = None) -> dict[str, Any]:
     """mini's behaviours at its default and drafted, side by side (see the module docstring)."""
     from ..speed.guard import compare
 
@@ -133,7 +137,7 @@ def measure(studio: Studio, *, steps: int | None = None, preset: str | None = No
         preset = "mini-lcm"
     # 2. Both settings, each behaviour by evaluate's own function.
     default = behaviours(studio, seeds=seeds)
-    with drafting(studio, preset, steps):
+    with drafting(studio, preset, steps, scheduler):
         draft = behaviours(studio, seeds=seeds)
         method = studio.make_config("a girl").draft
     # 3. The draft sheet's identity next to the same sheet at full quality (same seed, same poses).
@@ -141,7 +145,7 @@ def measure(studio: Studio, *, steps: int | None = None, preset: str | None = No
     # 4. The cape LoRA alone at 20 steps, and with the 4-step LoRA in the draft.
     if cape_seeds:
         default["cape"] = cape_rate(studio, cape_seeds)
-        with drafting(studio, preset, steps):
+        with drafting(studio, preset, steps, scheduler):
             draft["cape"] = cape_rate(studio, cape_seeds)
     p_default, p_draft = points(default), points(draft)
     within = {k: p_draft[k] >= p_default[k] - WITHIN_POINTS for k in p_default}
@@ -171,7 +175,8 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m charstudio.mini.draft_check measure [--steps N] [--lora FILE] [--preset NAME] [--seeds N] [--json FILE]"""
+    """python -m charstudio.mini.draft_check measure [--steps N] [--lora FILE] [--preset NAME] [--scheduler NAME]
+    [--seeds N] [--json FILE]"""
     import argparse
     import json
 
@@ -181,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--steps", type=int, default=None, help="the draft's steps (default: the preset's, 4 for mini-lcm)")
     m.add_argument("--lora", default=None, help="the 4-step LoRA's file or folder (default: the shipped one)")
     m.add_argument("--preset", default=None, help="a few-step preset (default: draft mode's own choice)")
+    m.add_argument("--scheduler", default=None, help="the draft's sampler instead of the preset's (e.g. lcm)")
     m.add_argument("--seeds", type=int, default=10, help="seeds per behaviour (default 10)")
     m.add_argument("--cape-seeds", type=int, default=10, help="seeds of the cape LoRA check (0: skip it)")
     m.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     studio = Studio.from_pretrained("mini", device="cpu")
     report = measure(studio, steps=args.steps, preset=args.preset, lora=args.lora, seeds=args.seeds,
-                     cape_seeds=args.cape_seeds)
+                     cape_seeds=args.cape_seeds, scheduler=args.scheduler)
     print(format_report(report))
     if args.json:
         from ..io_utils import atomic_write
