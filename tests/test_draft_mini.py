@@ -24,7 +24,8 @@ from charstudio.speed.guard import compare
 from charstudio.speed.presets import MINI_LCM_FILE
 
 POSES = ["standing_front", "waving"]
-# Measured with the 4-step LoRA (see /tmp/readme_G.md's table); each bar leaves a margin of >= 2 seeds.
+# Measured with the shipped 4-step LoRA (5000 distillation steps) on these seeds: hair 12 of 12, pose IoU 0.70,
+# margin 0.55 (CPU, mini scorer not involved); each bar leaves a margin of >= 2 seeds.
 HAIR_COLOURS = ("red", "blue", "green")
 HAIR_SEEDS = range(4)
 MIN_HAIR_HITS = 10  # of 12
@@ -131,7 +132,7 @@ def test_cli_sheet_draft_compare_full_prints_the_table(lcm_studio, tmp_path, cap
 
 def test_drafting_can_swap_the_drafts_sampler_only(lcm_studio):
     """draft_check's --scheduler: inside `drafting(..., scheduler=)` drafts use that sampler (e.g. TCD
-    against mini-lcm's LCM) with the preset's steps and LoRA; a recipe asked at full speed keeps its own."""
+    instead of mini-lcm's LCM) with the preset's steps and LoRA; a recipe asked at full speed keeps its own."""
     with drafting(lcm_studio, "mini-lcm", scheduler="tcd"):
         draft = lcm_studio.make_config("a girl", seed=1)
         full = lcm_studio.make_config("a girl", seed=1, speed="full")

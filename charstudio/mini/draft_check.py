@@ -55,7 +55,7 @@ def drafting(studio: Studio, preset: str | None = None, steps: int | None = None
     ``speed="draft"`` (and ``draft_preset``) unless the caller gives a speed, so `evaluate`'s
     functions, sheets and interpolations all draw drafts as a user's ``speed="draft"`` would.
     ``steps``: the draft's step count instead of the preset's (a preset without fixed timesteps);
-    ``scheduler``: the draft's sampler instead of the preset's (e.g. "lcm" against mini-lcm's "tcd")."""
+    ``scheduler``: the draft's sampler instead of the preset's (e.g. "tcd" instead of mini-lcm's "lcm")."""
     real = studio.make_config
 
     def make_config(*args: Any, **settings: Any) -> Any:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--steps", type=int, default=None, help="the draft's steps (default: the preset's, 4 for mini-lcm)")
     m.add_argument("--lora", default=None, help="the 4-step LoRA's file or folder (default: the shipped one)")
     m.add_argument("--preset", default=None, help="a few-step preset (default: draft mode's own choice)")
-    m.add_argument("--scheduler", default=None, help="the draft's sampler instead of the preset's (e.g. lcm)")
+    m.add_argument("--scheduler", default=None, help="the draft's sampler instead of the preset's (e.g. tcd)")
     m.add_argument("--seeds", type=int, default=10, help="seeds per behaviour (default 10)")
     m.add_argument("--cape-seeds", type=int, default=10, help="seeds of the cape LoRA check (0: skip it)")
     m.add_argument("--json", default=None, help="also write the figures to this JSON file")
